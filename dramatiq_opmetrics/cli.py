@@ -1,0 +1,111 @@
+"""The ``dramatiq-opmetrics`` command line.
+
+Each subcommand is a thin shell around a library function; run ``dramatiq-opmetrics COMMAND --help``.
+Errors a user can fix (no database configured, database unreachable, not migrated) end the command with
+one line on standard error and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from .config import ConfigurationError, redact_url, resolve_database_url
+
+#: What each subcommand registers: its name, a one-line help, a function that adds its arguments and the
+#: function that runs it (returning the exit status).
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+
+def _add_database_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        help="metrics database (SQLAlchemy URL); default: $OPMETRICS_DATABASE_URL, then $DATABASE_URL",
+    )
+
+
+def _migrate_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_database_url(parser)
+    parser.add_argument("--revision", default="head", help="target revision (default: head)")
+    parser.add_argument(
+        "--downgrade",
+        action="store_true",
+        help="migrate down to --revision (use --revision base to remove all)",
+    )
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from . import migrate
+
+    url = resolve_database_url(args.database_url)
+    if args.downgrade:
+        migrate.downgrade(url, args.revision)
+    else:
+        migrate.upgrade(url, args.revision)
+    print(f"{redact_url(url)} is at revision {migrate.current_revision(url) or 'base'}")
+    return 0
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_database_url(parser)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.database_url)
+
+
+#: The subcommands, in the order ``--help`` lists them.
+COMMANDS: list[Command] = [
+    ("migrate", "create or upgrade the metrics tables", _migrate_arguments, _migrate),
+    ("demo", "see dramatiq-opmetrics work on an embedded SQLite database", _demo_arguments, _demo),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="dramatiq-opmetrics", description="Durable operational metrics for Dramatiq worker fleets."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text, add_arguments, run in COMMANDS:
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        add_arguments(subparser)
+        subparser.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.run(args)
+    except ConfigurationError as error:
+        return _fail(str(error))
+    except OperationalError as error:
+        return _fail(f"cannot reach the metrics database: {_first_line(error.orig or error)}")
+    except ProgrammingError as error:
+        return _fail(
+            f"the metrics database is not ready ({_first_line(error.orig or error)});"
+            " run `dramatiq-opmetrics migrate` first"
+        )
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _fail(message: str) -> int:
+    print(f"dramatiq-opmetrics: error: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The metric types dramatiq-opmetrics records, defined in one place.
+
+Every raw sample and every daily aggregate carries one of these names in its ``metric_type`` column.
+The unit of a sample's ``value`` depends on its type and is given next to each member.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class MetricType(enum.StrEnum):
+    """What a sample measures. The member's value is what the database stores."""
+
+    #: Time an actor spent processing one message, in milliseconds (success or failure).
+    PROCESSING_TIME = "processing_time"
+    #: Time a message waited between becoming due and a worker starting it, in milliseconds.
+    WAIT_TIME = "wait_time"
+    #: One failed message; ``value`` is always 1. Labelled with ``error_type`` and ``outcome``.
+    ERROR = "error"
+    #: One message skipped by a middleware (``SkipMessage``); ``value`` is always 1.
+    SKIPPED = "skipped"
+    #: Messages in a queue at sampling time (a count), labelled with ``queue`` and ``state``.
+    QUEUE_DEPTH = "queue_depth"
+    #: Prompt (input) tokens of one language-model call (a count), labelled with ``model``.
+    PROMPT_TOKENS = "prompt_tokens"
+    #: Completion (output) tokens of one language-model call (a count), labelled with ``model``.
+    COMPLETION_TOKENS = "completion_tokens"
+    #: A confidence score in [0, 1], labelled with its ``bucket`` (``0.9-1.0``).
+    CONFIDENCE = "confidence"
+    #: Samples a process dropped because its buffer was full (a count per report).
+    DROPPED_SAMPLES = "dropped_samples"
+
+
+#: The name of the database enum type (PostgreSQL) that holds :class:`MetricType` values.
+METRIC_TYPE_ENUM_NAME = "opmetrics_metric_type"

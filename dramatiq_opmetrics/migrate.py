@@ -1,0 +1,89 @@
+"""Run dramatiq-opmetrics' Alembic migrations from an installed package or a checkout.
+
+The migration scripts travel inside the wheel (``dramatiq_opmetrics/alembic``); in a checkout they are
+the top-level ``alembic/`` folder. They keep their own version table, :data:`VERSION_TABLE`, so they never
+touch an application's own Alembic history in the same database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from alembic.config import Config
+from sqlalchemy import Connection
+from sqlalchemy.engine import URL
+
+from alembic import command
+
+from .config import resolve_database_url
+from .database import make_engine
+from .partitions import DEFAULT_PARTITION_DAYS_AHEAD, ensure_partitions
+
+#: The Alembic version table of dramatiq-opmetrics' migrations.
+VERSION_TABLE = "opmetrics_alembic_version"
+
+
+def script_location() -> Path:
+    """The folder holding ``env.py`` and ``versions/``: inside the package when installed, else the repo's."""
+    packaged = Path(__file__).parent / "alembic"
+    if (packaged / "env.py").is_file():
+        return packaged
+    checkout = Path(__file__).parent.parent / "alembic"
+    if (checkout / "env.py").is_file():
+        return checkout
+    raise FileNotFoundError("dramatiq-opmetrics' migration scripts are missing from this installation")
+
+
+def alembic_config(database_url: str | URL | None = None, *, connection: Connection | None = None) -> Config:
+    """An Alembic :class:`~alembic.config.Config` for our migrations.
+
+    Pass ``connection`` to run them on an existing connection (inside an application's own migration run);
+    otherwise the URL is resolved like everywhere else (argument, ``OPMETRICS_DATABASE_URL``,
+    ``DATABASE_URL``).
+    """
+    config = Config()
+    config.set_main_option("script_location", str(script_location()))
+    config.attributes["configure_logging"] = False
+    if connection is not None:
+        config.attributes["connection"] = connection
+    else:
+        url = resolve_database_url(database_url)
+        # Alembic's Config interpolates '%', so escape it in the URL.
+        config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
+    return config
+
+
+def upgrade(
+    database_url: str | URL | None = None,
+    revision: str = "head",
+    *,
+    partition_days_ahead: int = DEFAULT_PARTITION_DAYS_AHEAD,
+) -> None:
+    """Migrate the metrics database to ``revision`` and, on PostgreSQL, create partitions from today on."""
+    command.upgrade(alembic_config(database_url), revision)
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            today = dt.datetime.now(dt.UTC).date()
+            if revision == "head":
+                ensure_partitions(connection, today, today + dt.timedelta(days=partition_days_ahead))
+    finally:
+        engine.dispose()
+
+
+def downgrade(database_url: str | URL | None = None, revision: str = "base") -> None:
+    """Migrate the metrics database down to ``revision`` (``base`` removes every table of ours)."""
+    command.downgrade(alembic_config(database_url), revision)
+
+
+def current_revision(database_url: str | URL | None = None) -> str | None:
+    """The revision the metrics database is at, or None if it was never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
+    finally:
+        engine.dispose()

@@ -1,0 +1,151 @@
+"""The tables, as SQLAlchemy 2.0 typed declarative models.
+
+``operational_metrics`` holds raw samples for the retention period (30 days by default). To keep it small
+(a fleet writes millions of rows a day) a raw row stores only a reference to its labels: each distinct
+label set is stored once in ``opmetrics_label_sets``. On PostgreSQL the raw table is partitioned by day on
+``recorded_at``; the migrations create it (the partitioned DDL is not expressible in these models).
+
+``operational_metrics_daily`` holds the permanent daily aggregates, one row per
+(metric_type, date, labels_key), self-contained: it copies the labels so it outlives the raw rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Dialect,
+    Enum,
+    Float,
+    Integer,
+    MetaData,
+    Sequence,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy import DateTime as SADateTime
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.associationproxy import AssociationProxy, association_proxy
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from .metric_types import METRIC_TYPE_ENUM_NAME, MetricType
+
+#: Raw samples table.
+RAW_TABLE = "operational_metrics"
+#: Daily aggregates table.
+DAILY_TABLE = "operational_metrics_daily"
+#: Distinct label sets table.
+LABEL_SETS_TABLE = "opmetrics_label_sets"
+#: The sequence that numbers raw samples.
+RAW_ID_SEQUENCE = "operational_metrics_id_seq"
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    PostgreSQL stores ``timestamptz``. SQLite has no time zones: values are stored as naive UTC text (which
+    sorts in time order) and come back as aware UTC datetimes.
+    """
+
+    impl = SADateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+#: JSON on every backend, JSONB on PostgreSQL.
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+#: The metric type column type: a native enum on PostgreSQL, text elsewhere.
+MetricTypeColumn = Enum(
+    MetricType,
+    name=METRIC_TYPE_ENUM_NAME,
+    values_callable=lambda members: [member.value for member in members],
+    validate_strings=True,
+)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of dramatiq-opmetrics' own tables (kept apart from the application's metadata)."""
+
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class LabelSet(Base):
+    """One distinct set of labels, stored once and referenced by raw samples."""
+
+    __tablename__ = LABEL_SETS_TABLE
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    labels_key: Mapped[str] = mapped_column(Text, unique=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSONType)
+
+
+class OperationalMetric(Base):
+    """A raw sample: one measured ``value`` of ``metric_type`` with its labels, at ``recorded_at`` (UTC).
+
+    ``labels`` and ``labels_key`` are read through the referenced :class:`LabelSet`.
+    """
+
+    __tablename__ = RAW_TABLE
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), Sequence(RAW_ID_SEQUENCE), primary_key=True
+    )
+    metric_type: Mapped[MetricType] = mapped_column(MetricTypeColumn)
+    value: Mapped[float] = mapped_column(Float)
+    label_set_id: Mapped[int] = mapped_column(Integer)
+    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+    label_set: Mapped[LabelSet] = relationship(
+        LabelSet, primaryjoin="foreign(OperationalMetric.label_set_id) == LabelSet.id", viewonly=True
+    )
+    labels_key: AssociationProxy[str] = association_proxy("label_set", "labels_key")
+    labels: AssociationProxy[dict[str, str]] = association_proxy("label_set", "labels")
+
+
+class OperationalMetricDaily(Base):
+    """Permanent aggregate of one day (UTC) of one metric type and label set.
+
+    ``histogram`` is a mergeable log-bucket histogram (DDSketch mapping, 1% relative accuracy) so that
+    percentiles over any range of days can be computed from daily rows alone.
+    """
+
+    __tablename__ = DAILY_TABLE
+
+    metric_type: Mapped[MetricType] = mapped_column(MetricTypeColumn, primary_key=True)
+    date: Mapped[dt.date] = mapped_column(primary_key=True)
+    labels_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSONType)
+    sample_count: Mapped[int] = mapped_column(BigInteger)
+    sum: Mapped[float] = mapped_column(Float)
+    min: Mapped[float] = mapped_column(Float)
+    max: Mapped[float] = mapped_column(Float)
+    avg: Mapped[float] = mapped_column(Float)
+    p50: Mapped[float | None] = mapped_column(Float)
+    p95: Mapped[float | None] = mapped_column(Float)
+    p99: Mapped[float | None] = mapped_column(Float)
+    histogram: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    rolled_up_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session
+
+from alembic import command
+from dramatiq_opmetrics import MetricsCollector
+from dramatiq_opmetrics.database import make_engine
+from dramatiq_opmetrics.migrate import (
+    VERSION_TABLE,
+    alembic_config,
+    current_revision,
+    downgrade,
+    script_location,
+    upgrade,
+)
+
+OUR_TABLES = {"opmetrics_label_sets", "operational_metrics", "operational_metrics_daily", VERSION_TABLE}
+
+
+def table_names(url: URL) -> set[str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            names = set(inspect(connection).get_table_names())
+    finally:
+        engine.dispose()
+    return {name for name in names if not name.startswith("operational_metrics_") or name in OUR_TABLES}
+
+
+def test_upgrade_creates_every_table_and_records_our_version_table(database_url: URL) -> None:
+    upgrade(database_url)
+    assert table_names(database_url) == OUR_TABLES
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    assert current_revision(database_url) == head
+
+
+def test_downgrade_to_base_removes_every_table(database_url: URL) -> None:
+    upgrade(database_url)
+    downgrade(database_url, "base")
+    assert table_names(database_url) == {VERSION_TABLE}
+    assert current_revision(database_url) is None
+    upgrade(database_url)
+    assert current_revision(database_url) is not None
+
+
+def test_the_seed_queries_work_unchanged(engine: Engine) -> None:
+    at = dt.datetime(2026, 11, 20, 8, tzinfo=dt.UTC)
+    with Session(engine) as session, session.begin():
+        collector = MetricsCollector(session)
+        collector.record_processing_time("a", 10, recorded_at=at)
+        collector.record_processing_time("a", 20, recorded_at=at)
+        collector.record_queue_depth("default", 3, recorded_at=at)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO operational_metrics_daily (metric_type, date, labels_key, labels, sample_count,"
+                " sum, min, max, avg, rolled_up_at) VALUES ('processing_time', :d, 'actor:a', :labels,"
+                " 2, 30, 10, 20, 15, :at)"
+            ),
+            {"d": at.date(), "labels": '{"actor": "a"}', "at": at},
+        )
+    with engine.connect() as connection:
+        counts = connection.execute(
+            text("SELECT metric_type, COUNT(*) FROM operational_metrics GROUP BY metric_type;")
+        ).all()
+        daily = connection.execute(
+            text(
+                "SELECT metric_type, date, labels_key, sample_count FROM operational_metrics_daily"
+                " ORDER BY date DESC LIMIT 10;"
+            )
+        ).all()
+    assert sorted((str(t), n) for t, n in counts) == [("processing_time", 2), ("queue_depth", 1)]
+    assert [(str(t), str(d), k, n) for t, d, k, n in daily] == [("processing_time", "2026-11-20", "actor:a", 2)]
+
+
+def test_our_migrations_live_beside_an_applications_own_alembic_history(sqlite_url: URL, tmp_path: Path) -> None:
+    app_scripts = tmp_path / "app_migrations"
+    app_config = Config(str(tmp_path / "alembic.ini"))
+    app_config.set_main_option("script_location", str(app_scripts))
+    app_config.set_main_option("sqlalchemy.url", sqlite_url.render_as_string(hide_password=False))
+    command.init(app_config, str(app_scripts))
+    app_config = Config(str(tmp_path / "alembic.ini"))
+    app_config.set_main_option("sqlalchemy.url", sqlite_url.render_as_string(hide_password=False))
+    command.revision(app_config, message="app tables", rev_id="app1")
+    command.upgrade(app_config, "head")
+
+    upgrade(sqlite_url)
+
+    engine = create_engine(sqlite_url)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "app1"
+        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0001"
+    engine.dispose()
+
+
+def test_migrations_can_run_on_an_applications_connection(sqlite_url: URL) -> None:
+    engine = create_engine(sqlite_url)
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection=connection), "head")
+    engine.dispose()
+    assert "operational_metrics" in table_names(sqlite_url)
+
+
+def test_migration_scripts_are_found_in_the_checkout() -> None:
+    assert (script_location() / "versions").is_dir()

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from dramatiq_opmetrics import MetricsCollector
+from dramatiq_opmetrics.partitions import (
+    DEFAULT_PARTITION,
+    drop_partition,
+    ensure_partitions,
+    list_partitions,
+    partition_name,
+)
+
+DAY = dt.date(2026, 1, 10)
+
+
+def at(day: dt.date, hour: int = 12) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(hour), tzinfo=dt.UTC)
+
+
+def count(engine: Engine, table: str) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+def test_migrate_creates_partitions_from_today_for_the_week_ahead(postgres_engine: Engine) -> None:
+    today = dt.datetime.now(dt.UTC).date()
+    with postgres_engine.connect() as connection:
+        days = list(list_partitions(connection))
+    assert days[0] == today
+    assert days[-1] == today + dt.timedelta(days=7)
+
+
+def test_rows_land_in_their_days_partition(postgres_engine: Engine) -> None:
+    with postgres_engine.begin() as connection:
+        ensure_partitions(connection, DAY, DAY)
+    with Session(postgres_engine) as session, session.begin():
+        MetricsCollector(session).record_processing_time("a", 1, recorded_at=at(DAY))
+        MetricsCollector(session).record_processing_time("a", 1, recorded_at=at(DAY, 23))
+    assert count(postgres_engine, partition_name(DAY)) == 2
+    assert count(postgres_engine, DEFAULT_PARTITION) == 0
+
+
+def test_rows_of_a_day_without_partition_go_to_the_default_partition_and_move_when_it_is_created(
+    postgres_engine: Engine,
+) -> None:
+    with Session(postgres_engine) as session, session.begin():
+        MetricsCollector(session).record_processing_time("a", 1, recorded_at=at(DAY))
+        MetricsCollector(session).record_processing_time("a", 2, recorded_at=at(DAY + dt.timedelta(days=1)))
+    assert count(postgres_engine, DEFAULT_PARTITION) == 2
+
+    with postgres_engine.begin() as connection:
+        assert ensure_partitions(connection, DAY, DAY) == [DAY]
+
+    assert count(postgres_engine, partition_name(DAY)) == 1
+    assert count(postgres_engine, DEFAULT_PARTITION) == 1
+    assert count(postgres_engine, "operational_metrics") == 2
+
+
+def test_ensure_partitions_is_idempotent(postgres_engine: Engine) -> None:
+    with postgres_engine.begin() as connection:
+        assert ensure_partitions(connection, DAY, DAY + dt.timedelta(days=2)) == [
+            DAY,
+            DAY + dt.timedelta(days=1),
+            DAY + dt.timedelta(days=2),
+        ]
+        assert ensure_partitions(connection, DAY, DAY + dt.timedelta(days=2)) == []
+
+
+def test_drop_partition_removes_that_day_only(postgres_engine: Engine) -> None:
+    next_day = DAY + dt.timedelta(days=1)
+    with postgres_engine.begin() as connection:
+        ensure_partitions(connection, DAY, next_day)
+    with Session(postgres_engine) as session, session.begin():
+        MetricsCollector(session).record_processing_time("a", 1, recorded_at=at(DAY))
+        MetricsCollector(session).record_processing_time("a", 1, recorded_at=at(next_day))
+    with postgres_engine.begin() as connection:
+        assert drop_partition(connection, DAY)
+        assert not drop_partition(connection, DAY)
+    assert count(postgres_engine, "operational_metrics") == 1
+
+
+def test_partition_functions_do_nothing_on_sqlite(engine: Engine) -> None:
+    with engine.begin() as connection:
+        if connection.dialect.name != "sqlite":
+            return
+        assert ensure_partitions(connection, DAY, DAY) == []
+        assert list_partitions(connection) == {}
+        assert not drop_partition(connection, DAY)
