@@ -1,0 +1,744 @@
+"""What each dashboard view shows, read from the daily table and today's raw samples; no web code here.
+
+Every view covers a range of whole UTC days ending today. Days before today come from the daily table
+(``operational_metrics_daily``); today (and any recent day the rollup has not reached yet) comes from the
+raw samples, aggregated on the fly, so the numbers are always current. The raw table is only read from
+the start of the first day that is not rolled up (at most :data:`MAX_RAW_LOOKBACK_DAYS` days back), which on
+PostgreSQL touches only those days' partitions: a view never scans the whole raw table.
+
+Percentiles over a range come from merging the daily rows' histograms (see
+:mod:`dramatiq_opmetrics.query`); a day's own p50/p95/p99 are shown as they are for that day. Daily p95s
+are never averaged.
+
+Every query is built with SQLAlchemy expressions and bound parameters; label values only ever travel as
+parameters or as data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Engine, Integer, cast, func, literal, select
+from sqlalchemy import Date as DateType
+
+from ..metric_types import MetricType
+from ..models import LabelSet, OperationalMetric, OperationalMetricDaily
+
+#: The ranges a view can show, in days (today included).
+RANGE_DAYS = (7, 30, 90, 365)
+#: The range shown when none is chosen, in days.
+DEFAULT_RANGE_DAYS = 30
+#: The windows of raw queue-depth samples the queues view can show, in hours.
+DEPTH_WINDOW_HOURS = (6, 24, 72, 168)
+#: The raw queue-depth window shown when none is chosen, in hours.
+DEFAULT_DEPTH_WINDOW_HOURS = 24
+#: Most points a chart's x axis gets; longer ranges are grouped into buckets of several days.
+MAX_CHART_POINTS = 92
+#: Most points an overview trend chart gets (365 days are shown as weeks).
+MAX_TREND_POINTS = 60
+#: Most points of a raw queue-depth chart.
+MAX_DEPTH_POINTS = 240
+#: How far back the raw table is read for days the rollup has not reached yet, in days (today included).
+MAX_RAW_LOOKBACK_DAYS = 3
+#: The overview's sortable columns; the default sort shows the worst rows first.
+OVERVIEW_SORTS = ("error_rate", "p95_processing_ms", "p95_wait_ms", "messages_per_day", "actor", "queue")
+#: The overview's default sort column (descending: worst first).
+DEFAULT_OVERVIEW_SORT = "error_rate"
+#: Label keys the confidence distribution can be split by.
+CONFIDENCE_GROUPS = ("actor", "model", "queue")
+
+_SECONDS_PER_DAY = 86400
+_PERCENTILES = (0.5, 0.95, 0.99)
+
+
+def utc_now() -> dt.datetime:
+    """The current time, timezone-aware UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+def day_epoch_s(day: dt.date) -> int:
+    """Seconds since the epoch at the start (UTC) of ``day``: a chart's x value."""
+    return int(dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp())
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    """Return ``value`` if it is one of ``choices``, else raise ValueError naming the allowed values."""
+    if value not in choices:
+        allowed = ", ".join(str(choice) for choice in choices)
+        raise ValueError(f"{name} must be one of {allowed}; got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class DateRange:
+    """The whole UTC days a view covers, ``first_day`` to ``today`` inclusive, grouped for charts."""
+
+    first_day: dt.date
+    today: dt.date
+    bucket_days: int
+
+    @classmethod
+    def ending_today(cls, days: int, today: dt.date, max_points: int = MAX_CHART_POINTS) -> DateRange:
+        """The ``days`` days ending with ``today``, in buckets of as few days as fit ``max_points`` points."""
+        return cls(today - dt.timedelta(days=days - 1), today, max(1, math.ceil(days / max_points)))
+
+    @property
+    def days(self) -> int:
+        """How many days the range covers."""
+        return (self.today - self.first_day).days + 1
+
+    def bucket(self, day: dt.date) -> int:
+        """The chart point ``day`` belongs to."""
+        return (day - self.first_day).days // self.bucket_days
+
+    @property
+    def buckets(self) -> int:
+        """How many chart points the range has."""
+        return self.bucket(self.today) + 1
+
+    def x_values(self) -> list[int]:
+        """Each chart point's x value: the start of its first day, in epoch seconds."""
+        return [day_epoch_s(self.first_day + dt.timedelta(days=i * self.bucket_days)) for i in range(self.buckets)]
+
+
+@dataclass(slots=True)
+class LabelStats:
+    """Statistics of one metric type and label set over one day (or one stretch of raw samples)."""
+
+    metric_type: str
+    labels: dict[str, str]
+    day: dt.date
+    count: int
+    total: float
+    maximum: float
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    histogram: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Chart:
+    """A chart's data for the page: x values (epoch seconds, or bucket indexes) and named series."""
+
+    x: list[float]
+    series: list[dict[str, Any]] = field(default_factory=list)
+    unit: str = ""
+    kind: str = "line"
+    x_labels: list[str] | None = None
+
+    def add(self, label: str, values: Sequence[float | None]) -> None:
+        """Add a series called ``label``."""
+        self.series.append({"label": label, "values": list(values)})
+
+    def to_json(self) -> dict[str, Any]:
+        """The chart as the page's script reads it."""
+        data: dict[str, Any] = {"x": self.x, "series": self.series, "unit": self.unit, "kind": self.kind}
+        if self.x_labels is not None:
+            data["x_labels"] = self.x_labels
+        return data
+
+
+class DashboardData:
+    """The read-only queries behind the dashboard's views.
+
+    Each method returns plain data (numbers, strings and :class:`Chart` objects) for one view; the web
+    layer only renders it. It runs SELECT statements only.
+
+    Parameters:
+      engine(Engine): an engine on the metrics database (see :func:`~dramatiq_opmetrics.database.make_engine`).
+      clock(Callable[[], datetime]): returns the current time, timezone-aware UTC; default the real clock.
+    """
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], dt.datetime] = utc_now) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    # -- building blocks ------------------------------------------------------------------------------------
+
+    def _raw_since(self, connection: Connection, today: dt.date) -> dt.date:
+        """The first day to read from raw samples: the day after the last one rolled up, within reach."""
+        last = connection.execute(
+            select(func.max(OperationalMetricDaily.date)).where(OperationalMetricDaily.date < today)
+        ).scalar()
+        earliest = today - dt.timedelta(days=MAX_RAW_LOOKBACK_DAYS - 1)
+        if last is None:
+            return earliest
+        return max(earliest, min(today, last + dt.timedelta(days=1)))
+
+    def _raw_stats(
+        self,
+        connection: Connection,
+        metric_types: Iterable[MetricType],
+        since: dt.date,
+        until: dt.datetime,
+        label_filter: dict[str, str] | None = None,
+    ) -> list[LabelStats]:
+        """Per label set and day, statistics of the raw samples from the start of ``since`` to ``until``."""
+        start = dt.datetime.combine(since, dt.time(), tzinfo=dt.UTC)
+        m = OperationalMetric
+        conditions: list[ColumnElement[bool]] = [
+            m.recorded_at >= start,
+            m.recorded_at <= until,
+            m.metric_type.in_(list(metric_types)),
+        ]
+        day = _day_of(connection, m.recorded_at)
+        label_ids = None
+        if label_filter:
+            label_ids = select(LabelSet.id).where(
+                *[LabelSet.labels[key].as_string() == value for key, value in label_filter.items()]
+            )
+            conditions.append(m.label_set_id.in_(label_ids.scalar_subquery()))
+        if connection.dialect.name == "postgresql":
+            percentiles = func.percentile_cont(literal(list(_PERCENTILES))).within_group(m.value)
+            grouped = (
+                select(
+                    m.label_set_id, m.metric_type, day, func.count(), func.sum(m.value), func.max(m.value), percentiles
+                )
+                .where(*conditions)
+                .group_by(m.label_set_id, m.metric_type, day)
+            )
+            rows = [
+                (ls, mt, d, n, total, top, *(quantiles or (None,) * 3))
+                for ls, mt, d, n, total, top, quantiles in connection.execute(grouped)
+            ]
+        else:
+            rows = _sqlite_raw_stats(connection, select(m.label_set_id, m.metric_type, day, m.value).where(*conditions))
+        ids = {row[0] for row in rows}
+        labels = _labels_by_id(connection, ids) if ids else {}
+        return [
+            LabelStats(str(mt), dict(labels[ls]), _as_date(d), int(n), float(total), float(top), p50, p95, p99)
+            for ls, mt, d, n, total, top, p50, p95, p99 in rows
+        ]
+
+    def _daily_stats(
+        self,
+        connection: Connection,
+        metric_types: Iterable[MetricType],
+        first_day: dt.date,
+        before: dt.date,
+        label_filter: dict[str, str] | None = None,
+        *,
+        with_histograms: bool = False,
+    ) -> list[LabelStats]:
+        """The daily rows of ``metric_types`` from ``first_day`` up to (excluding) ``before``."""
+        d = OperationalMetricDaily
+        columns = [d.metric_type, d.labels, d.date, d.sample_count, d.sum, d.max, d.p50, d.p95, d.p99]
+        if with_histograms:
+            columns.append(d.histogram)
+        query = select(*columns).where(
+            d.metric_type.in_(list(metric_types)),
+            d.date >= first_day,
+            d.date < before,
+            *[d.labels[key].as_string() == value for key, value in (label_filter or {}).items()],
+        )
+        return [
+            LabelStats(
+                str(row[0]),
+                dict(row[1]),
+                row[2],
+                int(row[3]),
+                row[4],
+                row[5],
+                row[6],
+                row[7],
+                row[8],
+                row[9] if with_histograms else None,
+            )
+            for row in _rows(connection, query)
+        ]
+
+    def _stats(
+        self,
+        connection: Connection,
+        metric_types: Sequence[MetricType],
+        date_range: DateRange,
+        label_filter: dict[str, str] | None = None,
+        *,
+        with_histograms: bool = False,
+    ) -> list[LabelStats]:
+        """Daily statistics over ``date_range``: rolled-up days from the daily table, the rest from raw."""
+        raw_since = max(date_range.first_day, self._raw_since(connection, date_range.today))
+        daily = self._daily_stats(
+            connection, metric_types, date_range.first_day, raw_since, label_filter, with_histograms=with_histograms
+        )
+        return daily + self._raw_stats(connection, metric_types, raw_since, self.clock(), label_filter)
+
+    # -- views ----------------------------------------------------------------------------------------------
+
+    def overview(
+        self,
+        days: int = DEFAULT_RANGE_DAYS,
+        *,
+        queue: str | None = None,
+        sort: str = DEFAULT_OVERVIEW_SORT,
+        descending: bool = True,
+    ) -> dict[str, Any]:
+        """One row per actor and queue: messages per day, error rate, p95 processing and wait time, trends."""
+        check_choice("days", days, RANGE_DAYS)
+        check_choice("sort", sort, OVERVIEW_SORTS)
+        today = self.clock().date()
+        date_range = DateRange.ending_today(days, today, MAX_TREND_POINTS)
+        label_filter = {"queue": queue} if queue else None
+        kinds = [MetricType.PROCESSING_TIME, MetricType.WAIT_TIME, MetricType.ERROR]
+        with self.engine.connect() as connection:
+            raw_since = max(date_range.first_day, self._raw_since(connection, today))
+            grouped = self._daily_by_actor(connection, kinds, date_range, raw_since, queue)
+            raw = self._raw_stats(connection, kinds, raw_since, self.clock(), label_filter)
+            queues = self._label_values(connection, "queue", [MetricType.PROCESSING_TIME], date_range)
+        rows: dict[tuple[str, str], _OverviewAccumulator] = {}
+
+        def accumulator(actor: str, queue_name: str) -> _OverviewAccumulator:
+            found = rows.get((actor, queue_name))
+            if found is None:
+                found = rows[(actor, queue_name)] = _OverviewAccumulator(date_range)
+            return found
+
+        for metric_type, actor, queue_name, bucket, count, worst_p95 in grouped:
+            accumulator(actor, queue_name or "").add(str(metric_type), int(bucket), int(count), worst_p95)
+        for stat in raw:
+            actor = stat.labels.get("actor")
+            if actor is not None:
+                bucket = date_range.bucket(stat.day)
+                accumulator(actor, stat.labels.get("queue", "")).add(stat.metric_type, bucket, stat.count, stat.p95)
+        with self.engine.connect() as connection:
+            result = [
+                accumulator.row(actor, queue_name, self._range_p95(connection, actor, queue_name, date_range))
+                for (actor, queue_name), accumulator in rows.items()
+            ]
+        result.sort(key=_sort_key(sort, descending))
+        return {
+            "days": days,
+            "rows": result,
+            "x": date_range.x_values(),
+            "bucket_days": date_range.bucket_days,
+            "queues": queues,
+            "queue": queue,
+            "sort": sort,
+            "descending": descending,
+        }
+
+    def actor(self, actor: str, queue: str | None = None, days: int = DEFAULT_RANGE_DAYS) -> dict[str, Any]:
+        """One actor (on one queue, if given): range percentiles, then daily count, errors and percentiles."""
+        check_choice("days", days, RANGE_DAYS)
+        date_range = DateRange.ending_today(days, self.clock().date())
+        label_filter = {"actor": actor, **({"queue": queue} if queue else {})}
+        kinds = [MetricType.PROCESSING_TIME, MetricType.WAIT_TIME, MetricType.ERROR]
+        with self.engine.connect() as connection:
+            stats = self._stats(connection, kinds, date_range, label_filter)
+            summary = {
+                kind.value: self._range_percentiles(connection, kind, label_filter, date_range)
+                for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
+            }
+        x = date_range.x_values()
+        by_kind: dict[str, list[LabelStats]] = defaultdict(list)
+        for stat in stats:
+            by_kind[stat.metric_type].append(stat)
+        messages = _bucket_sums(date_range, by_kind[MetricType.PROCESSING_TIME.value])
+        errors_by_type: dict[str, list[float | None]] = {}
+        for stat in by_kind[MetricType.ERROR.value]:
+            series = errors_by_type.setdefault(stat.labels.get("error_type", "?"), [0.0] * date_range.buckets)
+            index = date_range.bucket(stat.day)
+            series[index] = (series[index] or 0.0) + stat.count
+        count_chart = Chart(list(map(float, x)), unit="messages", kind="bars")
+        count_chart.add("messages", messages)
+        error_chart = Chart(list(map(float, x)), unit="errors", kind="bars")
+        for error_type in sorted(errors_by_type):
+            error_chart.add(error_type, errors_by_type[error_type])
+        total_messages = sum(value or 0 for value in messages)
+        total_errors = sum(stat.count for stat in by_kind[MetricType.ERROR.value])
+        return {
+            "actor": actor,
+            "queue": queue,
+            "days": days,
+            "bucket_days": date_range.bucket_days,
+            "messages": total_messages,
+            "errors": total_errors,
+            "error_rate": total_errors / total_messages if total_messages else None,
+            "summary": summary,
+            "charts": {
+                "messages": count_chart.to_json(),
+                "errors": error_chart.to_json(),
+                "processing_time": _percentile_chart(date_range, by_kind[MetricType.PROCESSING_TIME.value]).to_json(),
+                "wait_time": _percentile_chart(date_range, by_kind[MetricType.WAIT_TIME.value]).to_json(),
+            },
+        }
+
+    def queues(
+        self, days: int = DEFAULT_RANGE_DAYS, hours: int = DEFAULT_DEPTH_WINDOW_HOURS, *, queue: str | None = None
+    ) -> dict[str, Any]:
+        """Queue depth by state: raw samples over the last ``hours``, daily max and p95 over ``days``."""
+        check_choice("days", days, RANGE_DAYS)
+        check_choice("hours", hours, DEPTH_WINDOW_HOURS)
+        now = self.clock()
+        date_range = DateRange.ending_today(days, now.date())
+        label_filter = {"queue": queue} if queue else None
+        with self.engine.connect() as connection:
+            stats = self._stats(connection, [MetricType.QUEUE_DEPTH], date_range, label_filter)
+            recent = self._raw_depth(connection, now - dt.timedelta(hours=hours), now, queue)
+            queues = self._label_values(connection, "queue", [MetricType.QUEUE_DEPTH], date_range)
+        daily: dict[str, list[LabelStats]] = defaultdict(list)
+        for stat in stats:
+            daily[_queue_state(stat.labels)].append(stat)
+        max_chart = Chart(list(map(float, date_range.x_values())), unit="messages")
+        p95_chart = Chart(list(map(float, date_range.x_values())), unit="messages")
+        for name in sorted(daily):
+            max_chart.add(name, _bucket_worst(date_range, daily[name], "maximum"))
+            p95_chart.add(name, _bucket_worst(date_range, daily[name], "p95"))
+        return {
+            "days": days,
+            "hours": hours,
+            "queue": queue,
+            "queues": queues,
+            "bucket_days": date_range.bucket_days,
+            "charts": {"recent": recent.to_json(), "daily_max": max_chart.to_json(), "daily_p95": p95_chart.to_json()},
+        }
+
+    def tokens(self, days: int = DEFAULT_RANGE_DAYS, *, model: str | None = None) -> dict[str, Any]:
+        """Prompt and completion tokens per model per day, and each model's totals for the range."""
+        check_choice("days", days, RANGE_DAYS)
+        date_range = DateRange.ending_today(days, self.clock().date())
+        kinds = [MetricType.PROMPT_TOKENS, MetricType.COMPLETION_TOKENS]
+        label_filter = {"model": model} if model else None
+        with self.engine.connect() as connection:
+            stats = self._stats(connection, kinds, date_range, label_filter)
+            models = self._label_values(connection, "model", kinds, date_range)
+        per_series: dict[tuple[str, str], list[LabelStats]] = defaultdict(list)
+        totals: dict[str, dict[str, float]] = defaultdict(
+            lambda: {"prompt_tokens": 0.0, "completion_tokens": 0.0, "calls": 0}
+        )
+        for stat in stats:
+            name = stat.labels.get("model", "?")
+            per_series[(name, stat.metric_type)].append(stat)
+            totals[name][stat.metric_type] += stat.total
+            if stat.metric_type == MetricType.PROMPT_TOKENS.value:
+                totals[name]["calls"] += stat.count
+        chart = Chart(list(map(float, date_range.x_values())), unit="tokens", kind="bars")
+        for name, metric_type in sorted(per_series):
+            values = [
+                0.0 if value is None else value
+                for value in _bucket_sums(date_range, per_series[(name, metric_type)], "total")
+            ]
+            chart.add(f"{name} {metric_type.removesuffix('_tokens')}", values)
+        rows: list[dict[str, Any]] = [{"model": name, **values} for name, values in totals.items()]
+        rows.sort(key=lambda row: -float(row["prompt_tokens"] + row["completion_tokens"]))
+        return {
+            "days": days,
+            "model": model,
+            "models": models,
+            "bucket_days": date_range.bucket_days,
+            "rows": rows,
+            "charts": {"tokens": chart.to_json()},
+        }
+
+    def confidence(
+        self, days: int = DEFAULT_RANGE_DAYS, *, by: str = "actor", value: str | None = None
+    ) -> dict[str, Any]:
+        """How many confidence scores fell in each bucket over the range, split by the label ``by``."""
+        check_choice("days", days, RANGE_DAYS)
+        check_choice("by", by, CONFIDENCE_GROUPS)
+        date_range = DateRange.ending_today(days, self.clock().date())
+        label_filter = {by: value} if value else None
+        with self.engine.connect() as connection:
+            stats = self._stats(connection, [MetricType.CONFIDENCE], date_range, label_filter)
+            values = self._label_values(connection, by, [MetricType.CONFIDENCE], date_range)
+        buckets = [f"{tenth / 10:.1f}-{(tenth + 1) / 10:.1f}" for tenth in range(10)]
+        counts: dict[str, list[float | None]] = defaultdict(lambda: [0.0] * len(buckets))
+        for stat in stats:
+            bucket = stat.labels.get("bucket")
+            if bucket in buckets:
+                series = counts[stat.labels.get(by, "(none)")]
+                series[buckets.index(bucket)] = (series[buckets.index(bucket)] or 0.0) + stat.count
+        chart = Chart([float(i) for i in range(len(buckets))], unit="scores", kind="bars", x_labels=buckets)
+        for name in sorted(counts):
+            chart.add(name, counts[name])
+        totals = [
+            {"group": name, "scores": int(sum(v or 0 for v in counts[name])), "buckets": counts[name]}
+            for name in sorted(counts)
+        ]
+        return {
+            "days": days,
+            "by": by,
+            "value": value,
+            "values": values,
+            "groups": CONFIDENCE_GROUPS,
+            "buckets": buckets,
+            "rows": totals,
+            "charts": {"confidence": chart.to_json()},
+        }
+
+    # -- helpers of the views -------------------------------------------------------------------------------
+
+    def _daily_by_actor(
+        self,
+        connection: Connection,
+        metric_types: Sequence[MetricType],
+        date_range: DateRange,
+        before: dt.date,
+        queue: str | None,
+    ) -> list[Any]:
+        """Daily rows grouped in SQL by (metric type, actor, queue, chart point): count and worst day's p95."""
+        d = OperationalMetricDaily
+        actor = d.labels["actor"].as_string()
+        queue_label = d.labels["queue"].as_string()
+        bucket = _day_index(connection, d.date, date_range.first_day) / date_range.bucket_days
+        if connection.dialect.name == "postgresql":
+            bucket = cast(func.floor(bucket), Integer)
+        query = (
+            select(d.metric_type, actor, queue_label, bucket, func.sum(d.sample_count), func.max(d.p95))
+            .where(d.metric_type.in_(list(metric_types)), d.date >= date_range.first_day, d.date < before)
+            .where(actor.is_not(None))
+            .group_by(d.metric_type, actor, queue_label, bucket)
+        )
+        if queue:
+            query = query.where(queue_label == queue)
+        return list(connection.execute(query))
+
+    def _label_values(
+        self, connection: Connection, key: str, metric_types: Sequence[MetricType], date_range: DateRange
+    ) -> list[str]:
+        """The values label ``key`` takes in the daily rows of the range (a filter's choices; today's new
+        values appear once rolled up)."""
+        d = OperationalMetricDaily
+        label = d.labels[key].as_string()
+        query = (
+            select(label)
+            .where(d.metric_type.in_(list(metric_types)), d.date >= date_range.first_day, label.is_not(None))
+            .distinct()
+        )
+        found = {value for (value,) in connection.execute(query)}
+        return sorted(found)
+
+    def _raw_depth(self, connection: Connection, start: dt.datetime, end: dt.datetime, queue: str | None) -> Chart:
+        """Raw queue-depth samples from ``start`` to ``end``: each interval's largest, per queue and state."""
+        width_s = max(1, math.ceil((end - start).total_seconds() / MAX_DEPTH_POINTS))
+        m = OperationalMetric
+        bucket = _epoch_bucket(connection, m.recorded_at, width_s)
+        query = (
+            select(m.label_set_id, bucket, func.max(m.value))
+            .where(m.metric_type == MetricType.QUEUE_DEPTH, m.recorded_at >= start, m.recorded_at <= end)
+            .group_by(m.label_set_id, bucket)
+        )
+        if queue:
+            ids = select(LabelSet.id).where(LabelSet.labels["queue"].as_string() == queue)
+            query = query.where(m.label_set_id.in_(ids.scalar_subquery()))
+        rows = list(connection.execute(query))
+        ids_found = {row[0] for row in rows}
+        labels = _labels_by_id(connection, ids_found) if ids_found else {}
+        first = int(start.timestamp()) // width_s
+        x = [float((first + i) * width_s) for i in range(MAX_DEPTH_POINTS + 1)]
+        series: dict[str, list[float | None]] = defaultdict(lambda: [None] * len(x))
+        for label_set_id, index, depth in rows:
+            position = int(index) - first
+            if 0 <= position < len(x):
+                series[_queue_state(labels[label_set_id])][position] = depth
+        chart = Chart(x, unit="messages")
+        for name in sorted(series):
+            chart.add(name, series[name])
+        return chart
+
+    def _range_p95(self, connection: Connection, actor: str, queue: str, date_range: DateRange) -> dict[str, Any]:
+        label_filter = {"actor": actor, **({"queue": queue} if queue else {})}
+        return {
+            kind.value: self._range_percentiles(connection, kind, label_filter, date_range)
+            for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
+        }
+
+    def _range_percentiles(
+        self, connection: Connection, metric_type: MetricType, label_filter: dict[str, str], date_range: DateRange
+    ) -> dict[str, float | None]:
+        # Replaced by the query API's range percentiles (merged histograms) when issue 5 lands.
+        return {"count": None, "p50": None, "p95": None, "p99": None}
+
+
+class _OverviewAccumulator:
+    """One overview row being summed up, chart point by chart point."""
+
+    def __init__(self, date_range: DateRange) -> None:
+        self.date_range = date_range
+        size = date_range.buckets
+        self.messages: list[float | None] = [None] * size
+        self.errors: list[float] = [0.0] * size
+        self.p95_processing: list[float | None] = [None] * size
+        self.p95_wait: list[float | None] = [None] * size
+
+    def add(self, metric_type: str, bucket: int, count: int, p95: float | None) -> None:
+        if not 0 <= bucket < len(self.messages):
+            return
+        if metric_type == MetricType.PROCESSING_TIME.value:
+            self.messages[bucket] = (self.messages[bucket] or 0.0) + count
+            self.p95_processing[bucket] = _worst(self.p95_processing[bucket], p95)
+        elif metric_type == MetricType.WAIT_TIME.value:
+            self.p95_wait[bucket] = _worst(self.p95_wait[bucket], p95)
+        elif metric_type == MetricType.ERROR.value:
+            self.errors[bucket] += count
+
+    def row(self, actor: str, queue: str, range_percentiles: dict[str, Any]) -> dict[str, Any]:
+        messages = sum(value or 0.0 for value in self.messages)
+        errors = sum(self.errors)
+        error_rates = [
+            (errors / total if total else None) for errors, total in zip(self.errors, self.messages, strict=True)
+        ]
+        processing = range_percentiles.get(MetricType.PROCESSING_TIME.value) or {}
+        wait = range_percentiles.get(MetricType.WAIT_TIME.value) or {}
+        return {
+            "actor": actor,
+            "queue": queue,
+            "messages": int(messages),
+            "messages_per_day": messages / self.date_range.days,
+            "errors": int(errors),
+            "error_rate": errors / messages if messages else None,
+            "p95_processing_ms": processing.get("p95"),
+            "p95_wait_ms": wait.get("p95"),
+            "trend": {
+                "messages": [None if v is None else v / self.date_range.bucket_days for v in self.messages],
+                "error_rate": error_rates,
+                "p95_processing_ms": self.p95_processing,
+                "p95_wait_ms": self.p95_wait,
+            },
+        }
+
+
+def _worst(current: float | None, candidate: float | None) -> float | None:
+    if candidate is None:
+        return current
+    return candidate if current is None else max(current, candidate)
+
+
+def _sort_key(sort: str, descending: bool) -> Callable[[dict[str, Any]], Any]:
+    """A key that sorts rows by ``sort`` (missing values last either way), then by actor and queue."""
+
+    def key(row: dict[str, Any]) -> Any:
+        value = row[sort]
+        if isinstance(value, str):
+            primary: Any = value.casefold()
+            return (0, primary, row["actor"], row["queue"])
+        if value is None:
+            return (1, 0.0, row["actor"], row["queue"])
+        return (0, -value if descending else value, row["actor"], row["queue"])
+
+    if sort in ("actor", "queue") and descending:
+        return lambda row: tuple(_Reversed(part) if isinstance(part, str) else part for part in key(row))
+    return key
+
+
+class _Reversed:
+    """Sorts strings in reverse order inside a tuple key."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __lt__(self, other: _Reversed) -> bool:
+        return self.text > other.text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Reversed) and self.text == other.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+def _bucket_sums(date_range: DateRange, stats: Iterable[LabelStats], attribute: str = "count") -> list[float | None]:
+    """Per chart point, the sum of ``attribute`` (count or total) of the stats in it (None where none)."""
+    values: list[float | None] = [None] * date_range.buckets
+    for stat in stats:
+        index = date_range.bucket(stat.day)
+        if 0 <= index < len(values):
+            values[index] = (values[index] or 0.0) + float(getattr(stat, attribute))
+    return values
+
+
+def _bucket_worst(date_range: DateRange, stats: Iterable[LabelStats], attribute: str) -> list[float | None]:
+    """Per chart point, the largest ``attribute`` (a day's max or p95) of the days in it."""
+    values: list[float | None] = [None] * date_range.buckets
+    for stat in stats:
+        index = date_range.bucket(stat.day)
+        if 0 <= index < len(values):
+            values[index] = _worst(values[index], getattr(stat, attribute))
+    return values
+
+
+def _percentile_chart(date_range: DateRange, stats: list[LabelStats]) -> Chart:
+    """Each day's own p50, p95 and p99 (the worst day's, where a point covers several days)."""
+    chart = Chart(list(map(float, date_range.x_values())), unit="ms")
+    for name in ("p50", "p95", "p99"):
+        chart.add(name, _bucket_worst(date_range, stats, name))
+    return chart
+
+
+def _rows(connection: Connection, query: Any) -> list[Any]:
+    """The rows of ``query``, loosely typed (their columns are mixed)."""
+    return list(connection.execute(query))
+
+
+def _labels_by_id(connection: Connection, ids: Iterable[int]) -> dict[int, dict[str, str]]:
+    query = select(LabelSet.id, LabelSet.labels).where(LabelSet.id.in_(list(ids)))
+    return {label_set_id: labels for label_set_id, labels in connection.execute(query)}
+
+
+def _queue_state(labels: dict[str, str]) -> str:
+    return f"{labels.get('queue', '?')} {labels.get('state', '?')}"
+
+
+def _as_date(value: Any) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value)[:10])
+
+
+def _day_of(connection: Connection, column: Any) -> Any:
+    """The UTC day of a timestamp column, as an SQL expression."""
+    if connection.dialect.name == "postgresql":
+        return cast(func.timezone("UTC", column), DateType)
+    return func.substr(column, 1, 10)
+
+
+def _day_index(connection: Connection, column: Any, first_day: dt.date) -> Any:
+    """Days from ``first_day`` to a date column, as an integer SQL expression."""
+    if connection.dialect.name == "postgresql":
+        return column - first_day
+    return cast(func.julianday(column) - func.julianday(first_day.isoformat()), Integer)
+
+
+def _epoch_bucket(connection: Connection, column: Any, width_s: int) -> Any:
+    """Which ``width_s``-second interval since the epoch a timestamp column falls in, as SQL."""
+    if connection.dialect.name == "postgresql":
+        return cast(func.floor(func.extract("epoch", column) / width_s), Integer)
+    return cast(cast(func.strftime("%s", column), Integer) / width_s, Integer)
+
+
+def _sqlite_raw_stats(connection: Connection, query: Any) -> list[tuple[Any, ...]]:
+    """Per (label set, metric type, day): count, sum, max and exact p50/p95/p99, computed in Python."""
+    groups: dict[tuple[Any, Any, Any], list[float]] = defaultdict(list)
+    for label_set_id, metric_type, day, value in connection.execute(query):
+        groups[(label_set_id, metric_type, day)].append(value)
+    rows = []
+    for (label_set_id, metric_type, day), values in groups.items():
+        values.sort()
+        rows.append(
+            (
+                label_set_id,
+                metric_type,
+                day,
+                len(values),
+                sum(values),
+                values[-1],
+                *(_percentile(values, fraction) for fraction in _PERCENTILES),
+            )
+        )
+    return rows
+
+
+def _percentile(ordered: Sequence[float], fraction: float) -> float:
+    """The ``fraction`` percentile of sorted values, interpolated as PostgreSQL's ``percentile_cont``."""
+    position = fraction * (len(ordered) - 1)
+    lower = math.floor(position)
+    upper = min(lower + 1, len(ordered) - 1)
+    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
