@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Engine, insert
 
 from dramatiq_opmetrics.label_sets import resolve_label_set_ids
@@ -24,7 +25,13 @@ from dramatiq_opmetrics.labels import make_label_set
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.models import OperationalMetric, OperationalMetricDaily
 from dramatiq_opmetrics.samples import confidence_bucket
+from dramatiq_opmetrics.sketch import KEY_MULTIPLIER, LN_2, MAPPING_NAME, RELATIVE_ACCURACY
 
+#: Width of a histogram bucket in natural-log units: bucket ``k`` holds ``(exp((k-1)*w), exp(k*w)]``.
+_BUCKET_LOG_WIDTH = LN_2 / KEY_MULTIPLIER
+#: How many positions within a bucket the histogram templates are made for.
+_TEMPLATE_STEPS = 8
+_TEMPLATE_CACHE: dict[tuple[float, int], tuple[int, np.ndarray]] = {}
 #: z-scores of the percentiles a daily row carries.
 _Z = {"p50": 0.0, "p95": 1.6448536269514722, "p99": 2.3263478740408408}
 ERROR_TYPES = ("TimeoutError", "ConnectionError", "ValueError")
@@ -133,6 +140,41 @@ def _all_label_sets(actors: list[Actor], queues: list[str]) -> Iterator[tuple[st
         yield _key(labels), labels
 
 
+def _template(sigma: float, step: int) -> tuple[int, np.ndarray]:
+    """Bucket probabilities of lognormal(mu, sigma) for mu at ``step`` eighths into bucket 0: (first key, p)."""
+    cached = _TEMPLATE_CACHE.get((sigma, step))
+    if cached is None:
+        from math import erf, sqrt
+
+        mu = (step + 0.5) / _TEMPLATE_STEPS * _BUCKET_LOG_WIDTH
+        span = int(4.5 * sigma / _BUCKET_LOG_WIDTH) + 2
+        keys = np.arange(-span, span + 1)
+        cdf = np.array(
+            [0.5 * (1 + erf((k * _BUCKET_LOG_WIDTH - mu) / (sigma * sqrt(2)))) for k in range(-span - 1, span + 1)]
+        )
+        cached = _TEMPLATE_CACHE[(sigma, step)] = (int(keys[0]), np.diff(cdf))
+    return cached
+
+
+def lognormal_histogram(count: int, mu: float, sigma: float) -> dict[str, Any]:
+    """The stored histogram of ``count`` values spread as lognormal(mu, sigma) (counts rounded, summing to count)."""
+    shift, position = divmod(mu / _BUCKET_LOG_WIDTH, 1.0)
+    first_key, probabilities = _template(round(sigma, 3), min(int(position * _TEMPLATE_STEPS), _TEMPLATE_STEPS - 1))
+    expected = probabilities * count
+    counts = np.floor(expected).astype(np.int64)
+    short = count - int(counts.sum())
+    if short > 0:
+        counts[np.argsort(expected - counts)[-short:]] += 1
+    keys = np.nonzero(counts)[0]
+    offset = first_key + int(shift)
+    return {
+        "mapping": MAPPING_NAME,
+        "relative_accuracy": RELATIVE_ACCURACY,
+        "bins": {str(int(index) + offset): int(counts[index]) for index in keys},
+        "zero_count": 0,
+    }
+
+
 def _stats_row(
     metric_type: MetricType, day: dt.date, labels: dict[str, str], count: int, mu: float, sigma: float, now: Any
 ) -> dict[str, Any]:
@@ -150,7 +192,7 @@ def _stats_row(
         "max": math.exp(mu + 3.5 * sigma),
         "avg": mean,
         **percentiles,
-        "histogram": None,
+        "histogram": lognormal_histogram(count, mu, sigma),
         "rolled_up_at": now,
     }
 
@@ -170,7 +212,12 @@ def _count_row(metric_type: MetricType, day: dt.date, labels: dict[str, str], co
         "p50": 1.0,
         "p95": 1.0,
         "p99": 1.0,
-        "histogram": None,
+        "histogram": {
+            "mapping": MAPPING_NAME,
+            "relative_accuracy": RELATIVE_ACCURACY,
+            "bins": {"0": count},
+            "zero_count": 0,
+        },
         "rolled_up_at": now,
     }
 

@@ -1,18 +1,17 @@
 """What each dashboard view shows, read from the daily table and today's raw samples; no web code here.
 
-Every view covers a range of whole UTC days ending today. Days before today come from the daily table
-(``operational_metrics_daily``); today (and any recent day the rollup has not reached yet) comes from the
-raw samples, aggregated on the fly, so the numbers are always current. The raw table is only read from
-the start of the first day that is not rolled up (at most :data:`MAX_RAW_LOOKBACK_DAYS` days back), which on
-PostgreSQL touches only those days' partitions: a view never scans the whole raw table.
+Every view covers a range of whole UTC days ending today. Days that are rolled up come from the daily table
+(``operational_metrics_daily``); today, and any recent day the rollup has not reached yet, come from the raw
+samples through the query API (:func:`~dramatiq_opmetrics.query_daily_series`), so the numbers are always
+current. The raw table is read only for those days (on PostgreSQL, only their partitions): a view never
+scans the whole raw table.
 
-Percentiles over a range come from merging the daily rows' histograms (see
-:mod:`dramatiq_opmetrics.query`); a day's own p50/p95/p99 are shown as they are for that day. Daily p95s
-are never averaged.
+Percentiles over a range come from the query API (:func:`~dramatiq_opmetrics.query_metrics`), which merges
+the daily rows' histograms; a day's own p50/p95/p99 are shown as they are for that day. Daily p95s are never
+averaged.
 
 Every query is built with SQLAlchemy expressions and bound parameters; label values only ever travel as
-parameters or as data.
-"""
+parameters or as data."""
 
 from __future__ import annotations
 
@@ -23,11 +22,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Integer, cast, func, literal, select
-from sqlalchemy import Date as DateType
+from sqlalchemy import Connection, Engine, Integer, cast, func, select
 
+from ..aggregate import Aggregate, aggregate_raw
 from ..metric_types import MetricType
 from ..models import LabelSet, OperationalMetric, OperationalMetricDaily
+from ..partitions import day_bounds
+from ..query import query_metrics
+from ..retention import DEFAULT_RETENTION_DAYS
+from ..sketch import Histogram
+from .histograms import MergedHistograms
 
 #: The ranges a view can show, in days (today included).
 RANGE_DAYS = (7, 30, 90, 365)
@@ -43,8 +47,6 @@ MAX_CHART_POINTS = 92
 MAX_TREND_POINTS = 60
 #: Most points of a raw queue-depth chart.
 MAX_DEPTH_POINTS = 240
-#: How far back the raw table is read for days the rollup has not reached yet, in days (today included).
-MAX_RAW_LOOKBACK_DAYS = 3
 #: The overview's sortable columns; the default sort shows the worst rows first.
 OVERVIEW_SORTS = ("error_rate", "p95_processing_ms", "p95_wait_ms", "messages_per_day", "actor", "queue")
 #: The overview's default sort column (descending: worst first).
@@ -53,7 +55,6 @@ DEFAULT_OVERVIEW_SORT = "error_rate"
 CONFIDENCE_GROUPS = ("actor", "model", "queue")
 
 _SECONDS_PER_DAY = 86400
-_PERCENTILES = (0.5, 0.95, 0.99)
 
 
 def utc_now() -> dt.datetime:
@@ -119,7 +120,7 @@ class LabelStats:
     p50: float | None = None
     p95: float | None = None
     p99: float | None = None
-    histogram: dict[str, Any] | None = None
+    histogram: Histogram | None = None
 
 
 @dataclass(slots=True)
@@ -158,62 +159,72 @@ class DashboardData:
     def __init__(self, engine: Engine, *, clock: Callable[[], dt.datetime] = utc_now) -> None:
         self.engine = engine
         self.clock = clock
+        self.merged_histograms = MergedHistograms()
 
     # -- building blocks ------------------------------------------------------------------------------------
 
-    def _raw_since(self, connection: Connection, today: dt.date) -> dt.date:
-        """The first day to read from raw samples: the day after the last one rolled up, within reach."""
+    def _recent_start(self, connection: Connection, date_range: DateRange) -> dt.date:
+        """The first day of the range with no daily rows yet (the rollup has not reached it): from it on,
+        days are read through the query API, which aggregates their raw samples. Raw samples older than
+        the retention are gone, so the search stops there."""
+        d = OperationalMetricDaily
+        earliest = max(date_range.first_day, date_range.today - dt.timedelta(days=DEFAULT_RETENTION_DAYS))
         last = connection.execute(
-            select(func.max(OperationalMetricDaily.date)).where(OperationalMetricDaily.date < today)
+            select(func.max(d.date)).where(d.date >= earliest, d.date < date_range.today)
         ).scalar()
-        earliest = today - dt.timedelta(days=MAX_RAW_LOOKBACK_DAYS - 1)
-        if last is None:
-            return earliest
-        return max(earliest, min(today, last + dt.timedelta(days=1)))
+        return earliest if last is None else last + dt.timedelta(days=1)
 
-    def _raw_stats(
+    def _recent_stats(
         self,
         connection: Connection,
-        metric_types: Iterable[MetricType],
+        metric_types: Sequence[MetricType],
         since: dt.date,
-        until: dt.datetime,
+        today: dt.date,
         label_filter: dict[str, str] | None = None,
+        *,
+        exact: bool = True,
     ) -> list[LabelStats]:
-        """Per label set and day, statistics of the raw samples from the start of ``since`` to ``until``."""
-        start = dt.datetime.combine(since, dt.time(), tzinfo=dt.UTC)
-        m = OperationalMetric
-        conditions: list[ColumnElement[bool]] = [
-            m.recorded_at >= start,
-            m.recorded_at <= until,
-            m.metric_type.in_(list(metric_types)),
-        ]
-        day = _day_of(connection, m.recorded_at)
-        label_ids = None
+        """Per day and label set, from ``since`` to ``today``, from the raw samples (days not rolled up yet),
+        aggregated by the rollup's own :func:`~dramatiq_opmetrics.aggregate.aggregate_raw`; each with its
+        histogram, and with exact percentiles if ``exact``."""
+        label_set_ids = None
         if label_filter:
-            label_ids = select(LabelSet.id).where(
-                *[LabelSet.labels[key].as_string() == value for key, value in label_filter.items()]
+            label_set_ids = set(
+                connection.execute(
+                    select(LabelSet.id).where(
+                        *[LabelSet.labels[key].as_string() == value for key, value in label_filter.items()]
+                    )
+                ).scalars()
             )
-            conditions.append(m.label_set_id.in_(label_ids.scalar_subquery()))
-        if connection.dialect.name == "postgresql":
-            percentiles = func.percentile_cont(literal(list(_PERCENTILES))).within_group(m.value)
-            grouped = (
-                select(
-                    m.label_set_id, m.metric_type, day, func.count(), func.sum(m.value), func.max(m.value), percentiles
-                )
-                .where(*conditions)
-                .group_by(m.label_set_id, m.metric_type, day)
-            )
-            rows = [
-                (ls, mt, d, n, total, top, *(quantiles or (None,) * 3))
-                for ls, mt, d, n, total, top, quantiles in connection.execute(grouped)
-            ]
-        else:
-            rows = _sqlite_raw_stats(connection, select(m.label_set_id, m.metric_type, day, m.value).where(*conditions))
-        ids = {row[0] for row in rows}
-        labels = _labels_by_id(connection, ids) if ids else {}
+            if not label_set_ids:
+                return []
+        wanted = {kind.value for kind in metric_types}
+        # One pass over a day's raw rows serves every metric type asked for.
+        metric_type = metric_types[0] if len(metric_types) == 1 else None
+        found: list[tuple[dt.date, Aggregate]] = []
+        day = since
+        while day <= today:
+            start, end = day_bounds(day)
+            for aggregate in aggregate_raw(
+                connection, start, end, metric_type=metric_type, label_set_ids=label_set_ids, exact_percentiles=exact
+            ):
+                if aggregate.metric_type.value in wanted:
+                    found.append((day, aggregate))
+            day += dt.timedelta(days=1)
+        labels = _labels_by_id(connection, {aggregate.label_set_id for _, aggregate in found}) if found else {}
         return [
-            LabelStats(str(mt), dict(labels[ls]), _as_date(d), int(n), float(total), float(top), p50, p95, p99)
-            for ls, mt, d, n, total, top, p50, p95, p99 in rows
+            LabelStats(
+                aggregate.metric_type.value,
+                dict(labels[aggregate.label_set_id]),
+                day,
+                aggregate.count,
+                aggregate.sum,
+                aggregate.max,
+                *_three(aggregate.percentiles),
+                aggregate.histogram,
+            )
+            for day, aggregate in found
+            if aggregate.label_set_id in labels
         ]
 
     def _daily_stats(
@@ -223,14 +234,10 @@ class DashboardData:
         first_day: dt.date,
         before: dt.date,
         label_filter: dict[str, str] | None = None,
-        *,
-        with_histograms: bool = False,
     ) -> list[LabelStats]:
         """The daily rows of ``metric_types`` from ``first_day`` up to (excluding) ``before``."""
         d = OperationalMetricDaily
         columns = [d.metric_type, d.labels, d.date, d.sample_count, d.sum, d.max, d.p50, d.p95, d.p99]
-        if with_histograms:
-            columns.append(d.histogram)
         query = select(*columns).where(
             d.metric_type.in_(list(metric_types)),
             d.date >= first_day,
@@ -248,7 +255,6 @@ class DashboardData:
                 row[6],
                 row[7],
                 row[8],
-                row[9] if with_histograms else None,
             )
             for row in _rows(connection, query)
         ]
@@ -260,14 +266,13 @@ class DashboardData:
         date_range: DateRange,
         label_filter: dict[str, str] | None = None,
         *,
-        with_histograms: bool = False,
+        exact: bool = True,
     ) -> list[LabelStats]:
-        """Daily statistics over ``date_range``: rolled-up days from the daily table, the rest from raw."""
-        raw_since = max(date_range.first_day, self._raw_since(connection, date_range.today))
-        daily = self._daily_stats(
-            connection, metric_types, date_range.first_day, raw_since, label_filter, with_histograms=with_histograms
-        )
-        return daily + self._raw_stats(connection, metric_types, raw_since, self.clock(), label_filter)
+        """Daily statistics over ``date_range``: rolled-up days from the daily table, the rest through the
+        query API."""
+        recent = self._recent_start(connection, date_range)
+        daily = self._daily_stats(connection, metric_types, date_range.first_day, recent, label_filter)
+        return daily + self._recent_stats(connection, metric_types, recent, date_range.today, label_filter, exact=exact)
 
     # -- views ----------------------------------------------------------------------------------------------
 
@@ -287,9 +292,13 @@ class DashboardData:
         label_filter = {"queue": queue} if queue else None
         kinds = [MetricType.PROCESSING_TIME, MetricType.WAIT_TIME, MetricType.ERROR]
         with self.engine.connect() as connection:
-            raw_since = max(date_range.first_day, self._raw_since(connection, today))
-            grouped = self._daily_by_actor(connection, kinds, date_range, raw_since, queue)
-            raw = self._raw_stats(connection, kinds, raw_since, self.clock(), label_filter)
+            recent = self._recent_start(connection, date_range)
+            grouped = self._daily_by_actor(connection, kinds, date_range, recent, queue)
+            raw = self._recent_stats(connection, kinds, recent, today, label_filter)
+            percentiles = {
+                kind.value: self._range_histograms(connection, kind, date_range, recent, raw)
+                for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
+            }
             queues = self._label_values(connection, "queue", [MetricType.PROCESSING_TIME], date_range)
         rows: dict[tuple[str, str], _OverviewAccumulator] = {}
 
@@ -306,11 +315,12 @@ class DashboardData:
             if actor is not None:
                 bucket = date_range.bucket(stat.day)
                 accumulator(actor, stat.labels.get("queue", "")).add(stat.metric_type, bucket, stat.count, stat.p95)
-        with self.engine.connect() as connection:
-            result = [
-                accumulator.row(actor, queue_name, self._range_p95(connection, actor, queue_name, date_range))
-                for (actor, queue_name), accumulator in rows.items()
-            ]
+        result = [
+            accumulator.row(
+                actor, queue_name, {kind: _p95(found.get((actor, queue_name))) for kind, found in percentiles.items()}
+            )
+            for (actor, queue_name), accumulator in rows.items()
+        ]
         result.sort(key=_sort_key(sort, descending))
         return {
             "days": days,
@@ -332,7 +342,19 @@ class DashboardData:
         with self.engine.connect() as connection:
             stats = self._stats(connection, kinds, date_range, label_filter)
             summary = {
-                kind.value: self._range_percentiles(connection, kind, label_filter, date_range)
+                kind.value: next(
+                    iter(
+                        query_metrics(
+                            connection,
+                            date_range.first_day,
+                            date_range.today,
+                            metric_type=kind,
+                            labels=label_filter,
+                            group_by=(),
+                        )
+                    ),
+                    None,
+                )
                 for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
             }
         x = date_range.x_values()
@@ -406,7 +428,7 @@ class DashboardData:
         kinds = [MetricType.PROMPT_TOKENS, MetricType.COMPLETION_TOKENS]
         label_filter = {"model": model} if model else None
         with self.engine.connect() as connection:
-            stats = self._stats(connection, kinds, date_range, label_filter)
+            stats = self._stats(connection, kinds, date_range, label_filter, exact=False)
             models = self._label_values(connection, "model", kinds, date_range)
         per_series: dict[tuple[str, str], list[LabelStats]] = defaultdict(list)
         totals: dict[str, dict[str, float]] = defaultdict(
@@ -445,7 +467,7 @@ class DashboardData:
         date_range = DateRange.ending_today(days, self.clock().date())
         label_filter = {by: value} if value else None
         with self.engine.connect() as connection:
-            stats = self._stats(connection, [MetricType.CONFIDENCE], date_range, label_filter)
+            stats = self._stats(connection, [MetricType.CONFIDENCE], date_range, label_filter, exact=False)
             values = self._label_values(connection, by, [MetricType.CONFIDENCE], date_range)
         buckets = [f"{tenth / 10:.1f}-{(tenth + 1) / 10:.1f}" for tenth in range(10)]
         counts: dict[str, list[float | None]] = defaultdict(lambda: [0.0] * len(buckets))
@@ -542,18 +564,43 @@ class DashboardData:
             chart.add(name, series[name])
         return chart
 
-    def _range_p95(self, connection: Connection, actor: str, queue: str, date_range: DateRange) -> dict[str, Any]:
-        label_filter = {"actor": actor, **({"queue": queue} if queue else {})}
-        return {
-            kind.value: self._range_percentiles(connection, kind, label_filter, date_range)
-            for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
-        }
+    def _range_histograms(
+        self,
+        connection: Connection,
+        metric_type: MetricType,
+        date_range: DateRange,
+        recent: dt.date,
+        recent_stats: Iterable[LabelStats],
+    ) -> dict[tuple[str, str], Histogram]:
+        """Per (actor, queue): the merged histogram of ``metric_type`` over the range, today included."""
+        merged: dict[tuple[str, str], Histogram] = {}
 
-    def _range_percentiles(
-        self, connection: Connection, metric_type: MetricType, label_filter: dict[str, str], date_range: DateRange
-    ) -> dict[str, float | None]:
-        # Replaced by the query API's range percentiles (merged histograms) when issue 5 lands.
-        return {"count": None, "p50": None, "p95": None, "p99": None}
+        def add(labels: dict[str, str], histogram: Histogram | None) -> None:
+            if histogram is not None and "actor" in labels:
+                merged.setdefault((labels["actor"], labels.get("queue", "")), Histogram()).__iadd__(histogram)
+
+        if recent > date_range.first_day:
+            span = self.merged_histograms.get(
+                connection, metric_type, date_range.first_day, recent - dt.timedelta(days=1)
+            )
+            for labels_key, histogram in span.histograms.items():
+                add(span.labels[labels_key], histogram)
+        for stat in recent_stats:
+            if stat.metric_type == metric_type.value:
+                add(stat.labels, stat.histogram)
+        return merged
+
+
+def _three(percentiles: tuple[float, ...] | None) -> tuple[float | None, float | None, float | None]:
+    """p50, p95 and p99 from an aggregate's exact percentiles, or unknown."""
+    if percentiles is None:
+        return (None, None, None)
+    p50, p95, p99 = percentiles
+    return (p50, p95, p99)
+
+
+def _p95(histogram: Histogram | None) -> float | None:
+    return None if histogram is None else histogram.quantile(0.95)
 
 
 class _OverviewAccumulator:
@@ -578,14 +625,12 @@ class _OverviewAccumulator:
         elif metric_type == MetricType.ERROR.value:
             self.errors[bucket] += count
 
-    def row(self, actor: str, queue: str, range_percentiles: dict[str, Any]) -> dict[str, Any]:
+    def row(self, actor: str, queue: str, range_p95: dict[str, float | None]) -> dict[str, Any]:
         messages = sum(value or 0.0 for value in self.messages)
         errors = sum(self.errors)
         error_rates = [
             (errors / total if total else None) for errors, total in zip(self.errors, self.messages, strict=True)
         ]
-        processing = range_percentiles.get(MetricType.PROCESSING_TIME.value) or {}
-        wait = range_percentiles.get(MetricType.WAIT_TIME.value) or {}
         return {
             "actor": actor,
             "queue": queue,
@@ -593,8 +638,8 @@ class _OverviewAccumulator:
             "messages_per_day": messages / self.date_range.days,
             "errors": int(errors),
             "error_rate": errors / messages if messages else None,
-            "p95_processing_ms": processing.get("p95"),
-            "p95_wait_ms": wait.get("p95"),
+            "p95_processing_ms": range_p95.get(MetricType.PROCESSING_TIME.value),
+            "p95_wait_ms": range_p95.get(MetricType.WAIT_TIME.value),
             "trend": {
                 "messages": [None if v is None else v / self.date_range.bucket_days for v in self.messages],
                 "error_rate": error_rates,
@@ -693,13 +738,6 @@ def _as_date(value: Any) -> dt.date:
     return dt.date.fromisoformat(str(value)[:10])
 
 
-def _day_of(connection: Connection, column: Any) -> Any:
-    """The UTC day of a timestamp column, as an SQL expression."""
-    if connection.dialect.name == "postgresql":
-        return cast(func.timezone("UTC", column), DateType)
-    return func.substr(column, 1, 10)
-
-
 def _day_index(connection: Connection, column: Any, first_day: dt.date) -> Any:
     """Days from ``first_day`` to a date column, as an integer SQL expression."""
     if connection.dialect.name == "postgresql":
@@ -712,33 +750,3 @@ def _epoch_bucket(connection: Connection, column: Any, width_s: int) -> Any:
     if connection.dialect.name == "postgresql":
         return cast(func.floor(func.extract("epoch", column) / width_s), Integer)
     return cast(cast(func.strftime("%s", column), Integer) / width_s, Integer)
-
-
-def _sqlite_raw_stats(connection: Connection, query: Any) -> list[tuple[Any, ...]]:
-    """Per (label set, metric type, day): count, sum, max and exact p50/p95/p99, computed in Python."""
-    groups: dict[tuple[Any, Any, Any], list[float]] = defaultdict(list)
-    for label_set_id, metric_type, day, value in connection.execute(query):
-        groups[(label_set_id, metric_type, day)].append(value)
-    rows = []
-    for (label_set_id, metric_type, day), values in groups.items():
-        values.sort()
-        rows.append(
-            (
-                label_set_id,
-                metric_type,
-                day,
-                len(values),
-                sum(values),
-                values[-1],
-                *(_percentile(values, fraction) for fraction in _PERCENTILES),
-            )
-        )
-    return rows
-
-
-def _percentile(ordered: Sequence[float], fraction: float) -> float:
-    """The ``fraction`` percentile of sorted values, interpolated as PostgreSQL's ``percentile_cont``."""
-    position = fraction * (len(ordered) - 1)
-    lower = math.floor(position)
-    upper = min(lower + 1, len(ordered) - 1)
-    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)

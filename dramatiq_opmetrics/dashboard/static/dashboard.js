@@ -65,7 +65,8 @@
     if (!values.some(function (v) { return v != null; })) { element.dataset.rendered = "empty"; return; }
     new uPlot({
       width: 120, height: 28, tzDate: utc, cursor: { show: false }, legend: { show: false }, select: { show: false },
-      scales: { x: { time: true }, y: { range: function (u, min, max) { return [0, max > 0 ? max : 1]; } } },
+      // A little room below zero, so that a flat line at zero is still drawn.
+      scales: { x: { time: true }, y: { range: function (u, min, max) { var top = max > 0 ? max : 1; return [-0.08 * top, top * 1.04]; } } },
       axes: [{ show: false }, { show: false }],
       series: [{}, { stroke: color, width: 1.25, fill: color + "22", spanGaps: true, points: { show: false } }]
     }, [x, values], element);

@@ -1,0 +1,130 @@
+"""Merged histograms of rolled-up days per label set, merged in the database and kept between requests.
+
+The overview shows a p95 over up to 365 days for every actor and queue. Reading that many daily histograms
+into Python on each request (as :func:`~dramatiq_opmetrics.query_metrics` does for one query) takes
+seconds; merging them in PostgreSQL takes less, and rolled-up days do not change, so the merge of a span of
+days is kept and reused while a cheap fingerprint of those daily rows (how many, their sample total and the
+latest ``rolled_up_at``; a late sample re-rolls its day and changes it) stays the same. The merged
+histograms are the query API's own :class:`~dramatiq_opmetrics.sketch.Histogram`, read with its
+``quantile``: the same percentiles as the query API's, from the same buckets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, func, select, text
+
+from ..metric_types import MetricType
+from ..models import DAILY_TABLE, LabelSet, OperationalMetricDaily
+from ..sketch import Histogram
+
+#: How many merged spans (metric type, first day, last day) are kept; the least recently used goes first.
+DEFAULT_MAX_SPANS = 32
+
+
+@dataclass(frozen=True)
+class MergedSpan:
+    """The merged histograms of one metric type over a span of rolled-up days, by labels key."""
+
+    fingerprint: tuple[object, ...]
+    labels: dict[str, dict[str, str]]
+    histograms: dict[str, Histogram]
+
+
+class MergedHistograms:
+    """Merged daily histograms per label set over spans of rolled-up days, cached between requests.
+
+    Thread-safe; one instance serves every request of a dashboard.
+
+    Parameters:
+      max_spans(int): how many merged spans are kept (default :data:`DEFAULT_MAX_SPANS`).
+    """
+
+    def __init__(self, max_spans: int = DEFAULT_MAX_SPANS) -> None:
+        self.max_spans = max_spans
+        self._spans: OrderedDict[tuple[str, dt.date, dt.date], MergedSpan] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, connection: Connection, metric_type: MetricType, first_day: dt.date, last_day: dt.date) -> MergedSpan:
+        """The merged histograms of ``metric_type`` from ``first_day`` to ``last_day`` inclusive."""
+        key = (metric_type.value, first_day, last_day)
+        fingerprint = _fingerprint(connection, metric_type, first_day, last_day)
+        with self._lock:
+            span = self._spans.get(key)
+            if span is not None and span.fingerprint == fingerprint:
+                self._spans.move_to_end(key)
+                return span
+        span = _merge(connection, metric_type, first_day, last_day, fingerprint)
+        with self._lock:
+            self._spans[key] = span
+            self._spans.move_to_end(key)
+            while len(self._spans) > self.max_spans:
+                self._spans.popitem(last=False)
+        return span
+
+
+def _fingerprint(
+    connection: Connection, metric_type: MetricType, first_day: dt.date, last_day: dt.date
+) -> tuple[object, ...]:
+    d = OperationalMetricDaily
+    row = connection.execute(
+        select(func.count(), func.sum(d.sample_count), func.max(d.rolled_up_at)).where(
+            d.metric_type == metric_type, d.date >= first_day, d.date <= last_day
+        )
+    ).one()
+    return tuple(row)
+
+
+def _merge(
+    connection: Connection,
+    metric_type: MetricType,
+    first_day: dt.date,
+    last_day: dt.date,
+    fingerprint: tuple[object, ...],
+) -> MergedSpan:
+    labels: dict[str, dict[str, str]] = {}
+    histograms: dict[str, Histogram] = {}
+    d = OperationalMetricDaily
+    span = (d.metric_type == metric_type, d.date >= first_day, d.date <= last_day)
+    if connection.dialect.name != "postgresql":
+        # SQLite (the embedded default, small): merge in Python.
+        for labels_key, row_labels, stored in connection.execute(
+            select(d.labels_key, d.labels, d.histogram).where(*span)
+        ):
+            labels.setdefault(labels_key, dict(row_labels))
+            if stored is not None:
+                histograms.setdefault(labels_key, Histogram()).__iadd__(Histogram.from_json(stored))
+        return MergedSpan(fingerprint, labels, histograms)
+    parameters = {"metric_type": metric_type.value, "first_day": first_day, "last_day": last_day}
+    where = "metric_type = CAST(:metric_type AS opmetrics_metric_type) AND date BETWEEN :first_day AND :last_day"
+    bins: dict[str, Counter[int]] = {}
+    for labels_key, bucket, count in connection.execute(
+        text(
+            f"SELECT labels_key, CAST(b.key AS integer), sum(CAST(b.value AS bigint)) FROM {DAILY_TABLE},"
+            f" jsonb_each_text(histogram->'bins') AS b WHERE {where} GROUP BY 1, 2"
+        ),
+        parameters,
+    ):
+        bins.setdefault(labels_key, Counter())[bucket] = int(count)
+    for labels_key, zero_count in connection.execute(
+        text(
+            f"SELECT labels_key, sum(CAST(histogram->>'zero_count' AS bigint)) FROM {DAILY_TABLE}"
+            f" WHERE {where} AND histogram IS NOT NULL GROUP BY 1"
+        ),
+        parameters,
+    ):
+        histograms[labels_key] = Histogram(bins=bins.get(labels_key, Counter()), zero_count=int(zero_count or 0))
+    # Label sets are never deleted, so the small label-set table names every key; daily rows are the fallback.
+    keys = sorted(histograms)
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start : start + 1000]
+        query = select(LabelSet.labels_key, LabelSet.labels).where(LabelSet.labels_key.in_(chunk))
+        labels.update({labels_key: dict(row_labels) for labels_key, row_labels in connection.execute(query)})
+    for labels_key in (key for key in keys if key not in labels):
+        query = select(d.labels).where(*span, d.labels_key == labels_key).limit(1)
+        labels[labels_key] = dict(connection.execute(query).scalar_one())
+    return MergedSpan(fingerprint, labels, histograms)
