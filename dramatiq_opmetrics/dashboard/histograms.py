@@ -125,6 +125,6 @@ def _merge(
         query = select(LabelSet.labels_key, LabelSet.labels).where(LabelSet.labels_key.in_(chunk))
         labels.update({labels_key: dict(row_labels) for labels_key, row_labels in connection.execute(query)})
     for labels_key in (key for key in keys if key not in labels):
-        query = select(d.labels).where(*span, d.labels_key == labels_key).limit(1)
-        labels[labels_key] = dict(connection.execute(query).scalar_one())
+        fallback = select(d.labels).where(*span, d.labels_key == labels_key).limit(1)
+        labels[labels_key] = dict(connection.execute(fallback).scalar_one())
     return MergedSpan(fingerprint, labels, histograms)
