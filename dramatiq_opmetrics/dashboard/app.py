@@ -21,7 +21,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from werkzeug.datastructures import WWWAuthenticate
-from werkzeug.exceptions import BadRequest, HTTPException, NotFound, Unauthorized
+from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, NotFound, Unauthorized
 from werkzeug.routing import Map, Rule
 from werkzeug.utils import send_from_directory
 from werkzeug.wrappers import Request, Response
@@ -109,7 +109,7 @@ class DashboardApp:
             self._authenticate(request)
             endpoint, arguments = self.url_map.bind_to_environ(environ).match()
             if request.method not in ("GET", "HEAD"):
-                raise BadRequest("the dashboard is read-only: only GET requests")
+                raise MethodNotAllowed(valid_methods=["GET", "HEAD"], description="the dashboard is read-only")
             response = getattr(self, f"_{endpoint}")(request, **arguments)
         except HTTPException as error:
             response = self._error_page(request, error)
