@@ -11,6 +11,7 @@ rows are written directly.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import random
 from collections.abc import Iterator
@@ -67,8 +68,8 @@ class FleetHistory:
     raw_values: dict[tuple[str, str], list[float]] = field(default_factory=dict)
 
 
-def make_actors(count: int, seed: int = 7, *, hostile: bool = True) -> list[Actor]:
-    """``count`` actors over a few queues; the last one, if ``hostile``, has an HTML-like name."""
+def make_actors(count: int, seed: int = 7, *, hostile: bool = True, queues: int = 4) -> list[Actor]:
+    """``count`` actors over ``queues`` queues; the last one, if ``hostile``, has an HTML-like name."""
     rng = random.Random(seed)
     actors = []
     for index in range(count):
@@ -76,7 +77,7 @@ def make_actors(count: int, seed: int = 7, *, hostile: bool = True) -> list[Acto
         actors.append(
             Actor(
                 name=name,
-                queue=f"queue_{index % 4}",
+                queue=f"queue_{index % queues}",
                 messages_per_day=rng.randint(200, 5000),
                 processing_mu=math.log(rng.uniform(20, 800)),
                 processing_sigma=rng.uniform(0.3, 0.9),
@@ -94,6 +95,7 @@ def populate(
     actors: list[Actor] | None = None,
     now: dt.datetime | None = None,
     raw_samples_per_actor: int = 60,
+    depth_interval_s: float = 300.0,
     seed: int = 11,
 ) -> FleetHistory:
     """Write ``days`` days of a fleet's history (daily rows before today, raw samples today) into ``engine``."""
@@ -107,14 +109,37 @@ def populate(
     with engine.begin() as connection:
         ids = resolve_label_set_ids(connection, (make_label_set(labels) for labels in label_sets.values()))
         daily = list(_daily_rows(history, rng, now))
-        for start in range(0, len(daily), 5000):
-            connection.execute(insert(OperationalMetricDaily), daily[start : start + 5000])
+        raw = list(_raw_rows(history, rng, now, raw_samples_per_actor, depth_interval_s, ids))
+        if connection.dialect.name == "postgresql":
+            _copy_rows(connection, daily, raw)
+        else:
+            for start in range(0, len(daily), 5000):
+                connection.execute(insert(OperationalMetricDaily), daily[start : start + 5000])
+            for start in range(0, len(raw), 5000):
+                connection.execute(insert(OperationalMetric), raw[start : start + 5000])
         history.daily_rows = len(daily)
-        raw = list(_raw_rows(history, rng, now, raw_samples_per_actor, ids))
-        for start in range(0, len(raw), 5000):
-            connection.execute(insert(OperationalMetric), raw[start : start + 5000])
         history.raw_rows = len(raw)
     return history
+
+
+def _copy_rows(connection: Any, daily: list[dict[str, Any]], raw: list[dict[str, Any]]) -> None:
+    """Write the rows with COPY (PostgreSQL): a year of daily rows takes seconds instead of minutes."""
+    cursor = connection.connection.driver_connection.cursor()
+    columns = ["metric_type", "date", "labels_key", "labels", "sample_count", "sum", "min", "max", "avg"]
+    columns += ["p50", "p95", "p99", "histogram", "rolled_up_at"]
+    with cursor.copy(f"COPY operational_metrics_daily ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in daily:
+            copy.write_row(
+                [
+                    json.dumps(row[name])
+                    if name in ("labels", "histogram") and row[name] is not None
+                    else (row[name].value if name == "metric_type" else row[name])
+                    for name in columns
+                ]
+            )
+    with cursor.copy("COPY operational_metrics (metric_type, value, label_set_id, recorded_at) FROM STDIN") as copy:
+        for row in raw:
+            copy.write_row([row["metric_type"].value, row["value"], row["label_set_id"], row["recorded_at"]])
 
 
 def _key(labels: dict[str, str]) -> str:
@@ -264,7 +289,12 @@ def _daily_rows(history: FleetHistory, rng: random.Random, now: dt.datetime) -> 
 
 
 def _raw_rows(
-    history: FleetHistory, rng: random.Random, now: dt.datetime, per_actor: int, ids: dict[str, int]
+    history: FleetHistory,
+    rng: random.Random,
+    now: dt.datetime,
+    per_actor: int,
+    depth_interval_s: float,
+    ids: dict[str, int],
 ) -> Iterator[dict[str, Any]]:
     """Today's raw samples, spread evenly from midnight (UTC) to ``now``."""
     midnight = dt.datetime.combine(history.today, dt.time(), tzinfo=dt.UTC)
@@ -291,7 +321,7 @@ def _raw_rows(
             yield row(MetricType.WAIT_TIME, rng.lognormvariate(actor.wait_mu, 1.0), labels, when)
             if rng.random() < max(actor.error_rate, 0.05 if actor.error_rate else 0.0):
                 yield row(MetricType.ERROR, 1.0, {**labels, "error_type": rng.choice(ERROR_TYPES)}, when)
-    depth_samples = max(1, min(int(span_s // 300), 288))
+    depth_samples = max(1, int(span_s // depth_interval_s))
     for queue_index, queue in enumerate(history.queues):
         for state_index, state in enumerate(QUEUE_STATES):
             for index in range(depth_samples):
