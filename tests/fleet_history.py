@@ -109,7 +109,10 @@ def populate(
     with engine.begin() as connection:
         ids = resolve_label_set_ids(connection, (make_label_set(labels) for labels in label_sets.values()))
         daily = list(_daily_rows(history, rng, now))
-        raw = list(_raw_rows(history, rng, now, raw_samples_per_actor, depth_interval_s, ids))
+        # Stored in time order, as a fleet writes them (the raw table's BRIN index relies on it).
+        raw = sorted(
+            _raw_rows(history, rng, now, raw_samples_per_actor, depth_interval_s, ids), key=lambda r: r["recorded_at"]
+        )
         if connection.dialect.name == "postgresql":
             _copy_rows(connection, daily, raw)
         else:

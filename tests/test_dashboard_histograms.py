@@ -75,3 +75,18 @@ def test_only_the_most_recent_spans_are_kept(engine: Engine, fleet: FleetHistory
         cache.get(connection, MetricType.PROCESSING_TIME, FIRST + dt.timedelta(days=1), LAST)
         cache.get(connection, MetricType.PROCESSING_TIME, FIRST + dt.timedelta(days=2), LAST)
         assert cache.get(connection, MetricType.PROCESSING_TIME, FIRST, LAST) is not oldest
+
+
+def test_the_fast_quantile_reads_what_the_histogram_reads() -> None:
+    import random
+
+    from dramatiq_opmetrics.dashboard.histograms import quantile
+
+    rng = random.Random(3)
+    for _ in range(200):
+        values = [rng.lognormvariate(rng.uniform(0, 8), rng.uniform(0.1, 2)) for _ in range(rng.randint(1, 300))]
+        values += [0.0] * rng.choice((0, 0, 3))
+        histogram = Histogram.of(values)
+        for fraction in (0.0, 0.01, 0.5, 0.95, 0.99, 1.0):
+            assert quantile(histogram, fraction) == histogram.quantile(fraction)
+    assert quantile(Histogram(), 0.5) is None

@@ -24,14 +24,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Integer, cast, func, select
 
-from ..aggregate import Aggregate, aggregate_raw
+from ..aggregate import Aggregate
 from ..metric_types import MetricType
 from ..models import LabelSet, OperationalMetric, OperationalMetricDaily
-from ..partitions import day_bounds
 from ..query import query_metrics
 from ..retention import DEFAULT_RETENTION_DAYS
 from ..sketch import Histogram
-from .histograms import MergedHistograms
+from .histograms import MergedHistograms, quantile
+from .recent import RecentSamples
 
 #: The ranges a view can show, in days (today included).
 RANGE_DAYS = (7, 30, 90, 365)
@@ -160,6 +160,7 @@ class DashboardData:
         self.engine = engine
         self.clock = clock
         self.merged_histograms = MergedHistograms()
+        self.recent_samples = RecentSamples()
 
     # -- building blocks ------------------------------------------------------------------------------------
 
@@ -182,11 +183,10 @@ class DashboardData:
         today: dt.date,
         label_filter: dict[str, str] | None = None,
         *,
-        exact: bool = True,
+        percentiles: bool = True,
     ) -> list[LabelStats]:
-        """Per day and label set, from ``since`` to ``today``, from the raw samples (days not rolled up yet),
-        aggregated by the rollup's own :func:`~dramatiq_opmetrics.aggregate.aggregate_raw`; each with its
-        histogram, and with exact percentiles if ``exact``."""
+        """Per day and label set, from ``since`` to ``today``, from the raw samples (days not rolled up yet):
+        each with its histogram, and with p50/p95/p99 read from it if ``percentiles``."""
         label_set_ids = None
         if label_filter:
             label_set_ids = set(
@@ -199,17 +199,16 @@ class DashboardData:
             if not label_set_ids:
                 return []
         wanted = {kind.value for kind in metric_types}
-        # One pass over a day's raw rows serves every metric type asked for.
-        metric_type = metric_types[0] if len(metric_types) == 1 else None
+        now = self.clock()
         found: list[tuple[dt.date, Aggregate]] = []
         day = since
         while day <= today:
-            start, end = day_bounds(day)
-            for aggregate in aggregate_raw(
-                connection, start, end, metric_type=metric_type, label_set_ids=label_set_ids, exact_percentiles=exact
-            ):
-                if aggregate.metric_type.value in wanted:
-                    found.append((day, aggregate))
+            found.extend(
+                (day, aggregate)
+                for aggregate in self.recent_samples.aggregates(connection, day, now)
+                if aggregate.metric_type.value in wanted
+                and (label_set_ids is None or aggregate.label_set_id in label_set_ids)
+            )
             day += dt.timedelta(days=1)
         labels = _labels_by_id(connection, {aggregate.label_set_id for _, aggregate in found}) if found else {}
         return [
@@ -220,7 +219,7 @@ class DashboardData:
                 aggregate.count,
                 aggregate.sum,
                 aggregate.max,
-                *_three(aggregate.percentiles),
+                *_three(aggregate.histogram if percentiles else None),
                 aggregate.histogram,
             )
             for day, aggregate in found
@@ -266,13 +265,15 @@ class DashboardData:
         date_range: DateRange,
         label_filter: dict[str, str] | None = None,
         *,
-        exact: bool = True,
+        percentiles: bool = True,
     ) -> list[LabelStats]:
         """Daily statistics over ``date_range``: rolled-up days from the daily table, the rest through the
         query API."""
         recent = self._recent_start(connection, date_range)
         daily = self._daily_stats(connection, metric_types, date_range.first_day, recent, label_filter)
-        return daily + self._recent_stats(connection, metric_types, recent, date_range.today, label_filter, exact=exact)
+        return daily + self._recent_stats(
+            connection, metric_types, recent, date_range.today, label_filter, percentiles=percentiles
+        )
 
     # -- views ----------------------------------------------------------------------------------------------
 
@@ -294,12 +295,12 @@ class DashboardData:
         with self.engine.connect() as connection:
             recent = self._recent_start(connection, date_range)
             grouped = self._daily_by_actor(connection, kinds, date_range, recent, queue)
-            raw = self._recent_stats(connection, kinds, recent, today, label_filter)
+            raw = self._recent_stats(connection, kinds, recent, today, label_filter, percentiles=False)
             percentiles = {
                 kind.value: self._range_histograms(connection, kind, date_range, recent, raw)
                 for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
             }
-            queues = self._label_values(connection, "queue", [MetricType.PROCESSING_TIME], date_range)
+            queues = self._label_values(connection, "queue", alongside="actor")
         rows: dict[tuple[str, str], _OverviewAccumulator] = {}
 
         def accumulator(actor: str, queue_name: str) -> _OverviewAccumulator:
@@ -314,7 +315,8 @@ class DashboardData:
             actor = stat.labels.get("actor")
             if actor is not None:
                 bucket = date_range.bucket(stat.day)
-                accumulator(actor, stat.labels.get("queue", "")).add(stat.metric_type, bucket, stat.count, stat.p95)
+                p95 = _p95(stat.histogram) if stat.metric_type != MetricType.ERROR.value else None
+                accumulator(actor, stat.labels.get("queue", "")).add(stat.metric_type, bucket, stat.count, p95)
         result = [
             accumulator.row(
                 actor, queue_name, {kind: _p95(found.get((actor, queue_name))) for kind, found in percentiles.items()}
@@ -403,7 +405,7 @@ class DashboardData:
         with self.engine.connect() as connection:
             stats = self._stats(connection, [MetricType.QUEUE_DEPTH], date_range, label_filter)
             recent = self._raw_depth(connection, now - dt.timedelta(hours=hours), now, queue)
-            queues = self._label_values(connection, "queue", [MetricType.QUEUE_DEPTH], date_range)
+            queues = self._label_values(connection, "queue", alongside="state")
         daily: dict[str, list[LabelStats]] = defaultdict(list)
         for stat in stats:
             daily[_queue_state(stat.labels)].append(stat)
@@ -428,8 +430,8 @@ class DashboardData:
         kinds = [MetricType.PROMPT_TOKENS, MetricType.COMPLETION_TOKENS]
         label_filter = {"model": model} if model else None
         with self.engine.connect() as connection:
-            stats = self._stats(connection, kinds, date_range, label_filter, exact=False)
-            models = self._label_values(connection, "model", kinds, date_range)
+            stats = self._stats(connection, kinds, date_range, label_filter, percentiles=False)
+            models = self._label_values(connection, "model")
         per_series: dict[tuple[str, str], list[LabelStats]] = defaultdict(list)
         totals: dict[str, dict[str, float]] = defaultdict(
             lambda: {"prompt_tokens": 0.0, "completion_tokens": 0.0, "calls": 0}
@@ -467,8 +469,8 @@ class DashboardData:
         date_range = DateRange.ending_today(days, self.clock().date())
         label_filter = {by: value} if value else None
         with self.engine.connect() as connection:
-            stats = self._stats(connection, [MetricType.CONFIDENCE], date_range, label_filter, exact=False)
-            values = self._label_values(connection, by, [MetricType.CONFIDENCE], date_range)
+            stats = self._stats(connection, [MetricType.CONFIDENCE], date_range, label_filter, percentiles=False)
+            values = self._label_values(connection, by, alongside="bucket")
         buckets = [f"{tenth / 10:.1f}-{(tenth + 1) / 10:.1f}" for tenth in range(10)]
         counts: dict[str, list[float | None]] = defaultdict(lambda: [0.0] * len(buckets))
         for stat in stats:
@@ -519,22 +521,33 @@ class DashboardData:
         )
         if queue:
             query = query.where(queue_label == queue)
-        return list(connection.execute(query))
+        if connection.dialect.name != "postgresql":
+            return list(connection.execute(query))
+        # One row per (metric type, actor, queue) with arrays: a year of points travels in a few hundred rows.
+        points = query.subquery()
+        columns = list(points.c)
+        packed = select(
+            columns[0],
+            columns[1],
+            columns[2],
+            func.array_agg(columns[3]),
+            func.array_agg(columns[4]),
+            func.array_agg(columns[5]),
+        ).group_by(columns[0], columns[1], columns[2])
+        return [
+            (metric_type, actor_name, queue_name, bucket, count, worst)
+            for metric_type, actor_name, queue_name, buckets, counts, worsts in connection.execute(packed)
+            for bucket, count, worst in zip(buckets, counts, worsts, strict=True)
+        ]
 
-    def _label_values(
-        self, connection: Connection, key: str, metric_types: Sequence[MetricType], date_range: DateRange
-    ) -> list[str]:
-        """The values label ``key`` takes in the daily rows of the range (a filter's choices; today's new
-        values appear once rolled up)."""
-        d = OperationalMetricDaily
-        label = d.labels[key].as_string()
-        query = (
-            select(label)
-            .where(d.metric_type.in_(list(metric_types)), d.date >= date_range.first_day, label.is_not(None))
-            .distinct()
-        )
-        found = {value for (value,) in connection.execute(query)}
-        return sorted(found)
+    def _label_values(self, connection: Connection, key: str, *, alongside: str | None = None) -> list[str]:
+        """Every value label ``key`` has taken (a filter's choices), in label sets that also have the label
+        ``alongside``, if given. Read from the label-set table, which is small."""
+        label = LabelSet.labels[key].as_string()
+        query = select(label).where(label.is_not(None)).distinct()
+        if alongside:
+            query = query.where(LabelSet.labels[alongside].as_string().is_not(None))
+        return sorted(value for (value,) in connection.execute(query))
 
     def _raw_depth(self, connection: Connection, start: dt.datetime, end: dt.datetime, queue: str | None) -> Chart:
         """Raw queue-depth samples from ``start`` to ``end``: each interval's largest, per queue and state."""
@@ -591,16 +604,15 @@ class DashboardData:
         return merged
 
 
-def _three(percentiles: tuple[float, ...] | None) -> tuple[float | None, float | None, float | None]:
-    """p50, p95 and p99 from an aggregate's exact percentiles, or unknown."""
-    if percentiles is None:
+def _three(histogram: Histogram | None) -> tuple[float | None, float | None, float | None]:
+    """p50, p95 and p99 read from ``histogram`` (within 1%), or unknown."""
+    if histogram is None:
         return (None, None, None)
-    p50, p95, p99 = percentiles
-    return (p50, p95, p99)
+    return (quantile(histogram, 0.5), quantile(histogram, 0.95), quantile(histogram, 0.99))
 
 
 def _p95(histogram: Histogram | None) -> float | None:
-    return None if histogram is None else histogram.quantile(0.95)
+    return None if histogram is None else quantile(histogram, 0.95)
 
 
 class _OverviewAccumulator:
