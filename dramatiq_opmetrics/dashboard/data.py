@@ -27,7 +27,6 @@ from sqlalchemy import Connection, Engine, Integer, cast, func, select
 from ..aggregate import Aggregate
 from ..metric_types import MetricType
 from ..models import LabelSet, OperationalMetric, OperationalMetricDaily
-from ..query import query_metrics
 from ..retention import DEFAULT_RETENTION_DAYS
 from ..sketch import Histogram
 from .histograms import MergedHistograms, quantile
@@ -121,6 +120,7 @@ class LabelStats:
     p95: float | None = None
     p99: float | None = None
     histogram: Histogram | None = None
+    minimum: float | None = None
 
 
 @dataclass(slots=True)
@@ -175,6 +175,19 @@ class DashboardData:
         ).scalar()
         return earliest if last is None else last + dt.timedelta(days=1)
 
+    def _label_sets(self, connection: Connection, label_filter: dict[str, str] | None) -> tuple[set[int], list[str]]:
+        """The ids and labels keys of the label sets having every label of ``label_filter``.
+
+        Every daily row's labels key is a stored label set (label sets are never deleted), so filtering daily
+        rows by these keys uses the daily table's primary key instead of reading every row's labels."""
+        if not label_filter:
+            return set(), []
+        query = select(LabelSet.id, LabelSet.labels_key).where(
+            *[LabelSet.labels[key].as_string() == value for key, value in label_filter.items()]
+        )
+        rows = list(connection.execute(query))
+        return {row[0] for row in rows}, sorted(row[1] for row in rows)
+
     def _recent_stats(
         self,
         connection: Connection,
@@ -189,13 +202,7 @@ class DashboardData:
         each with its histogram, and with p50/p95/p99 read from it if ``percentiles``."""
         label_set_ids = None
         if label_filter:
-            label_set_ids = set(
-                connection.execute(
-                    select(LabelSet.id).where(
-                        *[LabelSet.labels[key].as_string() == value for key, value in label_filter.items()]
-                    )
-                ).scalars()
-            )
+            label_set_ids = self._label_sets(connection, label_filter)[0]
             if not label_set_ids:
                 return []
         wanted = {kind.value for kind in metric_types}
@@ -221,6 +228,7 @@ class DashboardData:
                 aggregate.max,
                 *_three(aggregate.histogram if percentiles else None),
                 aggregate.histogram,
+                aggregate.min,
             )
             for day, aggregate in found
             if aggregate.label_set_id in labels
@@ -236,13 +244,13 @@ class DashboardData:
     ) -> list[LabelStats]:
         """The daily rows of ``metric_types`` from ``first_day`` up to (excluding) ``before``."""
         d = OperationalMetricDaily
-        columns = [d.metric_type, d.labels, d.date, d.sample_count, d.sum, d.max, d.p50, d.p95, d.p99]
-        query = select(*columns).where(
-            d.metric_type.in_(list(metric_types)),
-            d.date >= first_day,
-            d.date < before,
-            *[d.labels[key].as_string() == value for key, value in (label_filter or {}).items()],
-        )
+        columns = [d.metric_type, d.labels, d.date, d.sample_count, d.sum, d.max, d.p50, d.p95, d.p99, d.min]
+        query = select(*columns).where(d.metric_type.in_(list(metric_types)), d.date >= first_day, d.date < before)
+        if label_filter:
+            labels_keys = self._label_sets(connection, label_filter)[1]
+            if not labels_keys:
+                return []
+            query = query.where(d.labels_key.in_(labels_keys))
         return [
             LabelStats(
                 str(row[0]),
@@ -254,6 +262,7 @@ class DashboardData:
                 row[6],
                 row[7],
                 row[8],
+                minimum=row[9],
             )
             for row in _rows(connection, query)
         ]
@@ -343,19 +352,14 @@ class DashboardData:
         kinds = [MetricType.PROCESSING_TIME, MetricType.WAIT_TIME, MetricType.ERROR]
         with self.engine.connect() as connection:
             stats = self._stats(connection, kinds, date_range, label_filter)
+            recent = self._recent_start(connection, date_range)
+            labels_keys = self._label_sets(connection, label_filter)[1]
             summary = {
-                kind.value: next(
-                    iter(
-                        query_metrics(
-                            connection,
-                            date_range.first_day,
-                            date_range.today,
-                            metric_type=kind,
-                            labels=label_filter,
-                            group_by=(),
-                        )
-                    ),
-                    None,
+                kind.value: _summary(
+                    [stat for stat in stats if stat.metric_type == kind.value],
+                    self._range_histograms(
+                        connection, kind, date_range, recent, stats, lambda labels: "all", labels_keys
+                    ).get("all"),
                 )
                 for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
             }
@@ -584,17 +588,20 @@ class DashboardData:
         date_range: DateRange,
         recent: dt.date,
         recent_stats: Iterable[LabelStats],
-    ) -> dict[tuple[str, str], Histogram]:
-        """Per (actor, queue): the merged histogram of ``metric_type`` over the range, today included."""
-        merged: dict[tuple[str, str], Histogram] = {}
+        group_of: Callable[[dict[str, str]], Any] = lambda labels: (labels["actor"], labels.get("queue", "")),
+        labels_keys: Sequence[str] | None = None,
+    ) -> dict[Any, Histogram]:
+        """Per group (default: actor and queue), the merged histogram of ``metric_type`` over the range, today
+        included: rolled-up days merged in the database (and kept), recent days from their raw samples."""
+        merged: dict[Any, Histogram] = {}
 
         def add(labels: dict[str, str], histogram: Histogram | None) -> None:
             if histogram is not None and "actor" in labels:
-                merged.setdefault((labels["actor"], labels.get("queue", "")), Histogram()).__iadd__(histogram)
+                merged.setdefault(group_of(labels), Histogram()).__iadd__(histogram)
 
         if recent > date_range.first_day:
             span = self.merged_histograms.get(
-                connection, metric_type, date_range.first_day, recent - dt.timedelta(days=1)
+                connection, metric_type, date_range.first_day, recent - dt.timedelta(days=1), labels_keys
             )
             for labels_key, histogram in span.histograms.items():
                 add(span.labels[labels_key], histogram)
@@ -602,6 +609,21 @@ class DashboardData:
             if stat.metric_type == metric_type.value:
                 add(stat.labels, stat.histogram)
         return merged
+
+
+def _summary(stats: Sequence[LabelStats], histogram: Histogram | None) -> dict[str, float | None]:
+    """Count, average and p50/p95/p99 over ``stats`` (the days of a range); percentiles read from their merged
+    ``histogram`` and kept within the values seen, as the query API does."""
+    count = sum(stat.count for stat in stats)
+    if not count:
+        return {"count": 0, "avg": None, "p50": None, "p95": None, "p99": None}
+    low = min((stat.minimum for stat in stats if stat.minimum is not None), default=-math.inf)
+    high = max(stat.maximum for stat in stats)
+    summary: dict[str, float | None] = {"count": count, "avg": sum(stat.total for stat in stats) / count}
+    for name, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+        value = None if histogram is None else quantile(histogram, fraction)
+        summary[name] = None if value is None else min(max(value, low), high)
+    return summary
 
 
 def _three(histogram: Histogram | None) -> tuple[float | None, float | None, float | None]:

@@ -15,9 +15,10 @@ import datetime as dt
 import functools
 import threading
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import ColumnElement, Connection, func, select, text
 
 from ..metric_types import MetricType
 from ..models import DAILY_TABLE, LabelSet, OperationalMetricDaily
@@ -78,19 +79,28 @@ class MergedHistograms:
 
     def __init__(self, max_spans: int = DEFAULT_MAX_SPANS) -> None:
         self.max_spans = max_spans
-        self._spans: OrderedDict[tuple[str, dt.date, dt.date], MergedSpan] = OrderedDict()
+        self._spans: OrderedDict[tuple[str, dt.date, dt.date, tuple[str, ...] | None], MergedSpan] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, connection: Connection, metric_type: MetricType, first_day: dt.date, last_day: dt.date) -> MergedSpan:
-        """The merged histograms of ``metric_type`` from ``first_day`` to ``last_day`` inclusive."""
-        key = (metric_type.value, first_day, last_day)
-        fingerprint = _fingerprint(connection, metric_type, first_day, last_day)
+    def get(
+        self,
+        connection: Connection,
+        metric_type: MetricType,
+        first_day: dt.date,
+        last_day: dt.date,
+        labels_keys: Sequence[str] | None = None,
+    ) -> MergedSpan:
+        """The merged histograms of ``metric_type`` from ``first_day`` to ``last_day`` inclusive, of every label
+        set or of those of ``labels_keys``."""
+        keys = None if labels_keys is None else tuple(sorted(labels_keys))
+        key = (metric_type.value, first_day, last_day, keys)
+        fingerprint = _fingerprint(connection, metric_type, first_day, last_day, keys)
         with self._lock:
             span = self._spans.get(key)
             if span is not None and span.fingerprint == fingerprint:
                 self._spans.move_to_end(key)
                 return span
-        span = _merge(connection, metric_type, first_day, last_day, fingerprint)
+        span = _merge(connection, metric_type, first_day, last_day, keys, fingerprint)
         with self._lock:
             self._spans[key] = span
             self._spans.move_to_end(key)
@@ -99,15 +109,26 @@ class MergedHistograms:
         return span
 
 
+def _span(
+    metric_type: MetricType, first_day: dt.date, last_day: dt.date, labels_keys: tuple[str, ...] | None
+) -> list[ColumnElement[bool]]:
+    d = OperationalMetricDaily
+    conditions = [d.metric_type == metric_type, d.date >= first_day, d.date <= last_day]
+    if labels_keys is not None:
+        conditions.append(d.labels_key.in_(labels_keys))
+    return conditions
+
+
 def _fingerprint(
-    connection: Connection, metric_type: MetricType, first_day: dt.date, last_day: dt.date
+    connection: Connection,
+    metric_type: MetricType,
+    first_day: dt.date,
+    last_day: dt.date,
+    labels_keys: tuple[str, ...] | None,
 ) -> tuple[object, ...]:
     d = OperationalMetricDaily
-    row = connection.execute(
-        select(func.count(), func.sum(d.sample_count), func.max(d.rolled_up_at)).where(
-            d.metric_type == metric_type, d.date >= first_day, d.date <= last_day
-        )
-    ).one()
+    query = select(func.count(), func.sum(d.sample_count), func.max(d.rolled_up_at))
+    row = connection.execute(query.where(*_span(metric_type, first_day, last_day, labels_keys))).one()
     return tuple(row)
 
 
@@ -116,12 +137,15 @@ def _merge(
     metric_type: MetricType,
     first_day: dt.date,
     last_day: dt.date,
+    labels_keys: tuple[str, ...] | None,
     fingerprint: tuple[object, ...],
 ) -> MergedSpan:
     labels: dict[str, dict[str, str]] = {}
     histograms: dict[str, Histogram] = {}
     d = OperationalMetricDaily
-    span = (d.metric_type == metric_type, d.date >= first_day, d.date <= last_day)
+    span = _span(metric_type, first_day, last_day, labels_keys)
+    if labels_keys is not None and not labels_keys:
+        return MergedSpan(fingerprint, labels, histograms)
     if connection.dialect.name != "postgresql":
         # SQLite (the embedded default, small): merge in Python.
         for labels_key, row_labels, stored in connection.execute(
@@ -131,8 +155,11 @@ def _merge(
             if stored is not None:
                 histograms.setdefault(labels_key, Histogram()).__iadd__(Histogram.from_json(stored))
         return MergedSpan(fingerprint, labels, histograms)
-    parameters = {"metric_type": metric_type.value, "first_day": first_day, "last_day": last_day}
+    parameters: dict[str, object] = {"metric_type": metric_type.value, "first_day": first_day, "last_day": last_day}
     where = "metric_type = CAST(:metric_type AS opmetrics_metric_type) AND date BETWEEN :first_day AND :last_day"
+    if labels_keys is not None:
+        where += " AND labels_key = ANY(CAST(:labels_keys AS text[]))"
+        parameters["labels_keys"] = list(labels_keys)
     bins: dict[str, Counter[int]] = {}
     for labels_key, bucket, count in connection.execute(
         text(
