@@ -1,4 +1,4 @@
-"""Merged histograms of rolled-up days: the database's merge equals Python's, and is kept until a day changes."""
+"""Merged histograms of rolled-up days: the database's merge equals Python's; the fast quantile reads the same."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from fleet_history import FleetHistory, make_actors, populate
 from sqlalchemy import Engine, select, update
 
-from dramatiq_opmetrics.dashboard.histograms import MergedHistograms
+from dramatiq_opmetrics.dashboard.histograms import daily_fingerprint, merge_histograms
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.models import OperationalMetricDaily
 from dramatiq_opmetrics.sketch import Histogram
@@ -36,7 +36,7 @@ def python_merge(engine: Engine, metric_type: MetricType) -> dict[str, Histogram
 
 def test_the_merge_equals_adding_the_daily_histograms_one_by_one(engine: Engine, fleet: FleetHistory) -> None:
     with engine.connect() as connection:
-        span = MergedHistograms().get(connection, MetricType.PROCESSING_TIME, FIRST, LAST)
+        span = merge_histograms(connection, MetricType.PROCESSING_TIME, FIRST, LAST)
     expected = python_merge(engine, MetricType.PROCESSING_TIME)
     assert set(span.histograms) == set(expected)
     for labels_key, histogram in expected.items():
@@ -45,36 +45,30 @@ def test_the_merge_equals_adding_the_daily_histograms_one_by_one(engine: Engine,
         assert span.labels[labels_key]["actor"] in {actor.name for actor in fleet.actors}
 
 
-def test_a_merge_is_reused_until_a_day_in_it_is_rolled_up_again(engine: Engine, fleet: FleetHistory) -> None:
-    cache = MergedHistograms()
+def test_the_merge_of_some_label_sets_has_only_them(engine: Engine, fleet: FleetHistory) -> None:
+    actor = fleet.actors[1]
+    key = f"actor:{actor.name}|queue:{actor.queue}"
     with engine.connect() as connection:
-        first = cache.get(connection, MetricType.WAIT_TIME, FIRST, LAST)
-        assert cache.get(connection, MetricType.WAIT_TIME, FIRST, LAST) is first
+        span = merge_histograms(connection, MetricType.PROCESSING_TIME, FIRST, LAST, [key])
+    assert list(span.histograms) == [key]
+    assert +span.histograms[key].bins == +python_merge(engine, MetricType.PROCESSING_TIME)[key].bins
+
+
+def test_the_fingerprint_changes_when_a_day_is_rolled_up_again(engine: Engine, fleet: FleetHistory) -> None:
+    with engine.connect() as connection:
+        before = daily_fingerprint(connection, [MetricType.WAIT_TIME], FIRST, LAST)
     d = OperationalMetricDaily
-    key = next(iter(first.histograms))
     with engine.begin() as connection:
         connection.execute(
             update(d)
-            .where(d.metric_type == MetricType.WAIT_TIME, d.date == LAST, d.labels_key == key)
-            .values(
-                histogram={"mapping": "logarithmic", "relative_accuracy": 0.01, "bins": {"500": 3}, "zero_count": 0},
-                sample_count=3,
-                rolled_up_at=NOW + dt.timedelta(hours=1),
-            )
+            .where(d.metric_type == MetricType.WAIT_TIME, d.date == LAST)
+            .values(rolled_up_at=NOW + dt.timedelta(hours=1))
         )
     with engine.connect() as connection:
-        second = cache.get(connection, MetricType.WAIT_TIME, FIRST, LAST)
-    assert second is not first
-    assert second.histograms[key].bins[500] >= 3
-
-
-def test_only_the_most_recent_spans_are_kept(engine: Engine, fleet: FleetHistory) -> None:
-    cache = MergedHistograms(max_spans=2)
-    with engine.connect() as connection:
-        oldest = cache.get(connection, MetricType.PROCESSING_TIME, FIRST, LAST)
-        cache.get(connection, MetricType.PROCESSING_TIME, FIRST + dt.timedelta(days=1), LAST)
-        cache.get(connection, MetricType.PROCESSING_TIME, FIRST + dt.timedelta(days=2), LAST)
-        assert cache.get(connection, MetricType.PROCESSING_TIME, FIRST, LAST) is not oldest
+        assert daily_fingerprint(connection, [MetricType.WAIT_TIME], FIRST, LAST) != before
+        assert daily_fingerprint(connection, [MetricType.PROCESSING_TIME], FIRST, LAST) == daily_fingerprint(
+            connection, [MetricType.PROCESSING_TIME], FIRST, LAST
+        )
 
 
 def test_the_fast_quantile_reads_what_the_histogram_reads() -> None:

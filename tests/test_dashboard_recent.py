@@ -57,3 +57,26 @@ def test_settled_samples_are_read_once(engine: Engine) -> None:
     with engine.connect() as connection:
         [again] = recent.aggregates(connection, DAY, now + dt.timedelta(seconds=1))
     assert again.count == 100
+
+
+def test_recent_maxima_are_each_intervals_largest_value_and_follow_new_samples(engine: Engine) -> None:
+    from dramatiq_opmetrics.dashboard.recent import RecentMaxima
+
+    depth = {"queue": "default", "state": "ready"}
+    insert_samples(engine, [(MetricType.QUEUE_DEPTH, depth, float(i % 50), at(DAY, 15 * i)) for i in range(2000)])
+    maxima = RecentMaxima()
+    start, now = at(DAY), at(DAY, 15 * 2000)
+    with engine.connect() as connection:
+        first = maxima.maxima(connection, MetricType.QUEUE_DEPTH, start, now, 600)
+    expected: dict[int, float] = {}
+    for i in range(2000):
+        index = int(at(DAY, 15 * i).timestamp()) // 600
+        expected[index] = max(expected.get(index, 0.0), float(i % 50))
+    assert {index: value for (_label_set, index), value in first.items()} == expected
+    insert_samples(engine, [(MetricType.QUEUE_DEPTH, depth, 500.0, now + dt.timedelta(seconds=5))])
+    with engine.connect() as connection:
+        second = maxima.maxima(connection, MetricType.QUEUE_DEPTH, start, now + dt.timedelta(seconds=10), 600)
+    assert max(second.values()) == 500.0
+    assert {key: value for key, value in second.items() if value != 500.0} == {
+        key: value for key, value in first.items() if key in second and second[key] != 500.0
+    }

@@ -26,11 +26,12 @@ from sqlalchemy import Connection, Engine, Integer, cast, func, select
 
 from ..aggregate import Aggregate
 from ..metric_types import MetricType
-from ..models import LabelSet, OperationalMetric, OperationalMetricDaily
+from ..models import LabelSet, OperationalMetricDaily
 from ..retention import DEFAULT_RETENTION_DAYS
 from ..sketch import Histogram
-from .histograms import MergedHistograms, quantile
-from .recent import RecentSamples
+from .histograms import daily_fingerprint, merge_histograms, quantile
+from .kept import KeptResults
+from .recent import RecentMaxima, RecentSamples
 
 #: The ranges a view can show, in days (today included).
 RANGE_DAYS = (7, 30, 90, 365)
@@ -159,8 +160,9 @@ class DashboardData:
     def __init__(self, engine: Engine, *, clock: Callable[[], dt.datetime] = utc_now) -> None:
         self.engine = engine
         self.clock = clock
-        self.merged_histograms = MergedHistograms()
+        self.kept = KeptResults()
         self.recent_samples = RecentSamples()
+        self.recent_maxima = RecentMaxima()
 
     # -- building blocks ------------------------------------------------------------------------------------
 
@@ -279,7 +281,12 @@ class DashboardData:
         """Daily statistics over ``date_range``: rolled-up days from the daily table, the rest through the
         query API."""
         recent = self._recent_start(connection, date_range)
-        daily = self._daily_stats(connection, metric_types, date_range.first_day, recent, label_filter)
+        first, last = date_range.first_day, recent - dt.timedelta(days=1)
+        daily = self.kept.get(
+            ("daily", tuple(metric_types), first, last, tuple(sorted((label_filter or {}).items()))),
+            lambda: daily_fingerprint(connection, metric_types, first, last),
+            lambda: self._daily_stats(connection, metric_types, first, recent, label_filter),
+        )
         return daily + self._recent_stats(
             connection, metric_types, recent, date_range.today, label_filter, percentiles=percentiles
         )
@@ -303,14 +310,20 @@ class DashboardData:
         kinds = [MetricType.PROCESSING_TIME, MetricType.WAIT_TIME, MetricType.ERROR]
         with self.engine.connect() as connection:
             recent = self._recent_start(connection, date_range)
-            grouped = self._daily_by_actor(connection, kinds, date_range, recent, queue)
+            last = recent - dt.timedelta(days=1)
+            grouped = self.kept.get(
+                ("overview", date_range, recent, queue),
+                lambda: daily_fingerprint(connection, kinds, date_range.first_day, last),
+                lambda: _accumulate(date_range, self._daily_by_actor(connection, kinds, date_range, recent, queue)),
+            )
             raw = self._recent_stats(connection, kinds, recent, today, label_filter, percentiles=False)
             percentiles = {
                 kind.value: self._range_histograms(connection, kind, date_range, recent, raw)
                 for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
             }
             queues = self._label_values(connection, "queue", alongside="actor")
-        rows: dict[tuple[str, str], _OverviewAccumulator] = {}
+        # The kept rows of the rolled-up days are copied, then today's samples are added to the copies.
+        rows = {key: kept.copy() for key, kept in grouped.items()}
 
         def accumulator(actor: str, queue_name: str) -> _OverviewAccumulator:
             found = rows.get((actor, queue_name))
@@ -318,8 +331,6 @@ class DashboardData:
                 found = rows[(actor, queue_name)] = _OverviewAccumulator(date_range)
             return found
 
-        for metric_type, actor, queue_name, bucket, count, worst_p95 in grouped:
-            accumulator(actor, queue_name or "").add(str(metric_type), int(bucket), int(count), worst_p95)
         for stat in raw:
             actor = stat.labels.get("actor")
             if actor is not None:
@@ -556,17 +567,11 @@ class DashboardData:
     def _raw_depth(self, connection: Connection, start: dt.datetime, end: dt.datetime, queue: str | None) -> Chart:
         """Raw queue-depth samples from ``start`` to ``end``: each interval's largest, per queue and state."""
         width_s = max(1, math.ceil((end - start).total_seconds() / MAX_DEPTH_POINTS))
-        m = OperationalMetric
-        bucket = _epoch_bucket(connection, m.recorded_at, width_s)
-        query = (
-            select(m.label_set_id, bucket, func.max(m.value))
-            .where(m.metric_type == MetricType.QUEUE_DEPTH, m.recorded_at >= start, m.recorded_at <= end)
-            .group_by(m.label_set_id, bucket)
-        )
+        maxima = self.recent_maxima.maxima(connection, MetricType.QUEUE_DEPTH, start, end, width_s)
         if queue:
-            ids = select(LabelSet.id).where(LabelSet.labels["queue"].as_string() == queue)
-            query = query.where(m.label_set_id.in_(ids.scalar_subquery()))
-        rows = list(connection.execute(query))
+            wanted = self._label_sets(connection, {"queue": queue})[0]
+            maxima = {key: value for key, value in maxima.items() if key[0] in wanted}
+        rows = [(label_set_id, index, depth) for (label_set_id, index), depth in maxima.items()]
         ids_found = {row[0] for row in rows}
         labels = _labels_by_id(connection, ids_found) if ids_found else {}
         first = int(start.timestamp()) // width_s
@@ -600,8 +605,12 @@ class DashboardData:
                 merged.setdefault(group_of(labels), Histogram()).__iadd__(histogram)
 
         if recent > date_range.first_day:
-            span = self.merged_histograms.get(
-                connection, metric_type, date_range.first_day, recent - dt.timedelta(days=1), labels_keys
+            last = recent - dt.timedelta(days=1)
+            keys = None if labels_keys is None else tuple(labels_keys)
+            span = self.kept.get(
+                ("histograms", metric_type, date_range.first_day, last, keys),
+                lambda: daily_fingerprint(connection, [metric_type], date_range.first_day, last, keys),
+                lambda: merge_histograms(connection, metric_type, date_range.first_day, last, keys),
             )
             for labels_key, histogram in span.histograms.items():
                 add(span.labels[labels_key], histogram)
@@ -637,6 +646,17 @@ def _p95(histogram: Histogram | None) -> float | None:
     return None if histogram is None else quantile(histogram, 0.95)
 
 
+def _accumulate(date_range: DateRange, grouped: Iterable[Any]) -> dict[tuple[str, str], _OverviewAccumulator]:
+    """Overview rows of the grouped daily points (metric type, actor, queue, point, count, worst p95)."""
+    rows: dict[tuple[str, str], _OverviewAccumulator] = {}
+    for metric_type, actor, queue_name, bucket, count, worst_p95 in grouped:
+        row = rows.get((actor, queue_name or ""))
+        if row is None:
+            row = rows[(actor, queue_name or "")] = _OverviewAccumulator(date_range)
+        row.add(str(metric_type), int(bucket), int(count), worst_p95)
+    return rows
+
+
 class _OverviewAccumulator:
     """One overview row being summed up, chart point by chart point."""
 
@@ -647,6 +667,14 @@ class _OverviewAccumulator:
         self.errors: list[float] = [0.0] * size
         self.p95_processing: list[float | None] = [None] * size
         self.p95_wait: list[float | None] = [None] * size
+
+    def copy(self) -> _OverviewAccumulator:
+        """An independent copy."""
+        twin = _OverviewAccumulator.__new__(_OverviewAccumulator)
+        twin.date_range = self.date_range
+        twin.messages, twin.errors = list(self.messages), list(self.errors)
+        twin.p95_processing, twin.p95_wait = list(self.p95_processing), list(self.p95_wait)
+        return twin
 
     def add(self, metric_type: str, bucket: int, count: int, p95: float | None) -> None:
         if not 0 <= bucket < len(self.messages):
@@ -777,10 +805,3 @@ def _day_index(connection: Connection, column: Any, first_day: dt.date) -> Any:
     if connection.dialect.name == "postgresql":
         return column - first_day
     return cast(func.julianday(column) - func.julianday(first_day.isoformat()), Integer)
-
-
-def _epoch_bucket(connection: Connection, column: Any, width_s: int) -> Any:
-    """Which ``width_s``-second interval since the epoch a timestamp column falls in, as SQL."""
-    if connection.dialect.name == "postgresql":
-        return cast(func.floor(func.extract("epoch", column) / width_s), Integer)
-    return cast(cast(func.strftime("%s", column), Integer) / width_s, Integer)

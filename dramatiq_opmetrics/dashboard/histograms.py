@@ -1,20 +1,17 @@
-"""Merged histograms of rolled-up days per label set, merged in the database and kept between requests.
+"""Merged histograms of rolled-up days per label set, merged in the database, and a fast way to read them.
 
 The overview shows a p95 over up to 365 days for every actor and queue. Reading that many daily histograms
-into Python on each request (as :func:`~dramatiq_opmetrics.query_metrics` does for one query) takes
-seconds; merging them in PostgreSQL takes less, and rolled-up days do not change, so the merge of a span of
-days is kept and reused while a cheap fingerprint of those daily rows (how many, their sample total and the
-latest ``rolled_up_at``; a late sample re-rolls its day and changes it) stays the same. The merged
-histograms are the query API's own :class:`~dramatiq_opmetrics.sketch.Histogram`, read with its
-``quantile``: the same percentiles as the query API's, from the same buckets.
+into Python (as :func:`~dramatiq_opmetrics.query_metrics` does) takes seconds; PostgreSQL merges them
+faster, and the dashboard keeps the result (:mod:`~dramatiq_opmetrics.dashboard.kept`). The merged
+histograms are the query API's own :class:`~dramatiq_opmetrics.sketch.Histogram`, read as its ``quantile``
+reads them: the same percentiles as the query API's, from the same buckets.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,15 +21,11 @@ from ..metric_types import MetricType
 from ..models import DAILY_TABLE, LabelSet, OperationalMetricDaily
 from ..sketch import MAPPING, Histogram
 
-#: How many merged spans (metric type, first day, last day) are kept; the least recently used goes first.
-DEFAULT_MAX_SPANS = 32
-
 
 @dataclass(frozen=True)
 class MergedSpan:
-    """The merged histograms of one metric type over a span of rolled-up days, by labels key."""
+    """The merged histograms of one metric type over a span of rolled-up days, and the labels, by labels key."""
 
-    fingerprint: tuple[object, ...]
     labels: dict[str, dict[str, str]]
     histograms: dict[str, Histogram]
 
@@ -68,47 +61,6 @@ def _bucket_value(key: int) -> float:
     return float(MAPPING.value(key))
 
 
-class MergedHistograms:
-    """Merged daily histograms per label set over spans of rolled-up days, cached between requests.
-
-    Thread-safe; one instance serves every request of a dashboard.
-
-    Parameters:
-      max_spans(int): how many merged spans are kept (default :data:`DEFAULT_MAX_SPANS`).
-    """
-
-    def __init__(self, max_spans: int = DEFAULT_MAX_SPANS) -> None:
-        self.max_spans = max_spans
-        self._spans: OrderedDict[tuple[str, dt.date, dt.date, tuple[str, ...] | None], MergedSpan] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(
-        self,
-        connection: Connection,
-        metric_type: MetricType,
-        first_day: dt.date,
-        last_day: dt.date,
-        labels_keys: Sequence[str] | None = None,
-    ) -> MergedSpan:
-        """The merged histograms of ``metric_type`` from ``first_day`` to ``last_day`` inclusive, of every label
-        set or of those of ``labels_keys``."""
-        keys = None if labels_keys is None else tuple(sorted(labels_keys))
-        key = (metric_type.value, first_day, last_day, keys)
-        fingerprint = _fingerprint(connection, metric_type, first_day, last_day, keys)
-        with self._lock:
-            span = self._spans.get(key)
-            if span is not None and span.fingerprint == fingerprint:
-                self._spans.move_to_end(key)
-                return span
-        span = _merge(connection, metric_type, first_day, last_day, keys, fingerprint)
-        with self._lock:
-            self._spans[key] = span
-            self._spans.move_to_end(key)
-            while len(self._spans) > self.max_spans:
-                self._spans.popitem(last=False)
-        return span
-
-
 def _span(
     metric_type: MetricType, first_day: dt.date, last_day: dt.date, labels_keys: tuple[str, ...] | None
 ) -> list[ColumnElement[bool]]:
@@ -119,33 +71,39 @@ def _span(
     return conditions
 
 
-def _fingerprint(
+def daily_fingerprint(
     connection: Connection,
-    metric_type: MetricType,
+    metric_types: Sequence[MetricType],
     first_day: dt.date,
     last_day: dt.date,
-    labels_keys: tuple[str, ...] | None,
+    labels_keys: Sequence[str] | None = None,
 ) -> tuple[object, ...]:
+    """What changes when the daily rows of a span change: how many, their samples, the latest ``rolled_up_at``."""
     d = OperationalMetricDaily
-    query = select(func.count(), func.sum(d.sample_count), func.max(d.rolled_up_at))
-    row = connection.execute(query.where(*_span(metric_type, first_day, last_day, labels_keys))).one()
-    return tuple(row)
+    query = select(func.count(), func.sum(d.sample_count), func.max(d.rolled_up_at)).where(
+        d.metric_type.in_(list(metric_types)), d.date >= first_day, d.date <= last_day
+    )
+    if labels_keys is not None:
+        query = query.where(d.labels_key.in_(list(labels_keys)))
+    return tuple(connection.execute(query).one())
 
 
-def _merge(
+def merge_histograms(
     connection: Connection,
     metric_type: MetricType,
     first_day: dt.date,
     last_day: dt.date,
-    labels_keys: tuple[str, ...] | None,
-    fingerprint: tuple[object, ...],
+    labels_keys: Sequence[str] | None = None,
 ) -> MergedSpan:
+    """The daily histograms of ``metric_type`` from ``first_day`` to ``last_day`` merged per label set (of
+    every label set, or of those of ``labels_keys``); in SQL on PostgreSQL (samples are never negative, so
+    only positive buckets and zeros are read there), in Python elsewhere."""
     labels: dict[str, dict[str, str]] = {}
     histograms: dict[str, Histogram] = {}
     d = OperationalMetricDaily
-    span = _span(metric_type, first_day, last_day, labels_keys)
+    span = _span(metric_type, first_day, last_day, None if labels_keys is None else tuple(labels_keys))
     if labels_keys is not None and not labels_keys:
-        return MergedSpan(fingerprint, labels, histograms)
+        return MergedSpan(labels, histograms)
     if connection.dialect.name != "postgresql":
         # SQLite (the embedded default, small): merge in Python.
         for labels_key, row_labels, stored in connection.execute(
@@ -154,7 +112,7 @@ def _merge(
             labels.setdefault(labels_key, dict(row_labels))
             if stored is not None:
                 histograms.setdefault(labels_key, Histogram()).__iadd__(Histogram.from_json(stored))
-        return MergedSpan(fingerprint, labels, histograms)
+        return MergedSpan(labels, histograms)
     parameters: dict[str, object] = {"metric_type": metric_type.value, "first_day": first_day, "last_day": last_day}
     where = "metric_type = CAST(:metric_type AS opmetrics_metric_type) AND date BETWEEN :first_day AND :last_day"
     if labels_keys is not None:
@@ -186,4 +144,4 @@ def _merge(
     for labels_key in (key for key in keys if key not in labels):
         fallback = select(d.labels).where(*span, d.labels_key == labels_key).limit(1)
         labels[labels_key] = dict(connection.execute(fallback).scalar_one())
-    return MergedSpan(fingerprint, labels, histograms)
+    return MergedSpan(labels, histograms)
