@@ -70,8 +70,11 @@ def main() -> int:
             raw_samples_per_actor=args.messages,
             depth_interval_s=15.0,
         )
-        with engine.begin() as connection:
-            connection.exec_driver_sql("ANALYZE")
+        # As autovacuum would have done by now: statistics, and the BRIN summaries of today's partition.
+        with psycopg.connect(
+            url.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True
+        ) as c:
+            c.execute("VACUUM ANALYZE")
         print(
             f"populated in {time.perf_counter() - started:.0f} s: {history.daily_rows:,} daily rows over"
             f" {args.days} days for {args.actors} actor/queue label sets, {history.raw_rows:,} raw samples today"
