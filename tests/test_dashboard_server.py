@@ -94,3 +94,29 @@ def test_the_command_serves_the_dashboard_on_loopback(sqlite_url: URL, tmp_path:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_keeping_warm_prepares_every_ranges_overview_until_stopped(engine: Engine) -> None:
+    import datetime as dt
+    import threading
+
+    from fleet_history import make_actors, populate
+
+    from dramatiq_opmetrics.dashboard import keep_warm
+
+    populate(engine, days=10, actors=make_actors(3), raw_samples_per_actor=5)
+    app = app_on(engine)
+    stop = threading.Event()
+    thread = threading.Thread(target=keep_warm, args=(app, stop, 0.05), daemon=True)
+    thread.start()
+    deadline = dt.datetime.now() + dt.timedelta(seconds=60)
+
+    def overview_ranges() -> set[int]:
+        return {key[1].days for key in list(app.data.kept._entries) if key[0] == "overview"}
+
+    while overview_ranges() != {7, 30, 90, 365} and dt.datetime.now() < deadline:
+        stop.wait(0.05)
+    stop.set()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert overview_ranges() == {7, 30, 90, 365}

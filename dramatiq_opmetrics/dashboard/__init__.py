@@ -8,6 +8,6 @@ dramatiq-opmetrics never imports it, so workers do not need web dependencies.
 from __future__ import annotations
 
 from .app import DashboardApp, create_app
-from .server import serve
+from .server import keep_warm, serve
 
-__all__ = ["DashboardApp", "create_app", "serve"]
+__all__ = ["DashboardApp", "create_app", "keep_warm", "serve"]

@@ -1,14 +1,19 @@
-"""What each dashboard view shows, read from the daily table and today's raw samples; no web code here.
+"""What each dashboard view shows, read from the daily table and the raw samples; no web code here.
 
-Every view covers a range of whole UTC days ending today. Days that are rolled up come from the daily table
-(``operational_metrics_daily``); today, and any recent day the rollup has not reached yet, come from the raw
-samples through the query API (:func:`~dramatiq_opmetrics.query_daily_series`), so the numbers are always
-current. The raw table is read only for those days (on PostgreSQL, only their partitions): a view never
-scans the whole raw table.
+Every view covers a range of whole UTC days ending today, today always included:
 
-Percentiles over a range come from the query API (:func:`~dramatiq_opmetrics.query_metrics`), which merges
-the daily rows' histograms; a day's own p50/p95/p99 are shown as they are for that day. Daily p95s are never
-averaged.
+- Days that are rolled up come from the daily table (``operational_metrics_daily``), read through its primary
+  key or date index. What is computed from them (overview points, merged histograms) is kept between
+  requests and rechecked every few minutes (:mod:`~dramatiq_opmetrics.dashboard.kept`).
+- Today, and any recent day the rollup has not reached yet, come from their raw samples, aggregated by the
+  rollup's own :func:`~dramatiq_opmetrics.aggregate.aggregate_raw`; settled minutes are kept, so a request
+  reads only the last few minutes (:mod:`~dramatiq_opmetrics.dashboard.recent`). The raw table is read only
+  by time ranges within those days (on PostgreSQL, only their partitions): a view never scans the whole raw
+  table.
+
+Percentiles over a range are read from the merged histograms of the days (the query API's
+:class:`~dramatiq_opmetrics.sketch.Histogram`, within 1%), and equal :func:`~dramatiq_opmetrics.query_metrics`'s
+(tested); a day's own p50/p95/p99 are shown as they are for that day. Daily p95s are never averaged.
 
 Every query is built with SQLAlchemy expressions and bound parameters; label values only ever travel as
 parameters or as data."""
@@ -53,8 +58,6 @@ OVERVIEW_SORTS = ("error_rate", "p95_processing_ms", "p95_wait_ms", "messages_pe
 DEFAULT_OVERVIEW_SORT = "error_rate"
 #: Label keys the confidence distribution can be split by.
 CONFIDENCE_GROUPS = ("actor", "model", "queue")
-
-_SECONDS_PER_DAY = 86400
 
 
 def utc_now() -> dt.datetime:
@@ -167,9 +170,8 @@ class DashboardData:
     # -- building blocks ------------------------------------------------------------------------------------
 
     def _recent_start(self, connection: Connection, date_range: DateRange) -> dt.date:
-        """The first day of the range with no daily rows yet (the rollup has not reached it): from it on,
-        days are read through the query API, which aggregates their raw samples. Raw samples older than
-        the retention are gone, so the search stops there."""
+        """The first day of the range after the last one rolled up: from it on, days are read from their raw
+        samples. Raw samples older than the retention are gone, so the search stops there."""
         d = OperationalMetricDaily
         earliest = max(date_range.first_day, date_range.today - dt.timedelta(days=DEFAULT_RETENTION_DAYS))
         last = connection.execute(
@@ -278,8 +280,8 @@ class DashboardData:
         *,
         percentiles: bool = True,
     ) -> list[LabelStats]:
-        """Daily statistics over ``date_range``: rolled-up days from the daily table, the rest through the
-        query API."""
+        """Per day and label set over ``date_range``: rolled-up days from the daily table (kept between
+        requests), the days after them from their raw samples."""
         recent = self._recent_start(connection, date_range)
         first, last = date_range.first_day, recent - dt.timedelta(days=1)
         daily = self.kept.get(

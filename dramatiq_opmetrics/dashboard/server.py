@@ -8,10 +8,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import threading
 from typing import Any
 
 from ..config import ConfigurationError
 from .app import DashboardApp
+from .data import DEFAULT_RANGE_DAYS, RANGE_DAYS
 
 #: The interface the dashboard binds when none is given.
 DEFAULT_HOST = "127.0.0.1"
@@ -19,6 +21,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8070
 #: Worker threads answering requests.
 DEFAULT_THREADS = 4
+#: Seconds between two rounds of preparing the overviews in the background (see :func:`keep_warm`).
+DEFAULT_KEEP_WARM_INTERVAL_S = 60.0
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +78,28 @@ def make_server(
     return create_server(app, host=host, port=port, threads=threads, ident="dramatiq-opmetrics")
 
 
+def keep_warm(app: DashboardApp, stop: threading.Event, interval_s: float = DEFAULT_KEEP_WARM_INTERVAL_S) -> None:
+    """Until ``stop`` is set, prepare every ``interval_s`` seconds what the overview of each range needs
+    (today's new raw samples; after midnight or a rollup, the rolled-up days' merged histograms), so that
+    visitors do not wait for it. The default range comes first. Failures are logged, never raised.
+
+    ``dramatiq-opmetrics dashboard`` runs it in a background thread; when mounting the app in your own web
+    application, run it in one too::
+
+        threading.Thread(target=keep_warm, args=(app, threading.Event()), daemon=True).start()
+    """
+    ranges = [DEFAULT_RANGE_DAYS, *(days for days in RANGE_DAYS if days != DEFAULT_RANGE_DAYS)]
+    while not stop.is_set():
+        for days in ranges:
+            if stop.is_set():
+                return
+            try:
+                app.data.overview(days)
+            except Exception:
+                logger.warning("Could not prepare the dashboard's %s-day overview in advance.", days, exc_info=True)
+        stop.wait(interval_s)
+
+
 def serve(
     app: DashboardApp,
     host: str = DEFAULT_HOST,
@@ -84,9 +110,12 @@ def serve(
 ) -> None:
     """Serve ``app`` on ``host:port`` until interrupted (see :func:`make_server`)."""
     server = make_server(app, host, port, allow_remote=allow_remote, threads=threads)
+    stop = threading.Event()
+    threading.Thread(target=keep_warm, args=(app, stop), name="opmetrics-dashboard-keep-warm", daemon=True).start()
     logger.info("Dashboard listening on http://%s:%s/", host, server.effective_port)
     print(f"dramatiq-opmetrics dashboard on http://{host}:{server.effective_port}/ (Ctrl-C stops it)", flush=True)
     try:
         server.run()
     finally:
+        stop.set()
         server.close()
