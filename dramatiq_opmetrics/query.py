@@ -269,7 +269,8 @@ def _label_conditions(
     if not label_filter:
         return []
     if connection.dialect.name == "postgresql":
-        return [type_coerce(column, JSONB()).contains(dict(label_filter))]
+        # The column's type is JSON with a JSONB variant: coerce it so that ``contains`` is JSONB's ``@>``.
+        return [type_coerce(column, JSONB).contains(dict(label_filter))]
     # Label keys are identifiers (letters, digits, '_', '.', '-'), safe inside a quoted JSON path member.
     return [func.json_extract(column, f'$."{key}"') == value for key, value in label_filter.items()]
 
