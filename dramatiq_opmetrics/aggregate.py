@@ -141,7 +141,12 @@ def _aggregate_in_python(
     return aggregates
 
 
-#: Bucket keys of negative values are stored as ``NEGATIVE_KEY_BASE - key(-value)`` in the SQL bucket column,
+#: The SQL of the bucket key of a positive value ``{}``: the operations of ``ddsketch``'s
+#: ``LogarithmicMapping.key`` in the same order, with ``:ln_2`` and ``:multiplier`` bound to
+#: :data:`~dramatiq_opmetrics.sketch.LN_2` and :data:`~dramatiq_opmetrics.sketch.KEY_MULTIPLIER`.
+BUCKET_KEY_SQL = "ceil(ln({}) / CAST(:ln_2 AS float8) * CAST(:multiplier AS float8))::integer"
+
+#: Bucket keys of negative values are stored as ``_NEGATIVE_KEY_BASE - key(-value)`` in the SQL bucket column,
 #: below every key of a positive value (keys of finite doubles lie within about +-36,000).
 _NEGATIVE_KEY_BASE = -100_000
 
@@ -197,13 +202,13 @@ def _aggregate_in_postgres(
 ) -> list[Aggregate]:
     source, params = _raw_rows(connection, start, end, metric_type, label_set_ids)
     params.update(min_indexable=MIN_INDEXABLE_VALUE, ln_2=LN_2, multiplier=KEY_MULTIPLIER, base=_NEGATIVE_KEY_BASE)
-    key = "ceil(ln({}) / CAST(:ln_2 AS float8) * CAST(:multiplier AS float8))::integer"
     bucket_rows = connection.execute(
         text(
             "SELECT metric_type::text, label_set_id, key, count(*), sum(value), min(value), max(value)"
             " FROM (SELECT metric_type, label_set_id, value,"
-            f"   CASE WHEN value > :min_indexable THEN {key.format('value')}"
-            f"   WHEN value < -CAST(:min_indexable AS float8) THEN :base - {key.format('-value')} END AS key"
+            f"   CASE WHEN value > :min_indexable THEN {BUCKET_KEY_SQL.format('value')}"
+            "   WHEN value < -CAST(:min_indexable AS float8)"
+            f"   THEN :base - {BUCKET_KEY_SQL.format('-value')} END AS key"
             f"  FROM ({source}) AS raw) AS bucketed"
             " GROUP BY metric_type, label_set_id, key"
         ),

@@ -10,6 +10,7 @@ import pytest
 from ddsketch import DDSketch
 from sqlalchemy import Engine, text
 
+from dramatiq_opmetrics.aggregate import BUCKET_KEY_SQL
 from dramatiq_opmetrics.sketch import KEY_MULTIPLIER, LN_2, MAPPING, MIN_INDEXABLE_VALUE, Histogram, bucket_key
 
 
@@ -48,7 +49,7 @@ def test_sql_bucket_keys_agree_with_ddsketch_key_for_key(postgres_engine: Engine
     with postgres_engine.connect() as connection:
         sql_keys = connection.execute(
             text(
-                "SELECT ceil(ln(v) / CAST(:ln_2 AS float8) * CAST(:multiplier AS float8))::integer"
+                f"SELECT {BUCKET_KEY_SQL.format('v')}"
                 " FROM unnest(CAST(:values AS float8[])) WITH ORDINALITY AS t(v, i) ORDER BY i"
             ),
             {"values": values, "ln_2": LN_2, "multiplier": KEY_MULTIPLIER},
