@@ -34,11 +34,11 @@ from sqlalchemy import Connection, Engine, and_, func, select, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
-from .aggregate import PERCENTILES, aggregate_raw
+from .aggregate import PERCENTILES, aggregate_raw, default_partition_counts
 from .labels import make_label_set
 from .metric_types import MetricType
 from .models import LabelSet, OperationalMetricDaily
-from .partitions import day_bounds
+from .partitions import day_bounds, list_partitions
 from .sketch import Histogram
 
 
@@ -274,17 +274,24 @@ def _label_conditions(
 
 
 def _days_not_rolled_up(connection: Connection, since: dt.date, until: dt.date) -> list[dt.date]:
-    """The days of the range that have no daily rows at all (of any metric type)."""
+    """The days of the range that have no daily rows at all (of any metric type) and may have raw rows.
+
+    On PostgreSQL only days with a partition or rows in the default partition can have raw rows, so a long
+    range does not query every day of it.
+    """
     daily = OperationalMetricDaily.__table__
     rolled_up = set(
         connection.execute(select(daily.c.date).where(daily.c.date >= since, daily.c.date <= until).distinct())
         .scalars()
         .all()
     )
+    with_raw = None
+    if connection.dialect.name == "postgresql":
+        with_raw = set(list_partitions(connection)) | set(default_partition_counts(connection))
     days = []
     day = since
     while day <= until:
-        if day not in rolled_up:
+        if day not in rolled_up and (with_raw is None or day in with_raw):
             days.append(day)
         day += dt.timedelta(days=1)
     return days
