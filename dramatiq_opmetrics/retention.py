@@ -5,6 +5,10 @@ days by default) is removed once its daily rows count every one of its raw rows.
 up, or has late samples its daily rows do not count yet, is kept (and logged) until a rollup catches up:
 a raw row of a day that is not rolled up is never removed.
 
+A sample recorded for a day *after* that day's raw rows were removed cannot join the day's exact aggregates
+(they would have to be recomputed from rows that are gone): the rollup logs a warning for such a day and
+leaves its daily rows as they are, and the next prune removes the sample.
+
 On PostgreSQL a day is removed by dropping its partition (well under a second for millions of rows), plus a
 ``DELETE`` of any of its rows in the default partition. On SQLite rows are deleted in batches of
 :data:`PRUNE_BATCH_ROWS`, one short transaction each, so that writers are never blocked for long; an
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, delete, func, select, text
 
-from .aggregate import raw_count, raw_counts_by_day
+from .aggregate import default_partition_counts, raw_count, raw_counts_by_day
 from .models import OperationalMetric
 from .partitions import DEFAULT_PARTITION, day_bounds, drop_partition, list_partitions, partition_name
 from .rollup import daily_totals, lock_for_rollup, utc_today
@@ -115,8 +119,12 @@ def prune(
     cutoff = retention_cutoff(retention_days, utc_today(now))
     result = PruneResult(cutoff=cutoff, dry_run=dry_run)
     with engine.connect() as connection:
-        old_days = {day for day in raw_counts_by_day(connection) if day < cutoff}
-        old_days.update(day for day in list_partitions(connection) if day < cutoff)
+        if connection.dialect.name == "postgresql":
+            # Every raw row is in a day partition or the default one: no need to count the partitions here.
+            days = set(list_partitions(connection)) | set(default_partition_counts(connection))
+        else:
+            days = set(raw_counts_by_day(connection))
+    old_days = {day for day in days if day < cutoff}
     for day in sorted(old_days):
         _prune_day(engine, day, dry_run, result)
     return result

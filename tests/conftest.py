@@ -9,6 +9,7 @@ Environment:
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -84,3 +85,13 @@ def postgres_engine(postgres_url: URL) -> Iterator[Engine]:
     engine = make_engine(postgres_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def opmetrics_caplog(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> pytest.LogCaptureFixture:
+    """``caplog`` that sees dramatiq_opmetrics' loggers even after a test ran an application's Alembic env.py
+    (its ``fileConfig`` disables every logger that existed)."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("dramatiq_opmetrics") and isinstance(logger, logging.Logger):
+            monkeypatch.setattr(logger, "disabled", False)
+    return caplog

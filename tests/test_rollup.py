@@ -15,7 +15,7 @@ from sqlalchemy import Engine, select, text
 
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.models import OperationalMetricDaily
-from dramatiq_opmetrics.partitions import DEFAULT_PARTITION_DAYS_AHEAD, list_partitions
+from dramatiq_opmetrics.partitions import DEFAULT_PARTITION_DAYS_AHEAD, ensure_partitions, list_partitions
 from dramatiq_opmetrics.rollup import DayRollup, rollup
 from dramatiq_opmetrics.sketch import Histogram
 
@@ -28,8 +28,17 @@ def days_ago(n: int) -> dt.date:
     return TODAY - dt.timedelta(days=n)
 
 
-def record_day(engine: Engine, day: dt.date, count: int = 500, seed: int = 0) -> dict[str, list[float]]:
-    """Record ``count`` processing times over two actors on ``day``; return the values by labels key."""
+def record_day(
+    engine: Engine, day: dt.date, count: int = 500, seed: int = 0, partition: bool = True
+) -> dict[str, list[float]]:
+    """Record ``count`` processing times over two actors on ``day``; return the values by labels key.
+
+    On PostgreSQL the day gets its partition first, as in normal operation, unless ``partition`` is False
+    (then its rows land in the default partition).
+    """
+    if partition:
+        with engine.begin() as connection:
+            ensure_partitions(connection, day, day)
     rng = random.Random(seed or day.toordinal())
     values: dict[str, list[float]] = {}
     rows = []
@@ -136,7 +145,7 @@ def test_two_rollups_at_once_give_no_duplicates_and_no_errors(engine: Engine) ->
 
 
 def test_a_day_whose_raw_rows_are_gone_is_never_rolled_up_again(
-    engine: Engine, caplog: pytest.LogCaptureFixture
+    engine: Engine, opmetrics_caplog: pytest.LogCaptureFixture
 ) -> None:
     record_day(engine, days_ago(40), count=200)
     rollup(engine, now=NOW)
@@ -145,11 +154,11 @@ def test_a_day_whose_raw_rows_are_gone_is_never_rolled_up_again(
         connection.execute(text("DELETE FROM operational_metrics"))
     # One sample arrives for the day after its raw rows were removed.
     insert_samples(engine, [(MetricType.PROCESSING_TIME, {"actor": "x"}, 1.0, at(days_ago(40), 60))])
-    with caplog.at_level(logging.WARNING, logger="dramatiq_opmetrics.rollup"):
+    with opmetrics_caplog.at_level(logging.WARNING, logger="dramatiq_opmetrics.rollup"):
         assert rollup(engine, now=NOW) == []
         assert rollup(engine, day=days_ago(40), now=NOW) == []
     assert daily_rows(engine) == before
-    assert "retention removed its raw rows" in caplog.text
+    assert "retention removed its raw rows" in opmetrics_caplog.text
 
 
 def test_a_day_that_is_not_complete_is_refused(engine: Engine) -> None:
@@ -160,12 +169,12 @@ def test_a_day_that_is_not_complete_is_refused(engine: Engine) -> None:
 
 
 def test_each_rolled_up_day_is_logged_with_rows_label_sets_and_duration(
-    engine: Engine, caplog: pytest.LogCaptureFixture
+    engine: Engine, opmetrics_caplog: pytest.LogCaptureFixture
 ) -> None:
     record_day(engine, days_ago(1), count=10)
-    with caplog.at_level(logging.INFO, logger="dramatiq_opmetrics.rollup"):
+    with opmetrics_caplog.at_level(logging.INFO, logger="dramatiq_opmetrics.rollup"):
         rollup(engine, now=NOW)
-    [record] = [r for r in caplog.records if getattr(r, "event", None) == "rollup_day"]
+    [record] = [r for r in opmetrics_caplog.records if getattr(r, "event", None) == "rollup_day"]
     assert record.getMessage().startswith(f"Rolled up day {days_ago(1)}: rows=10 label_sets=2 daily_rows=2 duration_s=")
     assert (record.day, record.rows, record.label_sets) == (days_ago(1).isoformat(), 10, 2)  # type: ignore[attr-defined]
 
@@ -173,7 +182,7 @@ def test_each_rolled_up_day_is_logged_with_rows_label_sets_and_duration(
 @pytest.mark.postgres
 def test_each_run_creates_partitions_ahead_and_rolls_up_rows_of_the_default_partition(postgres_engine: Engine) -> None:
     old_day = days_ago(3)
-    values = record_day(postgres_engine, old_day, count=100)
+    values = record_day(postgres_engine, old_day, count=100, partition=False)
     with postgres_engine.connect() as connection:
         in_default = connection.execute(text("SELECT count(*) FROM operational_metrics_default")).scalar_one()
     assert in_default == 100

@@ -10,6 +10,7 @@ import pytest
 from ddsketch import DDSketch
 from sqlalchemy import Engine, text
 
+from dramatiq_opmetrics.aggregate import BUCKET_KEY_SQL
 from dramatiq_opmetrics.sketch import KEY_MULTIPLIER, LN_2, MAPPING, MIN_INDEXABLE_VALUE, Histogram, bucket_key
 
 
@@ -48,7 +49,7 @@ def test_sql_bucket_keys_agree_with_ddsketch_key_for_key(postgres_engine: Engine
     with postgres_engine.connect() as connection:
         sql_keys = connection.execute(
             text(
-                "SELECT ceil(ln(v) / CAST(:ln_2 AS float8) * CAST(:multiplier AS float8))::integer"
+                f"SELECT {BUCKET_KEY_SQL.format('v')}"
                 " FROM unnest(CAST(:values AS float8[])) WITH ORDINALITY AS t(v, i) ORDER BY i"
             ),
             {"values": values, "ln_2": LN_2, "multiplier": KEY_MULTIPLIER},
@@ -116,3 +117,9 @@ def test_an_empty_histogram_has_no_quantile_and_bad_fractions_are_refused() -> N
     assert Histogram().quantile(0.5) is None
     with pytest.raises(ValueError, match="within"):
         Histogram.of([1.0]).quantile(1.5)
+
+
+def test_several_quantiles_read_at_once_equal_each_read_alone() -> None:
+    histogram = Histogram.of(random.Random(9).lognormvariate(2, 2) for _ in range(5000))
+    fractions = [0.0, 0.5, 0.95, 0.99, 1.0]
+    assert histogram.quantiles(fractions) == [histogram.quantile(f) for f in fractions]
