@@ -16,6 +16,16 @@
     };
   }
 
+  var compact = new Intl.NumberFormat("en", { notation: "compact", maximumFractionDigits: 1 });
+
+  // Axis labels: short, so that millions fit beside the chart.
+  function axisFormat(unit) {
+    var full = format(unit);
+    return function (u, value) {
+      return unit === "ms" || unit === "ratio" || value == null ? full(u, value) : compact.format(value);
+    };
+  }
+
   function hasData(chart) {
     return chart.series.some(function (s) { return s.values.some(function (v) { return v != null; }); });
   }
@@ -47,7 +57,7 @@
       scales: { x: { time: !labels }, y: { range: function (u, min, max) { return [0, max > 0 ? max * 1.08 : 1]; } } },
       axes: [
         labels ? { values: function (u, ticks) { return ticks.map(function (t) { return labels[t] || ""; }); }, splits: function () { return labels.map(function (_, i) { return i; }); } } : {},
-        { values: function (u, ticks) { return ticks.map(function (t) { return format(chart.unit)(u, t); }); }, size: 70 }
+        { values: function (u, ticks) { return ticks.map(function (t) { return axisFormat(chart.unit)(u, t); }); }, size: 70 }
       ],
       series: series,
       legend: { live: true }
