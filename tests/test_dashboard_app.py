@@ -6,6 +6,10 @@ import base64
 import datetime as dt
 import json
 import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 from fleet_history import HOSTILE_ACTOR, FleetHistory, make_actors, populate
@@ -141,3 +145,27 @@ def test_create_app_opens_read_only_connections_on_postgresql(postgres_engine: E
     with app.data.engine.connect() as connection, pytest.raises(Exception, match="read-only transaction"):
         connection.execute(text("CREATE TABLE not_allowed (i integer)"))
     assert Client(app).get("/?days=7").status_code == 200
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_templates_and_the_chart_library(tmp_path: Path) -> None:
+    repo = Path(__file__).parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path), str(repo)],
+        check=True,
+    )
+    [wheel] = tmp_path.glob("dramatiq_opmetrics-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in [
+        "dramatiq_opmetrics/dashboard/templates/overview.html",
+        "dramatiq_opmetrics/dashboard/static/dashboard.js",
+        "dramatiq_opmetrics/dashboard/static/vendor/uplot/uPlot.iife.min.js",
+        "dramatiq_opmetrics/dashboard/static/vendor/uplot/uPlot.min.css",
+        "dramatiq_opmetrics/dashboard/static/vendor/uplot/LICENSE",
+    ]:
+        assert name in names, name
+    metadata = next(n for n in names if n.endswith("METADATA"))
+    text = zipfile.ZipFile(wheel).read(metadata).decode()
+    for requirement in ("jinja2", "werkzeug", "waitress"):
+        assert re.search(rf"^Requires-Dist: {requirement}\S*; extra == .dashboard.$", text, re.M), requirement
+        assert not re.search(rf"^Requires-Dist: {requirement}\S*$", text, re.M), f"{requirement} is not optional"
