@@ -84,10 +84,14 @@ class DatabaseIntervalClaim:
         """Claim the interval in one short transaction; the winner also prunes old claims of ``job``."""
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         now = dt.datetime.now(dt.UTC)
-        statement = insert(IntervalClaimRow).on_conflict_do_nothing(index_elements=["job", "interval_start"])
+        statement = (
+            insert(IntervalClaimRow)
+            .values(job=job, interval_start=start, claimed_at=now)
+            .on_conflict_do_nothing(index_elements=["job", "interval_start"])
+            .returning(IntervalClaimRow.job)
+        )
         with self.engine.begin() as connection:
-            result = connection.execute(statement, {"job": job, "interval_start": start, "claimed_at": now})
-            claimed = result.rowcount == 1
+            claimed = connection.execute(statement).first() is not None
             if claimed:
                 connection.execute(
                     delete(IntervalClaimRow).where(

@@ -21,7 +21,13 @@ from dramatiq_opmetrics.migrate import (
     upgrade,
 )
 
-OUR_TABLES = {"opmetrics_label_sets", "operational_metrics", "operational_metrics_daily", VERSION_TABLE}
+OUR_TABLES = {
+    "opmetrics_label_sets",
+    "operational_metrics",
+    "operational_metrics_daily",
+    "opmetrics_interval_claims",
+    VERSION_TABLE,
+}
 
 
 def table_names(url: URL) -> set[str]:
@@ -96,7 +102,7 @@ def test_our_migrations_live_beside_an_applications_own_alembic_history(sqlite_u
     engine = create_engine(sqlite_url)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "app1"
-        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0001"
+        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0002"
     engine.dispose()
 
 
