@@ -33,6 +33,11 @@ Sink = Callable[[Sequence[samples.Sample]], object]
 logger = logging.getLogger(__name__)
 
 
+def describe_error(error: BaseException) -> str:
+    """``ClassName: first line of the message``, for one-line logs and command line errors."""
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+
+
 class QueueDepthSampler:
     """Samples the depth of a broker's queues for the whole fleet, in a background thread.
 
@@ -142,10 +147,9 @@ class QueueDepthSampler:
             return self.sample(at)
         except Exception as error:
             logger.warning(
-                "Queue depth sampling skipped the interval starting %s: %s: %s",
+                "Queue depth sampling skipped the interval starting %s: %s",
                 interval_start(at or dt.datetime.now(dt.UTC), self.interval_s).isoformat(),
-                type(error).__name__,
-                (str(error).strip().splitlines() or [""])[0],
+                describe_error(error),
             )
             logger.debug("Queue depth sampling failed.", exc_info=True)
             return None

@@ -16,13 +16,15 @@ from collections.abc import Sequence
 from types import FrameType
 
 import dramatiq
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from .collector import MetricsCollector
 from .config import ConfigurationError
 from .database import make_engine
-from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, QueueDepthSampler
+from .models import IntervalClaim
+from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, QueueDepthSampler, describe_error
 from .samples import Sample
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,8 @@ def run_sample_queues(
     broker = load_broker(broker_spec)
     engine = make_engine(database_url)
     try:
+        with engine.connect() as connection:  # unreachable or not migrated: a clear error now, not later
+            connection.execute(select(IntervalClaim.job).limit(1))
         sampler = QueueDepthSampler(broker, DatabaseSink(engine), interval_s=interval_s, queues=queues, engine=engine)
         if not sampler.supported:
             sampler.start()  # logs that the broker is not supported
@@ -95,6 +99,11 @@ def run_sample_queues(
         if once:
             try:
                 written = sampler.sample()
+            except SQLAlchemyError:
+                raise
+            except Exception as error:
+                print(f"dramatiq-opmetrics: error: cannot read the broker: {describe_error(error)}", file=sys.stderr)
+                return 2
             finally:
                 sampler.stop()
             if written is None:

@@ -56,6 +56,15 @@ def test_downgrade_to_base_removes_every_table(database_url: URL) -> None:
     assert current_revision(database_url) is not None
 
 
+def test_downgrading_0002_removes_only_the_interval_claims_table(database_url: URL) -> None:
+    upgrade(database_url)
+    downgrade(database_url, "0001")
+    assert table_names(database_url) == OUR_TABLES - {"opmetrics_interval_claims"}
+    assert current_revision(database_url) == "0001"
+    upgrade(database_url)
+    assert table_names(database_url) == OUR_TABLES
+
+
 def test_the_seed_queries_work_unchanged(engine: Engine) -> None:
     at = dt.datetime(2026, 11, 20, 8, tzinfo=dt.UTC)
     with Session(engine) as session, session.begin():

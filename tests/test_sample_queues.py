@@ -155,6 +155,37 @@ def test_an_unsupported_broker_is_reported_and_nothing_is_written(
     assert stored_depths(migrated_url) == []
 
 
+def test_an_unreachable_broker_with_once_is_one_clear_line(
+    migrated_url: URL, broker_module: Callable[[str], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = broker_module(
+        "from dramatiq.brokers.redis import RedisBroker\n"
+        "broker = RedisBroker(url='redis://:secret-pw@127.0.0.1:1/0', namespace='unreachable')\n"
+        "broker.declare_queue('q')\n"
+    )
+    assert main(["sample-queues", "--broker", spec, "--once", "--database-url", url_text(migrated_url)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dramatiq-opmetrics: error: cannot read the broker: ConnectionError: ")
+    assert len(err.splitlines()) == 1
+    assert "secret-pw" not in err
+    assert stored_depths(migrated_url) == []
+
+
+def test_a_database_that_is_not_migrated_is_reported_before_sampling(
+    postgres_url: URL,
+    redis_broker: RedisBroker,
+    unique_queue: Callable[[str], str],
+    broker_module: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = broker_module(redis_module_source(redis_broker.namespace, [unique_queue("q")]))
+    assert main(["sample-queues", "--broker", spec, "--database-url", url_text(postgres_url)]) == 2
+    assert "run `dramatiq-opmetrics migrate` first" in capsys.readouterr().err
+    assert not any(
+        b"__opmetrics_claims__" in key for key in redis_broker.client.scan_iter(f"{redis_broker.namespace}:*")
+    )
+
+
 def start_sidecars(
     spec: str, url: URL, tmp_path: Path, extra_queue: str, count: int = 3
 ) -> list[subprocess.Popen[str]]:
