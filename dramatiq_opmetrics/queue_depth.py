@@ -161,19 +161,33 @@ class RabbitmqDepthReader:
         self._channel: Any = None
 
     def read(self, queues: Iterable[str]) -> Depths:
-        """Return ready, delayed and dead counts of each queue."""
+        """Return ready, delayed and dead counts of each queue.
+
+        A kept connection the server has dropped meanwhile (it sends no heartbeats between reads, so a
+        long interval outlives the heartbeat timeout) is replaced and the read tried once more.
+        """
+        import pika.exceptions
+
+        names = list(queues)
         try:
-            return {
-                name: {
-                    READY: self._message_count(name),
-                    DELAYED: self._message_count(dq_name(name)),
-                    DEAD: self._message_count(xq_name(name)),
-                }
-                for name in queues
-            }
+            return self._read(names)
+        except pika.exceptions.AMQPConnectionError:
+            self.close()
+        try:
+            return self._read(names)
         except Exception:
             self.close()
             raise
+
+    def _read(self, names: list[str]) -> Depths:
+        return {
+            name: {
+                READY: self._message_count(name),
+                DELAYED: self._message_count(dq_name(name)),
+                DEAD: self._message_count(xq_name(name)),
+            }
+            for name in names
+        }
 
     def _message_count(self, queue: str) -> int:
         import pika.exceptions

@@ -9,7 +9,7 @@ import pika
 import pika.exceptions
 import pytest
 import redis
-from conftest import RABBITMQ_URL, REDIS_URL
+from conftest import RABBITMQ_URL, REDIS_URL, TcpProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
@@ -190,6 +190,26 @@ def test_rabbitmq_ready_excludes_messages_a_worker_holds(
     finally:
         reader.close()
         consumer.close()  # type: ignore[attr-defined]
+
+
+def test_rabbitmq_reading_replaces_a_connection_the_server_dropped(
+    rabbitmq_broker: RabbitmqBroker, unique_queue: Callable[[str], str]
+) -> None:
+    queue = unique_queue("q")
+    fill(rabbitmq_broker, queue, ready=2, delayed=0, dead=0)
+    proxy = TcpProxy("127.0.0.1", pika.URLParameters(RABBITMQ_URL).port)
+    proxy.open()
+    parameters = pika.URLParameters(RABBITMQ_URL)
+    parameters.port = proxy.port
+    reader = RabbitmqDepthReader(parameters)
+    try:
+        assert reader.read([queue])[queue][READY] == 2
+        proxy.cut()  # the kept connection dies, as when the server drops an idle one
+        proxy.open()
+        assert reader.read([queue])[queue][READY] == 2
+    finally:
+        reader.close()
+        proxy.cut()
 
 
 def wait_for_dead_letters(broker: RabbitmqBroker, expected: dict[str, int]) -> None:

@@ -1,19 +1,16 @@
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import itertools
 import logging
 import re
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 
 import dramatiq
 import pytest
-from conftest import REDIS_URL
+from conftest import REDIS_URL, TcpProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
@@ -178,59 +175,6 @@ def test_the_thread_samples_once_at_each_wall_clock_interval() -> None:
     assert len(set(starts)) == len(starts)
     assert all(later > earlier for earlier, later in itertools.pairwise(starts))
     assert all(len(samples) == 4 for samples in sink.passes)
-
-
-class TcpProxy:
-    """Forwards a local port to a server; :meth:`cut` makes an outage (every connection refused or reset)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self.sockets: list[socket.socket] = []
-        self.listener: socket.socket | None = None
-
-    def open(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen()
-        self.port = listener.getsockname()[1]
-        self.listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def cut(self) -> None:
-        assert self.listener is not None
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
-        self.listener.close()
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-        self.sockets.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            self.sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.close()
 
 
 def test_a_broker_outage_is_logged_once_per_interval_and_sampling_resumes_after_it(
