@@ -143,12 +143,13 @@ class QueueDepthSampler:
 
     def sample_logging_errors(self, at: dt.datetime | None = None) -> list[samples.Sample] | None:
         """Like :meth:`sample`, but an error is logged (one warning) and the interval skipped."""
+        at = at or dt.datetime.now(dt.UTC)
         try:
             return self.sample(at)
         except Exception as error:
             logger.warning(
                 "Queue depth sampling skipped the interval starting %s: %s",
-                interval_start(at or dt.datetime.now(dt.UTC), self.interval_s).isoformat(),
+                interval_start(at, self.interval_s).isoformat(),
                 describe_error(error),
             )
             logger.debug("Queue depth sampling failed.", exc_info=True)
