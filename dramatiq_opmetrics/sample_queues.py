@@ -91,7 +91,12 @@ def run_sample_queues(
     try:
         with engine.connect() as connection:  # unreachable or not migrated: a clear error now, not later
             connection.execute(select(IntervalClaim.job).limit(1))
-        sampler = QueueDepthSampler(broker, DatabaseSink(engine), interval_s=interval_s, queues=queues, engine=engine)
+        try:
+            sampler = QueueDepthSampler(
+                broker, DatabaseSink(engine), interval_s=interval_s, queues=queues, engine=engine
+            )
+        except ValueError as error:
+            raise ConfigurationError(f"bad --interval or --queue: {error}") from None
         if not sampler.supported:
             sampler.start()  # logs that the broker is not supported
             print(f"queue depth is not supported for {type(broker).__name__}; nothing to sample", file=sys.stderr)
