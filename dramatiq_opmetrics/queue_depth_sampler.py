@@ -104,6 +104,7 @@ class QueueDepthSampler:
         self.extra_queues = check_queue_names(queues)
         self.reader = depth_reader_for(broker)
         self.job = f"queue_depth:{broker_identity(broker)}"
+        self.engine = engine
         self.claimer = claim if claim is not None else self._default_claim(engine)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
