@@ -120,9 +120,7 @@ def hook_cost(url: URL, messages: int) -> None:
         print(f"    no middleware         {base:7.2f} us/message")
         print(f"    OpMetrics             {medians['OpMetrics']:7.2f} us/message   adds {added_ours:5.2f} us")
         print(f"    Prometheus            {medians['Prometheus']:7.2f} us/message   adds {added_prom:5.2f} us")
-        print(
-            f"    ratio OpMetrics added / Prometheus added = {added_ours / added_prom:.3f}x   (target <= 3 us, <= 0.15x)"
-        )
+        print(f"    OpMetrics added / Prometheus added = {added_ours / added_prom:.3f}x   (target <= 3 us, <= 0.15x)")
 
 
 # 2. End-to-end drain -----------------------------------------------------------------------------------
