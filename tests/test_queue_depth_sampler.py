@@ -11,16 +11,18 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dramatiq
 import pytest
-from conftest import REDIS_URL, TcpProxy
+from conftest import REDIS_URL
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
+from tcp_proxy import TcpProxy
 
 from dramatiq_opmetrics import OpMetrics
 from dramatiq_opmetrics.database import make_engine
@@ -196,8 +198,9 @@ def test_a_broker_outage_is_logged_once_per_interval_and_sampling_resumes_after_
     redis_broker: RedisBroker, unique_queue: Callable[[str], str], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, SAMPLER_LOGGER)
-    proxy = TcpProxy("127.0.0.1", 6379)
-    proxy.open()
+    redis_address = urlsplit(REDIS_URL)
+    proxy = TcpProxy(redis_address.port or 6379, redis_address.hostname or "127.0.0.1")
+    proxy.start()
     broker = RedisBroker(url=f"redis://:secret-pw@127.0.0.1:{proxy.port}/0", namespace=redis_broker.namespace)
     broker.client.connection_pool.connection_kwargs["password"] = None  # the real server has no password
     queue = unique_queue("q")
@@ -207,16 +210,16 @@ def test_a_broker_outage_is_logged_once_per_interval_and_sampling_resumes_after_
     sampler.start()
     try:
         wait_until(lambda: len(sink.passes) >= 1)
-        proxy.cut()
+        proxy.stop()
         wait_until(lambda: len(skipped_intervals(caplog)) >= 3)
         passes_during_outage = len(sink.passes)
-        proxy.open()
+        proxy.start()
         wait_until(lambda: len(sink.passes) >= passes_during_outage + 2)
         assert sampler._thread is not None and sampler._thread.is_alive()
     finally:
         sampler.stop()
         broker.client.close()
-        proxy.cut()
+        proxy.stop()
     skipped = skipped_intervals(caplog)
     assert len(skipped) == len(set(skipped))  # once per interval, never twice
     assert "secret-pw" not in caplog.text
