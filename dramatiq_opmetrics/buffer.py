@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from .labels import LabelSet
 from .samples import Sample
 
-#: How many entries a buffer holds before it drops new ones (about 130 bytes each).
+#: How many entries a buffer holds before it drops new ones (at most about 170 bytes each).
 DEFAULT_BUFFER_CAPACITY = 100_000
 #: How many entries make a batch: the writer is woken when this many are waiting.
 DEFAULT_BATCH_SIZE = 5_000

@@ -108,10 +108,11 @@ class OpMetrics(Middleware):
         logs or reprs.
       flush_interval_s(float | None): seconds between writes; default ``$OPMETRICS_FLUSH_INTERVAL_S``, else
         :data:`~dramatiq_opmetrics.writer.DEFAULT_FLUSH_INTERVAL_S` (1 s).
-      batch_size(int | None): samples per write; a full batch is written at once; default
-        ``$OPMETRICS_BATCH_SIZE``, else :data:`~dramatiq_opmetrics.buffer.DEFAULT_BATCH_SIZE` (5,000).
-      buffer_capacity(int | None): most samples held per process (about 120 bytes each) before new ones are
-        dropped; default ``$OPMETRICS_BUFFER_CAPACITY``, else
+      batch_size(int | None): buffer entries per write (a processed message is one entry: its wait and
+        processing time); a full batch is written at once; default ``$OPMETRICS_BATCH_SIZE``, else
+        :data:`~dramatiq_opmetrics.buffer.DEFAULT_BATCH_SIZE` (5,000).
+      buffer_capacity(int | None): most entries held per process (at most about 170 bytes each) before new
+        samples are dropped; default ``$OPMETRICS_BUFFER_CAPACITY``, else
         :data:`~dramatiq_opmetrics.buffer.DEFAULT_BUFFER_CAPACITY` (100,000).
       max_retry_backoff_s(float): longest wait between write attempts while the database is down; default
         30 s.
