@@ -59,10 +59,41 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.database_url)
 
 
+def _sample_queues_arguments(parser: argparse.ArgumentParser) -> None:
+    from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S
+
+    parser.add_argument("--broker", required=True, help="the broker to sample, as module:attribute")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=DEFAULT_QUEUE_DEPTH_INTERVAL_S,
+        help=f"seconds between samples (default: {DEFAULT_QUEUE_DEPTH_INTERVAL_S:g})",
+    )
+    parser.add_argument("--once", action="store_true", help="sample the current interval once and exit")
+    parser.add_argument(
+        "--queue", action="append", default=[], help="a queue to sample besides the declared ones (repeatable)"
+    )
+    _add_database_url(parser)
+
+
+def _sample_queues(args: argparse.Namespace) -> int:
+    from .sample_queues import run_sample_queues
+
+    return run_sample_queues(
+        args.broker, database_url=args.database_url, interval_s=args.interval, once=args.once, queues=args.queue
+    )
+
+
 #: The subcommands, in the order ``--help`` lists them.
 COMMANDS: list[Command] = [
     ("migrate", "create or upgrade the metrics tables", _migrate_arguments, _migrate),
     ("demo", "see dramatiq-opmetrics work on an embedded SQLite database", _demo_arguments, _demo),
+    (
+        "sample-queues",
+        "sample queue depth for the whole fleet into the database",
+        _sample_queues_arguments,
+        _sample_queues,
+    ),
 ]
 
 
