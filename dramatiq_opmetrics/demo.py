@@ -1,52 +1,119 @@
-"""``dramatiq-opmetrics demo``: see metrics recorded and stored, with nothing installed.
+"""``dramatiq-opmetrics demo``: a week of a small fleet's metrics, recorded, rolled up and reported.
 
-It migrates an embedded SQLite file (or the database given), records a few samples with
-:class:`~dramatiq_opmetrics.MetricsCollector` in one transaction, and prints what was stored.
+With nothing installed it uses an embedded SQLite file and Dramatiq's in-process
+:class:`~dramatiq.brokers.stub.StubBroker` served by a real :class:`dramatiq.Worker`. Given a database URL
+and a Redis (or RabbitMQ) broker URL, it runs the same way on PostgreSQL and Redis.
+
+What it does, in order:
+
+1. Migrates the database.
+2. Backfills :data:`DEFAULT_HISTORY_DAYS` past days of history: samples with ``recorded_at`` in those days,
+   generated from the same actor profiles as the live run and written by the real writer.
+3. Runs today's work live: a mix of actors (fast, slow, flaky and retried, always failing and
+   dead-lettered, and two calling a fake language model that record token usage with two models and
+   confidence) through the real :class:`~dramatiq_opmetrics.OpMetrics` middleware, while queue depth is
+   sampled.
+4. Rolls up the past days with the real rollup, as the nightly actor would.
+5. Prints the report of the whole range (today comes from raw rows) and where the data is.
 """
 
 from __future__ import annotations
 
+import math
+import random
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
-
-from .collector import MetricsCollector
-from .config import redact_url, resolve_database_url
-from .database import make_engine
-from .migrate import upgrade
-from .models import OperationalMetric
-
-#: The SQLite file the demo uses when no database is given.
+#: The SQLite file the demo uses when no database is given (in the current directory).
 DEFAULT_DEMO_DATABASE = Path("opmetrics-demo.sqlite3")
+#: Environment variable naming the demo's broker (``redis://...`` or ``amqp://...``); default: in-process.
+BROKER_URL_ENV_VAR = "OPMETRICS_DEMO_BROKER_URL"
+#: The Redis key namespace (and RabbitMQ queue-name prefix) of the demo's queues on a real broker.
+DEFAULT_DEMO_NAMESPACE = "opmetrics-demo"
+#: Days of history backfilled before today.
+DEFAULT_HISTORY_DAYS = 6
+#: Messages each actor profile gets today (the live run), scaled by each profile's share.
+DEFAULT_LIVE_MESSAGES = 300
+#: Worker threads of the live run.
+DEFAULT_WORKER_THREADS = 8
+#: Seconds between progress lines.
+PROGRESS_INTERVAL_S = 1.0
+#: Retry backoff of the demo's actors, in milliseconds (small so the demo is quick).
+RETRY_MIN_BACKOFF_MS = 10
+RETRY_MAX_BACKOFF_MS = 50
+#: The two models of the fake language model.
+MODELS = ("gpt-4o-mini", "claude-3-5-haiku")
 
 
-def run_demo(database_url: str | None = None) -> int:
-    """Run the demo and print the samples it stored; return the exit status."""
-    url = resolve_database_url(database_url or f"sqlite:///{DEFAULT_DEMO_DATABASE.resolve()}")
-    print(f"Migrating {redact_url(url)} ...")
-    upgrade(url)
-    engine = make_engine(url)
-    try:
-        with Session(engine) as session, session.begin():
-            collector = MetricsCollector(session)
-            collector.record_processing_time("send_email", 182.5, queue="default")
-            collector.record_processing_time("send_email", 97.0, queue="default")
-            collector.record_error("send_email", "SMTPServerDisconnected", queue="default")
-            collector.record_queue_depth("default", 42, state="ready")
-            collector.record_token_usage("gpt-4o-mini", 812, 164, actor="summarise")
-            collector.record_confidence(0.93, actor="classify")
-        with Session(engine) as session:
-            rows = session.scalars(
-                select(OperationalMetric)
-                .options(selectinload(OperationalMetric.label_set))
-                .order_by(OperationalMetric.id.desc())
-                .limit(7)
-            ).all()
-            print(f"{'id':>6}  {'metric_type':<18} {'value':>9}  labels_key")
-            for row in reversed(rows):
-                print(f"{row.id:>6}  {row.metric_type.value:<18} {row.value:>9g}  {row.labels_key}")
-    finally:
-        engine.dispose()
-    print(f"\nThe samples are in {redact_url(url)} (table operational_metrics).")
-    return 0
+class SMTPServerDisconnected(Exception):
+    """The fake mail server hung up (the demo's transient error; retried)."""
+
+
+class CRMUnavailable(Exception):
+    """The fake CRM refused the connection (the demo's permanent error; dead-lettered)."""
+
+
+@dataclass(frozen=True)
+class LanguageModelReply:
+    """What :func:`fake_language_model` returns: the text, its token counts and a confidence score."""
+
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    confidence: float
+
+
+def fake_language_model(prompt: str, *, model: str = MODELS[0], rng: random.Random | None = None) -> LanguageModelReply:
+    """An offline stand-in for a language-model client: plausible token counts, a short pause, no network.
+
+    Prompt tokens are about one per four characters of ``prompt`` (plus a system prompt); the completion
+    is a few dozen to a few hundred tokens; confidence is mostly high with a tail of unsure answers.
+    """
+    rng = rng or random.Random()
+    prompt_tokens = 120 + len(prompt) // 4
+    completion_tokens = max(8, int(rng.lognormvariate(math.log(140), 0.5)))
+    confidence = min(1.0, max(0.0, rng.betavariate(8, 1.6)))
+    time.sleep(0.002 + completion_tokens / 40_000)
+    return LanguageModelReply(f"[{model}] {prompt[:40]}...", model, prompt_tokens, completion_tokens, confidence)
+
+
+@dataclass(frozen=True)
+class ActorProfile:
+    """How one of the demo's actors behaves, used both for the live run and for generating history.
+
+    Attributes:
+      actor, queue: the actor's name and queue.
+      share: its share of all messages.
+      median_ms, spread: its processing time is lognormal with this median (ms) and sigma.
+      transient_failure: the probability that one attempt raises :class:`SMTPServerDisconnected` (retried).
+      permanent_failure: the probability that a message always raises :class:`CRMUnavailable` (so it is
+        retried :attr:`max_retries` times and dead-lettered).
+      model: the language model it calls (None: it calls none).
+      max_retries: Dramatiq's ``max_retries`` for the actor.
+    """
+
+    actor: str
+    queue: str
+    share: float
+    median_ms: float
+    spread: float = 0.5
+    transient_failure: float = 0.0
+    permanent_failure: float = 0.0
+    model: str | None = None
+    max_retries: int = 3
+
+    def duration_ms(self, rng: random.Random) -> float:
+        """One processing time, in milliseconds."""
+        return rng.lognormvariate(math.log(self.median_ms), self.spread)
+
+
+#: The demo fleet: fast, slow, flaky, failing and language-model actors.
+PROFILES: tuple[ActorProfile, ...] = (
+    ActorProfile("send_welcome_email", "emails", 0.35, median_ms=20, transient_failure=0.08),
+    ActorProfile("resize_image", "media", 0.10, median_ms=180, spread=0.4),
+    ActorProfile("summarise_document", "llm", 0.20, median_ms=12, model=MODELS[0]),
+    ActorProfile("classify_ticket", "llm", 0.25, median_ms=6, model=MODELS[1]),
+    ActorProfile("sync_crm", "crm", 0.10, median_ms=35, permanent_failure=0.15, max_retries=2),
+)
