@@ -8,6 +8,7 @@ one line on standard error and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Callable, Sequence
 
@@ -59,10 +60,56 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.database_url)
 
 
+def _day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-27") from None
+
+
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    from .metric_types import MetricType
+    from .report import DEFAULT_REPORT_DAYS
+
+    _add_database_url(parser)
+    parser.add_argument(
+        "--days", type=int, help=f"the last N UTC days, today included (default: {DEFAULT_REPORT_DAYS})"
+    )
+    parser.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="first UTC day (inclusive)")
+    parser.add_argument("--until", type=_day, metavar="YYYY-MM-DD", help="last UTC day (inclusive; default: today)")
+    parser.add_argument(
+        "--metric", choices=[metric_type.value for metric_type in MetricType], help="only this metric type"
+    )
+    parser.add_argument("--actor", help="only samples labelled with this actor")
+    parser.add_argument("--queue", help="only samples labelled with this queue")
+    parser.add_argument("--model", help="only samples labelled with this language model")
+    parser.add_argument("--json", action="store_true", help="print JSON (shape: see dramatiq_opmetrics.report)")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from . import report
+    from .metric_types import MetricType
+
+    try:
+        since, until = report.report_range(days=args.days, since=args.since, until=args.until)
+    except ValueError as error:
+        return _fail(str(error))
+    data = report.load_report(
+        resolve_database_url(args.database_url),
+        since,
+        until,
+        metric_types=[MetricType(args.metric)] if args.metric else None,
+        filters={"actor": args.actor, "queue": args.queue, "model": args.model},
+    )
+    print(report.render_json(data) if args.json else report.render_text(data))
+    return 0
+
+
 #: The subcommands, in the order ``--help`` lists them.
 COMMANDS: list[Command] = [
     ("migrate", "create or upgrade the metrics tables", _migrate_arguments, _migrate),
     ("demo", "see dramatiq-opmetrics work on an embedded SQLite database", _demo_arguments, _demo),
+    ("report", "print statistics per metric type for a range of days", _report_arguments, _report),
 ]
 
 
@@ -87,12 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as error:
         return _fail(str(error))
     except OperationalError as error:
+        # SQLite reports a missing table as an OperationalError, PostgreSQL as a ProgrammingError.
+        if "no such table" in str(error.orig or error):
+            return _not_ready(error)
         return _fail(f"cannot reach the metrics database: {_first_line(error.orig or error)}")
     except ProgrammingError as error:
-        return _fail(
-            f"the metrics database is not ready ({_first_line(error.orig or error)});"
-            " run `dramatiq-opmetrics migrate` first"
-        )
+        return _not_ready(error)
     except KeyboardInterrupt:
         return 130
     return status
@@ -100,6 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _not_ready(error: OperationalError | ProgrammingError) -> int:
+    reason = _first_line(error.orig or error)
+    return _fail(f"the metrics database is not ready ({reason}); run `dramatiq-opmetrics migrate` first")
 
 
 def _fail(message: str) -> int:

@@ -117,3 +117,77 @@ PROFILES: tuple[ActorProfile, ...] = (
     ActorProfile("classify_ticket", "llm", 0.25, median_ms=6, model=MODELS[1]),
     ActorProfile("sync_crm", "crm", 0.10, median_ms=35, permanent_failure=0.15, max_retries=2),
 )
+
+
+class _Progress(Middleware):
+    """Counts finished messages (succeeded, or failed for good) so the demo can report progress.
+
+    Placed first among the broker's middleware: ``after_*`` hooks run in reverse order, so it sees a failure
+    after :class:`~dramatiq.middleware.Retries` has decided whether to retry or dead-letter it.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.succeeded = self.retried = self.dead_lettered = 0
+
+    def after_process_message(
+        self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
+        with self.lock:
+            if exception is None:
+                self.succeeded += 1
+            elif message.failed:
+                self.dead_lettered += 1
+            else:
+                self.retried += 1
+
+    @property
+    def finished(self) -> int:
+        """Messages that succeeded or were dead-lettered."""
+        return self.succeeded + self.dead_lettered
+
+
+def _declare_actors(broker: dramatiq.Broker, profiles: Sequence[ActorProfile]) -> dict[str, dramatiq.Actor[Any, Any]]:
+    """One dramatiq actor per profile on ``broker``; each takes ``(item, fails)``."""
+    actors = {}
+    for profile in profiles:
+        actors[profile.actor] = dramatiq.actor(
+            _actor_function(profile),
+            broker=broker,
+            actor_name=profile.actor,
+            queue_name=profile.queue,
+            max_retries=profile.max_retries,
+            min_backoff=RETRY_MIN_BACKOFF_MS,
+            max_backoff=RETRY_MAX_BACKOFF_MS,
+        )
+    return actors
+
+
+def _actor_function(profile: ActorProfile) -> Callable[[int, bool], None]:
+    def work(item: int, fails: bool) -> None:
+        rng = random.Random()
+        if profile.model is not None:
+            reply = fake_language_model(f"{profile.actor} item {item}", model=profile.model, rng=rng)
+            record_token_usage(
+                model=reply.model, prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens
+            )
+            record_confidence(reply.confidence)
+        time.sleep(profile.duration_ms(rng) / 1000)
+        if fails:
+            raise CRMUnavailable(f"CRM refused item {item}")
+        if rng.random() < profile.transient_failure:
+            raise SMTPServerDisconnected("the mail server hung up")
+
+    work.__name__ = work.__qualname__ = profile.actor
+    return work
+
+
+def _live_plan(profiles: Sequence[ActorProfile], messages: int, rng: random.Random) -> list[tuple[str, int, bool]]:
+    """Today's messages: ``(actor, item, fails for good)``, shuffled."""
+    plan = [
+        (profile.actor, item, rng.random() < profile.permanent_failure)
+        for profile in profiles
+        for item in range(max(1, round(messages * profile.share)))
+    ]
+    rng.shuffle(plan)
+    return plan

@@ -39,9 +39,17 @@ import datetime as dt
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Connection, literal, select
+from sqlalchemy.engine import URL
+
+from .config import ConfigurationError, redact_url, resolve_database_url
+from .database import make_engine
 from .metric_types import MetricType
+from .models import OperationalMetric, OperationalMetricDaily
+from .query import MetricStats, query_metrics
 
 #: The labels each metric type is grouped by in the report, in column order.
 GROUP_BY: Mapping[MetricType, tuple[str, ...]] = {
@@ -75,6 +83,11 @@ FILTER_LABELS = ("actor", "queue", "model")
 #: How many days the report covers by default, today included.
 DEFAULT_REPORT_DAYS = 7
 
+#: What the text report says when the database holds no metrics at all.
+NO_METRICS_YET = "No metrics recorded yet: add OpMetrics to your broker, or run `dramatiq-opmetrics demo` to see some."
+#: What the text report says when the range holds no metrics.
+NO_RANGE_METRICS = "No metrics recorded in this range."
+
 #: The width the text tables fit in, in characters.
 TEXT_WIDTH = 80
 
@@ -83,27 +96,16 @@ _TOKEN_TYPES = (MetricType.PROMPT_TOKENS, MetricType.COMPLETION_TOKENS)
 
 @dataclass(frozen=True, slots=True)
 class ReportRow:
-    """Statistics of one group (one combination of its :data:`GROUP_BY` labels) over the report's range.
+    """One row of the report: the statistics of one group over the range, from the query API.
 
     Attributes:
-      labels(Mapping[str, str]): the group's labels (a label missing from the samples is absent).
-      count(int): number of samples.
-      sum(float): sum of the values, in the metric type's unit.
-      min, max, avg(float | None): in the metric type's unit; None when ``count`` is 0.
-      p50, p95, p99(float | None): range percentiles (within 1% relative error); None when ``count`` is 0.
-      error_rate(float | None): for ``processing_time``, error samples of the same actor and queue divided
-        by ``count``; None for other metric types.
+      stats(MetricStats): count, sum, min, max, avg and p50/p95/p99 of the group; ``stats.labels`` holds
+        the group's :data:`GROUP_BY` labels.
+      error_rate(float | None): for ``processing_time``, the error samples of the same actor and queue
+        divided by ``stats.count`` (the share of attempts that raised); None for other metric types.
     """
 
-    labels: Mapping[str, str]
-    count: int
-    sum: float
-    min: float | None
-    max: float | None
-    avg: float | None
-    p50: float | None
-    p95: float | None
-    p99: float | None
+    stats: MetricStats
     error_rate: float | None = None
 
 
@@ -114,19 +116,125 @@ class Report:
     Attributes:
       since, until(date): the range, inclusive.
       filters(Mapping[str, str | None]): the label filters applied (:data:`FILTER_LABELS`).
-      metrics(Mapping[MetricType, Sequence[ReportRow]]): rows per metric type that has data, largest
-        count first.
+      metrics(Mapping[MetricType, Sequence[ReportRow]]): rows per metric type that has data.
+      database_has_metrics(bool): whether the database holds any sample or daily row at all (in any range).
     """
 
     since: dt.date
     until: dt.date
     filters: Mapping[str, str | None]
     metrics: Mapping[MetricType, Sequence[ReportRow]] = field(default_factory=dict)
+    database_has_metrics: bool = True
 
     @property
     def is_empty(self) -> bool:
         """Whether no metric type has a sample in the range."""
         return not any(self.metrics.values())
+
+
+def load_report(
+    database_url: str | URL | None,
+    since: dt.date,
+    until: dt.date,
+    *,
+    metric_types: Iterable[MetricType] | None = None,
+    filters: Mapping[str, str | None] | None = None,
+) -> Report:
+    """:func:`build_report` on the database at ``database_url`` (resolved as everywhere, see
+    :func:`~dramatiq_opmetrics.config.resolve_database_url`).
+
+    Raises:
+      ConfigurationError: no database is configured, or a SQLite file that does not exist (it is not
+        created).
+    """
+    url = resolve_database_url(database_url)
+    path = url.database if url.get_backend_name() == "sqlite" and url.database != ":memory:" else None
+    if path and not Path(path).is_file():
+        raise ConfigurationError(
+            f"there is no SQLite database at {path}; create it with `dramatiq-opmetrics migrate"
+            f" --database-url {redact_url(url)}` (or check the path)"
+        )
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return build_report(connection, since, until, metric_types=metric_types, filters=filters)
+    finally:
+        engine.dispose()
+
+
+def build_report(
+    connection: Connection,
+    since: dt.date,
+    until: dt.date,
+    *,
+    metric_types: Iterable[MetricType] | None = None,
+    filters: Mapping[str, str | None] | None = None,
+) -> Report:
+    """Gather the report's rows for the UTC days ``since`` to ``until`` inclusive.
+
+    Parameters:
+      connection(Connection): the metrics database.
+      since, until(date): the range.
+      metric_types(Iterable[MetricType] | None): only these metric types; default: all.
+      filters(Mapping[str, str | None] | None): only samples with these labels (None values are ignored);
+        keys among :data:`FILTER_LABELS`.
+
+    Raises:
+      ValueError: ``since`` after ``until``, an unknown filter key or a bad label value.
+    """
+    filters = dict(filters or {})
+    unknown = set(filters) - set(FILTER_LABELS)
+    if unknown:
+        raise ValueError(f"cannot filter on {sorted(unknown)[0]!r}; filters: {', '.join(FILTER_LABELS)}")
+    labels = {key: value for key, value in filters.items() if value is not None}
+    wanted = list(MetricType) if metric_types is None else list(metric_types)
+    metrics: dict[MetricType, list[ReportRow]] = {}
+    error_counts: dict[tuple[str | None, ...], int] = {}
+    if MetricType.PROCESSING_TIME in wanted:
+        errors = query_metrics(
+            connection, since, until, metric_type=MetricType.ERROR, labels=labels, group_by=_ERROR_RATE_KEYS
+        )
+        error_counts = {_key(stats.labels, _ERROR_RATE_KEYS): stats.count for stats in errors}
+    for metric_type in MetricType:
+        if metric_type not in wanted:
+            continue
+        found = query_metrics(
+            connection, since, until, metric_type=metric_type, labels=labels, group_by=GROUP_BY[metric_type]
+        )
+        rows = []
+        for stats in found:
+            error_rate = None
+            if metric_type is MetricType.PROCESSING_TIME:
+                error_rate = error_counts.get(_key(stats.labels, _ERROR_RATE_KEYS), 0) / stats.count
+            rows.append(ReportRow(stats, error_rate))
+        if rows:
+            metrics[metric_type] = _in_report_order(metric_type, rows)
+    has_metrics = bool(metrics) or _database_has_metrics(connection)
+    return Report(since, until, {name: filters.get(name) for name in FILTER_LABELS}, metrics, has_metrics)
+
+
+#: The labels that tie an error to the processing time of the same actor and queue.
+_ERROR_RATE_KEYS = ("actor", "queue")
+
+
+def _key(labels: Mapping[str, str], keys: Sequence[str]) -> tuple[str | None, ...]:
+    return tuple(labels.get(key) for key in keys)
+
+
+def _in_report_order(metric_type: MetricType, rows: list[ReportRow]) -> list[ReportRow]:
+    """Queues in name order, confidence buckets from the highest, everything else the largest count first."""
+    if metric_type is MetricType.QUEUE_DEPTH:
+        return sorted(rows, key=lambda row: sorted(row.stats.labels.items()))
+    if metric_type is MetricType.CONFIDENCE:
+        return sorted(rows, key=lambda row: row.stats.labels.get("bucket", ""), reverse=True)
+    return sorted(rows, key=lambda row: (-row.stats.count, sorted(row.stats.labels.items())))
+
+
+def _database_has_metrics(connection: Connection) -> bool:
+    for table in (OperationalMetric.__table__, OperationalMetricDaily.__table__):
+        if connection.execute(select(literal(1)).select_from(table).limit(1)).first() is not None:
+            return True
+    return False
 
 
 def report_range(
@@ -173,16 +281,17 @@ def report_to_dict(report: Report) -> dict[str, Any]:
 
 
 def _row_to_dict(metric_type: MetricType, row: ReportRow) -> dict[str, Any]:
+    stats = row.stats
     data: dict[str, Any] = {
-        "labels": dict(row.labels),
-        "count": row.count,
-        "sum": row.sum,
-        "min": row.min,
-        "max": row.max,
-        "avg": row.avg,
-        "p50": row.p50,
-        "p95": row.p95,
-        "p99": row.p99,
+        "labels": dict(stats.labels),
+        "count": stats.count,
+        "sum": stats.sum,
+        "min": stats.min,
+        "max": stats.max,
+        "avg": stats.avg,
+        "p50": stats.p50,
+        "p95": stats.p95,
+        "p99": stats.p99,
     }
     if metric_type is MetricType.PROCESSING_TIME:
         data["error_rate"] = row.error_rate
@@ -201,7 +310,7 @@ def render_text(report: Report, *, width: int = TEXT_WIDTH) -> str:
     heading = f"dramatiq-opmetrics report: {report.since} to {report.until} (UTC, {days} day{'s' * (days != 1)})"
     lines = [heading + (f", {active}" if active else "")]
     if report.is_empty:
-        lines.append("No metrics recorded in this range.")
+        lines.append(NO_RANGE_METRICS if report.database_has_metrics else NO_METRICS_YET)
         return "\n".join(lines)
     for metric_type, rows in report.metrics.items():
         if not rows or metric_type in _TOKEN_TYPES:
@@ -228,54 +337,53 @@ _COUNT_ONLY = (MetricType.ERROR, MetricType.SKIPPED)
 
 def _section(metric_type: MetricType, rows: Sequence[ReportRow], width: int) -> list[str]:
     labels = GROUP_BY[metric_type]
-    if metric_type in _COUNT_ONLY:
-        headers = [*labels, "count"]
-        body = [[*_label_cells(labels, row), _count(row.count)] for row in rows]
-        return [_TITLES[metric_type], *_table(headers, body, len(labels), width)]
+    all_stats = [row.stats for row in rows]
     if metric_type is MetricType.DROPPED_SAMPLES:
-        dropped, reports = sum(row.sum for row in rows), sum(row.count for row in rows)
+        dropped, reports = sum(stats.sum for stats in all_stats), sum(stats.count for stats in all_stats)
         return [_TITLES[metric_type], f"{_count(dropped)} samples dropped, in {_count(reports)} reports"]
-    number = _score if metric_type is MetricType.CONFIDENCE else _number
     headers = [*labels, "count"]
+    if metric_type in _COUNT_ONLY:
+        body = [[*_label_cells(labels, stats), _count(stats.count)] for stats in all_stats]
+        return [_TITLES[metric_type], *_table(headers, body, len(labels), width)]
+    number = _score if metric_type is MetricType.CONFIDENCE else _number
     if metric_type is MetricType.PROCESSING_TIME:
         headers.append("err%")
     if metric_type is MetricType.CONFIDENCE:
         headers.append("share")
     headers += ["avg", "p50", "p95", "p99"]
-    total_count = sum(row.count for row in rows)
+    total_count = sum(stats.count for stats in all_stats)
     body = []
     for row in rows:
-        cells = [*_label_cells(labels, row), _count(row.count)]
+        stats = row.stats
+        cells = [*_label_cells(labels, stats), _count(stats.count)]
         if metric_type is MetricType.PROCESSING_TIME:
             cells.append(_percent(row.error_rate))
         if metric_type is MetricType.CONFIDENCE:
-            cells.append(_percent(row.count / total_count if total_count else None))
-        cells += [number(row.avg), number(row.p50), number(row.p95), number(row.p99)]
+            cells.append(_percent(stats.count / total_count))
+        cells += [number(value) for value in (stats.avg, stats.p50, stats.p95, stats.p99)]
         body.append(cells)
     return [_TITLES[metric_type], *_table(headers, body, len(labels), width)]
 
 
 def _token_section(report: Report, width: int) -> list[str]:
     headers = ["model", "tokens", "calls", "total", "avg", "p50", "p95", "p99"]
-    body = []
-    grand_total = 0.0
-    by_model: dict[str, list[tuple[str, ReportRow]]] = {}
+    by_model: dict[str, list[tuple[str, MetricStats]]] = {}
     for metric_type, kind in ((MetricType.PROMPT_TOKENS, "prompt"), (MetricType.COMPLETION_TOKENS, "completion")):
         for row in report.metrics.get(metric_type, ()):
-            by_model.setdefault(row.labels.get("model", "-"), []).append((kind, row))
-    for model, entries in by_model.items():
-        for kind, row in entries:
-            grand_total += row.sum
-            body.append(
-                [model, kind, _count(row.count), _count(row.sum)]
-                + [_number(value) for value in (row.avg, row.p50, row.p95, row.p99)]
-            )
+            by_model.setdefault(row.stats.labels.get("model", "-"), []).append((kind, row.stats))
+    body = [
+        [model, kind, _count(stats.count), _count(stats.sum)]
+        + [_number(value) for value in (stats.avg, stats.p50, stats.p95, stats.p99)]
+        for model, entries in by_model.items()
+        for kind, stats in entries
+    ]
+    grand_total = sum(stats.sum for entries in by_model.values() for _, stats in entries)
     title = f"token usage (tokens per call; {_count(grand_total)} tokens in total)"
     return [title, *_table(headers, body, 2, width)]
 
 
-def _label_cells(labels: Iterable[str], row: ReportRow) -> list[str]:
-    return [row.labels.get(name, "-") for name in labels]
+def _label_cells(labels: Iterable[str], stats: MetricStats) -> list[str]:
+    return [stats.labels.get(name, "-") for name in labels]
 
 
 def _table(headers: Sequence[str], body: Sequence[Sequence[str]], label_columns: int, width: int) -> list[str]:
