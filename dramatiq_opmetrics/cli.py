@@ -60,11 +60,74 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.database_url)
 
 
-def _day(text: str) -> dt.date:
+def _date(value: str) -> dt.date:
     try:
-        return dt.date.fromisoformat(text)
+        return dt.date.fromisoformat(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-27") from None
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {value!r}") from None
+
+
+def _rollup_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_database_url(parser)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--date", type=_date, help="roll up this UTC day (YYYY-MM-DD), even if up to date")
+    which.add_argument("--since", type=_date, help="roll up the days that need it from this UTC day on")
+
+
+def _rollup(args: argparse.Namespace) -> int:
+    from .database import make_engine
+    from .rollup import rollup
+
+    engine = make_engine(args.database_url)
+    try:
+        days = rollup(engine, day=args.date, since=args.since)
+    except ValueError as error:
+        return _fail(str(error))
+    finally:
+        engine.dispose()
+    for day in days:
+        print(
+            f"rolled up {day.day}: {day.rows} rows, {day.label_sets} label sets,"
+            f" {day.daily_rows} daily rows in {day.duration_s:.2f} s"
+        )
+    if not days:
+        print("nothing to roll up" if args.date is None else f"{args.date} was not rolled up (no raw rows left)")
+    return 0
+
+
+def _prune_arguments(parser: argparse.ArgumentParser) -> None:
+    from .retention import DEFAULT_RETENTION_DAYS
+
+    _add_database_url(parser)
+    parser.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    parser.add_argument(
+        "--retention-days",
+        type=int,
+        default=DEFAULT_RETENTION_DAYS,
+        help=f"days of raw rows kept (default: {DEFAULT_RETENTION_DAYS})",
+    )
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from .database import make_engine
+    from .retention import prune
+
+    engine = make_engine(args.database_url)
+    try:
+        result = prune(engine, retention_days=args.retention_days, dry_run=args.dry_run)
+    except ValueError as error:
+        return _fail(str(error))
+    finally:
+        engine.dispose()
+    verb = "would remove" if result.dry_run else "removed"
+    for day in result.pruned:
+        how = "dropped its partition" if day.method == "partition" else "deleted"
+        print(f"{verb} {day.day}: {day.rows} raw rows ({how})")
+    for kept in result.kept:
+        print(f"kept {kept.day}: {kept.rows} raw rows ({kept.reason})")
+    if not result.pruned and not result.kept:
+        print(f"nothing to prune: no raw rows before {result.cutoff}")
+    return 0
 
 
 def _report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,8 +138,8 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--days", type=int, help=f"the last N UTC days, today included (default: {DEFAULT_REPORT_DAYS})"
     )
-    parser.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="first UTC day (inclusive)")
-    parser.add_argument("--until", type=_day, metavar="YYYY-MM-DD", help="last UTC day (inclusive; default: today)")
+    parser.add_argument("--since", type=_date, metavar="YYYY-MM-DD", help="first UTC day (inclusive)")
+    parser.add_argument("--until", type=_date, metavar="YYYY-MM-DD", help="last UTC day (inclusive; default: today)")
     parser.add_argument(
         "--metric", choices=[metric_type.value for metric_type in MetricType], help="only this metric type"
     )
@@ -110,6 +173,8 @@ COMMANDS: list[Command] = [
     ("migrate", "create or upgrade the metrics tables", _migrate_arguments, _migrate),
     ("demo", "see dramatiq-opmetrics work on an embedded SQLite database", _demo_arguments, _demo),
     ("report", "print statistics per metric type for a range of days", _report_arguments, _report),
+    ("rollup", "roll up raw samples of complete UTC days into daily rows", _rollup_arguments, _rollup),
+    ("prune", "remove raw rows of rolled-up days older than the retention", _prune_arguments, _prune),
 ]
 
 
