@@ -168,6 +168,31 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_queues_arguments(parser: argparse.ArgumentParser) -> None:
+    from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S
+
+    parser.add_argument("--broker", required=True, help="the broker to sample, as module:attribute")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=DEFAULT_QUEUE_DEPTH_INTERVAL_S,
+        help=f"seconds between samples (default: {DEFAULT_QUEUE_DEPTH_INTERVAL_S:g})",
+    )
+    parser.add_argument("--once", action="store_true", help="sample the current interval once and exit")
+    parser.add_argument(
+        "--queue", action="append", default=[], help="a queue to sample besides the declared ones (repeatable)"
+    )
+    _add_database_url(parser)
+
+
+def _sample_queues(args: argparse.Namespace) -> int:
+    from .sample_queues import run_sample_queues
+
+    return run_sample_queues(
+        args.broker, database_url=args.database_url, interval_s=args.interval, once=args.once, queues=args.queue
+    )
+
+
 #: The subcommands, in the order ``--help`` lists them.
 COMMANDS: list[Command] = [
     ("migrate", "create or upgrade the metrics tables", _migrate_arguments, _migrate),
@@ -175,6 +200,12 @@ COMMANDS: list[Command] = [
     ("report", "print statistics per metric type for a range of days", _report_arguments, _report),
     ("rollup", "roll up raw samples of complete UTC days into daily rows", _rollup_arguments, _rollup),
     ("prune", "remove raw rows of rolled-up days older than the retention", _prune_arguments, _prune),
+    (
+        "sample-queues",
+        "sample queue depth for the whole fleet into the database",
+        _sample_queues_arguments,
+        _sample_queues,
+    ),
 ]
 
 

@@ -9,13 +9,20 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pika
 import psycopg
 import pytest
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import dq_name, xq_name
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 
@@ -84,3 +91,99 @@ def postgres_engine(postgres_url: URL) -> Iterator[Engine]:
     engine = make_engine(postgres_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def redis_broker() -> Iterator[RedisBroker]:
+    """A RedisBroker on the real Redis with a key namespace of its own; every key in it is deleted after."""
+    namespace = f"opm-test-{uuid.uuid4().hex[:12]}"
+    broker = RedisBroker(url=REDIS_URL, namespace=namespace)
+    try:
+        yield broker
+    finally:
+        keys = list(broker.client.scan_iter(match=f"{namespace}:*", count=1000))
+        if keys:
+            broker.client.delete(*keys)
+        broker.close()
+        broker.client.close()
+
+
+@pytest.fixture
+def rabbitmq_broker() -> Iterator[RabbitmqBroker]:
+    """A RabbitmqBroker on the real RabbitMQ; use unique queue names (``unique_queue``), deleted after.
+
+    Every queue the broker declared, plus its ``.DQ`` and ``.XQ``, is deleted afterwards.
+    """
+    broker = RabbitmqBroker(url=RABBITMQ_URL)
+    try:
+        yield broker
+    finally:
+        broker.close()
+        connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+        try:
+            channel = connection.channel()
+            for name in broker.get_declared_queues():
+                for queue in (name, dq_name(name), xq_name(name)):
+                    channel.queue_delete(queue)
+        finally:
+            connection.close()
+
+
+@pytest.fixture
+def unique_queue() -> Callable[[str], str]:
+    """Makes queue names no other test (or helper) uses: ``unique_queue("emails")``."""
+    run = uuid.uuid4().hex[:10]
+    return lambda name: f"opm-{run}-{name}"
+
+
+class TcpProxy:
+    """Forwards a local port to a server; :meth:`cut` makes an outage (every connection refused or reset)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self.sockets: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+
+    def open(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen()
+        self.port = listener.getsockname()[1]
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        assert self.listener is not None
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        self.listener.close()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self.sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.close()
