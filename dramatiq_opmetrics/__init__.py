@@ -7,6 +7,8 @@ The public API:
 - :func:`query_metrics`, :func:`query_daily_series` and :class:`MetricStats`: statistics over any range of
   days from the daily rollup (percentiles within 1%), today included.
 - :class:`QueueDepthSampler`: fleet-wide queue depth, one sample per queue and state per interval.
+- :class:`OpMetrics`: the middleware measuring every message, with a buffered background writer.
+- :func:`record_token_usage`, :func:`record_confidence`: metrics from actor code, buffered.
 """
 
 from __future__ import annotations
@@ -14,16 +16,21 @@ from __future__ import annotations
 from .collector import MetricsCollector
 from .config import ConfigurationError
 from .metric_types import MetricType
+from .middleware import OpMetrics
 from .query import MetricStats, query_daily_series, query_metrics
 from .queue_depth_sampler import QueueDepthSampler
+from .recording import record_confidence, record_token_usage
 
 __all__ = [
     "ConfigurationError",
     "MetricStats",
     "MetricType",
     "MetricsCollector",
+    "OpMetrics",
     "QueueDepthSampler",
     "query_daily_series",
     "query_metrics",
+    "record_confidence",
+    "record_token_usage",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,300 @@
+"""``OpMetrics``: the Dramatiq middleware that measures every message a worker processes."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+from collections.abc import Sequence
+from time import perf_counter, time
+from typing import Any
+
+import dramatiq
+from dramatiq.common import q_name
+from dramatiq.middleware import Middleware
+from sqlalchemy.engine import URL
+
+from . import samples
+from .buffer import DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_CAPACITY, SampleBuffer
+from .config import redact_url, resolve_setting
+from .labels import LabelSet
+from .metric_types import MetricType
+from .recording import ActorContext, current_actor, set_default_target
+from .writer import (
+    DEFAULT_FLUSH_INTERVAL_S,
+    DEFAULT_MAX_RETRY_BACKOFF_S,
+    DEFAULT_SHUTDOWN_TIMEOUT_S,
+    DEFAULT_WARNING_INTERVAL_S,
+    BackgroundWriter,
+)
+
+#: Environment variable for ``flush_interval_s``.
+FLUSH_INTERVAL_ENV_VAR = "OPMETRICS_FLUSH_INTERVAL_S"
+#: Environment variable for ``batch_size``.
+BATCH_SIZE_ENV_VAR = "OPMETRICS_BATCH_SIZE"
+#: Environment variable for ``buffer_capacity``.
+BUFFER_CAPACITY_ENV_VAR = "OPMETRICS_BUFFER_CAPACITY"
+#: The message option in which the worker notes when a delayed message became due (ms since the epoch).
+DUE_OPTION = "opmetrics_due_ms"
+#: ``outcome`` label of an error after which the message will run again.
+OUTCOME_RETRIED = "retried"
+#: ``outcome`` label of an error after which the message will not run again (dead-lettered, or no retries).
+OUTCOME_FINAL = "final"
+
+_WAIT_TIME = MetricType.WAIT_TIME
+_PROCESSING_TIME = MetricType.PROCESSING_TIME
+_SKIPPED = MetricType.SKIPPED
+
+logger = logging.getLogger(__name__)
+
+
+class _InFlight(ActorContext):
+    """What the hooks remember about the message a worker thread is processing."""
+
+    __slots__ = ("due_ms", "error_type", "label_set", "message", "requeued", "started_s", "started_wall_s")
+
+    def __init__(
+        self,
+        message: Any,
+        label_set: LabelSet,
+        actor: str,
+        queue: str,
+        target: OpMetrics,
+        due_ms: float,
+        started_wall_s: float,
+        started_s: float,
+    ) -> None:
+        # Sets ActorContext's attributes itself: this runs once per message.
+        self.actor = actor
+        self.queue = queue
+        self.target = target
+        self.active = True
+        self.message = message
+        self.label_set = label_set
+        self.due_ms = due_ms
+        self.started_wall_s = started_wall_s
+        self.started_s = started_s
+        self.error_type: str | None = None
+        self.requeued = False
+
+
+class OpMetrics(Middleware):
+    """Measures every message a worker processes and stores the samples in the metrics database.
+
+    Add it to the broker in every process, web processes and workers alike::
+
+        from dramatiq_opmetrics import OpMetrics
+        broker.add_middleware(OpMetrics(database_url="postgresql+psycopg://app@db-host/app"))
+
+    For each message, labelled with ``actor`` and canonical ``queue`` (``default``, never ``default.DQ``):
+
+    - ``processing_time``: milliseconds the actor ran (monotonic clock), success or failure;
+    - ``wait_time``: milliseconds from when the message became due (sent, or for a delayed or retried
+      message the end of its delay) to a worker starting it;
+    - ``error``: one per failed attempt, labelled ``error_type`` (the exception class) and ``outcome``:
+      ``retried`` (it will run again) or ``final`` (dead-lettered, or not retried without ``Retries``);
+    - ``skipped``: one per message skipped by a middleware (``SkipMessage``, e.g. ``AgeLimit``), which gets
+      no processing or wait time.
+
+    Placement does not matter: the outcome of an error is decided when the message is acknowledged or
+    rejected, after every middleware (``Retries`` included) has seen the failure. Inside actors,
+    :func:`~dramatiq_opmetrics.record_token_usage` and :func:`~dramatiq_opmetrics.record_confidence` add
+    samples labelled with the current actor and queue.
+
+    The hooks never touch the database: samples go into a bounded in-memory buffer
+    (:attr:`buffer`) that a background thread per worker process writes in batches (COPY on PostgreSQL).
+    The thread and its connection are made when a worker boots (``dramatiq`` command or a ``Worker``
+    started from code), so a process that only sends messages starts no thread and opens no connection.
+    Stopping the worker (SIGTERM, SIGINT, ``Worker.stop()``) writes everything buffered. While the database
+    is down, batches are kept and retried with backoff; a full buffer drops new samples, counts them, warns
+    once per ``warning_interval_s`` and records the count as ``dropped_samples`` once the database is back.
+    Background samplers can add their samples with ``buffer.add_many``.
+
+    Parameters:
+      database_url(str | URL | None): the metrics database (SQLAlchemy URL; ``postgresql://`` uses psycopg
+        3); default ``$OPMETRICS_DATABASE_URL``, then ``$DATABASE_URL``. Its password never appears in
+        logs or reprs.
+      flush_interval_s(float | None): seconds between writes; default ``$OPMETRICS_FLUSH_INTERVAL_S``, else
+        :data:`~dramatiq_opmetrics.writer.DEFAULT_FLUSH_INTERVAL_S` (1 s).
+      batch_size(int | None): samples per write; a full batch is written at once; default
+        ``$OPMETRICS_BATCH_SIZE``, else :data:`~dramatiq_opmetrics.buffer.DEFAULT_BATCH_SIZE` (5,000).
+      buffer_capacity(int | None): most samples held per process (about 120 bytes each) before new ones are
+        dropped; default ``$OPMETRICS_BUFFER_CAPACITY``, else
+        :data:`~dramatiq_opmetrics.buffer.DEFAULT_BUFFER_CAPACITY` (100,000).
+      max_retry_backoff_s(float): longest wait between write attempts while the database is down; default
+        30 s.
+      warning_interval_s(float): at most one warning about dropped samples per this many seconds; default
+        30 s.
+      shutdown_timeout_s(float): how long a stopping worker keeps trying to write what is buffered;
+        default 10 s.
+
+    Raises:
+      ConfigurationError: if no database URL is given or set, or an environment variable is not a number.
+      ValueError: if a setting is out of range (not positive).
+    """
+
+    def __init__(
+        self,
+        database_url: str | URL | None = None,
+        *,
+        flush_interval_s: float | None = None,
+        batch_size: int | None = None,
+        buffer_capacity: int | None = None,
+        max_retry_backoff_s: float = DEFAULT_MAX_RETRY_BACKOFF_S,
+        warning_interval_s: float = DEFAULT_WARNING_INTERVAL_S,
+        shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+    ) -> None:
+        #: The in-process buffer of samples waiting to be written (``buffer.add_many`` takes samples).
+        self.buffer = SampleBuffer(
+            capacity=resolve_setting(buffer_capacity, BUFFER_CAPACITY_ENV_VAR, DEFAULT_BUFFER_CAPACITY, int),
+            batch_size=resolve_setting(batch_size, BATCH_SIZE_ENV_VAR, DEFAULT_BATCH_SIZE, int),
+        )
+        #: The writer that drains :attr:`buffer` from a background thread.
+        self.writer = BackgroundWriter(
+            database_url,
+            self.buffer,
+            flush_interval_s=resolve_setting(flush_interval_s, FLUSH_INTERVAL_ENV_VAR, DEFAULT_FLUSH_INTERVAL_S, float),
+            max_retry_backoff_s=max_retry_backoff_s,
+            warning_interval_s=warning_interval_s,
+            shutdown_timeout_s=shutdown_timeout_s,
+        )
+        self._label_sets: dict[tuple[str, str], tuple[LabelSet, str] | None] = {}
+        self._exit_flush_pid = 0
+        set_default_target(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"OpMetrics(database_url={redact_url(self.writer.database_url)!r},"
+            f" flush_interval_s={self.writer.flush_interval_s!r}, batch_size={self.buffer.batch_size!r},"
+            f" buffer_capacity={self.buffer.capacity!r})"
+        )
+
+    def add_samples(self, new_samples: Sequence[samples.Sample]) -> None:
+        """Buffer ``new_samples`` for writing, starting the writer in a process that is not a worker."""
+        self.buffer.add_many(new_samples)
+        if not self.writer.running:
+            self._start_outside_worker()
+
+    def _start_outside_worker(self) -> None:
+        self.writer.start()
+        if self._exit_flush_pid != os.getpid():
+            self._exit_flush_pid = os.getpid()
+            atexit.register(self.writer.stop)
+
+    # Worker lifecycle: one writer thread per worker process, made after any fork.
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Start this process's writer thread."""
+        self.writer.start()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Write everything buffered (the worker threads have stopped) and stop the writer thread."""
+        self.writer.stop()
+
+    # The hot path: no I/O, no locks, one cached label set per (actor, queue).
+
+    def before_delay_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        """Note when a delayed (or retried) message becomes due, for its wait time."""
+        inner = getattr(message, "_message", message)
+        inner.options[DUE_OPTION] = inner.options.get("eta")
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        """Start the clocks of ``message`` and make its actor and queue the context of recordings."""
+        inner = getattr(message, "_message", message)
+        key = (inner.actor_name, inner.queue_name)
+        try:
+            labels = self._label_sets[key]
+        except KeyError:
+            labels = self._labels_of(key)
+        if labels is None:
+            return
+        due_ms = inner.options.get(DUE_OPTION) or inner.message_timestamp
+        current_actor.set(
+            _InFlight(message, labels[0], key[0], labels[1], self, due_ms, time(), perf_counter()),
+        )
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: Any,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """Record processing and wait time; remember a failure until its outcome is known."""
+        ended_s = perf_counter()
+        context = current_actor.get()
+        if context is None or not isinstance(context, _InFlight) or context.message is not message:
+            # Our before hook did not run: a middleware failed before the actor could run.
+            return
+        context.active = False
+        started_wall_s = context.started_wall_s
+        wait_ms = started_wall_s * 1000.0 - context.due_ms
+        self.buffer.extend(
+            (
+                (_WAIT_TIME, wait_ms if wait_ms > 0.0 else 0.0, context.label_set, started_wall_s),
+                (
+                    _PROCESSING_TIME,
+                    (ended_s - context.started_s) * 1000.0,
+                    context.label_set,
+                    started_wall_s + (ended_s - context.started_s),
+                ),
+            )
+        )
+        if exception is None:
+            current_actor.set(None)
+        else:
+            context.error_type = type(exception).__name__
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        """Count a skipped message (it gets no processing or wait time)."""
+        context = current_actor.get()
+        if context is not None:
+            current_actor.set(None)
+        inner = getattr(message, "_message", message)
+        key = (inner.actor_name, inner.queue_name)
+        labels = self._label_sets[key] if key in self._label_sets else self._labels_of(key)
+        if labels is not None:
+            self.buffer.append((_SKIPPED, 1.0, labels[0], time()))
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None) -> None:
+        """Note that the message being processed was enqueued again (by ``Retries``): it will run again."""
+        context = current_actor.get()
+        if (
+            context is not None
+            and isinstance(context, _InFlight)
+            and getattr(context.message, "message_id", None) == message.message_id
+        ):
+            context.requeued = True
+
+    def before_ack(self, broker: dramatiq.Broker, message: Any) -> None:
+        """Record a failure whose message was acknowledged: retried if ``Retries`` enqueued it again."""
+        context = current_actor.get()
+        if context is not None:
+            self._record_failure(context, message)
+
+    def before_nack(self, broker: dramatiq.Broker, message: Any) -> None:
+        """Record a failure whose message was rejected (dead-lettered): a final failure."""
+        context = current_actor.get()
+        if context is not None:
+            self._record_failure(context, message)
+
+    def _record_failure(self, context: ActorContext, message: Any) -> None:
+        if not isinstance(context, _InFlight) or context.message is not message:
+            return
+        current_actor.set(None)
+        if context.error_type is None:
+            return
+        retried = context.requeued and not message.failed
+        outcome = OUTCOME_RETRIED if retried else OUTCOME_FINAL
+        self.buffer.add_many(samples.error(context.actor, context.error_type, queue=context.queue, outcome=outcome))
+
+    def _labels_of(self, key: tuple[str, str]) -> tuple[LabelSet, str] | None:
+        queue = q_name(key[1])
+        try:
+            labels: tuple[LabelSet, str] | None = (samples.message_labels(key[0], queue=queue), queue)
+        except ValueError as error:
+            logger.error("Not measuring messages of actor %r on queue %r: %s.", key[0], key[1], error)
+            labels = None
+        self._label_sets[key] = labels
+        return labels
