@@ -51,13 +51,19 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_database_url(parser)
+    parser.add_argument(
+        "--database-url",
+        help="database (SQLAlchemy URL); default: $OPMETRICS_DEMO_DATABASE_URL, else ./opmetrics-demo.sqlite3 (remade)",
+    )
+    parser.add_argument(
+        "--broker-url", help="Redis broker (redis://...); default: $OPMETRICS_DEMO_BROKER_URL, else in-process"
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.database_url)
+    return run_demo(args.database_url, args.broker_url)
 
 
 def _date(value: str) -> dt.date:
