@@ -361,7 +361,7 @@ def run_demo(
       ConfigurationError: the broker URL is not a Redis URL, or a database URL cannot be parsed.
     """
     started = time.monotonic()
-    url, fresh_file = _demo_database(database_url)
+    url, fresh_file, replaced = _demo_database(database_url)
     broker_url = broker_url or os.environ.get(BROKER_URL_ENV_VAR) or None
     broker = _demo_broker(broker_url, namespace)
     today = dt.datetime.now(dt.UTC).date()
@@ -370,7 +370,7 @@ def run_demo(
     out(f"dramatiq-opmetrics demo: a small fleet's week on {redact_url(url)} and {broker_name}")
     out("")
     if fresh_file:
-        out(f"[1/5] Creating {fresh_file} (a previous demo's file is replaced) ...")
+        out(f"[1/5] Creating {fresh_file}{' (replacing the previous demo run)' if replaced else ''} ...")
     else:
         out(f"[1/5] Migrating {redact_url(url)} ...")
     upgrade(url)
@@ -402,15 +402,17 @@ def run_demo(
     return 0
 
 
-def _demo_database(database_url: str | URL | None) -> tuple[URL, Path | None]:
-    """The demo's database URL, and the SQLite file it made afresh (None for a database given)."""
+def _demo_database(database_url: str | URL | None) -> tuple[URL, Path | None, bool]:
+    """The demo's database URL, the SQLite file it makes afresh (None for a database given), and whether it
+    replaces a previous run's file."""
     given = database_url or os.environ.get(DATABASE_URL_ENV_VAR) or None
     if given is not None:
-        return resolve_database_url(given), None
+        return resolve_database_url(given), None, False
     path = DEFAULT_DEMO_DATABASE.resolve()
+    replaced = path.exists()
     for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         leftover.unlink(missing_ok=True)
-    return resolve_database_url(f"sqlite:///{path}"), path
+    return resolve_database_url(f"sqlite:///{path}"), path, replaced
 
 
 def _demo_broker(broker_url: str | None, namespace: str) -> dramatiq.Broker:
