@@ -116,7 +116,7 @@ def test_demo_starts_over_in_its_own_sqlite_file(tmp_path: Path, monkeypatch: py
             )
         ).scalar_one()
     engine.dispose()
-    _, total, succeeded, retried, dead = map(int, SUMMARY.search("\n".join(lines)).groups())  # type: ignore[union-attr]
+    _, _, succeeded, retried, dead = map(int, SUMMARY.search("\n".join(lines)).groups())  # type: ignore[union-attr]
     assert live == succeeded + retried + dead  # only the second run's attempts
     assert "(replacing the previous demo run)" in lines[2]
 
