@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import pytest
+import redis
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.engine import URL
 
-from dramatiq_opmetrics.migrate import VERSION_TABLE, alembic_config, current_revision
-from dramatiq_opmetrics.models import OperationalMetric
+from dramatiq_opmetrics.database import make_engine
+from dramatiq_opmetrics.migrate import VERSION_TABLE, alembic_config, current_revision, upgrade
+from dramatiq_opmetrics.models import LabelSet, OperationalMetric
 from examples import collector_in_transaction
 from examples.own_alembic.migrate_all import migrate_all
+from tests.conftest import REDIS_URL
 
 
 def url_text(url: URL) -> str:
@@ -46,3 +59,142 @@ def test_own_alembic_example_migrates_the_application_and_opmetrics_side_by_side
     assert rows == 0
     head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
     assert current_revision(database_url) == head
+
+
+# examples/app.py: the fleet, run with the real `dramatiq` and `periodiq` commands on Redis and PostgreSQL.
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    """SIGTERM ``process`` (as a user's Ctrl-C or a deployment would) and return what it logged."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, err = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+    return err
+
+
+@pytest.fixture
+def fleet_environment(postgres_url: URL) -> Iterator[dict[str, str]]:
+    """The example's environment: a migrated PostgreSQL schema and a Redis namespace of its own."""
+    upgrade(postgres_url)
+    namespace = f"opmetrics-example-{uuid.uuid4().hex[:8]}"
+    environment = {
+        **os.environ,
+        "OPMETRICS_DATABASE_URL": url_text(postgres_url),
+        "OPMETRICS_FLUSH_INTERVAL_S": "0.2",
+        "EXAMPLE_REDIS_URL": REDIS_URL,
+        "EXAMPLE_REDIS_NAMESPACE": namespace,
+        "TZ": "UTC",
+    }
+    yield environment
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(match=f"{namespace}:*"):
+        client.delete(key)
+    client.close()
+
+
+def processing_attempts(url: URL) -> dict[str, int]:
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(LabelSet.labels, func.count())
+            .join(OperationalMetric, OperationalMetric.label_set_id == LabelSet.id)
+            .where(OperationalMetric.metric_type == "processing_time")
+            .group_by(LabelSet.labels)
+        ).all()
+    engine.dispose()
+    return {labels["actor"]: count for labels, count in rows}
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_the_example_fleet_runs_with_the_dramatiq_command_and_reports(
+    fleet_environment: dict[str, str], postgres_url: URL
+) -> None:
+    workers = subprocess.Popen(
+        [str(BIN / "dramatiq"), "examples.app", "--processes", "2", "--threads", "2"],
+        cwd=REPO,
+        env=fleet_environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        sent = subprocess.run(
+            [sys.executable, "-m", "examples.app", "20"],
+            cwd=REPO,
+            env=fleet_environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert "sent 20 documents and 20 tickets" in sent.stdout
+        # Tickets 0 and 10 fail, are retried once and dead-lettered: 22 attempts.
+        expected = {"summarise_document": 20, "classify_ticket": 22}
+        wait_for(lambda: processing_attempts(postgres_url) == expected, 60, f"{expected} processing times")
+    finally:
+        log = stop(workers)
+    assert workers.returncode == 0, log
+
+    report = subprocess.run(
+        [str(BIN / "dramatiq-opmetrics"), "report", "--days", "1", "--json"],
+        cwd=REPO,
+        env=fleet_environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert report.returncode == 0, report.stderr
+    metrics = json.loads(report.stdout)["metrics"]
+    processing = {row["labels"]["actor"]: row for row in metrics["processing_time"]["rows"]}
+    assert processing["classify_ticket"]["count"] == 22
+    assert processing["classify_ticket"]["error_rate"] == pytest.approx(4 / 22)
+    assert processing["summarise_document"]["error_rate"] == 0
+    errors = {row["labels"]["outcome"]: row["count"] for row in metrics["error"]["rows"]}
+    assert errors == {"retried": 2, "final": 2}
+    calls = {row["labels"]["model"]: row["count"] for row in metrics["prompt_tokens"]["rows"]}
+    assert calls == {"gpt-4o-mini": 20, "claude-3-5-haiku": 22}
+    assert sum(row["count"] for row in metrics["confidence"]["rows"]) == 20 + 18
+
+    text = subprocess.run(
+        [str(BIN / "dramatiq-opmetrics"), "report", "--days", "1"],
+        cwd=REPO,
+        env=fleet_environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert text.returncode == 0, text.stderr
+    assert "classify_ticket" in text.stdout and "token usage" in text.stdout
+
+
+@pytest.mark.slow
+def test_the_example_schedules_the_rollup_with_the_periodiq_command(fleet_environment: dict[str, str]) -> None:
+    scheduler = subprocess.Popen(
+        [str(BIN / "periodiq"), "examples.app", "-v"],
+        cwd=REPO,
+        env=fleet_environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(3)  # periodiq logs its schedule at start, then sleeps until the next minute
+        assert scheduler.poll() is None, "periodiq exited early"
+    finally:
+        log = stop(scheduler)
+    assert "30 1 * * *" in log and "opmetrics_rollup@opmetrics_rollup" in log
