@@ -5,9 +5,12 @@ single writer thread takes batches out. A batch handed to the writer stays in th
 toward its capacity) until the writer reports it written, so a failed write never loses it. When the
 buffer is full, new entries are dropped and counted: memory stays bounded whatever the database does.
 
-An entry is a plain tuple ``(metric_type, value, label_set, recorded_at_s)`` with ``recorded_at_s`` in
-seconds since the epoch (``time.time()``): cheaper to make per message than a
-:class:`~dramatiq_opmetrics.samples.Sample`. :meth:`SampleBuffer.add_many` takes ``Sample`` objects.
+An entry is a plain tuple ``(metric_type, value, labels_key, recorded_at_s)`` of two strings and two floats,
+with ``recorded_at_s`` in seconds since the epoch (``time.time()``): much cheaper to make per message than a
+:class:`~dramatiq_opmetrics.samples.Sample`, and, holding no container, untracked by Python's garbage
+collector, so a full buffer costs no collection time. The buffer keeps the
+:class:`~dramatiq_opmetrics.labels.LabelSet` of every ``labels_key`` it has seen in :attr:`SampleBuffer.label_sets`
+(label sets are few and bounded). :meth:`SampleBuffer.add_many` takes ``Sample`` objects.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from collections import deque
 from collections.abc import Iterable
 
 from .labels import LabelSet
-from .metric_types import MetricType
 from .samples import Sample
 
 #: How many samples a buffer holds before it drops new ones (about 120 bytes each).
@@ -25,8 +27,8 @@ DEFAULT_BUFFER_CAPACITY = 100_000
 #: How many samples make a batch: the writer is woken when this many are waiting.
 DEFAULT_BATCH_SIZE = 5_000
 
-#: One buffered sample: metric type, value, label set and time in seconds since the epoch.
-Entry = tuple[MetricType, float, LabelSet, float]
+#: One buffered sample: metric type (its value), value, labels key and time in seconds since the epoch.
+Entry = tuple[str, float, str, float]
 
 
 class SampleBuffer:
@@ -57,14 +59,18 @@ class SampleBuffer:
         self.capacity = capacity
         self.batch_size = batch_size
         self._queue: deque[Entry] = deque()
+        #: The label set of every labels key added, for the writer.
+        self.label_sets: dict[str, LabelSet] = {}
         self._reset_state()
 
     def _reset_state(self) -> None:
         self._queue.clear()
         #: The batch taken by the writer and not yet written.
         self._pending: list[Entry] = []
+        #: Below this many queued entries, two more fit (kept up to date with the pending batch).
+        self._pair_room = self.capacity - 1
         self._lock = threading.Lock()
-        #: Set when a batch is waiting; the writer waits on it.
+        #: Set when a batch is waiting (or a flush is asked for); the writer waits on it and clears it.
         self.batch_ready = threading.Event()
         #: Samples dropped since this buffer was made because it was full.
         self.dropped_total = 0
@@ -89,6 +95,17 @@ class SampleBuffer:
         if len(queue) >= self.batch_size and not self.batch_ready.is_set():
             self.batch_ready.set()
 
+    def append_pair(self, first: Entry, second: Entry) -> None:
+        """Add two entries (a message's wait and processing time), or drop and count both. Never blocks."""
+        queue = self._queue
+        if len(queue) >= self._pair_room:
+            self._count_drops(2)
+            return
+        queue.append(first)
+        queue.append(second)
+        if len(queue) >= self.batch_size and not self.batch_ready.is_set():
+            self.batch_ready.set()
+
     def extend(self, entries: tuple[Entry, ...] | list[Entry]) -> None:
         """Add several entries at once; those that do not fit are dropped and counted."""
         queue = self._queue
@@ -104,7 +121,18 @@ class SampleBuffer:
 
     def add_many(self, samples: Iterable[Sample]) -> None:
         """Add :class:`~dramatiq_opmetrics.samples.Sample` objects (a sink for background samplers)."""
-        self.extend([(s.metric_type, s.value, s.label_set, s.recorded_at.timestamp()) for s in samples])
+        entries: list[Entry] = []
+        for sample in samples:
+            self.label_sets[sample.label_set.labels_key] = sample.label_set
+            entries.append(
+                (sample.metric_type.value, sample.value, sample.label_set.labels_key, sample.recorded_at.timestamp())
+            )
+        self.extend(entries)
+
+    def register_label_set(self, label_set: LabelSet) -> str:
+        """Remember ``label_set`` for the writer and return its ``labels_key`` (for entries added directly)."""
+        self.label_sets[label_set.labels_key] = label_set
+        return label_set.labels_key
 
     def _count_drops(self, count: int) -> None:
         with self._lock:
@@ -124,14 +152,14 @@ class SampleBuffer:
                 pending = self._pending
                 for _ in range(min(self.batch_size, len(queue))):
                     pending.append(queue.popleft())
-                if len(queue) < self.batch_size:
-                    self.batch_ready.clear()
+                self._pair_room = self.capacity - len(pending) - 1
             return list(self._pending)
 
     def commit_batch(self) -> None:
         """Remove the batch returned by :meth:`take_batch`: it has been written."""
         with self._lock:
             self._pending = []
+            self._pair_room = self.capacity - 1
 
     def unrecorded_drops(self) -> int:
         """Samples dropped and not yet recorded as a ``dropped_samples`` sample."""

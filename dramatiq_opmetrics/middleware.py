@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 from time import perf_counter, time
-from typing import Any
+from typing import Any, Final
 
 import dramatiq
 from dramatiq.common import q_name
@@ -17,9 +17,8 @@ from sqlalchemy.engine import URL
 from . import samples
 from .buffer import DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_CAPACITY, SampleBuffer
 from .config import redact_url, resolve_setting
-from .labels import LabelSet
 from .metric_types import MetricType
-from .recording import ActorContext, current_actor, set_default_target
+from .recording import current_actor, set_default_target
 from .writer import (
     DEFAULT_FLUSH_INTERVAL_S,
     DEFAULT_MAX_RETRY_BACKOFF_S,
@@ -41,39 +40,33 @@ OUTCOME_RETRIED = "retried"
 #: ``outcome`` label of an error after which the message will not run again (dead-lettered, or no retries).
 OUTCOME_FINAL = "final"
 
-_WAIT_TIME = MetricType.WAIT_TIME
-_PROCESSING_TIME = MetricType.PROCESSING_TIME
-_SKIPPED = MetricType.SKIPPED
+_WAIT_TIME = MetricType.WAIT_TIME.value
+_PROCESSING_TIME = MetricType.PROCESSING_TIME.value
+_SKIPPED = MetricType.SKIPPED.value
 
 logger = logging.getLogger(__name__)
 
 
-class _InFlight(ActorContext):
-    """What the hooks remember about the message a worker thread is processing."""
+#: What the hooks remember about the message a worker thread is processing, a tuple because one is made per
+#: message: (target, actor, queue, message proxy, labels key, due_ms, started_wall_s, started_s). Its first
+#: three items are what :mod:`~dramatiq_opmetrics.recording` reads.
+_InFlight = tuple[Any, str, str, Any, str, float, float, float]
+_MESSAGE: Final = 3
+_LABELS_KEY: Final = 4
+_DUE_MS: Final = 5
+_STARTED_WALL_S: Final = 6
+_STARTED_S: Final = 7
+#: The cached labels of one (actor, queue): labels key (registered with the buffer), actor, canonical queue.
+_Labels = tuple[str, str, str]
 
-    __slots__ = ("due_ms", "error_type", "label_set", "message", "requeued", "started_s", "started_wall_s")
 
-    def __init__(
-        self,
-        message: Any,
-        label_set: LabelSet,
-        actor: str,
-        queue: str,
-        target: OpMetrics,
-        due_ms: float,
-        started_wall_s: float,
-        started_s: float,
-    ) -> None:
-        # Sets ActorContext's attributes itself: this runs once per message.
-        self.actor = actor
-        self.queue = queue
-        self.target = target
-        self.active = True
-        self.message = message
-        self.label_set = label_set
-        self.due_ms = due_ms
-        self.started_wall_s = started_wall_s
-        self.started_s = started_s
+class _Failure:
+    """A failed attempt whose outcome (retried or final) is known only when the message is acked or nacked."""
+
+    __slots__ = ("error_type", "in_flight", "requeued")
+
+    def __init__(self, in_flight: _InFlight) -> None:
+        self.in_flight = in_flight
         self.error_type: str | None = None
         self.requeued = False
 
@@ -158,7 +151,7 @@ class OpMetrics(Middleware):
             warning_interval_s=warning_interval_s,
             shutdown_timeout_s=shutdown_timeout_s,
         )
-        self._label_sets: dict[tuple[str, str], tuple[LabelSet, str] | None] = {}
+        self._label_sets: dict[str, dict[str, _Labels | None]] = {}
         self._exit_flush_pid = 0
         set_default_target(self)
 
@@ -201,17 +194,15 @@ class OpMetrics(Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         """Start the clocks of ``message`` and make its actor and queue the context of recordings."""
         inner = getattr(message, "_message", message)
-        key = (inner.actor_name, inner.queue_name)
+        actor_name = inner.actor_name
         try:
-            labels = self._label_sets[key]
+            labels = self._label_sets[actor_name][inner.queue_name]
         except KeyError:
-            labels = self._labels_of(key)
+            labels = self._labels_of(actor_name, inner.queue_name)
         if labels is None:
             return
         due_ms = inner.options.get(DUE_OPTION) or inner.message_timestamp
-        current_actor.set(
-            _InFlight(message, labels[0], key[0], labels[1], self, due_ms, time(), perf_counter()),
-        )
+        current_actor.set((self, labels[1], labels[2], message, labels[0], due_ms, time(), perf_counter()))
 
     def after_process_message(
         self,
@@ -224,48 +215,59 @@ class OpMetrics(Middleware):
         """Record processing and wait time; remember a failure until its outcome is known."""
         ended_s = perf_counter()
         context = current_actor.get()
-        if context is None or not isinstance(context, _InFlight) or context.message is not message:
-            # Our before hook did not run: a middleware failed before the actor could run.
+        failure = None
+        if type(context) is not tuple:
+            if type(context) is not _Failure:
+                return
+            failure = context
+            context = failure.in_flight
+        if context[_MESSAGE] is not message:
+            # Our before hook did not run for it: a middleware failed before the actor could run.
             return
-        context.active = False
-        started_wall_s = context.started_wall_s
-        wait_ms = started_wall_s * 1000.0 - context.due_ms
-        self.buffer.extend(
-            (
-                (_WAIT_TIME, wait_ms if wait_ms > 0.0 else 0.0, context.label_set, started_wall_s),
-                (
-                    _PROCESSING_TIME,
-                    (ended_s - context.started_s) * 1000.0,
-                    context.label_set,
-                    started_wall_s + (ended_s - context.started_s),
-                ),
-            )
+        started_wall_s = context[_STARTED_WALL_S]
+        duration_s = ended_s - context[_STARTED_S]
+        wait_ms = started_wall_s * 1000.0 - context[_DUE_MS]
+        labels_key = context[_LABELS_KEY]
+        self.buffer.append_pair(
+            (_WAIT_TIME, wait_ms if wait_ms > 0.0 else 0.0, labels_key, started_wall_s),
+            (_PROCESSING_TIME, duration_s * 1000.0, labels_key, started_wall_s + duration_s),
         )
         if exception is None:
             current_actor.set(None)
-        else:
-            context.error_type = type(exception).__name__
+            return
+        if failure is None:
+            failure = _Failure(context)
+            current_actor.set(failure)
+        failure.error_type = type(exception).__name__
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
         """Count a skipped message (it gets no processing or wait time)."""
-        context = current_actor.get()
-        if context is not None:
+        if current_actor.get() is not None:
             current_actor.set(None)
         inner = getattr(message, "_message", message)
-        key = (inner.actor_name, inner.queue_name)
-        labels = self._label_sets[key] if key in self._label_sets else self._labels_of(key)
+        try:
+            labels = self._label_sets[inner.actor_name][inner.queue_name]
+        except KeyError:
+            labels = self._labels_of(inner.actor_name, inner.queue_name)
         if labels is not None:
             self.buffer.append((_SKIPPED, 1.0, labels[0], time()))
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None) -> None:
         """Note that the message being processed was enqueued again (by ``Retries``): it will run again."""
         context = current_actor.get()
-        if (
-            context is not None
-            and isinstance(context, _InFlight)
-            and getattr(context.message, "message_id", None) == message.message_id
-        ):
-            context.requeued = True
+        if context is None:
+            return
+        failure = context if type(context) is _Failure else None
+        in_flight = failure.in_flight if failure is not None else context
+        if type(in_flight) is not tuple or in_flight[0] is not self:
+            return
+        if getattr(in_flight[_MESSAGE], "message_id", None) != message.message_id:
+            return
+        if failure is None:
+            # Retries runs before our after_process_message when it comes later in the middleware list.
+            failure = _Failure(in_flight)
+            current_actor.set(failure)
+        failure.requeued = True
 
     def before_ack(self, broker: dramatiq.Broker, message: Any) -> None:
         """Record a failure whose message was acknowledged: retried if ``Retries`` enqueued it again."""
@@ -279,22 +281,23 @@ class OpMetrics(Middleware):
         if context is not None:
             self._record_failure(context, message)
 
-    def _record_failure(self, context: ActorContext, message: Any) -> None:
-        if not isinstance(context, _InFlight) or context.message is not message:
+    def _record_failure(self, context: object, message: Any) -> None:
+        if type(context) is not _Failure or context.in_flight[_MESSAGE] is not message:
             return
         current_actor.set(None)
         if context.error_type is None:
             return
-        retried = context.requeued and not message.failed
-        outcome = OUTCOME_RETRIED if retried else OUTCOME_FINAL
-        self.buffer.add_many(samples.error(context.actor, context.error_type, queue=context.queue, outcome=outcome))
+        outcome = OUTCOME_RETRIED if context.requeued and not message.failed else OUTCOME_FINAL
+        _, actor, queue = context.in_flight[:3]
+        self.buffer.add_many(samples.error(actor, context.error_type, queue=queue, outcome=outcome))
 
-    def _labels_of(self, key: tuple[str, str]) -> tuple[LabelSet, str] | None:
-        queue = q_name(key[1])
+    def _labels_of(self, actor: str, queue_name: str) -> _Labels | None:
+        queue = q_name(queue_name)
         try:
-            labels: tuple[LabelSet, str] | None = (samples.message_labels(key[0], queue=queue), queue)
+            label_set = samples.message_labels(actor, queue=queue)
+            labels: _Labels | None = (self.buffer.register_label_set(label_set), actor, queue)
         except ValueError as error:
-            logger.error("Not measuring messages of actor %r on queue %r: %s.", key[0], key[1], error)
+            logger.error("Not measuring messages of actor %r on queue %r: %s.", actor, queue_name, error)
             labels = None
-        self._label_sets[key] = labels
+        self._label_sets.setdefault(actor, {})[queue_name] = labels
         return labels

@@ -26,27 +26,10 @@ class SampleTarget(Protocol):
         """Buffer ``new_samples`` for writing."""
 
 
-class ActorContext:
-    """The actor and queue of the message being processed, and where its samples go.
-
-    Attributes:
-      actor(str): the actor's name.
-      queue(str): the canonical queue name.
-      target(SampleTarget): takes the samples recorded by the actor.
-      active(bool): True while the actor runs.
-    """
-
-    __slots__ = ("active", "actor", "queue", "target")
-
-    def __init__(self, actor: str, queue: str, target: SampleTarget) -> None:
-        self.actor = actor
-        self.queue = queue
-        self.target = target
-        self.active = True
-
-
-#: The message being processed in this thread, set by the middleware around the actor.
-current_actor: ContextVar[ActorContext | None] = ContextVar("dramatiq_opmetrics_current_actor", default=None)
+#: While an actor runs, a tuple whose first three items are where its samples go (a
+#: :class:`SampleTarget`), the actor's name and the canonical queue; the middleware sets it around each
+#: message and keeps its own items after these. Anything else (None by default) means "not in an actor".
+current_actor: ContextVar[object] = ContextVar("dramatiq_opmetrics_current_actor", default=None)
 
 _default_target: weakref.ReferenceType[SampleTarget] | None = None
 
@@ -95,8 +78,8 @@ def record_confidence(value: float, **labels: str) -> None:
 
 def _target_and_labels(labels: dict[str, str]) -> tuple[SampleTarget, dict[str, Any]]:
     context = current_actor.get()
-    if context is not None and context.active:
-        return context.target, {"actor": context.actor, "queue": context.queue, **labels}
+    if type(context) is tuple:
+        return context[0], {"actor": context[1], "queue": context[2], **labels}
     target = _default_target() if _default_target is not None else None
     if target is None:
         raise ConfigurationError(

@@ -26,7 +26,6 @@ from .buffer import Entry, SampleBuffer
 from .config import redact_url, resolve_database_url
 from .database import make_engine
 from .label_sets import resolve_label_set_ids
-from .metric_types import MetricType
 from .models import RAW_TABLE, OperationalMetric
 from .samples import Sample
 
@@ -43,8 +42,8 @@ CONNECT_TIMEOUT_S = 5
 
 _COPY_SQL = f"COPY {RAW_TABLE} (recorded_at, value, label_set_id, metric_type) FROM STDIN"
 
-#: A raw row as written: recorded_at, value, label_set_id, metric_type.
-Row = tuple[datetime, float, int, MetricType]
+#: A raw row as written: recorded_at, value, label_set_id, metric_type (a :class:`MetricType` value).
+Row = tuple[datetime, float, int, str]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def write_samples(connection: Connection, samples: Iterable[Sample]) -> int:
     """
     batch = list(samples)
     ids = resolve_label_set_ids(connection, (sample.label_set for sample in batch))
-    rows = [(s.recorded_at, s.value, ids[s.label_set.labels_key], s.metric_type) for s in batch]
+    rows = [(s.recorded_at, s.value, ids[s.label_set.labels_key], s.metric_type.value) for s in batch]
     return _write_rows(connection, rows)
 
 
@@ -177,7 +176,7 @@ class BackgroundWriter:
         self.start()
         with self._passes:
             target = self._passes_started + 1
-        self.buffer.batch_ready.set()
+            self.buffer.batch_ready.set()
         with self._passes:
             return self._passes.wait_for(lambda: self._passes_done >= target, timeout_s)
 
@@ -215,6 +214,8 @@ class BackgroundWriter:
                     self.buffer.batch_ready.wait(self.flush_interval_s)
                 stopping = self._stopping.is_set()
             with self._passes:
+                # Cleared before the pass: whatever sets it from now on asks for another pass.
+                self.buffer.batch_ready.clear()
                 self._passes_started += 1
                 this_pass = self._passes_started
             written = self._drain()
@@ -257,9 +258,8 @@ class BackgroundWriter:
             dropped = self.buffer.unrecorded_drops()
             if dropped:
                 drop_sample = sample_builders.dropped_samples(dropped)[0]
-                batch.append(
-                    (drop_sample.metric_type, drop_sample.value, drop_sample.label_set, time.time()),
-                )
+                labels_key = self.buffer.register_label_set(drop_sample.label_set)
+                batch.append((drop_sample.metric_type.value, drop_sample.value, labels_key, time.time()))
             if not batch:
                 return True
             try:
@@ -280,18 +280,20 @@ class BackgroundWriter:
         if engine is None:
             engine = self._engine = self._make_engine()
         ids = self._label_set_ids
-        missing = {}
-        for entry in entries:
-            label_set = entry[2]
-            if label_set.labels_key not in ids:
-                missing[label_set.labels_key] = label_set
+        missing = {entry[2] for entry in entries if entry[2] not in ids}
         if missing:
+            label_sets = self.buffer.label_sets
+            unknown = missing - label_sets.keys()
+            if unknown:
+                # Entries added without registering their label set: they can never be written.
+                logger.error("Discarding metric samples with unregistered labels keys %s.", sorted(unknown))
+                entries = [entry for entry in entries if entry[2] not in unknown]
+                missing -= unknown
             # Committed on its own, so a cached id always refers to a stored label set.
             with engine.begin() as connection:
-                resolved = resolve_label_set_ids(connection, missing.values())
-            ids.update(resolved)
+                ids.update(resolve_label_set_ids(connection, [label_sets[key] for key in missing]))
         from_timestamp = datetime.fromtimestamp
-        rows = [(from_timestamp(at, UTC), value, ids[ls.labels_key], mt) for mt, value, ls, at in entries]
+        rows = [(from_timestamp(at, UTC), value, ids[key], mt) for mt, value, key, at in entries]
         with engine.begin() as connection:
             _write_rows(connection, rows)
 
