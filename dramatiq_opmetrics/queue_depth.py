@@ -52,17 +52,22 @@ class DepthReader(Protocol):
         """Release any connection the reader opened itself."""
 
 
+def check_queue_names(queues: Iterable[str]) -> tuple[str, ...]:
+    """Return ``queues`` as a tuple if every name is a non-empty string, else raise ValueError."""
+    names = tuple(queues)
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"queue names must be non-empty strings, got {name!r}")
+    return names
+
+
 def canonical_queue_names(broker: dramatiq.Broker, extra_queues: Iterable[str] = ()) -> list[str]:
     """The canonical names (no ``.DQ``/``.XQ`` suffix) of the broker's declared queues and ``extra_queues``.
 
     Raises:
       ValueError: if an extra queue name is not a non-empty string.
     """
-    names = set()
-    for name in extra_queues:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"queue names must be non-empty strings, got {name!r}")
-        names.add(q_name(name))
+    names = {q_name(name) for name in check_queue_names(extra_queues)}
     names.update(q_name(name) for name in broker.get_declared_queues())
     return sorted(names)
 

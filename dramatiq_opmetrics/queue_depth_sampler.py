@@ -18,7 +18,7 @@ from .interval_claims import (
     RedisIntervalClaim,
     interval_start,
 )
-from .queue_depth import broker_identity, canonical_queue_names, depth_reader_for, depth_samples
+from .queue_depth import broker_identity, canonical_queue_names, check_queue_names, depth_reader_for, depth_samples
 
 #: Seconds between two queue depth samples of the fleet.
 DEFAULT_QUEUE_DEPTH_INTERVAL_S = 15.0
@@ -31,6 +31,19 @@ STOP_TIMEOUT_S = 5.0
 Sink = Callable[[Sequence[samples.Sample]], object]
 
 logger = logging.getLogger(__name__)
+
+
+def check_interval_s(interval_s: object) -> float:
+    """Return ``interval_s`` as a float if it is a number of at least :data:`MIN_QUEUE_DEPTH_INTERVAL_S`.
+
+    Raises:
+      ValueError: naming the problem otherwise.
+    """
+    if isinstance(interval_s, bool) or not isinstance(interval_s, int | float):
+        raise ValueError(f"interval_s must be a number of seconds, got {interval_s!r}")
+    if not interval_s >= MIN_QUEUE_DEPTH_INTERVAL_S:
+        raise ValueError(f"interval_s must be at least {MIN_QUEUE_DEPTH_INTERVAL_S} s, got {interval_s!r}")
+    return float(interval_s)
 
 
 def describe_error(error: BaseException) -> str:
@@ -85,21 +98,13 @@ class QueueDepthSampler:
         engine: Engine | None = None,
         claim: IntervalClaim | None = None,
     ) -> None:
-        if (
-            isinstance(interval_s, bool)
-            or not isinstance(interval_s, int | float)
-            or not interval_s >= MIN_QUEUE_DEPTH_INTERVAL_S
-        ):
-            raise ValueError(
-                f"interval_s must be a number of seconds >= {MIN_QUEUE_DEPTH_INTERVAL_S}, got {interval_s!r}"
-            )
         self.broker = broker
         self.sink = sink
-        self.interval_s = float(interval_s)
-        self.extra_queues = tuple(queues)
-        canonical_queue_names(broker, self.extra_queues)  # validates the names now, not in the thread
+        self.interval_s = check_interval_s(interval_s)
+        self.extra_queues = check_queue_names(queues)
         self.reader = depth_reader_for(broker)
         self.job = f"queue_depth:{broker_identity(broker)}"
+        self.engine = engine
         self.claimer = claim if claim is not None else self._default_claim(engine)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -143,12 +148,13 @@ class QueueDepthSampler:
 
     def sample_logging_errors(self, at: dt.datetime | None = None) -> list[samples.Sample] | None:
         """Like :meth:`sample`, but an error is logged (one warning) and the interval skipped."""
+        at = at or dt.datetime.now(dt.UTC)
         try:
             return self.sample(at)
         except Exception as error:
             logger.warning(
                 "Queue depth sampling skipped the interval starting %s: %s",
-                interval_start(at or dt.datetime.now(dt.UTC), self.interval_s).isoformat(),
+                interval_start(at, self.interval_s).isoformat(),
                 describe_error(error),
             )
             logger.debug("Queue depth sampling failed.", exc_info=True)

@@ -18,14 +18,13 @@ from types import FrameType
 import dramatiq
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
-from .collector import MetricsCollector
 from .config import ConfigurationError
 from .database import make_engine
 from .models import IntervalClaim
 from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, QueueDepthSampler, describe_error
 from .samples import Sample
+from .writer import write_samples
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +67,8 @@ class DatabaseSink:
 
     def __call__(self, new_samples: Sequence[Sample]) -> None:
         """Write ``new_samples`` and commit."""
-        with Session(self.engine) as session, session.begin():
-            MetricsCollector(session).add_samples(new_samples)
+        with self.engine.begin() as connection:
+            write_samples(connection, new_samples)
 
 
 def run_sample_queues(
@@ -91,7 +90,12 @@ def run_sample_queues(
     try:
         with engine.connect() as connection:  # unreachable or not migrated: a clear error now, not later
             connection.execute(select(IntervalClaim.job).limit(1))
-        sampler = QueueDepthSampler(broker, DatabaseSink(engine), interval_s=interval_s, queues=queues, engine=engine)
+        try:
+            sampler = QueueDepthSampler(
+                broker, DatabaseSink(engine), interval_s=interval_s, queues=queues, engine=engine
+            )
+        except ValueError as error:
+            raise ConfigurationError(f"bad --interval or --queue: {error}") from None
         if not sampler.supported:
             sampler.start()  # logs that the broker is not supported
             print(f"queue depth is not supported for {type(broker).__name__}; nothing to sample", file=sys.stderr)

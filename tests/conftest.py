@@ -9,10 +9,7 @@ Environment:
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -136,54 +133,11 @@ def unique_queue() -> Callable[[str], str]:
     return lambda name: f"opm-{run}-{name}"
 
 
-class TcpProxy:
-    """Forwards a local port to a server; :meth:`cut` makes an outage (every connection refused or reset)."""
+@pytest.fixture(autouse=True)
+def queue_depth_sampling_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers sample queue depth only in tests that ask for it (``queue_depth_interval_s=...``).
 
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self.sockets: list[socket.socket] = []
-        self.listener: socket.socket | None = None
-
-    def open(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen()
-        self.port = listener.getsockname()[1]
-        self.listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def cut(self) -> None:
-        assert self.listener is not None
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
-        self.listener.close()
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-        self.sockets.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            self.sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.close()
+    Otherwise a worker that happens to run across a wall-clock interval boundary would add ``queue_depth``
+    rows to tests that count rows exactly.
+    """
+    monkeypatch.setenv("OPMETRICS_QUEUE_DEPTH_INTERVAL_S", "0")

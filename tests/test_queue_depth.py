@@ -9,11 +9,12 @@ import pika
 import pika.exceptions
 import pytest
 import redis
-from conftest import RABBITMQ_URL, REDIS_URL, TcpProxy
+from conftest import RABBITMQ_URL, REDIS_URL
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import dq_name, xq_name
+from tcp_proxy import TcpProxy
 
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.queue_depth import (
@@ -197,19 +198,19 @@ def test_rabbitmq_reading_replaces_a_connection_the_server_dropped(
 ) -> None:
     queue = unique_queue("q")
     fill(rabbitmq_broker, queue, ready=2, delayed=0, dead=0)
-    proxy = TcpProxy("127.0.0.1", pika.URLParameters(RABBITMQ_URL).port)
-    proxy.open()
+    proxy = TcpProxy(pika.URLParameters(RABBITMQ_URL).port, pika.URLParameters(RABBITMQ_URL).host)
+    proxy.start()
     parameters = pika.URLParameters(RABBITMQ_URL)
     parameters.port = proxy.port
     reader = RabbitmqDepthReader(parameters)
     try:
         assert reader.read([queue])[queue][READY] == 2
-        proxy.cut()  # the kept connection dies, as when the server drops an idle one
-        proxy.open()
+        proxy.stop()  # the kept connection dies, as when the server drops an idle one
+        proxy.start()
         assert reader.read([queue])[queue][READY] == 2
     finally:
         reader.close()
-        proxy.cut()
+        proxy.stop()
 
 
 def wait_for_dead_letters(broker: RabbitmqBroker, expected: dict[str, int]) -> None:

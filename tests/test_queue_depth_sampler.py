@@ -4,18 +4,27 @@ import datetime as dt
 import itertools
 import logging
 import re
+import subprocess
+import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import dramatiq
 import pytest
-from conftest import REDIS_URL, TcpProxy
+from conftest import REDIS_URL
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session
+from tcp_proxy import TcpProxy
 
+from dramatiq_opmetrics import OpMetrics
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.interval_claims import (
     DatabaseIntervalClaim,
@@ -23,11 +32,19 @@ from dramatiq_opmetrics.interval_claims import (
     RedisIntervalClaim,
     interval_start,
 )
+from dramatiq_opmetrics.metric_types import MetricType
+from dramatiq_opmetrics.models import OperationalMetric
 from dramatiq_opmetrics.queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, QueueDepthSampler
 from dramatiq_opmetrics.samples import Sample
 
 SAMPLER_LOGGER = "dramatiq_opmetrics.queue_depth_sampler"
 AT = dt.datetime(2026, 11, 27, 12, 0, 7, tzinfo=dt.UTC)
+
+
+@pytest.fixture(autouse=True)
+def sampler_logger_enabled() -> None:
+    """Alembic's ``fileConfig`` in another test (an application's env.py) disables existing loggers."""
+    logging.getLogger(SAMPLER_LOGGER).disabled = False
 
 
 class Collect:
@@ -181,8 +198,9 @@ def test_a_broker_outage_is_logged_once_per_interval_and_sampling_resumes_after_
     redis_broker: RedisBroker, unique_queue: Callable[[str], str], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, SAMPLER_LOGGER)
-    proxy = TcpProxy("127.0.0.1", 6379)
-    proxy.open()
+    redis_address = urlsplit(REDIS_URL)
+    proxy = TcpProxy(redis_address.port or 6379, redis_address.hostname or "127.0.0.1")
+    proxy.start()
     broker = RedisBroker(url=f"redis://:secret-pw@127.0.0.1:{proxy.port}/0", namespace=redis_broker.namespace)
     broker.client.connection_pool.connection_kwargs["password"] = None  # the real server has no password
     queue = unique_queue("q")
@@ -192,16 +210,16 @@ def test_a_broker_outage_is_logged_once_per_interval_and_sampling_resumes_after_
     sampler.start()
     try:
         wait_until(lambda: len(sink.passes) >= 1)
-        proxy.cut()
+        proxy.stop()
         wait_until(lambda: len(skipped_intervals(caplog)) >= 3)
         passes_during_outage = len(sink.passes)
-        proxy.open()
+        proxy.start()
         wait_until(lambda: len(sink.passes) >= passes_during_outage + 2)
         assert sampler._thread is not None and sampler._thread.is_alive()
     finally:
         sampler.stop()
         broker.client.close()
-        proxy.cut()
+        proxy.stop()
     skipped = skipped_intervals(caplog)
     assert len(skipped) == len(set(skipped))  # once per interval, never twice
     assert "secret-pw" not in caplog.text
@@ -295,3 +313,125 @@ def test_each_fleet_gets_its_own_job_name(redis_broker: RedisBroker) -> None:
         assert QueueDepthSampler(redis_broker, Collect()).job != QueueDepthSampler(other, Collect()).job
     finally:
         other.client.close()
+
+
+def stored_queue_depths(engine: Engine) -> list[tuple[str, str, float, dt.datetime]]:
+    """Every stored queue_depth sample as (queue, state, value, recorded_at)."""
+    with Session(engine) as session:
+        rows = session.scalars(
+            select(OperationalMetric).where(OperationalMetric.metric_type == MetricType.QUEUE_DEPTH)
+        ).all()
+        return [(r.labels["queue"], r.labels["state"], r.value, r.recorded_at) for r in rows]
+
+
+def test_the_middleware_samples_queue_depth_while_a_worker_runs_and_stops_with_it(engine: Engine) -> None:
+    broker = StubBroker()
+    middleware = OpMetrics(engine.url, flush_interval_s=0.1, queue_depth_interval_s=0.2, queues=["reports"])
+    broker.add_middleware(middleware)
+    broker.declare_queue("emails")
+    for _ in range(2):
+        broker.enqueue(message("emails"), delay=600_000)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        sampler = middleware.queue_depth_sampler
+        assert sampler is not None and sampler.interval_s == 0.2
+        wait_until(
+            lambda: (
+                {("emails", "delayed", 2.0), ("reports", "ready", 0.0)}
+                <= {(q, s, v) for q, s, v, _ in stored_queue_depths(engine)}
+            )
+        )
+    finally:
+        worker.stop()
+    assert middleware.queue_depth_sampler is None
+    assert sampler._thread is None
+
+
+def test_the_middleware_samples_nothing_with_an_interval_of_0(sqlite_url: URL) -> None:
+    middleware = OpMetrics(sqlite_url, queue_depth_interval_s=0)
+    broker = StubBroker()
+    broker.add_middleware(middleware)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        assert middleware.queue_depth_sampler is None
+    finally:
+        worker.stop()
+
+
+def test_the_middleware_reads_its_queue_depth_interval_from_the_environment(
+    sqlite_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPMETRICS_QUEUE_DEPTH_INTERVAL_S", "30")
+    assert OpMetrics(sqlite_url).queue_depth_interval_s == 30
+    monkeypatch.delenv("OPMETRICS_QUEUE_DEPTH_INTERVAL_S")
+    assert OpMetrics(sqlite_url).queue_depth_interval_s == DEFAULT_QUEUE_DEPTH_INTERVAL_S
+
+
+@pytest.mark.parametrize(
+    ("options", "error"), [({"queue_depth_interval_s": 0.01}, "interval_s"), ({"queues": [""]}, "queue names")]
+)
+def test_the_middleware_refuses_a_bad_queue_depth_setting(
+    sqlite_url: URL, options: dict[str, object], error: str
+) -> None:
+    with pytest.raises(ValueError, match=error):
+        OpMetrics(sqlite_url, **options)  # type: ignore[arg-type]
+
+
+#: Seconds between samples in the worker fleet test: short, yet long enough for a loaded machine.
+FLEET_INTERVAL_S = 2.0
+
+
+@pytest.mark.slow
+def test_three_worker_processes_for_three_intervals_store_three_samples_per_queue_and_state_not_nine(
+    postgres_engine: Engine, redis_broker: RedisBroker, unique_queue: Callable[[str], str], tmp_path: Path
+) -> None:
+    work, backlog = unique_queue("work"), unique_queue("backlog")
+    for _ in range(3):
+        redis_broker.enqueue(message(backlog))  # no actor consumes it: its depth stays known
+    redis_broker.enqueue(message(backlog), delay=600_000)
+    module = f"opm_fleet_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(
+        "import dramatiq\n"
+        "from dramatiq.brokers.redis import RedisBroker\n"
+        "from dramatiq_opmetrics import OpMetrics\n"
+        f"broker = RedisBroker(url={REDIS_URL!r}, namespace={redis_broker.namespace!r})\n"
+        f"broker.add_middleware(OpMetrics({postgres_engine.url.render_as_string(hide_password=False)!r},"
+        f" queue_depth_interval_s={FLEET_INTERVAL_S}, flush_interval_s=0.2, queues=[{backlog!r}]))\n"
+        "dramatiq.set_broker(broker)\n"
+        f"@dramatiq.actor(queue_name={work!r})\n"
+        "def noop():\n"
+        "    pass\n"
+    )
+    log = tmp_path / "workers.log"
+    with log.open("w") as output:
+        workers = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", module, "--processes", "3", "--threads", "1", "--path", str(tmp_path)],
+            cwd=tmp_path,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: log.read_text().count("Worker process is ready for action.") == 3, timeout_s=60)
+        first = interval_start(dt.datetime.now(dt.UTC), FLEET_INTERVAL_S) + dt.timedelta(seconds=FLEET_INTERVAL_S)
+        end = first + dt.timedelta(seconds=3 * FLEET_INTERVAL_S)
+        # Stop in the middle of the interval after the third, so its sample (if any) is outside the window.
+        time.sleep((end - dt.datetime.now(dt.UTC)).total_seconds() + FLEET_INTERVAL_S / 2)
+    finally:
+        workers.terminate()
+        workers.wait(60)
+    assert workers.returncode == 0, log.read_text()
+
+    stored = stored_queue_depths(postgres_engine)
+    window = [row for row in stored if first <= row[3] < end]
+    states = ("ready", "delayed", "dead", "in_flight")
+    assert Counter((q, s) for q, s, _, _ in window) == {(q, s): 3 for q in (work, backlog) for s in states}
+    assert {(q, s, v) for q, s, v, _ in window if q == backlog} == {
+        (backlog, "ready", 3),
+        (backlog, "delayed", 1),
+        (backlog, "dead", 0),
+        (backlog, "in_flight", 0),
+    }
+    per_interval = Counter((q, s, interval_start(at, FLEET_INTERVAL_S)) for q, s, _, at in stored)
+    assert set(per_interval.values()) == {1}

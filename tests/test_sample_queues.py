@@ -140,6 +140,17 @@ def test_a_bad_broker_is_one_clear_line(
     assert error in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("option", "value"), [("--interval", "0"), ("--queue", "")])
+def test_a_bad_interval_or_queue_is_one_clear_line(
+    migrated_url: URL, broker_module: Callable[[str], str], capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    spec = broker_module("from dramatiq.brokers.stub import StubBroker\nbroker = StubBroker()\n")
+    database = url_text(migrated_url)
+    assert main(["sample-queues", "--broker", spec, "--once", "--database-url", database, option, value]) == 2
+    assert "dramatiq-opmetrics: error: bad --interval or --queue: " in capsys.readouterr().err
+    assert stored_depths(migrated_url) == []
+
+
 def test_a_missing_broker_module_is_one_clear_line(sqlite_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
     spec = "no_such_module_opm:broker"
     assert main(["sample-queues", "--broker", spec, "--once", "--database-url", url_text(sqlite_url)]) == 2
