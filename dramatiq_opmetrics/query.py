@@ -30,7 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, select
+from sqlalchemy import Connection, Engine, and_, func, select, type_coerce
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from .aggregate import PERCENTILES, aggregate_raw
@@ -267,7 +268,7 @@ def _label_conditions(
     if not label_filter:
         return []
     if connection.dialect.name == "postgresql":
-        return [column.contains(dict(label_filter))]
+        return [type_coerce(column, JSONB()).contains(dict(label_filter))]
     # Label keys are identifiers (letters, digits, '_', '.', '-'), safe inside a quoted JSON path member.
     return [func.json_extract(column, f'$."{key}"') == value for key, value in label_filter.items()]
 
