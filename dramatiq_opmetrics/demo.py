@@ -47,7 +47,6 @@ from .database import make_engine
 from .middleware import OUTCOME_FINAL, OUTCOME_RETRIED, OpMetrics
 from .migrate import upgrade
 from .queue_depth import DEAD, DELAYED, READY
-from .queue_depth_sampler import QueueDepthSampler
 from .recording import record_confidence, record_token_usage
 from .report import build_report, render_text
 from .rollup import daily_totals, rollup
@@ -380,7 +379,7 @@ def run_demo(
         _backfill(engine, first_day, today, messages_per_day, out)
         out(f"[3/5] Running today's work live: {live_messages} messages, a real dramatiq Worker, the OpMetrics")
         out("      middleware, queue depth sampled every 0.5 s (failures below are on purpose) ...")
-        if not _run_live(broker, url, engine, live_messages, out):
+        if not _run_live(broker, url, live_messages, out):
             return 1
         out(f"[4/5] Rolling up {first_day} to {today - dt.timedelta(days=1)} (what the nightly actor does) ...")
         for day in range(history_days):
@@ -447,14 +446,14 @@ def _backfill(engine: Engine, first_day: dt.date, today: dt.date, messages: int,
         day += dt.timedelta(days=1)
 
 
-def _run_live(broker: dramatiq.Broker, url: URL, engine: Engine, messages: int, out: Callable[[str], None]) -> bool:
+def _run_live(broker: dramatiq.Broker, url: URL, messages: int, out: Callable[[str], None]) -> bool:
     """Process today's messages through the real middleware; return whether all of them finished."""
     progress = _Progress()
     broker.add_middleware(progress, before=Retries)
-    metrics = OpMetrics(database_url=url, flush_interval_s=0.5)
-    broker.add_middleware(metrics)
+    broker.add_middleware(
+        OpMetrics(database_url=url, flush_interval_s=0.5, queue_depth_interval_s=DEMO_QUEUE_DEPTH_INTERVAL_S)
+    )
     actors = _declare_actors(broker, PROFILES)
-    sampler = QueueDepthSampler(broker, metrics.add_samples, interval_s=DEMO_QUEUE_DEPTH_INTERVAL_S, engine=engine)
     plan = _live_plan(PROFILES, messages, random.Random())
     dramatiq_logger = logging.getLogger("dramatiq")
     level = dramatiq_logger.level
@@ -464,7 +463,6 @@ def _run_live(broker: dramatiq.Broker, url: URL, engine: Engine, messages: int, 
         worker.start()
         for actor, item, fails in plan:
             actors[actor].send(item, fails)
-        sampler.start()
         started = time.monotonic()
         next_line = started + PROGRESS_INTERVAL_S
         while progress.finished < len(plan):
@@ -475,11 +473,9 @@ def _run_live(broker: dramatiq.Broker, url: URL, engine: Engine, messages: int, 
             if time.monotonic() >= next_line:
                 out(f"      {progress.summary(len(plan))}")
                 next_line += PROGRESS_INTERVAL_S
-        sampler.stop()
-        sampler.sample_logging_errors(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=DEMO_QUEUE_DEPTH_INTERVAL_S))
         out(f"      {progress.summary(len(plan))} in {time.monotonic() - started:.1f} s")
+        time.sleep(DEMO_QUEUE_DEPTH_INTERVAL_S * 1.5)  # one more depth sample, with the dead letters
     finally:
-        sampler.stop()
         worker.stop()  # writes everything the middleware buffered
         dramatiq_logger.setLevel(level)
     return True
