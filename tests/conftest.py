@@ -9,6 +9,7 @@ Environment:
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -141,3 +142,12 @@ def queue_depth_sampling_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> No
     rows to tests that count rows exactly.
     """
     monkeypatch.setenv("OPMETRICS_QUEUE_DEPTH_INTERVAL_S", "0")
+
+
+@pytest.fixture(autouse=True)
+def opmetrics_loggers_enabled() -> None:
+    """Re-enable our loggers: an application's Alembic ``env.py`` (run by tests/test_migrate.py) calls
+    ``logging.config.fileConfig``, which disables every logger that exists, and tests read our log lines."""
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if name.startswith("dramatiq_opmetrics") and isinstance(logger, logging.Logger):
+            logger.disabled = False

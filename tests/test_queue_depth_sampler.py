@@ -41,12 +41,6 @@ SAMPLER_LOGGER = "dramatiq_opmetrics.queue_depth_sampler"
 AT = dt.datetime(2026, 11, 27, 12, 0, 7, tzinfo=dt.UTC)
 
 
-@pytest.fixture(autouse=True)
-def sampler_logger_enabled() -> None:
-    """Alembic's ``fileConfig`` in another test (an application's env.py) disables existing loggers."""
-    logging.getLogger(SAMPLER_LOGGER).disabled = False
-
-
 class Collect:
     """A sink that keeps every pass it is given."""
 
