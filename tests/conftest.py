@@ -151,3 +151,13 @@ def opmetrics_loggers_enabled() -> None:
     for name, logger in logging.Logger.manager.loggerDict.items():
         if name.startswith("dramatiq_opmetrics") and isinstance(logger, logging.Logger):
             logger.disabled = False
+
+
+@pytest.fixture
+def opmetrics_caplog(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> pytest.LogCaptureFixture:
+    """``caplog`` that sees dramatiq_opmetrics' loggers even after a test ran an application's Alembic env.py
+    (its ``fileConfig`` disables every logger that existed)."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("dramatiq_opmetrics") and isinstance(logger, logging.Logger):
+            monkeypatch.setattr(logger, "disabled", False)
+    return caplog
