@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.engine import URL
 
 from dramatiq_opmetrics.database import make_engine
+from dramatiq_opmetrics.demo import run_demo
 from dramatiq_opmetrics.migrate import VERSION_TABLE, alembic_config, current_revision, upgrade
 from dramatiq_opmetrics.models import LabelSet, OperationalMetric
 from examples import collector_in_transaction
@@ -183,18 +185,50 @@ def test_the_example_fleet_runs_with_the_dramatiq_command_and_reports(
 
 
 @pytest.mark.slow
-def test_the_example_schedules_the_rollup_with_the_periodiq_command(fleet_environment: dict[str, str]) -> None:
-    scheduler = subprocess.Popen(
-        [str(BIN / "periodiq"), "examples.app", "-v"],
-        cwd=REPO,
-        env=fleet_environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        time.sleep(3)  # periodiq logs its schedule at start, then sleeps until the next minute
-        assert scheduler.poll() is None, "periodiq exited early"
-    finally:
-        log = stop(scheduler)
+def test_the_example_schedules_the_rollup_with_the_periodiq_command(
+    fleet_environment: dict[str, str], tmp_path: Path
+) -> None:
+    log_path = tmp_path / "periodiq.log"
+    with log_path.open("w") as log_file:
+        scheduler = subprocess.Popen(
+            [str(BIN / "periodiq"), "examples.app", "-v"],
+            cwd=REPO,
+            env=fleet_environment,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            # periodiq logs its schedule once it has imported the app, then sleeps until the next minute.
+            wait_for(lambda: "opmetrics_rollup@opmetrics_rollup" in log_path.read_text(), 60, "periodiq's schedule")
+            assert scheduler.poll() is None, "periodiq exited early"
+        finally:
+            stop(scheduler)
+    log = log_path.read_text()
     assert "30 1 * * *" in log and "opmetrics_rollup@opmetrics_rollup" in log
+
+
+# The README's SQL, on a PostgreSQL schema the demo populated.
+
+
+def readme_sql_statements() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+    statements = []
+    for block in blocks:
+        code = "\n".join(line for line in block.splitlines() if not line.lstrip().startswith("--"))
+        statements += [statement.strip() for statement in code.split(";") if statement.strip()]
+    return statements
+
+
+@pytest.mark.postgres
+def test_every_sql_query_of_the_readme_runs_on_postgresql(postgres_url: URL) -> None:
+    assert run_demo(postgres_url, history_days=2, live_messages=20, out=lambda line: None) == 0
+    statements = readme_sql_statements()
+    assert len(statements) >= 7
+    engine = make_engine(postgres_url)
+    with engine.connect() as connection:
+        for statement in statements:
+            rows = connection.execute(text(statement)).all()
+            assert rows, statement
+    engine.dispose()
