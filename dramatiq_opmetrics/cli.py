@@ -161,15 +161,15 @@ def _report(args: argparse.Namespace) -> int:
 
     try:
         since, until = report.report_range(days=args.days, since=args.since, until=args.until)
+        data = report.load_report(
+            args.database_url,
+            since,
+            until,
+            metric_types=[MetricType(args.metric)] if args.metric else None,
+            filters={"actor": args.actor, "queue": args.queue, "model": args.model},
+        )
     except ValueError as error:
         return _fail(str(error))
-    data = report.load_report(
-        resolve_database_url(args.database_url),
-        since,
-        until,
-        metric_types=[MetricType(args.metric)] if args.metric else None,
-        filters={"actor": args.actor, "queue": args.queue, "model": args.model},
-    )
     print(report.render_json(data) if args.json else report.render_text(data))
     return 0
 

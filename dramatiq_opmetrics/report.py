@@ -18,19 +18,21 @@ JSON shape (``dramatiq-opmetrics report --json``; stable: keys are only ever add
         "processing_time": {
           "unit": "ms",
           "group_by": ["actor", "queue"],
-          "rows": [                     # ordered by count, largest first
+          "rows": [                     # largest count first (queue_depth: by queue and state,
+                                        # confidence: highest bucket first)
             {"labels": {"actor": "send_email", "queue": "emails"},
              "count": 1204, "sum": 183020.5, "min": 3.1, "max": 950.2, "avg": 152.0,
              "p50": 140.2, "p95": 301.0, "p99": 420.9,
-             "error_rate": 0.02}        # processing_time only: error samples / processed messages
+             "error_rate": 0.02}        # processing_time only: error samples / attempts
           ]
         },
         ...
       }
     }
 
-``min``, ``max``, ``avg`` and the percentiles are ``null`` for a row with no samples; percentiles are
-within 1% relative error of the exact ones over the raw samples.
+``unit`` is the unit of ``sum``, ``min``, ``max``, ``avg`` and the percentiles. Groups without samples are
+not listed. Over more than one day, percentiles are within 1% relative error of the exact ones over the raw
+samples; ``count``, ``sum``, ``min``, ``max`` and ``avg`` are exact.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from .database import make_engine
 from .metric_types import MetricType
 from .models import OperationalMetric, OperationalMetricDaily
 from .query import MetricStats, query_metrics
+from .queue_depth import DEAD, DELAYED, IN_FLIGHT, READY
 
 #: The labels each metric type is grouped by in the report, in column order.
 GROUP_BY: Mapping[MetricType, tuple[str, ...]] = {
@@ -221,10 +224,19 @@ def _key(labels: Mapping[str, str], keys: Sequence[str]) -> tuple[str | None, ..
     return tuple(labels.get(key) for key in keys)
 
 
+#: The order of queue depth states in the report: where messages go, from waiting to dead.
+_STATES = (READY, DELAYED, IN_FLIGHT, DEAD)
+
+
+def _state_order(labels: Mapping[str, str]) -> tuple[int, str]:
+    state = labels.get("state", "")
+    return (_STATES.index(state) if state in _STATES else len(_STATES), state)
+
+
 def _in_report_order(metric_type: MetricType, rows: list[ReportRow]) -> list[ReportRow]:
     """Queues in name order, confidence buckets from the highest, everything else the largest count first."""
     if metric_type is MetricType.QUEUE_DEPTH:
-        return sorted(rows, key=lambda row: sorted(row.stats.labels.items()))
+        return sorted(rows, key=lambda row: (row.stats.labels.get("queue", ""), _state_order(row.stats.labels)))
     if metric_type is MetricType.CONFIDENCE:
         return sorted(rows, key=lambda row: row.stats.labels.get("bucket", ""), reverse=True)
     return sorted(rows, key=lambda row: (-row.stats.count, sorted(row.stats.labels.items())))

@@ -275,3 +275,21 @@ def test_a_missing_sqlite_file_is_one_line_and_is_not_created(
 def test_a_bad_range_on_the_command_line_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--database-url", "sqlite://", "--days", "3", "--since", "2026-11-01"]) == 2
     assert capsys.readouterr().err == "dramatiq-opmetrics: error: give either --days or --since/--until, not both\n"
+
+
+def test_a_bad_label_filter_is_one_line(fleet: URL, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--database-url", url_text(fleet), "--actor", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "label 'actor' has an empty value" in err
+
+
+def test_the_queue_depth_table_lists_states_from_waiting_to_dead(
+    engine: Engine, migrated_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Session(engine) as session, session.begin():
+        collector = MetricsCollector(session)
+        for state in ("dead", "in_flight", "ready", "delayed"):
+            collector.record_queue_depth("emails", 3, state=state)
+    assert main(["report", "--database-url", url_text(migrated_url), "--metric", "queue_depth"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines if line.startswith("emails")] == ["ready", "delayed", "in_flight", "dead"]
