@@ -3,39 +3,57 @@
 Worker threads append entries without taking a lock (a :class:`collections.deque` append is atomic); a
 single writer thread takes batches out. A batch handed to the writer stays in the buffer (and counts
 toward its capacity) until the writer reports it written, so a failed write never loses it. When the
-buffer is full, new entries are dropped and counted: memory stays bounded whatever the database does.
+buffer is full, new entries are dropped and their samples counted: memory stays bounded whatever the
+database does.
 
-An entry is a plain tuple ``(metric_type, value, labels_key, recorded_at_s)`` of two strings and two floats,
-with ``recorded_at_s`` in seconds since the epoch (``time.time()``): much cheaper to make per message than a
-:class:`~dramatiq_opmetrics.samples.Sample`, and, holding no container, untracked by Python's garbage
-collector, so a full buffer costs no collection time. The buffer keeps the
-:class:`~dramatiq_opmetrics.labels.LabelSet` of every ``labels_key`` it has seen in :attr:`SampleBuffer.label_sets`
-(label sets are few and bounded). :meth:`SampleBuffer.add_many` takes ``Sample`` objects.
+Entries are plain tuples of strings and numbers, much cheaper to make than a
+:class:`~dramatiq_opmetrics.samples.Sample` and, holding no container, untracked by Python's garbage
+collector, so a full buffer costs no collection time. There are two kinds:
+
+- a sample entry ``(metric_type, value, labels_key, recorded_at_s)``, one sample, with ``recorded_at_s`` in
+  seconds since the epoch (``time.time()``);
+- a message entry ``(None, labels_key, due_ms, started_s, ended_s)``, the ``wait_time`` and
+  ``processing_time`` samples of one processed message: ``due_ms`` is when it became due (milliseconds
+  since the epoch), ``started_s`` and ``ended_s`` are :func:`time.perf_counter` readings; the writer turns
+  them into wall-clock times and durations when it writes, which keeps the clocks off the hot path.
+
+The buffer keeps the :class:`~dramatiq_opmetrics.labels.LabelSet` of every ``labels_key`` added in
+:attr:`SampleBuffer.label_sets` (label sets are few and bounded). :meth:`SampleBuffer.add_many` takes
+``Sample`` objects.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from .labels import LabelSet
 from .samples import Sample
 
-#: How many samples a buffer holds before it drops new ones (about 120 bytes each).
+#: How many entries a buffer holds before it drops new ones (at most about 170 bytes each).
 DEFAULT_BUFFER_CAPACITY = 100_000
-#: How many samples make a batch: the writer is woken when this many are waiting.
+#: How many entries make a batch: the writer is woken when this many are waiting.
 DEFAULT_BATCH_SIZE = 5_000
 
-#: One buffered sample: metric type (its value), value, labels key and time in seconds since the epoch.
-Entry = tuple[str, float, str, float]
+#: One sample: metric type (its value), value, labels key, time in seconds since the epoch.
+SampleEntry = tuple[str, float, str, float]
+#: One processed message's wait and processing time: None, labels key, due_ms, started_s, ended_s.
+MessageEntry = tuple[None, str, float, float, float]
+#: A buffered entry.
+Entry = SampleEntry | MessageEntry
+
+
+def sample_count(entries: Iterable[Entry]) -> int:
+    """How many samples ``entries`` hold (a message entry holds two)."""
+    return sum(2 if entry[0] is None else 1 for entry in entries)
 
 
 class SampleBuffer:
     """A bounded, thread-safe buffer of samples waiting to be written.
 
-    Appending is cheap and never blocks. When the buffer holds ``capacity`` samples, new ones are dropped
-    and counted in :attr:`dropped_total`; the writer reports (and records) the drops.
+    Appending is cheap and never blocks. When the buffer holds ``capacity`` entries, new ones are dropped
+    and their samples counted in :attr:`dropped_total`; the writer reports (and records) the drops.
 
     Example::
 
@@ -43,10 +61,10 @@ class SampleBuffer:
         buffer.add_many(samples.queue_depth("default", 12))  # a sink for background samplers
 
     Parameters:
-      capacity(int): the most samples held, including a batch being written; default
+      capacity(int): the most entries held, including a batch being written; default
         :data:`DEFAULT_BUFFER_CAPACITY`.
-      batch_size(int): when this many samples are waiting, :attr:`batch_ready` is set to wake the writer;
-        default :data:`DEFAULT_BATCH_SIZE`.
+      batch_size(int): the most entries written at once; when this many are waiting, :attr:`batch_ready`
+        is set to wake the writer; default :data:`DEFAULT_BATCH_SIZE`.
 
     Raises:
       ValueError: if ``capacity`` or ``batch_size`` is not a positive integer.
@@ -67,8 +85,8 @@ class SampleBuffer:
         self._queue.clear()
         #: The batch taken by the writer and not yet written.
         self._pending: list[Entry] = []
-        #: Below this many queued entries, two more fit (kept up to date with the pending batch).
-        self._pair_room = self.capacity - 1
+        #: Entries that may still be queued: the capacity less the pending batch.
+        self._room = self.capacity
         self._lock = threading.Lock()
         #: Set when a batch is waiting (or a flush is asked for); the writer waits on it and clears it.
         self.batch_ready = threading.Event()
@@ -82,34 +100,37 @@ class SampleBuffer:
         self._reset_state()
 
     def __len__(self) -> int:
-        """Samples held, including a batch being written."""
+        """Entries held, including a batch being written."""
         return len(self._queue) + len(self._pending)
 
-    def append(self, entry: Entry) -> None:
-        """Add one entry, or drop and count it when the buffer is full. Never blocks."""
+    def sample_count(self) -> int:
+        """Samples held, including a batch being written (walks the buffer: not for the hot path)."""
+        return sample_count([*self._pending, *self._queue])
+
+    def append(self, entry: SampleEntry) -> None:
+        """Add one sample entry, or drop and count it when the buffer is full. Never blocks."""
         queue = self._queue
-        if len(queue) + len(self._pending) >= self.capacity:
+        if len(queue) >= self._room:
             self._count_drops(1)
             return
         queue.append(entry)
         if len(queue) >= self.batch_size and not self.batch_ready.is_set():
             self.batch_ready.set()
 
-    def append_pair(self, first: Entry, second: Entry) -> None:
-        """Add two entries (a message's wait and processing time), or drop and count both. Never blocks."""
+    def append_message(self, entry: MessageEntry) -> None:
+        """Add one message entry (two samples), or drop and count both when the buffer is full."""
         queue = self._queue
-        if len(queue) >= self._pair_room:
+        if len(queue) >= self._room:
             self._count_drops(2)
             return
-        queue.append(first)
-        queue.append(second)
+        queue.append(entry)
         if len(queue) >= self.batch_size and not self.batch_ready.is_set():
             self.batch_ready.set()
 
-    def extend(self, entries: tuple[Entry, ...] | list[Entry]) -> None:
-        """Add several entries at once; those that do not fit are dropped and counted."""
+    def extend(self, entries: Sequence[SampleEntry]) -> None:
+        """Add several sample entries at once; those that do not fit are dropped and counted."""
         queue = self._queue
-        room = self.capacity - len(queue) - len(self._pending)
+        room = self._room - len(queue)
         if room >= len(entries):
             queue.extend(entries)
         else:
@@ -121,7 +142,7 @@ class SampleBuffer:
 
     def add_many(self, samples: Iterable[Sample]) -> None:
         """Add :class:`~dramatiq_opmetrics.samples.Sample` objects (a sink for background samplers)."""
-        entries: list[Entry] = []
+        entries: list[SampleEntry] = []
         for sample in samples:
             self.label_sets[sample.label_set.labels_key] = sample.label_set
             entries.append(
@@ -152,14 +173,14 @@ class SampleBuffer:
                 pending = self._pending
                 for _ in range(min(self.batch_size, len(queue))):
                     pending.append(queue.popleft())
-                self._pair_room = self.capacity - len(pending) - 1
+                self._room = self.capacity - len(pending)
             return list(self._pending)
 
     def commit_batch(self) -> None:
         """Remove the batch returned by :meth:`take_batch`: it has been written."""
         with self._lock:
             self._pending = []
-            self._pair_room = self.capacity - 1
+            self._room = self.capacity
 
     def unrecorded_drops(self) -> int:
         """Samples dropped and not yet recorded as a ``dropped_samples`` sample."""

@@ -11,7 +11,7 @@ from typing import Any, Final
 
 import dramatiq
 from dramatiq.common import q_name
-from dramatiq.middleware import Middleware
+from dramatiq.middleware import Middleware, Retries
 from sqlalchemy.engine import URL
 
 from . import samples
@@ -45,22 +45,19 @@ OUTCOME_RETRIED = "retried"
 #: ``outcome`` label of an error after which the message will not run again (dead-lettered, or no retries).
 OUTCOME_FINAL = "final"
 
-_WAIT_TIME = MetricType.WAIT_TIME.value
-_PROCESSING_TIME = MetricType.PROCESSING_TIME.value
 _SKIPPED = MetricType.SKIPPED.value
 
 logger = logging.getLogger(__name__)
 
 
 #: What the hooks remember about the message a worker thread is processing, a tuple because one is made per
-#: message: (target, actor, queue, message proxy, labels key, due_ms, started_wall_s, started_s). Its first
-#: three items are what :mod:`~dramatiq_opmetrics.recording` reads.
-_InFlight = tuple[Any, str, str, Any, str, float, float, float]
+#: message: (target, actor, queue, message proxy, labels key, due_ms, started_s). Its first three items are
+#: what :mod:`~dramatiq_opmetrics.recording` reads.
+_InFlight = tuple[Any, str, str, Any, str, float, float]
 _MESSAGE: Final = 3
 _LABELS_KEY: Final = 4
 _DUE_MS: Final = 5
-_STARTED_WALL_S: Final = 6
-_STARTED_S: Final = 7
+_STARTED_S: Final = 6
 #: The cached labels of one (actor, queue): labels key (registered with the buffer), actor, canonical queue.
 _Labels = tuple[str, str, str]
 
@@ -94,8 +91,10 @@ class OpMetrics(Middleware):
     - ``skipped``: one per message skipped by a middleware (``SkipMessage``, e.g. ``AgeLimit``), which gets
       no processing or wait time.
 
-    Placement does not matter: the outcome of an error is decided when the message is acknowledged or
-    rejected, after every middleware (``Retries`` included) has seen the failure. Inside actors,
+    Placement does not matter: when ``Retries`` sees a failure after this middleware (the usual case,
+    ``add_middleware`` appends, and ``emit_after`` runs middleware in reverse order), the error is recorded
+    once ``Retries`` has decided: when it enqueues the message again (``retried``) or the message is
+    rejected (``final``). Each failed attempt is counted once. Inside actors,
     :func:`~dramatiq_opmetrics.record_token_usage` and :func:`~dramatiq_opmetrics.record_confidence` add
     samples labelled with the current actor and queue.
 
@@ -114,10 +113,11 @@ class OpMetrics(Middleware):
         logs or reprs.
       flush_interval_s(float | None): seconds between writes; default ``$OPMETRICS_FLUSH_INTERVAL_S``, else
         :data:`~dramatiq_opmetrics.writer.DEFAULT_FLUSH_INTERVAL_S` (1 s).
-      batch_size(int | None): samples per write; a full batch is written at once; default
-        ``$OPMETRICS_BATCH_SIZE``, else :data:`~dramatiq_opmetrics.buffer.DEFAULT_BATCH_SIZE` (5,000).
-      buffer_capacity(int | None): most samples held per process (about 120 bytes each) before new ones are
-        dropped; default ``$OPMETRICS_BUFFER_CAPACITY``, else
+      batch_size(int | None): buffer entries per write (a processed message is one entry: its wait and
+        processing time); a full batch is written at once; default ``$OPMETRICS_BATCH_SIZE``, else
+        :data:`~dramatiq_opmetrics.buffer.DEFAULT_BATCH_SIZE` (5,000).
+      buffer_capacity(int | None): most entries held per process (at most about 170 bytes each) before new
+        samples are dropped; default ``$OPMETRICS_BUFFER_CAPACITY``, else
         :data:`~dramatiq_opmetrics.buffer.DEFAULT_BUFFER_CAPACITY` (100,000).
       max_retry_backoff_s(float): longest wait between write attempts while the database is down; default
         30 s.
@@ -237,7 +237,7 @@ class OpMetrics(Middleware):
         if labels is None:
             return
         due_ms = inner.options.get(DUE_OPTION) or inner.message_timestamp
-        current_actor.set((self, labels[1], labels[2], message, labels[0], due_ms, time(), perf_counter()))
+        current_actor.set((self, labels[1], labels[2], message, labels[0], due_ms, perf_counter()))
 
     def after_process_message(
         self,
@@ -259,14 +259,8 @@ class OpMetrics(Middleware):
         if context[_MESSAGE] is not message:
             # Our before hook did not run for it: a middleware failed before the actor could run.
             return
-        started_wall_s = context[_STARTED_WALL_S]
-        duration_s = ended_s - context[_STARTED_S]
-        wait_ms = started_wall_s * 1000.0 - context[_DUE_MS]
-        labels_key = context[_LABELS_KEY]
-        self.buffer.append_pair(
-            (_WAIT_TIME, wait_ms if wait_ms > 0.0 else 0.0, labels_key, started_wall_s),
-            (_PROCESSING_TIME, duration_s * 1000.0, labels_key, started_wall_s + duration_s),
-        )
+        # The writer turns these clock readings into the wait and processing times.
+        self.buffer.append_message((None, context[_LABELS_KEY], context[_DUE_MS], context[_STARTED_S], ended_s))
         if exception is None:
             current_actor.set(None)
             return
@@ -274,6 +268,11 @@ class OpMetrics(Middleware):
             failure = _Failure(context)
             current_actor.set(failure)
         failure.error_type = type(exception).__name__
+        if failure.requeued:
+            self._record_failure(failure, OUTCOME_RETRIED)
+        elif message.failed or not self._retries_still_to_run(broker):
+            self._record_failure(failure, OUTCOME_FINAL)
+        # Otherwise Retries decides after us: after_enqueue (retried) or before_nack (final) records it.
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
         """Count a skipped message (it gets no processing or wait time)."""
@@ -288,7 +287,7 @@ class OpMetrics(Middleware):
             self.buffer.append((_SKIPPED, 1.0, labels[0], time()))
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None) -> None:
-        """Note that the message being processed was enqueued again (by ``Retries``): it will run again."""
+        """Record a failure as retried when ``Retries`` enqueues the message being processed again."""
         context = current_actor.get()
         if context is None:
             return
@@ -303,28 +302,29 @@ class OpMetrics(Middleware):
             failure = _Failure(in_flight)
             current_actor.set(failure)
         failure.requeued = True
-
-    def before_ack(self, broker: dramatiq.Broker, message: Any) -> None:
-        """Record a failure whose message was acknowledged: retried if ``Retries`` enqueued it again."""
-        context = current_actor.get()
-        if context is not None:
-            self._record_failure(context, message)
+        if failure.error_type is not None:
+            self._record_failure(failure, OUTCOME_RETRIED)
 
     def before_nack(self, broker: dramatiq.Broker, message: Any) -> None:
-        """Record a failure whose message was rejected (dead-lettered): a final failure."""
+        """Record a failure as final when its message is rejected (dead-lettered)."""
         context = current_actor.get()
-        if context is not None:
-            self._record_failure(context, message)
+        if type(context) is _Failure and context.in_flight[_MESSAGE] is message and context.error_type is not None:
+            self._record_failure(context, OUTCOME_FINAL)
 
-    def _record_failure(self, context: object, message: Any) -> None:
-        if type(context) is not _Failure or context.in_flight[_MESSAGE] is not message:
-            return
+    def _retries_still_to_run(self, broker: dramatiq.Broker) -> bool:
+        """Whether a ``Retries`` middleware sees failures after this one (it comes earlier in the list)."""
+        for middleware in broker.middleware:
+            if middleware is self:
+                return False
+            if isinstance(middleware, Retries):
+                return True
+        return False
+
+    def _record_failure(self, failure: _Failure, outcome: str) -> None:
         current_actor.set(None)
-        if context.error_type is None:
-            return
-        outcome = OUTCOME_RETRIED if context.requeued and not message.failed else OUTCOME_FINAL
-        _, actor, queue = context.in_flight[:3]
-        self.buffer.add_many(samples.error(actor, context.error_type, queue=queue, outcome=outcome))
+        assert failure.error_type is not None
+        _, actor, queue = failure.in_flight[:3]
+        self.buffer.add_many(samples.error(actor, failure.error_type, queue=queue, outcome=outcome))
 
     def _labels_of(self, actor: str, queue_name: str) -> _Labels | None:
         queue = q_name(queue_name)

@@ -22,10 +22,11 @@ from sqlalchemy import Connection, Engine, insert
 from sqlalchemy.engine import URL
 
 from . import samples as sample_builders
-from .buffer import Entry, SampleBuffer
+from .buffer import Entry, SampleBuffer, sample_count
 from .config import redact_url, resolve_database_url
 from .database import make_engine
 from .label_sets import resolve_label_set_ids
+from .metric_types import MetricType
 from .models import RAW_TABLE, OperationalMetric
 from .samples import Sample
 
@@ -41,6 +42,9 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5
 
 _COPY_SQL = f"COPY {RAW_TABLE} (recorded_at, value, label_set_id, metric_type) FROM STDIN"
+
+_WAIT_TIME = MetricType.WAIT_TIME.value
+_PROCESSING = MetricType.PROCESSING_TIME.value
 
 #: A raw row as written: recorded_at, value, label_set_id, metric_type (a :class:`MetricType` value).
 Row = tuple[datetime, float, int, str]
@@ -242,7 +246,7 @@ class BackgroundWriter:
                 if not written:
                     logger.error(
                         "Gave up writing %d buffered metric samples to %s at shutdown.",
-                        len(self.buffer),
+                        self.buffer.sample_count(),
                         redact_url(self.database_url),
                     )
                 return
@@ -263,9 +267,9 @@ class BackgroundWriter:
             if not batch:
                 return True
             try:
-                self._write_entries(batch)
+                written = self._write_entries(batch)
             except Exception as error:
-                self._report_failure(len(batch), error)
+                self._report_failure(sample_count(batch), error)
                 return False
             if self._failing:
                 self._failing = False
@@ -273,29 +277,28 @@ class BackgroundWriter:
             self.buffer.commit_batch()
             if dropped:
                 self.buffer.mark_drops_recorded(dropped)
-            self.written_total += len(batch)
+            self.written_total += written
 
-    def _write_entries(self, entries: Sequence[Entry]) -> None:
+    def _write_entries(self, entries: Sequence[Entry]) -> int:
         engine = self._engine
         if engine is None:
             engine = self._engine = self._make_engine()
         ids = self._label_set_ids
-        missing = {entry[2] for entry in entries if entry[2] not in ids}
+        missing = {_labels_key(entry) for entry in entries} - ids.keys()
         if missing:
             label_sets = self.buffer.label_sets
             unknown = missing - label_sets.keys()
             if unknown:
                 # Entries added without registering their label set: they can never be written.
                 logger.error("Discarding metric samples with unregistered labels keys %s.", sorted(unknown))
-                entries = [entry for entry in entries if entry[2] not in unknown]
+                entries = [entry for entry in entries if _labels_key(entry) not in unknown]
                 missing -= unknown
             # Committed on its own, so a cached id always refers to a stored label set.
             with engine.begin() as connection:
                 ids.update(resolve_label_set_ids(connection, [label_sets[key] for key in missing]))
-        from_timestamp = datetime.fromtimestamp
-        rows = [(from_timestamp(at, UTC), value, ids[key], mt) for mt, value, key, at in entries]
+        rows = _rows(entries, ids)
         with engine.begin() as connection:
-            _write_rows(connection, rows)
+            return _write_rows(connection, rows)
 
     def _make_engine(self) -> Engine:
         if self.database_url.get_backend_name() == "postgresql":
@@ -316,6 +319,30 @@ class BackgroundWriter:
             )
         else:
             logger.debug("Still cannot write metric samples to %s (%s).", redact_url(self.database_url), reason)
+
+
+def _labels_key(entry: Entry) -> str:
+    return entry[1] if entry[0] is None else entry[2]
+
+
+def _rows(entries: Sequence[Entry], ids: dict[str, int]) -> list[Row]:
+    """Raw rows of buffered entries; a message entry's perf_counter readings become wall-clock times now."""
+    wall_offset_s = time.time() - time.perf_counter()
+    from_timestamp = datetime.fromtimestamp
+    rows: list[Row] = []
+    append = rows.append
+    for entry in entries:
+        if entry[0] is None:
+            _, key, due_ms, started_s, ended_s = entry
+            id_ = ids[key]
+            started_at_s = started_s + wall_offset_s
+            wait_ms = started_at_s * 1000.0 - due_ms
+            append((from_timestamp(started_at_s, UTC), wait_ms if wait_ms > 0.0 else 0.0, id_, _WAIT_TIME))
+            append((from_timestamp(ended_s + wall_offset_s, UTC), (ended_s - started_s) * 1000.0, id_, _PROCESSING))
+        else:
+            metric_type, value, key, at_s = entry
+            append((from_timestamp(at_s, UTC), value, ids[key], metric_type))
+    return rows
 
 
 def _positive(name: str, value: object) -> float:

@@ -328,7 +328,7 @@ def test_messages_keep_flowing_while_the_database_is_unreachable_and_every_sampl
         proxy.stop()  # PostgreSQL is unreachable for the writer from now on
         send_and_wait(300)
         time.sleep(1.0)  # several failed flushes
-        assert len(opmetrics.buffer) >= 600
+        assert len(opmetrics.buffer) >= 300  # one entry per message: its wait and processing time
         assert rows(postgres_engine)[("processing_time", "actor:work|queue:default")] < 350
         proxy.start()
         send_and_wait(50)

@@ -178,26 +178,24 @@ def test_a_full_buffer_drops_counts_warns_once_per_interval_and_records_the_drop
         started = time.monotonic()
         sent = 0
         while time.monotonic() - started < 1.6:
-            buffer.append_pair(
-                ("processing_time", 1.0, "actor:a|queue:q", time.time()),
-                ("wait_time", 1.0, "actor:a|queue:q", time.time()),
-            )
+            now = time.perf_counter()
+            buffer.append_message((None, "actor:a|queue:q", time.time() * 1000.0, now, now + 0.001))
             sent += 2
             time.sleep(0.0002)
         elapsed = time.monotonic() - started
         assert len(buffer) == 1_000
         dropped = buffer.dropped_total
-        assert dropped == sent - 1_000
-        time.sleep(0.3)  # let the writer look at the drops once more
+        assert dropped == sent - 2 * 1_000
+        time.sleep(0.8)  # one more warning interval: the writer reports the last drops
         warnings = [r for r in caplog.records if r.getMessage().startswith("Dropped")]
-        assert 1 <= len(warnings) <= elapsed / 0.5 + 2
+        assert 1 <= len(warnings) <= (elapsed + 0.8) / 0.5 + 1
         warned = sum(int(r.getMessage().split()[1]) for r in warnings)
         assert warned == dropped
         proxy.start()
         assert writer.flush(timeout_s=20)
     finally:
         writer.stop()
-    assert count(postgres_engine, MetricType.PROCESSING_TIME) + count(postgres_engine, MetricType.WAIT_TIME) == 1_000
+    assert count(postgres_engine, MetricType.PROCESSING_TIME) == count(postgres_engine, MetricType.WAIT_TIME) == 1_000
     with postgres_engine.connect() as connection:
         recorded = connection.execute(
             text("SELECT sum(value) FROM operational_metrics WHERE metric_type = 'dropped_samples'")
