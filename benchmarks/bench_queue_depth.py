@@ -11,8 +11,12 @@ side by side in one run,
 - a whole sampling pass as each fleet process runs it every interval: the ``SET NX PX`` claim, the read and
   building the 4 x N samples (the sink does nothing here; in a worker it appends to the in-memory buffer).
 
-Round trips are counted on the client's connection (one command send = one round trip). Times are medians.
-It also checks that sampling left the broker's heartbeat set untouched.
+Round trips are counted on the client's connection (one command send = one round trip). Times are medians
+on the client (mostly redis-py packing commands and parsing replies). Server time per pass is Redis's own
+``INFO commandstats`` time for the commands a pass runs (``SET``, ``MULTI``, ``LLEN``, ``HLEN``, ``ZCARD``,
+``EXEC``), summed over the timed passes and divided by their number (other clients of a shared server
+running the same commands at the same time would inflate it). It also checks that sampling left the
+broker's heartbeat set untouched.
 """
 
 from __future__ import annotations
@@ -61,6 +65,16 @@ def round_trips(run: Callable[[], object]) -> int:
     return CountingConnection.sends - before
 
 
+#: The commands a sampling pass runs on Redis.
+PASS_COMMANDS = ("set", "multi", "llen", "hlen", "zcard", "exec")
+
+
+def server_usec(client: redis.Redis) -> int:
+    """Redis's own time spent in :data:`PASS_COMMANDS` so far, in microseconds."""
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("usec", 0)) for name in PASS_COMMANDS)
+
+
 def discard(_samples: Sequence[Sample]) -> None:
     pass
 
@@ -94,7 +108,9 @@ def measure(client: redis.Redis, namespace: str, count: int, passes: int) -> str
         one_pass()
     ping_s = median_s(client.ping, passes)
     read_s = median_s(read, passes)
+    server_before = server_usec(client)
     pass_s = median_s(one_pass, passes)
+    server_pass_us = (server_usec(client) - server_before) / passes
     trips = round_trips(one_pass)
     assert round_trips(read) == 1
     assert client.zrange(heartbeats, 0, -1, withscores=True) == heartbeats_before, "heartbeats changed"
@@ -102,6 +118,7 @@ def measure(client: redis.Redis, namespace: str, count: int, passes: int) -> str
     return (
         f"{count:>6} {samples:>7} {ping_s * 1e6:>8.0f} {read_s * 1e6:>8.0f} {pass_s * 1e6:>8.0f}"
         f" {pass_s / ping_s:>9.1f} {pass_s * 1e6 / samples:>9.1f} {trips:>7} {trips / samples:>9.3f}"
+        f" {server_pass_us:>10.1f} {server_pass_us / samples:>10.2f}"
     )
 
 
@@ -118,7 +135,7 @@ def main() -> None:
         print(f"Redis {client.info('server')['redis_version']}, {args.passes} passes each, medians")
         print(
             f"{'queues':>6} {'samples':>7} {'PING µs':>8} {'read µs':>8} {'pass µs':>8} {'pass/PING':>9}"
-            f" {'µs/sample':>9} {'RT/pass':>7} {'RT/sample':>9}"
+            f" {'µs/sample':>9} {'RT/pass':>7} {'RT/sample':>9} {'server µs':>10} {'srv µs/smp':>10}"
         )
         for count in args.queues:
             print(measure(client, f"{namespace}-{count}", count, args.passes))

@@ -27,7 +27,7 @@ MIN_QUEUE_DEPTH_INTERVAL_S = 0.1
 #: Seconds :meth:`QueueDepthSampler.stop` waits for the sampling thread to finish.
 STOP_TIMEOUT_S = 5.0
 
-#: Receives the samples of one sampling pass (a buffer's ``add``, or a function writing to the database).
+#: Receives the samples of one sampling pass (a buffer's ``add_many``, or a function writing to the database).
 Sink = Callable[[Sequence[samples.Sample]], object]
 
 logger = logging.getLogger(__name__)
@@ -67,9 +67,12 @@ class QueueDepthSampler:
     and never sampled. A broker or database outage (or a failing ``sink``) is logged once for the interval,
     which is skipped; sampling goes on at the next interval.
 
+    The :class:`~dramatiq_opmetrics.OpMetrics` middleware runs one in every worker process; use the class
+    directly to sample elsewhere. Samples are stamped with the time of the read.
+
     Example::
 
-        sampler = QueueDepthSampler(broker, buffer.add, queues=["reports"])
+        sampler = QueueDepthSampler(broker, buffer.add_many, queues=["reports"], engine=engine)
         sampler.start()
         ...
         sampler.stop()

@@ -81,9 +81,11 @@ def run_sample_queues(
 ) -> int:
     """Sample the queues of the broker ``broker_spec`` into the metrics database; return the exit status.
 
-    With ``once``, sample the current interval (unless another process already did) and return; errors
-    propagate. Otherwise sample every ``interval_s`` seconds until SIGTERM or SIGINT, logging and skipping
-    intervals during an outage.
+    With ``once``, sample the current interval (unless another process already did) and return; a broker
+    error is one line on standard error and status 2 (database errors propagate to the command line).
+    Otherwise sample every ``interval_s`` seconds until SIGTERM or SIGINT, logging and skipping intervals
+    during an outage. Sidecars and workers running ``OpMetrics`` share the claims, so together they still
+    write one sample per queue and state per interval.
     """
     broker = load_broker(broker_spec)
     engine = make_engine(database_url)

@@ -25,6 +25,7 @@ from dramatiq_opmetrics.interval_claims import interval_start
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.migrate import upgrade
 from dramatiq_opmetrics.models import OperationalMetric
+from dramatiq_opmetrics.queue_depth_sampler import QueueDepthSampler
 
 #: Seconds between samples in the multi-process test: short, yet long enough for a loaded machine.
 FLEET_INTERVAL_S = 2.0
@@ -117,6 +118,27 @@ def test_once_again_in_the_same_interval_writes_nothing(
     assert main([*arguments, url_text(migrated_url)]) == 0
     assert "already sampled by another process" in capsys.readouterr().out
     assert len(stored_depths(migrated_url)) == 4
+
+
+def test_a_sidecar_and_the_workers_share_the_claims(
+    migrated_url: URL,
+    redis_broker: RedisBroker,
+    unique_queue: Callable[[str], str],
+    broker_module: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    queue = unique_queue("q")
+    redis_broker.declare_queue(queue)
+    spec = broker_module(redis_module_source(redis_broker.namespace, [queue]))
+    worker_sampler = QueueDepthSampler(
+        RedisBroker(url=REDIS_URL, namespace=redis_broker.namespace), list, interval_s=3600
+    )
+    worker_sampler.broker.declare_queue(queue)
+    assert worker_sampler.sample() is not None  # a worker took this interval
+    database = url_text(migrated_url)
+    assert main(["sample-queues", "--broker", spec, "--once", "--interval", "3600", "--database-url", database]) == 0
+    assert "already sampled by another process" in capsys.readouterr().out
+    assert stored_depths(migrated_url) == []
 
 
 @pytest.mark.parametrize(
