@@ -163,11 +163,19 @@ def main() -> int:
             [result] = rollup(engine, day=day, now=now)
             assert result.rows == args.rows, result
 
+        def daily_rows() -> list[tuple[object, ...]]:
+            with engine.connect() as connection:
+                query = text("SELECT * FROM operational_metrics_daily ORDER BY 1, 2, 3")
+                return [tuple(row) for row in connection.execute(query)]
+
         baseline()  # warm the cache
         baseline_s, rollup_s = [], []
+        first_rows: list[tuple[object, ...]] = []
         for _ in range(args.repeat):
             baseline_s.append(timed(baseline))
             rollup_s.append(timed(roll_up))
+            first_rows = first_rows or daily_rows()
+        identical = daily_rows() == first_rows
         reference_s = timed(percentile_cont_reference)
         with engine.connect() as connection:
             total = connection.execute(text("SELECT sum(sample_count) FROM operational_metrics_daily")).scalar_one()
@@ -200,6 +208,7 @@ def main() -> int:
             f"  <= {PRUNE_TARGET_S:g} s"
         )
         print()
+        print(f"daily rows identical after {args.repeat - 1} forced re-rolls (rolled_up_at included): {identical}")
         print(
             f"all runs, seconds: baseline {[round(s, 3) for s in baseline_s]}, rollup {[round(s, 3) for s in rollup_s]}"
         )

@@ -141,28 +141,50 @@ def _aggregate_in_python(
     return aggregates
 
 
+#: Bucket keys of negative values are stored as ``NEGATIVE_KEY_BASE - key(-value)`` in the SQL bucket column,
+#: below every key of a positive value (keys of finite doubles lie within about +-36,000).
+_NEGATIVE_KEY_BASE = -100_000
+
+
 @dataclass
 class _Bucket:
-    side: int  # 1: positive values, 0: the zero bucket, -1: negative values
-    key: int | None
+    key: int | None  # None: the zero bucket; below _NEGATIVE_KEY_BASE / 2: a negative bucket
     count: int
     sum: float
     min: float
     max: float
 
 
-def _raw_filter(
-    metric_type: MetricType | None, label_set_ids: Collection[int] | None, prefix: str = ""
+def _raw_rows(
+    connection: Connection,
+    start: dt.datetime,
+    end: dt.datetime,
+    metric_type: MetricType | None,
+    label_set_ids: Collection[int] | None,
 ) -> tuple[str, dict[str, object]]:
-    conditions = [f"{prefix}recorded_at >= :start", f"{prefix}recorded_at < :end"]
-    params: dict[str, object] = {}
+    """SQL selecting ``metric_type, label_set_id, value`` of the raw rows wanted, and its parameters.
+
+    A whole day with a partition reads the partition without a per-row time filter, plus the day's rows in
+    the default partition.
+    """
+    conditions = []
+    params: dict[str, object] = {"start": start, "end": end}
     if metric_type is not None:
-        conditions.append(f"{prefix}metric_type = CAST(:metric_type AS {METRIC_TYPE_ENUM_NAME})")
+        conditions.append(f"metric_type = CAST(:metric_type AS {METRIC_TYPE_ENUM_NAME})")
         params["metric_type"] = MetricType(metric_type).value
     if label_set_ids is not None:
-        conditions.append(f"{prefix}label_set_id = ANY(CAST(:label_set_ids AS integer[]))")
+        conditions.append("label_set_id = ANY(CAST(:label_set_ids AS integer[]))")
         params["label_set_ids"] = sorted(label_set_ids)
-    return " AND ".join(conditions), params
+    in_range = ["recorded_at >= :start", "recorded_at < :end"]
+    columns = "SELECT metric_type, label_set_id, value FROM"
+    day = start.astimezone(dt.UTC).date()
+    partition = list_partitions(connection).get(day) if (start, end) == day_bounds(day) else None
+    if partition is None:
+        return f"{columns} {RAW_TABLE} WHERE {' AND '.join(in_range + conditions)}", params
+    whole = f"{columns} {partition}" + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
+    stranded = f"{columns} {DEFAULT_PARTITION} WHERE {' AND '.join(in_range + conditions)}"
+    has_stranded = connection.execute(text(f"SELECT EXISTS ({stranded})"), params).scalar_one()
+    return (f"{whole} UNION ALL {stranded}" if has_stranded else whole), params
 
 
 def _aggregate_in_postgres(
@@ -173,37 +195,36 @@ def _aggregate_in_postgres(
     label_set_ids: Collection[int] | None,
     exact_percentiles: bool,
 ) -> list[Aggregate]:
-    where, params = _raw_filter(metric_type, label_set_ids)
-    params.update(start=start, end=end, min_indexable=MIN_INDEXABLE_VALUE, ln_2=LN_2, multiplier=KEY_MULTIPLIER)
+    source, params = _raw_rows(connection, start, end, metric_type, label_set_ids)
+    params.update(min_indexable=MIN_INDEXABLE_VALUE, ln_2=LN_2, multiplier=KEY_MULTIPLIER, base=_NEGATIVE_KEY_BASE)
+    key = "ceil(ln({}) / CAST(:ln_2 AS float8) * CAST(:multiplier AS float8))::integer"
     bucket_rows = connection.execute(
         text(
-            "SELECT metric_type::text, label_set_id, side, key, count(*), sum(value), min(value), max(value)"
+            "SELECT metric_type::text, label_set_id, key, count(*), sum(value), min(value), max(value)"
             " FROM (SELECT metric_type, label_set_id, value,"
-            "   CASE WHEN value > :min_indexable THEN 1 WHEN value < -CAST(:min_indexable AS float8) THEN -1"
-            "   ELSE 0 END AS side,"
-            "   CASE WHEN abs(value) > :min_indexable"
-            "   THEN ceil(ln(abs(value)) / CAST(:ln_2 AS float8) * CAST(:multiplier AS float8))::integer END AS key"
-            f"  FROM {RAW_TABLE} WHERE {where}) AS bucketed"
-            " GROUP BY metric_type, label_set_id, side, key"
+            f"   CASE WHEN value > :min_indexable THEN {key.format('value')}"
+            f"   WHEN value < -CAST(:min_indexable AS float8) THEN :base - {key.format('-value')} END AS key"
+            f"  FROM ({source}) AS raw) AS bucketed"
+            " GROUP BY metric_type, label_set_id, key"
         ),
         params,
     )
     groups: dict[tuple[str, int], list[_Bucket]] = {}
-    for group_type, label_set_id, side, key, count, total, low, high in bucket_rows:
+    for group_type, label_set_id, bucket_key, count, total, low, high in bucket_rows:
         if math.isnan(low) or math.isnan(high):
             continue
-        groups.setdefault((group_type, label_set_id), []).append(_Bucket(side, key, count, total, low, high))
+        groups.setdefault((group_type, label_set_id), []).append(_Bucket(bucket_key, count, total, low, high))
     aggregates = []
     for (group_type, label_set_id), buckets in sorted(groups.items()):
         buckets.sort(key=lambda bucket: bucket.min)
         histogram = Histogram()
         for bucket in buckets:
-            if bucket.side == 1 and bucket.key is not None:
-                histogram.bins[bucket.key] += bucket.count
-            elif bucket.side == -1 and bucket.key is not None:
-                histogram.negative_bins[bucket.key] += bucket.count
-            else:
+            if bucket.key is None:
                 histogram.zero_count += bucket.count
+            elif bucket.key < _NEGATIVE_KEY_BASE // 2:
+                histogram.negative_bins[_NEGATIVE_KEY_BASE - bucket.key] += bucket.count
+            else:
+                histogram.bins[bucket.key] += bucket.count
         aggregates.append(
             Aggregate(
                 metric_type=MetricType(group_type),
@@ -216,8 +237,9 @@ def _aggregate_in_postgres(
             )
         )
     if exact_percentiles and aggregates:
-        prefixed_where, _ = _raw_filter(metric_type, label_set_ids, prefix="m.")
-        _add_exact_percentiles(connection, aggregates, groups, prefixed_where, params)
+        # A second statement: rows committed in between (a late sample) may shift an order statistic by one;
+        # the day's rolled-up count then differs from its raw count and the next rollup redoes the day.
+        _add_exact_percentiles(connection, aggregates, groups, source, params)
     return aggregates
 
 
@@ -225,7 +247,7 @@ def _add_exact_percentiles(
     connection: Connection,
     aggregates: list[Aggregate],
     groups: dict[tuple[str, int], list[_Bucket]],
-    where: str,
+    source: str,
     params: dict[str, object],
 ) -> None:
     """Find the order statistics each percentile needs; fetch those not given by a bucket's min or max."""
@@ -243,15 +265,18 @@ def _add_exact_percentiles(
                 wanted[(*group, rank)] = (bucket, rank_in_bucket)
     if wanted:
         targets = list(wanted.items())
+        # The planner tends to sort the whole day for a merge join here; a hash join reads it once.
+        merge_join = connection.execute(text("SELECT current_setting('enable_mergejoin')")).scalar_one()
+        connection.execute(text("SET LOCAL enable_mergejoin = off"))
         rows = connection.execute(
             text(
                 "SELECT t.i, (array_agg(m.value ORDER BY m.value))[t.r + 1]"
-                f" FROM {RAW_TABLE} AS m JOIN unnest(CAST(:ids AS integer[]), CAST(:types AS text[]),"
+                f" FROM ({source}) AS m JOIN unnest(CAST(:ids AS integer[]), CAST(:types AS text[]),"
                 " CAST(:sets AS integer[]), CAST(:lows AS float8[]), CAST(:highs AS float8[]),"
                 " CAST(:ranks AS integer[])) AS t(i, metric_type, label_set_id, low, high, r)"
                 f" ON m.metric_type = CAST(t.metric_type AS {METRIC_TYPE_ENUM_NAME})"
                 " AND m.label_set_id = t.label_set_id AND m.value BETWEEN t.low AND t.high"
-                f" WHERE {where}"
+                " WHERE m.value BETWEEN :lowest AND :highest"
                 " GROUP BY t.i, t.r"
             ),
             {
@@ -262,8 +287,11 @@ def _add_exact_percentiles(
                 "lows": [bucket.min for _, (bucket, _) in targets],
                 "highs": [bucket.max for _, (bucket, _) in targets],
                 "ranks": [rank_in_bucket for _, (_, rank_in_bucket) in targets],
+                "lowest": min(bucket.min for _, (bucket, _) in targets),
+                "highest": max(bucket.max for _, (bucket, _) in targets),
             },
-        )
+        ).all()
+        connection.execute(text("SELECT set_config('enable_mergejoin', :value, true)"), {"value": merge_join})
         for index, value in rows:
             known[targets[index][0]] = value
     for aggregate in aggregates:

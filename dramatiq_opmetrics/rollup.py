@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, Table, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .aggregate import Aggregate, aggregate_raw, raw_count, raw_counts_by_day
+from .aggregate import Aggregate, aggregate_raw, raw_counts_by_day
 from .locks import advisory_xact_lock
 from .models import LabelSet, OperationalMetricDaily
 from .partitions import DEFAULT_PARTITION_DAYS_AHEAD, day_bounds, ensure_partitions
@@ -103,15 +103,16 @@ def needs_rollup(raw_rows: int, daily_samples: int | None) -> bool:
     return raw_rows > 0 and (daily_samples is None or raw_rows > daily_samples)
 
 
-def days_to_roll_up(connection: Connection, today: dt.date, since: dt.date | None = None) -> list[dt.date]:
-    """The complete days (before ``today``, from ``since`` on) whose daily rows are missing or out of date."""
+def days_to_roll_up(connection: Connection, today: dt.date, since: dt.date | None = None) -> dict[dt.date, int]:
+    """The complete days (before ``today``, from ``since`` on) whose daily rows are missing or out of date,
+    with their raw row counts."""
     totals = daily_totals(connection)
-    days = []
+    days = {}
     for day, rows in raw_counts_by_day(connection).items():
         if day >= today or (since is not None and day < since):
             continue
         if needs_rollup(rows, totals.get(day)):
-            days.append(day)
+            days[day] = rows
         elif totals.get(day, 0) > rows:
             logger.warning(
                 "Day %s has %d raw rows but %d rolled-up samples: retention removed its raw rows, so it is"
@@ -162,29 +163,38 @@ def rollup(
             extra={"event": "partitions_created", "days": [d.isoformat() for d in created]},
         )
     if day is not None:
-        days = [day]
-    else:
-        with engine.connect() as connection:
-            days = days_to_roll_up(connection, today, since)
+        result = rollup_day(engine, day, force=True)
+        return [] if result is None else [result]
+    with engine.connect() as connection:
+        days = days_to_roll_up(connection, today, since)
     done = []
-    for candidate in days:
-        result = rollup_day(engine, candidate, force=day is not None)
+    for candidate, rows in days.items():
+        result = rollup_day(engine, candidate, expected_rows=rows)
         if result is not None:
             done.append(result)
     return done
 
 
-def rollup_day(engine: Engine, day: dt.date, *, force: bool = False) -> DayRollup | None:
+def rollup_day(
+    engine: Engine, day: dt.date, *, force: bool = False, expected_rows: int | None = None
+) -> DayRollup | None:
     """Roll up one day in its own transaction under the rollup lock; None if there was nothing to do.
 
-    The day is re-checked under the lock: a concurrent run may have rolled it up meanwhile. With ``force``
-    an up-to-date day is rolled up again; a day whose raw rows were removed by retention never is.
+    ``expected_rows`` is the day's raw row count seen when the day was chosen: if the daily rows already count
+    that many under the lock, a concurrent run rolled the day up meanwhile. Otherwise the day is aggregated
+    (the aggregation counts its rows, so no separate count is needed) and written unless it is up to date
+    (and not ``force``), or has fewer raw rows than its daily rows count (retention removed raw rows: never
+    overwrite the day with what is left).
     """
     started = time.perf_counter()
     with engine.begin() as connection:
         lock_for_rollup(connection)
-        rows = raw_count(connection, day)
         rolled_up = daily_totals(connection, day).get(day)
+        if not force and rolled_up is not None and expected_rows is not None and rolled_up >= expected_rows:
+            return None  # a concurrent run rolled the day up meanwhile
+        start, end = day_bounds(day)
+        aggregates = aggregate_raw(connection, start, end)
+        rows = sum(aggregate.count for aggregate in aggregates)
         if rows == 0 or (rolled_up is not None and rolled_up > rows):
             logger.warning(
                 "Day %s is not rolled up: %s.",
@@ -193,14 +203,12 @@ def rollup_day(engine: Engine, day: dt.date, *, force: bool = False) -> DayRollu
                 extra={"event": "rollup_day_skipped", "day": day.isoformat(), "raw_rows": rows},
             )
             return None
-        if not force and not needs_rollup(rows, rolled_up):
+        if not force and rolled_up == rows:
             return None
-        start, end = day_bounds(day)
-        aggregates = aggregate_raw(connection, start, end)
         _upsert(connection, day, aggregates)
     result = DayRollup(
         day=day,
-        rows=sum(aggregate.count for aggregate in aggregates),
+        rows=rows,
         label_sets=len({aggregate.label_set_id for aggregate in aggregates}),
         daily_rows=len(aggregates),
         duration_s=time.perf_counter() - started,

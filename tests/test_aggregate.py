@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 
 from dramatiq_opmetrics.aggregate import PERCENTILES, aggregate_raw, exact_quantile, raw_counts_by_day
 from dramatiq_opmetrics.metric_types import MetricType
-from dramatiq_opmetrics.partitions import day_bounds
+from dramatiq_opmetrics.partitions import day_bounds, ensure_partitions
 from dramatiq_opmetrics.sketch import Histogram
 
 DAY = dt.date(2026, 11, 10)
@@ -34,6 +34,10 @@ def sample_day(engine: Engine, seed: int = 1) -> dict[tuple[MetricType, str], li
     values[(MetricType.ERROR, "lonely")] = [1.0]
     rows += [(MetricType.QUEUE_DEPTH, {"queue": "q"}, 7.0, at(DAY, s)) for s in (1, 2)]
     values[(MetricType.QUEUE_DEPTH, "queue:q")] = [7.0, 7.0]
+    # Values the collector refuses but a direct INSERT could store: negative, and too tiny to index.
+    odd = [-5.0, -5.01, -0.5, -1e-320, 1e-320, -0.0, 0.0]
+    rows += [(MetricType.CONFIDENCE, {"bucket": "odd"}, v, at(DAY, 100 + i)) for i, v in enumerate(odd)]
+    values[(MetricType.CONFIDENCE, "bucket:odd")] = odd
     # Rows of the neighbouring days are not part of the day.
     rows.append((MetricType.PROCESSING_TIME, {"actor": "actor_0"}, 1e6, at(DAY, -0.000001)))
     rows.append((MetricType.PROCESSING_TIME, {"actor": "actor_0"}, 1e6, at(DAY, 86_400)))
@@ -58,7 +62,7 @@ def test_aggregates_of_a_day_match_an_independent_computation(engine: Engine) ->
     assert len(aggregates) == len(values)
     for aggregate in aggregates:
         key = label_keys[aggregate.label_set_id]
-        expected = values[(aggregate.metric_type, key.split(":", 1)[1] if key.startswith("actor:") else key)]
+        expected = sorted(values[(aggregate.metric_type, key.split(":", 1)[1] if key.startswith("actor:") else key)])
         assert aggregate.count == len(expected)
         assert aggregate.sum == pytest.approx(math.fsum(expected), rel=1e-12)
         assert (aggregate.min, aggregate.max) == (min(expected), max(expected))
@@ -69,7 +73,11 @@ def test_aggregates_of_a_day_match_an_independent_computation(engine: Engine) ->
 
 
 @pytest.mark.postgres
-def test_the_sql_and_python_paths_give_the_same_aggregates(postgres_engine: Engine) -> None:
+@pytest.mark.parametrize("partitioned", [True, False], ids=["day-partition", "default-partition"])
+def test_the_sql_and_python_paths_give_the_same_aggregates(postgres_engine: Engine, partitioned: bool) -> None:
+    if partitioned:
+        with postgres_engine.begin() as connection:
+            ensure_partitions(connection, DAY, DAY)
     sample_day(postgres_engine, seed=2)
     start, end = day_bounds(DAY)
     with postgres_engine.connect() as connection:
@@ -81,6 +89,7 @@ def test_the_sql_and_python_paths_give_the_same_aggregates(postgres_engine: Engi
     assert [key(a) for a in in_sql] == [key(a) for a in in_python]
     for sql, python in zip(in_sql, in_python, strict=True):
         assert (sql.count, sql.min, sql.max, sql.histogram) == (python.count, python.min, python.max, python.histogram)
+        assert sql.histogram.count == sql.count
         assert sql.percentiles == python.percentiles
         assert sql.sum == pytest.approx(python.sum, rel=1e-12)
 
@@ -102,4 +111,4 @@ def test_raw_counts_by_day_count_every_day_with_rows(engine: Engine) -> None:
     sample_day(engine, seed=5)
     with engine.connect() as connection:
         counts = raw_counts_by_day(connection)
-    assert counts == {DAY - dt.timedelta(days=1): 1, DAY: 6003, DAY + dt.timedelta(days=1): 1}
+    assert counts == {DAY - dt.timedelta(days=1): 1, DAY: 6010, DAY + dt.timedelta(days=1): 1}
