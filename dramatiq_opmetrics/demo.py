@@ -2,7 +2,7 @@
 
 With nothing installed it uses an embedded SQLite file and Dramatiq's in-process
 :class:`~dramatiq.brokers.stub.StubBroker` served by a real :class:`dramatiq.Worker`. Given a database URL
-and a Redis (or RabbitMQ) broker URL, it runs the same way on PostgreSQL and Redis.
+and a Redis broker URL, it runs the same way on PostgreSQL and Redis.
 
 What it does, in order:
 
@@ -360,9 +360,9 @@ def run_demo(
       ConfigurationError: the broker URL is not a Redis URL, or a database URL cannot be parsed.
     """
     started = time.monotonic()
-    url, fresh_file, replaced = _demo_database(database_url)
     broker_url = broker_url or os.environ.get(BROKER_URL_ENV_VAR) or None
-    broker = _demo_broker(broker_url, namespace)
+    broker = _demo_broker(broker_url, namespace)  # first: a broker it cannot use ends the demo before any change
+    url, fresh_file, replaced = _demo_database(database_url)
     today = dt.datetime.now(dt.UTC).date()
     first_day = today - dt.timedelta(days=history_days)
     broker_name = f"Redis at {redact_url(broker_url)}" if broker_url else "an in-process StubBroker"
@@ -378,7 +378,7 @@ def run_demo(
         out(f"[2/5] Backfilling {history_days} days of history, {first_day} to {today - dt.timedelta(days=1)} ...")
         _backfill(engine, first_day, today, messages_per_day, out)
         out(f"[3/5] Running today's work live: {live_messages} messages, a real dramatiq Worker, the OpMetrics")
-        out("      middleware, queue depth sampled every 0.5 s (failures below are on purpose) ...")
+        out("      middleware, queue depth sampled every 0.5 s (some actors fail on purpose) ...")
         if not _run_live(broker, url, live_messages, out):
             return 1
         out(f"[4/5] Rolling up {first_day} to {today - dt.timedelta(days=1)} (what the nightly actor does) ...")
@@ -423,8 +423,17 @@ def _demo_broker(broker_url: str | None, namespace: str) -> dramatiq.Broker:
             f" got {redact_url(broker_url)}"
         )
     from dramatiq.brokers.redis import RedisBroker
+    from redis.exceptions import RedisError
 
     broker: dramatiq.Broker = RedisBroker(url=broker_url, namespace=namespace)  # type: ignore[no-untyped-call]
+    try:
+        broker.client.ping()  # type: ignore[attr-defined]
+    except RedisError as error:
+        broker.close()
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigurationError(
+            f"cannot reach the demo's Redis broker at {redact_url(broker_url)}: {reason}"
+        ) from None
     return broker
 
 

@@ -186,3 +186,12 @@ def test_the_demo_command_runs_with_no_services_configured(tmp_path: Path) -> No
     assert result.stderr == ""
     assert "token usage" in result.stdout and "Done in" in result.stdout
     assert (tmp_path / DEFAULT_DEMO_DATABASE).is_file()
+
+
+def test_demo_with_an_unreachable_broker_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.sqlite3'}"
+    broker_url = "redis://:s3cret@127.0.0.1:1/0"
+    assert main(["demo", "--database-url", url, "--broker-url", broker_url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach the demo's Redis broker" in err and "s3cret" not in err
+    assert not (tmp_path / "demo.sqlite3").exists()
