@@ -217,6 +217,9 @@ class BackgroundWriter:
                 else:
                     self.buffer.batch_ready.wait(self.flush_interval_s)
                 stopping = self._stopping.is_set()
+            elif failures:
+                # Stopping while the database is down: keep retrying with backoff until the deadline.
+                time.sleep(min(self._backoff_s(failures), max(0.0, self._stop_deadline - time.monotonic())))
             with self._passes:
                 # Cleared before the pass: whatever sets it from now on asks for another pass.
                 self.buffer.batch_ready.clear()
