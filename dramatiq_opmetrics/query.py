@@ -119,14 +119,17 @@ def query_daily_series(
     return _query(connectable, since, until, metric_type, labels, group_by, include_raw, per_day=True)
 
 
+#: A histogram as stored in a daily row (parsed only when needed), or built from raw rows.
+_HistogramSource = Mapping[str, Any] | Histogram | None
+
+
 @dataclass
 class _Group:
     count: int = 0
     sums: list[float] = field(default_factory=list)
     low: float = math.inf
     high: float = -math.inf
-    histogram: Histogram | None = field(default_factory=Histogram)
-    sources: int = 0
+    histograms: list[_HistogramSource] = field(default_factory=list)
     exact: tuple[float | None, ...] | None = None
     raw_days: set[dt.date] = field(default_factory=set)
 
@@ -136,28 +139,27 @@ class _Group:
         total: float,
         low: float,
         high: float,
-        histogram: Histogram | None,
+        histogram: _HistogramSource,
         exact: tuple[float | None, ...] | None,
     ) -> None:
         self.count += count
         self.sums.append(total)
         self.low = min(self.low, low)
         self.high = max(self.high, high)
-        if self.histogram is not None and histogram is not None:
-            self.histogram += histogram
-        else:
-            self.histogram = None
-        self.sources += 1
+        self.histograms.append(histogram)
         self.exact = exact
 
     def percentiles(self) -> tuple[float | None, ...]:
-        if self.sources == 1 and self.exact is not None and None not in self.exact:
+        if len(self.histograms) == 1 and self.exact is not None and None not in self.exact:
             return self.exact
-        if self.histogram is None:
+        if any(histogram is None for histogram in self.histograms):
             return (None,) * len(PERCENTILES)
+        merged = Histogram()
+        for histogram in self.histograms:
+            merged += histogram if isinstance(histogram, Histogram) else Histogram.from_json(histogram or {})
         values = []
         for fraction in PERCENTILES:
-            value = self.histogram.quantile(fraction)
+            value = merged.quantile(fraction)
             # A bucket's representative value may lie just outside the values seen: clamp it to them.
             values.append(None if value is None else min(max(value, self.low), self.high))
         return tuple(values)
@@ -218,9 +220,8 @@ def _query(
             daily.c.histogram,
         ).where(and_(*conditions))
         for row in connection.execute(query):
-            histogram = None if row.histogram is None else Histogram.from_json(row.histogram)
             group_of(row.metric_type, row.labels, row.date).add(
-                row.sample_count, row.sum, row.min, row.max, histogram, (row.p50, row.p95, row.p99)
+                row.sample_count, row.sum, row.min, row.max, row.histogram, (row.p50, row.p95, row.p99)
             )
         if include_raw:
             for day in _days_not_rolled_up(connection, since, until):

@@ -5,6 +5,10 @@ days by default) is removed once its daily rows count every one of its raw rows.
 up, or has late samples its daily rows do not count yet, is kept (and logged) until a rollup catches up:
 a raw row of a day that is not rolled up is never removed.
 
+A sample recorded for a day *after* that day's raw rows were removed cannot join the day's exact aggregates
+(they would have to be recomputed from rows that are gone): the rollup logs a warning for such a day and
+leaves its daily rows as they are, and the next prune removes the sample.
+
 On PostgreSQL a day is removed by dropping its partition (well under a second for millions of rows), plus a
 ``DELETE`` of any of its rows in the default partition. On SQLite rows are deleted in batches of
 :data:`PRUNE_BATCH_ROWS`, one short transaction each, so that writers are never blocked for long; an
