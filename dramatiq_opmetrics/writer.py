@@ -287,7 +287,7 @@ class BackgroundWriter:
         if engine is None:
             engine = self._engine = self._make_engine()
         ids = self._label_set_ids
-        missing = {_labels_key(entry) for entry in entries} - ids.keys()
+        missing = {entry[1] if entry[0] is None else entry[2] for entry in entries} - ids.keys()
         if missing:
             label_sets = self.buffer.label_sets
             unknown = missing - label_sets.keys()
