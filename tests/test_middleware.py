@@ -188,6 +188,27 @@ def test_a_skipped_message_is_counted_as_skipped_and_gets_no_processing_time(
     assert rows(postgres_engine) == Counter({("skipped", "actor:too_late|queue:default"): 1})
 
 
+def test_a_message_failed_by_a_middleware_before_its_actor_ran_is_skipped(
+    opmetrics: OpMetrics, postgres_engine: Engine
+) -> None:
+    class Reject(dramatiq.Middleware):
+        def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+            message.fail()
+
+    broker = make_stub_broker(opmetrics)
+    broker.add_middleware(Reject())
+    ran = []
+
+    @dramatiq.actor(broker=broker)
+    def rejected() -> None:
+        ran.append(1)
+
+    rejected.send()
+    run_worker(broker, "default")
+    assert ran == []
+    assert rows(postgres_engine) == Counter({("skipped", "actor:rejected|queue:default"): 1})
+
+
 def test_wait_time_counts_from_when_a_delayed_message_became_due_and_queues_are_canonical(
     opmetrics: OpMetrics, postgres_engine: Engine
 ) -> None:
