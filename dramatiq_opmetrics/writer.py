@@ -259,7 +259,12 @@ class BackgroundWriter:
         return backoff * random.uniform(0.5, 1.0)
 
     def _drain(self) -> bool:
-        """Write batches until the buffer is empty; return False if a write failed."""
+        """Write what the buffer holds now, batch by batch; return False if a write failed.
+
+        Entries added meanwhile wait for the next pass, so a pass ends (and drops get reported) even when
+        samples arrive faster than they are written.
+        """
+        remaining = len(self.buffer)
         while True:
             batch = self.buffer.take_batch()
             dropped = self.buffer.unrecorded_drops()
@@ -281,6 +286,9 @@ class BackgroundWriter:
             if dropped:
                 self.buffer.mark_drops_recorded(dropped)
             self.written_total += written
+            remaining -= len(batch)
+            if remaining <= 0:
+                return True
 
     def _write_entries(self, entries: Sequence[Entry]) -> int:
         engine = self._engine
