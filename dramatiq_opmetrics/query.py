@@ -157,12 +157,10 @@ class _Group:
         merged = Histogram()
         for histogram in self.histograms:
             merged += histogram if isinstance(histogram, Histogram) else Histogram.from_json(histogram or {})
-        values = []
-        for fraction in PERCENTILES:
-            value = merged.quantile(fraction)
-            # A bucket's representative value may lie just outside the values seen: clamp it to them.
-            values.append(None if value is None else min(max(value, self.low), self.high))
-        return tuple(values)
+        # A bucket's representative value may lie just outside the values seen: clamp it to them.
+        return tuple(
+            None if value is None else min(max(value, self.low), self.high) for value in merged.quantiles(PERCENTILES)
+        )
 
 
 _GroupKey = tuple[MetricType, tuple[tuple[str, str], ...], dt.date | None]
@@ -269,7 +267,8 @@ def _label_conditions(
     if not label_filter:
         return []
     if connection.dialect.name == "postgresql":
-        return [type_coerce(column, JSONB()).contains(dict(label_filter))]
+        # The column's type is JSON with a JSONB variant: coerce it so that ``contains`` is JSONB's ``@>``.
+        return [type_coerce(column, JSONB).contains(dict(label_filter))]
     # Label keys are identifiers (letters, digits, '_', '.', '-'), safe inside a quoted JSON path member.
     return [func.json_extract(column, f'$."{key}"') == value for key, value in label_filter.items()]
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,8 +103,13 @@ class Histogram:
 
         Read by ``ddsketch`` from the merged buckets (the value at rank ``fraction * (count - 1)``).
         """
-        if not 0 <= fraction <= 1:
-            raise ValueError(f"a quantile fraction must be within [0, 1], got {fraction!r}")
+        return self.quantiles([fraction])[0]
+
+    def quantiles(self, fractions: Sequence[float]) -> list[float | None]:
+        """:meth:`quantile` of each of ``fractions``, reading the buckets into ``ddsketch`` once."""
+        for fraction in fractions:
+            if not 0 <= fraction <= 1:
+                raise ValueError(f"a quantile fraction must be within [0, 1], got {fraction!r}")
         store, negative_store = DenseStore(), DenseStore()
         for key, count in self.bins.items():
             if count:
@@ -113,8 +118,8 @@ class Histogram:
             if count:
                 negative_store.add(key, count)
         sketch = BaseDDSketch(MAPPING, store, negative_store, float(self.zero_count))
-        value = sketch.get_quantile_value(fraction)
-        return None if value is None else float(value)
+        values = [sketch.get_quantile_value(fraction) for fraction in fractions]
+        return [None if value is None else float(value) for value in values]
 
     def to_json(self) -> dict[str, Any]:
         """The stored format (see the module documentation)."""

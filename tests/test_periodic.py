@@ -136,3 +136,9 @@ def test_a_message_older_than_periodiqs_skip_delay_is_skipped(
     freeze_periodiq_clock(monkeypatch, LOCAL_0130.add(seconds=31))  # the queue was backed up
     process_queue(broker)
     assert rolled_up_samples(metrics_url) == 0
+
+
+def test_a_bad_retention_fails_at_registration_not_at_01_30(broker: StubBroker) -> None:
+    with pytest.raises(ValueError, match="retention_days must be a whole number of days"):
+        register_rollup_actor(broker, "sqlite:///unused.sqlite3", retention_days=0)
+    assert ROLLUP_ACTOR_NAME not in broker.actors

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, select, text
 
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.models import OperationalMetricDaily
-from dramatiq_opmetrics.partitions import DEFAULT_PARTITION_DAYS_AHEAD, list_partitions
+from dramatiq_opmetrics.partitions import DEFAULT_PARTITION_DAYS_AHEAD, ensure_partitions, list_partitions
 from dramatiq_opmetrics.rollup import DayRollup, rollup
 from dramatiq_opmetrics.sketch import Histogram
 
@@ -28,8 +28,17 @@ def days_ago(n: int) -> dt.date:
     return TODAY - dt.timedelta(days=n)
 
 
-def record_day(engine: Engine, day: dt.date, count: int = 500, seed: int = 0) -> dict[str, list[float]]:
-    """Record ``count`` processing times over two actors on ``day``; return the values by labels key."""
+def record_day(
+    engine: Engine, day: dt.date, count: int = 500, seed: int = 0, partition: bool = True
+) -> dict[str, list[float]]:
+    """Record ``count`` processing times over two actors on ``day``; return the values by labels key.
+
+    On PostgreSQL the day gets its partition first, as in normal operation, unless ``partition`` is False
+    (then its rows land in the default partition).
+    """
+    if partition:
+        with engine.begin() as connection:
+            ensure_partitions(connection, day, day)
     rng = random.Random(seed or day.toordinal())
     values: dict[str, list[float]] = {}
     rows = []
@@ -173,7 +182,7 @@ def test_each_rolled_up_day_is_logged_with_rows_label_sets_and_duration(
 @pytest.mark.postgres
 def test_each_run_creates_partitions_ahead_and_rolls_up_rows_of_the_default_partition(postgres_engine: Engine) -> None:
     old_day = days_ago(3)
-    values = record_day(postgres_engine, old_day, count=100)
+    values = record_day(postgres_engine, old_day, count=100, partition=False)
     with postgres_engine.connect() as connection:
         in_default = connection.execute(text("SELECT count(*) FROM operational_metrics_default")).scalar_one()
     assert in_default == 100

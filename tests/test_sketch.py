@@ -116,3 +116,9 @@ def test_an_empty_histogram_has_no_quantile_and_bad_fractions_are_refused() -> N
     assert Histogram().quantile(0.5) is None
     with pytest.raises(ValueError, match="within"):
         Histogram.of([1.0]).quantile(1.5)
+
+
+def test_several_quantiles_read_at_once_equal_each_read_alone() -> None:
+    histogram = Histogram.of(random.Random(9).lognormvariate(2, 2) for _ in range(5000))
+    fractions = [0.0, 0.5, 0.95, 0.99, 1.0]
+    assert histogram.quantiles(fractions) == [histogram.quantile(f) for f in fractions]
