@@ -88,8 +88,8 @@ class OpMetrics(Middleware):
       message the end of its delay) to a worker starting it;
     - ``error``: one per failed attempt, labelled ``error_type`` (the exception class) and ``outcome``:
       ``retried`` (it will run again) or ``final`` (dead-lettered, or not retried without ``Retries``);
-    - ``skipped``: one per message skipped by a middleware (``SkipMessage``, e.g. ``AgeLimit``), which gets
-      no processing or wait time.
+    - ``skipped``: one per message skipped by a middleware (``SkipMessage``, e.g. ``AgeLimit``, or a
+      message failed before its actor could run), which gets no processing or wait time.
 
     Placement does not matter: when ``Retries`` sees a failure after this middleware (the usual case,
     ``add_middleware`` appends, and ``emit_after`` runs middleware in reverse order), the error is recorded
@@ -259,10 +259,15 @@ class OpMetrics(Middleware):
         if context[_MESSAGE] is not message:
             # Our before hook did not run for it: a middleware failed before the actor could run.
             return
+        if exception is None:
+            current_actor.set(None)
+            if message.failed:
+                # A middleware failed the message before the actor could run: the worker skipped it.
+                self.buffer.append((_SKIPPED, 1.0, context[_LABELS_KEY], time()))
+                return
         # The writer turns these clock readings into the wait and processing times.
         self.buffer.append_message((None, context[_LABELS_KEY], context[_DUE_MS], context[_STARTED_S], ended_s))
         if exception is None:
-            current_actor.set(None)
             return
         if failure is None:
             failure = _Failure(context)

@@ -217,6 +217,9 @@ class BackgroundWriter:
                 else:
                     self.buffer.batch_ready.wait(self.flush_interval_s)
                 stopping = self._stopping.is_set()
+            elif failures:
+                # Stopping while the database is down: keep retrying with backoff until the deadline.
+                time.sleep(min(self._backoff_s(failures), max(0.0, self._stop_deadline - time.monotonic())))
             with self._passes:
                 # Cleared before the pass: whatever sets it from now on asks for another pass.
                 self.buffer.batch_ready.clear()
@@ -256,7 +259,12 @@ class BackgroundWriter:
         return backoff * random.uniform(0.5, 1.0)
 
     def _drain(self) -> bool:
-        """Write batches until the buffer is empty; return False if a write failed."""
+        """Write what the buffer holds now, batch by batch; return False if a write failed.
+
+        Entries added meanwhile wait for the next pass, so a pass ends (and drops get reported) even when
+        samples arrive faster than they are written.
+        """
+        remaining = len(self.buffer)
         while True:
             batch = self.buffer.take_batch()
             dropped = self.buffer.unrecorded_drops()
@@ -278,13 +286,16 @@ class BackgroundWriter:
             if dropped:
                 self.buffer.mark_drops_recorded(dropped)
             self.written_total += written
+            remaining -= len(batch)
+            if remaining <= 0:
+                return True
 
     def _write_entries(self, entries: Sequence[Entry]) -> int:
         engine = self._engine
         if engine is None:
             engine = self._engine = self._make_engine()
         ids = self._label_set_ids
-        missing = {_labels_key(entry) for entry in entries} - ids.keys()
+        missing = {entry[1] if entry[0] is None else entry[2] for entry in entries} - ids.keys()
         if missing:
             label_sets = self.buffer.label_sets
             unknown = missing - label_sets.keys()

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy.engine import URL
 
@@ -50,14 +48,6 @@ def test_unreachable_database_is_one_line_without_the_password(capsys: pytest.Ca
     assert err.startswith("dramatiq-opmetrics: error: cannot reach the metrics database")
     assert err.count("\n") == 1
     assert "s3cret-pw" not in err
-
-
-def test_demo_migrates_records_and_prints_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"sqlite:///{tmp_path / 'demo.sqlite3'}"
-    assert main(["demo", "--database-url", url]) == 0
-    out = capsys.readouterr().out
-    assert "actor:send_email|queue:default" in out
-    assert "completion_tokens" in out
 
 
 def test_rollup_and_prune_report_what_they_did(sqlite_url: URL, capsys: pytest.CaptureFixture[str]) -> None:

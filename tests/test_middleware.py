@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import dramatiq
 import pytest
 import redis
-from conftest import REDIS_URL
+from conftest import RABBITMQ_URL, REDIS_URL
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AgeLimit, Retries
@@ -188,6 +189,27 @@ def test_a_skipped_message_is_counted_as_skipped_and_gets_no_processing_time(
     assert rows(postgres_engine) == Counter({("skipped", "actor:too_late|queue:default"): 1})
 
 
+def test_a_message_failed_by_a_middleware_before_its_actor_ran_is_skipped(
+    opmetrics: OpMetrics, postgres_engine: Engine
+) -> None:
+    class Reject(dramatiq.Middleware):
+        def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+            message.fail()
+
+    broker = make_stub_broker(opmetrics)
+    broker.add_middleware(Reject())
+    ran = []
+
+    @dramatiq.actor(broker=broker)
+    def rejected() -> None:
+        ran.append(1)
+
+    rejected.send()
+    run_worker(broker, "default")
+    assert ran == []
+    assert rows(postgres_engine) == Counter({("skipped", "actor:rejected|queue:default"): 1})
+
+
 def test_wait_time_counts_from_when_a_delayed_message_became_due_and_queues_are_canonical(
     opmetrics: OpMetrics, postgres_engine: Engine
 ) -> None:
@@ -343,6 +365,50 @@ def test_messages_keep_flowing_while_the_database_is_unreachable_and_every_sampl
     assert opmetrics.buffer.dropped_total == 0
     # Every message succeeded: no error samples above, and none was dead-lettered.
     assert redis.Redis.from_url(REDIS_URL).zcard(f"{redis_namespace}:default.XQ") == 0
+
+
+def test_on_rabbitmq_retries_and_delayed_messages_are_measured_the_same_way(
+    opmetrics: OpMetrics, postgres_engine: Engine
+) -> None:
+    broker = RabbitmqBroker(url=RABBITMQ_URL)
+    broker.add_middleware(opmetrics)
+    queue = f"opmetrics_test_{uuid.uuid4().hex[:10]}"
+    attempts: list[int] = []
+    done = threading.Semaphore(0)
+
+    @dramatiq.actor(broker=broker, queue_name=queue, min_backoff=10, max_backoff=20)
+    def flaky() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("first attempt")
+        done.release()
+
+    @dramatiq.actor(broker=broker, queue_name=queue)
+    def later() -> None:
+        done.release()
+
+    worker = dramatiq.Worker(broker, worker_timeout=100, worker_threads=2)
+    try:
+        flaky.send()
+        later.send_with_options(delay=1_500)
+        worker.start()
+        assert done.acquire(timeout=30) and done.acquire(timeout=30)
+    finally:
+        worker.stop()
+        for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+            broker.channel.queue_delete(name)
+        broker.close()
+    flaky_key, later_key = f"actor:flaky|queue:{queue}", f"actor:later|queue:{queue}"
+    assert rows(postgres_engine) == Counter(
+        {
+            ("processing_time", flaky_key): 2,
+            ("wait_time", flaky_key): 2,
+            ("error", f"actor:flaky|error_type:RuntimeError|outcome:retried|queue:{queue}"): 1,
+            ("processing_time", later_key): 1,
+            ("wait_time", later_key): 1,
+        }
+    )
+    assert values(postgres_engine, "wait_time", later_key)[0] < 1_000.0
 
 
 def test_the_middleware_works_on_a_sqlite_database(sqlite_url: URL) -> None:
