@@ -7,12 +7,16 @@ Environment variables:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 #: Environment variables read for the database URL, in order.
 DATABASE_URL_ENV_VARS = ("OPMETRICS_DATABASE_URL", "DATABASE_URL")
+
+T = TypeVar("T")
 
 
 class ConfigurationError(Exception):
@@ -53,3 +57,20 @@ def redact_url(url: str | URL) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "<unparseable URL>"
+
+
+def resolve_setting(value: T | None, env_var: str, default: T, parse: Callable[[str], T]) -> T:
+    """Return ``value`` if given, else environment variable ``env_var`` read with ``parse`` if set, else ``default``.
+
+    Raises:
+      ConfigurationError: if ``env_var`` is set to something ``parse`` rejects (``int`` or ``float``).
+    """
+    if value is not None:
+        return value
+    raw = os.environ.get(env_var, "").strip()
+    if not raw:
+        return default
+    try:
+        return parse(raw)
+    except ValueError:
+        raise ConfigurationError(f"{env_var} must be a number ({parse.__name__}), got {raw!r}") from None

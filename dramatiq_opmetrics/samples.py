@@ -149,3 +149,35 @@ def confidence(value: float, *, recorded_at: datetime | None = None, **labels: o
         raise ValueError(f"confidence must be between 0 and 1, got {value!r}")
     label_set = _labels({"bucket": confidence_bucket(score)}, labels)
     return [Sample(MetricType.CONFIDENCE, score, label_set, utc_timestamp(recorded_at))]
+
+
+def message_labels(actor: str, *, queue: str | None = None, **labels: object) -> LabelSet:
+    """The label set of a message's samples: ``actor`` and ``queue`` (if given) plus ``labels``."""
+    return _labels({"actor": actor, "queue": queue}, labels)
+
+
+def wait_time(
+    actor: str,
+    wait_ms: float,
+    *,
+    queue: str | None = None,
+    recorded_at: datetime | None = None,
+    **labels: object,
+) -> list[Sample]:
+    """One ``wait_time`` sample: a message of ``actor`` waited ``wait_ms`` milliseconds for a worker."""
+    value = check_measurement("wait_ms", wait_ms)
+    label_set = message_labels(actor, queue=queue, **labels)
+    return [Sample(MetricType.WAIT_TIME, value, label_set, utc_timestamp(recorded_at))]
+
+
+def skipped(
+    actor: str, *, queue: str | None = None, recorded_at: datetime | None = None, **labels: object
+) -> list[Sample]:
+    """One ``skipped`` sample (value 1): a message of ``actor`` was skipped by a middleware."""
+    return [Sample(MetricType.SKIPPED, 1.0, message_labels(actor, queue=queue, **labels), utc_timestamp(recorded_at))]
+
+
+def dropped_samples(count: int, *, recorded_at: datetime | None = None, **labels: object) -> list[Sample]:
+    """One ``dropped_samples`` sample: ``count`` samples were dropped because a buffer was full."""
+    value = check_count("count", count)
+    return [Sample(MetricType.DROPPED_SAMPLES, value, make_label_set(labels), utc_timestamp(recorded_at))]

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy.engine import URL
 
@@ -15,8 +13,8 @@ def url_text(url: URL) -> str:
 
 def test_migrate_upgrades_and_says_where(database_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["migrate", "--database-url", url_text(database_url)]) == 0
-    assert current_revision(database_url) == "0001"
-    assert "is at revision 0001" in capsys.readouterr().out
+    assert current_revision(database_url) == "0002"
+    assert "is at revision 0002" in capsys.readouterr().out
 
 
 def test_migrate_downgrade_to_base(sqlite_url: URL) -> None:
@@ -29,7 +27,7 @@ def test_migrate_reads_the_url_from_the_environment(sqlite_url: URL, monkeypatch
     monkeypatch.delenv("OPMETRICS_DATABASE_URL", raising=False)
     monkeypatch.setenv("DATABASE_URL", url_text(sqlite_url))
     assert main(["migrate"]) == 0
-    assert current_revision(sqlite_url) == "0001"
+    assert current_revision(sqlite_url) == "0002"
 
 
 def test_no_database_configured_is_one_clear_line(
@@ -50,14 +48,6 @@ def test_unreachable_database_is_one_line_without_the_password(capsys: pytest.Ca
     assert err.startswith("dramatiq-opmetrics: error: cannot reach the metrics database")
     assert err.count("\n") == 1
     assert "s3cret-pw" not in err
-
-
-def test_demo_migrates_records_and_prints_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"sqlite:///{tmp_path / 'demo.sqlite3'}"
-    assert main(["demo", "--database-url", url]) == 0
-    out = capsys.readouterr().out
-    assert "actor:send_email|queue:default" in out
-    assert "completion_tokens" in out
 
 
 def test_rollup_and_prune_report_what_they_did(sqlite_url: URL, capsys: pytest.CaptureFixture[str]) -> None:

@@ -80,9 +80,9 @@ def process_queue(broker: StubBroker) -> None:
 
 
 def test_the_actor_is_registered_on_its_own_queue_for_01_30_under_periodiq(
-    broker: StubBroker, opmetrics_caplog: pytest.LogCaptureFixture
+    broker: StubBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with opmetrics_caplog.at_level(logging.INFO, logger="dramatiq_opmetrics.periodic"):
+    with caplog.at_level(logging.INFO, logger="dramatiq_opmetrics.periodic"):
         actor = register_rollup_actor(broker, "sqlite:///unused.sqlite3")
     assert broker.get_actor(ROLLUP_ACTOR_NAME) is actor
     assert actor.queue_name == DEFAULT_ROLLUP_QUEUE == "opmetrics_rollup"
@@ -93,10 +93,7 @@ def test_the_actor_is_registered_on_its_own_queue_for_01_30_under_periodiq(
     assert not spec.validate(LOCAL_0130.add(minutes=1))
     assert spec.next_valid_date(LOCAL_0130) == LOCAL_0130.add(days=1)
     assert spec.next_valid_date(LOCAL_0130.subtract(hours=3)) == LOCAL_0130
-    assert (
-        "Registered actor opmetrics_rollup on queue opmetrics_rollup with schedule '30 1 * * *'"
-        in opmetrics_caplog.text
-    )
+    assert "Registered actor opmetrics_rollup on queue opmetrics_rollup with schedule '30 1 * * *'" in caplog.text
 
 
 def test_a_periodiq_middleware_already_on_the_broker_is_kept(broker: StubBroker) -> None:

@@ -96,12 +96,12 @@ def test_the_retention_is_configurable_and_checked(engine: Engine) -> None:
             prune(engine, now=NOW, retention_days=bad)  # type: ignore[arg-type]
 
 
-def test_each_prune_is_logged_with_what_was_removed(engine: Engine, opmetrics_caplog: pytest.LogCaptureFixture) -> None:
+def test_each_prune_is_logged_with_what_was_removed(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
     record(engine, days_ago(40))
     rollup(engine, now=NOW)
-    with opmetrics_caplog.at_level(logging.INFO, logger="dramatiq_opmetrics.retention"):
+    with caplog.at_level(logging.INFO, logger="dramatiq_opmetrics.retention"):
         [pruned] = prune(engine, now=NOW).pruned
-    [log] = [r for r in opmetrics_caplog.records if getattr(r, "event", None) == "prune_day"]
+    [log] = [r for r in caplog.records if getattr(r, "event", None) == "prune_day"]
     assert log.getMessage() == f"Removed raw rows of day {days_ago(40)}: rows=20 method={pruned.method}"
 
 

@@ -145,7 +145,7 @@ def test_two_rollups_at_once_give_no_duplicates_and_no_errors(engine: Engine) ->
 
 
 def test_a_day_whose_raw_rows_are_gone_is_never_rolled_up_again(
-    engine: Engine, opmetrics_caplog: pytest.LogCaptureFixture
+    engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
     record_day(engine, days_ago(40), count=200)
     rollup(engine, now=NOW)
@@ -154,11 +154,11 @@ def test_a_day_whose_raw_rows_are_gone_is_never_rolled_up_again(
         connection.execute(text("DELETE FROM operational_metrics"))
     # One sample arrives for the day after its raw rows were removed.
     insert_samples(engine, [(MetricType.PROCESSING_TIME, {"actor": "x"}, 1.0, at(days_ago(40), 60))])
-    with opmetrics_caplog.at_level(logging.WARNING, logger="dramatiq_opmetrics.rollup"):
+    with caplog.at_level(logging.WARNING, logger="dramatiq_opmetrics.rollup"):
         assert rollup(engine, now=NOW) == []
         assert rollup(engine, day=days_ago(40), now=NOW) == []
     assert daily_rows(engine) == before
-    assert "retention removed its raw rows" in opmetrics_caplog.text
+    assert "retention removed its raw rows" in caplog.text
 
 
 def test_a_day_that_is_not_complete_is_refused(engine: Engine) -> None:
@@ -169,12 +169,12 @@ def test_a_day_that_is_not_complete_is_refused(engine: Engine) -> None:
 
 
 def test_each_rolled_up_day_is_logged_with_rows_label_sets_and_duration(
-    engine: Engine, opmetrics_caplog: pytest.LogCaptureFixture
+    engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
     record_day(engine, days_ago(1), count=10)
-    with opmetrics_caplog.at_level(logging.INFO, logger="dramatiq_opmetrics.rollup"):
+    with caplog.at_level(logging.INFO, logger="dramatiq_opmetrics.rollup"):
         rollup(engine, now=NOW)
-    [record] = [r for r in opmetrics_caplog.records if getattr(r, "event", None) == "rollup_day"]
+    [record] = [r for r in caplog.records if getattr(r, "event", None) == "rollup_day"]
     assert record.getMessage().startswith(f"Rolled up day {days_ago(1)}: rows=10 label_sets=2 daily_rows=2 duration_s=")
     assert (record.day, record.rows, record.label_sets) == (days_ago(1).isoformat(), 10, 2)  # type: ignore[attr-defined]
 

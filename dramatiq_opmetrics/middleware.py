@@ -1,0 +1,343 @@
+"""``OpMetrics``: the Dramatiq middleware that measures every message a worker processes."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+from collections.abc import Sequence
+from time import perf_counter, time
+from typing import Any, Final
+
+import dramatiq
+from dramatiq.common import q_name
+from dramatiq.middleware import Middleware, Retries
+from sqlalchemy.engine import URL
+
+from . import samples
+from .buffer import DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_CAPACITY, SampleBuffer
+from .config import redact_url, resolve_setting
+from .database import make_engine
+from .metric_types import MetricType
+from .queue_depth import check_queue_names
+from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, QueueDepthSampler, check_interval_s
+from .recording import current_actor, set_default_target
+from .writer import (
+    DEFAULT_FLUSH_INTERVAL_S,
+    DEFAULT_MAX_RETRY_BACKOFF_S,
+    DEFAULT_SHUTDOWN_TIMEOUT_S,
+    DEFAULT_WARNING_INTERVAL_S,
+    BackgroundWriter,
+)
+
+#: Environment variable for ``flush_interval_s``.
+FLUSH_INTERVAL_ENV_VAR = "OPMETRICS_FLUSH_INTERVAL_S"
+#: Environment variable for ``batch_size``.
+BATCH_SIZE_ENV_VAR = "OPMETRICS_BATCH_SIZE"
+#: Environment variable for ``buffer_capacity``.
+BUFFER_CAPACITY_ENV_VAR = "OPMETRICS_BUFFER_CAPACITY"
+#: Environment variable for ``queue_depth_interval_s``.
+QUEUE_DEPTH_INTERVAL_ENV_VAR = "OPMETRICS_QUEUE_DEPTH_INTERVAL_S"
+#: The message option in which the worker notes when a delayed message became due (ms since the epoch).
+DUE_OPTION = "opmetrics_due_ms"
+#: ``outcome`` label of an error after which the message will run again.
+OUTCOME_RETRIED = "retried"
+#: ``outcome`` label of an error after which the message will not run again (dead-lettered, or no retries).
+OUTCOME_FINAL = "final"
+
+_SKIPPED = MetricType.SKIPPED.value
+
+logger = logging.getLogger(__name__)
+
+
+#: What the hooks remember about the message a worker thread is processing, a tuple because one is made per
+#: message: (target, actor, queue, message proxy, labels key, due_ms, started_s). Its first three items are
+#: what :mod:`~dramatiq_opmetrics.recording` reads.
+_InFlight = tuple[Any, str, str, Any, str, float, float]
+_MESSAGE: Final = 3
+_LABELS_KEY: Final = 4
+_DUE_MS: Final = 5
+_STARTED_S: Final = 6
+#: The cached labels of one (actor, queue): labels key (registered with the buffer), actor, canonical queue.
+_Labels = tuple[str, str, str]
+
+
+class _Failure:
+    """A failed attempt whose outcome (retried or final) is known only when the message is acked or nacked."""
+
+    __slots__ = ("error_type", "in_flight", "requeued")
+
+    def __init__(self, in_flight: _InFlight) -> None:
+        self.in_flight = in_flight
+        self.error_type: str | None = None
+        self.requeued = False
+
+
+class OpMetrics(Middleware):
+    """Measures every message a worker processes and stores the samples in the metrics database.
+
+    Add it to the broker in every process, web processes and workers alike::
+
+        from dramatiq_opmetrics import OpMetrics
+        broker.add_middleware(OpMetrics(database_url="postgresql+psycopg://app@db-host/app"))
+
+    For each message, labelled with ``actor`` and canonical ``queue`` (``default``, never ``default.DQ``):
+
+    - ``processing_time``: milliseconds the actor ran (monotonic clock), success or failure;
+    - ``wait_time``: milliseconds from when the message became due (sent, or for a delayed or retried
+      message the end of its delay) to a worker starting it;
+    - ``error``: one per failed attempt, labelled ``error_type`` (the exception class) and ``outcome``:
+      ``retried`` (it will run again) or ``final`` (dead-lettered, or not retried without ``Retries``);
+    - ``skipped``: one per message skipped by a middleware (``SkipMessage``, e.g. ``AgeLimit``, or a
+      message failed before its actor could run), which gets no processing or wait time.
+
+    Placement does not matter: when ``Retries`` sees a failure after this middleware (the usual case,
+    ``add_middleware`` appends, and ``emit_after`` runs middleware in reverse order), the error is recorded
+    once ``Retries`` has decided: when it enqueues the message again (``retried``) or the message is
+    rejected (``final``). Each failed attempt is counted once. Inside actors,
+    :func:`~dramatiq_opmetrics.record_token_usage` and :func:`~dramatiq_opmetrics.record_confidence` add
+    samples labelled with the current actor and queue.
+
+    The hooks never touch the database: samples go into a bounded in-memory buffer
+    (:attr:`buffer`) that a background thread per worker process writes in batches (COPY on PostgreSQL).
+    The thread and its connection are made when a worker boots (``dramatiq`` command or a ``Worker``
+    started from code), so a process that only sends messages starts no thread and opens no connection.
+    Stopping the worker (SIGTERM, SIGINT, ``Worker.stop()``) writes everything buffered. While the database
+    is down, batches are kept and retried with backoff; a full buffer drops new samples, counts them, warns
+    once per ``warning_interval_s`` and records the count as ``dropped_samples`` once the database is back.
+    Background samplers can add their samples with ``buffer.add_many``.
+
+    Parameters:
+      database_url(str | URL | None): the metrics database (SQLAlchemy URL; ``postgresql://`` uses psycopg
+        3); default ``$OPMETRICS_DATABASE_URL``, then ``$DATABASE_URL``. Its password never appears in
+        logs or reprs.
+      flush_interval_s(float | None): seconds between writes; default ``$OPMETRICS_FLUSH_INTERVAL_S``, else
+        :data:`~dramatiq_opmetrics.writer.DEFAULT_FLUSH_INTERVAL_S` (1 s).
+      batch_size(int | None): buffer entries per write (a processed message is one entry: its wait and
+        processing time); a full batch is written at once; default ``$OPMETRICS_BATCH_SIZE``, else
+        :data:`~dramatiq_opmetrics.buffer.DEFAULT_BATCH_SIZE` (5,000).
+      buffer_capacity(int | None): most entries held per process (at most about 170 bytes each) before new
+        samples are dropped; default ``$OPMETRICS_BUFFER_CAPACITY``, else
+        :data:`~dramatiq_opmetrics.buffer.DEFAULT_BUFFER_CAPACITY` (100,000).
+      max_retry_backoff_s(float): longest wait between write attempts while the database is down; default
+        30 s.
+      warning_interval_s(float): at most one warning about dropped samples per this many seconds; default
+        30 s.
+      shutdown_timeout_s(float): how long a stopping worker keeps trying to write what is buffered;
+        default 10 s.
+      queue_depth_interval_s(float | None): seconds between queue depth samples, taken by one worker process
+        of the whole fleet per interval (:class:`~dramatiq_opmetrics.QueueDepthSampler`); 0 turns sampling
+        off; default ``$OPMETRICS_QUEUE_DEPTH_INTERVAL_S``, else
+        :data:`~dramatiq_opmetrics.queue_depth_sampler.DEFAULT_QUEUE_DEPTH_INTERVAL_S` (15 s).
+      queues(sequence of str): queues whose depth is sampled besides the broker's declared ones.
+
+    Raises:
+      ConfigurationError: if no database URL is given or set, or an environment variable is not a number.
+      ValueError: if a setting is out of range (not positive).
+    """
+
+    def __init__(
+        self,
+        database_url: str | URL | None = None,
+        *,
+        flush_interval_s: float | None = None,
+        batch_size: int | None = None,
+        buffer_capacity: int | None = None,
+        max_retry_backoff_s: float = DEFAULT_MAX_RETRY_BACKOFF_S,
+        warning_interval_s: float = DEFAULT_WARNING_INTERVAL_S,
+        shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+        queue_depth_interval_s: float | None = None,
+        queues: Sequence[str] = (),
+    ) -> None:
+        #: The in-process buffer of samples waiting to be written (``buffer.add_many`` takes samples).
+        self.buffer = SampleBuffer(
+            capacity=resolve_setting(buffer_capacity, BUFFER_CAPACITY_ENV_VAR, DEFAULT_BUFFER_CAPACITY, int),
+            batch_size=resolve_setting(batch_size, BATCH_SIZE_ENV_VAR, DEFAULT_BATCH_SIZE, int),
+        )
+        #: The writer that drains :attr:`buffer` from a background thread.
+        self.writer = BackgroundWriter(
+            database_url,
+            self.buffer,
+            flush_interval_s=resolve_setting(flush_interval_s, FLUSH_INTERVAL_ENV_VAR, DEFAULT_FLUSH_INTERVAL_S, float),
+            max_retry_backoff_s=max_retry_backoff_s,
+            warning_interval_s=warning_interval_s,
+            shutdown_timeout_s=shutdown_timeout_s,
+        )
+        self._label_sets: dict[str, dict[str, _Labels | None]] = {}
+        self._exit_flush_pid = 0
+        interval_s = resolve_setting(
+            queue_depth_interval_s, QUEUE_DEPTH_INTERVAL_ENV_VAR, DEFAULT_QUEUE_DEPTH_INTERVAL_S, float
+        )
+        #: Seconds between queue depth samples (0: not sampled).
+        self.queue_depth_interval_s = 0.0 if interval_s == 0 else check_interval_s(interval_s)
+        #: Queues sampled besides the broker's declared ones.
+        self.queues = check_queue_names(queues)
+        #: This worker process's queue depth sampler, made when the worker boots.
+        self.queue_depth_sampler: QueueDepthSampler | None = None
+        set_default_target(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"OpMetrics(database_url={redact_url(self.writer.database_url)!r},"
+            f" flush_interval_s={self.writer.flush_interval_s!r}, batch_size={self.buffer.batch_size!r},"
+            f" buffer_capacity={self.buffer.capacity!r})"
+        )
+
+    def add_samples(self, new_samples: Sequence[samples.Sample]) -> None:
+        """Buffer ``new_samples`` for writing, starting the writer in a process that is not a worker."""
+        self.buffer.add_many(new_samples)
+        if not self.writer.running:
+            self._start_outside_worker()
+
+    def _start_outside_worker(self) -> None:
+        self.writer.start()
+        if self._exit_flush_pid != os.getpid():
+            self._exit_flush_pid = os.getpid()
+            atexit.register(self.writer.stop)
+
+    # Worker lifecycle: one writer thread per worker process, made after any fork.
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Start this process's writer thread and queue depth sampler."""
+        self.writer.start()
+        if self.queue_depth_interval_s:
+            self.queue_depth_sampler = QueueDepthSampler(
+                broker,
+                self.buffer.add_many,
+                interval_s=self.queue_depth_interval_s,
+                queues=self.queues,
+                engine=make_engine(self.writer.database_url),  # claims intervals on brokers other than Redis
+            )
+            self.queue_depth_sampler.start()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Stop the queue depth sampler, write everything buffered and stop the writer thread."""
+        sampler, self.queue_depth_sampler = self.queue_depth_sampler, None
+        if sampler is not None:
+            sampler.stop()
+            if sampler.engine is not None:
+                sampler.engine.dispose()
+        self.writer.stop()
+
+    # The hot path: no I/O, no locks, one cached label set per (actor, queue).
+
+    def before_delay_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        """Note when a delayed (or retried) message becomes due, for its wait time."""
+        inner = getattr(message, "_message", message)
+        inner.options[DUE_OPTION] = inner.options.get("eta")
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        """Start the clocks of ``message`` and make its actor and queue the context of recordings."""
+        inner = getattr(message, "_message", message)
+        actor_name = inner.actor_name
+        try:
+            labels = self._label_sets[actor_name][inner.queue_name]
+        except KeyError:
+            labels = self._labels_of(actor_name, inner.queue_name)
+        if labels is None:
+            return
+        due_ms = inner.options.get(DUE_OPTION) or inner.message_timestamp
+        current_actor.set((self, labels[1], labels[2], message, labels[0], due_ms, perf_counter()))
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: Any,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """Record processing and wait time; remember a failure until its outcome is known."""
+        ended_s = perf_counter()
+        context = current_actor.get()
+        failure = None
+        if type(context) is not tuple:
+            if type(context) is not _Failure:
+                return
+            failure = context
+            context = failure.in_flight
+        if context[_MESSAGE] is not message:
+            # Our before hook did not run for it: a middleware failed before the actor could run.
+            return
+        if exception is None:
+            current_actor.set(None)
+            if message.failed:
+                # A middleware failed the message before the actor could run: the worker skipped it.
+                self.buffer.append((_SKIPPED, 1.0, context[_LABELS_KEY], time()))
+                return
+        # The writer turns these clock readings into the wait and processing times.
+        self.buffer.append_message((None, context[_LABELS_KEY], context[_DUE_MS], context[_STARTED_S], ended_s))
+        if exception is None:
+            return
+        if failure is None:
+            failure = _Failure(context)
+            current_actor.set(failure)
+        failure.error_type = type(exception).__name__
+        if failure.requeued:
+            self._record_failure(failure, OUTCOME_RETRIED)
+        elif message.failed or not self._retries_still_to_run(broker):
+            self._record_failure(failure, OUTCOME_FINAL)
+        # Otherwise Retries decides after us: after_enqueue (retried) or before_nack (final) records it.
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        """Count a skipped message (it gets no processing or wait time)."""
+        if current_actor.get() is not None:
+            current_actor.set(None)
+        inner = getattr(message, "_message", message)
+        try:
+            labels = self._label_sets[inner.actor_name][inner.queue_name]
+        except KeyError:
+            labels = self._labels_of(inner.actor_name, inner.queue_name)
+        if labels is not None:
+            self.buffer.append((_SKIPPED, 1.0, labels[0], time()))
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None) -> None:
+        """Record a failure as retried when ``Retries`` enqueues the message being processed again."""
+        context = current_actor.get()
+        if context is None:
+            return
+        failure = context if type(context) is _Failure else None
+        in_flight = failure.in_flight if failure is not None else context
+        if type(in_flight) is not tuple or in_flight[0] is not self:
+            return
+        if getattr(in_flight[_MESSAGE], "message_id", None) != message.message_id:
+            return
+        if failure is None:
+            # Retries runs before our after_process_message when it comes later in the middleware list.
+            failure = _Failure(in_flight)
+            current_actor.set(failure)
+        failure.requeued = True
+        if failure.error_type is not None:
+            self._record_failure(failure, OUTCOME_RETRIED)
+
+    def before_nack(self, broker: dramatiq.Broker, message: Any) -> None:
+        """Record a failure as final when its message is rejected (dead-lettered)."""
+        context = current_actor.get()
+        if type(context) is _Failure and context.in_flight[_MESSAGE] is message and context.error_type is not None:
+            self._record_failure(context, OUTCOME_FINAL)
+
+    def _retries_still_to_run(self, broker: dramatiq.Broker) -> bool:
+        """Whether a ``Retries`` middleware sees failures after this one (it comes earlier in the list)."""
+        for middleware in broker.middleware:
+            if middleware is self:
+                return False
+            if isinstance(middleware, Retries):
+                return True
+        return False
+
+    def _record_failure(self, failure: _Failure, outcome: str) -> None:
+        current_actor.set(None)
+        assert failure.error_type is not None
+        _, actor, queue = failure.in_flight[:3]
+        self.buffer.add_many(samples.error(actor, failure.error_type, queue=queue, outcome=outcome))
+
+    def _labels_of(self, actor: str, queue_name: str) -> _Labels | None:
+        queue = q_name(queue_name)
+        try:
+            label_set = samples.message_labels(actor, queue=queue)
+            labels: _Labels | None = (self.buffer.register_label_set(label_set), actor, queue)
+        except ValueError as error:
+            logger.error("Not measuring messages of actor %r on queue %r: %s.", actor, queue_name, error)
+            labels = None
+        self._label_sets.setdefault(actor, {})[queue_name] = labels
+        return labels

@@ -1,0 +1,430 @@
+"""The OpMetrics middleware on real brokers and real ``dramatiq.Worker`` threads, writing to PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import dramatiq
+import pytest
+import redis
+from conftest import RABBITMQ_URL, REDIS_URL
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AgeLimit, Retries
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
+from tcp_proxy import TcpProxy, free_port
+
+from dramatiq_opmetrics import ConfigurationError, OpMetrics
+from dramatiq_opmetrics.database import make_engine
+from dramatiq_opmetrics.migrate import upgrade
+
+pytestmark = pytest.mark.postgres
+
+
+def rows(engine: Engine) -> Counter[tuple[str, str]]:
+    """How many raw rows per (metric_type, labels_key)."""
+    with engine.connect() as connection:
+        result = connection.execute(
+            text(
+                "SELECT m.metric_type::text, l.labels_key, count(*) FROM operational_metrics m"
+                " JOIN opmetrics_label_sets l ON l.id = m.label_set_id GROUP BY 1, 2"
+            )
+        )
+        return Counter({(metric_type, key): n for metric_type, key, n in result})
+
+
+def values(engine: Engine, metric_type: str, labels_key: str) -> list[float]:
+    with engine.connect() as connection:
+        result = connection.execute(
+            text(
+                "SELECT m.value FROM operational_metrics m JOIN opmetrics_label_sets l ON l.id = m.label_set_id"
+                " WHERE m.metric_type::text = :type AND l.labels_key = :key ORDER BY m.id"
+            ),
+            {"type": metric_type, "key": labels_key},
+        )
+        return [value for (value,) in result]
+
+
+def make_stub_broker(opmetrics: OpMetrics, *, before: type[dramatiq.Middleware] | None = None) -> StubBroker:
+    broker = StubBroker()
+    broker.add_middleware(opmetrics, before=before)
+    for middleware in broker.middleware:
+        if isinstance(middleware, Retries):
+            middleware.min_backoff, middleware.max_backoff = 10, 20
+    broker.emit_after("process_boot")
+    return broker
+
+
+def run_worker(broker: dramatiq.Broker, *queues: str) -> None:
+    """Process everything on ``queues`` with a real Worker, then stop it (which flushes the metrics)."""
+    worker = dramatiq.Worker(broker, worker_timeout=20, worker_threads=2)
+    worker.start()
+    try:
+        for queue in queues:
+            broker.join(queue, fail_fast=False)  # type: ignore[attr-defined]
+        worker.join()
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def opmetrics(postgres_engine: Engine, postgres_url: URL) -> OpMetrics:
+    return OpMetrics(postgres_url, flush_interval_s=3600)
+
+
+MESSAGE_LABELS = "actor:{actor}|queue:{queue}"
+
+
+def test_every_processed_message_gets_a_processing_time_and_a_wait_time(
+    opmetrics: OpMetrics, postgres_engine: Engine
+) -> None:
+    broker = make_stub_broker(opmetrics)
+
+    @dramatiq.actor(broker=broker, queue_name="emails")
+    def send_email(duration_s: float) -> None:
+        time.sleep(duration_s)
+
+    for _ in range(5):
+        send_email.send(0.0)
+    send_email.send(0.05)
+    run_worker(broker, "emails")
+    key = "actor:send_email|queue:emails"
+    assert rows(postgres_engine) == Counter({("processing_time", key): 6, ("wait_time", key): 6})
+    durations = values(postgres_engine, "processing_time", key)
+    assert max(durations) >= 50.0
+    assert all(0.0 <= d < 50.0 for d in sorted(durations)[:5])
+    assert all(w >= 0.0 for w in values(postgres_engine, "wait_time", key))
+
+
+@pytest.mark.parametrize("placement", ["after Retries (appended)", "before Retries"])
+def test_errors_are_retried_once_per_retry_and_final_when_dead_lettered_wherever_the_middleware_is(
+    postgres_engine: Engine, postgres_url: URL, placement: str
+) -> None:
+    opmetrics = OpMetrics(postgres_url, flush_interval_s=3600)
+    broker = make_stub_broker(opmetrics, before=Retries if placement == "before Retries" else None)
+
+    @dramatiq.actor(broker=broker, max_retries=2)
+    def doomed() -> None:
+        raise KeyError("nope")
+
+    @dramatiq.actor(broker=broker, throws=(ValueError,))
+    def refuses() -> None:
+        raise ValueError("expected")
+
+    doomed.send()
+    refuses.send()
+    run_worker(broker, "default")
+    assert rows(postgres_engine) == Counter(
+        {
+            ("processing_time", "actor:doomed|queue:default"): 3,
+            ("wait_time", "actor:doomed|queue:default"): 3,
+            ("error", "actor:doomed|error_type:KeyError|outcome:retried|queue:default"): 2,
+            ("error", "actor:doomed|error_type:KeyError|outcome:final|queue:default"): 1,
+            ("processing_time", "actor:refuses|queue:default"): 1,
+            ("wait_time", "actor:refuses|queue:default"): 1,
+            ("error", "actor:refuses|error_type:ValueError|outcome:final|queue:default"): 1,
+        }
+    )
+    assert len(broker.dead_letters) == 2
+
+
+def test_without_the_retries_middleware_an_error_is_final(opmetrics: OpMetrics, postgres_engine: Engine) -> None:
+    broker = StubBroker(middleware=[opmetrics])
+    broker.emit_after("process_boot")
+
+    @dramatiq.actor(broker=broker)
+    def fails() -> None:
+        raise RuntimeError("once")
+
+    fails.send()
+    run_worker(broker, "default")
+    assert rows(postgres_engine)[("error", "actor:fails|error_type:RuntimeError|outcome:final|queue:default")] == 1
+
+
+def test_an_actor_that_succeeds_after_a_retry_has_one_retried_error(
+    opmetrics: OpMetrics, postgres_engine: Engine
+) -> None:
+    broker = make_stub_broker(opmetrics)
+    attempts = Counter[str]()
+
+    @dramatiq.actor(broker=broker)
+    def flaky() -> None:
+        attempts["flaky"] += 1
+        if attempts["flaky"] == 1:
+            raise ConnectionError("first attempt")
+
+    flaky.send()
+    run_worker(broker, "default")
+    assert rows(postgres_engine) == Counter(
+        {
+            ("processing_time", "actor:flaky|queue:default"): 2,
+            ("wait_time", "actor:flaky|queue:default"): 2,
+            ("error", "actor:flaky|error_type:ConnectionError|outcome:retried|queue:default"): 1,
+        }
+    )
+
+
+@pytest.mark.parametrize("placement", ["after AgeLimit (appended)", "before AgeLimit"])
+def test_a_skipped_message_is_counted_as_skipped_and_gets_no_processing_time(
+    postgres_engine: Engine, postgres_url: URL, placement: str
+) -> None:
+    opmetrics = OpMetrics(postgres_url, flush_interval_s=3600)
+    broker = make_stub_broker(opmetrics, before=AgeLimit if placement == "before AgeLimit" else None)
+    ran = []
+
+    @dramatiq.actor(broker=broker)
+    def too_late() -> None:
+        ran.append(1)
+
+    too_late.send_with_options(max_age=1)
+    time.sleep(0.01)
+    run_worker(broker, "default")
+    assert ran == []
+    assert rows(postgres_engine) == Counter({("skipped", "actor:too_late|queue:default"): 1})
+
+
+def test_a_message_failed_by_a_middleware_before_its_actor_ran_is_skipped(
+    opmetrics: OpMetrics, postgres_engine: Engine
+) -> None:
+    class Reject(dramatiq.Middleware):
+        def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+            message.fail()
+
+    broker = make_stub_broker(opmetrics)
+    broker.add_middleware(Reject())
+    ran = []
+
+    @dramatiq.actor(broker=broker)
+    def rejected() -> None:
+        ran.append(1)
+
+    rejected.send()
+    run_worker(broker, "default")
+    assert ran == []
+    assert rows(postgres_engine) == Counter({("skipped", "actor:rejected|queue:default"): 1})
+
+
+def test_wait_time_counts_from_when_a_delayed_message_became_due_and_queues_are_canonical(
+    opmetrics: OpMetrics, postgres_engine: Engine
+) -> None:
+    broker = make_stub_broker(opmetrics)
+
+    @dramatiq.actor(broker=broker, queue_name="reports")
+    def report() -> None:
+        pass
+
+    report.send_with_options(delay=1_500)
+    report.send()
+    time.sleep(0.5)  # the immediate message waits for the worker to start
+    run_worker(broker, "reports")
+    key = "actor:report|queue:reports"
+    assert set(rows(postgres_engine)) == {("processing_time", key), ("wait_time", key)}
+    waits = sorted(values(postgres_engine, "wait_time", key))
+    assert len(waits) == 2
+    assert waits[1] >= 500.0  # waited in the queue for the worker
+    assert waits[0] < 1_000.0  # due after 1.5 s, started soon after: the delay is not waiting
+
+
+def test_stopping_the_worker_writes_everything_and_a_worker_can_start_again(
+    opmetrics: OpMetrics, postgres_engine: Engine
+) -> None:
+    broker = make_stub_broker(opmetrics)
+
+    @dramatiq.actor(broker=broker)
+    def noop() -> None:
+        pass
+
+    for _ in range(10):
+        noop.send()
+    run_worker(broker, "default")
+    assert not opmetrics.writer.running
+    assert sum(rows(postgres_engine).values()) == 20
+    noop.send()
+    run_worker(broker, "default")
+    assert sum(rows(postgres_engine).values()) == 22
+
+
+def test_a_process_that_only_sends_messages_starts_no_thread_and_opens_no_connection() -> None:
+    unreachable = f"postgresql+psycopg://app:s3cret@127.0.0.1:{free_port()}/app"
+    opmetrics = OpMetrics(unreachable)
+    broker = make_stub_broker(opmetrics)
+
+    @dramatiq.actor(broker=broker)
+    def task(n: int) -> None:
+        pass
+
+    threads_before = {t.name for t in threading.enumerate()}
+    for n in range(100):
+        task.send(n)
+    task.send_with_options(args=(1,), delay=10_000)
+    assert broker.queues["default"].qsize() == 100
+    assert not opmetrics.writer.running
+    assert opmetrics.writer._engine is None
+    assert {t.name for t in threading.enumerate()} - threads_before == set()
+    assert len(opmetrics.buffer) == 0
+
+
+def test_the_repr_never_shows_the_password() -> None:
+    opmetrics = OpMetrics("postgresql://app:s3cret@db.example/app")
+    assert "s3cret" not in repr(opmetrics)
+    assert "app:***@db.example" in repr(opmetrics)
+
+
+def test_settings_fall_back_to_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPMETRICS_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db.example/app")
+    monkeypatch.setenv("OPMETRICS_FLUSH_INTERVAL_S", "2.5")
+    monkeypatch.setenv("OPMETRICS_BATCH_SIZE", "700")
+    monkeypatch.setenv("OPMETRICS_BUFFER_CAPACITY", "9000")
+    opmetrics = OpMetrics()
+    assert opmetrics.writer.database_url.render_as_string() == "postgresql+psycopg://app@db.example/app"
+    assert opmetrics.writer.flush_interval_s == 2.5
+    assert (opmetrics.buffer.batch_size, opmetrics.buffer.capacity) == (700, 9000)
+    explicit = OpMetrics("sqlite:///x.sqlite3", flush_interval_s=0.5, batch_size=10, buffer_capacity=20)
+    assert (explicit.writer.flush_interval_s, explicit.buffer.batch_size, explicit.buffer.capacity) == (0.5, 10, 20)
+
+
+def test_a_bad_setting_is_refused_with_a_message_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPMETRICS_DATABASE_URL", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with pytest.raises(ConfigurationError, match="OPMETRICS_DATABASE_URL"):
+        OpMetrics()
+    monkeypatch.setenv("OPMETRICS_BATCH_SIZE", "many")
+    with pytest.raises(ConfigurationError, match="OPMETRICS_BATCH_SIZE must be a number"):
+        OpMetrics("sqlite:///x.sqlite3")
+    monkeypatch.delenv("OPMETRICS_BATCH_SIZE")
+    with pytest.raises(ValueError, match="capacity must be a positive integer"):
+        OpMetrics("sqlite:///x.sqlite3", buffer_capacity=0)
+
+
+# The database goes away while messages flow (Done when: "every message still succeeds and every sample lands").
+
+
+@pytest.fixture
+def redis_namespace() -> Iterator[str]:
+    namespace = f"opmetrics-test-{uuid.uuid4().hex[:10]}"
+    yield namespace
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{namespace}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.mark.slow
+def test_messages_keep_flowing_while_the_database_is_unreachable_and_every_sample_lands_when_it_is_back(
+    postgres_url: URL, postgres_engine: Engine, redis_namespace: str
+) -> None:
+    proxy = TcpProxy(5432)
+    proxy.start()
+    opmetrics = OpMetrics(
+        postgres_url.set(port=proxy.port), flush_interval_s=0.1, max_retry_backoff_s=0.3, buffer_capacity=10_000
+    )
+    broker = RedisBroker(url=REDIS_URL, namespace=redis_namespace)
+    broker.add_middleware(opmetrics)
+    broker.emit_after("process_boot")
+    done = threading.Semaphore(0)
+
+    @dramatiq.actor(broker=broker, max_retries=0)
+    def work(n: int) -> None:
+        done.release()
+
+    def send_and_wait(count: int, timeout_s: float = 30.0) -> float:
+        started = time.monotonic()
+        for n in range(count):
+            work.send(n)
+        for _ in range(count):
+            assert done.acquire(timeout=timeout_s), "a message was not processed in time"
+        return time.monotonic() - started
+
+    worker = dramatiq.Worker(broker, worker_timeout=20, worker_threads=4)
+    worker.start()
+    try:
+        send_and_wait(50)
+        proxy.stop()  # PostgreSQL is unreachable for the writer from now on
+        send_and_wait(300)
+        time.sleep(1.0)  # several failed flushes
+        assert len(opmetrics.buffer) >= 300  # one entry per message: its wait and processing time
+        assert rows(postgres_engine)[("processing_time", "actor:work|queue:default")] < 350
+        proxy.start()
+        send_and_wait(50)
+        assert opmetrics.writer.flush(timeout_s=30)
+    finally:
+        worker.stop()
+        broker.close()
+        proxy.stop()
+    assert rows(postgres_engine) == Counter(
+        {("processing_time", "actor:work|queue:default"): 400, ("wait_time", "actor:work|queue:default"): 400}
+    )
+    assert opmetrics.buffer.dropped_total == 0
+    # Every message succeeded: no error samples above, and none was dead-lettered.
+    assert redis.Redis.from_url(REDIS_URL).zcard(f"{redis_namespace}:default.XQ") == 0
+
+
+def test_on_rabbitmq_retries_and_delayed_messages_are_measured_the_same_way(
+    opmetrics: OpMetrics, postgres_engine: Engine
+) -> None:
+    broker = RabbitmqBroker(url=RABBITMQ_URL)
+    broker.add_middleware(opmetrics)
+    queue = f"opmetrics_test_{uuid.uuid4().hex[:10]}"
+    attempts: list[int] = []
+    done = threading.Semaphore(0)
+
+    @dramatiq.actor(broker=broker, queue_name=queue, min_backoff=10, max_backoff=20)
+    def flaky() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("first attempt")
+        done.release()
+
+    @dramatiq.actor(broker=broker, queue_name=queue)
+    def later() -> None:
+        done.release()
+
+    worker = dramatiq.Worker(broker, worker_timeout=100, worker_threads=2)
+    try:
+        flaky.send()
+        later.send_with_options(delay=1_500)
+        worker.start()
+        assert done.acquire(timeout=30) and done.acquire(timeout=30)
+    finally:
+        worker.stop()
+        for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+            broker.channel.queue_delete(name)
+        broker.close()
+    flaky_key, later_key = f"actor:flaky|queue:{queue}", f"actor:later|queue:{queue}"
+    assert rows(postgres_engine) == Counter(
+        {
+            ("processing_time", flaky_key): 2,
+            ("wait_time", flaky_key): 2,
+            ("error", f"actor:flaky|error_type:RuntimeError|outcome:retried|queue:{queue}"): 1,
+            ("processing_time", later_key): 1,
+            ("wait_time", later_key): 1,
+        }
+    )
+    assert values(postgres_engine, "wait_time", later_key)[0] < 1_000.0
+
+
+def test_the_middleware_works_on_a_sqlite_database(sqlite_url: URL) -> None:
+    upgrade(sqlite_url)
+    opmetrics = OpMetrics(sqlite_url, flush_interval_s=3600)
+    broker = make_stub_broker(opmetrics)
+
+    @dramatiq.actor(broker=broker)
+    def noop() -> None:
+        pass
+
+    noop.send()
+    run_worker(broker, "default")
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM operational_metrics")).scalar_one() == 2
+    finally:
+        engine.dispose()
