@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -199,6 +200,37 @@ def _sample_queues(args: argparse.Namespace) -> int:
     )
 
 
+def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_database_url(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8070, help="TCP port (default: 8070)")
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host reachable from other machines; needs $OPMETRICS_DASHBOARD_TOKEN (bearer token)"
+        " or $OPMETRICS_DASHBOARD_USER and $OPMETRICS_DASHBOARD_PASSWORD (basic auth)",
+    )
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    try:
+        from .dashboard import create_app, serve
+    except ImportError as error:
+        raise ConfigurationError(
+            f"the dashboard needs its extra ({error.name} is missing): pip install 'dramatiq-opmetrics[dashboard]'"
+        ) from None
+    user, password = os.environ.get("OPMETRICS_DASHBOARD_USER"), os.environ.get("OPMETRICS_DASHBOARD_PASSWORD")
+    if bool(user) != bool(password):
+        raise ConfigurationError("set both OPMETRICS_DASHBOARD_USER and OPMETRICS_DASHBOARD_PASSWORD, or neither")
+    app = create_app(
+        resolve_database_url(args.database_url),
+        bearer_token=os.environ.get("OPMETRICS_DASHBOARD_TOKEN") or None,
+        basic_auth=(user, password) if user and password else None,
+    )
+    serve(app, args.host, args.port, allow_remote=args.allow_remote)
+    return 0
+
+
 #: The subcommands, in the order ``--help`` lists them.
 COMMANDS: list[Command] = [
     ("migrate", "create or upgrade the metrics tables", _migrate_arguments, _migrate),
@@ -212,6 +244,7 @@ COMMANDS: list[Command] = [
         _sample_queues_arguments,
         _sample_queues,
     ),
+    ("dashboard", "serve the read-only web dashboard", _dashboard_arguments, _dashboard),
 ]
 
 

@@ -1,0 +1,301 @@
+"""The dashboard as a WSGI application: routing, authentication, HTML rendering and static files.
+
+The pages are rendered on the server with Jinja2 (autoescaping on, so a label such as ``<script>`` shows
+as text); each page's chart data travels as JSON in a non-executable ``<script type="application/json">``
+element and is drawn by the vendored uPlot chart library. A strict Content-Security-Policy allows scripts
+from the dashboard's own static folder only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import math
+from collections.abc import Callable, Iterable
+from importlib import resources
+from typing import Any
+from urllib.parse import urlencode
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
+from werkzeug.datastructures import WWWAuthenticate
+from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, NotFound, Unauthorized
+from werkzeug.routing import Map, Rule
+from werkzeug.utils import send_from_directory
+from werkzeug.wrappers import Request, Response
+
+from ..database import make_engine
+from .data import (
+    CONFIDENCE_GROUPS,
+    DEFAULT_DEPTH_WINDOW_HOURS,
+    DEFAULT_OVERVIEW_SORT,
+    DEFAULT_RANGE_DAYS,
+    DEPTH_WINDOW_HOURS,
+    OVERVIEW_SORTS,
+    RANGE_DAYS,
+    DashboardData,
+)
+
+#: Headers sent with every response: no third-party scripts, no framing, no sniffing, no referrer.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:;"
+        " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+#: What a number that is not known shows as (an en dash).
+DASH = "\u2013"
+#: The realm named in a basic-auth challenge.
+AUTH_REALM = "dramatiq-opmetrics"
+
+_STATIC = resources.files(__package__) / "static"
+
+
+class DashboardApp:
+    """The read-only dashboard, a WSGI application; serve it or mount it in your own web application.
+
+    Create it with :func:`create_app`. Views: ``/`` (overview), ``/actor`` (one actor), ``/queues``,
+    ``/tokens`` and ``/confidence``; each takes ``days`` (7, 30, 90 or 365; today is always included).
+
+    Parameters:
+      data(DashboardData): the queries behind the views.
+      bearer_token(str | None): when set, requests must send ``Authorization: Bearer <token>``.
+      basic_auth(tuple[str, str] | None): when set, requests may instead send these basic-auth credentials
+        (user name, password); browsers ask for them.
+    """
+
+    def __init__(
+        self,
+        data: DashboardData,
+        *,
+        bearer_token: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
+    ) -> None:
+        self.data = data
+        self.bearer_token = bearer_token or None
+        self.basic_auth = basic_auth if basic_auth and all(basic_auth) else None
+        self.templates = Environment(
+            loader=PackageLoader(__package__ or "dramatiq_opmetrics.dashboard", "templates"),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.templates.filters.update(ms=format_ms, percent=format_percent, count=format_count)
+        self.url_map = Map(
+            [
+                Rule("/", endpoint="overview"),
+                Rule("/actor", endpoint="actor"),
+                Rule("/queues", endpoint="queues"),
+                Rule("/tokens", endpoint="tokens"),
+                Rule("/confidence", endpoint="confidence"),
+                Rule("/static/<path:filename>", endpoint="static"),
+            ],
+            strict_slashes=False,
+        )
+
+    @property
+    def requires_auth(self) -> bool:
+        """Whether requests must authenticate (a bearer token or basic-auth credentials are set)."""
+        return self.bearer_token is not None or self.basic_auth is not None
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        request = Request(environ)
+        try:
+            self._authenticate(request)
+            endpoint, arguments = self.url_map.bind_to_environ(environ).match()
+            if request.method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(valid_methods=["GET", "HEAD"], description="the dashboard is read-only")
+            response = getattr(self, f"_{endpoint}")(request, **arguments)
+        except HTTPException as error:
+            response = self._error_page(request, error)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response(environ, start_response)  # type: ignore[no-any-return]
+
+    # -- authentication -------------------------------------------------------------------------------------
+
+    def _authenticate(self, request: Request) -> None:
+        if not self.requires_auth:
+            return
+        header = request.headers.get("Authorization", "")
+        scheme, _, credentials = header.partition(" ")
+        if self.bearer_token and scheme.lower() == "bearer" and _same(credentials.strip(), self.bearer_token):
+            return
+        if self.basic_auth and scheme.lower() == "basic":
+            try:
+                user, _, password = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                user, password = "", ""
+            # Both compared, always, so that timing does not tell which one was wrong.
+            user_ok = _same(user, self.basic_auth[0])
+            if _same(password, self.basic_auth[1]) and user_ok:
+                return
+        scheme = "basic" if self.basic_auth else "bearer"
+        raise Unauthorized(www_authenticate=WWWAuthenticate(scheme, {"realm": AUTH_REALM}))
+
+    # -- views ----------------------------------------------------------------------------------------------
+
+    def _overview(self, request: Request) -> Response:
+        sort = request.args.get("sort", DEFAULT_OVERVIEW_SORT)
+        descending = request.args.get("order", "desc") != "asc"
+        view = self._call(
+            self.data.overview,
+            _days(request),
+            queue=request.args.get("queue") or None,
+            sort=sort,
+            descending=descending,
+        )
+        charts = {"x": view["x"], "rows": [row["trend"] for row in view["rows"]]}
+        return self._page(request, "overview.html", "Overview", view, charts)
+
+    def _actor(self, request: Request) -> Response:
+        actor = request.args.get("actor")
+        if not actor:
+            raise BadRequest("which actor? pass ?actor=NAME")
+        view = self._call(self.data.actor, actor, request.args.get("queue") or None, _days(request))
+        return self._page(request, "actor.html", f"Actor {actor}", view, view["charts"])
+
+    def _queues(self, request: Request) -> Response:
+        hours = _int_arg(request, "hours", DEFAULT_DEPTH_WINDOW_HOURS)
+        view = self._call(self.data.queues, _days(request), hours, queue=request.args.get("queue") or None)
+        view["hour_choices"] = DEPTH_WINDOW_HOURS
+        return self._page(request, "queues.html", "Queues", view, view["charts"])
+
+    def _tokens(self, request: Request) -> Response:
+        view = self._call(self.data.tokens, _days(request), model=request.args.get("model") or None)
+        return self._page(request, "tokens.html", "Token usage", view, view["charts"])
+
+    def _confidence(self, request: Request) -> Response:
+        by = request.args.get("by", CONFIDENCE_GROUPS[0])
+        view = self._call(self.data.confidence, _days(request), by=by, value=request.args.get("value") or None)
+        return self._page(request, "confidence.html", "Confidence", view, view["charts"])
+
+    def _static(self, request: Request, filename: str) -> Response:
+        directory = str(_STATIC)
+        response = send_from_directory(directory, filename, request.environ, max_age=3600)
+        return response
+
+    # -- rendering ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _call(view: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return view(*args, **kwargs)
+        except ValueError as error:
+            raise BadRequest(str(error)) from None
+
+    def _page(
+        self, request: Request, template: str, title: str, view: dict[str, Any], charts: dict[str, Any]
+    ) -> Response:
+        def url(path: str, **changes: Any) -> str:
+            """A link to ``path`` in this app keeping the current query, with ``changes`` applied."""
+            arguments = {key: value for key, value in request.args.items() if key not in changes}
+            arguments.update({key: value for key, value in changes.items() if value not in (None, "")})
+            return link(path, **arguments)
+
+        def link(path: str, **arguments: Any) -> str:
+            """A link to ``path`` in this app with just ``arguments`` (those that are set)."""
+            query = urlencode({key: value for key, value in arguments.items() if value not in (None, "")})
+            return f"{request.script_root}{path}" + (f"?{query}" if query else "")
+
+        html = self.templates.get_template(template).render(
+            title=title,
+            view=view,
+            charts=charts,
+            url=url,
+            link=link,
+            path=request.path,
+            static=f"{request.script_root}/static",
+            ranges=RANGE_DAYS,
+            sorts=OVERVIEW_SORTS,
+            now=self.data.clock(),
+        )
+        response = Response(html, mimetype="text/html")
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def _error_page(self, request: Request, error: HTTPException) -> Response:
+        response = error.get_response(request.environ)
+        if isinstance(error, (BadRequest, NotFound)):
+            html = self.templates.get_template("error.html").render(
+                title=error.name,
+                message=error.description,
+                static=f"{request.script_root}/static",
+                link=lambda path, **_: f"{request.script_root}{path}",
+                path=request.path,
+                now=self.data.clock(),
+            )
+            response.set_data(html)
+        return response
+
+
+def create_app(
+    database_url: str | URL | None = None,
+    *,
+    engine: Engine | None = None,
+    bearer_token: str | None = None,
+    basic_auth: tuple[str, str] | None = None,
+) -> DashboardApp:
+    """Create the dashboard's WSGI application on the metrics database.
+
+    Parameters:
+      database_url(str | URL | None): the metrics database; default ``$OPMETRICS_DATABASE_URL``, then
+        ``$DATABASE_URL``. Ignored when ``engine`` is given.
+      engine(Engine | None): an engine to use instead (for example your application's own).
+      bearer_token(str | None): require ``Authorization: Bearer <token>``.
+      basic_auth(tuple[str, str] | None): require (or also accept) these basic-auth credentials.
+    """
+    if engine is None:
+        engine = make_engine(database_url)
+        if engine.dialect.name == "postgresql":
+            # Every connection of the dashboard's own engine is read-only, whatever a query tries.
+            engine = engine.execution_options(postgresql_readonly=True)
+    return DashboardApp(DashboardData(engine), bearer_token=bearer_token, basic_auth=basic_auth)
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _int_arg(request: Request, name: str, default: int) -> int:
+    text = request.args.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number; got {text!r}") from None
+
+
+def _days(request: Request) -> int:
+    return _int_arg(request, "days", DEFAULT_RANGE_DAYS)
+
+
+def format_ms(value: float | None) -> str:
+    """A duration in milliseconds, readable: ``850 ms``, ``12.4 s``; a dash when unknown."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    if value >= 10_000:
+        return f"{value / 1000:,.0f} s"
+    if value >= 1000:
+        return f"{value / 1000:.2f} s"
+    return f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
+
+
+def format_percent(value: float | None) -> str:
+    """A fraction as a percentage: ``2.35 %``; a dash when unknown."""
+    if value is None:
+        return DASH
+    return f"{value * 100:.2f} %" if value < 0.1 else f"{value * 100:.1f} %"
+
+
+def format_count(value: float | None) -> str:
+    """A count with thousands separators; a dash when unknown."""
+    if value is None:
+        return DASH
+    return f"{value:,.0f}" if value >= 10 or value == int(value) else f"{value:,.1f}"

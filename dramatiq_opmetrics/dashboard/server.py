@@ -1,0 +1,121 @@
+"""Serving the dashboard: loopback only unless asked otherwise, and then only with authentication.
+
+Dramatiq's own Prometheus exposition binds every interface by default; the dashboard does the opposite.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+from typing import Any
+
+from ..config import ConfigurationError
+from .app import DashboardApp
+from .data import DEFAULT_RANGE_DAYS, RANGE_DAYS
+
+#: The interface the dashboard binds when none is given.
+DEFAULT_HOST = "127.0.0.1"
+#: The TCP port the dashboard listens on when none is given.
+DEFAULT_PORT = 8070
+#: Worker threads answering requests.
+DEFAULT_THREADS = 4
+#: Seconds between two rounds of preparing the overviews in the background (see :func:`keep_warm`).
+DEFAULT_KEEP_WARM_INTERVAL_S = 60.0
+
+logger = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) resolves to loopback addresses only."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def check_binding(app: DashboardApp, host: str, *, allow_remote: bool) -> None:
+    """Refuse to bind a non-loopback ``host`` unless ``allow_remote`` and the app requires authentication.
+
+    Raises:
+      ConfigurationError: saying what to add.
+    """
+    if is_loopback(host):
+        return
+    if not allow_remote:
+        raise ConfigurationError(
+            f"the dashboard binds {host!r}, which is reachable from other machines; pass --allow-remote"
+            " and set OPMETRICS_DASHBOARD_TOKEN or OPMETRICS_DASHBOARD_USER and OPMETRICS_DASHBOARD_PASSWORD"
+        )
+    if not app.requires_auth:
+        raise ConfigurationError(
+            f"the dashboard binds {host!r} without authentication; set OPMETRICS_DASHBOARD_TOKEN (bearer token)"
+            " or OPMETRICS_DASHBOARD_USER and OPMETRICS_DASHBOARD_PASSWORD (basic auth)"
+        )
+
+
+def make_server(
+    app: DashboardApp,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    allow_remote: bool = False,
+    threads: int = DEFAULT_THREADS,
+) -> Any:
+    """A Waitress server for ``app`` on ``host:port`` (port 0: any free port), checked by :func:`check_binding`.
+
+    Call its ``run()`` to serve and ``close()`` to stop; ``effective_port`` is the port it listens on.
+    """
+    from waitress.server import create_server
+
+    check_binding(app, host, allow_remote=allow_remote)
+    return create_server(app, host=host, port=port, threads=threads, ident="dramatiq-opmetrics")
+
+
+def keep_warm(app: DashboardApp, stop: threading.Event, interval_s: float = DEFAULT_KEEP_WARM_INTERVAL_S) -> None:
+    """Until ``stop`` is set, prepare every ``interval_s`` seconds what the overview of each range needs
+    (today's new raw samples; after midnight or a rollup, the rolled-up days' merged histograms), so that
+    visitors do not wait for it. The default range comes first. Failures are logged, never raised.
+
+    ``dramatiq-opmetrics dashboard`` runs it in a background thread; when mounting the app in your own web
+    application, run it in one too::
+
+        threading.Thread(target=keep_warm, args=(app, threading.Event()), daemon=True).start()
+    """
+    ranges = [DEFAULT_RANGE_DAYS, *(days for days in RANGE_DAYS if days != DEFAULT_RANGE_DAYS)]
+    while not stop.is_set():
+        for days in ranges:
+            if stop.is_set():
+                return
+            try:
+                app.data.overview(days)
+            except Exception:
+                logger.warning("Could not prepare the dashboard's %s-day overview in advance.", days, exc_info=True)
+        stop.wait(interval_s)
+
+
+def serve(
+    app: DashboardApp,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    allow_remote: bool = False,
+    threads: int = DEFAULT_THREADS,
+) -> None:
+    """Serve ``app`` on ``host:port`` until interrupted (see :func:`make_server`)."""
+    server = make_server(app, host, port, allow_remote=allow_remote, threads=threads)
+    stop = threading.Event()
+    threading.Thread(target=keep_warm, args=(app, stop), name="opmetrics-dashboard-keep-warm", daemon=True).start()
+    logger.info("Dashboard listening on http://%s:%s/", host, server.effective_port)
+    print(f"dramatiq-opmetrics dashboard on http://{host}:{server.effective_port}/ (Ctrl-C stops it)", flush=True)
+    try:
+        server.run()
+    finally:
+        stop.set()
+        server.close()

@@ -1,0 +1,241 @@
+"""The dashboard in a real headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by Selenium).
+
+The server runs on 127.0.0.1 on a populated PostgreSQL schema. Every view must load without console errors
+and draw its charts from the data; filters, sorting and range switches must work; a label containing HTML
+must show as text. A screenshot of each view is saved under ``screenshots/`` (its path is printed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fleet_history import HOSTILE_ACTOR, FleetHistory, make_actors, populate
+from sqlalchemy import Engine
+
+from dramatiq_opmetrics.dashboard import create_app
+from dramatiq_opmetrics.dashboard.server import make_server
+
+selenium = pytest.importorskip("selenium")
+from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.select import Select  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+SCREENSHOTS = Path(__file__).parent.parent / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+#: The flags the browser is started with (no sandbox: the tests may run as root in a container).
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking")
+WAIT_S = 20
+
+
+@pytest.fixture(scope="module")
+def fleet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, FleetHistory]]:
+    """The dashboard served on 127.0.0.1 over a migrated PostgreSQL schema holding 60 days of a fleet."""
+    # Module-scoped: set up the schema by hand with the conftest helpers' conventions.
+    import uuid
+
+    import psycopg
+    from conftest import POSTGRES_URL, libpq_conninfo
+
+    from dramatiq_opmetrics.database import make_engine
+    from dramatiq_opmetrics.migrate import upgrade
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    conninfo = libpq_conninfo(POSTGRES_URL)
+    with psycopg.connect(conninfo, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    url = POSTGRES_URL.update_query_dict({"options": f"-csearch_path={schema}"})
+    engine: Engine | None = None
+    server: Any = None
+    thread: threading.Thread | None = None
+    try:
+        upgrade(url)
+        engine = make_engine(url)
+        history = populate(engine, days=60, actors=make_actors(8), raw_samples_per_actor=40)
+        server = make_server(create_app(url), "127.0.0.1", 0)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.effective_port}", history
+    finally:
+        if server is not None:
+            server.close()
+        if thread is not None:
+            thread.join(timeout=5)
+        if engine is not None:
+            engine.dispose()
+        with psycopg.connect(conninfo, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Headless Chromium with a fresh profile, its console log kept."""
+    assert os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER), (
+        "Chromium is missing: apt-get install chromium chromium-driver (./dev test does it when run as root)"
+    )
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.add_argument("--window-size=1400,1100")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def open_page(driver: Any, url: str) -> None:
+    """Load ``url`` and wait until every chart on it is drawn (or says it has no data)."""
+    driver.get_log("browser")  # forget earlier pages' messages
+    driver.get(url)
+    WebDriverWait(driver, WAIT_S).until(
+        lambda d: d.execute_script(
+            "return document.readyState === 'complete' &&"
+            " [...document.querySelectorAll('[data-chart]')].every(e => e.dataset.rendered)"
+        )
+    )
+
+
+def console_problems(driver: Any) -> list[str]:
+    """Console messages of warning level or worse since the page was opened."""
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
+
+
+def drawn_pixels(driver: Any, element: Any) -> int:
+    """How many non-transparent pixels the chart's canvas has."""
+    count: int = driver.execute_script(
+        "const c = arguments[0].querySelector('canvas'); if (!c) return 0;"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;"
+        " for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;",
+        element,
+    )
+    return count
+
+
+def screenshot(driver: Any, name: str) -> Path:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1400, max(900, min(int(height) + 40, 4000)))
+    driver.save_screenshot(str(path))
+    driver.set_window_size(1400, 1100)
+    print(f"screenshot: {path}")
+    return path
+
+
+VIEWS = {
+    "overview": "/?days=30",
+    "actor": "/actor?actor=actor_000&queue=queue_0&days=30",
+    "queues": "/queues?days=30&hours=24",
+    "tokens": "/tokens?days=30",
+    "confidence": "/confidence?days=30",
+}
+
+
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_every_view_loads_without_console_errors_and_draws_its_charts(
+    browser: Any, fleet_server: tuple[str, FleetHistory], view: str
+) -> None:
+    base, _history = fleet_server
+    open_page(browser, base + VIEWS[view])
+    charts = browser.find_elements(By.CSS_SELECTOR, "[data-chart]")
+    if view == "overview":
+        charts = browser.find_elements(By.CSS_SELECTOR, ".spark")
+        WebDriverWait(browser, WAIT_S).until(lambda d: all(e.get_attribute("data-rendered") for e in charts))
+    assert charts, f"the {view} view has no charts"
+    for chart in charts:
+        assert chart.get_attribute("data-rendered") == "chart", f"a chart of {view} has no data"
+        assert drawn_pixels(browser, chart) > 50, f"a chart of {view} is blank"
+    assert console_problems(browser) == []
+    path = screenshot(browser, view)
+    assert path.stat().st_size > 10_000
+
+
+def test_range_switch_changes_the_days_shown(browser: Any, fleet_server: tuple[str, FleetHistory]) -> None:
+    base, _history = fleet_server
+    open_page(browser, base + VIEWS["actor"])
+    assert int(browser.find_element(By.CSS_SELECTOR, "[data-chart=messages]").get_attribute("data-points")) == 30
+    browser.find_element(By.CSS_SELECTOR, ".switch a[data-days='7']").click()
+    WebDriverWait(browser, WAIT_S).until(lambda d: "days=7" in d.current_url)
+    open_page(browser, browser.current_url)
+    assert browser.find_element(By.CSS_SELECTOR, ".switch a.active").text == "7 days"
+    assert int(browser.find_element(By.CSS_SELECTOR, "[data-chart=messages]").get_attribute("data-points")) == 7
+    assert console_problems(browser) == []
+
+
+def test_queue_filter_keeps_only_that_queues_rows(browser: Any, fleet_server: tuple[str, FleetHistory]) -> None:
+    base, history = fleet_server
+    open_page(browser, base + "/?days=30")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#overview tbody tr")) == len(history.actors)
+    Select(browser.find_element(By.CSS_SELECTOR, "select[name=queue]")).select_by_value("queue_1")
+    WebDriverWait(browser, WAIT_S).until(lambda d: "queue=queue_1" in d.current_url)
+    open_page(browser, browser.current_url)
+    queues = {row.get_attribute("data-queue") for row in browser.find_elements(By.CSS_SELECTOR, "#overview tbody tr")}
+    assert queues == {"queue_1"}
+    assert "days=30" in browser.current_url
+
+
+def test_sorting_by_a_column_reorders_the_rows(browser: Any, fleet_server: tuple[str, FleetHistory]) -> None:
+    base, history = fleet_server
+    open_page(browser, base + "/?days=30")
+    rates = [
+        row.find_elements(By.CSS_SELECTOR, "td")[3].text
+        for row in browser.find_elements(By.CSS_SELECTOR, "#overview tbody tr")
+    ]
+    as_numbers = [float(rate.split()[0]) for rate in rates]
+    assert as_numbers == sorted(as_numbers, reverse=True), "the worst error rate is not first"
+    browser.find_element(By.CSS_SELECTOR, "th a[data-sort=actor]").click()
+    WebDriverWait(browser, WAIT_S).until(lambda d: "sort=actor" in d.current_url)
+    browser.find_element(By.CSS_SELECTOR, "th a[data-sort=actor]").click()
+    WebDriverWait(browser, WAIT_S).until(lambda d: "order=asc" in d.current_url)
+    actors = [row.get_attribute("data-actor") for row in browser.find_elements(By.CSS_SELECTOR, "#overview tbody tr")]
+    assert actors == sorted((actor.name for actor in history.actors), key=str.casefold)
+
+
+def test_a_label_containing_html_is_shown_as_text(browser: Any, fleet_server: tuple[str, FleetHistory]) -> None:
+    base, _history = fleet_server
+    open_page(browser, base + "/?days=30")
+    links = [link.text for link in browser.find_elements(By.CSS_SELECTOR, "#overview td.label a")]
+    assert HOSTILE_ACTOR in links
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text  # noqa: B018
+    executable = browser.execute_script(
+        "return [...document.scripts].filter(s => !s.src && s.type !== 'application/json').length"
+    )
+    assert executable == 0
+    browser.find_element(By.LINK_TEXT, HOSTILE_ACTOR).click()
+    WebDriverWait(browser, WAIT_S).until(lambda d: "/actor" in d.current_url)
+    open_page(browser, browser.current_url)
+    assert browser.find_element(By.TAG_NAME, "h1").text == f"Actor {HOSTILE_ACTOR}"
+    assert console_problems(browser) == []
+    screenshot(browser, "actor-with-html-label")
+
+
+def test_the_page_shows_today(browser: Any, fleet_server: tuple[str, FleetHistory]) -> None:
+    base, history = fleet_server
+    open_page(browser, base + VIEWS["actor"])
+    today = dt.datetime.now(dt.UTC).date()
+    assert history.today == today
+    last_point = browser.execute_script(
+        "const d = JSON.parse(document.getElementById('chart-data').textContent).messages;"
+        " return [d.x[d.x.length - 1], d.series[0].values[d.series[0].values.length - 1]];"
+    )
+    assert dt.datetime.fromtimestamp(last_point[0], dt.UTC).date() == today
+    raw_today = len(history.raw_values[("processing_time", "actor:actor_000|queue:queue_0")])
+    assert last_point[1] == raw_today
