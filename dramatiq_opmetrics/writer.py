@@ -1,6 +1,6 @@
 """The writer: raw samples into the metrics database, in batches, from one background thread per process.
 
-:func:`write_samples` is the low-level batch write (COPY on PostgreSQL, one batched INSERT elsewhere)
+:func:`write_samples` is the low-level batch write (binary COPY on PostgreSQL, one batched INSERT elsewhere)
 inside the caller's transaction; anything that has samples to store can call it.
 :class:`BackgroundWriter` drains a :class:`~dramatiq_opmetrics.buffer.SampleBuffer` with it from a
 background thread: every flush interval or when a batch fills, with retries and backoff while the database
@@ -263,8 +263,9 @@ class BackgroundWriter:
                     self._passes.notify_all()
             else:
                 failures += 1
-            if stopping and (written or now >= self._stop_deadline):
-                if not written:
+            finished = written and len(self.buffer) == 0 and self.buffer.unrecorded_drops() == 0
+            if stopping and (finished or now >= self._stop_deadline):
+                if not finished:
                     logger.error(
                         "Gave up writing %d buffered metric samples to %s at shutdown.",
                         self.buffer.sample_count(),
