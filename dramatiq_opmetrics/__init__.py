@@ -6,6 +6,10 @@ The public API:
 - :class:`MetricType`: the metric types recorded.
 - :class:`OpMetrics`: the middleware measuring every message, with a buffered background writer.
 - :func:`record_token_usage`, :func:`record_confidence`: metrics from actor code, buffered.
+- :class:`QueueDepthSampler`: fleet-wide queue depth, one sample per queue and state per interval.
+- :func:`query_metrics`, :func:`query_daily_series` and :class:`MetricStats`: statistics over any range of
+  days from the daily rollup (percentiles within 1%), today included.
+- :func:`register_rollup_actor`: the periodiq-scheduled nightly rollup and prune on your broker.
 """
 
 from __future__ import annotations
@@ -14,14 +18,22 @@ from .collector import MetricsCollector
 from .config import ConfigurationError
 from .metric_types import MetricType
 from .middleware import OpMetrics
+from .periodic import register_rollup_actor
+from .query import MetricStats, query_daily_series, query_metrics
+from .queue_depth_sampler import QueueDepthSampler
 from .recording import record_confidence, record_token_usage
 
 __all__ = [
     "ConfigurationError",
+    "MetricStats",
     "MetricType",
     "MetricsCollector",
     "OpMetrics",
+    "QueueDepthSampler",
+    "query_daily_series",
+    "query_metrics",
     "record_confidence",
     "record_token_usage",
+    "register_rollup_actor",
 ]
 __version__ = "0.1.0"

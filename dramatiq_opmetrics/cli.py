@@ -8,6 +8,7 @@ one line on standard error and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Callable, Sequence
 
@@ -50,19 +51,167 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_database_url(parser)
+    parser.add_argument(
+        "--database-url",
+        help="database (SQLAlchemy URL); default: $OPMETRICS_DEMO_DATABASE_URL, else ./opmetrics-demo.sqlite3 (remade)",
+    )
+    parser.add_argument(
+        "--broker-url", help="Redis broker (redis://...); default: $OPMETRICS_DEMO_BROKER_URL, else in-process"
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.database_url)
+    return run_demo(args.database_url, args.broker_url)
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {value!r}") from None
+
+
+def _rollup_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_database_url(parser)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--date", type=_date, help="roll up this UTC day (YYYY-MM-DD), even if up to date")
+    which.add_argument("--since", type=_date, help="roll up the days that need it from this UTC day on")
+
+
+def _rollup(args: argparse.Namespace) -> int:
+    from .database import make_engine
+    from .rollup import rollup
+
+    engine = make_engine(args.database_url)
+    try:
+        days = rollup(engine, day=args.date, since=args.since)
+    except ValueError as error:
+        return _fail(str(error))
+    finally:
+        engine.dispose()
+    for day in days:
+        print(
+            f"rolled up {day.day}: {day.rows} rows, {day.label_sets} label sets,"
+            f" {day.daily_rows} daily rows in {day.duration_s:.2f} s"
+        )
+    if not days:
+        print("nothing to roll up" if args.date is None else f"{args.date} was not rolled up (no raw rows left)")
+    return 0
+
+
+def _prune_arguments(parser: argparse.ArgumentParser) -> None:
+    from .retention import DEFAULT_RETENTION_DAYS
+
+    _add_database_url(parser)
+    parser.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    parser.add_argument(
+        "--retention-days",
+        type=int,
+        default=DEFAULT_RETENTION_DAYS,
+        help=f"days of raw rows kept (default: {DEFAULT_RETENTION_DAYS})",
+    )
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from .database import make_engine
+    from .retention import prune
+
+    engine = make_engine(args.database_url)
+    try:
+        result = prune(engine, retention_days=args.retention_days, dry_run=args.dry_run)
+    except ValueError as error:
+        return _fail(str(error))
+    finally:
+        engine.dispose()
+    verb = "would remove" if result.dry_run else "removed"
+    for day in result.pruned:
+        how = "dropped its partition" if day.method == "partition" else "deleted"
+        print(f"{verb} {day.day}: {day.rows} raw rows ({how})")
+    for kept in result.kept:
+        print(f"kept {kept.day}: {kept.rows} raw rows ({kept.reason})")
+    if not result.pruned and not result.kept:
+        print(f"nothing to prune: no raw rows before {result.cutoff}")
+    return 0
+
+
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    from .metric_types import MetricType
+    from .report import DEFAULT_REPORT_DAYS
+
+    _add_database_url(parser)
+    parser.add_argument(
+        "--days", type=int, help=f"the last N UTC days, today included (default: {DEFAULT_REPORT_DAYS})"
+    )
+    parser.add_argument("--since", type=_date, metavar="YYYY-MM-DD", help="first UTC day (inclusive)")
+    parser.add_argument("--until", type=_date, metavar="YYYY-MM-DD", help="last UTC day (inclusive; default: today)")
+    parser.add_argument(
+        "--metric", choices=[metric_type.value for metric_type in MetricType], help="only this metric type"
+    )
+    parser.add_argument("--actor", help="only samples labelled with this actor")
+    parser.add_argument("--queue", help="only samples labelled with this queue")
+    parser.add_argument("--model", help="only samples labelled with this language model")
+    parser.add_argument("--json", action="store_true", help="print JSON (shape: see dramatiq_opmetrics.report)")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from . import report
+    from .metric_types import MetricType
+
+    try:
+        since, until = report.report_range(days=args.days, since=args.since, until=args.until)
+        data = report.load_report(
+            args.database_url,
+            since,
+            until,
+            metric_types=[MetricType(args.metric)] if args.metric else None,
+            filters={"actor": args.actor, "queue": args.queue, "model": args.model},
+        )
+    except ValueError as error:
+        return _fail(str(error))
+    print(report.render_json(data) if args.json else report.render_text(data))
+    return 0
+
+
+def _sample_queues_arguments(parser: argparse.ArgumentParser) -> None:
+    from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S
+
+    parser.add_argument("--broker", required=True, help="the broker to sample, as module:attribute")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=DEFAULT_QUEUE_DEPTH_INTERVAL_S,
+        help=f"seconds between samples (default: {DEFAULT_QUEUE_DEPTH_INTERVAL_S:g})",
+    )
+    parser.add_argument("--once", action="store_true", help="sample the current interval once and exit")
+    parser.add_argument(
+        "--queue", action="append", default=[], help="a queue to sample besides the declared ones (repeatable)"
+    )
+    _add_database_url(parser)
+
+
+def _sample_queues(args: argparse.Namespace) -> int:
+    from .sample_queues import run_sample_queues
+
+    return run_sample_queues(
+        args.broker, database_url=args.database_url, interval_s=args.interval, once=args.once, queues=args.queue
+    )
 
 
 #: The subcommands, in the order ``--help`` lists them.
 COMMANDS: list[Command] = [
     ("migrate", "create or upgrade the metrics tables", _migrate_arguments, _migrate),
     ("demo", "see dramatiq-opmetrics work on an embedded SQLite database", _demo_arguments, _demo),
+    ("report", "print statistics per metric type for a range of days", _report_arguments, _report),
+    ("rollup", "roll up raw samples of complete UTC days into daily rows", _rollup_arguments, _rollup),
+    ("prune", "remove raw rows of rolled-up days older than the retention", _prune_arguments, _prune),
+    (
+        "sample-queues",
+        "sample queue depth for the whole fleet into the database",
+        _sample_queues_arguments,
+        _sample_queues,
+    ),
 ]
 
 
@@ -87,12 +236,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as error:
         return _fail(str(error))
     except OperationalError as error:
+        # SQLite reports a missing table as an OperationalError, PostgreSQL as a ProgrammingError.
+        if "no such table" in str(error.orig or error):
+            return _not_ready(error)
         return _fail(f"cannot reach the metrics database: {_first_line(error.orig or error)}")
     except ProgrammingError as error:
-        return _fail(
-            f"the metrics database is not ready ({_first_line(error.orig or error)});"
-            " run `dramatiq-opmetrics migrate` first"
-        )
+        return _not_ready(error)
     except KeyboardInterrupt:
         return 130
     return status
@@ -100,6 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _not_ready(error: OperationalError | ProgrammingError) -> int:
+    reason = _first_line(error.orig or error)
+    return _fail(f"the metrics database is not ready ({reason}); run `dramatiq-opmetrics migrate` first")
 
 
 def _fail(message: str) -> int:

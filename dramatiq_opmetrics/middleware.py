@@ -17,7 +17,10 @@ from sqlalchemy.engine import URL
 from . import samples
 from .buffer import DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_CAPACITY, SampleBuffer
 from .config import redact_url, resolve_setting
+from .database import make_engine
 from .metric_types import MetricType
+from .queue_depth import check_queue_names
+from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, QueueDepthSampler, check_interval_s
 from .recording import current_actor, set_default_target
 from .writer import (
     DEFAULT_FLUSH_INTERVAL_S,
@@ -33,6 +36,8 @@ FLUSH_INTERVAL_ENV_VAR = "OPMETRICS_FLUSH_INTERVAL_S"
 BATCH_SIZE_ENV_VAR = "OPMETRICS_BATCH_SIZE"
 #: Environment variable for ``buffer_capacity``.
 BUFFER_CAPACITY_ENV_VAR = "OPMETRICS_BUFFER_CAPACITY"
+#: Environment variable for ``queue_depth_interval_s``.
+QUEUE_DEPTH_INTERVAL_ENV_VAR = "OPMETRICS_QUEUE_DEPTH_INTERVAL_S"
 #: The message option in which the worker notes when a delayed message became due (ms since the epoch).
 DUE_OPTION = "opmetrics_due_ms"
 #: ``outcome`` label of an error after which the message will run again.
@@ -120,6 +125,11 @@ class OpMetrics(Middleware):
         30 s.
       shutdown_timeout_s(float): how long a stopping worker keeps trying to write what is buffered;
         default 10 s.
+      queue_depth_interval_s(float | None): seconds between queue depth samples, taken by one worker process
+        of the whole fleet per interval (:class:`~dramatiq_opmetrics.QueueDepthSampler`); 0 turns sampling
+        off; default ``$OPMETRICS_QUEUE_DEPTH_INTERVAL_S``, else
+        :data:`~dramatiq_opmetrics.queue_depth_sampler.DEFAULT_QUEUE_DEPTH_INTERVAL_S` (15 s).
+      queues(sequence of str): queues whose depth is sampled besides the broker's declared ones.
 
     Raises:
       ConfigurationError: if no database URL is given or set, or an environment variable is not a number.
@@ -136,6 +146,8 @@ class OpMetrics(Middleware):
         max_retry_backoff_s: float = DEFAULT_MAX_RETRY_BACKOFF_S,
         warning_interval_s: float = DEFAULT_WARNING_INTERVAL_S,
         shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+        queue_depth_interval_s: float | None = None,
+        queues: Sequence[str] = (),
     ) -> None:
         #: The in-process buffer of samples waiting to be written (``buffer.add_many`` takes samples).
         self.buffer = SampleBuffer(
@@ -154,6 +166,15 @@ class OpMetrics(Middleware):
         self._label_sets: dict[str, dict[str, _Labels | None]] = {}
         self._append_message = self.buffer.append_message
         self._exit_flush_pid = 0
+        interval_s = resolve_setting(
+            queue_depth_interval_s, QUEUE_DEPTH_INTERVAL_ENV_VAR, DEFAULT_QUEUE_DEPTH_INTERVAL_S, float
+        )
+        #: Seconds between queue depth samples (0: not sampled).
+        self.queue_depth_interval_s = 0.0 if interval_s == 0 else check_interval_s(interval_s)
+        #: Queues sampled besides the broker's declared ones.
+        self.queues = check_queue_names(queues)
+        #: This worker process's queue depth sampler, made when the worker boots.
+        self.queue_depth_sampler: QueueDepthSampler | None = None
         set_default_target(self)
 
     def __repr__(self) -> str:
@@ -178,11 +199,25 @@ class OpMetrics(Middleware):
     # Worker lifecycle: one writer thread per worker process, made after any fork.
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        """Start this process's writer thread."""
+        """Start this process's writer thread and queue depth sampler."""
         self.writer.start()
+        if self.queue_depth_interval_s:
+            self.queue_depth_sampler = QueueDepthSampler(
+                broker,
+                self.buffer.add_many,
+                interval_s=self.queue_depth_interval_s,
+                queues=self.queues,
+                engine=make_engine(self.writer.database_url),  # claims intervals on brokers other than Redis
+            )
+            self.queue_depth_sampler.start()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        """Write everything buffered (the worker threads have stopped) and stop the writer thread."""
+        """Stop the queue depth sampler, write everything buffered and stop the writer thread."""
+        sampler, self.queue_depth_sampler = self.queue_depth_sampler, None
+        if sampler is not None:
+            sampler.stop()
+            if sampler.engine is not None:
+                sampler.engine.dispose()
         self.writer.stop()
 
     # The hot path: no I/O, no locks, one cached label set per (actor, queue).

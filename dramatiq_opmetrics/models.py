@@ -41,6 +41,8 @@ DAILY_TABLE = "operational_metrics_daily"
 LABEL_SETS_TABLE = "opmetrics_label_sets"
 #: The sequence that numbers raw samples.
 RAW_ID_SEQUENCE = "operational_metrics_id_seq"
+#: Fleet-wide claims of periodic jobs (one row per job and interval).
+INTERVAL_CLAIMS_TABLE = "opmetrics_interval_claims"
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -149,3 +151,13 @@ class OperationalMetricDaily(Base):
     p99: Mapped[float | None] = mapped_column(Float)
     histogram: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     rolled_up_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class IntervalClaim(Base):
+    """One claimed run of a periodic fleet-wide job: the process that inserted the row does the job."""
+
+    __tablename__ = INTERVAL_CLAIMS_TABLE
+
+    job: Mapped[str] = mapped_column(Text, primary_key=True)
+    interval_start: Mapped[dt.datetime] = mapped_column(UTCDateTime, primary_key=True)
+    claimed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

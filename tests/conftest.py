@@ -9,13 +9,18 @@ Environment:
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pika
 import psycopg
 import pytest
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import dq_name, xq_name
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 
@@ -84,3 +89,65 @@ def postgres_engine(postgres_url: URL) -> Iterator[Engine]:
     engine = make_engine(postgres_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def redis_broker() -> Iterator[RedisBroker]:
+    """A RedisBroker on the real Redis with a key namespace of its own; every key in it is deleted after."""
+    namespace = f"opm-test-{uuid.uuid4().hex[:12]}"
+    broker = RedisBroker(url=REDIS_URL, namespace=namespace)
+    try:
+        yield broker
+    finally:
+        keys = list(broker.client.scan_iter(match=f"{namespace}:*", count=1000))
+        if keys:
+            broker.client.delete(*keys)
+        broker.close()
+        broker.client.close()
+
+
+@pytest.fixture
+def rabbitmq_broker() -> Iterator[RabbitmqBroker]:
+    """A RabbitmqBroker on the real RabbitMQ; use unique queue names (``unique_queue``), deleted after.
+
+    Every queue the broker declared, plus its ``.DQ`` and ``.XQ``, is deleted afterwards.
+    """
+    broker = RabbitmqBroker(url=RABBITMQ_URL)
+    try:
+        yield broker
+    finally:
+        broker.close()
+        connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+        try:
+            channel = connection.channel()
+            for name in broker.get_declared_queues():
+                for queue in (name, dq_name(name), xq_name(name)):
+                    channel.queue_delete(queue)
+        finally:
+            connection.close()
+
+
+@pytest.fixture
+def unique_queue() -> Callable[[str], str]:
+    """Makes queue names no other test (or helper) uses: ``unique_queue("emails")``."""
+    run = uuid.uuid4().hex[:10]
+    return lambda name: f"opm-{run}-{name}"
+
+
+@pytest.fixture(autouse=True)
+def queue_depth_sampling_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers sample queue depth only in tests that ask for it (``queue_depth_interval_s=...``).
+
+    Otherwise a worker that happens to run across a wall-clock interval boundary would add ``queue_depth``
+    rows to tests that count rows exactly.
+    """
+    monkeypatch.setenv("OPMETRICS_QUEUE_DEPTH_INTERVAL_S", "0")
+
+
+@pytest.fixture(autouse=True)
+def opmetrics_loggers_enabled() -> None:
+    """Re-enable our loggers: an application's Alembic ``env.py`` (run by tests/test_migrate.py) calls
+    ``logging.config.fileConfig``, which disables every logger that exists, and tests read our log lines."""
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if name.startswith("dramatiq_opmetrics") and isinstance(logger, logging.Logger):
+            logger.disabled = False

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy.engine import URL
 
@@ -15,8 +13,8 @@ def url_text(url: URL) -> str:
 
 def test_migrate_upgrades_and_says_where(database_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["migrate", "--database-url", url_text(database_url)]) == 0
-    assert current_revision(database_url) == "0001"
-    assert "is at revision 0001" in capsys.readouterr().out
+    assert current_revision(database_url) == "0002"
+    assert "is at revision 0002" in capsys.readouterr().out
 
 
 def test_migrate_downgrade_to_base(sqlite_url: URL) -> None:
@@ -29,7 +27,7 @@ def test_migrate_reads_the_url_from_the_environment(sqlite_url: URL, monkeypatch
     monkeypatch.delenv("OPMETRICS_DATABASE_URL", raising=False)
     monkeypatch.setenv("DATABASE_URL", url_text(sqlite_url))
     assert main(["migrate"]) == 0
-    assert current_revision(sqlite_url) == "0001"
+    assert current_revision(sqlite_url) == "0002"
 
 
 def test_no_database_configured_is_one_clear_line(
@@ -52,9 +50,48 @@ def test_unreachable_database_is_one_line_without_the_password(capsys: pytest.Ca
     assert "s3cret-pw" not in err
 
 
-def test_demo_migrates_records_and_prints_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"sqlite:///{tmp_path / 'demo.sqlite3'}"
-    assert main(["demo", "--database-url", url]) == 0
-    out = capsys.readouterr().out
-    assert "actor:send_email|queue:default" in out
-    assert "completion_tokens" in out
+def test_rollup_and_prune_report_what_they_did(sqlite_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
+    import datetime as dt
+
+    from raw_samples import at, insert_samples
+
+    from dramatiq_opmetrics.database import make_engine
+    from dramatiq_opmetrics.metric_types import MetricType
+
+    main(["migrate", "--database-url", url_text(sqlite_url)])
+    engine = make_engine(sqlite_url)
+    old_day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=40)
+    insert_samples(engine, [(MetricType.ERROR, {"actor": "a"}, 1.0, at(old_day, i)) for i in range(5)])
+    engine.dispose()
+    capsys.readouterr()
+    url = ["--database-url", url_text(sqlite_url)]
+
+    assert main(["prune", *url]) == 0
+    assert capsys.readouterr().out == f"kept {old_day}: 5 raw rows (not rolled up)\n"
+    assert main(["rollup", *url]) == 0
+    assert capsys.readouterr().out.startswith(f"rolled up {old_day}: 5 rows, 1 label sets, 1 daily rows in ")
+    assert main(["rollup", *url]) == 0
+    assert capsys.readouterr().out == "nothing to roll up\n"
+    assert main(["prune", "--dry-run", *url]) == 0
+    assert capsys.readouterr().out == f"would remove {old_day}: 5 raw rows (deleted)\n"
+    assert main(["prune", "--retention-days", "50", *url]) == 0
+    assert capsys.readouterr().out.startswith("nothing to prune: no raw rows before ")
+    assert main(["prune", *url]) == 0
+    assert capsys.readouterr().out == f"removed {old_day}: 5 raw rows (deleted)\n"
+    assert main(["rollup", "--date", old_day.isoformat(), *url]) == 0
+    assert capsys.readouterr().out == f"{old_day} was not rolled up (no raw rows left)\n"
+
+
+def test_rollup_and_prune_refuse_bad_arguments_in_one_line(sqlite_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
+    import datetime as dt
+
+    main(["migrate", "--database-url", url_text(sqlite_url)])
+    capsys.readouterr()
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    assert main(["rollup", "--date", today, "--database-url", url_text(sqlite_url)]) == 2
+    assert "is not complete yet" in capsys.readouterr().err
+    assert main(["prune", "--retention-days", "0", "--database-url", url_text(sqlite_url)]) == 2
+    assert "retention_days must be a whole number of days" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["rollup", "--date", "yesterday"])
+    assert "expected a date as YYYY-MM-DD" in capsys.readouterr().err

@@ -21,7 +21,13 @@ from dramatiq_opmetrics.migrate import (
     upgrade,
 )
 
-OUR_TABLES = {"opmetrics_label_sets", "operational_metrics", "operational_metrics_daily", VERSION_TABLE}
+OUR_TABLES = {
+    "opmetrics_label_sets",
+    "operational_metrics",
+    "operational_metrics_daily",
+    "opmetrics_interval_claims",
+    VERSION_TABLE,
+}
 
 
 def table_names(url: URL) -> set[str]:
@@ -48,6 +54,15 @@ def test_downgrade_to_base_removes_every_table(database_url: URL) -> None:
     assert current_revision(database_url) is None
     upgrade(database_url)
     assert current_revision(database_url) is not None
+
+
+def test_downgrading_0002_removes_only_the_interval_claims_table(database_url: URL) -> None:
+    upgrade(database_url)
+    downgrade(database_url, "0001")
+    assert table_names(database_url) == OUR_TABLES - {"opmetrics_interval_claims"}
+    assert current_revision(database_url) == "0001"
+    upgrade(database_url)
+    assert table_names(database_url) == OUR_TABLES
 
 
 def test_the_seed_queries_work_unchanged(engine: Engine) -> None:
@@ -96,7 +111,7 @@ def test_our_migrations_live_beside_an_applications_own_alembic_history(sqlite_u
     engine = create_engine(sqlite_url)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "app1"
-        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0001"
+        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0002"
     engine.dispose()
 
 

@@ -1,0 +1,444 @@
+"""The report: range statistics per metric type, as tables for people and as JSON for scripts.
+
+The numbers come from the rollup's query API (:mod:`dramatiq_opmetrics.query`): daily rows merged with the
+raw rows of days not rolled up yet (so "today" is never missing), and range percentiles from the mergeable
+histograms, never from averaged daily percentiles.
+
+Each metric type is grouped by the labels that matter for it (:data:`GROUP_BY`): ``processing_time`` by
+actor and queue with the share of attempts that raised, ``error`` by actor, queue, exception class and
+outcome, ``queue_depth`` by queue and state, token counts by model, ``confidence`` by bucket.
+
+JSON shape (``dramatiq-opmetrics report --json``; stable: keys are only ever added)::
+
+    {
+      "since": "2026-11-21",            # first UTC day of the range, inclusive
+      "until": "2026-11-27",            # last UTC day of the range, inclusive
+      "filters": {"actor": null, "queue": null, "model": null},
+      "metrics": {                      # only the metric types that have data, in MetricType order
+        "processing_time": {
+          "unit": "ms",
+          "group_by": ["actor", "queue"],
+          "rows": [                     # largest count first (queue_depth: by queue and state,
+                                        # confidence: highest bucket first)
+            {"labels": {"actor": "send_email", "queue": "emails"},
+             "count": 1204, "sum": 183020.5, "min": 3.1, "max": 950.2, "avg": 152.0,
+             "p50": 140.2, "p95": 301.0, "p99": 420.9,
+             "error_rate": 0.02}        # processing_time only: error samples / attempts
+          ]
+        },
+        ...
+      }
+    }
+
+``unit`` is the unit of ``sum``, ``min``, ``max``, ``avg`` and the percentiles. Groups without samples are
+not listed. Over more than one day, percentiles are within 1% relative error of the exact ones over the raw
+samples; ``count``, ``sum``, ``min``, ``max`` and ``avg`` are exact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, literal, select
+from sqlalchemy.engine import URL
+
+from .config import ConfigurationError, redact_url, resolve_database_url
+from .database import make_engine
+from .metric_types import MetricType
+from .models import OperationalMetric, OperationalMetricDaily
+from .query import MetricStats, query_metrics
+from .queue_depth import DEAD, DELAYED, IN_FLIGHT, READY
+
+#: The labels each metric type is grouped by in the report, in column order.
+GROUP_BY: Mapping[MetricType, tuple[str, ...]] = {
+    MetricType.PROCESSING_TIME: ("actor", "queue"),
+    MetricType.WAIT_TIME: ("actor", "queue"),
+    MetricType.ERROR: ("actor", "queue", "error_type", "outcome"),
+    MetricType.SKIPPED: ("actor", "queue"),
+    MetricType.QUEUE_DEPTH: ("queue", "state"),
+    MetricType.PROMPT_TOKENS: ("model",),
+    MetricType.COMPLETION_TOKENS: ("model",),
+    MetricType.CONFIDENCE: ("bucket",),
+    MetricType.DROPPED_SAMPLES: (),
+}
+
+#: The unit of each metric type's values, as the report names it.
+UNITS: Mapping[MetricType, str] = {
+    MetricType.PROCESSING_TIME: "ms",
+    MetricType.WAIT_TIME: "ms",
+    MetricType.ERROR: "errors",
+    MetricType.SKIPPED: "messages",
+    MetricType.QUEUE_DEPTH: "messages",
+    MetricType.PROMPT_TOKENS: "tokens",
+    MetricType.COMPLETION_TOKENS: "tokens",
+    MetricType.CONFIDENCE: "score",
+    MetricType.DROPPED_SAMPLES: "samples",
+}
+
+#: The labels the report can filter on (``--actor``, ``--queue``, ``--model``).
+FILTER_LABELS = ("actor", "queue", "model")
+
+#: How many days the report covers by default, today included.
+DEFAULT_REPORT_DAYS = 7
+
+#: What the text report says when the database holds no metrics at all.
+NO_METRICS_YET = "No metrics recorded yet: add OpMetrics to your broker, or run `dramatiq-opmetrics demo` to see some."
+#: What the text report says when the range holds no metrics.
+NO_RANGE_METRICS = "No metrics recorded in this range."
+
+#: The width the text tables fit in, in characters.
+TEXT_WIDTH = 80
+
+_TOKEN_TYPES = (MetricType.PROMPT_TOKENS, MetricType.COMPLETION_TOKENS)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    """One row of the report: the statistics of one group over the range, from the query API.
+
+    Attributes:
+      stats(MetricStats): count, sum, min, max, avg and p50/p95/p99 of the group; ``stats.labels`` holds
+        the group's :data:`GROUP_BY` labels.
+      error_rate(float | None): for ``processing_time``, the error samples of the same actor and queue
+        divided by ``stats.count`` (the share of attempts that raised); None for other metric types.
+    """
+
+    stats: MetricStats
+    error_rate: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A report over the UTC days ``since`` to ``until`` inclusive.
+
+    Attributes:
+      since, until(date): the range, inclusive.
+      filters(Mapping[str, str | None]): the label filters applied (:data:`FILTER_LABELS`).
+      metrics(Mapping[MetricType, Sequence[ReportRow]]): rows per metric type that has data.
+      database_has_metrics(bool): whether the database holds any sample or daily row at all (in any range).
+    """
+
+    since: dt.date
+    until: dt.date
+    filters: Mapping[str, str | None]
+    metrics: Mapping[MetricType, Sequence[ReportRow]] = field(default_factory=dict)
+    database_has_metrics: bool = True
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether no metric type has a sample in the range."""
+        return not any(self.metrics.values())
+
+
+def load_report(
+    database_url: str | URL | None,
+    since: dt.date,
+    until: dt.date,
+    *,
+    metric_types: Iterable[MetricType] | None = None,
+    filters: Mapping[str, str | None] | None = None,
+) -> Report:
+    """:func:`build_report` on the database at ``database_url`` (resolved as everywhere, see
+    :func:`~dramatiq_opmetrics.config.resolve_database_url`).
+
+    Raises:
+      ConfigurationError: no database is configured, or a SQLite file that does not exist (it is not
+        created).
+    """
+    url = resolve_database_url(database_url)
+    path = url.database if url.get_backend_name() == "sqlite" and url.database != ":memory:" else None
+    if path and not Path(path).is_file():
+        raise ConfigurationError(
+            f"there is no SQLite database at {path}; create it with `dramatiq-opmetrics migrate"
+            f" --database-url {redact_url(url)}` (or check the path)"
+        )
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return build_report(connection, since, until, metric_types=metric_types, filters=filters)
+    finally:
+        engine.dispose()
+
+
+def build_report(
+    connection: Connection,
+    since: dt.date,
+    until: dt.date,
+    *,
+    metric_types: Iterable[MetricType] | None = None,
+    filters: Mapping[str, str | None] | None = None,
+) -> Report:
+    """Gather the report's rows for the UTC days ``since`` to ``until`` inclusive.
+
+    Parameters:
+      connection(Connection): the metrics database.
+      since, until(date): the range.
+      metric_types(Iterable[MetricType] | None): only these metric types; default: all.
+      filters(Mapping[str, str | None] | None): only samples with these labels (None values are ignored);
+        keys among :data:`FILTER_LABELS`.
+
+    Raises:
+      ValueError: ``since`` after ``until``, an unknown filter key or a bad label value.
+    """
+    filters = dict(filters or {})
+    unknown = set(filters) - set(FILTER_LABELS)
+    if unknown:
+        raise ValueError(f"cannot filter on {sorted(unknown)[0]!r}; filters: {', '.join(FILTER_LABELS)}")
+    labels = {key: value for key, value in filters.items() if value is not None}
+    wanted = list(MetricType) if metric_types is None else list(metric_types)
+    metrics: dict[MetricType, list[ReportRow]] = {}
+    error_counts: dict[tuple[str | None, ...], int] = {}
+    if MetricType.PROCESSING_TIME in wanted:
+        errors = query_metrics(
+            connection, since, until, metric_type=MetricType.ERROR, labels=labels, group_by=_ERROR_RATE_KEYS
+        )
+        error_counts = {_key(stats.labels, _ERROR_RATE_KEYS): stats.count for stats in errors}
+    for metric_type in MetricType:
+        if metric_type not in wanted:
+            continue
+        found = query_metrics(
+            connection, since, until, metric_type=metric_type, labels=labels, group_by=GROUP_BY[metric_type]
+        )
+        rows = []
+        for stats in found:
+            error_rate = None
+            if metric_type is MetricType.PROCESSING_TIME:
+                error_rate = error_counts.get(_key(stats.labels, _ERROR_RATE_KEYS), 0) / stats.count
+            rows.append(ReportRow(stats, error_rate))
+        if rows:
+            metrics[metric_type] = _in_report_order(metric_type, rows)
+    has_metrics = bool(metrics) or _database_has_metrics(connection)
+    return Report(since, until, {name: filters.get(name) for name in FILTER_LABELS}, metrics, has_metrics)
+
+
+#: The labels that tie an error to the processing time of the same actor and queue.
+_ERROR_RATE_KEYS = ("actor", "queue")
+
+
+def _key(labels: Mapping[str, str], keys: Sequence[str]) -> tuple[str | None, ...]:
+    return tuple(labels.get(key) for key in keys)
+
+
+#: The order of queue depth states in the report: where messages go, from waiting to dead.
+_STATES = (READY, DELAYED, IN_FLIGHT, DEAD)
+
+
+def _state_order(labels: Mapping[str, str]) -> tuple[int, str]:
+    state = labels.get("state", "")
+    return (_STATES.index(state) if state in _STATES else len(_STATES), state)
+
+
+def _in_report_order(metric_type: MetricType, rows: list[ReportRow]) -> list[ReportRow]:
+    """Queues in name order, confidence buckets from the highest, everything else the largest count first."""
+    if metric_type is MetricType.QUEUE_DEPTH:
+        return sorted(rows, key=lambda row: (row.stats.labels.get("queue", ""), _state_order(row.stats.labels)))
+    if metric_type is MetricType.CONFIDENCE:
+        return sorted(rows, key=lambda row: row.stats.labels.get("bucket", ""), reverse=True)
+    return sorted(rows, key=lambda row: (-row.stats.count, sorted(row.stats.labels.items())))
+
+
+def _database_has_metrics(connection: Connection) -> bool:
+    for table in (OperationalMetric.__table__, OperationalMetricDaily.__table__):
+        if connection.execute(select(literal(1)).select_from(table).limit(1)).first() is not None:
+            return True
+    return False
+
+
+def report_range(
+    *, days: int | None = None, since: dt.date | None = None, until: dt.date | None = None, today: dt.date | None = None
+) -> tuple[dt.date, dt.date]:
+    """The inclusive UTC day range of a report: the last ``days`` days (today included), or ``since`` to
+    ``until`` (``until`` defaults to today), or the last :data:`DEFAULT_REPORT_DAYS` days.
+
+    Raises:
+      ValueError: if ``days`` is combined with ``since``/``until``, ``days`` is below 1, or ``since`` is
+        after ``until``.
+    """
+    today = today or dt.datetime.now(dt.UTC).date()
+    if days is not None:
+        if since is not None or until is not None:
+            raise ValueError("give either --days or --since/--until, not both")
+        if days < 1:
+            raise ValueError(f"--days must be at least 1, got {days}")
+        return today - dt.timedelta(days=days - 1), today
+    until = until or today
+    since = since or until - dt.timedelta(days=DEFAULT_REPORT_DAYS - 1)
+    if since > until:
+        raise ValueError(f"--since {since} is after --until {until}")
+    return since, until
+
+
+def report_to_dict(report: Report) -> dict[str, Any]:
+    """The report as plain JSON-ready data, in the documented shape (see the module docstring)."""
+    metrics: dict[str, Any] = {}
+    for metric_type, rows in report.metrics.items():
+        if not rows:
+            continue
+        metrics[metric_type.value] = {
+            "unit": UNITS[metric_type],
+            "group_by": list(GROUP_BY[metric_type]),
+            "rows": [_row_to_dict(metric_type, row) for row in rows],
+        }
+    return {
+        "since": report.since.isoformat(),
+        "until": report.until.isoformat(),
+        "filters": {name: report.filters.get(name) for name in FILTER_LABELS},
+        "metrics": metrics,
+    }
+
+
+def _row_to_dict(metric_type: MetricType, row: ReportRow) -> dict[str, Any]:
+    stats = row.stats
+    data: dict[str, Any] = {
+        "labels": dict(stats.labels),
+        "count": stats.count,
+        "sum": stats.sum,
+        "min": stats.min,
+        "max": stats.max,
+        "avg": stats.avg,
+        "p50": stats.p50,
+        "p95": stats.p95,
+        "p99": stats.p99,
+    }
+    if metric_type is MetricType.PROCESSING_TIME:
+        data["error_rate"] = row.error_rate
+    return data
+
+
+def render_json(report: Report) -> str:
+    """The report as indented JSON text (see the module docstring for its shape)."""
+    return json.dumps(report_to_dict(report), indent=2)
+
+
+def render_text(report: Report, *, width: int = TEXT_WIDTH) -> str:
+    """The report as one table per metric type, each fitting in ``width`` columns."""
+    days = (report.until - report.since).days + 1
+    active = ", ".join(f"{name}={value}" for name, value in report.filters.items() if value)
+    heading = f"dramatiq-opmetrics report: {report.since} to {report.until} (UTC, {days} day{'s' * (days != 1)})"
+    lines = [heading + (f", {active}" if active else "")]
+    if report.is_empty:
+        lines.append(NO_RANGE_METRICS if report.database_has_metrics else NO_METRICS_YET)
+        return "\n".join(lines)
+    for metric_type, rows in report.metrics.items():
+        if not rows or metric_type in _TOKEN_TYPES:
+            continue
+        lines += ["", *_section(metric_type, rows, width)]
+    if any(report.metrics.get(metric_type) for metric_type in _TOKEN_TYPES):
+        lines += ["", *_token_section(report, width)]
+    return "\n".join(lines)
+
+
+_TITLES: Mapping[MetricType, str] = {
+    MetricType.PROCESSING_TIME: "processing time (ms per attempt; err% = attempts that raised)",
+    MetricType.WAIT_TIME: "wait time (ms from due to started)",
+    MetricType.ERROR: "errors (by exception class and outcome)",
+    MetricType.SKIPPED: "skipped messages",
+    MetricType.QUEUE_DEPTH: "queue depth (messages per sample)",
+    MetricType.CONFIDENCE: "confidence (score per recorded value)",
+    MetricType.DROPPED_SAMPLES: "dropped samples (buffer full)",
+}
+
+#: Metric types whose every value is 1, so only their count tells anything.
+_COUNT_ONLY = (MetricType.ERROR, MetricType.SKIPPED)
+
+
+def _section(metric_type: MetricType, rows: Sequence[ReportRow], width: int) -> list[str]:
+    labels = GROUP_BY[metric_type]
+    all_stats = [row.stats for row in rows]
+    if metric_type is MetricType.DROPPED_SAMPLES:
+        dropped, reports = sum(stats.sum for stats in all_stats), sum(stats.count for stats in all_stats)
+        return [_TITLES[metric_type], f"{_count(dropped)} samples dropped, in {_count(reports)} reports"]
+    headers = [*labels, "count"]
+    if metric_type in _COUNT_ONLY:
+        body = [[*_label_cells(labels, stats), _count(stats.count)] for stats in all_stats]
+        return [_TITLES[metric_type], *_table(headers, body, len(labels), width)]
+    number = _score if metric_type is MetricType.CONFIDENCE else _number
+    if metric_type is MetricType.PROCESSING_TIME:
+        headers.append("err%")
+    if metric_type is MetricType.CONFIDENCE:
+        headers.append("share")
+    headers += ["avg", "p50", "p95", "p99"]
+    total_count = sum(stats.count for stats in all_stats)
+    body = []
+    for row in rows:
+        stats = row.stats
+        cells = [*_label_cells(labels, stats), _count(stats.count)]
+        if metric_type is MetricType.PROCESSING_TIME:
+            cells.append(_percent(row.error_rate))
+        if metric_type is MetricType.CONFIDENCE:
+            cells.append(_percent(stats.count / total_count))
+        cells += [number(value) for value in (stats.avg, stats.p50, stats.p95, stats.p99)]
+        body.append(cells)
+    return [_TITLES[metric_type], *_table(headers, body, len(labels), width)]
+
+
+def _token_section(report: Report, width: int) -> list[str]:
+    headers = ["model", "tokens", "calls", "total", "avg", "p50", "p95", "p99"]
+    by_model: dict[str, list[tuple[str, MetricStats]]] = {}
+    for metric_type, kind in ((MetricType.PROMPT_TOKENS, "prompt"), (MetricType.COMPLETION_TOKENS, "completion")):
+        for row in report.metrics.get(metric_type, ()):
+            by_model.setdefault(row.stats.labels.get("model", "-"), []).append((kind, row.stats))
+    body = [
+        [model, kind, _count(stats.count), _count(stats.sum)]
+        + [_number(value) for value in (stats.avg, stats.p50, stats.p95, stats.p99)]
+        for model, entries in by_model.items()
+        for kind, stats in entries
+    ]
+    grand_total = sum(stats.sum for entries in by_model.values() for _, stats in entries)
+    title = f"token usage (tokens per call; {_count(grand_total)} tokens in total)"
+    return [title, *_table(headers, body, 2, width)]
+
+
+def _label_cells(labels: Iterable[str], stats: MetricStats) -> list[str]:
+    return [stats.labels.get(name, "-") for name in labels]
+
+
+def _table(headers: Sequence[str], body: Sequence[Sequence[str]], label_columns: int, width: int) -> list[str]:
+    """Left-aligned label columns, then right-aligned numbers; label columns shrink (with "~") to fit."""
+    widths = [max([len(header)] + [len(cells[i]) for cells in body]) for i, header in enumerate(headers)]
+    overflow = sum(widths) + 2 * (len(widths) - 1) - width
+    while overflow > 0 and label_columns:
+        widest = max(range(label_columns), key=lambda i: widths[i])
+        if widths[widest] <= max(len(headers[widest]), 6):
+            break
+        widths[widest] -= 1
+        overflow -= 1
+
+    def line(cells: Sequence[str]) -> str:
+        out = []
+        for i, cell in enumerate(cells):
+            if i < label_columns:
+                cell = cell if len(cell) <= widths[i] else cell[: widths[i] - 1] + "~"
+                out.append(cell.ljust(widths[i]))
+            else:
+                out.append(cell.rjust(widths[i]))
+        return "  ".join(out).rstrip()
+
+    return [line(headers), *(line(cells) for cells in body)]
+
+
+def _count(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 10_000_000:
+        return f"{value / 1_000_000:,.1f}M"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}"
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

@@ -1,0 +1,280 @@
+"""The daily rollup: raw rows of each complete UTC day become permanent rows of ``operational_metrics_daily``.
+
+One daily row per (metric type, UTC date, label set) holds ``sample_count``, ``sum``, ``min``, ``max``,
+``avg``, the exact ``p50``/``p95``/``p99`` of the day and the day's mergeable histogram
+(:mod:`~dramatiq_opmetrics.sketch`), so that percentiles over any range of days can be computed later from
+daily rows alone (:mod:`~dramatiq_opmetrics.query`).
+
+Which days are rolled up (catch-up, stateless): raw rows are insert-only until retention removes whole
+rolled-up days, so a day's daily rows are up to date exactly when their ``sample_count`` adds up to the
+day's number of raw rows. Each run rolls up every complete day (before today, UTC) that has raw rows and
+either no daily rows or fewer samples in them than raw rows (late samples): missed nights heal themselves.
+A day with *more* samples in its daily rows than raw rows has had raw rows removed by retention and is
+never rolled up again, since that would overwrite its aggregates with what is left.
+
+Each day is rolled up in its own transaction under an advisory lock (PostgreSQL) or an immediate write
+transaction (SQLite), and the daily rows are upserted, so concurrent runs (two schedulers, a manual run
+during the scheduled one) serialise, and a second run finds the day up to date. Running a rollup of a day
+twice leaves identical rows (``rolled_up_at`` only changes when the aggregates do).
+
+Example::
+
+    from dramatiq_opmetrics.rollup import rollup
+    for day in rollup(engine):  # every complete day not rolled up yet
+        print(day.day, day.rows)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, Table, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .aggregate import Aggregate, aggregate_raw, raw_counts_by_day
+from .locks import advisory_xact_lock
+from .models import LabelSet, OperationalMetricDaily
+from .partitions import DEFAULT_PARTITION_DAYS_AHEAD, day_bounds, ensure_partitions
+
+logger = logging.getLogger(__name__)
+
+#: The advisory lock that serialises rollups and prunes of one installation.
+ROLLUP_LOCK = "rollup"
+
+_VALUE_COLUMNS = ("labels", "sample_count", "sum", "min", "max", "avg", "p50", "p95", "p99", "histogram")
+
+
+@dataclass(frozen=True)
+class DayRollup:
+    """What the rollup of one day did.
+
+    Parameters:
+      day(date): the UTC day.
+      rows(int): raw rows aggregated.
+      label_sets(int): distinct label sets among them.
+      daily_rows(int): daily rows written (one per metric type and label set).
+      duration_s(float): how long the day took, in seconds.
+    """
+
+    day: dt.date
+    rows: int
+    label_sets: int
+    daily_rows: int
+    duration_s: float
+
+
+def utc_today(now: dt.datetime | None = None) -> dt.date:
+    """The current UTC date (of ``now`` if given, which must be timezone-aware)."""
+    if now is None:
+        now = dt.datetime.now(dt.UTC)
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return now.astimezone(dt.UTC).date()
+
+
+def lock_for_rollup(connection: Connection) -> None:
+    """Serialise with every other rollup and prune of this installation until the transaction ends.
+
+    Call it first in a transaction: on SQLite it starts an immediate (write) transaction.
+    """
+    if connection.dialect.name == "sqlite":
+        if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    advisory_xact_lock(connection, ROLLUP_LOCK)
+
+
+def daily_totals(connection: Connection, day: dt.date | None = None) -> dict[dt.date, int]:
+    """The sum of ``sample_count`` of the daily rows per day (of ``day`` only, if given)."""
+    daily = OperationalMetricDaily.__table__
+    query = select(daily.c.date, func.sum(daily.c.sample_count)).group_by(daily.c.date)
+    if day is not None:
+        query = query.where(daily.c.date == day)
+    return {row_day: int(total) for row_day, total in connection.execute(query)}
+
+
+def needs_rollup(raw_rows: int, daily_samples: int | None) -> bool:
+    """Whether a day with ``raw_rows`` raw rows and ``daily_samples`` samples in its daily rows (None: no
+    daily rows) must be rolled up: it has raw rows its daily rows do not count (never when raw rows were
+    removed, i.e. there are fewer raw rows than rolled-up samples)."""
+    return raw_rows > 0 and (daily_samples is None or raw_rows > daily_samples)
+
+
+def days_to_roll_up(connection: Connection, today: dt.date, since: dt.date | None = None) -> dict[dt.date, int]:
+    """The complete days (before ``today``, from ``since`` on) whose daily rows are missing or out of date,
+    with their raw row counts."""
+    totals = daily_totals(connection)
+    days = {}
+    for day, rows in raw_counts_by_day(connection).items():
+        if day >= today or (since is not None and day < since):
+            continue
+        if needs_rollup(rows, totals.get(day)):
+            days[day] = rows
+        elif totals.get(day, 0) > rows:
+            logger.warning(
+                "Day %s has %d raw rows but %d rolled-up samples: retention removed its raw rows, so it is"
+                " not rolled up again (rows recorded for it after the prune are not counted).",
+                day,
+                rows,
+                totals[day],
+                extra={"event": "rollup_day_pruned", "day": day.isoformat(), "raw_rows": rows},
+            )
+    return days
+
+
+def rollup(
+    engine: Engine,
+    *,
+    day: dt.date | None = None,
+    since: dt.date | None = None,
+    now: dt.datetime | None = None,
+) -> list[DayRollup]:
+    """Roll up complete UTC days; return what was rolled up, oldest day first.
+
+    Without arguments, every complete day that is not rolled up or has late samples (catch-up). With
+    ``since``, only such days from ``since`` on. With ``day``, that day, even if up to date (the rows come out
+    identical), unless its raw rows are gone. Partitions for today and the next
+    :data:`~dramatiq_opmetrics.partitions.DEFAULT_PARTITION_DAYS_AHEAD` days are created first (PostgreSQL).
+
+    Parameters:
+      engine(Engine): the metrics database (each day is rolled up in a transaction of its own).
+      day(date | None): roll up this day only; it must be before today (UTC).
+      since(date | None): first day to consider (catch-up from there).
+      now(datetime | None): the current time (timezone-aware), for tests; default: now.
+
+    Raises:
+      ValueError: ``day`` is today or later (not complete yet), or both ``day`` and ``since`` are given.
+    """
+    today = utc_today(now)
+    if day is not None and since is not None:
+        raise ValueError("pass either day or since, not both")
+    if day is not None and day >= today:
+        raise ValueError(f"day {day} is not complete yet (today is {today} UTC); only earlier days roll up")
+    with engine.begin() as connection:
+        created = ensure_partitions(connection, today, today + dt.timedelta(days=DEFAULT_PARTITION_DAYS_AHEAD))
+    if created:
+        logger.info(
+            "Created raw partitions for %s to %s.",
+            created[0],
+            created[-1],
+            extra={"event": "partitions_created", "days": [d.isoformat() for d in created]},
+        )
+    if day is not None:
+        result = rollup_day(engine, day, force=True)
+        return [] if result is None else [result]
+    with engine.connect() as connection:
+        days = days_to_roll_up(connection, today, since)
+    done = []
+    for candidate, rows in days.items():
+        result = rollup_day(engine, candidate, expected_rows=rows)
+        if result is not None:
+            done.append(result)
+    return done
+
+
+def rollup_day(
+    engine: Engine, day: dt.date, *, force: bool = False, expected_rows: int | None = None
+) -> DayRollup | None:
+    """Roll up one day in its own transaction under the rollup lock; None if there was nothing to do.
+
+    ``expected_rows`` is the day's raw row count seen when the day was chosen: if the daily rows already count
+    that many under the lock, a concurrent run rolled the day up meanwhile. Otherwise the day is aggregated
+    (the aggregation counts its rows, so no separate count is needed) and written unless it is up to date
+    (and not ``force``), or has fewer raw rows than its daily rows count (retention removed raw rows: never
+    overwrite the day with what is left).
+    """
+    started = time.perf_counter()
+    with engine.begin() as connection:
+        lock_for_rollup(connection)
+        rolled_up = daily_totals(connection, day).get(day)
+        if not force and rolled_up is not None and expected_rows is not None and rolled_up >= expected_rows:
+            return None  # a concurrent run rolled the day up meanwhile
+        start, end = day_bounds(day)
+        aggregates = aggregate_raw(connection, start, end)
+        rows = sum(aggregate.count for aggregate in aggregates)
+        if rows == 0 or (rolled_up is not None and rolled_up > rows):
+            logger.warning(
+                "Day %s is not rolled up: %s.",
+                day,
+                "it has no raw rows" if rows == 0 else f"retention removed its raw rows ({rows} left of {rolled_up})",
+                extra={"event": "rollup_day_skipped", "day": day.isoformat(), "raw_rows": rows},
+            )
+            return None
+        if not force and rolled_up == rows:
+            return None
+        _upsert(connection, day, aggregates)
+    result = DayRollup(
+        day=day,
+        rows=rows,
+        label_sets=len({aggregate.label_set_id for aggregate in aggregates}),
+        daily_rows=len(aggregates),
+        duration_s=time.perf_counter() - started,
+    )
+    logger.info(
+        "Rolled up day %s: rows=%d label_sets=%d daily_rows=%d duration_s=%.3f",
+        day,
+        result.rows,
+        result.label_sets,
+        result.daily_rows,
+        result.duration_s,
+        extra={
+            "event": "rollup_day",
+            "day": day.isoformat(),
+            "rows": result.rows,
+            "label_sets": result.label_sets,
+            "daily_rows": result.daily_rows,
+            "duration_s": result.duration_s,
+        },
+    )
+    return result
+
+
+def _upsert(connection: Connection, day: dt.date, aggregates: list[Aggregate]) -> None:
+    if not aggregates:
+        return
+    label_sets = LabelSet.__table__
+    wanted = sorted({aggregate.label_set_id for aggregate in aggregates})
+    labels = {
+        row.id: (row.labels_key, row.labels)
+        for row in connection.execute(
+            select(label_sets.c.id, label_sets.c.labels_key, label_sets.c.labels).where(label_sets.c.id.in_(wanted))
+        )
+    }
+    rolled_up_at = dt.datetime.now(dt.UTC)
+    rows = []
+    for aggregate in aggregates:
+        if aggregate.label_set_id not in labels:
+            raise LookupError(f"raw rows of {day} reference label set {aggregate.label_set_id}, which does not exist")
+        labels_key, label_values = labels[aggregate.label_set_id]
+        p50, p95, p99 = aggregate.percentiles or (None, None, None)
+        rows.append(
+            {
+                "metric_type": aggregate.metric_type,
+                "date": day,
+                "labels_key": labels_key,
+                "labels": label_values,
+                "sample_count": aggregate.count,
+                "sum": aggregate.sum,
+                "min": aggregate.min,
+                "max": aggregate.max,
+                "avg": aggregate.avg,
+                "p50": p50,
+                "p95": p95,
+                "p99": p99,
+                "histogram": aggregate.histogram.to_json(),
+                "rolled_up_at": rolled_up_at,
+            }
+        )
+    daily = OperationalMetricDaily.__table__
+    assert isinstance(daily, Table)
+    insert = (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(daily)
+    excluded = insert.excluded
+    statement = insert.on_conflict_do_update(
+        index_elements=[daily.c.metric_type, daily.c.date, daily.c.labels_key],
+        set_={name: excluded[name] for name in (*_VALUE_COLUMNS, "rolled_up_at")},
+        where=or_(*(daily.c[name].is_distinct_from(excluded[name]) for name in _VALUE_COLUMNS)),
+    )
+    connection.execute(statement, rows)

@@ -1,0 +1,197 @@
+"""The demo, run for real: on SQLite with the StubBroker, and on PostgreSQL with Redis."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import func, select
+from sqlalchemy.engine import URL
+
+from dramatiq_opmetrics.cli import main
+from dramatiq_opmetrics.database import make_engine
+from dramatiq_opmetrics.demo import DEFAULT_DEMO_DATABASE, PROFILES, run_demo
+from dramatiq_opmetrics.models import LabelSet, OperationalMetric, OperationalMetricDaily
+from tests.conftest import REDIS_URL
+
+SUMMARY = re.compile(
+    r"(\d+) of (\d+) messages finished \((\d+) succeeded, (\d+) attempts retried, (\d+) dead-lettered\) in"
+)
+
+
+def url_text(url: URL) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+def check_demo_data(url: URL, lines: list[str]) -> None:
+    """The database holds what the demo said it did: every live attempt, and six rolled-up past days."""
+    finished, total, succeeded, retried, dead = map(int, SUMMARY.search("\n".join(lines)).groups())  # type: ignore[union-attr]
+    assert finished == total == 300
+    today = dt.datetime.now(dt.UTC).date()
+    start = dt.datetime.combine(today, dt.time(), tzinfo=dt.UTC)
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        today_counts = dict(
+            connection.execute(
+                select(OperationalMetric.metric_type, func.count())
+                .where(OperationalMetric.recorded_at >= start)
+                .group_by(OperationalMetric.metric_type)
+            ).all()
+        )
+        final_errors = connection.execute(
+            select(func.count())
+            .select_from(OperationalMetric)
+            .join(LabelSet, LabelSet.id == OperationalMetric.label_set_id)
+            .where(OperationalMetric.recorded_at >= start, LabelSet.labels_key.contains("outcome:final"))
+        ).scalar_one()
+        models = set(
+            connection.execute(
+                select(LabelSet.labels_key)
+                .join(OperationalMetric, LabelSet.id == OperationalMetric.label_set_id)
+                .where(OperationalMetric.recorded_at >= start, OperationalMetric.metric_type == "prompt_tokens")
+            ).scalars()
+        )
+        rolled_up_days = connection.execute(select(func.count(func.distinct(OperationalMetricDaily.date)))).scalar_one()
+    engine.dispose()
+    # Every attempt of today's live run was measured and written by the middleware before the worker stopped.
+    attempts = succeeded + retried + dead
+    assert today_counts["processing_time"] == today_counts["wait_time"] == attempts
+    assert today_counts["error"] == retried + dead
+    assert final_errors == dead
+    assert today_counts["queue_depth"] > 0
+    assert today_counts["prompt_tokens"] == today_counts["completion_tokens"] == today_counts["confidence"] > 0
+    assert {key.split("model:")[1].split("|")[0] for key in models} == {"gpt-4o-mini", "claude-3-5-haiku"}
+    assert rolled_up_days == 6
+
+
+def check_report(printed: list[str]) -> None:
+    text = "\n".join(printed)
+    lines = text.splitlines()
+    for title in ("processing time", "wait time", "errors", "queue depth", "confidence", "token usage"):
+        assert any(line.startswith(title) for line in lines), title
+    for profile in PROFILES:
+        assert profile.actor in text
+    start = lines.index(next(line for line in lines if line.startswith("dramatiq-opmetrics report:")))
+    end = lines.index(next(line for line in lines if line.startswith("Done in")))
+    assert max(len(line) for line in lines[start:end]) <= 80
+
+
+def test_demo_runs_on_sqlite_and_a_stub_broker_and_prints_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPMETRICS_DEMO_DATABASE_URL", raising=False)
+    monkeypatch.delenv("OPMETRICS_DEMO_BROKER_URL", raising=False)
+    lines: list[str] = []
+    assert run_demo(out=lines.append) == 0
+    path = tmp_path / DEFAULT_DEMO_DATABASE
+    assert "an in-process StubBroker" in lines[0]
+    check_report(lines)
+    check_demo_data(URL.create("sqlite", database=str(path)), lines)
+    assert f"sqlite3 {path}" in "\n".join(lines)
+
+
+def test_demo_starts_over_in_its_own_sqlite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPMETRICS_DEMO_DATABASE_URL", raising=False)
+    monkeypatch.delenv("OPMETRICS_DEMO_BROKER_URL", raising=False)
+    assert run_demo(history_days=1, live_messages=20, out=lambda line: None) == 0
+    lines: list[str] = []
+    assert run_demo(history_days=1, live_messages=20, out=lines.append) == 0
+    engine = make_engine(URL.create("sqlite", database=str(tmp_path / DEFAULT_DEMO_DATABASE)))
+    with engine.connect() as connection:
+        live = connection.execute(
+            select(func.count())
+            .select_from(OperationalMetric)
+            .where(
+                OperationalMetric.metric_type == "processing_time",
+                OperationalMetric.recorded_at
+                >= dt.datetime.combine(dt.datetime.now(dt.UTC).date(), dt.time(), tzinfo=dt.UTC),
+            )
+        ).scalar_one()
+    engine.dispose()
+    _, _, succeeded, retried, dead = map(int, SUMMARY.search("\n".join(lines)).groups())  # type: ignore[union-attr]
+    assert live == succeeded + retried + dead  # only the second run's attempts
+    assert "(replacing the previous demo run)" in lines[2]
+
+
+@pytest.mark.postgres
+def test_demo_runs_on_postgresql_and_redis(postgres_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
+    namespace = f"opmetrics-test-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(REDIS_URL)
+    lines: list[str] = []
+    try:
+        assert run_demo(postgres_url, REDIS_URL, namespace=namespace, out=lines.append) == 0
+        leftover = list(client.scan_iter(match=f"{namespace}:*"))
+    finally:
+        for key in client.scan_iter(match=f"{namespace}:*"):
+            client.delete(key)
+        client.close()
+    assert "Redis at redis://" in lines[0]
+    check_report(lines)
+    check_demo_data(postgres_url, lines)
+    assert leftover == []
+
+
+@pytest.mark.postgres
+def test_demo_run_again_on_a_given_database_keeps_its_history(postgres_url: URL) -> None:
+    assert run_demo(postgres_url, history_days=2, live_messages=20, out=lambda line: None) == 0
+    lines: list[str] = []
+    assert run_demo(postgres_url, history_days=2, live_messages=20, out=lines.append) == 0
+    assert sum("has data already" in line for line in lines) == 2
+    engine = make_engine(postgres_url)
+    with engine.connect() as connection:
+        days = connection.execute(
+            select(OperationalMetricDaily.date, func.sum(OperationalMetricDaily.sample_count)).group_by(
+                OperationalMetricDaily.date
+            )
+        ).all()
+        raw = dict(
+            connection.execute(
+                select(func.date(OperationalMetric.recorded_at), func.count()).group_by(
+                    func.date(OperationalMetric.recorded_at)
+                )
+            ).all()
+        )
+    engine.dispose()
+    assert len(days) == 2
+    assert all(raw[day] == total for day, total in days)
+
+
+def test_demo_refuses_a_broker_that_is_not_redis(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.sqlite3'}"
+    assert main(["demo", "--database-url", url, "--broker-url", "amqp://guest:s3cret@127.0.0.1:5672/"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the demo runs on Redis" in err and "s3cret" not in err
+
+
+@pytest.mark.slow
+def test_the_demo_command_runs_with_no_services_configured(tmp_path: Path) -> None:
+    environment = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dramatiq-opmetrics"), "demo"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "token usage" in result.stdout and "Done in" in result.stdout
+    assert (tmp_path / DEFAULT_DEMO_DATABASE).is_file()
+
+
+def test_demo_with_an_unreachable_broker_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.sqlite3'}"
+    broker_url = "redis://:s3cret@127.0.0.1:1/0"
+    assert main(["demo", "--database-url", url, "--broker-url", broker_url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach the demo's Redis broker" in err and "s3cret" not in err
+    assert not (tmp_path / "demo.sqlite3").exists()

@@ -1,0 +1,164 @@
+"""The query API: range statistics from daily rows, accurate percentiles, grouping, filters, today from raw."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+
+import numpy as np
+import pytest
+from raw_samples import at, insert_samples
+from sqlalchemy import Engine
+
+from dramatiq_opmetrics import MetricStats, MetricType, query_daily_series, query_metrics
+from dramatiq_opmetrics.retention import prune
+from dramatiq_opmetrics.rollup import rollup
+
+# The query reads raw rows of the days not rolled up, today among them: these tests use the real date.
+NOW = dt.datetime.now(dt.UTC)
+
+
+def days_ago(n: int) -> dt.date:
+    return NOW.date() - dt.timedelta(days=n)
+
+
+def lognormal_month(engine: Engine, per_day: int = 1500) -> list[float]:
+    """30 complete days of lognormal durations whose distribution drifts from day to day."""
+    rng = random.Random(30)
+    values, rows = [], []
+    for n in range(1, 31):
+        mu, sigma = 4 + 0.8 * math.sin(n / 3), 0.6 + 0.5 * (n % 4) / 3
+        for i in range(per_day):
+            value = rng.lognormvariate(mu, sigma)
+            values.append(value)
+            rows.append((MetricType.PROCESSING_TIME, {"actor": "work", "queue": "q"}, value, at(days_ago(n), i * 50)))
+    insert_samples(engine, rows)
+    return values
+
+
+def test_percentiles_over_30_days_of_lognormal_durations_are_within_one_percent(engine: Engine) -> None:
+    values = lognormal_month(engine)
+    rollup(engine, now=NOW)
+    since, until = days_ago(30), days_ago(1)
+    [stats] = query_metrics(engine, since, until, metric_type=MetricType.PROCESSING_TIME)
+    exact = np.percentile(values, [50, 95, 99])
+    assert stats.count == len(values)
+    assert stats.sum == pytest.approx(math.fsum(values), rel=1e-12)
+    assert (stats.min, stats.max) == (min(values), max(values))
+    assert stats.avg == pytest.approx(np.mean(values), rel=1e-12)
+    for estimate, expected in zip((stats.p50, stats.p95, stats.p99), exact, strict=True):
+        assert estimate is not None
+        assert abs(estimate - expected) <= 0.01 * expected
+    # The data is one where averaging daily p95s would be wrong by far more than 1%.
+    daily = query_daily_series(engine, since, until)
+    averaged_p95 = np.mean([point.p95 for point in daily])
+    assert abs(averaged_p95 - exact[1]) > 0.03 * exact[1]
+    # Raw rows gone, the answer from daily rows alone is the same.
+    pruned = prune(engine, retention_days=1, now=NOW + dt.timedelta(days=1))
+    assert len(pruned.pruned) == 30
+    assert query_metrics(engine, since, until) == [stats]
+
+
+def test_a_range_of_one_rolled_up_row_gives_the_exact_daily_percentiles(engine: Engine) -> None:
+    rng = random.Random(2)
+    values = [rng.expovariate(0.01) for _ in range(101)]
+    insert_samples(
+        engine, [(MetricType.WAIT_TIME, {"queue": "q"}, v, at(days_ago(1), i)) for i, v in enumerate(values)]
+    )
+    rollup(engine, now=NOW)
+    [stats] = query_metrics(engine, days_ago(1), days_ago(1))
+    assert [stats.p50, stats.p95, stats.p99] == pytest.approx(np.percentile(values, [50, 95, 99]), rel=1e-12)
+
+
+def make_fleet(engine: Engine) -> None:
+    rows = []
+    for n in (2, 1):
+        for actor, queue, value in [("a", "q1", 10.0), ("a", "q2", 20.0), ("b", "q1", 30.0)]:
+            rows += [
+                (MetricType.PROCESSING_TIME, {"actor": actor, "queue": queue}, value, at(days_ago(n), i))
+                for i in range(n)
+            ]
+    rows.append((MetricType.ERROR, {"actor": "a", "queue": "q1", "error_type": "E"}, 1.0, at(days_ago(1), 5)))
+    insert_samples(engine, rows)
+    rollup(engine, now=NOW)
+
+
+def summary(results: list[MetricStats]) -> list[tuple[str, dict[str, str], int, float]]:
+    return [(s.metric_type.value, dict(s.labels), s.count, s.sum) for s in results]
+
+
+def test_results_group_by_chosen_labels_or_by_full_label_set(engine: Engine) -> None:
+    make_fleet(engine)
+    since, until = days_ago(7), days_ago(1)
+    kind = MetricType.PROCESSING_TIME
+    assert summary(query_metrics(engine, since, until, metric_type=kind, group_by=("actor",))) == [
+        ("processing_time", {"actor": "a"}, 6, 90.0),
+        ("processing_time", {"actor": "b"}, 3, 90.0),
+    ]
+    assert summary(query_metrics(engine, since, until, metric_type=kind, group_by=())) == [
+        ("processing_time", {}, 9, 180.0)
+    ]
+    assert summary(query_metrics(engine, since, until, group_by=("queue", "error_type"))) == [
+        ("processing_time", {"queue": "q1"}, 6, 120.0),
+        ("processing_time", {"queue": "q2"}, 3, 60.0),
+        ("error", {"queue": "q1", "error_type": "E"}, 1, 1.0),
+    ]
+    by_label_set = query_metrics(engine, since, until, metric_type=kind)
+    assert [dict(s.labels) for s in by_label_set] == [
+        {"actor": "a", "queue": "q1"},
+        {"actor": "a", "queue": "q2"},
+        {"actor": "b", "queue": "q1"},
+    ]
+
+
+def test_a_label_filter_keeps_samples_having_all_its_labels(engine: Engine) -> None:
+    make_fleet(engine)
+    results = query_metrics(engine, days_ago(7), days_ago(1), labels={"queue": "q1"}, group_by=("actor",))
+    assert summary(results) == [
+        ("processing_time", {"actor": "a"}, 3, 30.0),
+        ("processing_time", {"actor": "b"}, 3, 90.0),
+        ("error", {"actor": "a"}, 1, 1.0),
+    ]
+    assert query_metrics(engine, days_ago(7), days_ago(1), labels={"queue": "nowhere"}) == []
+
+
+def test_days_not_rolled_up_are_read_from_raw_rows_so_today_is_never_missing(engine: Engine) -> None:
+    make_fleet(engine)
+    labels = {"actor": "a", "queue": "q1"}
+    insert_samples(engine, [(MetricType.PROCESSING_TIME, labels, 1000.0, at(NOW.date()))])
+    kind = MetricType.PROCESSING_TIME
+    [with_today] = query_metrics(engine, days_ago(1), NOW.date(), metric_type=kind, labels=labels)
+    assert (with_today.count, with_today.max, with_today.raw_days) == (2, 1000.0, 1)
+    [without] = query_metrics(engine, days_ago(1), NOW.date(), metric_type=kind, labels=labels, include_raw=False)
+    assert (without.count, without.max, without.raw_days) == (1, 10.0, 0)
+    series = query_daily_series(engine, days_ago(1), NOW.date(), metric_type=kind, labels=labels)
+    assert [(p.date, p.count, p.raw_days) for p in series] == [(days_ago(1), 1, 0), (NOW.date(), 1, 1)]
+
+
+def test_the_daily_series_has_one_point_per_day_per_group(engine: Engine) -> None:
+    make_fleet(engine)
+    series = query_daily_series(engine, days_ago(7), days_ago(1), metric_type="processing_time", group_by=("actor",))
+    assert [(p.labels["actor"], p.date, p.count) for p in series] == [
+        ("a", days_ago(2), 4),
+        ("a", days_ago(1), 2),
+        ("b", days_ago(2), 2),
+        ("b", days_ago(1), 1),
+    ]
+
+
+def test_a_connection_serves_as_well_as_an_engine(engine: Engine) -> None:
+    make_fleet(engine)
+    with engine.connect() as connection:
+        assert query_metrics(connection, days_ago(7), days_ago(1)) == query_metrics(engine, days_ago(7), days_ago(1))
+
+
+def test_bad_input_is_refused_with_a_clear_error(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="is after until"):
+        query_metrics(engine, days_ago(1), days_ago(2))
+    with pytest.raises(ValueError, match="unknown metric type 'latency'"):
+        query_metrics(engine, days_ago(2), days_ago(1), metric_type="latency")
+    with pytest.raises(ValueError, match="label"):
+        query_metrics(engine, days_ago(2), days_ago(1), labels={"bad key!": "x"})
+    with pytest.raises(ValueError, match="not a string"):
+        query_metrics(engine, days_ago(2), days_ago(1), group_by="actor")

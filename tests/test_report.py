@@ -1,0 +1,295 @@
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session
+
+from dramatiq_opmetrics import MetricsCollector
+from dramatiq_opmetrics.cli import main
+from dramatiq_opmetrics.database import make_engine
+from dramatiq_opmetrics.metric_types import MetricType
+from dramatiq_opmetrics.query import MetricStats, query_metrics
+from dramatiq_opmetrics.report import Report, ReportRow, render_json, render_text, report_range, report_to_dict
+from dramatiq_opmetrics.rollup import rollup
+
+SINCE, UNTIL = dt.date(2026, 11, 21), dt.date(2026, 11, 27)
+
+
+def row(labels: dict[str, str], count: int, avg: float, error_rate: float | None = None) -> ReportRow:
+    """A row whose statistics derive from ``avg``: min avg/2, max 3avg, p50 0.9avg, p95 2avg, p99 2.5avg."""
+    stats = MetricStats(
+        MetricType.PROCESSING_TIME, labels, count, avg * count, avg / 2, avg * 3, avg, avg * 0.9, avg * 2, avg * 2.5
+    )
+    return ReportRow(stats, error_rate)
+
+
+def sample_report() -> Report:
+    return Report(
+        SINCE,
+        UNTIL,
+        {"actor": None, "queue": None, "model": None},
+        {
+            MetricType.PROCESSING_TIME: [
+                row({"actor": "summarise_a_very_long_document_name_for_the_board", "queue": "llm"}, 1204, 152.3, 0.02),
+                row({"actor": "send_welcome_email", "queue": "emails"}, 12000, 12.3, 0.0),
+            ],
+            MetricType.ERROR: [
+                row({"actor": "sync_crm", "queue": "crm", "error_type": "CRMUnavailable", "outcome": "final"}, 40, 1)
+            ],
+            MetricType.QUEUE_DEPTH: [row({"queue": "llm", "state": "ready"}, 300, 33.3)],
+            MetricType.PROMPT_TOKENS: [row({"model": "gpt-4o-mini"}, 412, 811.2)],
+            MetricType.COMPLETION_TOKENS: [row({"model": "gpt-4o-mini"}, 412, 162.6)],
+            MetricType.CONFIDENCE: [row({"bucket": "0.9-1.0"}, 300, 0.95), row({"bucket": "0.5-0.6"}, 100, 0.55)],
+        },
+    )
+
+
+def test_every_line_of_the_text_report_fits_in_80_columns() -> None:
+    lines = render_text(sample_report()).splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert any(line.startswith("summarise_a_very_long") and "~" in line for line in lines)
+
+
+def test_the_processing_time_table_shows_count_error_rate_and_percentiles() -> None:
+    text = render_text(sample_report())
+    header = next(line for line in text.splitlines() if line.startswith("actor") and "err%" in line)
+    assert header.split() == ["actor", "queue", "count", "err%", "avg", "p50", "p95", "p99"]
+    email = next(line for line in text.splitlines() if line.startswith("send_welcome_email"))
+    assert email.split() == ["send_welcome_email", "emails", "12,000", "0.0%", "12.3", "11.1", "24.6", "30.8"]
+
+
+def test_the_token_table_shows_totals_per_model_and_overall() -> None:
+    text = render_text(sample_report())
+    assert "token usage (tokens per call; 401,206 tokens in total)" in text
+    prompt = next(line for line in text.splitlines() if line.startswith("gpt-4o-mini") and "prompt" in line)
+    assert prompt.split()[:4] == ["gpt-4o-mini", "prompt", "412", "334,214"]
+
+
+def test_the_confidence_table_shows_each_buckets_share() -> None:
+    lines = render_text(sample_report()).splitlines()
+    assert next(line for line in lines if line.startswith("0.9-1.0")).split()[:3] == ["0.9-1.0", "300", "75.0%"]
+
+
+def test_the_json_report_has_the_documented_shape() -> None:
+    data = json.loads(render_json(sample_report()))
+    assert data["since"] == "2026-11-21" and data["until"] == "2026-11-27"
+    assert data["filters"] == {"actor": None, "queue": None, "model": None}
+    processing = data["metrics"]["processing_time"]
+    assert processing["unit"] == "ms" and processing["group_by"] == ["actor", "queue"]
+    assert processing["rows"][1] == {
+        "labels": {"actor": "send_welcome_email", "queue": "emails"},
+        "count": 12000,
+        "sum": pytest.approx(147600.0),
+        "min": pytest.approx(6.15),
+        "max": pytest.approx(36.9),
+        "avg": 12.3,
+        "p50": pytest.approx(11.07),
+        "p95": 24.6,
+        "p99": pytest.approx(30.75),
+        "error_rate": 0.0,
+    }
+    assert "error_rate" not in data["metrics"]["queue_depth"]["rows"][0]
+    assert list(data["metrics"]) == [
+        "processing_time",
+        "error",
+        "queue_depth",
+        "prompt_tokens",
+        "completion_tokens",
+        "confidence",
+    ]
+
+
+def test_an_empty_report_says_so_in_one_line_after_the_heading() -> None:
+    text = render_text(Report(SINCE, UNTIL, {}, {}))
+    assert text.splitlines()[1:] == ["No metrics recorded in this range."]
+    assert report_to_dict(Report(SINCE, UNTIL, {}, {}))["metrics"] == {}
+
+
+def test_the_default_range_is_the_last_seven_days_including_today() -> None:
+    assert report_range(today=UNTIL) == (SINCE, UNTIL)
+
+
+def test_days_counts_back_from_today() -> None:
+    assert report_range(days=1, today=UNTIL) == (UNTIL, UNTIL)
+    assert report_range(days=30, today=UNTIL) == (UNTIL - dt.timedelta(days=29), UNTIL)
+
+
+def test_since_alone_runs_until_today() -> None:
+    assert report_range(since=SINCE, today=UNTIL + dt.timedelta(days=3)) == (SINCE, UNTIL + dt.timedelta(days=3))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"days": 3, "since": SINCE}, "either --days or --since/--until"),
+        ({"days": 0}, "--days must be at least 1"),
+        ({"since": UNTIL, "until": SINCE}, "is after --until"),
+    ],
+)
+def test_a_bad_range_is_refused_with_a_clear_message(arguments: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        report_range(today=UNTIL, **arguments)  # type: ignore[arg-type]
+
+
+# The command, on a real database (each dialect): daily rows of past days merged with today's raw rows.
+
+TODAY = dt.datetime.now(dt.UTC).date()
+
+
+def url_text(url: URL) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+def at(day: dt.date, hour: int = 12) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(hour), tzinfo=dt.UTC)
+
+
+def record_fleet_day(engine: Engine, day: dt.date, durations_ms: list[float]) -> None:
+    """One day of a small fleet: processing times of send_email (one of them failed), tokens and confidence."""
+    with Session(engine) as session, session.begin():
+        collector = MetricsCollector(session)
+        for duration_ms in durations_ms:
+            collector.record_processing_time("send_email", duration_ms, queue="emails", recorded_at=at(day))
+        collector.record_error("send_email", "TimeoutError", queue="emails", outcome="retried", recorded_at=at(day))
+        collector.record_queue_depth("emails", 7, state="ready", recorded_at=at(day))
+        collector.record_token_usage("gpt-4o-mini", 800, 150, actor="summarise", recorded_at=at(day))
+        collector.record_token_usage("claude-3-5-haiku", 400, 50, actor="classify", recorded_at=at(day))
+        collector.record_confidence(0.93, actor="classify", recorded_at=at(day))
+
+
+@pytest.fixture
+def fleet(engine: Engine, migrated_url: URL) -> URL:
+    """Two rolled-up past days and today (raw rows only) of the small fleet."""
+    record_fleet_day(engine, TODAY - dt.timedelta(days=2), [10.0, 20.0, 30.0, 40.0])
+    record_fleet_day(engine, TODAY - dt.timedelta(days=1), [50.0, 60.0, 70.0, 80.0])
+    record_fleet_day(engine, TODAY, [90.0, 100.0])
+    rollup(engine)
+    return migrated_url
+
+
+def report_json(url: URL, *arguments: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    assert main(["report", "--database-url", url_text(url), "--json", *arguments]) == 0
+    data: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return data
+
+
+def test_report_json_merges_rolled_up_days_with_todays_raw_rows(fleet: URL, capsys: pytest.CaptureFixture[str]) -> None:
+    data = report_json(fleet, "--days", "3", capsys=capsys)
+    assert (data["since"], data["until"]) == (str(TODAY - dt.timedelta(days=2)), str(TODAY))
+    [processing] = data["metrics"]["processing_time"]["rows"]
+    assert processing["labels"] == {"actor": "send_email", "queue": "emails"}
+    assert processing["count"] == 10
+    assert processing["sum"] == pytest.approx(550.0)
+    assert (processing["min"], processing["max"], processing["avg"]) == (10.0, 100.0, 55.0)
+    [stats] = query_metrics(
+        make_engine(fleet),
+        TODAY - dt.timedelta(days=2),
+        TODAY,
+        metric_type="processing_time",
+        group_by=("actor", "queue"),
+    )
+    assert (processing["p50"], processing["p95"], processing["p99"]) == (stats.p50, stats.p95, stats.p99)
+    assert 49.5 <= processing["p50"] <= 55.6  # the median of 10, 20, ..., 100, within 1%
+    assert processing["error_rate"] == pytest.approx(3 / 10)
+    [errors] = data["metrics"]["error"]["rows"]
+    assert errors["labels"] == {
+        "actor": "send_email",
+        "queue": "emails",
+        "error_type": "TimeoutError",
+        "outcome": "retried",
+    }
+    assert errors["count"] == 3
+    prompt = {row["labels"]["model"]: row["sum"] for row in data["metrics"]["prompt_tokens"]["rows"]}
+    assert prompt == {"gpt-4o-mini": 2400.0, "claude-3-5-haiku": 1200.0}
+    assert data["metrics"]["confidence"]["rows"][0]["labels"] == {"bucket": "0.9-1.0"}
+    assert data["metrics"]["queue_depth"]["rows"][0]["labels"] == {"queue": "emails", "state": "ready"}
+
+
+def test_report_json_of_today_alone_comes_from_raw_rows(fleet: URL, capsys: pytest.CaptureFixture[str]) -> None:
+    data = report_json(fleet, "--days", "1", capsys=capsys)
+    [processing] = data["metrics"]["processing_time"]["rows"]
+    assert (processing["count"], processing["avg"], processing["error_rate"]) == (2, 95.0, 0.5)
+
+
+def test_report_filters_by_model_and_by_metric(fleet: URL, capsys: pytest.CaptureFixture[str]) -> None:
+    data = report_json(fleet, "--model", "gpt-4o-mini", "--metric", "prompt_tokens", capsys=capsys)
+    assert list(data["metrics"]) == ["prompt_tokens"]
+    assert [row["labels"] for row in data["metrics"]["prompt_tokens"]["rows"]] == [{"model": "gpt-4o-mini"}]
+    assert data["filters"] == {"actor": None, "queue": None, "model": "gpt-4o-mini"}
+
+
+def test_report_text_shows_a_table_per_metric_type_in_80_columns(
+    fleet: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", "--database-url", url_text(fleet), "--since", str(TODAY - dt.timedelta(days=2))]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for title in ("processing time", "errors", "queue depth", "confidence", "token usage"):
+        assert any(line.startswith(title) for line in out.splitlines()), title
+    email = next(line for line in out.splitlines() if line.startswith("send_email"))
+    assert email.split()[:4] == ["send_email", "emails", "10", "30.0%"]
+    assert "token usage (tokens per call; 4,200 tokens in total)" in out
+
+
+def test_an_empty_database_is_one_line(migrated_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--database-url", url_text(migrated_url)]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "No metrics recorded yet: add OpMetrics to your broker, or run `dramatiq-opmetrics demo` to see some."
+    ]
+
+
+def test_an_empty_range_says_so(fleet: URL, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--database-url", url_text(fleet), "--since", "2020-01-01", "--until", "2020-01-31"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["No metrics recorded in this range."]
+
+
+def test_an_unmigrated_database_is_one_line_saying_to_migrate(
+    database_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if database_url.get_backend_name() == "sqlite":
+        make_engine(database_url).dispose()
+        sqlite3.connect(database_url.database).close()  # an existing, empty file
+    assert main(["report", "--database-url", url_text(database_url)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "run `dramatiq-opmetrics migrate` first" in err
+
+
+def test_a_missing_sqlite_file_is_one_line_and_is_not_created(
+    sqlite_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", "--database-url", url_text(sqlite_url)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "there is no SQLite database at" in err and "dramatiq-opmetrics migrate" in err
+    assert not Path(str(sqlite_url.database)).exists()
+
+
+def test_a_bad_range_on_the_command_line_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--database-url", "sqlite://", "--days", "3", "--since", "2026-11-01"]) == 2
+    assert capsys.readouterr().err == "dramatiq-opmetrics: error: give either --days or --since/--until, not both\n"
+
+
+def test_a_bad_label_filter_is_one_line(fleet: URL, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--database-url", url_text(fleet), "--actor", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "label 'actor' has an empty value" in err
+
+
+def test_the_queue_depth_table_lists_states_from_waiting_to_dead(
+    engine: Engine, migrated_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Session(engine) as session, session.begin():
+        collector = MetricsCollector(session)
+        for state in ("dead", "in_flight", "ready", "delayed"):
+            collector.record_queue_depth("emails", 3, state=state)
+    assert main(["report", "--database-url", url_text(migrated_url), "--metric", "queue_depth"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines if line.startswith("emails")] == ["ready", "delayed", "in_flight", "dead"]

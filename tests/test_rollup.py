@@ -1,0 +1,195 @@
+"""The daily rollup: exact daily statistics, idempotence, catch-up, late samples, concurrency, pruned days."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import random
+import threading
+
+import numpy as np
+import pytest
+from raw_samples import at, insert_samples
+from sqlalchemy import Engine, select, text
+
+from dramatiq_opmetrics.metric_types import MetricType
+from dramatiq_opmetrics.models import OperationalMetricDaily
+from dramatiq_opmetrics.partitions import DEFAULT_PARTITION_DAYS_AHEAD, ensure_partitions, list_partitions
+from dramatiq_opmetrics.rollup import DayRollup, rollup
+from dramatiq_opmetrics.sketch import Histogram
+
+TODAY = dt.date(2026, 11, 20)
+NOW = dt.datetime(2026, 11, 20, 1, 30, tzinfo=dt.UTC)
+DAILY_COLUMNS = "metric_type, date, labels_key, labels, sample_count, sum, min, max, avg, p50, p95, p99, histogram"
+
+
+def days_ago(n: int) -> dt.date:
+    return TODAY - dt.timedelta(days=n)
+
+
+def record_day(
+    engine: Engine, day: dt.date, count: int = 500, seed: int = 0, partition: bool = True
+) -> dict[str, list[float]]:
+    """Record ``count`` processing times over two actors on ``day``; return the values by labels key.
+
+    On PostgreSQL the day gets its partition first, as in normal operation, unless ``partition`` is False
+    (then its rows land in the default partition).
+    """
+    if partition:
+        with engine.begin() as connection:
+            ensure_partitions(connection, day, day)
+    rng = random.Random(seed or day.toordinal())
+    values: dict[str, list[float]] = {}
+    rows = []
+    for i in range(count):
+        actor = f"actor_{i % 2}"
+        value = rng.lognormvariate(5, 1)
+        values.setdefault(f"actor:{actor}|queue:default", []).append(value)
+        labels = {"actor": actor, "queue": "default"}
+        rows.append((MetricType.PROCESSING_TIME, labels, value, at(day, i * 86_000 / count)))
+    insert_samples(engine, rows)
+    return values
+
+
+def daily_rows(engine: Engine) -> list[tuple[object, ...]]:
+    with engine.connect() as connection:
+        daily = OperationalMetricDaily.__table__
+        return [tuple(row) for row in connection.execute(select(daily).order_by(daily.c.date, daily.c.labels_key))]
+
+
+def test_daily_rows_hold_the_exact_statistics_of_each_day(engine: Engine) -> None:
+    values = record_day(engine, days_ago(1), count=2001)
+    assert [r.day for r in rollup(engine, now=NOW)] == [days_ago(1)]
+    with engine.connect() as connection:
+        rows = connection.execute(select(OperationalMetricDaily.__table__)).all()
+    assert len(rows) == 2
+    for row in rows:
+        expected = values[row.labels_key]
+        assert row.metric_type is MetricType.PROCESSING_TIME
+        assert row.date == days_ago(1)
+        assert row.labels == {"actor": row.labels_key.split("|")[0][6:], "queue": "default"}
+        assert row.sample_count == len(expected)
+        assert row.sum == pytest.approx(math.fsum(expected), rel=1e-12)
+        assert (row.min, row.max) == (min(expected), max(expected))
+        assert row.avg == pytest.approx(np.mean(expected), rel=1e-12)
+        assert [row.p50, row.p95, row.p99] == pytest.approx(np.percentile(expected, [50, 95, 99]), rel=1e-12)
+        assert Histogram.from_json(row.histogram) == Histogram.of(expected)
+
+
+def test_rolling_up_a_day_twice_leaves_identical_rows(engine: Engine) -> None:
+    record_day(engine, days_ago(1))
+    rollup(engine, now=NOW)
+    first = daily_rows(engine)
+    again = rollup(engine, day=days_ago(1), now=NOW)
+    assert [r.day for r in again] == [days_ago(1)]
+    assert daily_rows(engine) == first
+    assert rollup(engine, now=NOW) == []
+
+
+def test_catch_up_rolls_up_every_missed_day_but_not_today(engine: Engine) -> None:
+    for n in (0, 1, 2, 3):
+        record_day(engine, days_ago(n), count=100)
+    rolled = rollup(engine, now=NOW)
+    assert [r.day for r in rolled] == [days_ago(3), days_ago(2), days_ago(1)]
+    assert all(r.rows == 100 and r.label_sets == 2 and r.daily_rows == 2 for r in rolled)
+    assert {row[1] for row in daily_rows(engine)} == {days_ago(3), days_ago(2), days_ago(1)}
+
+
+def test_since_limits_the_catch_up(engine: Engine) -> None:
+    for n in (1, 2, 3):
+        record_day(engine, days_ago(n), count=50)
+    assert [r.day for r in rollup(engine, since=days_ago(2), now=NOW)] == [days_ago(2), days_ago(1)]
+
+
+def test_late_samples_of_a_rolled_up_day_are_included_by_the_next_run(engine: Engine) -> None:
+    values = record_day(engine, days_ago(1), count=300)
+    rollup(engine, now=NOW)
+    late = [(MetricType.PROCESSING_TIME, {"actor": "actor_0", "queue": "default"}, 1e5, at(days_ago(1), 86_399))]
+    insert_samples(engine, late)
+    values["actor:actor_0|queue:default"].append(1e5)
+    rolled = rollup(engine, now=NOW + dt.timedelta(days=1))
+    assert [(r.day, r.rows) for r in rolled] == [(days_ago(1), 301)]
+    with engine.connect() as connection:
+        daily = OperationalMetricDaily.__table__
+        row = connection.execute(select(daily).where(daily.c.labels_key == "actor:actor_0|queue:default")).one()
+    assert (row.sample_count, row.max) == (151, 1e5)
+    assert row.p99 == pytest.approx(np.percentile(values["actor:actor_0|queue:default"], 99), rel=1e-12)
+
+
+def test_two_rollups_at_once_give_no_duplicates_and_no_errors(engine: Engine) -> None:
+    for n in (1, 2, 3):
+        record_day(engine, days_ago(n), count=2000)
+    barrier = threading.Barrier(2)
+    results: list[list[DayRollup]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            results.append(rollup(engine, now=NOW))
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    rolled_days = sorted(r.day for result in results for r in result)
+    assert rolled_days == [days_ago(3), days_ago(2), days_ago(1)]
+    rows = daily_rows(engine)
+    assert len(rows) == 6
+    assert sum(row[4] for row in rows) == 6000  # type: ignore[misc]
+
+
+def test_a_day_whose_raw_rows_are_gone_is_never_rolled_up_again(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    record_day(engine, days_ago(40), count=200)
+    rollup(engine, now=NOW)
+    before = daily_rows(engine)
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM operational_metrics"))
+    # One sample arrives for the day after its raw rows were removed.
+    insert_samples(engine, [(MetricType.PROCESSING_TIME, {"actor": "x"}, 1.0, at(days_ago(40), 60))])
+    with caplog.at_level(logging.WARNING, logger="dramatiq_opmetrics.rollup"):
+        assert rollup(engine, now=NOW) == []
+        assert rollup(engine, day=days_ago(40), now=NOW) == []
+    assert daily_rows(engine) == before
+    assert "retention removed its raw rows" in caplog.text
+
+
+def test_a_day_that_is_not_complete_is_refused(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="not complete yet"):
+        rollup(engine, day=TODAY, now=NOW)
+    with pytest.raises(ValueError, match="either day or since"):
+        rollup(engine, day=days_ago(1), since=days_ago(2), now=NOW)
+
+
+def test_each_rolled_up_day_is_logged_with_rows_label_sets_and_duration(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    record_day(engine, days_ago(1), count=10)
+    with caplog.at_level(logging.INFO, logger="dramatiq_opmetrics.rollup"):
+        rollup(engine, now=NOW)
+    [record] = [r for r in caplog.records if getattr(r, "event", None) == "rollup_day"]
+    assert record.getMessage().startswith(f"Rolled up day {days_ago(1)}: rows=10 label_sets=2 daily_rows=2 duration_s=")
+    assert (record.day, record.rows, record.label_sets) == (days_ago(1).isoformat(), 10, 2)  # type: ignore[attr-defined]
+
+
+@pytest.mark.postgres
+def test_each_run_creates_partitions_ahead_and_rolls_up_rows_of_the_default_partition(postgres_engine: Engine) -> None:
+    old_day = days_ago(3)
+    values = record_day(postgres_engine, old_day, count=100, partition=False)
+    with postgres_engine.connect() as connection:
+        in_default = connection.execute(text("SELECT count(*) FROM operational_metrics_default")).scalar_one()
+    assert in_default == 100
+    rolled = rollup(postgres_engine, now=NOW)
+    assert [(r.day, r.rows) for r in rolled] == [(old_day, 100)]
+    with postgres_engine.connect() as connection:
+        partitions = list_partitions(connection)
+        total = connection.execute(select(OperationalMetricDaily.sample_count)).scalars().all()
+    assert all(TODAY + dt.timedelta(days=n) in partitions for n in range(DEFAULT_PARTITION_DAYS_AHEAD + 1))
+    assert sum(total) == sum(len(v) for v in values.values())

@@ -1,0 +1,346 @@
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dramatiq
+import pytest
+from conftest import RABBITMQ_URL, REDIS_URL
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import dq_name, xq_name
+from sqlalchemy import select
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session
+
+from dramatiq_opmetrics.cli import main
+from dramatiq_opmetrics.database import make_engine
+from dramatiq_opmetrics.interval_claims import interval_start
+from dramatiq_opmetrics.metric_types import MetricType
+from dramatiq_opmetrics.migrate import upgrade
+from dramatiq_opmetrics.models import OperationalMetric
+from dramatiq_opmetrics.queue_depth_sampler import QueueDepthSampler
+
+#: Seconds between samples in the multi-process test: short, yet long enough for a loaded machine.
+FLEET_INTERVAL_S = 2.0
+
+
+def url_text(url: URL) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+def message(queue: str) -> dramatiq.Message[object]:
+    return dramatiq.Message(queue_name=queue, actor_name="noop", args=(), kwargs={}, options={})
+
+
+@pytest.fixture
+def broker_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], str]]:
+    """Writes a module defining ``broker`` in a fresh directory (the current one); returns ``module:broker``."""
+    monkeypatch.chdir(tmp_path)
+    names: list[str] = []
+
+    def write(source: str) -> str:
+        name = f"opm_broker_{uuid.uuid4().hex[:10]}"
+        (tmp_path / f"{name}.py").write_text(source)
+        names.append(name)
+        return f"{name}:broker"
+
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)
+    while str(tmp_path) in sys.path:
+        sys.path.remove(str(tmp_path))
+
+
+def redis_module_source(namespace: str, queues: list[str]) -> str:
+    return (
+        "from dramatiq.brokers.redis import RedisBroker\n"
+        f"broker = RedisBroker(url={REDIS_URL!r}, namespace={namespace!r})\n"
+        f"for queue in {queues!r}:\n"
+        "    broker.declare_queue(queue)\n"
+    )
+
+
+def stored_depths(url: URL) -> list[tuple[str, str, float, dt.datetime]]:
+    """Every stored queue_depth sample as (queue, state, value, recorded_at)."""
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session:
+            rows = session.scalars(
+                select(OperationalMetric).where(OperationalMetric.metric_type == MetricType.QUEUE_DEPTH)
+            ).all()
+            return [(r.labels["queue"], r.labels["state"], r.value, r.recorded_at) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def test_once_writes_one_sample_per_queue_and_state_to_the_database(
+    migrated_url: URL,
+    redis_broker: RedisBroker,
+    unique_queue: Callable[[str], str],
+    broker_module: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    emails, extra = unique_queue("emails"), unique_queue("extra")
+    for _ in range(4):
+        redis_broker.enqueue(message(emails))
+    redis_broker.enqueue(message(emails), delay=600_000)
+    spec = broker_module(redis_module_source(redis_broker.namespace, [emails]))
+
+    status = main(
+        ["sample-queues", "--broker", spec, "--once", "--database-url", url_text(migrated_url), "--queue", extra]
+    )
+
+    assert status == 0
+    assert "sampled 2 queues: 8 samples" in capsys.readouterr().out
+    assert sorted((q, s, v) for q, s, v, _ in stored_depths(migrated_url)) == sorted(
+        [(emails, "ready", 4), (emails, "delayed", 1), (emails, "dead", 0), (emails, "in_flight", 0)]
+        + [(extra, state, 0) for state in ("ready", "delayed", "dead", "in_flight")]
+    )
+
+
+def test_once_again_in_the_same_interval_writes_nothing(
+    migrated_url: URL,
+    redis_broker: RedisBroker,
+    unique_queue: Callable[[str], str],
+    broker_module: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = broker_module(redis_module_source(redis_broker.namespace, [unique_queue("q")]))
+    arguments = ["sample-queues", "--broker", spec, "--once", "--interval", "3600", "--database-url"]
+    assert main([*arguments, url_text(migrated_url)]) == 0
+    assert main([*arguments, url_text(migrated_url)]) == 0
+    assert "already sampled by another process" in capsys.readouterr().out
+    assert len(stored_depths(migrated_url)) == 4
+
+
+def test_a_sidecar_and_the_workers_share_the_claims(
+    migrated_url: URL,
+    redis_broker: RedisBroker,
+    unique_queue: Callable[[str], str],
+    broker_module: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    queue = unique_queue("q")
+    redis_broker.declare_queue(queue)
+    spec = broker_module(redis_module_source(redis_broker.namespace, [queue]))
+    worker_sampler = QueueDepthSampler(
+        RedisBroker(url=REDIS_URL, namespace=redis_broker.namespace), list, interval_s=3600
+    )
+    worker_sampler.broker.declare_queue(queue)
+    assert worker_sampler.sample() is not None  # a worker took this interval
+    database = url_text(migrated_url)
+    assert main(["sample-queues", "--broker", spec, "--once", "--interval", "3600", "--database-url", database]) == 0
+    assert "already sampled by another process" in capsys.readouterr().out
+    assert stored_depths(migrated_url) == []
+
+
+@pytest.mark.parametrize(
+    ("source", "spec_suffix", "error"),
+    [
+        ("", "", "--broker must look like module:attribute"),
+        ("broker = 3\n", ":broker", "is a int, not a Dramatiq broker"),
+        ("x = 1\n", ":broker", "has no attribute 'broker'"),
+    ],
+)
+def test_a_bad_broker_is_one_clear_line(
+    sqlite_url: URL,
+    broker_module: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+    source: str,
+    spec_suffix: str,
+    error: str,
+) -> None:
+    spec = broker_module(source).split(":")[0] + spec_suffix
+    assert main(["sample-queues", "--broker", spec, "--once", "--database-url", url_text(sqlite_url)]) == 2
+    assert error in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("option", "value"), [("--interval", "0"), ("--queue", "")])
+def test_a_bad_interval_or_queue_is_one_clear_line(
+    migrated_url: URL, broker_module: Callable[[str], str], capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    spec = broker_module("from dramatiq.brokers.stub import StubBroker\nbroker = StubBroker()\n")
+    database = url_text(migrated_url)
+    assert main(["sample-queues", "--broker", spec, "--once", "--database-url", database, option, value]) == 2
+    assert "dramatiq-opmetrics: error: bad --interval or --queue: " in capsys.readouterr().err
+    assert stored_depths(migrated_url) == []
+
+
+def test_a_missing_broker_module_is_one_clear_line(sqlite_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = "no_such_module_opm:broker"
+    assert main(["sample-queues", "--broker", spec, "--once", "--database-url", url_text(sqlite_url)]) == 2
+    assert "cannot import the broker's module 'no_such_module_opm'" in capsys.readouterr().err
+
+
+def test_an_unsupported_broker_is_reported_and_nothing_is_written(
+    migrated_url: URL, broker_module: Callable[[str], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = broker_module("import dramatiq\nclass Custom(dramatiq.Broker):\n    pass\nbroker = Custom()\n")
+    assert main(["sample-queues", "--broker", spec, "--once", "--database-url", url_text(migrated_url)]) == 1
+    assert "queue depth is not supported for Custom" in capsys.readouterr().err
+    assert stored_depths(migrated_url) == []
+
+
+def test_an_unreachable_broker_with_once_is_one_clear_line(
+    migrated_url: URL, broker_module: Callable[[str], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = broker_module(
+        "from dramatiq.brokers.redis import RedisBroker\n"
+        "broker = RedisBroker(url='redis://:secret-pw@127.0.0.1:1/0', namespace='unreachable')\n"
+        "broker.declare_queue('q')\n"
+    )
+    assert main(["sample-queues", "--broker", spec, "--once", "--database-url", url_text(migrated_url)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dramatiq-opmetrics: error: cannot read the broker: ConnectionError: ")
+    assert len(err.splitlines()) == 1
+    assert "secret-pw" not in err
+    assert stored_depths(migrated_url) == []
+
+
+def test_a_database_that_is_not_migrated_is_reported_before_sampling(
+    postgres_url: URL,
+    redis_broker: RedisBroker,
+    unique_queue: Callable[[str], str],
+    broker_module: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = broker_module(redis_module_source(redis_broker.namespace, [unique_queue("q")]))
+    assert main(["sample-queues", "--broker", spec, "--database-url", url_text(postgres_url)]) == 2
+    assert "run `dramatiq-opmetrics migrate` first" in capsys.readouterr().err
+    assert not any(
+        b"__opmetrics_claims__" in key for key in redis_broker.client.scan_iter(f"{redis_broker.namespace}:*")
+    )
+
+
+def start_sidecars(
+    spec: str, url: URL, tmp_path: Path, extra_queue: str, count: int = 3
+) -> list[subprocess.Popen[str]]:
+    command = [
+        str(Path(sys.executable).parent / "dramatiq-opmetrics"),
+        "sample-queues",
+        "--broker",
+        spec,
+        "--interval",
+        str(FLEET_INTERVAL_S),
+        "--database-url",
+        url_text(url),
+        "--queue",
+        extra_queue,
+    ]
+    return [
+        subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            stdout=(tmp_path / f"sidecar{index}.out").open("w"),
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for index in range(3)
+    ]
+
+
+def run_fleet_for_three_intervals(processes: list[subprocess.Popen[str]], tmp_path: Path) -> dt.datetime:
+    """Wait until every sidecar runs, let three whole intervals pass, stop them; return the first's start."""
+    deadline = time.monotonic() + 60
+    try:
+        while not all("sampling" in (tmp_path / f"sidecar{i}.out").read_text() for i in range(len(processes))):
+            assert all(p.poll() is None for p in processes), [
+                (tmp_path / f"sidecar{i}.out").read_text() for i in range(len(processes))
+            ]
+            assert time.monotonic() < deadline, "the sidecars did not start"
+            time.sleep(0.1)
+        first = interval_start(dt.datetime.now(dt.UTC), FLEET_INTERVAL_S) + dt.timedelta(seconds=FLEET_INTERVAL_S)
+        end = first + dt.timedelta(seconds=3 * FLEET_INTERVAL_S)
+        # Stop in the middle of the interval after the third, so its sample (if any) is outside the window.
+        time.sleep((end - dt.datetime.now(dt.UTC)).total_seconds() + FLEET_INTERVAL_S / 2)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+    assert [p.returncode for p in processes] == [0, 0, 0], [
+        (tmp_path / f"sidecar{i}.out").read_text() for i in range(len(processes))
+    ]
+    return first
+
+
+def assert_three_samples_per_queue_and_state(
+    url: URL, first: dt.datetime, expected: dict[tuple[str, str], float]
+) -> None:
+    stored = stored_depths(url)
+    window = [s for s in stored if first <= s[3] < first + dt.timedelta(seconds=3 * FLEET_INTERVAL_S)]
+    assert Counter((q, s) for q, s, _, _ in window) == {key: 3 for key in expected}
+    assert {(q, s, v) for q, s, v, _ in window} == {(q, s, v) for (q, s), v in expected.items()}
+    # Outside the window too, no interval was ever sampled twice.
+    per_interval = Counter((q, s, interval_start(at, FLEET_INTERVAL_S)) for q, s, _, at in stored)
+    assert set(per_interval.values()) == {1}
+
+
+@pytest.mark.slow
+def test_three_sidecars_on_redis_write_three_samples_per_queue_and_state_in_three_intervals_not_nine(
+    postgres_url: URL,
+    redis_broker: RedisBroker,
+    unique_queue: Callable[[str], str],
+    broker_module: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    upgrade(postgres_url)
+    emails, reports, extra = unique_queue("emails"), unique_queue("reports"), unique_queue("extra")
+    for _ in range(3):
+        redis_broker.enqueue(message(emails))
+    redis_broker.enqueue(message(reports), delay=600_000)
+    heartbeats = f"{redis_broker.namespace}:__heartbeats__"
+    heartbeats_before = redis_broker.client.zrange(heartbeats, 0, -1, withscores=True)
+    spec = broker_module(redis_module_source(redis_broker.namespace, [emails, reports]))
+
+    first = run_fleet_for_three_intervals(start_sidecars(spec, postgres_url, tmp_path, extra), tmp_path)
+
+    expected = {(q, s): 0.0 for q in (emails, reports, extra) for s in ("ready", "delayed", "dead", "in_flight")}
+    expected[(emails, "ready")] = 3
+    expected[(reports, "delayed")] = 1
+    assert_three_samples_per_queue_and_state(postgres_url, first, expected)
+    # No sidecar ever registered as a worker: only the test's own enqueues left a heartbeat.
+    assert redis_broker.client.zrange(heartbeats, 0, -1, withscores=True) == heartbeats_before
+
+
+@pytest.mark.slow
+def test_three_sidecars_on_rabbitmq_write_three_samples_per_queue_and_state_in_three_intervals_not_nine(
+    postgres_url: URL,
+    rabbitmq_broker: RabbitmqBroker,
+    unique_queue: Callable[[str], str],
+    broker_module: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    upgrade(postgres_url)
+    emails, extra = unique_queue("emails"), unique_queue("extra")
+    for _ in range(2):
+        rabbitmq_broker.enqueue(message(emails))
+    rabbitmq_broker.enqueue(message(emails), delay=600_000)
+    spec = broker_module(
+        "from dramatiq.brokers.rabbitmq import RabbitmqBroker\n"
+        f"broker = RabbitmqBroker(url={RABBITMQ_URL!r})\n"
+        f"broker.declare_queue({emails!r})\n"
+    )
+
+    first = run_fleet_for_three_intervals(start_sidecars(spec, postgres_url, tmp_path, extra), tmp_path)
+
+    expected = {(q, s): 0.0 for q in (emails, extra) for s in ("ready", "delayed", "dead")}
+    expected[(emails, "ready")] = 2
+    expected[(emails, "delayed")] = 1
+    assert_three_samples_per_queue_and_state(postgres_url, first, expected)
+    checker = RabbitmqBroker(url=RABBITMQ_URL)
+    try:
+        channel = checker.channel
+        for name in (extra, dq_name(extra), xq_name(extra)):
+            with pytest.raises(Exception, match="NOT_FOUND"):
+                channel.queue_declare(name, passive=True)
+            channel = checker.connection.channel()
+    finally:
+        checker.close()
