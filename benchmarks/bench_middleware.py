@@ -177,8 +177,8 @@ def drain_once(redis_url: str, url: URL | None, messages: int) -> float:
             raise RuntimeError(f"only {processed[0]} of {messages} messages were processed")
         elapsed = time.perf_counter() - started
         worker.stop()
-        if opmetrics is not None and opmetrics.writer.written_total != 2 * messages:
-            raise RuntimeError(f"the writer wrote {opmetrics.writer.written_total} samples, not {2 * messages}")
+        if opmetrics is not None and opmetrics.writer.written_total < 2 * messages:  # + any queue depth samples
+            raise RuntimeError(f"the writer wrote {opmetrics.writer.written_total} samples, not {2 * messages}+")
         return messages / elapsed
     finally:
         broker.close()
