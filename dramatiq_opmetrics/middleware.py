@@ -164,6 +164,7 @@ class OpMetrics(Middleware):
             shutdown_timeout_s=shutdown_timeout_s,
         )
         self._label_sets: dict[str, dict[str, _Labels | None]] = {}
+        self._append_message = self.buffer.append_message
         self._exit_flush_pid = 0
         interval_s = resolve_setting(
             queue_depth_interval_s, QUEUE_DEPTH_INTERVAL_ENV_VAR, DEFAULT_QUEUE_DEPTH_INTERVAL_S, float
@@ -228,15 +229,18 @@ class OpMetrics(Middleware):
 
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         """Start the clocks of ``message`` and make its actor and queue the context of recordings."""
-        inner = getattr(message, "_message", message)
-        actor_name = inner.actor_name
         try:
-            labels = self._label_sets[actor_name][inner.queue_name]
+            inner = message._message
+        except AttributeError:
+            inner = message
+        try:
+            labels = self._label_sets[inner.actor_name][inner.queue_name]
         except KeyError:
-            labels = self._labels_of(actor_name, inner.queue_name)
+            labels = self._labels_of(inner.actor_name, inner.queue_name)
         if labels is None:
             return
-        due_ms = inner.options.get(DUE_OPTION) or inner.message_timestamp
+        due_ms = inner.options.get("opmetrics_due_ms") or inner.message_timestamp  # DUE_OPTION
+        # (target, actor, queue, message, labels key, due_ms, started_s): see _InFlight.
         current_actor.set((self, labels[1], labels[2], message, labels[0], due_ms, perf_counter()))
 
     def after_process_message(
@@ -250,25 +254,29 @@ class OpMetrics(Middleware):
         """Record processing and wait time; remember a failure until its outcome is known."""
         ended_s = perf_counter()
         context = current_actor.get()
+        if exception is None and type(context) is tuple and context[3] is message and not message.failed:
+            current_actor.set(None)
+            # The writer turns these clock readings into the wait and processing times.
+            self._append_message((None, context[4], context[5], context[6], ended_s))
+            return
+        self._after_failure(broker, message, context, exception, ended_s)
+
+    def _after_failure(
+        self, broker: dramatiq.Broker, message: Any, context: object, exception: BaseException | None, ended_s: float
+    ) -> None:
         failure = None
-        if type(context) is not tuple:
-            if type(context) is not _Failure:
-                return
+        if type(context) is _Failure:
             failure = context
             context = failure.in_flight
-        if context[_MESSAGE] is not message:
+        if type(context) is not tuple or context[_MESSAGE] is not message:
             # Our before hook did not run for it: a middleware failed before the actor could run.
             return
         if exception is None:
+            # A middleware failed the message before the actor could run: the worker skipped it.
             current_actor.set(None)
-            if message.failed:
-                # A middleware failed the message before the actor could run: the worker skipped it.
-                self.buffer.append((_SKIPPED, 1.0, context[_LABELS_KEY], time()))
-                return
-        # The writer turns these clock readings into the wait and processing times.
-        self.buffer.append_message((None, context[_LABELS_KEY], context[_DUE_MS], context[_STARTED_S], ended_s))
-        if exception is None:
+            self.buffer.append((_SKIPPED, 1.0, context[_LABELS_KEY], time()))
             return
+        self._append_message((None, context[_LABELS_KEY], context[_DUE_MS], context[_STARTED_S], ended_s))
         if failure is None:
             failure = _Failure(context)
             current_actor.set(failure)

@@ -1,6 +1,6 @@
 """The writer: raw samples into the metrics database, in batches, from one background thread per process.
 
-:func:`write_samples` is the low-level batch write (COPY on PostgreSQL, one batched INSERT elsewhere)
+:func:`write_samples` is the low-level batch write (binary COPY on PostgreSQL, one batched INSERT elsewhere)
 inside the caller's transaction; anything that has samples to store can call it.
 :class:`BackgroundWriter` drains a :class:`~dramatiq_opmetrics.buffer.SampleBuffer` with it from a
 background thread: every flush interval or when a batch fills, with retries and backoff while the database
@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, insert
 from sqlalchemy.engine import URL
@@ -41,13 +41,22 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
 #: Seconds a connection attempt to PostgreSQL may take before a flush counts as failed.
 CONNECT_TIMEOUT_S = 5
 
-_COPY_SQL = f"COPY {RAW_TABLE} (recorded_at, value, label_set_id, metric_type) FROM STDIN"
+# Binary COPY costs about a tenth of the client CPU per row of text COPY. In the binary format a timestamptz
+# is an int8 of microseconds since 2000-01-01 UTC and an enum is its label, so rows carry those directly:
+# no datetime object is made per sample.
+_COPY_SQL = f"COPY {RAW_TABLE} (recorded_at, value, label_set_id, metric_type) FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = ["int8", "float8", "int4", "text"]
+#: The epoch of PostgreSQL timestamps.
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_PG_EPOCH_S = _PG_EPOCH.timestamp()
+_MICROSECOND = timedelta(microseconds=1)
 
 _WAIT_TIME = MetricType.WAIT_TIME.value
 _PROCESSING = MetricType.PROCESSING_TIME.value
 
-#: A raw row as written: recorded_at, value, label_set_id, metric_type (a :class:`MetricType` value).
-Row = tuple[datetime, float, int, str]
+#: A raw row as written: recorded_at (microseconds since 2000-01-01 UTC), value, label_set_id, metric_type
+#: (a :class:`MetricType` value).
+Row = tuple[int, float, int, str]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +64,7 @@ logger = logging.getLogger(__name__)
 def write_samples(connection: Connection, samples: Iterable[Sample]) -> int:
     """Write ``samples`` as raw rows inside the caller's transaction on ``connection``; return how many.
 
-    Uses COPY on PostgreSQL and one batched INSERT elsewhere. Label sets not stored yet are inserted
+    Uses a binary COPY on PostgreSQL and one batched INSERT elsewhere. Label sets not stored yet are inserted
     first (:func:`~dramatiq_opmetrics.label_sets.resolve_label_set_ids`). Neither commits nor rolls back.
 
     Example::
@@ -65,7 +74,10 @@ def write_samples(connection: Connection, samples: Iterable[Sample]) -> int:
     """
     batch = list(samples)
     ids = resolve_label_set_ids(connection, (sample.label_set for sample in batch))
-    rows = [(s.recorded_at, s.value, ids[s.label_set.labels_key], s.metric_type.value) for s in batch]
+    rows = [
+        ((s.recorded_at - _PG_EPOCH) // _MICROSECOND, s.value, ids[s.label_set.labels_key], s.metric_type.value)
+        for s in batch
+    ]
     return _write_rows(connection, rows)
 
 
@@ -76,14 +88,20 @@ def _write_rows(connection: Connection, rows: Sequence[Row]) -> int:
         driver_connection = connection.connection.driver_connection
         assert driver_connection is not None
         with driver_connection.cursor() as cursor, cursor.copy(_COPY_SQL) as copy:
+            copy.set_types(_COPY_TYPES)
             for row in rows:
                 copy.write_row(row)
     else:
         connection.execute(
             insert(OperationalMetric),
             [
-                {"recorded_at": at, "value": value, "label_set_id": id_, "metric_type": mt}
-                for at, value, id_, mt in rows
+                {
+                    "recorded_at": _PG_EPOCH + at_us * _MICROSECOND,
+                    "value": value,
+                    "label_set_id": id_,
+                    "metric_type": mt,
+                }
+                for at_us, value, id_, mt in rows
             ],
         )
     return len(rows)
@@ -245,8 +263,9 @@ class BackgroundWriter:
                     self._passes.notify_all()
             else:
                 failures += 1
-            if stopping and (written or now >= self._stop_deadline):
-                if not written:
+            finished = written and len(self.buffer) == 0 and self.buffer.unrecorded_drops() == 0
+            if stopping and (finished or now >= self._stop_deadline):
+                if not finished:
                     logger.error(
                         "Gave up writing %d buffered metric samples to %s at shutdown.",
                         self.buffer.sample_count(),
@@ -338,21 +357,21 @@ def _labels_key(entry: Entry) -> str:
 
 def _rows(entries: Sequence[Entry], ids: dict[str, int]) -> list[Row]:
     """Raw rows of buffered entries; a message entry's perf_counter readings become wall-clock times now."""
-    wall_offset_s = time.time() - time.perf_counter()
-    from_timestamp = datetime.fromtimestamp
+    # perf_counter() + offset = seconds since 2000-01-01 UTC.
+    offset_s = time.time() - time.perf_counter() - _PG_EPOCH_S
     rows: list[Row] = []
     append = rows.append
     for entry in entries:
         if entry[0] is None:
             _, key, due_ms, started_s, ended_s = entry
             id_ = ids[key]
-            started_at_s = started_s + wall_offset_s
-            wait_ms = started_at_s * 1000.0 - due_ms
-            append((from_timestamp(started_at_s, UTC), wait_ms if wait_ms > 0.0 else 0.0, id_, _WAIT_TIME))
-            append((from_timestamp(ended_s + wall_offset_s, UTC), (ended_s - started_s) * 1000.0, id_, _PROCESSING))
+            started_at_s = started_s + offset_s
+            wait_ms = (started_at_s + _PG_EPOCH_S) * 1000.0 - due_ms
+            append((round(started_at_s * 1e6), wait_ms if wait_ms > 0.0 else 0.0, id_, _WAIT_TIME))
+            append((round((ended_s + offset_s) * 1e6), (ended_s - started_s) * 1000.0, id_, _PROCESSING))
         else:
             metric_type, value, key, at_s = entry
-            append((from_timestamp(at_s, UTC), value, ids[key], metric_type))
+            append((round((at_s - _PG_EPOCH_S) * 1e6), value, ids[key], metric_type))
     return rows
 
 

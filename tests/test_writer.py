@@ -22,13 +22,6 @@ from dramatiq_opmetrics.models import LabelSet, OperationalMetric
 from dramatiq_opmetrics.writer import BackgroundWriter, write_samples
 
 
-@pytest.fixture(autouse=True)
-def writer_logger_enabled() -> None:
-    """An application's Alembic ``env.py`` (``fileConfig`` of the default template, run by another test)
-    disables existing loggers; the warnings under test must be seen."""
-    logging.getLogger("dramatiq_opmetrics.writer").disabled = False
-
-
 def make_buffer(capacity: int = 100_000, batch_size: int = 5_000) -> SampleBuffer:
     """A buffer that knows the label sets the tests' entries use."""
     buffer = SampleBuffer(capacity=capacity, batch_size=batch_size)
