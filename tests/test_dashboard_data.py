@@ -7,9 +7,9 @@ import datetime as dt
 import pytest
 from fleet_history import FleetHistory, make_actors, populate
 from raw_samples import at, insert_samples
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, select, update
 
-from dramatiq_opmetrics.dashboard.data import DashboardData, DateRange
+from dramatiq_opmetrics.dashboard.data import DashboardData, DateRange, daily_fingerprint
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.models import OperationalMetricDaily
 from dramatiq_opmetrics.query import query_metrics
@@ -186,3 +186,21 @@ def test_a_long_range_is_charted_in_buckets_of_several_days() -> None:
     assert date_range.buckets == 92
     assert date_range.bucket(TODAY) == 91
     assert date_range.bucket(date_range.first_day) == 0
+
+
+def test_the_fingerprint_changes_when_a_day_is_rolled_up_again(engine: Engine, fleet: FleetHistory) -> None:
+    first, last = TODAY - dt.timedelta(days=14), TODAY - dt.timedelta(days=1)
+    with engine.connect() as connection:
+        before = daily_fingerprint(connection, [MetricType.WAIT_TIME], first, last)
+    d = OperationalMetricDaily
+    with engine.begin() as connection:
+        connection.execute(
+            update(d)
+            .where(d.metric_type == MetricType.WAIT_TIME, d.date == last)
+            .values(rolled_up_at=NOW + dt.timedelta(hours=1))
+        )
+    with engine.connect() as connection:
+        assert daily_fingerprint(connection, [MetricType.WAIT_TIME], first, last) != before
+        assert daily_fingerprint(connection, [MetricType.PROCESSING_TIME], first, last) == daily_fingerprint(
+            connection, [MetricType.PROCESSING_TIME], first, last
+        )

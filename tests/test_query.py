@@ -5,15 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
+from typing import Any
 
 import numpy as np
 import pytest
+from fleet_history import make_actors, populate
 from raw_samples import at, insert_samples
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from dramatiq_opmetrics import MetricStats, MetricType, query_daily_series, query_metrics
+from dramatiq_opmetrics.aggregate import PERCENTILES
+from dramatiq_opmetrics.models import OperationalMetricDaily
 from dramatiq_opmetrics.retention import prune
 from dramatiq_opmetrics.rollup import rollup
+from dramatiq_opmetrics.sketch import Histogram
 
 # The query reads raw rows of the days not rolled up, today among them: these tests use the real date.
 NOW = dt.datetime.now(dt.UTC)
@@ -162,3 +167,38 @@ def test_bad_input_is_refused_with_a_clear_error(engine: Engine) -> None:
         query_metrics(engine, days_ago(2), days_ago(1), labels={"bad key!": "x"})
     with pytest.raises(ValueError, match="not a string"):
         query_metrics(engine, days_ago(2), days_ago(1), group_by="actor")
+
+
+@pytest.mark.parametrize("group_by", [None, ("queue",), ()])
+def test_range_statistics_equal_the_daily_rows_merged_one_by_one(
+    engine: Engine, group_by: tuple[str, ...] | None
+) -> None:
+    now = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
+    populate(engine, days=20, actors=make_actors(4, queues=2), now=now, raw_samples_per_actor=1)
+    first, last, kind = dt.date(2026, 6, 1), dt.date(2026, 6, 14), MetricType.PROCESSING_TIME
+    d = OperationalMetricDaily
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(d.labels, d.sample_count, d.sum, d.min, d.max, d.histogram).where(
+                d.metric_type == kind, d.date >= first, d.date <= last
+            )
+        ).all()
+    groups: dict[tuple[tuple[str, str], ...], list[Any]] = {}
+    for row in rows:
+        labels = row.labels if group_by is None else {k: row.labels[k] for k in group_by if k in row.labels}
+        groups.setdefault(tuple(sorted(labels.items())), []).append(row)
+    results = query_metrics(engine, first, last, metric_type=kind, group_by=group_by, include_raw=False)
+    assert sorted(tuple(sorted(stats.labels.items())) for stats in results) == sorted(groups)
+    for stats in results:
+        merged_rows = groups[tuple(sorted(stats.labels.items()))]
+        histogram = Histogram()
+        for row in merged_rows:
+            histogram += Histogram.from_json(row.histogram)
+        low = min(row.min for row in merged_rows)
+        high = max(row.max for row in merged_rows)
+        assert len(merged_rows) > 1
+        assert stats.count == sum(row.sample_count for row in merged_rows)
+        assert stats.sum == math.fsum(row.sum for row in merged_rows)
+        assert (stats.min, stats.max) == (low, high)
+        expected = tuple(min(max(value, low), high) for value in histogram.quantiles(PERCENTILES))
+        assert (stats.p50, stats.p95, stats.p99) == expected

@@ -29,12 +29,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Integer, cast, func, select
 
-from ..aggregate import Aggregate
+from ..aggregate import PERCENTILES, Aggregate
 from ..metric_types import MetricType
 from ..models import LabelSet, OperationalMetricDaily
+from ..query import MetricStats, RangeMerge, labels_of_ids, matching_label_sets
 from ..retention import DEFAULT_RETENTION_DAYS
 from ..sketch import Histogram
-from .histograms import daily_fingerprint, merge_histograms, quantile
 from .kept import KeptResults
 from .recent import RecentMaxima, RecentSamples
 
@@ -179,19 +179,6 @@ class DashboardData:
         ).scalar()
         return earliest if last is None else last + dt.timedelta(days=1)
 
-    def _label_sets(self, connection: Connection, label_filter: dict[str, str] | None) -> tuple[set[int], list[str]]:
-        """The ids and labels keys of the label sets having every label of ``label_filter``.
-
-        Every daily row's labels key is a stored label set (label sets are never deleted), so filtering daily
-        rows by these keys uses the daily table's primary key instead of reading every row's labels."""
-        if not label_filter:
-            return set(), []
-        query = select(LabelSet.id, LabelSet.labels_key).where(
-            *[LabelSet.labels[key].as_string() == value for key, value in label_filter.items()]
-        )
-        rows = list(connection.execute(query))
-        return {row[0] for row in rows}, sorted(row[1] for row in rows)
-
     def _recent_stats(
         self,
         connection: Connection,
@@ -206,7 +193,7 @@ class DashboardData:
         each with its histogram, and with p50/p95/p99 read from it if ``percentiles``."""
         label_set_ids = None
         if label_filter:
-            label_set_ids = self._label_sets(connection, label_filter)[0]
+            label_set_ids = matching_label_sets(connection, label_filter)[0]
             if not label_set_ids:
                 return []
         wanted = {kind.value for kind in metric_types}
@@ -221,7 +208,7 @@ class DashboardData:
                 and (label_set_ids is None or aggregate.label_set_id in label_set_ids)
             )
             day += dt.timedelta(days=1)
-        labels = _labels_by_id(connection, {aggregate.label_set_id for _, aggregate in found}) if found else {}
+        labels = labels_of_ids(connection, {aggregate.label_set_id for _, aggregate in found}) if found else {}
         return [
             LabelStats(
                 aggregate.metric_type.value,
@@ -251,7 +238,7 @@ class DashboardData:
         columns = [d.metric_type, d.labels, d.date, d.sample_count, d.sum, d.max, d.p50, d.p95, d.p99, d.min]
         query = select(*columns).where(d.metric_type.in_(list(metric_types)), d.date >= first_day, d.date < before)
         if label_filter:
-            labels_keys = self._label_sets(connection, label_filter)[1]
+            labels_keys = matching_label_sets(connection, label_filter)[1]
             if not labels_keys:
                 return []
             query = query.where(d.labels_key.in_(labels_keys))
@@ -319,9 +306,11 @@ class DashboardData:
                 lambda: _accumulate(date_range, self._daily_by_actor(connection, kinds, date_range, recent, queue)),
             )
             raw = self._recent_stats(connection, kinds, recent, today, label_filter, percentiles=False)
-            percentiles = {
-                kind.value: self._range_histograms(connection, kind, date_range, recent, raw)
+            range_p95 = {
+                (kind.value, stats.labels["actor"], stats.labels.get("queue", "")): stats.p95
                 for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
+                for stats in self._range_stats(connection, kind, date_range, recent, label_filter, ("actor", "queue"))
+                if "actor" in stats.labels
             }
             queues = self._label_values(connection, "queue", alongside="actor")
         # The kept rows of the rolled-up days are copied, then today's samples are added to the copies.
@@ -337,11 +326,18 @@ class DashboardData:
             actor = stat.labels.get("actor")
             if actor is not None:
                 bucket = date_range.bucket(stat.day)
-                p95 = _p95(stat.histogram) if stat.metric_type != MetricType.ERROR.value else None
+                p95 = None
+                if stat.histogram is not None and stat.metric_type != MetricType.ERROR.value:
+                    p95 = stat.histogram.quantile(0.95)
                 accumulator(actor, stat.labels.get("queue", "")).add(stat.metric_type, bucket, stat.count, p95)
         result = [
             accumulator.row(
-                actor, queue_name, {kind: _p95(found.get((actor, queue_name))) for kind, found in percentiles.items()}
+                actor,
+                queue_name,
+                {
+                    kind.value: range_p95.get((kind.value, actor, queue_name))
+                    for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
+                },
             )
             for (actor, queue_name), accumulator in rows.items()
         ]
@@ -366,14 +362,8 @@ class DashboardData:
         with self.engine.connect() as connection:
             stats = self._stats(connection, kinds, date_range, label_filter)
             recent = self._recent_start(connection, date_range)
-            labels_keys = self._label_sets(connection, label_filter)[1]
             summary = {
-                kind.value: _summary(
-                    [stat for stat in stats if stat.metric_type == kind.value],
-                    self._range_histograms(
-                        connection, kind, date_range, recent, stats, lambda labels: "all", labels_keys
-                    ).get("all"),
-                )
+                kind.value: _summary(self._range_stats(connection, kind, date_range, recent, label_filter, ()))
                 for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
             }
         x = date_range.x_values()
@@ -571,11 +561,11 @@ class DashboardData:
         width_s = max(1, math.ceil((end - start).total_seconds() / MAX_DEPTH_POINTS))
         maxima = self.recent_maxima.maxima(connection, MetricType.QUEUE_DEPTH, start, end, width_s)
         if queue:
-            wanted = self._label_sets(connection, {"queue": queue})[0]
+            wanted = matching_label_sets(connection, {"queue": queue})[0]
             maxima = {key: value for key, value in maxima.items() if key[0] in wanted}
         rows = [(label_set_id, index, depth) for (label_set_id, index), depth in maxima.items()]
         ids_found = {row[0] for row in rows}
-        labels = _labels_by_id(connection, ids_found) if ids_found else {}
+        labels = labels_of_ids(connection, ids_found) if ids_found else {}
         first = int(start.timestamp()) // width_s
         x = [float((first + i) * width_s) for i in range(MAX_DEPTH_POINTS + 1)]
         series: dict[str, list[float | None]] = defaultdict(lambda: [None] * len(x))
@@ -588,64 +578,72 @@ class DashboardData:
             chart.add(name, series[name])
         return chart
 
-    def _range_histograms(
+    def _range_stats(
         self,
         connection: Connection,
         metric_type: MetricType,
         date_range: DateRange,
         recent: dt.date,
-        recent_stats: Iterable[LabelStats],
-        group_of: Callable[[dict[str, str]], Any] = lambda labels: (labels["actor"], labels.get("queue", "")),
-        labels_keys: Sequence[str] | None = None,
-    ) -> dict[Any, Histogram]:
-        """Per group (default: actor and queue), the merged histogram of ``metric_type`` over the range, today
-        included: rolled-up days merged in the database (and kept), recent days from their raw samples."""
-        merged: dict[Any, Histogram] = {}
+        label_filter: dict[str, str] | None,
+        group_by: tuple[str, ...],
+    ) -> list[MetricStats]:
+        """The query API's statistics of ``metric_type`` over the range, today included: its merge of the
+        rolled-up days (kept between requests) with the raw days' aggregates added (kept by
+        :class:`~dramatiq_opmetrics.dashboard.recent.RecentSamples`)."""
+        first, last = date_range.first_day, recent - dt.timedelta(days=1)
 
-        def add(labels: dict[str, str], histogram: Histogram | None) -> None:
-            if histogram is not None and "actor" in labels:
-                merged.setdefault(group_of(labels), Histogram()).__iadd__(histogram)
+        def merge_daily() -> RangeMerge:
+            merge = RangeMerge(metric_type=metric_type, labels=label_filter, group_by=group_by)
+            if first <= last:
+                merge.add_daily_rows(connection, first, last)
+            return merge
 
-        if recent > date_range.first_day:
-            last = recent - dt.timedelta(days=1)
-            keys = None if labels_keys is None else tuple(labels_keys)
-            span = self.kept.get(
-                ("histograms", metric_type, date_range.first_day, last, keys),
-                lambda: daily_fingerprint(connection, [metric_type], date_range.first_day, last, keys),
-                lambda: merge_histograms(connection, metric_type, date_range.first_day, last, keys),
-            )
-            for labels_key, histogram in span.histograms.items():
-                add(span.labels[labels_key], histogram)
-        for stat in recent_stats:
-            if stat.metric_type == metric_type.value:
-                add(stat.labels, stat.histogram)
-        return merged
+        def fingerprint() -> tuple[object, ...]:
+            keys = matching_label_sets(connection, label_filter)[1] if label_filter else None
+            return daily_fingerprint(connection, [metric_type], first, last, keys)
+
+        labels = tuple(sorted((label_filter or {}).items()))
+        kept = self.kept.get(("range", metric_type, first, last, labels, group_by), fingerprint, merge_daily)
+        merge = kept.copy()
+        now = self.clock()
+        day = recent
+        while day <= date_range.today:
+            merge.add_raw_day(connection, day, self.recent_samples.aggregates(connection, day, now))
+            day += dt.timedelta(days=1)
+        return merge.results()
 
 
-def _summary(stats: Sequence[LabelStats], histogram: Histogram | None) -> dict[str, float | None]:
-    """Count, average and p50/p95/p99 over ``stats`` (the days of a range); percentiles read from their merged
-    ``histogram`` and kept within the values seen, as the query API does."""
-    count = sum(stat.count for stat in stats)
-    if not count:
+def _summary(stats: list[MetricStats]) -> dict[str, float | None]:
+    """Count, average and p50/p95/p99 of the one group of a range's statistics (none: no samples)."""
+    if not stats:
         return {"count": 0, "avg": None, "p50": None, "p95": None, "p99": None}
-    low = min((stat.minimum for stat in stats if stat.minimum is not None), default=-math.inf)
-    high = max(stat.maximum for stat in stats)
-    summary: dict[str, float | None] = {"count": count, "avg": sum(stat.total for stat in stats) / count}
-    for name, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
-        value = None if histogram is None else quantile(histogram, fraction)
-        summary[name] = None if value is None else min(max(value, low), high)
-    return summary
+    [found] = stats
+    return {"count": found.count, "avg": found.avg, "p50": found.p50, "p95": found.p95, "p99": found.p99}
 
 
 def _three(histogram: Histogram | None) -> tuple[float | None, float | None, float | None]:
     """p50, p95 and p99 read from ``histogram`` (within 1%), or unknown."""
     if histogram is None:
         return (None, None, None)
-    return (quantile(histogram, 0.5), quantile(histogram, 0.95), quantile(histogram, 0.99))
+    p50, p95, p99 = histogram.quantiles(PERCENTILES)
+    return (p50, p95, p99)
 
 
-def _p95(histogram: Histogram | None) -> float | None:
-    return None if histogram is None else quantile(histogram, 0.95)
+def daily_fingerprint(
+    connection: Connection,
+    metric_types: Sequence[MetricType],
+    first_day: dt.date,
+    last_day: dt.date,
+    labels_keys: Sequence[str] | None = None,
+) -> tuple[object, ...]:
+    """What changes when the daily rows of a span change: how many, their samples, the latest ``rolled_up_at``."""
+    d = OperationalMetricDaily
+    query = select(func.count(), func.sum(d.sample_count), func.max(d.rolled_up_at)).where(
+        d.metric_type.in_(list(metric_types)), d.date >= first_day, d.date <= last_day
+    )
+    if labels_keys is not None:
+        query = query.where(d.labels_key.in_(list(labels_keys)))
+    return tuple(connection.execute(query).one())
 
 
 def _accumulate(date_range: DateRange, grouped: Iterable[Any]) -> dict[tuple[str, str], _OverviewAccumulator]:
@@ -783,11 +781,6 @@ def _percentile_chart(date_range: DateRange, stats: list[LabelStats]) -> Chart:
 def _rows(connection: Connection, query: Any) -> list[Any]:
     """The rows of ``query``, loosely typed (their columns are mixed)."""
     return list(connection.execute(query))
-
-
-def _labels_by_id(connection: Connection, ids: Iterable[int]) -> dict[int, dict[str, str]]:
-    query = select(LabelSet.id, LabelSet.labels).where(LabelSet.id.in_(list(ids)))
-    return {label_set_id: labels for label_set_id, labels in connection.execute(query)}
 
 
 def _queue_state(labels: dict[str, str]) -> str:
