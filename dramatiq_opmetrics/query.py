@@ -310,9 +310,32 @@ class RangeMerge:
         year of histograms much faster than Python parses them."""
         daily = OperationalMetricDaily.__table__
         where = and_(*conditions)
-        bins: dict[tuple[str, str], Histogram] = {}
         histogram = type_coerce(daily.c.histogram, JSONB)
-        for side in ("bins", "negative_bins"):
+        query = (
+            select(
+                cast(daily.c.metric_type, Text),
+                daily.c.labels_key,
+                func.count(),
+                func.sum(daily.c.sample_count),
+                func.array_agg(daily.c.sum),
+                func.min(daily.c.min),
+                func.max(daily.c.max),
+                func.count(daily.c.histogram),
+                func.sum(cast(histogram["zero_count"].astext, BigInteger)),
+                func.bool_or(histogram.has_key("negative_bins")),
+                func.min(daily.c.p50),
+                func.min(daily.c.p95),
+                func.min(daily.c.p99),
+            )
+            .where(where)
+            .group_by(daily.c.metric_type, daily.c.labels_key)
+        )
+        rows = connection.execute(query).all()
+        if not rows:
+            return
+        merged: dict[tuple[str, str], Histogram] = {(row[0], row[1]): Histogram() for row in rows}
+        # Samples are never negative in practice: their buckets are read only when some histogram has them.
+        for side in ("bins", "negative_bins") if any(row[9] for row in rows) else ("bins",):
             bucket = func.jsonb_each_text(histogram[side]).table_valued("key", "value").alias("bucket")
             bucket_key = cast(bucket.c.key, Integer)
             query = (
@@ -327,35 +350,16 @@ class RangeMerge:
                 .group_by(daily.c.metric_type, daily.c.labels_key, bucket_key)
             )
             for row_type, labels_key, key, count in connection.execute(query):
-                found = bins.setdefault((row_type, labels_key), Histogram())
+                found = merged[(row_type, labels_key)]
                 (found.bins if side == "bins" else found.negative_bins)[key] = int(count)
-        query = (
-            select(
-                cast(daily.c.metric_type, Text),
-                daily.c.labels_key,
-                func.count(),
-                func.sum(daily.c.sample_count),
-                func.array_agg(daily.c.sum),
-                func.min(daily.c.min),
-                func.max(daily.c.max),
-                func.count(daily.c.histogram),
-                func.sum(cast(histogram["zero_count"].astext, BigInteger)),
-                func.min(daily.c.p50),
-                func.min(daily.c.p95),
-                func.min(daily.c.p99),
-            )
-            .where(where)
-            .group_by(daily.c.metric_type, daily.c.labels_key)
-        )
-        rows = connection.execute(query).all()
         labels = _labels_of_keys(connection, sorted({row[1] for row in rows}))
-        for row_type, labels_key, sources, count, sums, low, high, with_histogram, zero_count, p50, p95, p99 in rows:
-            merged = None
+        for row_type, labels_key, sources, count, sums, low, high, with_histogram, zero_count, _, *exact in rows:
+            histogram_of_rows = None
             if with_histogram == sources:
-                merged = bins.get((row_type, labels_key), Histogram())
-                merged.zero_count = int(zero_count or 0)
+                histogram_of_rows = merged[(row_type, labels_key)]
+                histogram_of_rows.zero_count = int(zero_count or 0)
             group = self._group(row_type, labels[labels_key], dt.date.min)
-            group.add(int(count), sums, low, high, merged, (p50, p95, p99) if sources == 1 else None, int(sources))
+            group.add(int(count), sums, low, high, histogram_of_rows, tuple(exact) if sources == 1 else None, sources)
 
     def add_raw_day(self, connection: Connection, day: dt.date, aggregates: Sequence[Aggregate] | None = None) -> None:
         """Add the raw rows of UTC ``day`` (a day not rolled up): their ``aggregates`` of every metric type and

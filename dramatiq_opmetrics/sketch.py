@@ -23,7 +23,9 @@ rounding at the edges) ``gamma**(k-1) < v <= gamma**k`` with ``gamma = 1.01 / 0.
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,15 +57,22 @@ def bucket_key(value: float) -> int:
     return int(MAPPING.key(abs(value)))
 
 
-def _key_at_rank(buckets: Sequence[tuple[int, int]], rank: float, *, lower: bool) -> int:
-    """The key of the bucket holding ``rank`` among ``buckets`` (sorted ``(key, count)``, counts above 0), as
-    ``ddsketch``'s ``DenseStore.key_at_rank`` finds it."""
-    running = 0.0
-    for key, count in buckets:
-        running += count
-        if (lower and running > rank) or (not lower and running >= rank + 1):
-            return key
-    return buckets[-1][0]
+def _cumulative(bins: Mapping[int, int]) -> tuple[list[int], list[float]]:
+    """The bucket keys, sorted, and the running count up to each (as floats, summed in key order as
+    ``ddsketch``'s ``DenseStore.key_at_rank`` sums them; a key counting 0 is never the one found)."""
+    keys = sorted(bins)
+    running = list(itertools.accumulate(map(bins.__getitem__, keys), initial=0.0))
+    del running[0]
+    return keys, running
+
+
+def _key_at_rank(buckets: tuple[list[int], list[float]], rank: float, *, lower: bool) -> int:
+    """The key of the bucket holding ``rank`` (of :func:`_cumulative` buckets, at least one), as ``ddsketch``'s
+    ``DenseStore.key_at_rank`` finds it: the first whose running count is above ``rank`` (``lower``), or at
+    least ``rank + 1``; the last if none is."""
+    keys, running = buckets
+    index = bisect.bisect_right(running, rank) if lower else bisect.bisect_left(running, rank + 1)
+    return keys[min(index, len(keys) - 1)]
 
 
 @functools.lru_cache(maxsize=65536)
@@ -128,12 +137,11 @@ class Histogram:
         for fraction in fractions:
             if not 0 <= fraction <= 1:
                 raise ValueError(f"a quantile fraction must be within [0, 1], got {fraction!r}")
-        positive = sorted((key, count) for key, count in self.bins.items() if count)
-        negative = sorted((key, count) for key, count in self.negative_bins.items() if count)
-        negative_count = float(sum(count for _, count in negative))
+        positive, negative = _cumulative(self.bins), _cumulative(self.negative_bins)
+        negative_count = negative[1][-1] if negative[1] else 0.0
         zero_count = float(self.zero_count)
         # Summed in ddsketch's order, as floats, so that ranks compare exactly as they do there.
-        count = negative_count + zero_count + float(sum(count for _, count in positive))
+        count = negative_count + zero_count + (positive[1][-1] if positive[1] else 0.0)
         values: list[float | None] = []
         for fraction in fractions:
             if count == 0:

@@ -202,3 +202,23 @@ def test_range_statistics_equal_the_daily_rows_merged_one_by_one(
         assert (stats.min, stats.max) == (low, high)
         expected = tuple(min(max(value, low), high) for value in histogram.quantiles(PERCENTILES))
         assert (stats.p50, stats.p95, stats.p99) == expected
+
+
+def test_negative_and_zero_values_are_merged_over_days_like_positive_ones(engine: Engine) -> None:
+    rng = random.Random(5)
+    values = {n: [rng.uniform(-50, 200) for _ in range(200)] + [0.0] * 5 for n in (1, 2)}
+    insert_samples(
+        engine,
+        [
+            (MetricType.CONFIDENCE, {"model": "m"}, value, at(days_ago(n), i))
+            for n, day_values in values.items()
+            for i, value in enumerate(day_values)
+        ],
+    )
+    rollup(engine, now=NOW)
+    [stats] = query_metrics(engine, days_ago(2), days_ago(1), include_raw=False)
+    everything = values[1] + values[2]
+    expected = [min(max(v, min(everything)), max(everything)) for v in Histogram.of(everything).quantiles(PERCENTILES)]
+    assert (stats.count, stats.min, stats.max) == (len(everything), min(everything), max(everything))
+    assert [stats.p50, stats.p95, stats.p99] == expected
+    assert stats.p50 is not None and stats.p50 < 100

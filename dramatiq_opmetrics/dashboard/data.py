@@ -127,6 +127,14 @@ class LabelStats:
     minimum: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _RawDays:
+    """The days of a view's range not rolled up yet (``start`` to today), with their raw aggregates."""
+
+    start: dt.date
+    aggregates: dict[dt.date, list[Aggregate]]
+
+
 @dataclass(slots=True)
 class Chart:
     """A chart's data for the page: x values (epoch seconds, or bucket indexes) and named series."""
@@ -169,45 +177,43 @@ class DashboardData:
 
     # -- building blocks ------------------------------------------------------------------------------------
 
-    def _recent_start(self, connection: Connection, date_range: DateRange) -> dt.date:
-        """The first day of the range after the last one rolled up: from it on, days are read from their raw
-        samples. Raw samples older than the retention are gone, so the search stops there."""
+    def _raw_days(self, connection: Connection, date_range: DateRange) -> _RawDays:
+        """The days of the range after the last one rolled up, with the aggregates of their raw samples (read
+        once per request). Raw samples older than the retention are gone, so the search stops there."""
         d = OperationalMetricDaily
         earliest = max(date_range.first_day, date_range.today - dt.timedelta(days=DEFAULT_RETENTION_DAYS))
         last = connection.execute(
             select(func.max(d.date)).where(d.date >= earliest, d.date < date_range.today)
         ).scalar()
-        return earliest if last is None else last + dt.timedelta(days=1)
+        start = earliest if last is None else last + dt.timedelta(days=1)
+        now = self.clock()
+        days = [start + dt.timedelta(days=i) for i in range((date_range.today - start).days + 1)]
+        return _RawDays(start, {day: self.recent_samples.aggregates(connection, day, now) for day in days})
 
     def _recent_stats(
         self,
         connection: Connection,
         metric_types: Sequence[MetricType],
-        since: dt.date,
-        today: dt.date,
+        raw: _RawDays,
         label_filter: dict[str, str] | None = None,
         *,
         percentiles: bool = True,
     ) -> list[LabelStats]:
-        """Per day and label set, from ``since`` to ``today``, from the raw samples (days not rolled up yet):
-        each with its histogram, and with p50/p95/p99 read from it if ``percentiles``."""
+        """Per day and label set, the raw days' aggregates (days not rolled up yet): each with its histogram,
+        and with p50/p95/p99 read from it if ``percentiles``."""
         label_set_ids = None
         if label_filter:
             label_set_ids = matching_label_sets(connection, label_filter)[0]
             if not label_set_ids:
                 return []
         wanted = {kind.value for kind in metric_types}
-        now = self.clock()
-        found: list[tuple[dt.date, Aggregate]] = []
-        day = since
-        while day <= today:
-            found.extend(
-                (day, aggregate)
-                for aggregate in self.recent_samples.aggregates(connection, day, now)
-                if aggregate.metric_type.value in wanted
-                and (label_set_ids is None or aggregate.label_set_id in label_set_ids)
-            )
-            day += dt.timedelta(days=1)
+        found = [
+            (day, aggregate)
+            for day, aggregates in raw.aggregates.items()
+            for aggregate in aggregates
+            if aggregate.metric_type.value in wanted
+            and (label_set_ids is None or aggregate.label_set_id in label_set_ids)
+        ]
         labels = labels_of_ids(connection, {aggregate.label_set_id for _, aggregate in found}) if found else {}
         return [
             LabelStats(
@@ -266,19 +272,19 @@ class DashboardData:
         label_filter: dict[str, str] | None = None,
         *,
         percentiles: bool = True,
+        raw: _RawDays | None = None,
     ) -> list[LabelStats]:
         """Per day and label set over ``date_range``: rolled-up days from the daily table (kept between
-        requests), the days after them from their raw samples."""
-        recent = self._recent_start(connection, date_range)
+        requests), the days after them from their raw samples (``raw``, if read already)."""
+        raw = raw or self._raw_days(connection, date_range)
+        recent = raw.start
         first, last = date_range.first_day, recent - dt.timedelta(days=1)
         daily = self.kept.get(
             ("daily", tuple(metric_types), first, last, tuple(sorted((label_filter or {}).items()))),
             lambda: daily_fingerprint(connection, metric_types, first, last),
             lambda: self._daily_stats(connection, metric_types, first, recent, label_filter),
         )
-        return daily + self._recent_stats(
-            connection, metric_types, recent, date_range.today, label_filter, percentiles=percentiles
-        )
+        return daily + self._recent_stats(connection, metric_types, raw, label_filter, percentiles=percentiles)
 
     # -- views ----------------------------------------------------------------------------------------------
 
@@ -298,18 +304,18 @@ class DashboardData:
         label_filter = {"queue": queue} if queue else None
         kinds = [MetricType.PROCESSING_TIME, MetricType.WAIT_TIME, MetricType.ERROR]
         with self.engine.connect() as connection:
-            recent = self._recent_start(connection, date_range)
-            last = recent - dt.timedelta(days=1)
+            raw_days = self._raw_days(connection, date_range)
+            recent, last = raw_days.start, raw_days.start - dt.timedelta(days=1)
             grouped = self.kept.get(
                 ("overview", date_range, recent, queue),
                 lambda: daily_fingerprint(connection, kinds, date_range.first_day, last),
                 lambda: _accumulate(date_range, self._daily_by_actor(connection, kinds, date_range, recent, queue)),
             )
-            raw = self._recent_stats(connection, kinds, recent, today, label_filter, percentiles=False)
+            raw = self._recent_stats(connection, kinds, raw_days, label_filter, percentiles=False)
             range_p95 = {
                 (kind.value, stats.labels["actor"], stats.labels.get("queue", "")): stats.p95
                 for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
-                for stats in self._range_stats(connection, kind, date_range, recent, label_filter, ("actor", "queue"))
+                for stats in self._range_stats(connection, kind, date_range, raw_days, label_filter, ("actor", "queue"))
                 if "actor" in stats.labels
             }
             queues = self._label_values(connection, "queue", alongside="actor")
@@ -360,10 +366,10 @@ class DashboardData:
         label_filter = {"actor": actor, **({"queue": queue} if queue else {})}
         kinds = [MetricType.PROCESSING_TIME, MetricType.WAIT_TIME, MetricType.ERROR]
         with self.engine.connect() as connection:
-            stats = self._stats(connection, kinds, date_range, label_filter)
-            recent = self._recent_start(connection, date_range)
+            raw = self._raw_days(connection, date_range)
+            stats = self._stats(connection, kinds, date_range, label_filter, raw=raw)
             summary = {
-                kind.value: _summary(self._range_stats(connection, kind, date_range, recent, label_filter, ()))
+                kind.value: _summary(self._range_stats(connection, kind, date_range, raw, label_filter, ()))
                 for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
             }
         x = date_range.x_values()
@@ -583,14 +589,14 @@ class DashboardData:
         connection: Connection,
         metric_type: MetricType,
         date_range: DateRange,
-        recent: dt.date,
+        raw: _RawDays,
         label_filter: dict[str, str] | None,
         group_by: tuple[str, ...],
     ) -> list[MetricStats]:
         """The query API's statistics of ``metric_type`` over the range, today included: its merge of the
         rolled-up days (kept between requests) with the raw days' aggregates added (kept by
         :class:`~dramatiq_opmetrics.dashboard.recent.RecentSamples`)."""
-        first, last = date_range.first_day, recent - dt.timedelta(days=1)
+        first, last = date_range.first_day, raw.start - dt.timedelta(days=1)
 
         def merge_daily() -> RangeMerge:
             merge = RangeMerge(metric_type=metric_type, labels=label_filter, group_by=group_by)
@@ -605,11 +611,8 @@ class DashboardData:
         labels = tuple(sorted((label_filter or {}).items()))
         kept = self.kept.get(("range", metric_type, first, last, labels, group_by), fingerprint, merge_daily)
         merge = kept.copy()
-        now = self.clock()
-        day = recent
-        while day <= date_range.today:
-            merge.add_raw_day(connection, day, self.recent_samples.aggregates(connection, day, now))
-            day += dt.timedelta(days=1)
+        for day, aggregates in raw.aggregates.items():
+            merge.add_raw_day(connection, day, aggregates)
         return merge.results()
 
 
