@@ -131,7 +131,8 @@ def _query(
 ) -> list[MetricStats]:
     if since > until:
         raise ValueError(f"since ({since}) is after until ({until})")
-    merge = RangeMerge(metric_type=metric_type, labels=labels, group_by=group_by, per_day=per_day)
+    metric_types = None if metric_type is None else [metric_type]
+    merge = RangeMerge(metric_types=metric_types, labels=labels, group_by=group_by, per_day=per_day)
     with _connection(connectable) as connection:
         merge.add_daily_rows(connection, since, until)
         if include_raw:
@@ -179,7 +180,9 @@ class _Group:
         self.exact = exact
 
     def histogram(self) -> Histogram:
-        """The merged histogram of every source added so far."""
+        """The merged histogram of every source added so far (only to be read: it may be a source itself)."""
+        if self.merged is None and len(self.pending) == 1 and isinstance(self.pending[0], Histogram):
+            return self.pending[0]
         if self.merged is None:
             self.merged = Histogram()
         for histogram in self.pending:
@@ -188,9 +191,11 @@ class _Group:
         return self.merged
 
     def copy(self) -> _Group:
+        """A copy sharing this group's histograms, which neither changes (so a settled group is never changed)."""
         twin = _Group(self.count, list(self.sums), self.low, self.high, self.sources)
-        if self.pending or self.merged is not None:
-            twin.pending.append(self.histogram())
+        twin.pending = list(self.pending)
+        if self.merged is not None:
+            twin.pending.insert(0, self.merged)
         twin.missing_histogram, twin.exact, twin.raw_days = self.missing_histogram, self.exact, set(self.raw_days)
         return twin
 
@@ -217,7 +222,7 @@ class RangeMerge:
     of daily rows, adds its :meth:`copy` the raw aggregates it keeps itself, and reads the same statistics.
 
     Parameters:
-      metric_type(MetricType | str | None): only this metric type; default: every type.
+      metric_types(Sequence[MetricType | str] | None): only these metric types; default: every type.
       labels(Mapping[str, str] | None): only samples whose labels include all these pairs.
       group_by(Sequence[str] | None): as for :func:`query_metrics`.
       per_day(bool): one group per day too (as :func:`query_daily_series`).
@@ -229,32 +234,46 @@ class RangeMerge:
     def __init__(
         self,
         *,
-        metric_type: MetricType | str | None = None,
+        metric_types: Sequence[MetricType | str] | None = None,
         labels: Mapping[str, str] | None = None,
         group_by: Sequence[str] | None = None,
         per_day: bool = False,
     ) -> None:
-        if metric_type is not None:
-            try:
-                metric_type = MetricType(metric_type)
-            except ValueError:
-                known = ", ".join(member.value for member in MetricType)
-                raise ValueError(f"unknown metric type {metric_type!r}; known: {known}") from None
+        self.metric_types: list[MetricType] | None = None
+        if metric_types is not None:
+            self.metric_types = []
+            for metric_type in metric_types:
+                try:
+                    self.metric_types.append(MetricType(metric_type))
+                except ValueError:
+                    known = ", ".join(member.value for member in MetricType)
+                    raise ValueError(f"unknown metric type {metric_type!r}; known: {known}") from None
         if isinstance(group_by, str):
             raise ValueError("group_by is a sequence of label keys, e.g. ('actor', 'queue'), not a string")
-        self.metric_type: MetricType | None = metric_type
         self.label_filter = dict(make_label_set(labels).labels) if labels else {}
         self.group_by = None if group_by is None else tuple(group_by)
         self.per_day = per_day
         self._groups: dict[_GroupKey, _Group] = {}
         self._label_sets: tuple[set[int], list[str]] | None = None
+        # Label sets never change: the labels read for raw aggregates are kept, and shared with copies.
+        self._labels_by_id: dict[int, dict[str, str]] = {}
 
     def copy(self) -> RangeMerge:
-        """An independent copy (its histograms merged), to add more to while this one stays as it is."""
-        twin = RangeMerge(metric_type=self.metric_type, group_by=self.group_by, per_day=self.per_day)
-        twin.label_filter, twin._label_sets = self.label_filter, self._label_sets
+        """An independent copy, to add more to while this one stays as it is (see :meth:`settle`)."""
+        twin = RangeMerge(metric_types=self.metric_types, group_by=self.group_by, per_day=self.per_day)
+        twin.label_filter, twin._label_sets, twin._labels_by_id = (
+            self.label_filter,
+            self._label_sets,
+            self._labels_by_id,
+        )
         twin._groups = {key: group.copy() for key, group in self._groups.items()}
         return twin
+
+    def settle(self) -> None:
+        """Merge every group's histograms now, so that :meth:`copy` (which never changes this merge) is fast
+        and a merge kept for many copies, in several threads, is never changed again."""
+        for group in self._groups.values():
+            group.histogram()
 
     def _group(self, row_type: MetricType | str, row_labels: Mapping[str, str], day: dt.date) -> _Group:
         if self.group_by is None:
@@ -277,8 +296,8 @@ class RangeMerge:
         """Add the daily rows of the UTC days ``since`` to ``until`` inclusive."""
         daily = OperationalMetricDaily.__table__
         conditions = [daily.c.date >= since, daily.c.date <= until]
-        if self.metric_type is not None:
-            conditions.append(daily.c.metric_type == self.metric_type)
+        if self.metric_types is not None:
+            conditions.append(daily.c.metric_type.in_(self.metric_types))
         if self.label_filter:
             labels_keys = self.matching_label_sets(connection)[1]
             if not labels_keys:
@@ -373,19 +392,22 @@ class RangeMerge:
                 connection,
                 start,
                 end,
-                metric_type=self.metric_type,
+                metric_type=self.metric_types[0] if self.metric_types and len(self.metric_types) == 1 else None,
                 label_set_ids=label_set_ids,
                 exact_percentiles=False,
             )
         wanted = [
             aggregate
             for aggregate in aggregates
-            if (self.metric_type is None or aggregate.metric_type == self.metric_type)
+            if (self.metric_types is None or aggregate.metric_type in self.metric_types)
             and (label_set_ids is None or aggregate.label_set_id in label_set_ids)
         ]
         if not wanted:
             return
-        labels_of = labels_of_ids(connection, {aggregate.label_set_id for aggregate in wanted})
+        labels_of = self._labels_by_id
+        unknown = {aggregate.label_set_id for aggregate in wanted} - labels_of.keys()
+        if unknown:
+            labels_of.update(labels_of_ids(connection, unknown))
         for aggregate in wanted:
             if aggregate.label_set_id not in labels_of:
                 continue

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, delete, func, select, update
 from dramatiq_opmetrics.dashboard.data import DashboardData, DateRange, daily_fingerprint
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.models import OperationalMetricDaily
-from dramatiq_opmetrics.query import query_metrics
+from dramatiq_opmetrics.query import query_daily_series, query_metrics
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
 TODAY = NOW.date()
@@ -204,3 +204,15 @@ def test_the_fingerprint_changes_when_a_day_is_rolled_up_again(engine: Engine, f
         assert daily_fingerprint(connection, [MetricType.PROCESSING_TIME], first, last) == daily_fingerprint(
             connection, [MetricType.PROCESSING_TIME], first, last
         )
+
+
+def test_todays_trend_p95_is_the_query_apis_p95_of_today(
+    engine: Engine, data: DashboardData, fleet: FleetHistory
+) -> None:
+    actor = fleet.actors[1]
+    [row] = [row for row in data.overview(7)["rows"] if row["actor"] == actor.name]
+    [today] = query_daily_series(
+        engine, TODAY, TODAY, metric_type=MetricType.PROCESSING_TIME, labels={"actor": actor.name, "queue": actor.queue}
+    )
+    assert today.raw_days == 1
+    assert row["trend"]["p95_processing_ms"][-1] == today.p95

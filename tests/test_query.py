@@ -16,6 +16,7 @@ from sqlalchemy import Engine, select
 from dramatiq_opmetrics import MetricStats, MetricType, query_daily_series, query_metrics
 from dramatiq_opmetrics.aggregate import PERCENTILES
 from dramatiq_opmetrics.models import OperationalMetricDaily
+from dramatiq_opmetrics.query import RangeMerge
 from dramatiq_opmetrics.retention import prune
 from dramatiq_opmetrics.rollup import rollup
 from dramatiq_opmetrics.sketch import Histogram
@@ -222,3 +223,23 @@ def test_negative_and_zero_values_are_merged_over_days_like_positive_ones(engine
     assert (stats.count, stats.min, stats.max) == (len(everything), min(everything), max(everything))
     assert [stats.p50, stats.p95, stats.p99] == expected
     assert stats.p50 is not None and stats.p50 < 100
+
+
+def test_a_copy_of_a_kept_merge_takes_raw_days_and_leaves_the_merge_as_it_was(engine: Engine) -> None:
+    make_fleet(engine)
+    insert_samples(
+        engine,
+        [(MetricType.PROCESSING_TIME, {"actor": "a", "queue": "q1"}, 500.0, at(NOW.date(), i)) for i in range(3)],
+    )
+    kept = RangeMerge(metric_types=[MetricType.PROCESSING_TIME], group_by=("actor",))
+    with engine.connect() as connection:
+        kept.add_daily_rows(connection, days_ago(7), days_ago(1))
+        kept.settle()
+        before = kept.results()
+        with_today = kept.copy()
+        with_today.add_raw_day(connection, NOW.date())
+    assert kept.results() == before
+    assert with_today.results() == query_metrics(
+        engine, days_ago(7), NOW.date(), metric_type=MetricType.PROCESSING_TIME, group_by=("actor",)
+    )
+    assert [(s.labels["actor"], s.count, s.raw_days) for s in with_today.results()] == [("a", 9, 1), ("b", 3, 0)]

@@ -11,9 +11,10 @@ Every view covers a range of whole UTC days ending today, today always included:
   by time ranges within those days (on PostgreSQL, only their partitions): a view never scans the whole raw
   table.
 
-Percentiles over a range are read from the merged histograms of the days (the query API's
-:class:`~dramatiq_opmetrics.sketch.Histogram`, within 1%), and equal :func:`~dramatiq_opmetrics.query_metrics`'s
-(tested); a day's own p50/p95/p99 are shown as they are for that day. Daily p95s are never averaged.
+Statistics over a range (and the raw days' own percentiles) are the query API's: the dashboard keeps a
+:class:`~dramatiq_opmetrics.query.RangeMerge` of the rolled-up days and adds the raw days' aggregates to a copy
+of it, so its numbers are :func:`~dramatiq_opmetrics.query_metrics`'s (tested). A day's own p50/p95/p99 are
+shown as they are for that day. Daily p95s are never averaged.
 
 Every query is built with SQLAlchemy expressions and bound parameters; label values only ever travel as
 parameters or as data."""
@@ -29,12 +30,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Integer, cast, func, select
 
-from ..aggregate import PERCENTILES, Aggregate
+from ..aggregate import Aggregate
 from ..metric_types import MetricType
 from ..models import LabelSet, OperationalMetricDaily
 from ..query import MetricStats, RangeMerge, labels_of_ids, matching_label_sets
 from ..retention import DEFAULT_RETENTION_DAYS
-from ..sketch import Histogram
 from .kept import KeptResults
 from .recent import RecentMaxima, RecentSamples
 
@@ -123,7 +123,6 @@ class LabelStats:
     p50: float | None = None
     p95: float | None = None
     p99: float | None = None
-    histogram: Histogram | None = None
     minimum: float | None = None
 
 
@@ -196,39 +195,26 @@ class DashboardData:
         metric_types: Sequence[MetricType],
         raw: _RawDays,
         label_filter: dict[str, str] | None = None,
-        *,
-        percentiles: bool = True,
     ) -> list[LabelStats]:
-        """Per day and label set, the raw days' aggregates (days not rolled up yet): each with its histogram,
-        and with p50/p95/p99 read from it if ``percentiles``."""
-        label_set_ids = None
-        if label_filter:
-            label_set_ids = matching_label_sets(connection, label_filter)[0]
-            if not label_set_ids:
-                return []
-        wanted = {kind.value for kind in metric_types}
-        found = [
-            (day, aggregate)
-            for day, aggregates in raw.aggregates.items()
-            for aggregate in aggregates
-            if aggregate.metric_type.value in wanted
-            and (label_set_ids is None or aggregate.label_set_id in label_set_ids)
-        ]
-        labels = labels_of_ids(connection, {aggregate.label_set_id for _, aggregate in found}) if found else {}
+        """Per day and label set, the statistics of the raw days' aggregates (days not rolled up yet), as the
+        query API's daily series reads them."""
+        merge = RangeMerge(metric_types=metric_types, labels=label_filter, per_day=True)
+        for day, aggregates in raw.aggregates.items():
+            merge.add_raw_day(connection, day, aggregates)
         return [
             LabelStats(
-                aggregate.metric_type.value,
-                dict(labels[aggregate.label_set_id]),
-                day,
-                aggregate.count,
-                aggregate.sum,
-                aggregate.max,
-                *_three(aggregate.histogram if percentiles else None),
-                aggregate.histogram,
-                aggregate.min,
+                stats.metric_type.value,
+                dict(stats.labels),
+                stats.date or raw.start,
+                stats.count,
+                stats.sum,
+                stats.max if stats.max is not None else 0.0,
+                stats.p50,
+                stats.p95,
+                stats.p99,
+                minimum=stats.min,
             )
-            for day, aggregate in found
-            if aggregate.label_set_id in labels
+            for stats in merge.results()
         ]
 
     def _daily_stats(
@@ -271,7 +257,6 @@ class DashboardData:
         date_range: DateRange,
         label_filter: dict[str, str] | None = None,
         *,
-        percentiles: bool = True,
         raw: _RawDays | None = None,
     ) -> list[LabelStats]:
         """Per day and label set over ``date_range``: rolled-up days from the daily table (kept between
@@ -284,7 +269,7 @@ class DashboardData:
             lambda: daily_fingerprint(connection, metric_types, first, last),
             lambda: self._daily_stats(connection, metric_types, first, recent, label_filter),
         )
-        return daily + self._recent_stats(connection, metric_types, raw, label_filter, percentiles=percentiles)
+        return daily + self._recent_stats(connection, metric_types, raw, label_filter)
 
     # -- views ----------------------------------------------------------------------------------------------
 
@@ -311,7 +296,7 @@ class DashboardData:
                 lambda: daily_fingerprint(connection, kinds, date_range.first_day, last),
                 lambda: _accumulate(date_range, self._daily_by_actor(connection, kinds, date_range, recent, queue)),
             )
-            raw = self._recent_stats(connection, kinds, raw_days, label_filter, percentiles=False)
+            raw = self._recent_stats(connection, kinds, raw_days, label_filter)
             range_p95 = {
                 (kind.value, stats.labels["actor"], stats.labels.get("queue", "")): stats.p95
                 for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
@@ -332,9 +317,7 @@ class DashboardData:
             actor = stat.labels.get("actor")
             if actor is not None:
                 bucket = date_range.bucket(stat.day)
-                p95 = None
-                if stat.histogram is not None and stat.metric_type != MetricType.ERROR.value:
-                    p95 = stat.histogram.quantile(0.95)
+                p95 = stat.p95 if stat.metric_type != MetricType.ERROR.value else None
                 accumulator(actor, stat.labels.get("queue", "")).add(stat.metric_type, bucket, stat.count, p95)
         result = [
             accumulator.row(
@@ -443,7 +426,7 @@ class DashboardData:
         kinds = [MetricType.PROMPT_TOKENS, MetricType.COMPLETION_TOKENS]
         label_filter = {"model": model} if model else None
         with self.engine.connect() as connection:
-            stats = self._stats(connection, kinds, date_range, label_filter, percentiles=False)
+            stats = self._stats(connection, kinds, date_range, label_filter)
             models = self._label_values(connection, "model")
         per_series: dict[tuple[str, str], list[LabelStats]] = defaultdict(list)
         totals: dict[str, dict[str, float]] = defaultdict(
@@ -482,7 +465,7 @@ class DashboardData:
         date_range = DateRange.ending_today(days, self.clock().date())
         label_filter = {by: value} if value else None
         with self.engine.connect() as connection:
-            stats = self._stats(connection, [MetricType.CONFIDENCE], date_range, label_filter, percentiles=False)
+            stats = self._stats(connection, [MetricType.CONFIDENCE], date_range, label_filter)
             values = self._label_values(connection, by, alongside="bucket")
         buckets = [f"{tenth / 10:.1f}-{(tenth + 1) / 10:.1f}" for tenth in range(10)]
         counts: dict[str, list[float | None]] = defaultdict(lambda: [0.0] * len(buckets))
@@ -599,9 +582,10 @@ class DashboardData:
         first, last = date_range.first_day, raw.start - dt.timedelta(days=1)
 
         def merge_daily() -> RangeMerge:
-            merge = RangeMerge(metric_type=metric_type, labels=label_filter, group_by=group_by)
+            merge = RangeMerge(metric_types=[metric_type], labels=label_filter, group_by=group_by)
             if first <= last:
                 merge.add_daily_rows(connection, first, last)
+            merge.settle()
             return merge
 
         def fingerprint() -> tuple[object, ...]:
@@ -622,14 +606,6 @@ def _summary(stats: list[MetricStats]) -> dict[str, float | None]:
         return {"count": 0, "avg": None, "p50": None, "p95": None, "p99": None}
     [found] = stats
     return {"count": found.count, "avg": found.avg, "p50": found.p50, "p95": found.p95, "p99": found.p99}
-
-
-def _three(histogram: Histogram | None) -> tuple[float | None, float | None, float | None]:
-    """p50, p95 and p99 read from ``histogram`` (within 1%), or unknown."""
-    if histogram is None:
-        return (None, None, None)
-    p50, p95, p99 = histogram.quantiles(PERCENTILES)
-    return (p50, p95, p99)
 
 
 def daily_fingerprint(
