@@ -219,7 +219,8 @@ class RangeMerge:
 
     :func:`query_metrics` and :func:`query_daily_series` are this: the daily rows of the range, plus the raw
     rows of its days not rolled up. A caller that keeps results between calls (the dashboard) keeps a merge
-    of daily rows, adds its :meth:`copy` the raw aggregates it keeps itself, and reads the same statistics.
+    of daily rows (:meth:`settle`), adds the raw aggregates it keeps itself to a :meth:`copy` of it, and reads
+    the same statistics as the query API's.
 
     Parameters:
       metric_types(Sequence[MetricType | str] | None): only these metric types; default: every type.
