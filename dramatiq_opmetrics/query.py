@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, select, type_coerce
+from sqlalchemy import BigInteger, Connection, Engine, Integer, Text, and_, cast, func, select, true, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
-from .aggregate import PERCENTILES, aggregate_raw, default_partition_counts
+from .aggregate import PERCENTILES, Aggregate, aggregate_raw, default_partition_counts
 from .labels import make_label_set
 from .metric_types import MetricType
 from .models import LabelSet, OperationalMetricDaily
@@ -119,54 +119,6 @@ def query_daily_series(
     return _query(connectable, since, until, metric_type, labels, group_by, include_raw, per_day=True)
 
 
-#: A histogram as stored in a daily row (parsed only when needed), or built from raw rows.
-_HistogramSource = Mapping[str, Any] | Histogram | None
-
-
-@dataclass
-class _Group:
-    count: int = 0
-    sums: list[float] = field(default_factory=list)
-    low: float = math.inf
-    high: float = -math.inf
-    histograms: list[_HistogramSource] = field(default_factory=list)
-    exact: tuple[float | None, ...] | None = None
-    raw_days: set[dt.date] = field(default_factory=set)
-
-    def add(
-        self,
-        count: int,
-        total: float,
-        low: float,
-        high: float,
-        histogram: _HistogramSource,
-        exact: tuple[float | None, ...] | None,
-    ) -> None:
-        self.count += count
-        self.sums.append(total)
-        self.low = min(self.low, low)
-        self.high = max(self.high, high)
-        self.histograms.append(histogram)
-        self.exact = exact
-
-    def percentiles(self) -> tuple[float | None, ...]:
-        if len(self.histograms) == 1 and self.exact is not None and None not in self.exact:
-            return self.exact
-        if any(histogram is None for histogram in self.histograms):
-            return (None,) * len(PERCENTILES)
-        merged = Histogram()
-        for histogram in self.histograms:
-            merged += histogram if isinstance(histogram, Histogram) else Histogram.from_json(histogram or {})
-        # A bucket's representative value may lie just outside the values seen: clamp it to them.
-        return tuple(
-            None if value is None else min(max(value, self.low), self.high) for value in merged.quantiles(PERCENTILES)
-        )
-
-
-_GroupKey = tuple[MetricType, tuple[tuple[str, str], ...], dt.date | None]
-_GroupOf = Callable[[MetricType, Mapping[str, str], dt.date], _Group]
-
-
 def _query(
     connectable: Engine | Connection,
     since: dt.date,
@@ -179,31 +131,182 @@ def _query(
 ) -> list[MetricStats]:
     if since > until:
         raise ValueError(f"since ({since}) is after until ({until})")
-    if metric_type is not None:
-        try:
-            metric_type = MetricType(metric_type)
-        except ValueError:
-            known = ", ".join(member.value for member in MetricType)
-            raise ValueError(f"unknown metric type {metric_type!r}; known: {known}") from None
-    label_filter = dict(make_label_set(labels).labels) if labels else {}
-    if isinstance(group_by, str):
-        raise ValueError("group_by is a sequence of label keys, e.g. ('actor', 'queue'), not a string")
-    groups: dict[_GroupKey, _Group] = {}
+    metric_types = None if metric_type is None else [metric_type]
+    merge = RangeMerge(metric_types=metric_types, labels=labels, group_by=group_by, per_day=per_day)
+    with _connection(connectable) as connection:
+        merge.add_daily_rows(connection, since, until)
+        if include_raw:
+            for day in days_not_rolled_up(connection, since, until):
+                merge.add_raw_day(connection, day)
+    return merge.results()
 
-    def group_of(row_type: MetricType, row_labels: Mapping[str, str], day: dt.date) -> _Group:
-        if group_by is None:
+
+#: A histogram as stored in a daily row (parsed only when needed), or built from raw rows.
+_HistogramSource = Mapping[str, Any] | Histogram
+
+
+@dataclass
+class _Group:
+    count: int = 0
+    sums: list[float] = field(default_factory=list)
+    low: float = math.inf
+    high: float = -math.inf
+    sources: int = 0
+    pending: list[_HistogramSource] = field(default_factory=list)
+    merged: Histogram | None = None
+    missing_histogram: bool = False
+    exact: tuple[float | None, ...] | None = None
+    raw_days: set[dt.date] = field(default_factory=set)
+
+    def add(
+        self,
+        count: int,
+        sums: Sequence[float],
+        low: float,
+        high: float,
+        histogram: _HistogramSource | None,
+        exact: tuple[float | None, ...] | None,
+        sources: int = 1,
+    ) -> None:
+        self.count += count
+        self.sums.extend(sums)
+        self.low = min(self.low, low)
+        self.high = max(self.high, high)
+        self.sources += sources
+        if histogram is None:
+            self.missing_histogram = True
+        else:
+            self.pending.append(histogram)
+        self.exact = exact
+
+    def histogram(self) -> Histogram:
+        """The merged histogram of every source added so far (only to be read: it may be a source itself)."""
+        if self.merged is None and len(self.pending) == 1 and isinstance(self.pending[0], Histogram):
+            return self.pending[0]
+        if self.merged is None:
+            self.merged = Histogram()
+        for histogram in self.pending:
+            self.merged += histogram if isinstance(histogram, Histogram) else Histogram.from_json(histogram)
+        self.pending.clear()
+        return self.merged
+
+    def copy(self) -> _Group:
+        """A copy sharing this group's histograms, which neither changes (so a settled group is never changed)."""
+        twin = _Group(self.count, list(self.sums), self.low, self.high, self.sources)
+        twin.pending = list(self.pending)
+        if self.merged is not None:
+            twin.pending.insert(0, self.merged)
+        twin.missing_histogram, twin.exact, twin.raw_days = self.missing_histogram, self.exact, set(self.raw_days)
+        return twin
+
+    def percentiles(self) -> tuple[float | None, ...]:
+        if self.sources == 1 and self.exact is not None and None not in self.exact:
+            return self.exact
+        if self.missing_histogram:
+            return (None,) * len(PERCENTILES)
+        # A bucket's representative value may lie just outside the values seen: clamp it to them.
+        return tuple(
+            None if value is None else min(max(value, self.low), self.high)
+            for value in self.histogram().quantiles(PERCENTILES)
+        )
+
+
+_GroupKey = tuple[MetricType, tuple[tuple[str, str], ...], dt.date | None]
+
+
+class RangeMerge:
+    """Statistics of a range being merged: daily rows and raw days are added, then :meth:`results` read.
+
+    :func:`query_metrics` and :func:`query_daily_series` are this: the daily rows of the range, plus the raw
+    rows of its days not rolled up. A caller that keeps results between calls (the dashboard) keeps a merge
+    of daily rows (:meth:`settle`), adds the raw aggregates it keeps itself to a :meth:`copy` of it, and reads
+    the same statistics as the query API's.
+
+    Parameters:
+      metric_types(Sequence[MetricType | str] | None): only these metric types; default: every type.
+      labels(Mapping[str, str] | None): only samples whose labels include all these pairs.
+      group_by(Sequence[str] | None): as for :func:`query_metrics`.
+      per_day(bool): one group per day too (as :func:`query_daily_series`).
+
+    Raises:
+      ValueError: an unknown metric type, bad labels, or ``group_by`` given as a string.
+    """
+
+    def __init__(
+        self,
+        *,
+        metric_types: Sequence[MetricType | str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        group_by: Sequence[str] | None = None,
+        per_day: bool = False,
+    ) -> None:
+        self.metric_types: list[MetricType] | None = None
+        if metric_types is not None:
+            self.metric_types = []
+            for metric_type in metric_types:
+                try:
+                    self.metric_types.append(MetricType(metric_type))
+                except ValueError:
+                    known = ", ".join(member.value for member in MetricType)
+                    raise ValueError(f"unknown metric type {metric_type!r}; known: {known}") from None
+        if isinstance(group_by, str):
+            raise ValueError("group_by is a sequence of label keys, e.g. ('actor', 'queue'), not a string")
+        self.label_filter = dict(make_label_set(labels).labels) if labels else {}
+        self.group_by = None if group_by is None else tuple(group_by)
+        self.per_day = per_day
+        self._groups: dict[_GroupKey, _Group] = {}
+        self._label_sets: tuple[set[int], list[str]] | None = None
+        # Label sets never change: the labels read for raw aggregates are kept, and shared with copies.
+        self._labels_by_id: dict[int, dict[str, str]] = {}
+
+    def copy(self) -> RangeMerge:
+        """An independent copy, to add more to while this one stays as it is (see :meth:`settle`)."""
+        twin = RangeMerge(metric_types=self.metric_types, group_by=self.group_by, per_day=self.per_day)
+        twin.label_filter, twin._label_sets, twin._labels_by_id = (
+            self.label_filter,
+            self._label_sets,
+            self._labels_by_id,
+        )
+        twin._groups = {key: group.copy() for key, group in self._groups.items()}
+        return twin
+
+    def settle(self) -> None:
+        """Merge every group's histograms now, so that :meth:`copy` (which never changes this merge) is fast
+        and a merge kept for many copies, in several threads, is never changed again."""
+        for group in self._groups.values():
+            group.histogram()
+
+    def _group(self, row_type: MetricType | str, row_labels: Mapping[str, str], day: dt.date) -> _Group:
+        if self.group_by is None:
             chosen = tuple(sorted(row_labels.items()))
         else:
-            chosen = tuple((key, row_labels[key]) for key in group_by if key in row_labels)
-        key = (MetricType(row_type), chosen, day if per_day else None)
-        return groups.setdefault(key, _Group())
+            chosen = tuple((key, row_labels[key]) for key in self.group_by if key in row_labels)
+        key = (MetricType(row_type), chosen, day if self.per_day else None)
+        found = self._groups.get(key)
+        if found is None:
+            found = self._groups[key] = _Group()
+        return found
 
-    with _connection(connectable) as connection:
+    def matching_label_sets(self, connection: Connection) -> tuple[set[int], list[str]]:
+        """:func:`matching_label_sets` of the filter, read once."""
+        if self._label_sets is None:
+            self._label_sets = matching_label_sets(connection, self.label_filter)
+        return self._label_sets
+
+    def add_daily_rows(self, connection: Connection, since: dt.date, until: dt.date) -> None:
+        """Add the daily rows of the UTC days ``since`` to ``until`` inclusive."""
         daily = OperationalMetricDaily.__table__
         conditions = [daily.c.date >= since, daily.c.date <= until]
-        if metric_type is not None:
-            conditions.append(daily.c.metric_type == metric_type)
-        conditions.extend(_label_conditions(connection, daily.c.labels, label_filter))
+        if self.metric_types is not None:
+            conditions.append(daily.c.metric_type.in_(self.metric_types))
+        if self.label_filter:
+            labels_keys = self.matching_label_sets(connection)[1]
+            if not labels_keys:
+                return
+            conditions.append(daily.c.labels_key.in_(labels_keys))
+        if connection.dialect.name == "postgresql" and not self.per_day:
+            self._add_merged_in_postgres(connection, conditions)
+            return
         query = select(
             daily.c.metric_type,
             daily.c.date,
@@ -218,38 +321,130 @@ def _query(
             daily.c.histogram,
         ).where(and_(*conditions))
         for row in connection.execute(query):
-            group_of(row.metric_type, row.labels, row.date).add(
-                row.sample_count, row.sum, row.min, row.max, row.histogram, (row.p50, row.p95, row.p99)
+            self._group(row.metric_type, row.labels, row.date).add(
+                row.sample_count, (row.sum,), row.min, row.max, row.histogram, (row.p50, row.p95, row.p99)
             )
-        if include_raw:
-            for day in _days_not_rolled_up(connection, since, until):
-                _add_raw_day(connection, day, metric_type, label_filter, group_of)
 
-    results = []
-    for (row_type, chosen, group_day), group in groups.items():
-        if group.count == 0:
-            continue
-        p50, p95, p99 = group.percentiles()
-        total = math.fsum(group.sums)
-        results.append(
-            MetricStats(
-                metric_type=row_type,
-                labels=dict(chosen),
-                count=group.count,
-                sum=total,
-                min=group.low,
-                max=group.high,
-                avg=total / group.count,
-                p50=p50,
-                p95=p95,
-                p99=p99,
-                date=group_day,
-                raw_days=len(group.raw_days),
+    def _add_merged_in_postgres(self, connection: Connection, conditions: list[ColumnElement[bool]]) -> None:
+        """The daily rows merged per metric type and label set in PostgreSQL, which adds up the buckets of a
+        year of histograms much faster than Python parses them."""
+        daily = OperationalMetricDaily.__table__
+        where = and_(*conditions)
+        histogram = type_coerce(daily.c.histogram, JSONB)
+        query = (
+            select(
+                cast(daily.c.metric_type, Text),
+                daily.c.labels_key,
+                func.count(),
+                func.sum(daily.c.sample_count),
+                func.array_agg(daily.c.sum),
+                func.min(daily.c.min),
+                func.max(daily.c.max),
+                func.count(daily.c.histogram),
+                func.sum(cast(histogram["zero_count"].astext, BigInteger)),
+                func.bool_or(histogram.has_key("negative_bins")),
+                func.min(daily.c.p50),
+                func.min(daily.c.p95),
+                func.min(daily.c.p99),
             )
+            .where(where)
+            .group_by(daily.c.metric_type, daily.c.labels_key)
         )
-    order = {member: index for index, member in enumerate(MetricType)}
-    results.sort(key=lambda stats: (order[stats.metric_type], sorted(stats.labels.items()), stats.date or since))
-    return results
+        rows = connection.execute(query).all()
+        if not rows:
+            return
+        merged: dict[tuple[str, str], Histogram] = {(row[0], row[1]): Histogram() for row in rows}
+        # Samples are never negative in practice: their buckets are read only when some histogram has them.
+        for side in ("bins", "negative_bins") if any(row[9] for row in rows) else ("bins",):
+            bucket = func.jsonb_each_text(histogram[side]).table_valued("key", "value").alias("bucket")
+            bucket_key = cast(bucket.c.key, Integer)
+            query = (
+                select(
+                    cast(daily.c.metric_type, Text),
+                    daily.c.labels_key,
+                    bucket_key,
+                    func.sum(cast(bucket.c.value, BigInteger)),
+                )
+                .select_from(daily.join(bucket, true()))
+                .where(where)
+                .group_by(daily.c.metric_type, daily.c.labels_key, bucket_key)
+            )
+            for row_type, labels_key, key, count in connection.execute(query):
+                found = merged[(row_type, labels_key)]
+                (found.bins if side == "bins" else found.negative_bins)[key] = int(count)
+        labels = _labels_of_keys(connection, sorted({row[1] for row in rows}))
+        for row_type, labels_key, sources, count, sums, low, high, with_histogram, zero_count, _, *exact in rows:
+            histogram_of_rows = None
+            if with_histogram == sources:
+                histogram_of_rows = merged[(row_type, labels_key)]
+                histogram_of_rows.zero_count = int(zero_count or 0)
+            group = self._group(row_type, labels[labels_key], dt.date.min)
+            group.add(int(count), sums, low, high, histogram_of_rows, tuple(exact) if sources == 1 else None, sources)
+
+    def add_raw_day(self, connection: Connection, day: dt.date, aggregates: Sequence[Aggregate] | None = None) -> None:
+        """Add the raw rows of UTC ``day`` (a day not rolled up): their ``aggregates`` of every metric type and
+        label set if the caller has them (only those this merge wants are added), else aggregated now."""
+        label_set_ids = self.matching_label_sets(connection)[0] if self.label_filter else None
+        if label_set_ids is not None and not label_set_ids:
+            return
+        if aggregates is None:
+            start, end = day_bounds(day)
+            aggregates = aggregate_raw(
+                connection,
+                start,
+                end,
+                metric_type=self.metric_types[0] if self.metric_types and len(self.metric_types) == 1 else None,
+                label_set_ids=label_set_ids,
+                exact_percentiles=False,
+            )
+        wanted = [
+            aggregate
+            for aggregate in aggregates
+            if (self.metric_types is None or aggregate.metric_type in self.metric_types)
+            and (label_set_ids is None or aggregate.label_set_id in label_set_ids)
+        ]
+        if not wanted:
+            return
+        labels_of = self._labels_by_id
+        unknown = {aggregate.label_set_id for aggregate in wanted} - labels_of.keys()
+        if unknown:
+            labels_of.update(labels_of_ids(connection, unknown))
+        for aggregate in wanted:
+            if aggregate.label_set_id not in labels_of:
+                continue
+            group = self._group(aggregate.metric_type, labels_of[aggregate.label_set_id], day)
+            group.add(aggregate.count, (aggregate.sum,), aggregate.min, aggregate.max, aggregate.histogram, None)
+            group.raw_days.add(day)
+
+    def results(self) -> list[MetricStats]:
+        """The statistics of every group with samples, ordered by metric type, labels, then date."""
+        results = []
+        for (row_type, chosen, group_day), group in self._groups.items():
+            if group.count == 0:
+                continue
+            p50, p95, p99 = group.percentiles()
+            total = math.fsum(group.sums)
+            results.append(
+                MetricStats(
+                    metric_type=row_type,
+                    labels=dict(chosen),
+                    count=group.count,
+                    sum=total,
+                    min=group.low,
+                    max=group.high,
+                    avg=total / group.count,
+                    p50=p50,
+                    p95=p95,
+                    p99=p99,
+                    date=group_day,
+                    raw_days=len(group.raw_days),
+                )
+            )
+        order = {member: index for index, member in enumerate(MetricType)}
+        results.sort(
+            key=lambda stats: (order[stats.metric_type], sorted(stats.labels.items()), stats.date or dt.date.min)
+        )
+        return results
 
 
 @contextmanager
@@ -273,7 +468,43 @@ def _label_conditions(
     return [func.json_extract(column, f'$."{key}"') == value for key, value in label_filter.items()]
 
 
-def _days_not_rolled_up(connection: Connection, since: dt.date, until: dt.date) -> list[dt.date]:
+def matching_label_sets(connection: Connection, labels: Mapping[str, str]) -> tuple[set[int], list[str]]:
+    """The ids and labels keys of the label sets having every label of ``labels``.
+
+    Label sets are never deleted and every daily row's labels key is one, so daily rows are filtered by these
+    keys (their primary key) instead of by reading every row's labels."""
+    label_sets = LabelSet.__table__
+    rows = connection.execute(
+        select(label_sets.c.id, label_sets.c.labels_key).where(
+            *_label_conditions(connection, label_sets.c.labels, labels)
+        )
+    ).all()
+    return {row.id for row in rows}, sorted(row.labels_key for row in rows)
+
+
+def labels_of_ids(connection: Connection, ids: Iterable[int]) -> dict[int, dict[str, str]]:
+    """The labels of the label sets ``ids``, by id."""
+    label_sets = LabelSet.__table__
+    query = select(label_sets.c.id, label_sets.c.labels).where(label_sets.c.id.in_(sorted(ids)))
+    return {row.id: dict(row.labels) for row in connection.execute(query)}
+
+
+def _labels_of_keys(connection: Connection, labels_keys: Sequence[str]) -> dict[str, dict[str, str]]:
+    """The labels of each labels key: from the small label-set table, daily rows as the fallback."""
+    label_sets = LabelSet.__table__
+    labels: dict[str, dict[str, str]] = {}
+    for start in range(0, len(labels_keys), 1000):
+        chunk = labels_keys[start : start + 1000]
+        query = select(label_sets.c.labels_key, label_sets.c.labels).where(label_sets.c.labels_key.in_(chunk))
+        labels.update({row.labels_key: dict(row.labels) for row in connection.execute(query)})
+    daily = OperationalMetricDaily.__table__
+    for labels_key in (key for key in labels_keys if key not in labels):
+        fallback = select(daily.c.labels).where(daily.c.labels_key == labels_key).limit(1)
+        labels[labels_key] = dict(connection.execute(fallback).scalar_one())
+    return labels
+
+
+def days_not_rolled_up(connection: Connection, since: dt.date, until: dt.date) -> list[dt.date]:
     """The days of the range that have no daily rows at all (of any metric type) and may have raw rows.
 
     On PostgreSQL only days with a partition or rows in the default partition can have raw rows, so a long
@@ -295,39 +526,3 @@ def _days_not_rolled_up(connection: Connection, since: dt.date, until: dt.date) 
             days.append(day)
         day += dt.timedelta(days=1)
     return days
-
-
-def _add_raw_day(
-    connection: Connection,
-    day: dt.date,
-    metric_type: MetricType | None,
-    label_filter: Mapping[str, str],
-    group_of: _GroupOf,
-) -> None:
-    label_sets = LabelSet.__table__
-    label_set_ids = None
-    if label_filter:
-        label_set_ids = set(
-            connection.execute(
-                select(label_sets.c.id).where(*_label_conditions(connection, label_sets.c.labels, label_filter))
-            ).scalars()
-        )
-        if not label_set_ids:
-            return
-    start, end = day_bounds(day)
-    aggregates = aggregate_raw(
-        connection, start, end, metric_type=metric_type, label_set_ids=label_set_ids, exact_percentiles=False
-    )
-    if not aggregates:
-        return
-    ids = sorted({aggregate.label_set_id for aggregate in aggregates})
-    labels_of = {
-        row.id: row.labels
-        for row in connection.execute(select(label_sets.c.id, label_sets.c.labels).where(label_sets.c.id.in_(ids)))
-    }
-    for aggregate in aggregates:
-        if aggregate.label_set_id not in labels_of:
-            continue
-        group = group_of(aggregate.metric_type, labels_of[aggregate.label_set_id], day)
-        group.add(aggregate.count, aggregate.sum, aggregate.min, aggregate.max, aggregate.histogram, None)
-        group.raw_days.add(day)

@@ -23,15 +23,16 @@ rounding at the edges) ``gamma**(k-1) < v <= gamma**k`` with ``gamma = 1.01 / 0.
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ddsketch.ddsketch import BaseDDSketch
 from ddsketch.mapping import LogarithmicMapping
-from ddsketch.store import DenseStore
 
 #: Relative accuracy of the histogram mapping: a percentile read from a histogram is within 1% of exact.
 RELATIVE_ACCURACY = 0.01
@@ -54,6 +55,30 @@ KEY_MULTIPLIER: float = MAPPING._multiplier
 def bucket_key(value: float) -> int:
     """The bucket key of a value of magnitude above :data:`MIN_INDEXABLE_VALUE` (negatives: of ``-value``)."""
     return int(MAPPING.key(abs(value)))
+
+
+def _cumulative(bins: Mapping[int, int]) -> tuple[list[int], list[float]]:
+    """The bucket keys, sorted, and the running count up to each (as floats, summed in key order as
+    ``ddsketch``'s ``DenseStore.key_at_rank`` sums them; a key counting 0 is never the one found)."""
+    keys = sorted(bins)
+    running = list(itertools.accumulate(map(bins.__getitem__, keys), initial=0.0))
+    del running[0]
+    return keys, running
+
+
+def _key_at_rank(buckets: tuple[list[int], list[float]], rank: float, *, lower: bool) -> int:
+    """The key of the bucket holding ``rank`` (of :func:`_cumulative` buckets, at least one), as ``ddsketch``'s
+    ``DenseStore.key_at_rank`` finds it: the first whose running count is above ``rank`` (``lower``), or at
+    least ``rank + 1``; the last if none is."""
+    keys, running = buckets
+    index = bisect.bisect_right(running, rank) if lower else bisect.bisect_left(running, rank + 1)
+    return keys[min(index, len(keys) - 1)]
+
+
+@functools.lru_cache(maxsize=65536)
+def _bucket_value(key: int) -> float:
+    """The mapping's representative value of bucket ``key`` (few keys occur, and ddsketch computes it slowly)."""
+    return float(MAPPING.value(key))
 
 
 @dataclass
@@ -101,25 +126,35 @@ class Histogram:
     def quantile(self, fraction: float) -> float | None:
         """The value at ``fraction`` (0 to 1) of the values, within 1% relative error; None if empty.
 
-        Read by ``ddsketch`` from the merged buckets (the value at rank ``fraction * (count - 1)``).
+        The reading of ``ddsketch``'s ``get_quantile_value`` (the value at rank ``fraction * (count - 1)``,
+        at the mapping's representative value of the bucket holding it), walked directly over the sorted
+        bucket keys instead of building a ddsketch store: the same value, bit for bit (tested), far faster.
         """
         return self.quantiles([fraction])[0]
 
     def quantiles(self, fractions: Sequence[float]) -> list[float | None]:
-        """:meth:`quantile` of each of ``fractions``, reading the buckets into ``ddsketch`` once."""
+        """:meth:`quantile` of each of ``fractions``, sorting the buckets once."""
         for fraction in fractions:
             if not 0 <= fraction <= 1:
                 raise ValueError(f"a quantile fraction must be within [0, 1], got {fraction!r}")
-        store, negative_store = DenseStore(), DenseStore()
-        for key, count in self.bins.items():
-            if count:
-                store.add(key, count)
-        for key, count in self.negative_bins.items():
-            if count:
-                negative_store.add(key, count)
-        sketch = BaseDDSketch(MAPPING, store, negative_store, float(self.zero_count))
-        values = [sketch.get_quantile_value(fraction) for fraction in fractions]
-        return [None if value is None else float(value) for value in values]
+        positive, negative = _cumulative(self.bins), _cumulative(self.negative_bins)
+        negative_count = negative[1][-1] if negative[1] else 0.0
+        zero_count = float(self.zero_count)
+        # Summed in ddsketch's order, as floats, so that ranks compare exactly as they do there.
+        count = negative_count + zero_count + (positive[1][-1] if positive[1] else 0.0)
+        values: list[float | None] = []
+        for fraction in fractions:
+            if count == 0:
+                values.append(None)
+                continue
+            rank = fraction * (count - 1)
+            if rank < negative_count:
+                values.append(-_bucket_value(_key_at_rank(negative, negative_count - rank - 1, lower=False)))
+            elif rank < zero_count + negative_count:
+                values.append(0.0)
+            else:
+                values.append(_bucket_value(_key_at_rank(positive, rank - zero_count - negative_count, lower=True)))
+        return values
 
     def to_json(self) -> dict[str, Any]:
         """The stored format (see the module documentation)."""

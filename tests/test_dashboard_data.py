@@ -7,12 +7,12 @@ import datetime as dt
 import pytest
 from fleet_history import FleetHistory, make_actors, populate
 from raw_samples import at, insert_samples
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, select, update
 
-from dramatiq_opmetrics.dashboard.data import DashboardData, DateRange
+from dramatiq_opmetrics.dashboard.data import DashboardData, DateRange, daily_fingerprint
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.models import OperationalMetricDaily
-from dramatiq_opmetrics.query import query_metrics
+from dramatiq_opmetrics.query import query_daily_series, query_metrics
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
 TODAY = NOW.date()
@@ -186,3 +186,33 @@ def test_a_long_range_is_charted_in_buckets_of_several_days() -> None:
     assert date_range.buckets == 92
     assert date_range.bucket(TODAY) == 91
     assert date_range.bucket(date_range.first_day) == 0
+
+
+def test_the_fingerprint_changes_when_a_day_is_rolled_up_again(engine: Engine, fleet: FleetHistory) -> None:
+    first, last = TODAY - dt.timedelta(days=14), TODAY - dt.timedelta(days=1)
+    with engine.connect() as connection:
+        before = daily_fingerprint(connection, [MetricType.WAIT_TIME], first, last)
+    d = OperationalMetricDaily
+    with engine.begin() as connection:
+        connection.execute(
+            update(d)
+            .where(d.metric_type == MetricType.WAIT_TIME, d.date == last)
+            .values(rolled_up_at=NOW + dt.timedelta(hours=1))
+        )
+    with engine.connect() as connection:
+        assert daily_fingerprint(connection, [MetricType.WAIT_TIME], first, last) != before
+        assert daily_fingerprint(connection, [MetricType.PROCESSING_TIME], first, last) == daily_fingerprint(
+            connection, [MetricType.PROCESSING_TIME], first, last
+        )
+
+
+def test_todays_trend_p95_is_the_query_apis_p95_of_today(
+    engine: Engine, data: DashboardData, fleet: FleetHistory
+) -> None:
+    actor = fleet.actors[1]
+    [row] = [row for row in data.overview(7)["rows"] if row["actor"] == actor.name]
+    [today] = query_daily_series(
+        engine, TODAY, TODAY, metric_type=MetricType.PROCESSING_TIME, labels={"actor": actor.name, "queue": actor.queue}
+    )
+    assert today.raw_days == 1
+    assert row["trend"]["p95_processing_ms"][-1] == today.p95

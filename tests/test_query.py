@@ -5,15 +5,21 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
+from typing import Any
 
 import numpy as np
 import pytest
+from fleet_history import make_actors, populate
 from raw_samples import at, insert_samples
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from dramatiq_opmetrics import MetricStats, MetricType, query_daily_series, query_metrics
+from dramatiq_opmetrics.aggregate import PERCENTILES
+from dramatiq_opmetrics.models import OperationalMetricDaily
+from dramatiq_opmetrics.query import RangeMerge
 from dramatiq_opmetrics.retention import prune
 from dramatiq_opmetrics.rollup import rollup
+from dramatiq_opmetrics.sketch import Histogram
 
 # The query reads raw rows of the days not rolled up, today among them: these tests use the real date.
 NOW = dt.datetime.now(dt.UTC)
@@ -162,3 +168,78 @@ def test_bad_input_is_refused_with_a_clear_error(engine: Engine) -> None:
         query_metrics(engine, days_ago(2), days_ago(1), labels={"bad key!": "x"})
     with pytest.raises(ValueError, match="not a string"):
         query_metrics(engine, days_ago(2), days_ago(1), group_by="actor")
+
+
+@pytest.mark.parametrize("group_by", [None, ("queue",), ()])
+def test_range_statistics_equal_the_daily_rows_merged_one_by_one(
+    engine: Engine, group_by: tuple[str, ...] | None
+) -> None:
+    now = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
+    populate(engine, days=20, actors=make_actors(4, queues=2), now=now, raw_samples_per_actor=1)
+    first, last, kind = dt.date(2026, 6, 1), dt.date(2026, 6, 14), MetricType.PROCESSING_TIME
+    d = OperationalMetricDaily
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(d.labels, d.sample_count, d.sum, d.min, d.max, d.histogram).where(
+                d.metric_type == kind, d.date >= first, d.date <= last
+            )
+        ).all()
+    groups: dict[tuple[tuple[str, str], ...], list[Any]] = {}
+    for row in rows:
+        labels = row.labels if group_by is None else {k: row.labels[k] for k in group_by if k in row.labels}
+        groups.setdefault(tuple(sorted(labels.items())), []).append(row)
+    results = query_metrics(engine, first, last, metric_type=kind, group_by=group_by, include_raw=False)
+    assert sorted(tuple(sorted(stats.labels.items())) for stats in results) == sorted(groups)
+    for stats in results:
+        merged_rows = groups[tuple(sorted(stats.labels.items()))]
+        histogram = Histogram()
+        for row in merged_rows:
+            histogram += Histogram.from_json(row.histogram)
+        low = min(row.min for row in merged_rows)
+        high = max(row.max for row in merged_rows)
+        assert len(merged_rows) > 1
+        assert stats.count == sum(row.sample_count for row in merged_rows)
+        assert stats.sum == math.fsum(row.sum for row in merged_rows)
+        assert (stats.min, stats.max) == (low, high)
+        expected = tuple(min(max(value, low), high) for value in histogram.quantiles(PERCENTILES))
+        assert (stats.p50, stats.p95, stats.p99) == expected
+
+
+def test_negative_and_zero_values_are_merged_over_days_like_positive_ones(engine: Engine) -> None:
+    rng = random.Random(5)
+    values = {n: [rng.uniform(-50, 200) for _ in range(200)] + [0.0] * 5 for n in (1, 2)}
+    insert_samples(
+        engine,
+        [
+            (MetricType.CONFIDENCE, {"model": "m"}, value, at(days_ago(n), i))
+            for n, day_values in values.items()
+            for i, value in enumerate(day_values)
+        ],
+    )
+    rollup(engine, now=NOW)
+    [stats] = query_metrics(engine, days_ago(2), days_ago(1), include_raw=False)
+    everything = values[1] + values[2]
+    expected = [min(max(v, min(everything)), max(everything)) for v in Histogram.of(everything).quantiles(PERCENTILES)]
+    assert (stats.count, stats.min, stats.max) == (len(everything), min(everything), max(everything))
+    assert [stats.p50, stats.p95, stats.p99] == expected
+    assert stats.p50 is not None and stats.p50 < 100
+
+
+def test_a_copy_of_a_kept_merge_takes_raw_days_and_leaves_the_merge_as_it_was(engine: Engine) -> None:
+    make_fleet(engine)
+    insert_samples(
+        engine,
+        [(MetricType.PROCESSING_TIME, {"actor": "a", "queue": "q1"}, 500.0, at(NOW.date(), i)) for i in range(3)],
+    )
+    kept = RangeMerge(metric_types=[MetricType.PROCESSING_TIME], group_by=("actor",))
+    with engine.connect() as connection:
+        kept.add_daily_rows(connection, days_ago(7), days_ago(1))
+        kept.settle()
+        before = kept.results()
+        with_today = kept.copy()
+        with_today.add_raw_day(connection, NOW.date())
+    assert kept.results() == before
+    assert with_today.results() == query_metrics(
+        engine, days_ago(7), NOW.date(), metric_type=MetricType.PROCESSING_TIME, group_by=("actor",)
+    )
+    assert [(s.labels["actor"], s.count, s.raw_days) for s in with_today.results()] == [("a", 9, 1), ("b", 3, 0)]

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 from ddsketch import DDSketch
+from ddsketch.ddsketch import BaseDDSketch
+from ddsketch.store import DenseStore
 from sqlalchemy import Engine, text
 
 from dramatiq_opmetrics.aggregate import BUCKET_KEY_SQL
@@ -123,3 +125,30 @@ def test_several_quantiles_read_at_once_equal_each_read_alone() -> None:
     histogram = Histogram.of(random.Random(9).lognormvariate(2, 2) for _ in range(5000))
     fractions = [0.0, 0.5, 0.95, 0.99, 1.0]
     assert histogram.quantiles(fractions) == [histogram.quantile(f) for f in fractions]
+
+
+def ddsketch_of(histogram: Histogram) -> BaseDDSketch:
+    """The ddsketch holding ``histogram``'s buckets: the reference the direct quantile is checked against."""
+    store, negative_store = DenseStore(), DenseStore()
+    for key, count in histogram.bins.items():
+        store.add(key, count)
+    for key, count in histogram.negative_bins.items():
+        negative_store.add(key, count)
+    return BaseDDSketch(MAPPING, store, negative_store, float(histogram.zero_count))
+
+
+def test_the_direct_quantile_equals_ddsketchs_get_quantile_value_on_many_sketches() -> None:
+    rng = random.Random(3)
+    fractions = [0.0, 0.001, 0.01, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0] + [rng.random() for _ in range(20)]
+    for _ in range(400):
+        values = [rng.lognormvariate(rng.uniform(-3, 12), rng.uniform(0.05, 3)) for _ in range(rng.randint(1, 400))]
+        values += [0.0] * rng.choice((0, 0, 1, 7))
+        values += [-rng.expovariate(0.1) for _ in range(rng.choice((0, 0, 0, 1, 20)))]
+        histogram = Histogram.of(values)
+        if rng.random() < 0.5:  # merged histograms, as range queries read them
+            histogram += Histogram.of(rng.expovariate(rng.uniform(0.001, 1)) for _ in range(rng.randint(1, 300)))
+        reference = ddsketch_of(histogram)
+        expected = [reference.get_quantile_value(fraction) for fraction in fractions]
+        assert histogram.quantiles(fractions) == [None if value is None else float(value) for value in expected]
+    assert ddsketch_of(Histogram()).get_quantile_value(0.5) is None
+    assert Histogram().quantiles([0.0, 1.0]) == [None, None]

@@ -11,9 +11,10 @@ Every view covers a range of whole UTC days ending today, today always included:
   by time ranges within those days (on PostgreSQL, only their partitions): a view never scans the whole raw
   table.
 
-Percentiles over a range are read from the merged histograms of the days (the query API's
-:class:`~dramatiq_opmetrics.sketch.Histogram`, within 1%), and equal :func:`~dramatiq_opmetrics.query_metrics`'s
-(tested); a day's own p50/p95/p99 are shown as they are for that day. Daily p95s are never averaged.
+Statistics over a range (and the raw days' own percentiles) are the query API's: the dashboard keeps a
+:class:`~dramatiq_opmetrics.query.RangeMerge` of the rolled-up days and adds the raw days' aggregates to a copy
+of it, so its numbers are :func:`~dramatiq_opmetrics.query_metrics`'s (tested). A day's own p50/p95/p99 are
+shown as they are for that day. Daily p95s are never averaged.
 
 Every query is built with SQLAlchemy expressions and bound parameters; label values only ever travel as
 parameters or as data."""
@@ -32,9 +33,8 @@ from sqlalchemy import Connection, Engine, Integer, cast, func, select
 from ..aggregate import Aggregate
 from ..metric_types import MetricType
 from ..models import LabelSet, OperationalMetricDaily
+from ..query import MetricStats, RangeMerge, labels_of_ids, matching_label_sets
 from ..retention import DEFAULT_RETENTION_DAYS
-from ..sketch import Histogram
-from .histograms import daily_fingerprint, merge_histograms, quantile
 from .kept import KeptResults
 from .recent import RecentMaxima, RecentSamples
 
@@ -123,8 +123,15 @@ class LabelStats:
     p50: float | None = None
     p95: float | None = None
     p99: float | None = None
-    histogram: Histogram | None = None
     minimum: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _RawDays:
+    """The days of a view's range not rolled up yet (``start`` to today), with their raw aggregates."""
+
+    start: dt.date
+    aggregates: dict[dt.date, list[Aggregate]]
 
 
 @dataclass(slots=True)
@@ -169,73 +176,45 @@ class DashboardData:
 
     # -- building blocks ------------------------------------------------------------------------------------
 
-    def _recent_start(self, connection: Connection, date_range: DateRange) -> dt.date:
-        """The first day of the range after the last one rolled up: from it on, days are read from their raw
-        samples. Raw samples older than the retention are gone, so the search stops there."""
+    def _raw_days(self, connection: Connection, date_range: DateRange) -> _RawDays:
+        """The days of the range after the last one rolled up, with the aggregates of their raw samples (read
+        once per request). Raw samples older than the retention are gone, so the search stops there."""
         d = OperationalMetricDaily
         earliest = max(date_range.first_day, date_range.today - dt.timedelta(days=DEFAULT_RETENTION_DAYS))
         last = connection.execute(
             select(func.max(d.date)).where(d.date >= earliest, d.date < date_range.today)
         ).scalar()
-        return earliest if last is None else last + dt.timedelta(days=1)
-
-    def _label_sets(self, connection: Connection, label_filter: dict[str, str] | None) -> tuple[set[int], list[str]]:
-        """The ids and labels keys of the label sets having every label of ``label_filter``.
-
-        Every daily row's labels key is a stored label set (label sets are never deleted), so filtering daily
-        rows by these keys uses the daily table's primary key instead of reading every row's labels."""
-        if not label_filter:
-            return set(), []
-        query = select(LabelSet.id, LabelSet.labels_key).where(
-            *[LabelSet.labels[key].as_string() == value for key, value in label_filter.items()]
-        )
-        rows = list(connection.execute(query))
-        return {row[0] for row in rows}, sorted(row[1] for row in rows)
+        start = earliest if last is None else last + dt.timedelta(days=1)
+        now = self.clock()
+        days = [start + dt.timedelta(days=i) for i in range((date_range.today - start).days + 1)]
+        return _RawDays(start, {day: self.recent_samples.aggregates(connection, day, now) for day in days})
 
     def _recent_stats(
         self,
         connection: Connection,
         metric_types: Sequence[MetricType],
-        since: dt.date,
-        today: dt.date,
+        raw: _RawDays,
         label_filter: dict[str, str] | None = None,
-        *,
-        percentiles: bool = True,
     ) -> list[LabelStats]:
-        """Per day and label set, from ``since`` to ``today``, from the raw samples (days not rolled up yet):
-        each with its histogram, and with p50/p95/p99 read from it if ``percentiles``."""
-        label_set_ids = None
-        if label_filter:
-            label_set_ids = self._label_sets(connection, label_filter)[0]
-            if not label_set_ids:
-                return []
-        wanted = {kind.value for kind in metric_types}
-        now = self.clock()
-        found: list[tuple[dt.date, Aggregate]] = []
-        day = since
-        while day <= today:
-            found.extend(
-                (day, aggregate)
-                for aggregate in self.recent_samples.aggregates(connection, day, now)
-                if aggregate.metric_type.value in wanted
-                and (label_set_ids is None or aggregate.label_set_id in label_set_ids)
-            )
-            day += dt.timedelta(days=1)
-        labels = _labels_by_id(connection, {aggregate.label_set_id for _, aggregate in found}) if found else {}
+        """Per day and label set, the statistics of the raw days' aggregates (days not rolled up yet), as the
+        query API's daily series reads them."""
+        merge = RangeMerge(metric_types=metric_types, labels=label_filter, per_day=True)
+        for day, aggregates in raw.aggregates.items():
+            merge.add_raw_day(connection, day, aggregates)
         return [
             LabelStats(
-                aggregate.metric_type.value,
-                dict(labels[aggregate.label_set_id]),
-                day,
-                aggregate.count,
-                aggregate.sum,
-                aggregate.max,
-                *_three(aggregate.histogram if percentiles else None),
-                aggregate.histogram,
-                aggregate.min,
+                stats.metric_type.value,
+                dict(stats.labels),
+                stats.date or raw.start,
+                stats.count,
+                stats.sum,
+                stats.max if stats.max is not None else 0.0,
+                stats.p50,
+                stats.p95,
+                stats.p99,
+                minimum=stats.min,
             )
-            for day, aggregate in found
-            if aggregate.label_set_id in labels
+            for stats in merge.results()
         ]
 
     def _daily_stats(
@@ -251,7 +230,7 @@ class DashboardData:
         columns = [d.metric_type, d.labels, d.date, d.sample_count, d.sum, d.max, d.p50, d.p95, d.p99, d.min]
         query = select(*columns).where(d.metric_type.in_(list(metric_types)), d.date >= first_day, d.date < before)
         if label_filter:
-            labels_keys = self._label_sets(connection, label_filter)[1]
+            labels_keys = matching_label_sets(connection, label_filter)[1]
             if not labels_keys:
                 return []
             query = query.where(d.labels_key.in_(labels_keys))
@@ -278,20 +257,19 @@ class DashboardData:
         date_range: DateRange,
         label_filter: dict[str, str] | None = None,
         *,
-        percentiles: bool = True,
+        raw: _RawDays | None = None,
     ) -> list[LabelStats]:
         """Per day and label set over ``date_range``: rolled-up days from the daily table (kept between
-        requests), the days after them from their raw samples."""
-        recent = self._recent_start(connection, date_range)
+        requests), the days after them from their raw samples (``raw``, if read already)."""
+        raw = raw or self._raw_days(connection, date_range)
+        recent = raw.start
         first, last = date_range.first_day, recent - dt.timedelta(days=1)
         daily = self.kept.get(
             ("daily", tuple(metric_types), first, last, tuple(sorted((label_filter or {}).items()))),
             lambda: daily_fingerprint(connection, metric_types, first, last),
             lambda: self._daily_stats(connection, metric_types, first, recent, label_filter),
         )
-        return daily + self._recent_stats(
-            connection, metric_types, recent, date_range.today, label_filter, percentiles=percentiles
-        )
+        return daily + self._recent_stats(connection, metric_types, raw, label_filter)
 
     # -- views ----------------------------------------------------------------------------------------------
 
@@ -311,17 +289,19 @@ class DashboardData:
         label_filter = {"queue": queue} if queue else None
         kinds = [MetricType.PROCESSING_TIME, MetricType.WAIT_TIME, MetricType.ERROR]
         with self.engine.connect() as connection:
-            recent = self._recent_start(connection, date_range)
-            last = recent - dt.timedelta(days=1)
+            raw_days = self._raw_days(connection, date_range)
+            recent, last = raw_days.start, raw_days.start - dt.timedelta(days=1)
             grouped = self.kept.get(
                 ("overview", date_range, recent, queue),
                 lambda: daily_fingerprint(connection, kinds, date_range.first_day, last),
                 lambda: _accumulate(date_range, self._daily_by_actor(connection, kinds, date_range, recent, queue)),
             )
-            raw = self._recent_stats(connection, kinds, recent, today, label_filter, percentiles=False)
-            percentiles = {
-                kind.value: self._range_histograms(connection, kind, date_range, recent, raw)
+            raw = self._recent_stats(connection, kinds, raw_days, label_filter)
+            range_p95 = {
+                (kind.value, stats.labels["actor"], stats.labels.get("queue", "")): stats.p95
                 for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
+                for stats in self._range_stats(connection, kind, date_range, raw_days, label_filter, ("actor", "queue"))
+                if "actor" in stats.labels
             }
             queues = self._label_values(connection, "queue", alongside="actor")
         # The kept rows of the rolled-up days are copied, then today's samples are added to the copies.
@@ -337,11 +317,16 @@ class DashboardData:
             actor = stat.labels.get("actor")
             if actor is not None:
                 bucket = date_range.bucket(stat.day)
-                p95 = _p95(stat.histogram) if stat.metric_type != MetricType.ERROR.value else None
+                p95 = stat.p95 if stat.metric_type != MetricType.ERROR.value else None
                 accumulator(actor, stat.labels.get("queue", "")).add(stat.metric_type, bucket, stat.count, p95)
         result = [
             accumulator.row(
-                actor, queue_name, {kind: _p95(found.get((actor, queue_name))) for kind, found in percentiles.items()}
+                actor,
+                queue_name,
+                {
+                    kind.value: range_p95.get((kind.value, actor, queue_name))
+                    for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
+                },
             )
             for (actor, queue_name), accumulator in rows.items()
         ]
@@ -364,16 +349,10 @@ class DashboardData:
         label_filter = {"actor": actor, **({"queue": queue} if queue else {})}
         kinds = [MetricType.PROCESSING_TIME, MetricType.WAIT_TIME, MetricType.ERROR]
         with self.engine.connect() as connection:
-            stats = self._stats(connection, kinds, date_range, label_filter)
-            recent = self._recent_start(connection, date_range)
-            labels_keys = self._label_sets(connection, label_filter)[1]
+            raw = self._raw_days(connection, date_range)
+            stats = self._stats(connection, kinds, date_range, label_filter, raw=raw)
             summary = {
-                kind.value: _summary(
-                    [stat for stat in stats if stat.metric_type == kind.value],
-                    self._range_histograms(
-                        connection, kind, date_range, recent, stats, lambda labels: "all", labels_keys
-                    ).get("all"),
-                )
+                kind.value: _summary(self._range_stats(connection, kind, date_range, raw, label_filter, ()))
                 for kind in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
             }
         x = date_range.x_values()
@@ -447,7 +426,7 @@ class DashboardData:
         kinds = [MetricType.PROMPT_TOKENS, MetricType.COMPLETION_TOKENS]
         label_filter = {"model": model} if model else None
         with self.engine.connect() as connection:
-            stats = self._stats(connection, kinds, date_range, label_filter, percentiles=False)
+            stats = self._stats(connection, kinds, date_range, label_filter)
             models = self._label_values(connection, "model")
         per_series: dict[tuple[str, str], list[LabelStats]] = defaultdict(list)
         totals: dict[str, dict[str, float]] = defaultdict(
@@ -486,7 +465,7 @@ class DashboardData:
         date_range = DateRange.ending_today(days, self.clock().date())
         label_filter = {by: value} if value else None
         with self.engine.connect() as connection:
-            stats = self._stats(connection, [MetricType.CONFIDENCE], date_range, label_filter, percentiles=False)
+            stats = self._stats(connection, [MetricType.CONFIDENCE], date_range, label_filter)
             values = self._label_values(connection, by, alongside="bucket")
         buckets = [f"{tenth / 10:.1f}-{(tenth + 1) / 10:.1f}" for tenth in range(10)]
         counts: dict[str, list[float | None]] = defaultdict(lambda: [0.0] * len(buckets))
@@ -571,11 +550,11 @@ class DashboardData:
         width_s = max(1, math.ceil((end - start).total_seconds() / MAX_DEPTH_POINTS))
         maxima = self.recent_maxima.maxima(connection, MetricType.QUEUE_DEPTH, start, end, width_s)
         if queue:
-            wanted = self._label_sets(connection, {"queue": queue})[0]
+            wanted = matching_label_sets(connection, {"queue": queue})[0]
             maxima = {key: value for key, value in maxima.items() if key[0] in wanted}
         rows = [(label_set_id, index, depth) for (label_set_id, index), depth in maxima.items()]
         ids_found = {row[0] for row in rows}
-        labels = _labels_by_id(connection, ids_found) if ids_found else {}
+        labels = labels_of_ids(connection, ids_found) if ids_found else {}
         first = int(start.timestamp()) // width_s
         x = [float((first + i) * width_s) for i in range(MAX_DEPTH_POINTS + 1)]
         series: dict[str, list[float | None]] = defaultdict(lambda: [None] * len(x))
@@ -588,64 +567,62 @@ class DashboardData:
             chart.add(name, series[name])
         return chart
 
-    def _range_histograms(
+    def _range_stats(
         self,
         connection: Connection,
         metric_type: MetricType,
         date_range: DateRange,
-        recent: dt.date,
-        recent_stats: Iterable[LabelStats],
-        group_of: Callable[[dict[str, str]], Any] = lambda labels: (labels["actor"], labels.get("queue", "")),
-        labels_keys: Sequence[str] | None = None,
-    ) -> dict[Any, Histogram]:
-        """Per group (default: actor and queue), the merged histogram of ``metric_type`` over the range, today
-        included: rolled-up days merged in the database (and kept), recent days from their raw samples."""
-        merged: dict[Any, Histogram] = {}
+        raw: _RawDays,
+        label_filter: dict[str, str] | None,
+        group_by: tuple[str, ...],
+    ) -> list[MetricStats]:
+        """The query API's statistics of ``metric_type`` over the range, today included: its merge of the
+        rolled-up days (kept between requests) with the raw days' aggregates added (kept by
+        :class:`~dramatiq_opmetrics.dashboard.recent.RecentSamples`)."""
+        first, last = date_range.first_day, raw.start - dt.timedelta(days=1)
 
-        def add(labels: dict[str, str], histogram: Histogram | None) -> None:
-            if histogram is not None and "actor" in labels:
-                merged.setdefault(group_of(labels), Histogram()).__iadd__(histogram)
+        def merge_daily() -> RangeMerge:
+            merge = RangeMerge(metric_types=[metric_type], labels=label_filter, group_by=group_by)
+            if first <= last:
+                merge.add_daily_rows(connection, first, last)
+            merge.settle()
+            return merge
 
-        if recent > date_range.first_day:
-            last = recent - dt.timedelta(days=1)
-            keys = None if labels_keys is None else tuple(labels_keys)
-            span = self.kept.get(
-                ("histograms", metric_type, date_range.first_day, last, keys),
-                lambda: daily_fingerprint(connection, [metric_type], date_range.first_day, last, keys),
-                lambda: merge_histograms(connection, metric_type, date_range.first_day, last, keys),
-            )
-            for labels_key, histogram in span.histograms.items():
-                add(span.labels[labels_key], histogram)
-        for stat in recent_stats:
-            if stat.metric_type == metric_type.value:
-                add(stat.labels, stat.histogram)
-        return merged
+        def fingerprint() -> tuple[object, ...]:
+            keys = matching_label_sets(connection, label_filter)[1] if label_filter else None
+            return daily_fingerprint(connection, [metric_type], first, last, keys)
+
+        labels = tuple(sorted((label_filter or {}).items()))
+        kept = self.kept.get(("range", metric_type, first, last, labels, group_by), fingerprint, merge_daily)
+        merge = kept.copy()
+        for day, aggregates in raw.aggregates.items():
+            merge.add_raw_day(connection, day, aggregates)
+        return merge.results()
 
 
-def _summary(stats: Sequence[LabelStats], histogram: Histogram | None) -> dict[str, float | None]:
-    """Count, average and p50/p95/p99 over ``stats`` (the days of a range); percentiles read from their merged
-    ``histogram`` and kept within the values seen, as the query API does."""
-    count = sum(stat.count for stat in stats)
-    if not count:
+def _summary(stats: list[MetricStats]) -> dict[str, float | None]:
+    """Count, average and p50/p95/p99 of the one group of a range's statistics (none: no samples)."""
+    if not stats:
         return {"count": 0, "avg": None, "p50": None, "p95": None, "p99": None}
-    low = min((stat.minimum for stat in stats if stat.minimum is not None), default=-math.inf)
-    high = max(stat.maximum for stat in stats)
-    summary: dict[str, float | None] = {"count": count, "avg": sum(stat.total for stat in stats) / count}
-    for name, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
-        value = None if histogram is None else quantile(histogram, fraction)
-        summary[name] = None if value is None else min(max(value, low), high)
-    return summary
+    [found] = stats
+    return {"count": found.count, "avg": found.avg, "p50": found.p50, "p95": found.p95, "p99": found.p99}
 
 
-def _three(histogram: Histogram | None) -> tuple[float | None, float | None, float | None]:
-    """p50, p95 and p99 read from ``histogram`` (within 1%), or unknown."""
-    if histogram is None:
-        return (None, None, None)
-    return (quantile(histogram, 0.5), quantile(histogram, 0.95), quantile(histogram, 0.99))
-
-
-def _p95(histogram: Histogram | None) -> float | None:
-    return None if histogram is None else quantile(histogram, 0.95)
+def daily_fingerprint(
+    connection: Connection,
+    metric_types: Sequence[MetricType],
+    first_day: dt.date,
+    last_day: dt.date,
+    labels_keys: Sequence[str] | None = None,
+) -> tuple[object, ...]:
+    """What changes when the daily rows of a span change: how many, their samples, the latest ``rolled_up_at``."""
+    d = OperationalMetricDaily
+    query = select(func.count(), func.sum(d.sample_count), func.max(d.rolled_up_at)).where(
+        d.metric_type.in_(list(metric_types)), d.date >= first_day, d.date <= last_day
+    )
+    if labels_keys is not None:
+        query = query.where(d.labels_key.in_(list(labels_keys)))
+    return tuple(connection.execute(query).one())
 
 
 def _accumulate(date_range: DateRange, grouped: Iterable[Any]) -> dict[tuple[str, str], _OverviewAccumulator]:
@@ -783,11 +760,6 @@ def _percentile_chart(date_range: DateRange, stats: list[LabelStats]) -> Chart:
 def _rows(connection: Connection, query: Any) -> list[Any]:
     """The rows of ``query``, loosely typed (their columns are mixed)."""
     return list(connection.execute(query))
-
-
-def _labels_by_id(connection: Connection, ids: Iterable[int]) -> dict[int, dict[str, str]]:
-    query = select(LabelSet.id, LabelSet.labels).where(LabelSet.id.in_(list(ids)))
-    return {label_set_id: labels for label_set_id, labels in connection.execute(query)}
 
 
 def _queue_state(labels: dict[str, str]) -> str:
