@@ -1,11 +1,12 @@
-"""Test helper: write raw samples straight into the raw table (as the writer would), fast."""
+"""Test helper: write raw samples straight into the raw table (as the writer would), fast, and count them."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, text
 
 from dramatiq_opmetrics.label_sets import resolve_label_set_ids
 from dramatiq_opmetrics.labels import make_label_set
@@ -39,3 +40,15 @@ def insert_samples(engine: Engine, samples: Iterable[RawSample]) -> int:
 def at(day: dt.date, seconds: float = 0.0) -> dt.datetime:
     """The UTC instant ``seconds`` after the start of ``day``."""
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC) + dt.timedelta(seconds=seconds)
+
+
+def raw_counts(engine: Engine) -> Counter[tuple[str, str]]:
+    """How many raw rows per (metric_type, labels_key)."""
+    with engine.connect() as connection:
+        result = connection.execute(
+            text(
+                "SELECT m.metric_type::text, l.labels_key, count(*) FROM operational_metrics m"
+                " JOIN opmetrics_label_sets l ON l.id = m.label_set_id GROUP BY 1, 2"
+            )
+        )
+        return Counter({(metric_type, key): n for metric_type, key, n in result})

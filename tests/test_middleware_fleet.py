@@ -17,6 +17,7 @@ from types import ModuleType
 import pytest
 import redis
 from conftest import REDIS_URL
+from raw_samples import raw_counts
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
@@ -58,17 +59,6 @@ def load_app(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> ModuleType
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def raw_counts(engine: Engine) -> Counter[tuple[str, str]]:
-    with engine.connect() as connection:
-        result = connection.execute(
-            text(
-                "SELECT m.metric_type::text, l.labels_key, count(*) FROM operational_metrics m"
-                " JOIN opmetrics_label_sets l ON l.id = m.label_set_id GROUP BY 1, 2"
-            )
-        )
-        return Counter({(metric_type, key): n for metric_type, key, n in result})
 
 
 def test_a_worker_fleet_records_exactly_one_sample_per_event_and_writes_them_all_on_sigterm(
