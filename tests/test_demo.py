@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 import redis
+from command_line import BIN, run_command
 from sqlalchemy import func, select
 from sqlalchemy.engine import URL
 
@@ -173,15 +172,8 @@ def test_demo_refuses_a_broker_that_is_not_redis(tmp_path: Path, capsys: pytest.
 
 @pytest.mark.slow
 def test_the_demo_command_runs_with_no_services_configured(tmp_path: Path) -> None:
-    environment = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HOME": str(tmp_path)}
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "dramatiq-opmetrics"), "demo"],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    environment = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = run_command([str(BIN / "dramatiq-opmetrics"), "demo"], cwd=tmp_path, env=environment, timeout_s=120)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert "token usage" in result.stdout and "Done in" in result.stdout

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 from alembic.script import ScriptDirectory
+from command_line import BIN, run_command
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.engine import URL
 
@@ -66,7 +67,6 @@ def test_own_alembic_example_migrates_the_application_and_opmetrics_side_by_side
 # examples/app.py: the fleet, run with the real `dramatiq` and `periodiq` commands on Redis and PostgreSQL.
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -135,14 +135,7 @@ def test_the_example_fleet_runs_with_the_dramatiq_command_and_reports(
         text=True,
     )
     try:
-        sent = subprocess.run(
-            [sys.executable, "-m", "examples.app", "20"],
-            cwd=REPO,
-            env=fleet_environment,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        sent = run_command([sys.executable, "-m", "examples.app", "20"], cwd=REPO, env=fleet_environment)
         assert sent.returncode == 0, sent.stderr
         assert "sent 20 documents and 20 tickets" in sent.stdout
         # Tickets 0 and 10 fail, are retried once and dead-lettered: 22 attempts.
@@ -152,13 +145,8 @@ def test_the_example_fleet_runs_with_the_dramatiq_command_and_reports(
         log = stop(workers)
     assert workers.returncode == 0, log
 
-    report = subprocess.run(
-        [str(BIN / "dramatiq-opmetrics"), "report", "--days", "1", "--json"],
-        cwd=REPO,
-        env=fleet_environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    report = run_command(
+        [str(BIN / "dramatiq-opmetrics"), "report", "--days", "1", "--json"], cwd=REPO, env=fleet_environment
     )
     assert report.returncode == 0, report.stderr
     metrics = json.loads(report.stdout)["metrics"]
@@ -172,14 +160,7 @@ def test_the_example_fleet_runs_with_the_dramatiq_command_and_reports(
     assert calls == {"gpt-4o-mini": 20, "claude-3-5-haiku": 22}
     assert sum(row["count"] for row in metrics["confidence"]["rows"]) == 20 + 18
 
-    text = subprocess.run(
-        [str(BIN / "dramatiq-opmetrics"), "report", "--days", "1"],
-        cwd=REPO,
-        env=fleet_environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    text = run_command([str(BIN / "dramatiq-opmetrics"), "report", "--days", "1"], cwd=REPO, env=fleet_environment)
     assert text.returncode == 0, text.stderr
     assert "classify_ticket" in text.stdout and "token usage" in text.stdout
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dramatiq
 import pytest
+from command_line import BIN
 from conftest import RABBITMQ_URL, REDIS_URL
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
@@ -223,7 +224,7 @@ def start_sidecars(
     spec: str, url: URL, tmp_path: Path, extra_queue: str, count: int = 3
 ) -> list[subprocess.Popen[str]]:
     command = [
-        str(Path(sys.executable).parent / "dramatiq-opmetrics"),
+        str(BIN / "dramatiq-opmetrics"),
         "sample-queues",
         "--broker",
         spec,
