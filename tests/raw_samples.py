@@ -6,12 +6,13 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from sqlalchemy import Engine, insert, text
+from sqlalchemy import Engine, insert, select, text
+from sqlalchemy.orm import InstrumentedAttribute
 
 from dramatiq_opmetrics.label_sets import resolve_label_set_ids
 from dramatiq_opmetrics.labels import make_label_set
 from dramatiq_opmetrics.metric_types import MetricType
-from dramatiq_opmetrics.models import OperationalMetric
+from dramatiq_opmetrics.models import LabelSet, OperationalMetric
 
 #: One raw sample: metric type, labels, value, recorded_at.
 RawSample = tuple[MetricType, Mapping[str, str], float, dt.datetime]
@@ -52,3 +53,21 @@ def raw_counts(engine: Engine) -> Counter[tuple[str, str]]:
             )
         )
         return Counter({(metric_type, key): n for metric_type, key, n in result})
+
+
+def stored_samples(
+    engine: Engine, order_by: InstrumentedAttribute[object] = OperationalMetric.id
+) -> list[tuple[str, float, str, dt.datetime]]:
+    """Every raw row as (metric_type, value, labels_key, recorded_at), ordered by ``order_by``."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(
+                OperationalMetric.metric_type,
+                OperationalMetric.value,
+                LabelSet.labels_key,
+                OperationalMetric.recorded_at,
+            )
+            .join(LabelSet, LabelSet.id == OperationalMetric.label_set_id)
+            .order_by(order_by)
+        )
+        return [(metric_type.value, value, key, at) for metric_type, value, key, at in rows]
