@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from command_line import run_command
+from command_line import run_command, url_text
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
@@ -19,10 +19,6 @@ from dramatiq_opmetrics.dashboard import DashboardApp
 from dramatiq_opmetrics.dashboard.data import DashboardData
 from dramatiq_opmetrics.dashboard.server import check_binding, is_loopback
 from dramatiq_opmetrics.migrate import upgrade
-
-
-def url_text(url: URL) -> str:
-    return url.render_as_string(hide_password=False)
 
 
 def app_on(engine: Engine, **auth: object) -> DashboardApp:

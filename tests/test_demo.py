@@ -24,10 +24,6 @@ SUMMARY = re.compile(
 )
 
 
-def url_text(url: URL) -> str:
-    return url.render_as_string(hide_password=False)
-
-
 def check_demo_data(url: URL, lines: list[str]) -> None:
     """The database holds what the demo said it did: every live attempt, and six rolled-up past days."""
     finished, total, succeeded, retried, dead = map(int, SUMMARY.search("\n".join(lines)).groups())  # type: ignore[union-attr]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 from alembic.script import ScriptDirectory
-from command_line import BIN, run_command
+from command_line import BIN, run_command, url_text
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.engine import URL
 
@@ -27,10 +27,6 @@ from dramatiq_opmetrics.models import LabelSet, OperationalMetric
 from examples import collector_in_transaction
 from examples.own_alembic.migrate_all import migrate_all
 from tests.conftest import REDIS_URL
-
-
-def url_text(url: URL) -> str:
-    return url.render_as_string(hide_password=False)
 
 
 def test_collector_example_commits_the_invoice_and_its_metrics_together(

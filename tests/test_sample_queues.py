@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dramatiq
 import pytest
-from command_line import BIN
+from command_line import BIN, url_text
 from conftest import RABBITMQ_URL, REDIS_URL
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
@@ -30,10 +30,6 @@ from dramatiq_opmetrics.queue_depth_sampler import QueueDepthSampler
 
 #: Seconds between samples in the multi-process test: short, yet long enough for a loaded machine.
 FLEET_INTERVAL_S = 2.0
-
-
-def url_text(url: URL) -> str:
-    return url.render_as_string(hide_password=False)
 
 
 def message(queue: str) -> dramatiq.Message[object]:
