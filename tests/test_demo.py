@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import uuid
 from pathlib import Path
 
 import pytest
@@ -117,17 +116,14 @@ def test_demo_starts_over_in_its_own_sqlite_file(tmp_path: Path, monkeypatch: py
 
 
 @pytest.mark.postgres
-def test_demo_runs_on_postgresql_and_redis(postgres_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
-    namespace = f"opmetrics-test-{uuid.uuid4().hex[:8]}"
-    client = redis.Redis.from_url(REDIS_URL)
+def test_demo_runs_on_postgresql_and_redis(
+    postgres_url: URL, redis_namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     lines: list[str] = []
-    try:
-        assert run_demo(postgres_url, REDIS_URL, namespace=namespace, out=lines.append) == 0
-        leftover = list(client.scan_iter(match=f"{namespace}:*"))
-    finally:
-        for key in client.scan_iter(match=f"{namespace}:*"):
-            client.delete(key)
-        client.close()
+    assert run_demo(postgres_url, REDIS_URL, namespace=redis_namespace, out=lines.append) == 0
+    client = redis.Redis.from_url(REDIS_URL)
+    leftover = list(client.scan_iter(match=f"{redis_namespace}:*"))
+    client.close()
     assert "Redis at redis://" in lines[0]
     check_report(lines)
     check_demo_data(postgres_url, lines)

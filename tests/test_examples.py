@@ -9,12 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import redis
 from alembic.script import ScriptDirectory
 from command_line import BIN, run_command, url_text
 from sqlalchemy import create_engine, func, inspect, select, text
@@ -85,23 +83,17 @@ def stop(process: subprocess.Popen[str]) -> str:
 
 
 @pytest.fixture
-def fleet_environment(postgres_url: URL) -> Iterator[dict[str, str]]:
+def fleet_environment(postgres_url: URL, redis_namespace: str) -> dict[str, str]:
     """The example's environment: a migrated PostgreSQL schema and a Redis namespace of its own."""
     upgrade(postgres_url)
-    namespace = f"opmetrics-example-{uuid.uuid4().hex[:8]}"
-    environment = {
+    return {
         **os.environ,
         "OPMETRICS_DATABASE_URL": url_text(postgres_url),
         "OPMETRICS_FLUSH_INTERVAL_S": "0.2",
         "EXAMPLE_REDIS_URL": REDIS_URL,
-        "EXAMPLE_REDIS_NAMESPACE": namespace,
+        "EXAMPLE_REDIS_NAMESPACE": redis_namespace,
         "TZ": "UTC",
     }
-    yield environment
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(match=f"{namespace}:*"):
-        client.delete(key)
-    client.close()
 
 
 def processing_attempts(url: URL) -> dict[str, int]:

@@ -6,7 +6,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 
 import dramatiq
 import pytest
@@ -294,17 +293,6 @@ def test_a_bad_setting_is_refused_with_a_message_naming_it(monkeypatch: pytest.M
 
 
 # The database goes away while messages flow (Done when: "every message still succeeds and every sample lands").
-
-
-@pytest.fixture
-def redis_namespace() -> Iterator[str]:
-    namespace = f"opmetrics-test-{uuid.uuid4().hex[:10]}"
-    yield namespace
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{namespace}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -28,21 +27,10 @@ SUCCEED, FLAKY, DOOMED, REFUSES, STALE = 60, 10, 5, 5, 5
 
 
 @pytest.fixture
-def namespace() -> Iterator[str]:
-    namespace = f"opmetrics-fleet-{uuid.uuid4().hex[:10]}"
-    yield namespace
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{namespace}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
-def fleet_env(namespace: str, postgres_url: URL, postgres_engine: Engine) -> dict[str, str]:
+def fleet_env(redis_namespace: str, postgres_url: URL, postgres_engine: Engine) -> dict[str, str]:
     return {
         **os.environ,
-        "OPMETRICS_FLEET_NAMESPACE": namespace,
+        "OPMETRICS_FLEET_NAMESPACE": redis_namespace,
         "OPMETRICS_FLEET_REDIS_URL": REDIS_URL,
         "OPMETRICS_DATABASE_URL": postgres_url.render_as_string(hide_password=False),
         # Longer than the test: what the fleet writes, it writes when it stops.
@@ -63,7 +51,7 @@ def load_app(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> ModuleType
 
 def test_a_worker_fleet_records_exactly_one_sample_per_event_and_writes_them_all_on_sigterm(
     fleet_env: dict[str, str],
-    namespace: str,
+    redis_namespace: str,
     postgres_engine: Engine,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -105,10 +93,10 @@ def test_a_worker_fleet_records_exactly_one_sample_per_event_and_writes_them_all
 
         def finished() -> bool:
             return (
-                int(client.get(f"{namespace}:done:succeed") or 0) == SUCCEED
-                and int(client.get(f"{namespace}:done:flaky") or 0) == FLAKY
-                and client.zcard(f"{namespace}:slow.XQ") == DOOMED
-                and client.zcard(f"{namespace}:default.XQ") == REFUSES + STALE
+                int(client.get(f"{redis_namespace}:done:succeed") or 0) == SUCCEED
+                and int(client.get(f"{redis_namespace}:done:flaky") or 0) == FLAKY
+                and client.zcard(f"{redis_namespace}:slow.XQ") == DOOMED
+                and client.zcard(f"{redis_namespace}:default.XQ") == REFUSES + STALE
             )
 
         deadline = time.monotonic() + 120
@@ -126,7 +114,7 @@ def test_a_worker_fleet_records_exactly_one_sample_per_event_and_writes_them_all
         log.close()
         client.close()
 
-    assert int(redis.Redis.from_url(REDIS_URL).get(f"{namespace}:done:stale") or 0) == 0
+    assert int(redis.Redis.from_url(REDIS_URL).get(f"{redis_namespace}:done:stale") or 0) == 0
     fast = "actor:succeed|queue:fast"
     assert raw_counts(postgres_engine) == Counter(
         {
