@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from sqlalchemy import Engine, insert, select, text
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from dramatiq_opmetrics.label_sets import resolve_label_set_ids
 from dramatiq_opmetrics.labels import make_label_set
@@ -71,3 +71,12 @@ def stored_samples(
             .order_by(order_by)
         )
         return [(metric_type.value, value, key, at) for metric_type, value, key, at in rows]
+
+
+def stored_queue_depths(engine: Engine) -> list[tuple[str, str, float, dt.datetime]]:
+    """Every stored queue_depth sample as (queue, state, value, recorded_at)."""
+    with Session(engine) as session:
+        rows = session.scalars(
+            select(OperationalMetric).where(OperationalMetric.metric_type == MetricType.QUEUE_DEPTH)
+        ).all()
+        return [(r.labels["queue"], r.labels["state"], r.value, r.recorded_at) for r in rows]

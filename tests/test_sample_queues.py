@@ -16,16 +16,13 @@ from conftest import RABBITMQ_URL, REDIS_URL
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, xq_name
-from sqlalchemy import select
+from raw_samples import stored_queue_depths
 from sqlalchemy.engine import URL
-from sqlalchemy.orm import Session
 
 from dramatiq_opmetrics.cli import main
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.interval_claims import interval_start
-from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.migrate import upgrade
-from dramatiq_opmetrics.models import OperationalMetric
 from dramatiq_opmetrics.queue_depth_sampler import QueueDepthSampler
 
 #: Seconds between samples in the multi-process test: short, yet long enough for a loaded machine.
@@ -73,11 +70,7 @@ def stored_depths(url: URL) -> list[tuple[str, str, float, dt.datetime]]:
     """Every stored queue_depth sample as (queue, state, value, recorded_at)."""
     engine = make_engine(url)
     try:
-        with Session(engine) as session:
-            rows = session.scalars(
-                select(OperationalMetric).where(OperationalMetric.metric_type == MetricType.QUEUE_DEPTH)
-            ).all()
-            return [(r.labels["queue"], r.labels["state"], r.value, r.recorded_at) for r in rows]
+        return stored_queue_depths(engine)
     finally:
         engine.dispose()
 
