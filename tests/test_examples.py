@@ -8,8 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from alembic.script import ScriptDirectory
 from command_line import BIN, run_command, url_text
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.engine import URL
+from waiting import wait_until
 
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.demo import run_demo
@@ -61,14 +60,6 @@ def test_own_alembic_example_migrates_the_application_and_opmetrics_side_by_side
 # examples/app.py: the fleet, run with the real `dramatiq` and `periodiq` commands on Redis and PostgreSQL.
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def stop(process: subprocess.Popen[str]) -> str:
@@ -128,7 +119,9 @@ def test_the_example_fleet_runs_with_the_dramatiq_command_and_reports(
         assert "sent 20 documents and 20 tickets" in sent.stdout
         # Tickets 0 and 10 fail, are retried once and dead-lettered: 22 attempts.
         expected = {"summarise_document": 20, "classify_ticket": 22}
-        wait_for(lambda: processing_attempts(postgres_url) == expected, 60, f"{expected} processing times")
+        wait_until(
+            lambda: processing_attempts(postgres_url) == expected, 60, f"{expected} processing times", poll_s=0.2
+        )
     finally:
         log = stop(workers)
     assert workers.returncode == 0, log
@@ -169,7 +162,12 @@ def test_the_example_schedules_the_rollup_with_the_periodiq_command(
         )
         try:
             # periodiq logs its schedule once it has imported the app, then sleeps until the next minute.
-            wait_for(lambda: "opmetrics_rollup@opmetrics_rollup" in log_path.read_text(), 60, "periodiq's schedule")
+            wait_until(
+                lambda: "opmetrics_rollup@opmetrics_rollup" in log_path.read_text(),
+                60,
+                "periodiq's schedule",
+                poll_s=0.2,
+            )
             assert scheduler.poll() is None, "periodiq exited early"
         finally:
             stop(scheduler)

@@ -23,6 +23,7 @@ from raw_samples import stored_queue_depths
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from tcp_proxy import TcpProxy
+from waiting import wait_until
 
 from dramatiq_opmetrics import OpMetrics
 from dramatiq_opmetrics.database import make_engine
@@ -65,13 +66,6 @@ def skipped_intervals(caplog: pytest.LogCaptureFixture) -> list[str]:
             assert match, record.getMessage()
             found.append(match.group(1))
     return found
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_a_pass_gives_the_sink_one_sample_per_queue_and_state() -> None:

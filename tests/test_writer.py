@@ -13,6 +13,7 @@ from raw_samples import stored_samples
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.engine import URL
 from tcp_proxy import TcpProxy
+from waiting import wait_until
 
 from dramatiq_opmetrics import samples
 from dramatiq_opmetrics.buffer import SampleBuffer
@@ -37,14 +38,6 @@ def count(engine: Engine, metric_type: MetricType | None = None) -> int:
         query = query.where(OperationalMetric.metric_type == metric_type)
     with engine.connect() as connection:
         return int(connection.execute(query).scalar_one())
-
-
-def wait_until(condition: object, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
 
 
 def test_write_samples_stores_rows_with_their_labels_in_the_callers_transaction(engine: Engine) -> None:
@@ -93,7 +86,7 @@ def test_the_background_writer_flushes_every_interval_without_being_asked(migrat
     writer.start()
     try:
         buffer.add_many(samples.confidence(0.7))
-        wait_until(lambda: count(engine) == 1)
+        wait_until(lambda: count(engine) == 1, timeout_s=20, poll_s=0.05)
     finally:
         writer.stop()
 
