@@ -20,7 +20,6 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import psycopg
@@ -29,12 +28,12 @@ from werkzeug.test import Client
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
+from _scratch import libpq, scratch_schema
 from fleet_history import make_actors, populate
 
 from dramatiq_opmetrics.dashboard.app import DashboardApp
 from dramatiq_opmetrics.dashboard.data import DashboardData
 from dramatiq_opmetrics.database import make_engine
-from dramatiq_opmetrics.migrate import upgrade
 
 TARGET_MS = 300.0
 DATABASE_URL = os.environ.get("OPMETRICS_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -48,14 +47,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="timed requests per view after the first")
     args = parser.parse_args()
 
-    base = make_url(DATABASE_URL)
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    conninfo = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(conninfo, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    url = base.update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        upgrade(url)
+    with scratch_schema(make_url(DATABASE_URL)) as url:
         engine = make_engine(url)
         # "Now" is the last minute of today, so that today holds a full day of raw samples.
         today = dt.datetime.now(dt.UTC).date()
@@ -71,9 +63,7 @@ def main() -> int:
             depth_interval_s=15.0,
         )
         # As autovacuum would have done by now: statistics, and the BRIN summaries of today's partition.
-        with psycopg.connect(
-            url.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True
-        ) as c:
+        with psycopg.connect(libpq(url), autocommit=True) as c:
             c.execute("VACUUM ANALYZE")
         print(
             f"populated in {time.perf_counter() - started:.0f} s: {history.daily_rows:,} daily rows over"
@@ -102,9 +92,6 @@ def main() -> int:
             print(f"{name:<32} {first:>11.0f} {first / TARGET_MS:>6.2f} {rest:>12.0f} {rest / TARGET_MS:>6.2f}")
         print(f"\nslowest median: {worst:.0f} ms = {worst / TARGET_MS:.2f} x the target")
         engine.dispose()
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
     return 0
 
 

@@ -21,7 +21,6 @@ made and dropped) and Redis ($OPMETRICS_TEST_REDIS_URL; keys under a unique name
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -31,15 +30,16 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psycopg
 import redis
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 os.environ.setdefault("dramatiq_prom_db", tempfile.mkdtemp(prefix="opmetrics-bench-prom-"))
 
 import dramatiq
+from _scratch import database_url, libpq, scratch_schema
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
@@ -47,32 +47,12 @@ from dramatiq.middleware.prometheus import Prometheus
 
 from dramatiq_opmetrics import OpMetrics
 from dramatiq_opmetrics.buffer import DEFAULT_BATCH_SIZE, MessageEntry, SampleBuffer
-from dramatiq_opmetrics.migrate import upgrade
 from dramatiq_opmetrics.samples import message_labels
 from dramatiq_opmetrics.writer import BackgroundWriter
 
-DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 HOOK_ROUNDS = 31
 DRAIN_WORKER_THREADS = 8
-
-
-def libpq(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@contextlib.contextmanager
-def scratch_schema(base: URL) -> Iterator[URL]:
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(libpq(base), autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        url = base.update_query_dict({"options": f"-csearch_path={schema}"})
-        upgrade(url)
-        yield url
-    finally:
-        with psycopg.connect(libpq(base), autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 # 1. Hook cost ------------------------------------------------------------------------------------------
@@ -296,10 +276,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("dramatiq").setLevel(logging.ERROR)
 
-    base = make_url(os.environ.get("OPMETRICS_TEST_DATABASE_URL", DEFAULT_URL))
     redis_url = os.environ.get("OPMETRICS_TEST_REDIS_URL", DEFAULT_REDIS_URL)
     print(f"dramatiq {dramatiq.__version__}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
-    with scratch_schema(base) as url:
+    with scratch_schema(database_url()) as url:
         if args.only in (None, "hooks"):
             hook_cost(url, args.hook_messages)
         if args.only in (None, "drain"):

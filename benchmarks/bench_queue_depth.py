@@ -25,29 +25,25 @@ import argparse
 import datetime as dt
 import os
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+
+from redis_round_trips import CountingConnection, counting_client
 
 from dramatiq_opmetrics.queue_depth import RedisDepthReader
 from dramatiq_opmetrics.queue_depth_sampler import QueueDepthSampler
 from dramatiq_opmetrics.samples import Sample
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
-
-
-class CountingConnection(redis.Connection):
-    """Counts command sends: a pipeline sends once, so one send is one round trip."""
-
-    sends = 0
-
-    def send_packed_command(self, command: object, check_health: bool = True) -> None:
-        type(self).sends += 1
-        super().send_packed_command(command, check_health)
 
 
 def median_s(run: Callable[[], object], repeat: int) -> float:
@@ -130,7 +126,7 @@ def main() -> None:
 
     url = os.environ.get("OPMETRICS_TEST_REDIS_URL", DEFAULT_URL)
     namespace = f"opm-bench-{uuid.uuid4().hex[:8]}"
-    client = redis.Redis(connection_pool=redis.ConnectionPool.from_url(url, connection_class=CountingConnection))
+    client = counting_client(url)
     try:
         print(f"Redis {client.info('server')['redis_version']}, {args.passes} passes each, medians")
         print(

@@ -21,38 +21,35 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Callable
 
 import numpy as np
 import psycopg
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
+from _scratch import database_url, libpq, scratch_schema
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
 
 from dramatiq_opmetrics.aggregate import raw_count
 from dramatiq_opmetrics.database import make_engine
-from dramatiq_opmetrics.migrate import upgrade
 from dramatiq_opmetrics.partitions import day_bounds, ensure_partitions, list_partitions, partition_name
 from dramatiq_opmetrics.retention import DEFAULT_RETENTION_DAYS, prune
 from dramatiq_opmetrics.rollup import rollup
 
-DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 ROLLUP_TARGET_RATIO = 6.0
 PRUNE_TARGET_S = 1.0
 _PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
-def copy_rows(conninfo: str, schema: str, day: dt.date, rows: int, label_sets: int, chunk: int = 1_000_000) -> None:
+def copy_rows(conninfo: str, day: dt.date, rows: int, label_sets: int, chunk: int = 1_000_000) -> None:
     """Load ``rows`` samples of ``day`` with binary COPY, built with numpy (one chunk at a time)."""
     rng = np.random.default_rng(1)
     day_start_us = int((day_bounds(day)[0] - _PG_EPOCH).total_seconds()) * 1_000_000
     processing_sets = max(1, label_sets * 2 // 3)
     types = {"processing_time": (1, processing_sets), "wait_time": (processing_sets + 1, label_sets)}
-    with psycopg.connect(conninfo, options=f"-csearch_path={schema}", autocommit=True) as conn:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
         with conn.cursor() as cur:
             for i in range(label_sets):
                 labels = {"actor": f"actor_{i}", "queue": f"queue_{i % 7}"}
@@ -113,120 +110,113 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    base = make_url(os.environ.get("OPMETRICS_TEST_DATABASE_URL", DEFAULT_URL))
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    conninfo = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(conninfo, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    engine = None
-    try:
-        url = base.update_query_dict({"options": f"-csearch_path={schema}"})
-        upgrade(url)
+    with scratch_schema(database_url()) as url:
         engine = make_engine(url)
-        now = dt.datetime.now(dt.UTC)
-        day = now.date() - dt.timedelta(days=2)
-        with engine.begin() as connection:
-            ensure_partitions(connection, day, day)
-        started = time.perf_counter()
-        copy_rows(conninfo, schema, day, args.rows, args.label_sets)
-        load_s = time.perf_counter() - started
-        print(f"loaded {args.rows:,} rows over {args.label_sets} label sets for {day} in {load_s:.1f} s")
-
-        start, end = day_bounds(day)
-        bounds = {"start": start, "end": end}
-
-        def baseline() -> None:
-            with engine.connect() as connection:
-                connection.execute(
-                    text(
-                        "SELECT m.metric_type, l.labels_key, count(*), sum(m.value), min(m.value), max(m.value)"
-                        " FROM operational_metrics m JOIN opmetrics_label_sets l ON l.id = m.label_set_id"
-                        " WHERE m.recorded_at >= :start AND m.recorded_at < :end"
-                        " GROUP BY m.metric_type, l.labels_key"
-                    ),
-                    bounds,
-                ).all()
-
-        def percentile_cont_reference() -> None:
-            with engine.connect() as connection:
-                connection.execute(
-                    text(
-                        "SELECT m.metric_type, l.labels_key, count(*), sum(m.value), min(m.value), max(m.value),"
-                        " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY m.value)"
-                        " FROM operational_metrics m JOIN opmetrics_label_sets l ON l.id = m.label_set_id"
-                        " WHERE m.recorded_at >= :start AND m.recorded_at < :end"
-                        " GROUP BY m.metric_type, l.labels_key"
-                    ),
-                    bounds,
-                ).all()
-
-        def roll_up() -> None:
-            [result] = rollup(engine, day=day, now=now)
-            assert result.rows == args.rows, result
-
-        def daily_rows() -> list[tuple[object, ...]]:
-            with engine.connect() as connection:
-                query = text("SELECT * FROM operational_metrics_daily ORDER BY 1, 2, 3")
-                return [tuple(row) for row in connection.execute(query)]
-
-        baseline()  # warm the cache
-        baseline_s, rollup_s = [], []
-        first_rows: list[tuple[object, ...]] = []
-        for _ in range(args.repeat):
-            baseline_s.append(timed(baseline))
-            rollup_s.append(timed(roll_up))
-            first_rows = first_rows or daily_rows()
-        identical = daily_rows() == first_rows
-        reference_s = timed(percentile_cont_reference)
-        with engine.connect() as connection:
-            total = connection.execute(text("SELECT sum(sample_count) FROM operational_metrics_daily")).scalar_one()
-        assert total == args.rows, total
-
-        def count_day() -> None:
-            with engine.connect() as connection:
-                raw_count(connection, day)
-
-        count_s = timed(count_day)  # the safety check prune makes before dropping, timed on its own
-        pruned: list[object] = []
-        # The first moment the day is past the default retention: only that day is old enough.
-        prune_now = dt.datetime.combine(day + dt.timedelta(days=DEFAULT_RETENTION_DAYS + 1), dt.time(1, 30), dt.UTC)
-        prune_s = timed(lambda: pruned.append(prune(engine, now=prune_now)))
-        result = pruned[0]
-        assert [(d.day, d.rows, d.method) for d in result.pruned] == [(day, args.rows, "partition")], result  # type: ignore[attr-defined]
-        with engine.connect() as connection:
-            assert day not in list_partitions(connection)
-
-        base_median, rollup_median = statistics.median(baseline_s), statistics.median(rollup_s)
-        ratio = rollup_median / base_median
-        print()
-        print(f"{'measurement (median of ' + str(args.repeat) + ')':<58} {'seconds':>8} {'ratio':>7}  target")
-        print(f"{'plain count/sum/min/max GROUP BY metric_type, labels_key':<58} {base_median:>8.3f} {1:>6.2f}x")
-        print(
-            f"{'rollup of the day (exact p50/p95/p99 + histograms)':<58} {rollup_median:>8.3f} {ratio:>6.2f}x"
-            f"  <= {ROLLUP_TARGET_RATIO:g}x"
-        )
-        print(
-            f"{'reference: percentile_cont(ARRAY[...]) (run once)':<58} {reference_s:>8.3f}"
-            f" {reference_s / base_median:>6.2f}x  (no histogram)"
-        )
-        print(
-            f"{'prune of the day (partition drop)':<58} {prune_s:>8.3f} {prune_s / base_median:>6.2f}x"
-            f"  <= {PRUNE_TARGET_S:g} s"
-        )
-        print(f"{'  of which the exact row count of the day (timed apart)':<58} {count_s:>8.3f}")
-        print()
-        print(f"daily rows identical after {args.repeat - 1} forced re-rolls (rolled_up_at included): {identical}")
-        print(
-            f"all runs, seconds: baseline {[round(s, 3) for s in baseline_s]}, rollup {[round(s, 3) for s in rollup_s]}"
-        )
-        ok = ratio <= ROLLUP_TARGET_RATIO and prune_s <= PRUNE_TARGET_S
-        print("targets met" if ok else "TARGETS MISSED")
-        return 0 if ok else 1
-    finally:
-        if engine is not None:
+        try:
+            return measure(args, url, engine)
+        finally:
             engine.dispose()
-        with psycopg.connect(conninfo, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def measure(args: argparse.Namespace, url: URL, engine: Engine) -> int:
+    """Load the day into the migrated schema at ``url``, time and print the figures; 0 if the targets are met."""
+    now = dt.datetime.now(dt.UTC)
+    day = now.date() - dt.timedelta(days=2)
+    with engine.begin() as connection:
+        ensure_partitions(connection, day, day)
+    started = time.perf_counter()
+    copy_rows(libpq(url), day, args.rows, args.label_sets)
+    load_s = time.perf_counter() - started
+    print(f"loaded {args.rows:,} rows over {args.label_sets} label sets for {day} in {load_s:.1f} s")
+
+    start, end = day_bounds(day)
+    bounds = {"start": start, "end": end}
+
+    def baseline() -> None:
+        with engine.connect() as connection:
+            connection.execute(
+                text(
+                    "SELECT m.metric_type, l.labels_key, count(*), sum(m.value), min(m.value), max(m.value)"
+                    " FROM operational_metrics m JOIN opmetrics_label_sets l ON l.id = m.label_set_id"
+                    " WHERE m.recorded_at >= :start AND m.recorded_at < :end"
+                    " GROUP BY m.metric_type, l.labels_key"
+                ),
+                bounds,
+            ).all()
+
+    def percentile_cont_reference() -> None:
+        with engine.connect() as connection:
+            connection.execute(
+                text(
+                    "SELECT m.metric_type, l.labels_key, count(*), sum(m.value), min(m.value), max(m.value),"
+                    " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY m.value)"
+                    " FROM operational_metrics m JOIN opmetrics_label_sets l ON l.id = m.label_set_id"
+                    " WHERE m.recorded_at >= :start AND m.recorded_at < :end"
+                    " GROUP BY m.metric_type, l.labels_key"
+                ),
+                bounds,
+            ).all()
+
+    def roll_up() -> None:
+        [result] = rollup(engine, day=day, now=now)
+        assert result.rows == args.rows, result
+
+    def daily_rows() -> list[tuple[object, ...]]:
+        with engine.connect() as connection:
+            query = text("SELECT * FROM operational_metrics_daily ORDER BY 1, 2, 3")
+            return [tuple(row) for row in connection.execute(query)]
+
+    baseline()  # warm the cache
+    baseline_s, rollup_s = [], []
+    first_rows: list[tuple[object, ...]] = []
+    for _ in range(args.repeat):
+        baseline_s.append(timed(baseline))
+        rollup_s.append(timed(roll_up))
+        first_rows = first_rows or daily_rows()
+    identical = daily_rows() == first_rows
+    reference_s = timed(percentile_cont_reference)
+    with engine.connect() as connection:
+        total = connection.execute(text("SELECT sum(sample_count) FROM operational_metrics_daily")).scalar_one()
+    assert total == args.rows, total
+
+    def count_day() -> None:
+        with engine.connect() as connection:
+            raw_count(connection, day)
+
+    count_s = timed(count_day)  # the safety check prune makes before dropping, timed on its own
+    pruned: list[object] = []
+    # The first moment the day is past the default retention: only that day is old enough.
+    prune_now = dt.datetime.combine(day + dt.timedelta(days=DEFAULT_RETENTION_DAYS + 1), dt.time(1, 30), dt.UTC)
+    prune_s = timed(lambda: pruned.append(prune(engine, now=prune_now)))
+    result = pruned[0]
+    assert [(d.day, d.rows, d.method) for d in result.pruned] == [(day, args.rows, "partition")], result  # type: ignore[attr-defined]
+    with engine.connect() as connection:
+        assert day not in list_partitions(connection)
+
+    base_median, rollup_median = statistics.median(baseline_s), statistics.median(rollup_s)
+    ratio = rollup_median / base_median
+    print()
+    print(f"{'measurement (median of ' + str(args.repeat) + ')':<58} {'seconds':>8} {'ratio':>7}  target")
+    print(f"{'plain count/sum/min/max GROUP BY metric_type, labels_key':<58} {base_median:>8.3f} {1:>6.2f}x")
+    print(
+        f"{'rollup of the day (exact p50/p95/p99 + histograms)':<58} {rollup_median:>8.3f} {ratio:>6.2f}x"
+        f"  <= {ROLLUP_TARGET_RATIO:g}x"
+    )
+    print(
+        f"{'reference: percentile_cont(ARRAY[...]) (run once)':<58} {reference_s:>8.3f}"
+        f" {reference_s / base_median:>6.2f}x  (no histogram)"
+    )
+    print(
+        f"{'prune of the day (partition drop)':<58} {prune_s:>8.3f} {prune_s / base_median:>6.2f}x"
+        f"  <= {PRUNE_TARGET_S:g} s"
+    )
+    print(f"{'  of which the exact row count of the day (timed apart)':<58} {count_s:>8.3f}")
+    print()
+    print(f"daily rows identical after {args.repeat - 1} forced re-rolls (rolled_up_at included): {identical}")
+    print(f"all runs, seconds: baseline {[round(s, 3) for s in baseline_s]}, rollup {[round(s, 3) for s in rollup_s]}")
+    ok = ratio <= ROLLUP_TARGET_RATIO and prune_s <= PRUNE_TARGET_S
+    print("targets met" if ok else "TARGETS MISSED")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import random
-import uuid
 
 import psycopg
-from sqlalchemy.engine import make_url
+from _scratch import database_url, libpq, scratch_schema
 
-from dramatiq_opmetrics.migrate import upgrade
 from dramatiq_opmetrics.partitions import partition_name
 
-DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 METRIC_TYPES = ["processing_time", "wait_time", "error", "queue_depth"]
 
 
@@ -32,18 +28,11 @@ def main() -> None:
     parser.add_argument("--label-sets", type=int, default=60)
     args = parser.parse_args()
 
-    base = make_url(os.environ.get("OPMETRICS_TEST_DATABASE_URL", DEFAULT_URL))
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    conninfo = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(conninfo, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        url = base.update_query_dict({"options": f"-csearch_path={schema}"})
-        upgrade(url)
+    with scratch_schema(database_url()) as url:
         day = dt.datetime.now(dt.UTC).date()
         start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
         rng = random.Random(1)
-        with psycopg.connect(conninfo, options=f"-csearch_path={schema}", autocommit=True) as conn:
+        with psycopg.connect(libpq(url), autocommit=True) as conn:
             labels = [{"actor": f"actor_{i}", "queue": f"queue_{i % 7}"} for i in range(args.label_sets)]
             with conn.cursor() as cur:
                 for i, label in enumerate(labels):
@@ -85,9 +74,6 @@ def main() -> None:
         for name, (heap, index) in (("operational_metrics (ours)", ours), ("naive JSONB per row", naive)):
             print(f"{name:<28}{heap / args.rows:>12.1f}{index / args.rows:>13.1f}{(heap + index) / args.rows:>13.1f}")
         print(f"ratio ours/naive: {sum(ours) / sum(naive):.2f}")
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def _sizes(cur: psycopg.Cursor[tuple[int, int]], table: str) -> tuple[int, int]:

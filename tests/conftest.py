@@ -18,6 +18,7 @@ from pathlib import Path
 import pika
 import psycopg
 import pytest
+import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, xq_name
@@ -104,6 +105,18 @@ def redis_broker() -> Iterator[RedisBroker]:
             broker.client.delete(*keys)
         broker.close()
         broker.client.close()
+
+
+@pytest.fixture
+def redis_namespace() -> Iterator[str]:
+    """A Redis key namespace of the test's own on the real Redis; every key in it is deleted after."""
+    namespace = f"opmetrics-test-{uuid.uuid4().hex[:10]}"
+    yield namespace
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{namespace}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 @pytest.fixture

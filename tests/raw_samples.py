@@ -1,16 +1,18 @@
-"""Test helper: write raw samples straight into the raw table (as the writer would), fast."""
+"""Test helper: write raw samples straight into the raw table (as the writer would), fast, and count them."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, select, text
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from dramatiq_opmetrics.label_sets import resolve_label_set_ids
 from dramatiq_opmetrics.labels import make_label_set
 from dramatiq_opmetrics.metric_types import MetricType
-from dramatiq_opmetrics.models import OperationalMetric
+from dramatiq_opmetrics.models import LabelSet, OperationalMetric
 
 #: One raw sample: metric type, labels, value, recorded_at.
 RawSample = tuple[MetricType, Mapping[str, str], float, dt.datetime]
@@ -39,3 +41,42 @@ def insert_samples(engine: Engine, samples: Iterable[RawSample]) -> int:
 def at(day: dt.date, seconds: float = 0.0) -> dt.datetime:
     """The UTC instant ``seconds`` after the start of ``day``."""
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC) + dt.timedelta(seconds=seconds)
+
+
+def raw_counts(engine: Engine) -> Counter[tuple[str, str]]:
+    """How many raw rows per (metric_type, labels_key)."""
+    with engine.connect() as connection:
+        result = connection.execute(
+            text(
+                "SELECT m.metric_type::text, l.labels_key, count(*) FROM operational_metrics m"
+                " JOIN opmetrics_label_sets l ON l.id = m.label_set_id GROUP BY 1, 2"
+            )
+        )
+        return Counter({(metric_type, key): n for metric_type, key, n in result})
+
+
+def stored_samples(
+    engine: Engine, order_by: InstrumentedAttribute[object] = OperationalMetric.id
+) -> list[tuple[str, float, str, dt.datetime]]:
+    """Every raw row as (metric_type, value, labels_key, recorded_at), ordered by ``order_by``."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(
+                OperationalMetric.metric_type,
+                OperationalMetric.value,
+                LabelSet.labels_key,
+                OperationalMetric.recorded_at,
+            )
+            .join(LabelSet, LabelSet.id == OperationalMetric.label_set_id)
+            .order_by(order_by)
+        )
+        return [(metric_type.value, value, key, at) for metric_type, value, key, at in rows]
+
+
+def stored_queue_depths(engine: Engine) -> list[tuple[str, str, float, dt.datetime]]:
+    """Every stored queue_depth sample as (queue, state, value, recorded_at)."""
+    with Session(engine) as session:
+        rows = session.scalars(
+            select(OperationalMetric).where(OperationalMetric.metric_type == MetricType.QUEUE_DEPTH)
+        ).all()
+        return [(r.labels["queue"], r.labels["state"], r.value, r.recorded_at) for r in rows]

@@ -1,14 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from command_line import url_text
 from sqlalchemy.engine import URL
 
 from dramatiq_opmetrics.cli import main
 from dramatiq_opmetrics.migrate import current_revision
-
-
-def url_text(url: URL) -> str:
-    return url.render_as_string(hide_password=False)
 
 
 def test_migrate_upgrades_and_says_where(database_url: URL, capsys: pytest.CaptureFixture[str]) -> None:

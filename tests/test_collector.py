@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from raw_samples import stored_samples
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
@@ -15,21 +16,6 @@ from dramatiq_opmetrics.models import LabelSet, OperationalMetric
 AT = dt.datetime(2026, 11, 20, 12, 30, tzinfo=dt.UTC)
 
 
-def stored(engine: Engine) -> list[tuple[str, float, str, dt.datetime]]:
-    with Session(engine) as session:
-        rows = session.execute(
-            select(
-                OperationalMetric.metric_type,
-                OperationalMetric.value,
-                LabelSet.labels_key,
-                OperationalMetric.recorded_at,
-            )
-            .join(LabelSet, LabelSet.id == OperationalMetric.label_set_id)
-            .order_by(OperationalMetric.id)
-        ).all()
-    return [(metric_type.value, value, key, at) for metric_type, value, key, at in rows]
-
-
 def record(engine: Engine, call: Callable[[MetricsCollector], None]) -> None:
     with Session(engine) as session, session.begin():
         call(MetricsCollector(session))
@@ -37,27 +23,27 @@ def record(engine: Engine, call: Callable[[MetricsCollector], None]) -> None:
 
 def test_record_queue_depth_stores_one_sample(engine: Engine) -> None:
     record(engine, lambda c: c.record_queue_depth("default", 42, state="ready", recorded_at=AT))
-    assert stored(engine) == [("queue_depth", 42.0, "queue:default|state:ready", AT)]
+    assert stored_samples(engine) == [("queue_depth", 42.0, "queue:default|state:ready", AT)]
 
 
 def test_record_processing_time_stores_milliseconds_with_actor_and_queue(engine: Engine) -> None:
     record(engine, lambda c: c.record_processing_time("send_email", 182.5, queue="mail", recorded_at=AT))
-    assert stored(engine) == [("processing_time", 182.5, "actor:send_email|queue:mail", AT)]
+    assert stored_samples(engine) == [("processing_time", 182.5, "actor:send_email|queue:mail", AT)]
 
 
 def test_record_processing_time_without_queue_has_no_queue_label(engine: Engine) -> None:
     record(engine, lambda c: c.record_processing_time("send_email", 1, recorded_at=AT))
-    assert stored(engine) == [("processing_time", 1.0, "actor:send_email", AT)]
+    assert stored_samples(engine) == [("processing_time", 1.0, "actor:send_email", AT)]
 
 
 def test_record_error_stores_one_with_error_type(engine: Engine) -> None:
     record(engine, lambda c: c.record_error("send_email", "TimeoutError", queue="mail", recorded_at=AT))
-    assert stored(engine) == [("error", 1.0, "actor:send_email|error_type:TimeoutError|queue:mail", AT)]
+    assert stored_samples(engine) == [("error", 1.0, "actor:send_email|error_type:TimeoutError|queue:mail", AT)]
 
 
 def test_record_token_usage_stores_prompt_and_completion_tokens(engine: Engine) -> None:
     record(engine, lambda c: c.record_token_usage("gpt-x", 800, 150, actor="summarise", recorded_at=AT))
-    assert stored(engine) == [
+    assert stored_samples(engine) == [
         ("prompt_tokens", 800.0, "actor:summarise|model:gpt-x", AT),
         ("completion_tokens", 150.0, "actor:summarise|model:gpt-x", AT),
     ]
@@ -76,14 +62,14 @@ def test_record_token_usage_stores_prompt_and_completion_tokens(engine: Engine) 
 )
 def test_record_confidence_is_labelled_with_its_bucket(engine: Engine, value: float, bucket: str) -> None:
     record(engine, lambda c: c.record_confidence(value, actor="classify", recorded_at=AT))
-    assert stored(engine) == [("confidence", value, f"actor:classify|bucket:{bucket}", AT)]
+    assert stored_samples(engine) == [("confidence", value, f"actor:classify|bucket:{bucket}", AT)]
 
 
 def test_recorded_at_defaults_to_now_in_utc(engine: Engine) -> None:
     before = dt.datetime.now(dt.UTC)
     record(engine, lambda c: c.record_queue_depth("default", 1))
     after = dt.datetime.now(dt.UTC)
-    [(_, _, _, at)] = stored(engine)
+    [(_, _, _, at)] = stored_samples(engine)
     assert at.tzinfo is not None
     assert before - dt.timedelta(seconds=1) <= at <= after + dt.timedelta(seconds=1)
 
@@ -91,7 +77,7 @@ def test_recorded_at_defaults_to_now_in_utc(engine: Engine) -> None:
 def test_recorded_at_in_another_zone_is_stored_as_the_same_instant(engine: Engine) -> None:
     tokyo = dt.timezone(dt.timedelta(hours=9))
     record(engine, lambda c: c.record_queue_depth("default", 1, recorded_at=AT.astimezone(tokyo)))
-    assert stored(engine)[0][3] == AT
+    assert stored_samples(engine)[0][3] == AT
 
 
 BAD_CALLS: list[tuple[str, Callable[[MetricsCollector], Any], str]] = [
@@ -124,7 +110,7 @@ def test_bad_input_raises_value_error_and_adds_nothing(
             call(MetricsCollector(session))
         assert raised.type is ValueError, f"{case}: {raised.value!r}"
         assert not session.new
-    assert stored(engine) == []
+    assert stored_samples(engine) == []
 
 
 def test_collector_never_commits_or_flushes(engine: Engine) -> None:
@@ -141,7 +127,7 @@ def test_rollback_means_nothing_is_recorded(engine: Engine) -> None:
     with Session(engine) as session:
         MetricsCollector(session).record_token_usage("gpt-x", 1, 2)
         session.rollback()
-    assert stored(engine) == []
+    assert stored_samples(engine) == []
     with Session(engine) as session:
         assert session.scalar(select(func.count()).select_from(LabelSet)) == 0
 
@@ -150,7 +136,7 @@ def test_commit_means_recorded_together_with_the_callers_own_rows(engine: Engine
     with Session(engine) as session:
         MetricsCollector(session).record_processing_time("a", 5, recorded_at=AT)
         session.commit()
-    assert stored(engine) == [("processing_time", 5.0, "actor:a", AT)]
+    assert stored_samples(engine) == [("processing_time", 5.0, "actor:a", AT)]
 
 
 def test_a_label_set_is_stored_once_however_often_it_is_used(engine: Engine) -> None:

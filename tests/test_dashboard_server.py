@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from command_line import run_command, url_text
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
@@ -18,10 +19,6 @@ from dramatiq_opmetrics.dashboard import DashboardApp
 from dramatiq_opmetrics.dashboard.data import DashboardData
 from dramatiq_opmetrics.dashboard.server import check_binding, is_loopback
 from dramatiq_opmetrics.migrate import upgrade
-
-
-def url_text(url: URL) -> str:
-    return url.render_as_string(hide_password=False)
 
 
 def app_on(engine: Engine, **auth: object) -> DashboardApp:
@@ -70,7 +67,7 @@ def test_the_base_package_imports_and_says_how_to_get_the_dashboard_without_web_
         "assert not any(name.startswith('dramatiq_opmetrics.dashboard') for name in sys.modules)\n"
         f"sys.exit(dramatiq_opmetrics.cli.main(['dashboard', '--database-url', {url_text(sqlite_url)!r}]))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = run_command([sys.executable, "-c", code])
     assert result.returncode == 2, result.stderr
     assert "pip install 'dramatiq-opmetrics[dashboard]'" in result.stderr
     assert result.stderr.count("\n") == 1

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
 import redis
+from command_line import BIN, run_command
 from sqlalchemy import func, select
 from sqlalchemy.engine import URL
 
@@ -23,10 +21,6 @@ from tests.conftest import REDIS_URL
 SUMMARY = re.compile(
     r"(\d+) of (\d+) messages finished \((\d+) succeeded, (\d+) attempts retried, (\d+) dead-lettered\) in"
 )
-
-
-def url_text(url: URL) -> str:
-    return url.render_as_string(hide_password=False)
 
 
 def check_demo_data(url: URL, lines: list[str]) -> None:
@@ -122,17 +116,14 @@ def test_demo_starts_over_in_its_own_sqlite_file(tmp_path: Path, monkeypatch: py
 
 
 @pytest.mark.postgres
-def test_demo_runs_on_postgresql_and_redis(postgres_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
-    namespace = f"opmetrics-test-{uuid.uuid4().hex[:8]}"
-    client = redis.Redis.from_url(REDIS_URL)
+def test_demo_runs_on_postgresql_and_redis(
+    postgres_url: URL, redis_namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     lines: list[str] = []
-    try:
-        assert run_demo(postgres_url, REDIS_URL, namespace=namespace, out=lines.append) == 0
-        leftover = list(client.scan_iter(match=f"{namespace}:*"))
-    finally:
-        for key in client.scan_iter(match=f"{namespace}:*"):
-            client.delete(key)
-        client.close()
+    assert run_demo(postgres_url, REDIS_URL, namespace=redis_namespace, out=lines.append) == 0
+    client = redis.Redis.from_url(REDIS_URL)
+    leftover = list(client.scan_iter(match=f"{redis_namespace}:*"))
+    client.close()
     assert "Redis at redis://" in lines[0]
     check_report(lines)
     check_demo_data(postgres_url, lines)
@@ -173,15 +164,8 @@ def test_demo_refuses_a_broker_that_is_not_redis(tmp_path: Path, capsys: pytest.
 
 @pytest.mark.slow
 def test_the_demo_command_runs_with_no_services_configured(tmp_path: Path) -> None:
-    environment = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HOME": str(tmp_path)}
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "dramatiq-opmetrics"), "demo"],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    environment = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = run_command([str(BIN / "dramatiq-opmetrics"), "demo"], cwd=tmp_path, env=environment, timeout_s=120)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert "token usage" in result.stdout and "Done in" in result.stdout

@@ -8,16 +8,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from alembic.script import ScriptDirectory
+from command_line import BIN, run_command, url_text
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.engine import URL
+from waiting import wait_until
 
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.demo import run_demo
@@ -26,10 +24,6 @@ from dramatiq_opmetrics.models import LabelSet, OperationalMetric
 from examples import collector_in_transaction
 from examples.own_alembic.migrate_all import migrate_all
 from tests.conftest import REDIS_URL
-
-
-def url_text(url: URL) -> str:
-    return url.render_as_string(hide_password=False)
 
 
 def test_collector_example_commits_the_invoice_and_its_metrics_together(
@@ -66,15 +60,6 @@ def test_own_alembic_example_migrates_the_application_and_opmetrics_side_by_side
 # examples/app.py: the fleet, run with the real `dramatiq` and `periodiq` commands on Redis and PostgreSQL.
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def stop(process: subprocess.Popen[str]) -> str:
@@ -89,23 +74,17 @@ def stop(process: subprocess.Popen[str]) -> str:
 
 
 @pytest.fixture
-def fleet_environment(postgres_url: URL) -> Iterator[dict[str, str]]:
+def fleet_environment(postgres_url: URL, redis_namespace: str) -> dict[str, str]:
     """The example's environment: a migrated PostgreSQL schema and a Redis namespace of its own."""
     upgrade(postgres_url)
-    namespace = f"opmetrics-example-{uuid.uuid4().hex[:8]}"
-    environment = {
+    return {
         **os.environ,
         "OPMETRICS_DATABASE_URL": url_text(postgres_url),
         "OPMETRICS_FLUSH_INTERVAL_S": "0.2",
         "EXAMPLE_REDIS_URL": REDIS_URL,
-        "EXAMPLE_REDIS_NAMESPACE": namespace,
+        "EXAMPLE_REDIS_NAMESPACE": redis_namespace,
         "TZ": "UTC",
     }
-    yield environment
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(match=f"{namespace}:*"):
-        client.delete(key)
-    client.close()
 
 
 def processing_attempts(url: URL) -> dict[str, int]:
@@ -135,30 +114,20 @@ def test_the_example_fleet_runs_with_the_dramatiq_command_and_reports(
         text=True,
     )
     try:
-        sent = subprocess.run(
-            [sys.executable, "-m", "examples.app", "20"],
-            cwd=REPO,
-            env=fleet_environment,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        sent = run_command([sys.executable, "-m", "examples.app", "20"], cwd=REPO, env=fleet_environment)
         assert sent.returncode == 0, sent.stderr
         assert "sent 20 documents and 20 tickets" in sent.stdout
         # Tickets 0 and 10 fail, are retried once and dead-lettered: 22 attempts.
         expected = {"summarise_document": 20, "classify_ticket": 22}
-        wait_for(lambda: processing_attempts(postgres_url) == expected, 60, f"{expected} processing times")
+        wait_until(
+            lambda: processing_attempts(postgres_url) == expected, 60, f"{expected} processing times", poll_s=0.2
+        )
     finally:
         log = stop(workers)
     assert workers.returncode == 0, log
 
-    report = subprocess.run(
-        [str(BIN / "dramatiq-opmetrics"), "report", "--days", "1", "--json"],
-        cwd=REPO,
-        env=fleet_environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    report = run_command(
+        [str(BIN / "dramatiq-opmetrics"), "report", "--days", "1", "--json"], cwd=REPO, env=fleet_environment
     )
     assert report.returncode == 0, report.stderr
     metrics = json.loads(report.stdout)["metrics"]
@@ -172,14 +141,7 @@ def test_the_example_fleet_runs_with_the_dramatiq_command_and_reports(
     assert calls == {"gpt-4o-mini": 20, "claude-3-5-haiku": 22}
     assert sum(row["count"] for row in metrics["confidence"]["rows"]) == 20 + 18
 
-    text = subprocess.run(
-        [str(BIN / "dramatiq-opmetrics"), "report", "--days", "1"],
-        cwd=REPO,
-        env=fleet_environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    text = run_command([str(BIN / "dramatiq-opmetrics"), "report", "--days", "1"], cwd=REPO, env=fleet_environment)
     assert text.returncode == 0, text.stderr
     assert "classify_ticket" in text.stdout and "token usage" in text.stdout
 
@@ -200,7 +162,12 @@ def test_the_example_schedules_the_rollup_with_the_periodiq_command(
         )
         try:
             # periodiq logs its schedule once it has imported the app, then sleeps until the next minute.
-            wait_for(lambda: "opmetrics_rollup@opmetrics_rollup" in log_path.read_text(), 60, "periodiq's schedule")
+            wait_until(
+                lambda: "opmetrics_rollup@opmetrics_rollup" in log_path.read_text(),
+                60,
+                "periodiq's schedule",
+                poll_s=0.2,
+            )
             assert scheduler.poll() is None, "periodiq exited early"
         finally:
             stop(scheduler)

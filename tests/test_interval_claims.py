@@ -42,23 +42,30 @@ def test_interval_start_is_the_latest_wall_clock_multiple_of_the_interval(
     assert interval_start(at, interval_s) == expected
 
 
-def test_only_one_of_many_redis_claimers_wins_an_interval(redis_broker: RedisBroker) -> None:
-    clients = [redis.Redis.from_url(REDIS_URL) for _ in range(8)]
+def claim_together(claims: list[RedisIntervalClaim] | list[DatabaseIntervalClaim]) -> list[bool]:
+    """Every one of ``claims`` claims the interval at START at the same moment, each in a thread of its own;
+    return what they got, sorted."""
     results: list[bool] = []
-    barrier = threading.Barrier(len(clients))
+    barrier = threading.Barrier(len(claims))
 
-    def claim(client: redis.Redis) -> None:
+    def claim(one: RedisIntervalClaim | DatabaseIntervalClaim) -> None:
         barrier.wait()
-        results.append(RedisIntervalClaim(client, redis_broker.namespace).claim("queue_depth", START, 15))
+        results.append(one.claim("queue_depth", START, 15))
 
-    threads = [threading.Thread(target=claim, args=(client,)) for client in clients]
+    threads = [threading.Thread(target=claim, args=(one,)) for one in claims]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return sorted(results)
+
+
+def test_only_one_of_many_redis_claimers_wins_an_interval(redis_broker: RedisBroker) -> None:
+    clients = [redis.Redis.from_url(REDIS_URL) for _ in range(8)]
+    results = claim_together([RedisIntervalClaim(client, redis_broker.namespace) for client in clients])
     for client in clients:
         client.close()
-    assert sorted(results) == [False] * 7 + [True]
+    assert results == [False] * 7 + [True]
 
 
 def test_a_late_redis_claim_of_an_interval_already_sampled_fails(redis_broker: RedisBroker) -> None:
@@ -96,21 +103,10 @@ def test_a_database_claim_succeeds_once_per_job_and_interval_even_after_the_firs
 
 def test_database_claims_race_to_exactly_one_winner_across_connections(engine: Engine) -> None:
     engines = [make_engine(engine.url) for _ in range(4)]
-    results: list[bool] = []
-    barrier = threading.Barrier(len(engines))
-
-    def claim(own: Engine) -> None:
-        barrier.wait()
-        results.append(DatabaseIntervalClaim(own).claim("queue_depth", START, 15))
-
-    threads = [threading.Thread(target=claim, args=(own,)) for own in engines]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = claim_together([DatabaseIntervalClaim(own) for own in engines])
     for own in engines:
         own.dispose()
-    assert sorted(results) == [False, False, False, True]
+    assert results == [False, False, False, True]
 
 
 def test_the_winner_prunes_claims_older_than_the_retention(engine: Engine) -> None:

@@ -6,7 +6,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 
 import dramatiq
 import pytest
@@ -16,6 +15,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AgeLimit, Retries
+from raw_samples import raw_counts
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from tcp_proxy import TcpProxy, free_port
@@ -25,18 +25,6 @@ from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.migrate import upgrade
 
 pytestmark = pytest.mark.postgres
-
-
-def rows(engine: Engine) -> Counter[tuple[str, str]]:
-    """How many raw rows per (metric_type, labels_key)."""
-    with engine.connect() as connection:
-        result = connection.execute(
-            text(
-                "SELECT m.metric_type::text, l.labels_key, count(*) FROM operational_metrics m"
-                " JOIN opmetrics_label_sets l ON l.id = m.label_set_id GROUP BY 1, 2"
-            )
-        )
-        return Counter({(metric_type, key): n for metric_type, key, n in result})
 
 
 def values(engine: Engine, metric_type: str, labels_key: str) -> list[float]:
@@ -95,7 +83,7 @@ def test_every_processed_message_gets_a_processing_time_and_a_wait_time(
     send_email.send(0.05)
     run_worker(broker, "emails")
     key = "actor:send_email|queue:emails"
-    assert rows(postgres_engine) == Counter({("processing_time", key): 6, ("wait_time", key): 6})
+    assert raw_counts(postgres_engine) == Counter({("processing_time", key): 6, ("wait_time", key): 6})
     durations = values(postgres_engine, "processing_time", key)
     assert max(durations) >= 50.0
     assert all(0.0 <= d < 50.0 for d in sorted(durations)[:5])
@@ -120,7 +108,7 @@ def test_errors_are_retried_once_per_retry_and_final_when_dead_lettered_wherever
     doomed.send()
     refuses.send()
     run_worker(broker, "default")
-    assert rows(postgres_engine) == Counter(
+    assert raw_counts(postgres_engine) == Counter(
         {
             ("processing_time", "actor:doomed|queue:default"): 3,
             ("wait_time", "actor:doomed|queue:default"): 3,
@@ -144,7 +132,8 @@ def test_without_the_retries_middleware_an_error_is_final(opmetrics: OpMetrics, 
 
     fails.send()
     run_worker(broker, "default")
-    assert rows(postgres_engine)[("error", "actor:fails|error_type:RuntimeError|outcome:final|queue:default")] == 1
+    final_error = ("error", "actor:fails|error_type:RuntimeError|outcome:final|queue:default")
+    assert raw_counts(postgres_engine)[final_error] == 1
 
 
 def test_an_actor_that_succeeds_after_a_retry_has_one_retried_error(
@@ -161,7 +150,7 @@ def test_an_actor_that_succeeds_after_a_retry_has_one_retried_error(
 
     flaky.send()
     run_worker(broker, "default")
-    assert rows(postgres_engine) == Counter(
+    assert raw_counts(postgres_engine) == Counter(
         {
             ("processing_time", "actor:flaky|queue:default"): 2,
             ("wait_time", "actor:flaky|queue:default"): 2,
@@ -186,7 +175,7 @@ def test_a_skipped_message_is_counted_as_skipped_and_gets_no_processing_time(
     time.sleep(0.01)
     run_worker(broker, "default")
     assert ran == []
-    assert rows(postgres_engine) == Counter({("skipped", "actor:too_late|queue:default"): 1})
+    assert raw_counts(postgres_engine) == Counter({("skipped", "actor:too_late|queue:default"): 1})
 
 
 def test_a_message_failed_by_a_middleware_before_its_actor_ran_is_skipped(
@@ -207,7 +196,7 @@ def test_a_message_failed_by_a_middleware_before_its_actor_ran_is_skipped(
     rejected.send()
     run_worker(broker, "default")
     assert ran == []
-    assert rows(postgres_engine) == Counter({("skipped", "actor:rejected|queue:default"): 1})
+    assert raw_counts(postgres_engine) == Counter({("skipped", "actor:rejected|queue:default"): 1})
 
 
 def test_wait_time_counts_from_when_a_delayed_message_became_due_and_queues_are_canonical(
@@ -224,7 +213,7 @@ def test_wait_time_counts_from_when_a_delayed_message_became_due_and_queues_are_
     time.sleep(0.5)  # the immediate message waits for the worker to start
     run_worker(broker, "reports")
     key = "actor:report|queue:reports"
-    assert set(rows(postgres_engine)) == {("processing_time", key), ("wait_time", key)}
+    assert set(raw_counts(postgres_engine)) == {("processing_time", key), ("wait_time", key)}
     waits = sorted(values(postgres_engine, "wait_time", key))
     assert len(waits) == 2
     assert waits[1] >= 500.0  # waited in the queue for the worker
@@ -244,10 +233,10 @@ def test_stopping_the_worker_writes_everything_and_a_worker_can_start_again(
         noop.send()
     run_worker(broker, "default")
     assert not opmetrics.writer.running
-    assert sum(rows(postgres_engine).values()) == 20
+    assert sum(raw_counts(postgres_engine).values()) == 20
     noop.send()
     run_worker(broker, "default")
-    assert sum(rows(postgres_engine).values()) == 22
+    assert sum(raw_counts(postgres_engine).values()) == 22
 
 
 def test_a_process_that_only_sends_messages_starts_no_thread_and_opens_no_connection() -> None:
@@ -306,17 +295,6 @@ def test_a_bad_setting_is_refused_with_a_message_naming_it(monkeypatch: pytest.M
 # The database goes away while messages flow (Done when: "every message still succeeds and every sample lands").
 
 
-@pytest.fixture
-def redis_namespace() -> Iterator[str]:
-    namespace = f"opmetrics-test-{uuid.uuid4().hex[:10]}"
-    yield namespace
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{namespace}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
 @pytest.mark.slow
 def test_messages_keep_flowing_while_the_database_is_unreachable_and_every_sample_lands_when_it_is_back(
     postgres_url: URL, postgres_engine: Engine, redis_namespace: str
@@ -351,7 +329,7 @@ def test_messages_keep_flowing_while_the_database_is_unreachable_and_every_sampl
         send_and_wait(300)
         time.sleep(1.0)  # several failed flushes
         assert len(opmetrics.buffer) >= 300  # one entry per message: its wait and processing time
-        assert rows(postgres_engine)[("processing_time", "actor:work|queue:default")] < 350
+        assert raw_counts(postgres_engine)[("processing_time", "actor:work|queue:default")] < 350
         proxy.start()
         send_and_wait(50)
         assert opmetrics.writer.flush(timeout_s=30)
@@ -359,7 +337,7 @@ def test_messages_keep_flowing_while_the_database_is_unreachable_and_every_sampl
         worker.stop()
         broker.close()
         proxy.stop()
-    assert rows(postgres_engine) == Counter(
+    assert raw_counts(postgres_engine) == Counter(
         {("processing_time", "actor:work|queue:default"): 400, ("wait_time", "actor:work|queue:default"): 400}
     )
     assert opmetrics.buffer.dropped_total == 0
@@ -399,7 +377,7 @@ def test_on_rabbitmq_retries_and_delayed_messages_are_measured_the_same_way(
             broker.channel.queue_delete(name)
         broker.close()
     flaky_key, later_key = f"actor:flaky|queue:{queue}", f"actor:later|queue:{queue}"
-    assert rows(postgres_engine) == Counter(
+    assert raw_counts(postgres_engine) == Counter(
         {
             ("processing_time", flaky_key): 2,
             ("wait_time", flaky_key): 2,

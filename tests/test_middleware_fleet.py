@@ -10,13 +10,13 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import redis
 from conftest import REDIS_URL
+from raw_samples import raw_counts
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
@@ -27,21 +27,10 @@ SUCCEED, FLAKY, DOOMED, REFUSES, STALE = 60, 10, 5, 5, 5
 
 
 @pytest.fixture
-def namespace() -> Iterator[str]:
-    namespace = f"opmetrics-fleet-{uuid.uuid4().hex[:10]}"
-    yield namespace
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{namespace}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
-def fleet_env(namespace: str, postgres_url: URL, postgres_engine: Engine) -> dict[str, str]:
+def fleet_env(redis_namespace: str, postgres_url: URL, postgres_engine: Engine) -> dict[str, str]:
     return {
         **os.environ,
-        "OPMETRICS_FLEET_NAMESPACE": namespace,
+        "OPMETRICS_FLEET_NAMESPACE": redis_namespace,
         "OPMETRICS_FLEET_REDIS_URL": REDIS_URL,
         "OPMETRICS_DATABASE_URL": postgres_url.render_as_string(hide_password=False),
         # Longer than the test: what the fleet writes, it writes when it stops.
@@ -60,20 +49,9 @@ def load_app(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> ModuleType
     return module
 
 
-def raw_counts(engine: Engine) -> Counter[tuple[str, str]]:
-    with engine.connect() as connection:
-        result = connection.execute(
-            text(
-                "SELECT m.metric_type::text, l.labels_key, count(*) FROM operational_metrics m"
-                " JOIN opmetrics_label_sets l ON l.id = m.label_set_id GROUP BY 1, 2"
-            )
-        )
-        return Counter({(metric_type, key): n for metric_type, key, n in result})
-
-
 def test_a_worker_fleet_records_exactly_one_sample_per_event_and_writes_them_all_on_sigterm(
     fleet_env: dict[str, str],
-    namespace: str,
+    redis_namespace: str,
     postgres_engine: Engine,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -115,10 +93,10 @@ def test_a_worker_fleet_records_exactly_one_sample_per_event_and_writes_them_all
 
         def finished() -> bool:
             return (
-                int(client.get(f"{namespace}:done:succeed") or 0) == SUCCEED
-                and int(client.get(f"{namespace}:done:flaky") or 0) == FLAKY
-                and client.zcard(f"{namespace}:slow.XQ") == DOOMED
-                and client.zcard(f"{namespace}:default.XQ") == REFUSES + STALE
+                int(client.get(f"{redis_namespace}:done:succeed") or 0) == SUCCEED
+                and int(client.get(f"{redis_namespace}:done:flaky") or 0) == FLAKY
+                and client.zcard(f"{redis_namespace}:slow.XQ") == DOOMED
+                and client.zcard(f"{redis_namespace}:default.XQ") == REFUSES + STALE
             )
 
         deadline = time.monotonic() + 120
@@ -136,7 +114,7 @@ def test_a_worker_fleet_records_exactly_one_sample_per_event_and_writes_them_all
         log.close()
         client.close()
 
-    assert int(redis.Redis.from_url(REDIS_URL).get(f"{namespace}:done:stale") or 0) == 0
+    assert int(redis.Redis.from_url(REDIS_URL).get(f"{redis_namespace}:done:stale") or 0) == 0
     fast = "actor:succeed|queue:fast"
     assert raw_counts(postgres_engine) == Counter(
         {

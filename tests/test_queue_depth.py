@@ -8,12 +8,12 @@ import dramatiq
 import pika
 import pika.exceptions
 import pytest
-import redis
 from conftest import RABBITMQ_URL, REDIS_URL
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import dq_name, xq_name
+from redis_round_trips import CountingConnection, counting_client
 from tcp_proxy import TcpProxy
 
 from dramatiq_opmetrics.metric_types import MetricType
@@ -110,21 +110,11 @@ def test_redis_reading_writes_no_key_and_registers_no_heartbeat(
     assert redis_broker.client.zrange(heartbeats_key, 0, -1, withscores=True) == heartbeats_before
 
 
-class CountingConnection(redis.Connection):
-    """A Redis connection that counts the times it sends commands: one send, one round trip."""
-
-    sends = 0
-
-    def send_packed_command(self, command: object, check_health: bool = True) -> None:
-        type(self).sends += 1
-        super().send_packed_command(command, check_health)
-
-
 def test_redis_reads_every_queue_in_one_round_trip(
     redis_broker: RedisBroker, unique_queue: Callable[[str], str]
 ) -> None:
     queues = [unique_queue(f"q{i}") for i in range(50)]
-    client = redis.Redis(connection_pool=redis.ConnectionPool.from_url(REDIS_URL, connection_class=CountingConnection))
+    client = counting_client(REDIS_URL)
     try:
         client.ping()
         before = CountingConnection.sends

@@ -19,10 +19,11 @@ from conftest import REDIS_URL
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from sqlalchemy import Engine, select
+from raw_samples import stored_queue_depths
+from sqlalchemy import Engine
 from sqlalchemy.engine import URL
-from sqlalchemy.orm import Session
 from tcp_proxy import TcpProxy
+from waiting import wait_until
 
 from dramatiq_opmetrics import OpMetrics
 from dramatiq_opmetrics.database import make_engine
@@ -32,8 +33,6 @@ from dramatiq_opmetrics.interval_claims import (
     RedisIntervalClaim,
     interval_start,
 )
-from dramatiq_opmetrics.metric_types import MetricType
-from dramatiq_opmetrics.models import OperationalMetric
 from dramatiq_opmetrics.queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, QueueDepthSampler
 from dramatiq_opmetrics.samples import Sample
 
@@ -67,13 +66,6 @@ def skipped_intervals(caplog: pytest.LogCaptureFixture) -> list[str]:
             assert match, record.getMessage()
             found.append(match.group(1))
     return found
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_a_pass_gives_the_sink_one_sample_per_queue_and_state() -> None:
@@ -307,15 +299,6 @@ def test_each_fleet_gets_its_own_job_name(redis_broker: RedisBroker) -> None:
         assert QueueDepthSampler(redis_broker, Collect()).job != QueueDepthSampler(other, Collect()).job
     finally:
         other.client.close()
-
-
-def stored_queue_depths(engine: Engine) -> list[tuple[str, str, float, dt.datetime]]:
-    """Every stored queue_depth sample as (queue, state, value, recorded_at)."""
-    with Session(engine) as session:
-        rows = session.scalars(
-            select(OperationalMetric).where(OperationalMetric.metric_type == MetricType.QUEUE_DEPTH)
-        ).all()
-        return [(r.labels["queue"], r.labels["state"], r.value, r.recorded_at) for r in rows]
 
 
 def test_the_middleware_samples_queue_depth_while_a_worker_runs_and_stops_with_it(engine: Engine) -> None:

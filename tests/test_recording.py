@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 
 import dramatiq
 import pytest
-import redis
 from conftest import REDIS_URL
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import Engine, text
@@ -32,19 +30,15 @@ def rows(engine: Engine) -> Counter[tuple[str, str, float]]:
 
 
 @pytest.fixture
-def redis_broker(postgres_engine: Engine, postgres_url: URL) -> Iterator[tuple[RedisBroker, OpMetrics]]:
-    namespace = f"opmetrics-test-{uuid.uuid4().hex[:10]}"
+def redis_broker(
+    postgres_engine: Engine, postgres_url: URL, redis_namespace: str
+) -> Iterator[tuple[RedisBroker, OpMetrics]]:
     opmetrics = OpMetrics(postgres_url, flush_interval_s=3600)
-    broker = RedisBroker(url=REDIS_URL, namespace=namespace)
+    broker = RedisBroker(url=REDIS_URL, namespace=redis_namespace)
     broker.add_middleware(opmetrics)
     broker.emit_after("process_boot")
     yield broker, opmetrics
     broker.close()
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{namespace}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def test_token_usage_and_confidence_recorded_in_actors_carry_their_actor_and_queue(

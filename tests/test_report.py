@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from command_line import url_text
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
@@ -141,10 +142,6 @@ def test_a_bad_range_is_refused_with_a_clear_message(arguments: dict[str, object
 # The command, on a real database (each dialect): daily rows of past days merged with today's raw rows.
 
 TODAY = dt.datetime.now(dt.UTC).date()
-
-
-def url_text(url: URL) -> str:
-    return url.render_as_string(hide_password=False)
 
 
 def at(day: dt.date, hour: int = 12) -> dt.datetime:

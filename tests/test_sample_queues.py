@@ -11,28 +11,22 @@ from pathlib import Path
 
 import dramatiq
 import pytest
+from command_line import BIN, url_text
 from conftest import RABBITMQ_URL, REDIS_URL
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, xq_name
-from sqlalchemy import select
+from raw_samples import stored_queue_depths
 from sqlalchemy.engine import URL
-from sqlalchemy.orm import Session
 
 from dramatiq_opmetrics.cli import main
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.interval_claims import interval_start
-from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.migrate import upgrade
-from dramatiq_opmetrics.models import OperationalMetric
 from dramatiq_opmetrics.queue_depth_sampler import QueueDepthSampler
 
 #: Seconds between samples in the multi-process test: short, yet long enough for a loaded machine.
 FLEET_INTERVAL_S = 2.0
-
-
-def url_text(url: URL) -> str:
-    return url.render_as_string(hide_password=False)
 
 
 def message(queue: str) -> dramatiq.Message[object]:
@@ -67,15 +61,16 @@ def redis_module_source(namespace: str, queues: list[str]) -> str:
     )
 
 
+def sample_queues_once(spec: str, url: URL, *options: str) -> int:
+    """Run ``dramatiq-opmetrics sample-queues --once`` in this process; return its exit status."""
+    return main(["sample-queues", "--broker", spec, "--once", "--database-url", url_text(url), *options])
+
+
 def stored_depths(url: URL) -> list[tuple[str, str, float, dt.datetime]]:
     """Every stored queue_depth sample as (queue, state, value, recorded_at)."""
     engine = make_engine(url)
     try:
-        with Session(engine) as session:
-            rows = session.scalars(
-                select(OperationalMetric).where(OperationalMetric.metric_type == MetricType.QUEUE_DEPTH)
-            ).all()
-            return [(r.labels["queue"], r.labels["state"], r.value, r.recorded_at) for r in rows]
+        return stored_queue_depths(engine)
     finally:
         engine.dispose()
 
@@ -93,9 +88,7 @@ def test_once_writes_one_sample_per_queue_and_state_to_the_database(
     redis_broker.enqueue(message(emails), delay=600_000)
     spec = broker_module(redis_module_source(redis_broker.namespace, [emails]))
 
-    status = main(
-        ["sample-queues", "--broker", spec, "--once", "--database-url", url_text(migrated_url), "--queue", extra]
-    )
+    status = sample_queues_once(spec, migrated_url, "--queue", extra)
 
     assert status == 0
     assert "sampled 2 queues: 8 samples" in capsys.readouterr().out
@@ -113,9 +106,8 @@ def test_once_again_in_the_same_interval_writes_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     spec = broker_module(redis_module_source(redis_broker.namespace, [unique_queue("q")]))
-    arguments = ["sample-queues", "--broker", spec, "--once", "--interval", "3600", "--database-url"]
-    assert main([*arguments, url_text(migrated_url)]) == 0
-    assert main([*arguments, url_text(migrated_url)]) == 0
+    assert sample_queues_once(spec, migrated_url, "--interval", "3600") == 0
+    assert sample_queues_once(spec, migrated_url, "--interval", "3600") == 0
     assert "already sampled by another process" in capsys.readouterr().out
     assert len(stored_depths(migrated_url)) == 4
 
@@ -135,8 +127,7 @@ def test_a_sidecar_and_the_workers_share_the_claims(
     )
     worker_sampler.broker.declare_queue(queue)
     assert worker_sampler.sample() is not None  # a worker took this interval
-    database = url_text(migrated_url)
-    assert main(["sample-queues", "--broker", spec, "--once", "--interval", "3600", "--database-url", database]) == 0
+    assert sample_queues_once(spec, migrated_url, "--interval", "3600") == 0
     assert "already sampled by another process" in capsys.readouterr().out
     assert stored_depths(migrated_url) == []
 
@@ -158,7 +149,7 @@ def test_a_bad_broker_is_one_clear_line(
     error: str,
 ) -> None:
     spec = broker_module(source).split(":")[0] + spec_suffix
-    assert main(["sample-queues", "--broker", spec, "--once", "--database-url", url_text(sqlite_url)]) == 2
+    assert sample_queues_once(spec, sqlite_url) == 2
     assert error in capsys.readouterr().err
 
 
@@ -167,15 +158,14 @@ def test_a_bad_interval_or_queue_is_one_clear_line(
     migrated_url: URL, broker_module: Callable[[str], str], capsys: pytest.CaptureFixture[str], option: str, value: str
 ) -> None:
     spec = broker_module("from dramatiq.brokers.stub import StubBroker\nbroker = StubBroker()\n")
-    database = url_text(migrated_url)
-    assert main(["sample-queues", "--broker", spec, "--once", "--database-url", database, option, value]) == 2
+    assert sample_queues_once(spec, migrated_url, option, value) == 2
     assert "dramatiq-opmetrics: error: bad --interval or --queue: " in capsys.readouterr().err
     assert stored_depths(migrated_url) == []
 
 
 def test_a_missing_broker_module_is_one_clear_line(sqlite_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
     spec = "no_such_module_opm:broker"
-    assert main(["sample-queues", "--broker", spec, "--once", "--database-url", url_text(sqlite_url)]) == 2
+    assert sample_queues_once(spec, sqlite_url) == 2
     assert "cannot import the broker's module 'no_such_module_opm'" in capsys.readouterr().err
 
 
@@ -183,7 +173,7 @@ def test_an_unsupported_broker_is_reported_and_nothing_is_written(
     migrated_url: URL, broker_module: Callable[[str], str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     spec = broker_module("import dramatiq\nclass Custom(dramatiq.Broker):\n    pass\nbroker = Custom()\n")
-    assert main(["sample-queues", "--broker", spec, "--once", "--database-url", url_text(migrated_url)]) == 1
+    assert sample_queues_once(spec, migrated_url) == 1
     assert "queue depth is not supported for Custom" in capsys.readouterr().err
     assert stored_depths(migrated_url) == []
 
@@ -196,7 +186,7 @@ def test_an_unreachable_broker_with_once_is_one_clear_line(
         "broker = RedisBroker(url='redis://:secret-pw@127.0.0.1:1/0', namespace='unreachable')\n"
         "broker.declare_queue('q')\n"
     )
-    assert main(["sample-queues", "--broker", spec, "--once", "--database-url", url_text(migrated_url)]) == 2
+    assert sample_queues_once(spec, migrated_url) == 2
     err = capsys.readouterr().err
     assert err.startswith("dramatiq-opmetrics: error: cannot read the broker: ConnectionError: ")
     assert len(err.splitlines()) == 1
@@ -223,7 +213,7 @@ def start_sidecars(
     spec: str, url: URL, tmp_path: Path, extra_queue: str, count: int = 3
 ) -> list[subprocess.Popen[str]]:
     command = [
-        str(Path(sys.executable).parent / "dramatiq-opmetrics"),
+        str(BIN / "dramatiq-opmetrics"),
         "sample-queues",
         "--broker",
         spec,
@@ -246,14 +236,17 @@ def start_sidecars(
     ]
 
 
+def sidecar_outputs(tmp_path: Path, count: int) -> list[str]:
+    """What each of ``count`` sidecars has printed so far."""
+    return [(tmp_path / f"sidecar{i}.out").read_text() for i in range(count)]
+
+
 def run_fleet_for_three_intervals(processes: list[subprocess.Popen[str]], tmp_path: Path) -> dt.datetime:
     """Wait until every sidecar runs, let three whole intervals pass, stop them; return the first's start."""
     deadline = time.monotonic() + 60
     try:
-        while not all("sampling" in (tmp_path / f"sidecar{i}.out").read_text() for i in range(len(processes))):
-            assert all(p.poll() is None for p in processes), [
-                (tmp_path / f"sidecar{i}.out").read_text() for i in range(len(processes))
-            ]
+        while not all("sampling" in output for output in sidecar_outputs(tmp_path, len(processes))):
+            assert all(p.poll() is None for p in processes), sidecar_outputs(tmp_path, len(processes))
             assert time.monotonic() < deadline, "the sidecars did not start"
             time.sleep(0.1)
         first = interval_start(dt.datetime.now(dt.UTC), FLEET_INTERVAL_S) + dt.timedelta(seconds=FLEET_INTERVAL_S)
@@ -265,9 +258,7 @@ def run_fleet_for_three_intervals(processes: list[subprocess.Popen[str]], tmp_pa
             process.terminate()
         for process in processes:
             process.wait(30)
-    assert [p.returncode for p in processes] == [0, 0, 0], [
-        (tmp_path / f"sidecar{i}.out").read_text() for i in range(len(processes))
-    ]
+    assert [p.returncode for p in processes] == [0, 0, 0], sidecar_outputs(tmp_path, len(processes))
     return first
 
 

@@ -9,16 +9,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from raw_samples import stored_samples
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.engine import URL
 from tcp_proxy import TcpProxy
+from waiting import wait_until
 
 from dramatiq_opmetrics import samples
 from dramatiq_opmetrics.buffer import SampleBuffer
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.migrate import upgrade
-from dramatiq_opmetrics.models import LabelSet, OperationalMetric
+from dramatiq_opmetrics.models import OperationalMetric
 from dramatiq_opmetrics.writer import BackgroundWriter, write_samples
 
 
@@ -30,35 +32,12 @@ def make_buffer(capacity: int = 100_000, batch_size: int = 5_000) -> SampleBuffe
     return buffer
 
 
-def stored(engine: Engine) -> list[tuple[str, float, str, datetime]]:
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(
-                OperationalMetric.metric_type,
-                OperationalMetric.value,
-                LabelSet.labels_key,
-                OperationalMetric.recorded_at,
-            )
-            .join(LabelSet, LabelSet.id == OperationalMetric.label_set_id)
-            .order_by(OperationalMetric.value)
-        )
-        return [(mt.value, value, key, at) for mt, value, key, at in rows]
-
-
 def count(engine: Engine, metric_type: MetricType | None = None) -> int:
     query = select(func.count()).select_from(OperationalMetric)
     if metric_type is not None:
         query = query.where(OperationalMetric.metric_type == metric_type)
     with engine.connect() as connection:
         return int(connection.execute(query).scalar_one())
-
-
-def wait_until(condition: object, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
 
 
 def test_write_samples_stores_rows_with_their_labels_in_the_callers_transaction(engine: Engine) -> None:
@@ -73,7 +52,7 @@ def test_write_samples_stores_rows_with_their_labels_in_the_callers_transaction(
     with engine.connect() as connection, connection.begin():
         write_samples(connection, samples.confidence(0.5, recorded_at=at))
         connection.rollback()
-    assert stored(engine) == [
+    assert stored_samples(engine, order_by=OperationalMetric.value) == [
         ("error", 1.0, "actor:send_email|error_type:SMTPError|outcome:retried|queue:default", at),
         ("wait_time", 12.0, "actor:send_email|queue:default", at),
         ("processing_time", 182.5, "actor:send_email|queue:default", at),
@@ -107,7 +86,7 @@ def test_the_background_writer_flushes_every_interval_without_being_asked(migrat
     writer.start()
     try:
         buffer.add_many(samples.confidence(0.7))
-        wait_until(lambda: count(engine) == 1)
+        wait_until(lambda: count(engine) == 1, timeout_s=20, poll_s=0.05)
     finally:
         writer.stop()
 
@@ -156,7 +135,7 @@ def test_a_failed_write_keeps_its_batch_and_writes_it_once_the_database_is_back(
         assert writer.flush(timeout_s=20)
     finally:
         writer.stop()
-    values = [value for _, value, _, _ in stored(postgres_engine)]
+    values = [value for _, value, _, _ in stored_samples(postgres_engine, order_by=OperationalMetric.value)]
     assert values == [float(i) for i in range(120)]
     assert "Could not write" in caplog.text
     assert "reachable again" in caplog.text
@@ -253,7 +232,7 @@ def test_a_forked_child_forgets_the_parents_thread_and_samples(migrated_url: URL
     assert os.read(read_end, 10) == b"ok"
     os.close(read_end)
     assert writer.stop()
-    assert sorted(value for _, value, _, _ in stored(engine)) == [1.0, 2.0]
+    assert sorted(value for _, value, _, _ in stored_samples(engine, order_by=OperationalMetric.value)) == [1.0, 2.0]
 
 
 def test_the_writer_of_a_sqlite_database_uses_batched_inserts(sqlite_url: URL) -> None:
