@@ -8,7 +8,7 @@ of the following ones. Prints each view's time and its ratio to the target.
 
     .venv/bin/python benchmarks/bench_dashboard.py [--actors 200] [--days 365] [--repeat 5]
 
-Environment: OPMETRICS_BENCH_DATABASE_URL (default: the tests' PostgreSQL,
+Environment: OPMETRICS_TEST_DATABASE_URL (default: the tests' PostgreSQL,
 postgresql+psycopg://postgres@127.0.0.1:5432/test). The scratch schema is dropped at the end.
 """
 
@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import psycopg
-from sqlalchemy.engine import make_url
 from werkzeug.test import Client
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
-from _scratch import libpq, scratch_schema
+from _scratch import database_url, libpq, scratch_schema
 from fleet_history import make_actors, populate
 
 from dramatiq_opmetrics.dashboard.app import DashboardApp
@@ -36,7 +34,6 @@ from dramatiq_opmetrics.dashboard.data import DashboardData
 from dramatiq_opmetrics.database import make_engine
 
 TARGET_MS = 300.0
-DATABASE_URL = os.environ.get("OPMETRICS_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def main() -> int:
@@ -47,7 +44,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="timed requests per view after the first")
     args = parser.parse_args()
 
-    with scratch_schema(make_url(DATABASE_URL)) as url:
+    with scratch_schema(database_url()) as url:
         engine = make_engine(url)
         # "Now" is the last minute of today, so that today holds a full day of raw samples.
         today = dt.datetime.now(dt.UTC).date()
