@@ -82,16 +82,14 @@ def _rollup_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _rollup(args: argparse.Namespace) -> int:
-    from .database import make_engine
+    from .database import engine_for
     from .rollup import rollup
 
-    engine = make_engine(args.database_url)
     try:
-        days = rollup(engine, day=args.date, since=args.since)
+        with engine_for(args.database_url) as engine:
+            days = rollup(engine, day=args.date, since=args.since)
     except ValueError as error:
         return _fail(str(error))
-    finally:
-        engine.dispose()
     for day in days:
         print(
             f"rolled up {day.day}: {day.rows} rows, {day.label_sets} label sets,"
@@ -116,16 +114,14 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from .database import make_engine
+    from .database import engine_for
     from .retention import prune
 
-    engine = make_engine(args.database_url)
     try:
-        result = prune(engine, retention_days=args.retention_days, dry_run=args.dry_run)
+        with engine_for(args.database_url) as engine:
+            result = prune(engine, retention_days=args.retention_days, dry_run=args.dry_run)
     except ValueError as error:
         return _fail(str(error))
-    finally:
-        engine.dispose()
     verb = "would remove" if result.dry_run else "removed"
     for day in result.pruned:
         how = "dropped its partition" if day.method == "partition" else "deleted"

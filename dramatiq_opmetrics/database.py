@@ -6,6 +6,8 @@ Engines are created per process and never shared across a fork: create one after
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -30,6 +32,16 @@ def make_engine(database_url: str | URL | None = None, **engine_options: Any) ->
         return engine
     engine_options.setdefault("pool_pre_ping", True)
     return create_engine(url, **engine_options)
+
+
+@contextlib.contextmanager
+def engine_for(database_url: str | URL | None = None, **engine_options: Any) -> Iterator[Engine]:
+    """:func:`make_engine` for one job: yields the engine and disposes of its connections afterwards."""
+    engine = make_engine(database_url, **engine_options)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:

@@ -43,7 +43,7 @@ from sqlalchemy.engine import URL
 from . import samples
 from .aggregate import raw_count
 from .config import ConfigurationError, redact_url, resolve_database_url
-from .database import make_engine
+from .database import engine_for
 from .middleware import OUTCOME_FINAL, OUTCOME_RETRIED, OpMetrics
 from .migrate import upgrade
 from .queue_depth import DEAD, DELAYED, READY
@@ -373,28 +373,27 @@ def run_demo(
     else:
         out(f"[1/5] Migrating {redact_url(url)} ...")
     upgrade(url)
-    engine = make_engine(url)
-    try:
-        out(f"[2/5] Backfilling {history_days} days of history, {first_day} to {today - dt.timedelta(days=1)} ...")
-        _backfill(engine, first_day, today, messages_per_day, out)
-        out(f"[3/5] Running today's work live: {live_messages} messages, a real dramatiq Worker, the OpMetrics")
-        out("      middleware, queue depth sampled every 0.5 s (some actors fail on purpose) ...")
-        if not _run_live(broker, url, live_messages, out):
-            return 1
-        out(f"[4/5] Rolling up {first_day} to {today - dt.timedelta(days=1)} (what the nightly actor does) ...")
-        for day in range(history_days):
-            for done in rollup(engine, day=first_day + dt.timedelta(days=day)):
-                rows, seconds = f"{done.rows:,} raw rows", f"{done.duration_s:.2f} s"
-                out(f"      {done.day}: {rows} -> {done.daily_rows} daily rows in {seconds}")
-        out(f"[5/5] Report of {first_day} to {today} (today straight from raw rows, not rolled up yet):")
-        out("")
-        with engine.connect() as connection:
-            out(render_text(build_report(connection, first_day, today, filters={})))
-    finally:
-        engine.dispose()
-        if broker_url:
-            _delete_redis_keys(broker, namespace)
-        broker.close()
+    with engine_for(url) as engine:
+        try:
+            out(f"[2/5] Backfilling {history_days} days of history, {first_day} to {today - dt.timedelta(days=1)} ...")
+            _backfill(engine, first_day, today, messages_per_day, out)
+            out(f"[3/5] Running today's work live: {live_messages} messages, a real dramatiq Worker, the OpMetrics")
+            out("      middleware, queue depth sampled every 0.5 s (some actors fail on purpose) ...")
+            if not _run_live(broker, url, live_messages, out):
+                return 1
+            out(f"[4/5] Rolling up {first_day} to {today - dt.timedelta(days=1)} (what the nightly actor does) ...")
+            for day in range(history_days):
+                for done in rollup(engine, day=first_day + dt.timedelta(days=day)):
+                    rows, seconds = f"{done.rows:,} raw rows", f"{done.duration_s:.2f} s"
+                    out(f"      {done.day}: {rows} -> {done.daily_rows} daily rows in {seconds}")
+            out(f"[5/5] Report of {first_day} to {today} (today straight from raw rows, not rolled up yet):")
+            out("")
+            with engine.connect() as connection:
+                out(render_text(build_report(connection, first_day, today, filters={})))
+        finally:
+            if broker_url:
+                _delete_redis_keys(broker, namespace)
+            broker.close()
     out("")
     out(f"Done in {time.monotonic() - started:.1f} s.")
     out(_where_to_look(url, fresh_file, history_days))

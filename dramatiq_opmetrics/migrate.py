@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL
 from alembic import command
 
 from .config import resolve_database_url
-from .database import make_engine
+from .database import engine_for
 from .partitions import DEFAULT_PARTITION_DAYS_AHEAD, ensure_partitions
 
 #: The Alembic version table of dramatiq-opmetrics' migrations.
@@ -62,14 +62,10 @@ def upgrade(
 ) -> None:
     """Migrate the metrics database to ``revision`` and, on PostgreSQL, create partitions from today on."""
     command.upgrade(alembic_config(database_url), revision)
-    engine = make_engine(database_url)
-    try:
-        with engine.begin() as connection:
-            today = dt.datetime.now(dt.UTC).date()
-            if revision == "head":
-                ensure_partitions(connection, today, today + dt.timedelta(days=partition_days_ahead))
-    finally:
-        engine.dispose()
+    with engine_for(database_url) as engine, engine.begin() as connection:
+        today = dt.datetime.now(dt.UTC).date()
+        if revision == "head":
+            ensure_partitions(connection, today, today + dt.timedelta(days=partition_days_ahead))
 
 
 def downgrade(database_url: str | URL | None = None, revision: str = "base") -> None:
@@ -81,9 +77,5 @@ def current_revision(database_url: str | URL | None = None) -> str | None:
     """The revision the metrics database is at, or None if it was never migrated."""
     from alembic.runtime.migration import MigrationContext
 
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
-    finally:
-        engine.dispose()
+    with engine_for(database_url) as engine, engine.connect() as connection:
+        return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()

@@ -48,7 +48,7 @@ from sqlalchemy import Connection, literal, select
 from sqlalchemy.engine import URL
 
 from .config import ConfigurationError, redact_url, resolve_database_url
-from .database import make_engine
+from .database import engine_for
 from .metric_types import MetricType
 from .models import OperationalMetric, OperationalMetricDaily
 from .query import MetricStats, query_metrics
@@ -157,12 +157,8 @@ def load_report(
             f"there is no SQLite database at {path}; create it with `dramatiq-opmetrics migrate"
             f" --database-url {redact_url(url)}` (or check the path)"
         )
-    engine = make_engine(url)
-    try:
-        with engine.connect() as connection:
-            return build_report(connection, since, until, metric_types=metric_types, filters=filters)
-    finally:
-        engine.dispose()
+    with engine_for(url) as engine, engine.connect() as connection:
+        return build_report(connection, since, until, metric_types=metric_types, filters=filters)
 
 
 def build_report(

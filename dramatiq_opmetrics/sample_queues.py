@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import ConfigurationError
-from .database import make_engine
+from .database import engine_for
 from .models import IntervalClaim
 from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, QueueDepthSampler, describe_error
 from .samples import Sample
@@ -88,8 +88,7 @@ def run_sample_queues(
     write one sample per queue and state per interval.
     """
     broker = load_broker(broker_spec)
-    engine = make_engine(database_url)
-    try:
+    with engine_for(database_url) as engine:
         with engine.connect() as connection:  # unreachable or not migrated: a clear error now, not later
             connection.execute(select(IntervalClaim.job).limit(1))
         try:
@@ -118,8 +117,6 @@ def run_sample_queues(
                 print(f"sampled {len(sampler.queues())} queues: {len(written)} samples")
             return 0
         return _run_until_stopped(sampler)
-    finally:
-        engine.dispose()
 
 
 def _run_until_stopped(sampler: QueueDepthSampler) -> int:
