@@ -1,28 +1,107 @@
-"""Engines for the metrics database, set up per backend.
+"""Engines for the metrics database, set up per backend, with timeouts wherever a thread can block.
 
 Engines are created per process and never shared across a fork: create one after the process starts
 (dramatiq's worker processes are forked from the main process).
+
+On PostgreSQL every engine made here bounds how long the network can hold a thread:
+
+- ``connect_timeout``: a connection attempt (a host that does not answer, a server that accepts and says
+  nothing) fails after :data:`DEFAULT_CONNECT_TIMEOUT_S`;
+- ``statement_timeout``: the server cancels a statement that runs longer than
+  :data:`DEFAULT_STATEMENT_TIMEOUT_S` (:data:`DEFAULT_MAINTENANCE_STATEMENT_TIMEOUT_S` for the rollup,
+  prune and migrations, whose statements read whole days);
+- TCP keepalives and ``tcp_user_timeout``: a connection whose peer vanished (a failover, a partition that
+  drops packets) is found dead after about a minute, idle or busy.
+
+None of these notices a server that is alive in the kernel but never answers: a stopped (SIGSTOP) or
+frozen PostgreSQL whose kernel still acknowledges every packet. Only the client can notice that, by a
+deadline of its own: :func:`abort_connection` cuts a connection from another thread so that the call
+blocked on it raises :class:`~sqlalchemy.exc.OperationalError`; the background writer does so when a
+write does not answer in time (see :class:`~dramatiq_opmetrics.writer.BackgroundWriter`).
+
+A libpq parameter already in the URL's query (``?connect_timeout=2``, or ``-c statement_timeout=...`` in
+``options``) is left alone; the settings below fill in only what the URL does not set.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
 
-from .config import resolve_database_url
+from .config import resolve_database_url, resolve_setting
 
 #: How long a SQLite connection waits for a lock held by another process, in seconds.
 SQLITE_BUSY_TIMEOUT_S = 30
+#: Seconds a connection attempt to PostgreSQL may take (whole seconds, at least 2: libpq's rule).
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+#: Seconds a statement may run before PostgreSQL cancels it (0: no limit): writes, claims, reports, pages.
+DEFAULT_STATEMENT_TIMEOUT_S = 30.0
+#: Seconds a statement of the rollup, prune or migrations may run (0: no limit): they read whole days.
+DEFAULT_MAINTENANCE_STATEMENT_TIMEOUT_S = 3600.0
+#: Seconds a connection may stay idle before TCP keepalive probes start.
+DEFAULT_KEEPALIVES_IDLE_S = 30.0
+#: Seconds between two TCP keepalive probes.
+KEEPALIVES_INTERVAL_S = 10
+#: Unanswered keepalive probes after which the connection is dead.
+KEEPALIVES_COUNT = 3
+#: Seconds sent data may stay unacknowledged before the kernel drops the connection (0: the system's).
+DEFAULT_TCP_USER_TIMEOUT_S = 30.0
+
+#: Environment variable for ``connect_timeout_s``.
+CONNECT_TIMEOUT_ENV_VAR = "OPMETRICS_CONNECT_TIMEOUT_S"
+#: Environment variable for ``statement_timeout_s``.
+STATEMENT_TIMEOUT_ENV_VAR = "OPMETRICS_STATEMENT_TIMEOUT_S"
+#: Environment variable for ``statement_timeout_s`` of the rollup, prune and migrations.
+MAINTENANCE_STATEMENT_TIMEOUT_ENV_VAR = "OPMETRICS_MAINTENANCE_STATEMENT_TIMEOUT_S"
+#: Environment variable for ``keepalives_idle_s``.
+KEEPALIVES_IDLE_ENV_VAR = "OPMETRICS_KEEPALIVES_IDLE_S"
+#: Environment variable for ``tcp_user_timeout_s``.
+TCP_USER_TIMEOUT_ENV_VAR = "OPMETRICS_TCP_USER_TIMEOUT_S"
 
 
-def make_engine(database_url: str | URL | None = None, **engine_options: Any) -> Engine:
+def make_engine(
+    database_url: str | URL | None = None,
+    *,
+    connect_timeout_s: float | None = None,
+    statement_timeout_s: float | None = None,
+    keepalives_idle_s: float | None = None,
+    tcp_user_timeout_s: float | None = None,
+    maintenance: bool = False,
+    **engine_options: Any,
+) -> Engine:
     """Create an engine for the metrics database (see :func:`~dramatiq_opmetrics.config.resolve_database_url`).
 
     SQLite connections use WAL journaling and a busy timeout so that several processes can write one file.
+    PostgreSQL connections get the timeouts below (see the module documentation); other ``engine_options``
+    go to :func:`sqlalchemy.create_engine` (its ``connect_args`` win over the timeouts).
+
+    Parameters:
+      database_url(str | URL | None): the metrics database; default ``$OPMETRICS_DATABASE_URL``, then
+        ``$DATABASE_URL``.
+      connect_timeout_s(float | None): seconds a connection attempt may take (rounded up to whole seconds,
+        at least 2); default ``$OPMETRICS_CONNECT_TIMEOUT_S``, else :data:`DEFAULT_CONNECT_TIMEOUT_S` (5).
+      statement_timeout_s(float | None): seconds a statement may run (0: no limit); default
+        ``$OPMETRICS_STATEMENT_TIMEOUT_S``, else :data:`DEFAULT_STATEMENT_TIMEOUT_S` (30); with
+        ``maintenance``, ``$OPMETRICS_MAINTENANCE_STATEMENT_TIMEOUT_S``, else
+        :data:`DEFAULT_MAINTENANCE_STATEMENT_TIMEOUT_S` (3,600).
+      keepalives_idle_s(float | None): idle seconds before TCP keepalive probes start (then one per
+        :data:`KEEPALIVES_INTERVAL_S`, dead after :data:`KEEPALIVES_COUNT` unanswered); default
+        ``$OPMETRICS_KEEPALIVES_IDLE_S``, else :data:`DEFAULT_KEEPALIVES_IDLE_S` (30).
+      tcp_user_timeout_s(float | None): seconds sent data may stay unacknowledged (0: the system's);
+        default ``$OPMETRICS_TCP_USER_TIMEOUT_S``, else :data:`DEFAULT_TCP_USER_TIMEOUT_S` (30).
+      maintenance(bool): the engine runs the rollup, prune or migrations, whose statements may be long.
+
+    Raises:
+      ConfigurationError: if no database URL is given or set, or a timeout's environment variable is not
+        a number.
+      ValueError: if a timeout is negative or not a number (connect and keepalive: not positive).
     """
     url = resolve_database_url(database_url)
     if url.get_backend_name() == "sqlite":
@@ -30,6 +109,15 @@ def make_engine(database_url: str | URL | None = None, **engine_options: Any) ->
         engine = create_engine(url, **engine_options)
         event.listen(engine, "connect", _configure_sqlite)
         return engine
+    timeouts = postgresql_timeouts(
+        url,
+        connect_timeout_s=connect_timeout_s,
+        statement_timeout_s=statement_timeout_s,
+        keepalives_idle_s=keepalives_idle_s,
+        tcp_user_timeout_s=tcp_user_timeout_s,
+        maintenance=maintenance,
+    )
+    engine_options["connect_args"] = {**timeouts, **engine_options.get("connect_args", {})}
     engine_options.setdefault("pool_pre_ping", True)
     return create_engine(url, **engine_options)
 
@@ -44,6 +132,86 @@ def engine_for(database_url: str | URL | None = None, **engine_options: Any) -> 
         engine.dispose()
 
 
+def resolve_statement_timeout_s(value: float | None = None, *, maintenance: bool = False) -> float:
+    """The statement timeout in seconds an engine gets (0: none): ``value`` if given, else its environment
+    variable, else its default (see :func:`make_engine`)."""
+    if maintenance:
+        env_var, default = MAINTENANCE_STATEMENT_TIMEOUT_ENV_VAR, DEFAULT_MAINTENANCE_STATEMENT_TIMEOUT_S
+    else:
+        env_var, default = STATEMENT_TIMEOUT_ENV_VAR, DEFAULT_STATEMENT_TIMEOUT_S
+    return _seconds("statement_timeout_s", resolve_setting(value, env_var, default, float), zero=True)
+
+
+def resolve_connect_timeout_s(value: float | None = None) -> int:
+    """The connect timeout an engine gets, in the whole seconds libpq takes (at least 2)."""
+    resolved = resolve_setting(value, CONNECT_TIMEOUT_ENV_VAR, DEFAULT_CONNECT_TIMEOUT_S, float)
+    return max(2, math.ceil(_seconds("connect_timeout_s", resolved, zero=False)))
+
+
+def postgresql_timeouts(
+    url: URL,
+    *,
+    connect_timeout_s: float | None = None,
+    statement_timeout_s: float | None = None,
+    keepalives_idle_s: float | None = None,
+    tcp_user_timeout_s: float | None = None,
+    maintenance: bool = False,
+) -> dict[str, Any]:
+    """The libpq connection parameters :func:`make_engine` adds for ``url``: those the URL does not set."""
+    query = url.query
+    idle = resolve_setting(keepalives_idle_s, KEEPALIVES_IDLE_ENV_VAR, DEFAULT_KEEPALIVES_IDLE_S, float)
+    user_timeout = resolve_setting(tcp_user_timeout_s, TCP_USER_TIMEOUT_ENV_VAR, DEFAULT_TCP_USER_TIMEOUT_S, float)
+    wanted: dict[str, Any] = {
+        "connect_timeout": resolve_connect_timeout_s(connect_timeout_s),
+        "keepalives": 1,
+        "keepalives_idle": max(1, math.ceil(_seconds("keepalives_idle_s", idle, zero=False))),
+        "keepalives_interval": KEEPALIVES_INTERVAL_S,
+        "keepalives_count": KEEPALIVES_COUNT,
+        "tcp_user_timeout": round(_seconds("tcp_user_timeout_s", user_timeout, zero=True) * 1000),
+    }
+    parameters = {name: value for name, value in wanted.items() if name not in query}
+    options = query.get("options", "")
+    options = " ".join(options) if isinstance(options, tuple) else options
+    if "statement_timeout" not in options:
+        timeout_ms = round(resolve_statement_timeout_s(statement_timeout_s, maintenance=maintenance) * 1000)
+        # The URL's own options (a search_path, say) are kept: this connect argument replaces them.
+        parameters["options"] = f"{options} -c statement_timeout={timeout_ms}".strip()
+    return parameters
+
+
+def abort_connection(dbapi_connection: Any) -> bool:
+    """Cut ``dbapi_connection``'s socket from any thread; return whether there was one to cut.
+
+    The call blocked on it (a read the server never answers) returns at once and raises
+    :class:`~sqlalchemy.exc.OperationalError`; the connection is unusable afterwards, and the pool
+    replaces it. The server sees the connection close and rolls back what it had not committed.
+    A SQLite connection (no socket) is left alone.
+    """
+    pgconn = getattr(dbapi_connection, "pgconn", None)
+    if pgconn is None:
+        return False
+    try:
+        fd = pgconn.socket
+    except Exception:  # closed already: psycopg raises OperationalError
+        return False
+    # A socket object on a duplicate descriptor: shutting it down shuts down the connection itself, and
+    # closing it leaves psycopg's own descriptor to psycopg.
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        return False
+    return True
+
+
+def _seconds(name: str, value: object, *, zero: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not zero):
+        raise ValueError(f"{name} must be {'at least 0' if zero else 'positive'}, got {value!r}")
+    return float(value)
+
+
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
@@ -51,3 +219,4 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
