@@ -4,7 +4,9 @@ Worker threads append entries without taking a lock (a :class:`collections.deque
 single writer thread takes batches out. A batch handed to the writer stays in the buffer (and counts
 toward its capacity) until the writer reports it written, so a failed write never loses it. When the
 buffer is full, new entries are dropped and their samples counted: memory stays bounded whatever the
-database does.
+database does. Drops are logged by the thread that drops (at most one warning per
+``warning_interval_s``, a clock read on the drop path only), so a writer blocked on a silent database
+cannot hide them.
 
 Entries are plain tuples of strings and numbers, much cheaper to make than a
 :class:`~dramatiq_opmetrics.samples.Sample` and, holding no container, untracked by Python's garbage
@@ -24,7 +26,9 @@ The buffer keeps the :class:`~dramatiq_opmetrics.labels.LabelSet` of every ``lab
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 
@@ -35,6 +39,8 @@ from .samples import Sample
 DEFAULT_BUFFER_CAPACITY = 100_000
 #: How many entries make a batch: the writer is woken when this many are waiting.
 DEFAULT_BATCH_SIZE = 5_000
+#: At most one warning about dropped samples per this many seconds.
+DEFAULT_WARNING_INTERVAL_S = 30.0
 
 #: One sample: metric type (its value), value, labels key, time in seconds since the epoch.
 SampleEntry = tuple[str, float, str, float]
@@ -42,6 +48,8 @@ SampleEntry = tuple[str, float, str, float]
 MessageEntry = tuple[None, str, float, float, float]
 #: A buffered entry.
 Entry = SampleEntry | MessageEntry
+
+logger = logging.getLogger(__name__)
 
 
 def sample_count(entries: Iterable[Entry]) -> int:
@@ -53,7 +61,9 @@ class SampleBuffer:
     """A bounded, thread-safe buffer of samples waiting to be written.
 
     Appending is cheap and never blocks. When the buffer holds ``capacity`` entries, new ones are dropped
-    and their samples counted in :attr:`dropped_total`; the writer reports (and records) the drops.
+    and their samples counted in :attr:`dropped_total`; the dropping thread logs one warning per
+    ``warning_interval_s`` (:meth:`warn_about_drops` logs what is left), and the writer records the drops
+    as a ``dropped_samples`` sample.
 
     Example::
 
@@ -65,17 +75,27 @@ class SampleBuffer:
         :data:`DEFAULT_BUFFER_CAPACITY`.
       batch_size(int): the most entries written at once; when this many are waiting, :attr:`batch_ready`
         is set to wake the writer; default :data:`DEFAULT_BATCH_SIZE`.
+      warning_interval_s(float): at most one warning about dropped samples per this many seconds; default
+        :data:`DEFAULT_WARNING_INTERVAL_S` (30; a :class:`~dramatiq_opmetrics.writer.BackgroundWriter` sets
+        it to its own).
 
     Raises:
       ValueError: if ``capacity`` or ``batch_size`` is not a positive integer.
     """
 
-    def __init__(self, capacity: int = DEFAULT_BUFFER_CAPACITY, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        capacity: int = DEFAULT_BUFFER_CAPACITY,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        warning_interval_s: float = DEFAULT_WARNING_INTERVAL_S,
+    ) -> None:
         for name, value in (("capacity", capacity), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.capacity = capacity
         self.batch_size = batch_size
+        #: At most one drop warning per this many seconds.
+        self.warning_interval_s = warning_interval_s
         self._queue: deque[Entry] = deque()
         #: The label set of every labels key added, for the writer.
         self.label_sets: dict[str, LabelSet] = {}
@@ -94,6 +114,9 @@ class SampleBuffer:
         self.dropped_total = 0
         self._dropped_unrecorded = 0
         self._dropped_unwarned = 0
+        self._next_warning_at = 0.0
+        #: How many batches :meth:`commit_batch` removed: tells one pending batch from the next.
+        self.batch_generation = 0
 
     def reset_after_fork(self) -> None:
         """Forget everything in a freshly forked child: the parent writes its own samples."""
@@ -160,6 +183,27 @@ class SampleBuffer:
             self.dropped_total += count
             self._dropped_unrecorded += count
             self._dropped_unwarned += count
+        self.warn_about_drops()
+
+    def warn_about_drops(self) -> None:
+        """Log the samples dropped since the last warning, unless one was logged in the last interval.
+
+        Called on every drop and by the writer's watchdog (for the drops after the last warning).
+        """
+        if not self._dropped_unwarned:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_warning_at or not self._dropped_unwarned:
+                return
+            dropped, self._dropped_unwarned = self._dropped_unwarned, 0
+            self._next_warning_at = now + self.warning_interval_s
+        logger.warning(
+            "Dropped %d metric samples because the buffer was full (capacity %d): the metrics database is"
+            " unreachable or slower than the samples arrive.",
+            dropped,
+            self.capacity,
+        )
 
     def take_batch(self) -> list[Entry]:
         """The next batch to write (at most :attr:`batch_size` entries), for the single writer thread.
@@ -181,6 +225,7 @@ class SampleBuffer:
         with self._lock:
             self._pending = []
             self._room = self.capacity
+            self.batch_generation += 1
 
     def unrecorded_drops(self) -> int:
         """Samples dropped and not yet recorded as a ``dropped_samples`` sample."""
@@ -191,8 +236,6 @@ class SampleBuffer:
         with self._lock:
             self._dropped_unrecorded -= count
 
-    def take_unwarned_drops(self) -> int:
-        """Samples dropped since the last call (for one warning per interval)."""
-        with self._lock:
-            count, self._dropped_unwarned = self._dropped_unwarned, 0
-            return count
+    def unwarned_drops(self) -> int:
+        """Samples dropped since the last warning."""
+        return self._dropped_unwarned

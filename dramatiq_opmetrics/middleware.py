@@ -6,7 +6,7 @@ import atexit
 import logging
 import os
 from collections.abc import Sequence
-from time import perf_counter, time
+from time import monotonic, perf_counter, time
 from typing import Any, Final
 
 import dramatiq
@@ -15,7 +15,7 @@ from dramatiq.middleware import Middleware, Retries
 from sqlalchemy.engine import URL
 
 from . import samples
-from .buffer import DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_CAPACITY, SampleBuffer
+from .buffer import DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_CAPACITY, DEFAULT_WARNING_INTERVAL_S, SampleBuffer
 from .config import redact_url, resolve_setting
 from .database import make_engine
 from .metric_types import MetricType
@@ -26,7 +26,6 @@ from .writer import (
     DEFAULT_FLUSH_INTERVAL_S,
     DEFAULT_MAX_RETRY_BACKOFF_S,
     DEFAULT_SHUTDOWN_TIMEOUT_S,
-    DEFAULT_WARNING_INTERVAL_S,
     BackgroundWriter,
 )
 
@@ -38,6 +37,9 @@ BATCH_SIZE_ENV_VAR = "OPMETRICS_BATCH_SIZE"
 BUFFER_CAPACITY_ENV_VAR = "OPMETRICS_BUFFER_CAPACITY"
 #: Environment variable for ``queue_depth_interval_s``.
 QUEUE_DEPTH_INTERVAL_ENV_VAR = "OPMETRICS_QUEUE_DEPTH_INTERVAL_S"
+#: Seconds a stopping worker waits for its queue depth sampler's pass in progress (it may be blocked on the
+#: broker or the database; its thread is a daemon), taken from the writer's ``shutdown_timeout_s``.
+SAMPLER_STOP_TIMEOUT_S = 0.5
 #: The message option in which the worker notes when a delayed message became due (ms since the epoch).
 DUE_OPTION = "opmetrics_due_ms"
 #: ``outcome`` label of an error after which the message will run again.
@@ -102,9 +104,13 @@ class OpMetrics(Middleware):
     (:attr:`buffer`) that a background thread per worker process writes in batches (COPY on PostgreSQL).
     The thread and its connection are made when a worker boots (``dramatiq`` command or a ``Worker``
     started from code), so a process that only sends messages starts no thread and opens no connection.
-    Stopping the worker (SIGTERM, SIGINT, ``Worker.stop()``) writes everything buffered. While the database
-    is down, batches are kept and retried with backoff; a full buffer drops new samples, counts them, warns
-    once per ``warning_interval_s`` and records the count as ``dropped_samples`` once the database is back.
+    Stopping the worker (SIGTERM, SIGINT, ``Worker.stop()``) writes everything buffered, and ends within
+    ``shutdown_timeout_s`` (plus half a second) whatever the database does, logging how many samples it gave
+    up. While the database is down, batches are kept and retried with backoff; a full buffer drops new
+    samples, counts them, warns once per ``warning_interval_s`` (from the worker thread that drops) and
+    records the count as ``dropped_samples`` once the database is back. A database that stops answering
+    is noticed by the connect and statement timeouts, TCP keepalives and the writer's own watchdog (see
+    :class:`~dramatiq_opmetrics.writer.BackgroundWriter`).
     Background samplers can add their samples with ``buffer.add_many``.
 
     Parameters:
@@ -125,6 +131,13 @@ class OpMetrics(Middleware):
         30 s.
       shutdown_timeout_s(float): how long a stopping worker keeps trying to write what is buffered;
         default 10 s.
+      connect_timeout_s(float | None): seconds a connection attempt to the metrics database may take, for
+        the writer and the queue depth sampler; default ``$OPMETRICS_CONNECT_TIMEOUT_S``, else
+        :data:`~dramatiq_opmetrics.database.DEFAULT_CONNECT_TIMEOUT_S` (5 s).
+      statement_timeout_s(float | None): seconds a statement of theirs may run (0: no limit); a write
+        without an answer for ``flush_interval_s`` plus this long is cut and retried; default
+        ``$OPMETRICS_STATEMENT_TIMEOUT_S``, else
+        :data:`~dramatiq_opmetrics.database.DEFAULT_STATEMENT_TIMEOUT_S` (30 s).
       queue_depth_interval_s(float | None): seconds between queue depth samples, taken by one worker process
         of the whole fleet per interval (:class:`~dramatiq_opmetrics.QueueDepthSampler`); 0 turns sampling
         off; default ``$OPMETRICS_QUEUE_DEPTH_INTERVAL_S``, else
@@ -146,6 +159,8 @@ class OpMetrics(Middleware):
         max_retry_backoff_s: float = DEFAULT_MAX_RETRY_BACKOFF_S,
         warning_interval_s: float = DEFAULT_WARNING_INTERVAL_S,
         shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+        connect_timeout_s: float | None = None,
+        statement_timeout_s: float | None = None,
         queue_depth_interval_s: float | None = None,
         queues: Sequence[str] = (),
     ) -> None:
@@ -162,6 +177,8 @@ class OpMetrics(Middleware):
             max_retry_backoff_s=max_retry_backoff_s,
             warning_interval_s=warning_interval_s,
             shutdown_timeout_s=shutdown_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            statement_timeout_s=statement_timeout_s,
         )
         self._label_sets: dict[str, dict[str, _Labels | None]] = {}
         self._append_message = self.buffer.append_message
@@ -207,18 +224,28 @@ class OpMetrics(Middleware):
                 self.buffer.add_many,
                 interval_s=self.queue_depth_interval_s,
                 queues=self.queues,
-                engine=make_engine(self.writer.database_url),  # claims intervals on brokers other than Redis
+                # Claims intervals on brokers other than Redis.
+                engine=make_engine(
+                    self.writer.database_url,
+                    connect_timeout_s=self.writer.connect_timeout_s,
+                    statement_timeout_s=self.writer.statement_timeout_s,
+                ),
             )
             self.queue_depth_sampler.start()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        """Stop the queue depth sampler, write everything buffered and stop the writer thread."""
+        """Stop the queue depth sampler, write everything buffered and stop the writer thread.
+
+        Returns within the writer's ``shutdown_timeout_s`` plus half a second, whatever the broker and the
+        database do.
+        """
+        started_s = monotonic()
         sampler, self.queue_depth_sampler = self.queue_depth_sampler, None
         if sampler is not None:
-            sampler.stop()
+            sampler.stop(timeout_s=SAMPLER_STOP_TIMEOUT_S)
             if sampler.engine is not None:
                 sampler.engine.dispose()
-        self.writer.stop()
+        self.writer.stop(timeout_s=max(self.writer.shutdown_timeout_s - (monotonic() - started_s), 0.0))
 
     # The hot path: no I/O, no locks, one cached label set per (actor, queue).
 

@@ -170,23 +170,37 @@ class QueueDepthSampler:
             return
         if self._thread is not None:
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="opmetrics-queue-depth", daemon=True)
+        # An event per thread: a thread that stop() left blocked never sees a later start() as its own.
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(self._stop,), name="opmetrics-queue-depth", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """Stop the sampling thread and close the reader's own connections."""
+        """Stop the sampling thread and close the reader's own connections.
+
+        Waits at most ``timeout_s`` seconds for a pass in progress. A thread still blocked then (on a
+        broker or database that does not answer) is left to end on its own: it is a daemon and samples no
+        more. The sampling thread closes the reader itself when it ends (readers are not shared across
+        threads).
+        """
         self._stop.set()
         thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout_s)
-        if self.reader is not None:
-            self.reader.close()
+        if thread is None:
+            if self.reader is not None:
+                self.reader.close()
+            return
+        thread.join(timeout_s)
+        if thread.is_alive():
+            logger.info("The queue depth sampler is still in a pass after %g s; leaving it to end.", timeout_s)
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         next_start = interval_start(dt.datetime.now(dt.UTC), self.interval_s) + dt.timedelta(seconds=self.interval_s)
-        while not self._stop.wait(max((next_start - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)):
-            # After a long pause (a suspended host) sample the current interval, not the missed ones.
-            at = max(next_start, interval_start(dt.datetime.now(dt.UTC), self.interval_s))
-            self.sample_logging_errors(at)
-            next_start = at + dt.timedelta(seconds=self.interval_s)
+        try:
+            while not stop.wait(max((next_start - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)):
+                # After a long pause (a suspended host) sample the current interval, not the missed ones.
+                at = max(next_start, interval_start(dt.datetime.now(dt.UTC), self.interval_s))
+                self.sample_logging_errors(at)
+                next_start = at + dt.timedelta(seconds=self.interval_s)
+        finally:
+            if self.reader is not None:
+                self.reader.close()
