@@ -65,8 +65,9 @@ class PgCluster:
         self.data_dir = self.root / "data"
         self.log_file = self.root / "postgres.log"
         self.port = free_port()
-        self.url = URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=self.port,
-                              database="postgres")
+        self.url = URL.create(
+            "postgresql+psycopg", username="postgres", host="127.0.0.1", port=self.port, database="postgres"
+        )
         self.paused = False
         self._closed = False
         self._as_user: list[str] = []

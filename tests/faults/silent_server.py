@@ -28,8 +28,9 @@ class SilentServer:
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(128)
         self.port: int = self._listener.getsockname()[1]
-        self.url = URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=self.port,
-                              database="postgres")
+        self.url = URL.create(
+            "postgresql+psycopg", username="postgres", host="127.0.0.1", port=self.port, database="postgres"
+        )
         self.accepted = 0
         self._clients: list[socket.socket] = []
         self._lock = threading.Lock()

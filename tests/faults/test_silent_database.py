@@ -1,0 +1,251 @@
+"""A metrics database that stops answering (SIGSTOPped: its kernel still ACKs every packet) costs nothing else.
+
+Messages flow at full speed, drops are logged on time by the threads that drop, the writer's watchdog cuts
+the write that hangs, ``Worker.stop()`` returns within ``shutdown_timeout_s`` + 1 s and says what it gave
+up, and once the database answers again every sample that was kept is written exactly once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import dramatiq
+import psycopg
+import pytest
+from dramatiq.brokers.redis import RedisBroker
+from pg_cluster import PgCluster
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
+from waiting import wait_until
+
+from dramatiq_opmetrics import OpMetrics, samples
+from dramatiq_opmetrics.buffer import SampleBuffer
+from dramatiq_opmetrics.database import make_engine
+from dramatiq_opmetrics.migrate import upgrade
+from dramatiq_opmetrics.writer import BackgroundWriter
+
+pytestmark = pytest.mark.postgres
+
+#: The timeouts of these tests, low so that a stopped database shows within a second or two.
+FLUSH_INTERVAL_S = 0.1
+STATEMENT_TIMEOUT_S = 1.0
+CONNECT_TIMEOUT_S = 2
+WARNING_INTERVAL_S = 1.0
+SHUTDOWN_TIMEOUT_S = 2.0
+#: What a log line may lag behind the moment it is due (two shared cores, other suites running).
+SLACK_S = 0.5
+
+
+@pytest.fixture
+def migrated_cluster_url(cluster_url: URL) -> URL:
+    upgrade(cluster_url)
+    return cluster_url
+
+
+@pytest.fixture
+def cluster_engine(migrated_cluster_url: URL) -> Iterator[Engine]:
+    engine = make_engine(migrated_cluster_url)
+    yield engine
+    engine.dispose()
+
+
+def opmetrics_on(url: URL, **overrides: float) -> OpMetrics:
+    settings: dict[str, float] = {
+        "flush_interval_s": FLUSH_INTERVAL_S,
+        "batch_size": 200,
+        "buffer_capacity": 1_000,
+        "warning_interval_s": WARNING_INTERVAL_S,
+        "shutdown_timeout_s": SHUTDOWN_TIMEOUT_S,
+        "connect_timeout_s": CONNECT_TIMEOUT_S,
+        "statement_timeout_s": STATEMENT_TIMEOUT_S,
+        "max_retry_backoff_s": 0.5,
+        **overrides,
+    }
+    return OpMetrics(url, **settings)  # type: ignore[arg-type]
+
+
+class Fleet:
+    """A real Worker on a real Redis with OpMetrics, and a no-op actor that counts what it processed."""
+
+    def __init__(self, broker: RedisBroker, opmetrics: OpMetrics, queue: str) -> None:
+        broker.add_middleware(opmetrics)
+        self.broker = broker
+        self.opmetrics = opmetrics
+        self.processed = 0
+        self._lock = threading.Lock()
+
+        def noop(i: int) -> None:
+            with self._lock:
+                self.processed += 1
+
+        self.actor = dramatiq.actor(noop, actor_name="noop", queue_name=queue, broker=broker, max_retries=0)
+        self.worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=50)
+
+    def send(self, count: int) -> None:
+        pipeline = self.broker.client.pipeline()
+        for i in range(count):
+            message = self.actor.message(i)
+            pipeline.hset(f"{self.broker.namespace}:{message.queue_name}.msgs", message.message_id, message.encode())
+            pipeline.rpush(f"{self.broker.namespace}:{message.queue_name}", message.message_id)
+        pipeline.execute()
+
+    def process(self, count: int, timeout_s: float = 20.0) -> float:
+        """Send ``count`` messages and wait until they are processed; return the seconds it took."""
+        target = self.processed + count
+        started = time.monotonic()
+        self.send(count)
+        wait_until(lambda: self.processed >= target, timeout_s, f"{count} messages processed", poll_s=0.005)
+        return time.monotonic() - started
+
+
+@pytest.fixture
+def fleet(redis_broker: RedisBroker, migrated_cluster_url: URL, unique_queue: Callable[[str], str]) -> Iterator[Fleet]:
+    fleet = Fleet(redis_broker, opmetrics_on(migrated_cluster_url), unique_queue("silent"))
+    fleet.worker.start()
+    try:
+        yield fleet
+    finally:
+        fleet.worker.stop()
+
+
+def messages(engine: Engine, metric_type: str) -> tuple[int, float]:
+    """How many raw rows of ``metric_type`` there are, and their sum."""
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT count(*), coalesce(sum(value), 0) FROM operational_metrics WHERE metric_type = :m"),
+            {"m": metric_type},
+        ).one()
+    return int(row[0]), float(row[1])
+
+
+def log_lines(caplog: pytest.LogCaptureFixture, start: str) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.getMessage().startswith(start)]
+
+
+def test_with_the_database_stopped_messages_flow_drops_are_logged_on_time_and_stop_returns_in_time(
+    fleet: Fleet, pg_cluster: PgCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dramatiq_opmetrics")
+    buffer = fleet.opmetrics.buffer
+    fleet.process(200)  # warm up: connections made, label sets stored
+    assert fleet.opmetrics.writer.flush(timeout_s=10)
+    up_s = fleet.process(3_000)
+    assert fleet.opmetrics.writer.flush(timeout_s=10)
+
+    first_drop: list[float] = []
+    watching = threading.Event()
+
+    def note_first_drop() -> None:
+        while not watching.is_set() and not first_drop:
+            if buffer.dropped_total:
+                first_drop.append(time.time())
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=note_first_drop, daemon=True)
+    watcher.start()
+    pg_cluster.pause()
+    paused_at = time.time()
+    try:
+        down_s = fleet.process(3_000)  # 3,000 entries into a buffer of 1,000: drops
+        time.sleep(WARNING_INTERVAL_S + SLACK_S)  # the watchdog logs the drops after the last warning
+        watching.set()
+
+        # Messages flowed at full speed while the database answered nothing.
+        assert down_s < max(2 * up_s, 3.0)
+        # The drop warnings: the first as the first sample was dropped, at most one per interval, every drop
+        # counted, while the writer was blocked.
+        assert buffer.dropped_total >= 2 * 2_000
+        drops = log_lines(caplog, "Dropped")
+        assert drops and first_drop
+        assert drops[0].created - first_drop[0] < SLACK_S
+        assert drops[0].threadName != "opmetrics-writer"
+        assert all(b.created - a.created >= WARNING_INTERVAL_S - 0.05 for a, b in itertools.pairwise(drops))
+        assert sum(int(record.getMessage().split()[1]) for record in drops) == buffer.dropped_total
+        # The watchdog noticed the hung write within a flush plus the statement timeout.
+        stalls = log_lines(caplog, "The metrics database")
+        assert stalls, caplog.text
+        assert stalls[0].created - paused_at < FLUSH_INTERVAL_S + STATEMENT_TIMEOUT_S + 2 * SLACK_S
+
+        buffered = buffer.sample_count()
+        started = time.monotonic()
+        fleet.worker.stop()
+        stop_s = time.monotonic() - started
+    finally:
+        pg_cluster.resume()
+    print(f"Worker.stop() with the database stopped: {stop_s:.2f} s (shutdown_timeout_s {SHUTDOWN_TIMEOUT_S})")
+    assert stop_s < SHUTDOWN_TIMEOUT_S + 1.0
+    gave_up = log_lines(caplog, "Gave up writing")
+    assert len(gave_up) == 1
+    assert int(gave_up[0].getMessage().split()[3]) == buffered > 0
+
+
+def test_after_a_pause_shorter_than_the_shutdown_window_every_kept_sample_is_written_once(
+    fleet: Fleet, pg_cluster: PgCluster, cluster_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dramatiq_opmetrics")
+    fleet.process(200)
+    assert fleet.opmetrics.writer.flush(timeout_s=10)
+    sending = threading.Thread(target=lambda: [fleet.process(500) for _ in range(8)], daemon=True)
+    sending.start()
+    time.sleep(0.3)
+    pg_cluster.pause()
+    time.sleep(FLUSH_INTERVAL_S + STATEMENT_TIMEOUT_S + 1.0)  # long enough for the watchdog to cut the write
+    pg_cluster.resume()
+    sending.join(30)
+    assert not sending.is_alive()
+    assert log_lines(caplog, "The metrics database"), "the watchdog should have cut the hung write"
+    fleet.worker.stop()  # writes what is kept: the database answers again
+    buffer = fleet.opmetrics.buffer
+    assert len(buffer) == 0
+    assert not log_lines(caplog, "Gave up writing")
+    kept = fleet.processed - buffer.dropped_total // 2
+    assert messages(cluster_engine, "processing_time")[0] == kept
+    assert messages(cluster_engine, "wait_time")[0] == kept
+    assert messages(cluster_engine, "dropped_samples")[1] == buffer.dropped_total
+
+
+def test_a_batch_whose_commit_went_unanswered_but_committed_is_written_exactly_once(
+    pg_cluster: PgCluster, migrated_cluster_url: URL, cluster_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A synchronous standby that does not exist makes COMMIT wait forever after the transaction committed
+    # locally: exactly a commit whose answer never comes. No statement timeout, or it would end the wait.
+    caplog.set_level(logging.INFO, logger="dramatiq_opmetrics")
+    admin = psycopg.connect(pg_cluster.conninfo(), autocommit=True)
+    admin.execute(f'ALTER DATABASE "{migrated_cluster_url.database}" SET synchronous_commit = on')
+    buffer = SampleBuffer(capacity=10_000, batch_size=1_000)
+    writer = BackgroundWriter(
+        migrated_cluster_url,
+        buffer,
+        flush_interval_s=FLUSH_INTERVAL_S,
+        max_retry_backoff_s=0.2,
+        statement_timeout_s=0,
+        stall_timeout_s=1.0,
+    )
+    key = buffer.register_label_set(samples.message_labels("a", queue="q"))
+
+    def add(count: int) -> None:
+        now = time.time()
+        buffer.extend([("wait_time", float(i), key, now) for i in range(count)])
+
+    try:
+        add(10)
+        assert writer.flush(timeout_s=10)  # the label set is stored and its id cached
+        admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        admin.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        add(500)
+        wait_until(lambda: bool(log_lines(caplog, "The metrics database")), 10, "the watchdog cutting the commit")
+        time.sleep(1.0)  # retries meanwhile find the transaction still in progress and write nothing
+        assert len(buffer) == 500
+    finally:
+        admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        admin.execute("SELECT pg_reload_conf()")
+        admin.close()
+    assert writer.flush(timeout_s=10)
+    assert writer.stop()
+    assert messages(cluster_engine, "wait_time") == (510, float(sum(range(10)) + sum(range(500))))
+    assert log_lines(caplog, "A batch of 500 metric samples whose commit went unanswered was committed")
