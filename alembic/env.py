@@ -38,7 +38,8 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = make_engine(config.get_main_option("sqlalchemy.url") or None)
+    # Migrations may rewrite big tables: the long statement timeout of maintenance jobs.
+    engine = make_engine(config.get_main_option("sqlalchemy.url") or None, maintenance=True)
     try:
         with engine.connect() as connection:
             _run(connection)

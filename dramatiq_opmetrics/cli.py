@@ -86,7 +86,7 @@ def _rollup(args: argparse.Namespace) -> int:
     from .rollup import rollup
 
     try:
-        with engine_for(args.database_url) as engine:
+        with engine_for(args.database_url, maintenance=True) as engine:
             days = rollup(engine, day=args.date, since=args.since)
     except ValueError as error:
         return _fail(str(error))
@@ -118,7 +118,7 @@ def _prune(args: argparse.Namespace) -> int:
     from .retention import prune
 
     try:
-        with engine_for(args.database_url) as engine:
+        with engine_for(args.database_url, maintenance=True) as engine:
             result = prune(engine, retention_days=args.retention_days, dry_run=args.dry_run)
     except ValueError as error:
         return _fail(str(error))

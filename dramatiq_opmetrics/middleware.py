@@ -40,6 +40,8 @@ QUEUE_DEPTH_INTERVAL_ENV_VAR = "OPMETRICS_QUEUE_DEPTH_INTERVAL_S"
 #: Seconds a stopping worker waits for its queue depth sampler's pass in progress (it may be blocked on the
 #: broker or the database; its thread is a daemon), taken from the writer's ``shutdown_timeout_s``.
 SAMPLER_STOP_TIMEOUT_S = 0.5
+#: Seconds the last write of a stopping worker gets at least, however long its threads took to finish.
+MIN_FINAL_WRITE_S = 1.0
 #: The message option in which the worker notes when a delayed message became due (ms since the epoch).
 DUE_OPTION = "opmetrics_due_ms"
 #: ``outcome`` label of an error after which the message will run again.
@@ -183,6 +185,7 @@ class OpMetrics(Middleware):
         self._label_sets: dict[str, dict[str, _Labels | None]] = {}
         self._append_message = self.buffer.append_message
         self._exit_flush_pid = 0
+        self._shutdown_started_s = 0.0
         interval_s = resolve_setting(
             queue_depth_interval_s, QUEUE_DEPTH_INTERVAL_ENV_VAR, DEFAULT_QUEUE_DEPTH_INTERVAL_S, float
         )
@@ -233,19 +236,27 @@ class OpMetrics(Middleware):
             )
             self.queue_depth_sampler.start()
 
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Note when the worker started to stop: the shutdown timeout counts from here."""
+        self._shutdown_started_s = monotonic()
+
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         """Stop the queue depth sampler, write everything buffered and stop the writer thread.
 
-        Returns within the writer's ``shutdown_timeout_s`` plus half a second, whatever the broker and the
-        database do.
+        The writer keeps trying until ``shutdown_timeout_s`` after the worker started to stop (Dramatiq
+        first waits for its threads to finish their messages), and for at least
+        :data:`MIN_FINAL_WRITE_S`, then gives up: with a database that does not answer, ``Worker.stop()``
+        returns within ``shutdown_timeout_s`` plus half a second when its threads are done by then.
         """
-        started_s = monotonic()
+        started_s = self._shutdown_started_s or monotonic()
+        self._shutdown_started_s = 0.0
         sampler, self.queue_depth_sampler = self.queue_depth_sampler, None
         if sampler is not None:
             sampler.stop(timeout_s=SAMPLER_STOP_TIMEOUT_S)
             if sampler.engine is not None:
                 sampler.engine.dispose()
-        self.writer.stop(timeout_s=max(self.writer.shutdown_timeout_s - (monotonic() - started_s), 0.0))
+        left_s = self.writer.shutdown_timeout_s - (monotonic() - started_s)
+        self.writer.stop(timeout_s=max(left_s, min(MIN_FINAL_WRITE_S, self.writer.shutdown_timeout_s)))
 
     # The hot path: no I/O, no locks, one cached label set per (actor, queue).
 

@@ -62,7 +62,7 @@ def upgrade(
 ) -> None:
     """Migrate the metrics database to ``revision`` and, on PostgreSQL, create partitions from today on."""
     command.upgrade(alembic_config(database_url), revision)
-    with engine_for(database_url) as engine, engine.begin() as connection:
+    with engine_for(database_url, maintenance=True) as engine, engine.begin() as connection:
         today = dt.datetime.now(dt.UTC).date()
         if revision == "head":
             ensure_partitions(connection, today, today + dt.timedelta(days=partition_days_ahead))

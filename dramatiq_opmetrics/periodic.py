@@ -75,7 +75,9 @@ def register_rollup_actor(
     Adds periodiq's ``PeriodiqMiddleware`` (default ``skip_delay``) to the broker if it has none. Each run
     rolls up every complete UTC day that needs it (:func:`~dramatiq_opmetrics.rollup.rollup`), then removes
     raw rows older than ``retention_days`` of rolled-up days (:func:`~dramatiq_opmetrics.retention.prune`).
-    The database engine is created in the worker process on the first run.
+    The database engine is created in the worker process on the first run, with the long statement timeout
+    of maintenance jobs (:data:`~dramatiq_opmetrics.database.DEFAULT_MAINTENANCE_STATEMENT_TIMEOUT_S`, or
+    ``$OPMETRICS_MAINTENANCE_STATEMENT_TIMEOUT_S``).
 
     Parameters:
       broker(Broker): your dramatiq broker.
@@ -96,7 +98,7 @@ def register_rollup_actor(
     def get_engine() -> Engine:
         with engine_lock:
             if not engines:
-                engines.append(make_engine(database_url))
+                engines.append(make_engine(database_url, maintenance=True))
             return engines[0]
 
     def opmetrics_rollup() -> None:

@@ -358,15 +358,18 @@ class BackgroundWriter:
             silent_s = now - max(busy_since, progress_at)
             if silent_s > self.stall_timeout_s and not self._stall_reported:
                 self._stall_reported = True
+                cut = abort_connection(self._connection)
                 logger.warning(
-                    "The metrics database %s has not answered for %.1f s (statement timeout %g s): cutting the"
-                    " connection to retry on a new one; %d samples are buffered.",
+                    "The metrics database %s has not answered for %.1f s (statement timeout %g s): %s; %d samples"
+                    " are buffered.",
                     redact_url(self.database_url),
                     silent_s,
                     self.statement_timeout_s,
+                    "cut the connection to retry on a new one"
+                    if cut
+                    else f"still connecting (connect timeout {self.connect_timeout_s} s)",
                     self.buffer.sample_count(),
                 )
-                abort_connection(self._connection)
 
     def _settle_unanswered_batch(self) -> bool:
         """Before writing again a batch whose write failed: whether it may be written (it was not committed).

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from pg_cluster import PgCluster
-from silent_server import SilentServer
 from sqlalchemy.engine import URL
+
+from faults.pg_cluster import PgCluster
+from faults.silent_server import SilentServer
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,10 @@ import time
 
 import psycopg
 import pytest
-from pg_cluster import PgCluster, wait_for_connections
-from silent_server import SilentServer
 from sqlalchemy.engine import URL
+
+from faults.pg_cluster import PgCluster, wait_for_connections
+from faults.silent_server import SilentServer
 
 
 def test_a_paused_cluster_accepts_connections_at_tcp_level_but_answers_nothing(

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
 
 import dramatiq
 import psycopg
 import pytest
+from command_line import BIN, url_text
+from conftest import REDIS_URL
 from dramatiq.brokers.redis import RedisBroker
-from pg_cluster import PgCluster
+from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from waiting import wait_until
@@ -27,6 +34,7 @@ from dramatiq_opmetrics.buffer import SampleBuffer
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.migrate import upgrade
 from dramatiq_opmetrics.writer import BackgroundWriter
+from faults.pg_cluster import PgCluster
 
 pytestmark = pytest.mark.postgres
 
@@ -36,6 +44,9 @@ STATEMENT_TIMEOUT_S = 1.0
 CONNECT_TIMEOUT_S = 2
 WARNING_INTERVAL_S = 1.0
 SHUTDOWN_TIMEOUT_S = 2.0
+#: What a ``dramatiq`` process adds to ``Worker.stop()`` between SIGTERM and its exit, whatever the database
+#: does: its worker process looks for the signal once a second, then closes the broker and exits.
+DRAMATIQ_OVERHEAD_S = 2.0
 #: What a log line may lag behind the moment it is due (two shared cores, other suites running).
 SLACK_S = 0.5
 
@@ -249,3 +260,96 @@ def test_a_batch_whose_commit_went_unanswered_but_committed_is_written_exactly_o
     assert writer.stop()
     assert messages(cluster_engine, "wait_time") == (510, float(sum(range(10)) + sum(range(500))))
     assert log_lines(caplog, "A batch of 500 metric samples whose commit went unanswered was committed")
+
+
+@pytest.mark.slow
+def test_sigterm_of_a_dramatiq_process_returns_within_the_shutdown_timeout_with_the_database_stopped(
+    pg_cluster: PgCluster,
+    migrated_cluster_url: URL,
+    cluster_engine: Engine,
+    redis_broker: RedisBroker,
+    unique_queue: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    namespace, queue = redis_broker.namespace, unique_queue("sigterm")
+    env = {
+        **os.environ,
+        "FAULT_APP_REDIS_URL": REDIS_URL,
+        "FAULT_APP_NAMESPACE": namespace,
+        "FAULT_APP_QUEUE": queue,
+        "FAULT_APP_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
+        "OPMETRICS_DATABASE_URL": url_text(migrated_cluster_url),
+        "OPMETRICS_FLUSH_INTERVAL_S": str(FLUSH_INTERVAL_S),
+        "OPMETRICS_STATEMENT_TIMEOUT_S": str(STATEMENT_TIMEOUT_S),
+        "OPMETRICS_CONNECT_TIMEOUT_S": str(CONNECT_TIMEOUT_S),
+    }
+    log_path = tmp_path / "dramatiq.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [str(BIN / "dramatiq"), "fault_app", "--processes", "1", "--threads", "2", "--queues", queue],
+            cwd=Path(__file__).parent,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        done = f"{namespace}:done"
+        actor = dramatiq.actor(lambda i: None, actor_name="noop", queue_name=queue, broker=redis_broker)
+        for i in range(200):
+            actor.send(i)
+        wait_until(lambda: int(redis_broker.client.get(done) or 0) == 200, 20, "the first messages processed")
+        wait_until(lambda: messages(cluster_engine, "processing_time")[0] == 200, 10, "their samples written")
+        pg_cluster.pause()
+        for i in range(200):
+            actor.send(i)
+        wait_until(lambda: int(redis_broker.client.get(done) or 0) == 400, 20, "messages processed while stopped")
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(SHUTDOWN_TIMEOUT_S + 10)
+        stop_s = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        pg_cluster.resume()
+    output = log_path.read_text()
+    worker_stop_s = logged_at(output, "Worker has been shut down.") - logged_at(output, "Shutting down...")
+    print(
+        f"SIGTERM to exit with the database stopped: {stop_s:.2f} s, of which Worker.stop() {worker_stop_s:.2f} s"
+        f" (shutdown_timeout_s {SHUTDOWN_TIMEOUT_S})"
+    )
+    assert worker_stop_s < SHUTDOWN_TIMEOUT_S + 1.0, output
+    assert stop_s < SHUTDOWN_TIMEOUT_S + 1.0 + DRAMATIQ_OVERHEAD_S, output
+    assert "Gave up writing 400 buffered metric samples" in output, output
+
+
+def logged_at(output: str, message: str) -> float:
+    """The time of the first line of ``dramatiq``'s log ``output`` that ends with ``message``."""
+    line = next(line for line in output.splitlines() if line.endswith(message))
+    return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def test_a_worker_whose_queue_depth_sampler_is_blocked_on_the_stopped_database_stops_in_time(
+    pg_cluster: PgCluster, migrated_cluster_url: URL, cluster_engine: Engine
+) -> None:
+    # On a StubBroker the sampler claims each interval with a row in the metrics database.
+    broker = StubBroker()
+    opmetrics = opmetrics_on(migrated_cluster_url, queue_depth_interval_s=0.2)
+    broker.add_middleware(opmetrics)
+    broker.declare_queue("default")
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    try:
+        wait_until(lambda: messages(cluster_engine, "queue_depth")[0] > 0, 10, "a queue depth sample written")
+        pg_cluster.pause()
+        time.sleep(0.5)  # the next interval's claim waits on the stopped database
+        sampler = opmetrics.queue_depth_sampler
+        assert sampler is not None
+        started = time.monotonic()
+        worker.stop()
+        stop_s = time.monotonic() - started
+        blocked = [thread for thread in threading.enumerate() if thread.name == "opmetrics-queue-depth"]
+    finally:
+        pg_cluster.resume()
+    assert blocked, "the sampler should have been blocked on its claim"
+    assert stop_s < SHUTDOWN_TIMEOUT_S + 1.0
