@@ -179,6 +179,11 @@ def test_with_the_database_stopped_messages_flow_drops_are_logged_on_time_and_st
         # The watchdog noticed the hung write within a flush plus the statement timeout.
         stalls = log_lines(caplog, "The metrics database")
         assert stalls, caplog.text
+        print(
+            f"database stopped: first drop {first_drop[0] - paused_at:.2f} s after, its warning"
+            f" {drops[0].created - first_drop[0]:.3f} s after the drop, {len(drops)} warnings;"
+            f" the watchdog's line {stalls[0].created - paused_at:.2f} s after the stop"
+        )
         assert stalls[0].created - paused_at < FLUSH_INTERVAL_S + STATEMENT_TIMEOUT_S + 2 * SLACK_S
 
         buffered = buffer.sample_count()
