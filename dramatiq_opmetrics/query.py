@@ -40,6 +40,7 @@ from .metric_types import MetricType
 from .models import LabelSet, OperationalMetricDaily
 from .partitions import day_bounds, list_partitions
 from .sketch import Histogram
+from .value_lists import in_values
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,7 @@ class RangeMerge:
             labels_keys = self.matching_label_sets(connection)[1]
             if not labels_keys:
                 return
-            conditions.append(daily.c.labels_key.in_(labels_keys))
+            conditions.append(in_values(daily.c.labels_key, labels_keys))
         if connection.dialect.name == "postgresql" and not self.per_day:
             self._add_merged_in_postgres(connection, conditions)
             return
@@ -485,18 +486,15 @@ def matching_label_sets(connection: Connection, labels: Mapping[str, str]) -> tu
 def labels_of_ids(connection: Connection, ids: Iterable[int]) -> dict[int, dict[str, str]]:
     """The labels of the label sets ``ids``, by id."""
     label_sets = LabelSet.__table__
-    query = select(label_sets.c.id, label_sets.c.labels).where(label_sets.c.id.in_(sorted(ids)))
+    query = select(label_sets.c.id, label_sets.c.labels).where(in_values(label_sets.c.id, sorted(ids)))
     return {row.id: dict(row.labels) for row in connection.execute(query)}
 
 
 def _labels_of_keys(connection: Connection, labels_keys: Sequence[str]) -> dict[str, dict[str, str]]:
     """The labels of each labels key: from the small label-set table, daily rows as the fallback."""
     label_sets = LabelSet.__table__
-    labels: dict[str, dict[str, str]] = {}
-    for start in range(0, len(labels_keys), 1000):
-        chunk = labels_keys[start : start + 1000]
-        query = select(label_sets.c.labels_key, label_sets.c.labels).where(label_sets.c.labels_key.in_(chunk))
-        labels.update({row.labels_key: dict(row.labels) for row in connection.execute(query)})
+    query = select(label_sets.c.labels_key, label_sets.c.labels).where(in_values(label_sets.c.labels_key, labels_keys))
+    labels = {row.labels_key: dict(row.labels) for row in connection.execute(query)}
     daily = OperationalMetricDaily.__table__
     for labels_key in (key for key in labels_keys if key not in labels):
         fallback = select(daily.c.labels).where(daily.c.labels_key == labels_key).limit(1)

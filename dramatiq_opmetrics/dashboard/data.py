@@ -35,6 +35,7 @@ from ..metric_types import MetricType
 from ..models import LabelSet, OperationalMetricDaily
 from ..query import MetricStats, RangeMerge, labels_of_ids, matching_label_sets
 from ..retention import DEFAULT_RETENTION_DAYS
+from ..value_lists import in_values
 from .kept import KeptResults
 from .recent import RecentMaxima, RecentSamples
 
@@ -233,7 +234,7 @@ class DashboardData:
             labels_keys = matching_label_sets(connection, label_filter)[1]
             if not labels_keys:
                 return []
-            query = query.where(d.labels_key.in_(labels_keys))
+            query = query.where(in_values(d.labels_key, labels_keys))
         return [
             LabelStats(
                 str(row[0]),
@@ -621,7 +622,7 @@ def daily_fingerprint(
         d.metric_type.in_(list(metric_types)), d.date >= first_day, d.date <= last_day
     )
     if labels_keys is not None:
-        query = query.where(d.labels_key.in_(list(labels_keys)))
+        query = query.where(in_values(d.labels_key, labels_keys))
     return tuple(connection.execute(query).one())
 
 
