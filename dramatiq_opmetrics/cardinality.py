@@ -38,9 +38,9 @@ OVERFLOW_LABEL = "opmetrics_overflow"
 OVERFLOW_LABEL_SET = make_label_set({OVERFLOW_LABEL: "true"})
 #: At most one warning about folded samples per metric type per this many seconds.
 DEFAULT_FOLD_WARNING_INTERVAL_S = 30.0
-#: Bytes of memory a kept label set of a few short labels costs at most, summed over every cache of a
-#: worker process (buffer, writer, middleware, this cap): measured by ``tests/test_cardinality.py``.
-LABEL_SET_BYTES = 1_500
+#: Bytes of memory a label set of a few short labels kept for one metric type costs at most, summed over every
+#: cache of a worker process (buffer, writer, middleware, this cap): measured by ``tests/test_cardinality.py``.
+LABEL_SET_BYTES = 1_000
 
 logger = logging.getLogger(__name__)
 
