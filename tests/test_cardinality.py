@@ -162,6 +162,8 @@ def test_a_worker_recording_100000_label_sets_stays_within_the_memory_bound_of_i
     assert opmetrics.writer.stop(timeout_s=30)
     kept = cap.kept_count("prompt_tokens") + cap.kept_count("completion_tokens")
     assert kept == 2 * DEFAULT_MAX_LABEL_SETS_PER_METRIC
+    # The buffer's and the writer's caches hold the label sets kept and the overflow one, nothing more.
+    assert len(opmetrics.buffer.label_sets) == len(opmetrics.writer._label_set_ids) == 10_001
     grown = after - before
     print(f"memory grown by {grown / 1e6:.1f} MB for 100,000 label sets recorded, {kept} kept")
     assert grown <= kept * LABEL_SET_BYTES
