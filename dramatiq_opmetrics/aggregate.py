@@ -30,6 +30,7 @@ from .metric_types import METRIC_TYPE_ENUM_NAME, MetricType
 from .models import RAW_TABLE, OperationalMetric
 from .partitions import DEFAULT_PARTITION, day_bounds, list_partitions
 from .sketch import KEY_MULTIPLIER, LN_2, MIN_INDEXABLE_VALUE, Histogram
+from .value_lists import in_values
 
 #: The percentiles stored exactly in each daily row (p50, p95, p99), as fractions.
 PERCENTILES = (0.5, 0.95, 0.99)
@@ -121,7 +122,7 @@ def _aggregate_in_python(
     if metric_type is not None:
         query = query.where(raw.c.metric_type == MetricType(metric_type))
     if label_set_ids is not None:
-        query = query.where(raw.c.label_set_id.in_(sorted(label_set_ids)))
+        query = query.where(in_values(raw.c.label_set_id, sorted(label_set_ids)))
     aggregates = []
     rows = connection.execute(query)
     for (group_type, label_set_id), group in itertools.groupby(rows, key=lambda row: (row[0], row[1])):

@@ -20,8 +20,9 @@ collector, so a full buffer costs no collection time. There are two kinds:
   them into wall-clock times and durations when it writes, which keeps the clocks off the hot path.
 
 The buffer keeps the :class:`~dramatiq_opmetrics.labels.LabelSet` of every ``labels_key`` added in
-:attr:`SampleBuffer.label_sets` (label sets are few and bounded). :meth:`SampleBuffer.add_many` takes
-``Sample`` objects.
+:attr:`SampleBuffer.label_sets`, for the writer. Its :class:`~dramatiq_opmetrics.cardinality.LabelSetCap`
+bounds them: beyond so many label sets per metric type, samples are added under the overflow label set.
+:meth:`SampleBuffer.add_many` takes ``Sample`` objects.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 
+from .cardinality import LabelSetCap
 from .labels import LabelSet
 from .samples import Sample
 
@@ -78,6 +80,8 @@ class SampleBuffer:
       warning_interval_s(float): at most one warning about dropped samples per this many seconds; default
         :data:`DEFAULT_WARNING_INTERVAL_S` (30; a :class:`~dramatiq_opmetrics.writer.BackgroundWriter` sets
         it to its own).
+      label_set_cap(LabelSetCap | None): how many label sets per metric type are kept; default
+        ``LabelSetCap()`` (:data:`~dramatiq_opmetrics.cardinality.DEFAULT_MAX_LABEL_SETS_PER_METRIC`).
 
     Raises:
       ValueError: if ``capacity`` or ``batch_size`` is not a positive integer.
@@ -88,6 +92,8 @@ class SampleBuffer:
         capacity: int = DEFAULT_BUFFER_CAPACITY,
         batch_size: int = DEFAULT_BATCH_SIZE,
         warning_interval_s: float = DEFAULT_WARNING_INTERVAL_S,
+        *,
+        label_set_cap: LabelSetCap | None = None,
     ) -> None:
         for name, value in (("capacity", capacity), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -97,8 +103,10 @@ class SampleBuffer:
         #: At most one drop warning per this many seconds.
         self.warning_interval_s = warning_interval_s
         self._queue: deque[Entry] = deque()
-        #: The label set of every labels key added, for the writer.
+        #: The label set of every labels key added, for the writer (bounded by :attr:`label_set_cap`).
         self.label_sets: dict[str, LabelSet] = {}
+        #: Folds the label sets beyond its cap per metric type into the overflow label set.
+        self.label_set_cap = LabelSetCap() if label_set_cap is None else label_set_cap
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -164,17 +172,27 @@ class SampleBuffer:
             self.batch_ready.set()
 
     def add_many(self, samples: Iterable[Sample]) -> None:
-        """Add :class:`~dramatiq_opmetrics.samples.Sample` objects (a sink for background samplers)."""
+        """Add :class:`~dramatiq_opmetrics.samples.Sample` objects (a sink for background samplers); those
+        with a label set beyond the cap of their metric type go under the overflow label set."""
         entries: list[SampleEntry] = []
+        admit = self.label_set_cap.admit
+        label_sets = self.label_sets
         for sample in samples:
-            self.label_sets[sample.label_set.labels_key] = sample.label_set
-            entries.append(
-                (sample.metric_type.value, sample.value, sample.label_set.labels_key, sample.recorded_at.timestamp())
-            )
+            metric_type = sample.metric_type.value
+            label_set = admit(metric_type, sample.label_set)
+            label_sets[label_set.labels_key] = label_set
+            entries.append((metric_type, sample.value, label_set.labels_key, sample.recorded_at.timestamp()))
         self.extend(entries)
 
-    def register_label_set(self, label_set: LabelSet) -> str:
-        """Remember ``label_set`` for the writer and return its ``labels_key`` (for entries added directly)."""
+    def register_label_set(self, label_set: LabelSet, metric_type: str | None = None, samples: int = 1) -> str:
+        """Remember ``label_set`` for the writer and return the ``labels_key`` to add entries with directly.
+
+        With ``metric_type`` (a :class:`~dramatiq_opmetrics.metric_types.MetricType` value), a label set beyond
+        that type's cap is folded: the overflow label set's key is returned and ``samples`` are counted as
+        folded. Without, ``label_set`` is kept uncapped (for the package's own few label sets).
+        """
+        if metric_type is not None:
+            label_set = self.label_set_cap.admit(metric_type, label_set, samples)
         self.label_sets[label_set.labels_key] = label_set
         return label_set.labels_key
 

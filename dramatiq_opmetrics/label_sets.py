@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from .labels import LabelSet
 from .models import LabelSet as LabelSetRow
+from .value_lists import in_values
 
 
 def resolve_label_set_ids(executor: Connection | Session, label_sets: Iterable[LabelSet]) -> dict[str, int]:
@@ -36,5 +37,5 @@ def resolve_label_set_ids(executor: Connection | Session, label_sets: Iterable[L
 
 
 def _read_ids(executor: Connection | Session, wanted: dict[str, LabelSet]) -> dict[str, int]:
-    query = select(LabelSetRow.labels_key, LabelSetRow.id).where(LabelSetRow.labels_key.in_(list(wanted)))
+    query = select(LabelSetRow.labels_key, LabelSetRow.id).where(in_values(LabelSetRow.labels_key, wanted))
     return {key: id_ for key, id_ in executor.execute(query)}

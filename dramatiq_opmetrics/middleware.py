@@ -16,6 +16,7 @@ from sqlalchemy.engine import URL
 
 from . import samples
 from .buffer import DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_CAPACITY, DEFAULT_WARNING_INTERVAL_S, SampleBuffer
+from .cardinality import DEFAULT_MAX_LABEL_SETS_PER_METRIC, MAX_LABEL_SETS_ENV_VAR, LabelSetCap
 from .config import redact_url, resolve_setting
 from .database import make_engine
 from .metric_types import MetricType
@@ -50,6 +51,7 @@ OUTCOME_RETRIED = "retried"
 OUTCOME_FINAL = "final"
 
 _SKIPPED = MetricType.SKIPPED.value
+_PROCESSING = MetricType.PROCESSING_TIME.value
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +147,12 @@ class OpMetrics(Middleware):
         off; default ``$OPMETRICS_QUEUE_DEPTH_INTERVAL_S``, else
         :data:`~dramatiq_opmetrics.queue_depth_sampler.DEFAULT_QUEUE_DEPTH_INTERVAL_S` (15 s).
       queues(sequence of str): queues whose depth is sampled besides the broker's declared ones.
+      max_label_sets_per_metric(int | None): distinct label sets per metric type this process records;
+        beyond, new label sets' samples are written under the overflow label set
+        ``{"opmetrics_overflow": "true"}`` with a warning per ``warning_interval_s``
+        (:class:`~dramatiq_opmetrics.cardinality.LabelSetCap`); default
+        ``$OPMETRICS_MAX_LABEL_SETS_PER_METRIC``, else
+        :data:`~dramatiq_opmetrics.cardinality.DEFAULT_MAX_LABEL_SETS_PER_METRIC` (10,000).
 
     Raises:
       ConfigurationError: if no database URL is given or set, or an environment variable is not a number.
@@ -165,11 +173,17 @@ class OpMetrics(Middleware):
         statement_timeout_s: float | None = None,
         queue_depth_interval_s: float | None = None,
         queues: Sequence[str] = (),
+        max_label_sets_per_metric: int | None = None,
     ) -> None:
+        label_set_cap = LabelSetCap(
+            resolve_setting(max_label_sets_per_metric, MAX_LABEL_SETS_ENV_VAR, DEFAULT_MAX_LABEL_SETS_PER_METRIC, int),
+            warning_interval_s=warning_interval_s,
+        )
         #: The in-process buffer of samples waiting to be written (``buffer.add_many`` takes samples).
         self.buffer = SampleBuffer(
             capacity=resolve_setting(buffer_capacity, BUFFER_CAPACITY_ENV_VAR, DEFAULT_BUFFER_CAPACITY, int),
             batch_size=resolve_setting(batch_size, BATCH_SIZE_ENV_VAR, DEFAULT_BATCH_SIZE, int),
+            label_set_cap=label_set_cap,
         )
         #: The writer that drains :attr:`buffer` from a background thread.
         self.writer = BackgroundWriter(
@@ -182,7 +196,10 @@ class OpMetrics(Middleware):
             connect_timeout_s=connect_timeout_s,
             statement_timeout_s=statement_timeout_s,
         )
+        #: Per actor and queue name, the labels of its messages (None: not measured); at most as many
+        #: entries as the cap keeps label sets, so junk actor names cannot grow it.
         self._label_sets: dict[str, dict[str, _Labels | None]] = {}
+        self._label_sets_cached = 0
         self._append_message = self.buffer.append_message
         self._exit_flush_pid = 0
         self._shutdown_started_s = 0.0
@@ -378,12 +395,20 @@ class OpMetrics(Middleware):
         self.buffer.add_many(samples.error(actor, failure.error_type, queue=queue, outcome=outcome))
 
     def _labels_of(self, actor: str, queue_name: str) -> _Labels | None:
+        """The labels of a message of ``actor`` from ``queue_name``, cached unless folded by the cap (so each
+        folded message is counted) or the cache holds as many entries as the cap allows."""
         queue = q_name(queue_name)
         try:
             label_set = samples.message_labels(actor, queue=queue)
-            labels: _Labels | None = (self.buffer.register_label_set(label_set), actor, queue)
         except ValueError as error:
             logger.error("Not measuring messages of actor %r on queue %r: %s.", actor, queue_name, error)
             labels = None
-        self._label_sets.setdefault(actor, {})[queue_name] = labels
+        else:
+            labels_key = self.buffer.register_label_set(label_set, _PROCESSING)
+            labels = (labels_key, actor, queue)
+            if labels_key != label_set.labels_key:
+                return labels
+        if self._label_sets_cached < self.buffer.label_set_cap.max_label_sets_per_metric:
+            self._label_sets_cached += 1
+            self._label_sets.setdefault(actor, {})[queue_name] = labels
         return labels

@@ -30,7 +30,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Engine, Integer, Text, and_, cast, func, select, true, type_coerce
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    Integer,
+    Select,
+    Text,
+    and_,
+    cast,
+    func,
+    select,
+    true,
+    type_coerce,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -40,6 +53,7 @@ from .metric_types import MetricType
 from .models import LabelSet, OperationalMetricDaily
 from .partitions import day_bounds, list_partitions
 from .sketch import Histogram
+from .value_lists import in_values
 
 
 @dataclass(frozen=True)
@@ -300,10 +314,7 @@ class RangeMerge:
         if self.metric_types is not None:
             conditions.append(daily.c.metric_type.in_(self.metric_types))
         if self.label_filter:
-            labels_keys = self.matching_label_sets(connection)[1]
-            if not labels_keys:
-                return
-            conditions.append(daily.c.labels_key.in_(labels_keys))
+            conditions.append(daily.c.labels_key.in_(matching_labels_keys(connection, self.label_filter)))
         if connection.dialect.name == "postgresql" and not self.per_day:
             self._add_merged_in_postgres(connection, conditions)
             return
@@ -326,15 +337,21 @@ class RangeMerge:
             )
 
     def _add_merged_in_postgres(self, connection: Connection, conditions: list[ColumnElement[bool]]) -> None:
-        """The daily rows merged per metric type and label set in PostgreSQL, which adds up the buckets of a
-        year of histograms much faster than Python parses them."""
+        """The daily rows merged per metric type and group in PostgreSQL, which adds up the buckets of a
+        year of histograms much faster than Python parses them. Grouped by the ``group_by`` labels' values
+        there, so a report of 100,000 label sets reads one row per group, not one per label set."""
         daily = OperationalMetricDaily.__table__
         where = and_(*conditions)
         histogram = type_coerce(daily.c.histogram, JSONB)
+        if self.group_by is None:
+            group: list[ColumnElement[Any]] = [daily.c.labels_key]
+        else:
+            group = [type_coerce(daily.c.labels, JSONB)[key].astext for key in self.group_by]
+        width = 1 + len(group)
         query = (
             select(
                 cast(daily.c.metric_type, Text),
-                daily.c.labels_key,
+                *group,
                 func.count(),
                 func.sum(daily.c.sample_count),
                 func.array_agg(daily.c.sum),
@@ -348,38 +365,41 @@ class RangeMerge:
                 func.min(daily.c.p99),
             )
             .where(where)
-            .group_by(daily.c.metric_type, daily.c.labels_key)
+            .group_by(daily.c.metric_type, *group)
         )
         rows = connection.execute(query).all()
         if not rows:
             return
-        merged: dict[tuple[str, str], Histogram] = {(row[0], row[1]): Histogram() for row in rows}
+        merged: dict[tuple[Any, ...], Histogram] = {tuple(row[:width]): Histogram() for row in rows}
         # Samples are never negative in practice: their buckets are read only when some histogram has them.
-        for side in ("bins", "negative_bins") if any(row[9] for row in rows) else ("bins",):
+        for side in ("bins", "negative_bins") if any(row[width + 8] for row in rows) else ("bins",):
             bucket = func.jsonb_each_text(histogram[side]).table_valued("key", "value").alias("bucket")
             bucket_key = cast(bucket.c.key, Integer)
             query = (
-                select(
-                    cast(daily.c.metric_type, Text),
-                    daily.c.labels_key,
-                    bucket_key,
-                    func.sum(cast(bucket.c.value, BigInteger)),
-                )
+                select(cast(daily.c.metric_type, Text), *group, bucket_key, func.sum(cast(bucket.c.value, BigInteger)))
                 .select_from(daily.join(bucket, true()))
                 .where(where)
-                .group_by(daily.c.metric_type, daily.c.labels_key, bucket_key)
+                .group_by(daily.c.metric_type, *group, bucket_key)
             )
-            for row_type, labels_key, key, count in connection.execute(query):
-                found = merged[(row_type, labels_key)]
-                (found.bins if side == "bins" else found.negative_bins)[key] = int(count)
-        labels = _labels_of_keys(connection, sorted({row[1] for row in rows}))
-        for row_type, labels_key, sources, count, sums, low, high, with_histogram, zero_count, _, *exact in rows:
+            for row in connection.execute(query):
+                found = merged[tuple(row[:width])]
+                (found.bins if side == "bins" else found.negative_bins)[row[width]] = int(row[width + 1])
+        if self.group_by is None:
+            labels_of_keys = _labels_of_keys(connection, sorted({row[1] for row in rows}))
+        for row in rows:
+            sources, count, sums, low, high, with_histogram, zero_count, _, *exact = row[width:]
             histogram_of_rows = None
             if with_histogram == sources:
-                histogram_of_rows = merged[(row_type, labels_key)]
+                histogram_of_rows = merged[tuple(row[:width])]
                 histogram_of_rows.zero_count = int(zero_count or 0)
-            group = self._group(row_type, labels[labels_key], dt.date.min)
-            group.add(int(count), sums, low, high, histogram_of_rows, tuple(exact) if sources == 1 else None, sources)
+            if self.group_by is None:
+                labels = labels_of_keys[row[1]]
+            else:
+                values = zip(self.group_by, row[1:width], strict=True)
+                labels = {key: value for key, value in values if value is not None}
+            self._group(row[0], labels, dt.date.min).add(
+                int(count), sums, low, high, histogram_of_rows, tuple(exact) if sources == 1 else None, sources
+            )
 
     def add_raw_day(self, connection: Connection, day: dt.date, aggregates: Sequence[Aggregate] | None = None) -> None:
         """Add the raw rows of UTC ``day`` (a day not rolled up): their ``aggregates`` of every metric type and
@@ -482,21 +502,25 @@ def matching_label_sets(connection: Connection, labels: Mapping[str, str]) -> tu
     return {row.id for row in rows}, sorted(row.labels_key for row in rows)
 
 
+def matching_labels_keys(connection: Connection, labels: Mapping[str, str]) -> Select[tuple[str]]:
+    """The labels keys of the label sets having every label of ``labels``, as a subquery for ``IN``: daily rows
+    are filtered by it in the database, however many label sets match."""
+    label_sets = LabelSet.__table__
+    return select(label_sets.c.labels_key).where(*_label_conditions(connection, label_sets.c.labels, labels))
+
+
 def labels_of_ids(connection: Connection, ids: Iterable[int]) -> dict[int, dict[str, str]]:
     """The labels of the label sets ``ids``, by id."""
     label_sets = LabelSet.__table__
-    query = select(label_sets.c.id, label_sets.c.labels).where(label_sets.c.id.in_(sorted(ids)))
+    query = select(label_sets.c.id, label_sets.c.labels).where(in_values(label_sets.c.id, sorted(ids)))
     return {row.id: dict(row.labels) for row in connection.execute(query)}
 
 
 def _labels_of_keys(connection: Connection, labels_keys: Sequence[str]) -> dict[str, dict[str, str]]:
     """The labels of each labels key: from the small label-set table, daily rows as the fallback."""
     label_sets = LabelSet.__table__
-    labels: dict[str, dict[str, str]] = {}
-    for start in range(0, len(labels_keys), 1000):
-        chunk = labels_keys[start : start + 1000]
-        query = select(label_sets.c.labels_key, label_sets.c.labels).where(label_sets.c.labels_key.in_(chunk))
-        labels.update({row.labels_key: dict(row.labels) for row in connection.execute(query)})
+    query = select(label_sets.c.labels_key, label_sets.c.labels).where(in_values(label_sets.c.labels_key, labels_keys))
+    labels = {row.labels_key: dict(row.labels) for row in connection.execute(query)}
     daily = OperationalMetricDaily.__table__
     for labels_key in (key for key in labels_keys if key not in labels):
         fallback = select(daily.c.labels).where(daily.c.labels_key == labels_key).limit(1)

@@ -38,6 +38,7 @@ from .aggregate import Aggregate, aggregate_raw, raw_counts_by_day
 from .locks import advisory_xact_lock
 from .models import LabelSet, OperationalMetricDaily
 from .partitions import DEFAULT_PARTITION_DAYS_AHEAD, day_bounds, ensure_partitions
+from .value_lists import in_values
 
 logger = logging.getLogger(__name__)
 
@@ -237,12 +238,9 @@ def _upsert(connection: Connection, day: dt.date, aggregates: list[Aggregate]) -
         return
     label_sets = LabelSet.__table__
     wanted = sorted({aggregate.label_set_id for aggregate in aggregates})
-    labels = {
-        row.id: (row.labels_key, row.labels)
-        for row in connection.execute(
-            select(label_sets.c.id, label_sets.c.labels_key, label_sets.c.labels).where(label_sets.c.id.in_(wanted))
-        )
-    }
+    columns = (label_sets.c.id, label_sets.c.labels_key, label_sets.c.labels)
+    query = select(*columns).where(in_values(label_sets.c.id, wanted))
+    labels = {row.id: (row.labels_key, row.labels) for row in connection.execute(query)}
     rolled_up_at = dt.datetime.now(dt.UTC)
     rows = []
     for aggregate in aggregates:

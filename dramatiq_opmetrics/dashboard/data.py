@@ -33,7 +33,7 @@ from sqlalchemy import Connection, Engine, Integer, cast, func, select
 from ..aggregate import Aggregate
 from ..metric_types import MetricType
 from ..models import LabelSet, OperationalMetricDaily
-from ..query import MetricStats, RangeMerge, labels_of_ids, matching_label_sets
+from ..query import MetricStats, RangeMerge, labels_of_ids, matching_label_sets, matching_labels_keys
 from ..retention import DEFAULT_RETENTION_DAYS
 from .kept import KeptResults
 from .recent import RecentMaxima, RecentSamples
@@ -230,10 +230,7 @@ class DashboardData:
         columns = [d.metric_type, d.labels, d.date, d.sample_count, d.sum, d.max, d.p50, d.p95, d.p99, d.min]
         query = select(*columns).where(d.metric_type.in_(list(metric_types)), d.date >= first_day, d.date < before)
         if label_filter:
-            labels_keys = matching_label_sets(connection, label_filter)[1]
-            if not labels_keys:
-                return []
-            query = query.where(d.labels_key.in_(labels_keys))
+            query = query.where(d.labels_key.in_(matching_labels_keys(connection, label_filter)))
         return [
             LabelStats(
                 str(row[0]),
@@ -589,8 +586,7 @@ class DashboardData:
             return merge
 
         def fingerprint() -> tuple[object, ...]:
-            keys = matching_label_sets(connection, label_filter)[1] if label_filter else None
-            return daily_fingerprint(connection, [metric_type], first, last, keys)
+            return daily_fingerprint(connection, [metric_type], first, last, label_filter)
 
         labels = tuple(sorted((label_filter or {}).items()))
         kept = self.kept.get(("range", metric_type, first, last, labels, group_by), fingerprint, merge_daily)
@@ -613,15 +609,16 @@ def daily_fingerprint(
     metric_types: Sequence[MetricType],
     first_day: dt.date,
     last_day: dt.date,
-    labels_keys: Sequence[str] | None = None,
+    label_filter: dict[str, str] | None = None,
 ) -> tuple[object, ...]:
-    """What changes when the daily rows of a span change: how many, their samples, the latest ``rolled_up_at``."""
+    """What changes when the daily rows of a span change (of the label sets having the labels of
+    ``label_filter``, if given): how many, their samples, the latest ``rolled_up_at``."""
     d = OperationalMetricDaily
     query = select(func.count(), func.sum(d.sample_count), func.max(d.rolled_up_at)).where(
         d.metric_type.in_(list(metric_types)), d.date >= first_day, d.date <= last_day
     )
-    if labels_keys is not None:
-        query = query.where(d.labels_key.in_(list(labels_keys)))
+    if label_filter:
+        query = query.where(d.labels_key.in_(matching_labels_keys(connection, label_filter)))
     return tuple(connection.execute(query).one())
 
 
