@@ -3,11 +3,20 @@
 The migration scripts travel inside the wheel (``dramatiq_opmetrics/alembic``); in a checkout they are
 the top-level ``alembic/`` folder. They keep their own version table, :data:`VERSION_TABLE`, so they never
 touch an application's own Alembic history in the same database.
+
+Concurrent runs (every worker host running ``dramatiq-opmetrics migrate`` at deploy time) serialise: on
+PostgreSQL under a session-level advisory lock (:data:`MIGRATE_LOCK`, per schema), on SQLite in one
+immediate (write) transaction. The run that waited finds the work done and does nothing. Because of that
+lock, and because migrations change the schema, run them on a direct connection to PostgreSQL, not
+through a pooler in transaction mode (PgBouncer's ``pool_mode = transaction``): its server connections
+change between transactions, so the lock would not hold (session mode is fine).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic.config import Config
@@ -18,10 +27,13 @@ from alembic import command
 
 from .config import resolve_database_url
 from .database import engine_for
+from .locks import advisory_session_lock
 from .partitions import DEFAULT_PARTITION_DAYS_AHEAD, ensure_partitions
 
 #: The Alembic version table of dramatiq-opmetrics' migrations.
 VERSION_TABLE = "opmetrics_alembic_version"
+#: The name of the advisory lock under which migrations run (see :mod:`~dramatiq_opmetrics.locks`).
+MIGRATE_LOCK = "migrate"
 
 
 def script_location() -> Path:
@@ -54,23 +66,45 @@ def alembic_config(database_url: str | URL | None = None, *, connection: Connect
     return config
 
 
+@contextlib.contextmanager
+def migration_connection(database_url: str | URL | None = None) -> Iterator[Connection]:
+    """A connection to migrate on, holding the lock that serialises migrations; committed at the end.
+
+    On PostgreSQL the block runs outside a transaction (Alembic makes one per migration); on SQLite it runs
+    in one immediate transaction, which waits for another migration's to end (up to the busy timeout).
+    """
+    with engine_for(database_url, maintenance=True) as engine, engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            yield connection
+            connection.commit()
+            return
+        with advisory_session_lock(connection, MIGRATE_LOCK):
+            yield connection
+            connection.commit()
+
+
 def upgrade(
     database_url: str | URL | None = None,
     revision: str = "head",
     *,
     partition_days_ahead: int = DEFAULT_PARTITION_DAYS_AHEAD,
 ) -> None:
-    """Migrate the metrics database to ``revision`` and, on PostgreSQL, create partitions from today on."""
-    command.upgrade(alembic_config(database_url), revision)
-    with engine_for(database_url, maintenance=True) as engine, engine.begin() as connection:
-        today = dt.datetime.now(dt.UTC).date()
+    """Migrate the metrics database to ``revision`` and, on PostgreSQL, create partitions from today on.
+
+    Safe to run from several processes at once (see the module's docstring).
+    """
+    with migration_connection(database_url) as connection:
+        command.upgrade(alembic_config(connection=connection), revision)
         if revision == "head":
+            today = dt.datetime.now(dt.UTC).date()
             ensure_partitions(connection, today, today + dt.timedelta(days=partition_days_ahead))
 
 
 def downgrade(database_url: str | URL | None = None, revision: str = "base") -> None:
     """Migrate the metrics database down to ``revision`` (``base`` removes every table of ours)."""
-    command.downgrade(alembic_config(database_url), revision)
+    with migration_connection(database_url) as connection:
+        command.downgrade(alembic_config(connection=connection), revision)
 
 
 def current_revision(database_url: str | URL | None = None) -> str | None:
