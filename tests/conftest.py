@@ -108,6 +108,12 @@ def redis_broker() -> Iterator[RedisBroker]:
 
 
 @pytest.fixture
+def redis_url() -> str:
+    """The real Redis server's URL (for tests whose own modules cannot import this conftest by name)."""
+    return REDIS_URL
+
+
+@pytest.fixture
 def redis_namespace() -> Iterator[str]:
     """A Redis key namespace of the test's own on the real Redis; every key in it is deleted after."""
     namespace = f"opmetrics-test-{uuid.uuid4().hex[:10]}"
