@@ -24,12 +24,12 @@ from types import ModuleType
 
 import pytest
 import redis
-from pg_cluster import PgCluster
 from raw_samples import raw_counts
 from sqlalchemy.engine import URL
 
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.migrate import upgrade
+from faults.pg_cluster import PgCluster
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
