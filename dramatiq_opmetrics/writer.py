@@ -5,6 +5,26 @@ inside the caller's transaction; anything that has samples to store can call it.
 :class:`BackgroundWriter` drains a :class:`~dramatiq_opmetrics.buffer.SampleBuffer` with it from a
 background thread: every flush interval or when a batch fills, with retries and backoff while the database
 is down, and a last flush when it stops.
+
+Which errors are retried: the writer tells an outage from a refusal. An outage (the connection fails or
+drops, a timeout, a server shutting down, a lock or serialisation conflict, a schema not migrated yet:
+anything that would fail every row alike) keeps the batch and retries it with backoff. A refusal of the
+rows themselves (PostgreSQL's SQLSTATE classes 22 data exception, 23 integrity constraint violation and 54
+program limit exceeded; a driver's DataError or IntegrityError; a TypeError, ValueError or OverflowError
+while building or sending rows) never blocks the rest: the batch is split in halves, each written in its
+own transaction, recursively, until only the refused samples are left. Those are dropped, counted as a
+``rejected_samples`` sample (labelled with their ``metric_type`` and the ``reason``, the exception class)
+and reported by one warning per ``warning_interval_s``. A label set the database refuses rejects only the
+samples that use it. Splitting goes left to right and the writer remembers how much of the batch is
+settled, so an outage in the middle never writes a sample twice. Samples built by
+:mod:`~dramatiq_opmetrics.samples` are never refused; the isolation is for what slips through.
+
+Clock sanity: a message's due time comes from the producer (``message_timestamp``, or the
+``opmetrics_due_ms`` option of a delayed or retried message). One that is not a number, not finite, more
+than :data:`CLOCK_SKEW_TOLERANCE_MS` after the worker started the message, or more than
+:data:`MAX_PLAUSIBLE_WAIT_MS` before it, records no ``wait_time`` but one ``clock_skew`` sample (labelled
+with the message's actor and queue), with one warning per ``warning_interval_s``; its processing time is
+recorded as usual.
 """
 
 from __future__ import annotations
@@ -18,11 +38,12 @@ import weakref
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, Engine, insert
+import psycopg
+from sqlalchemy import Connection, Engine, exc, insert
 from sqlalchemy.engine import URL
 
 from . import samples as sample_builders
-from .buffer import Entry, SampleBuffer, sample_count
+from .buffer import Entry, MessageEntry, SampleBuffer, SampleEntry, sample_count
 from .config import redact_url, resolve_database_url
 from .database import make_engine
 from .label_sets import resolve_label_set_ids
@@ -40,6 +61,15 @@ DEFAULT_WARNING_INTERVAL_S = 30.0
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
 #: Seconds a connection attempt to PostgreSQL may take before a flush counts as failed.
 CONNECT_TIMEOUT_S = 5
+#: The longest plausible wait of a message, in milliseconds (30 days): a due time further in the past (an
+#: epoch-0 or garbage timestamp) records ``clock_skew`` instead of a wait time.
+MAX_PLAUSIBLE_WAIT_MS = 30 * 24 * 3600 * 1000.0
+#: How far, in milliseconds, a due time may lie after the worker started the message and still count as a
+#: wait of 0 (hosts synchronised by NTP differ by a few milliseconds); beyond it, ``clock_skew``.
+CLOCK_SKEW_TOLERANCE_MS = 1000.0
+#: PostgreSQL SQLSTATE classes of errors caused by the rows written, not by the server or the connection:
+#: 22 data exception, 23 integrity constraint violation, 54 program limit exceeded (an index row too big).
+REFUSAL_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
 
 # Binary COPY costs about a tenth of the client CPU per row of text COPY. In the binary format a timestamptz
 # is an int8 of microseconds since 2000-01-01 UTC and an enum is its label, so rows carry those directly:
@@ -53,6 +83,9 @@ _MICROSECOND = timedelta(microseconds=1)
 
 _WAIT_TIME = MetricType.WAIT_TIME.value
 _PROCESSING = MetricType.PROCESSING_TIME.value
+_CLOCK_SKEW = MetricType.CLOCK_SKEW.value
+#: Samples the writer makes about itself: never counted as rejected (that could loop), only logged.
+_BOOKKEEPING_TYPES = frozenset({MetricType.DROPPED_SAMPLES.value, MetricType.REJECTED_SAMPLES.value})
 
 #: A raw row as written: recorded_at (microseconds since 2000-01-01 UTC), value, label_set_id, metric_type
 #: (a :class:`MetricType` value).
@@ -66,6 +99,8 @@ def write_samples(connection: Connection, samples: Iterable[Sample]) -> int:
 
     Uses a binary COPY on PostgreSQL and one batched INSERT elsewhere. Label sets not stored yet are inserted
     first (:func:`~dramatiq_opmetrics.label_sets.resolve_label_set_ids`). Neither commits nor rolls back.
+    Every sample is checked first (:func:`~dramatiq_opmetrics.samples.check_sample`), so a sample built by
+    hand that the database would refuse raises :class:`ValueError` before anything is written.
 
     Example::
 
@@ -73,10 +108,16 @@ def write_samples(connection: Connection, samples: Iterable[Sample]) -> int:
             write_samples(connection, samples.queue_depth("default", 12, state="ready"))
     """
     batch = list(samples)
+    checked: set[str] = set()
+    values = []
+    for sample in batch:
+        # A label set is checked once per call: batches share few of them.
+        values.append(sample_builders.check_sample(sample, check_labels=sample.label_set.labels_key not in checked))
+        checked.add(sample.label_set.labels_key)
     ids = resolve_label_set_ids(connection, (sample.label_set for sample in batch))
     rows = [
-        ((s.recorded_at - _PG_EPOCH) // _MICROSECOND, s.value, ids[s.label_set.labels_key], s.metric_type.value)
-        for s in batch
+        ((s.recorded_at - _PG_EPOCH) // _MICROSECOND, value, ids[s.label_set.labels_key], s.metric_type.value)
+        for s, value in zip(batch, values, strict=True)
     ]
     return _write_rows(connection, rows)
 
@@ -116,6 +157,10 @@ class BackgroundWriter:
     the buffer fills and then drops new samples, which are counted, reported by one warning per
     ``warning_interval_s`` and recorded as a ``dropped_samples`` sample once writing works again.
     :meth:`stop` writes everything buffered before it returns (trying for ``shutdown_timeout_s``).
+    Samples the database refuses (not an outage: see the module docstring) are found by splitting the
+    batch, dropped, recorded as ``rejected_samples`` and reported by one warning per ``warning_interval_s``;
+    the rest of the batch is written. Messages with an implausible due time get a ``clock_skew`` sample
+    instead of a wait time, also with one warning per interval.
 
     Nothing is shared across a fork: in a forked child the thread, the engine and the buffered samples
     (which the parent writes) are forgotten, and :meth:`start` makes new ones. The engine and its
@@ -172,6 +217,12 @@ class BackgroundWriter:
         self._passes_done = 0
         self._failing = False
         self._stop_deadline = 0.0
+        #: How many leading entries of the buffer's pending batch are written or rejected already.
+        self._settled = 0
+        #: Rejected samples not recorded yet, per (metric type, reason).
+        self._rejected: dict[tuple[str, str], int] = {}
+        self._rejection_warnings = _IntervalWarnings()
+        self._clock_skew_warnings = _IntervalWarnings()
 
     def reset_after_fork(self) -> None:
         """In a freshly forked child: forget the parent's thread, engine and buffered samples."""
@@ -278,7 +329,7 @@ class BackgroundWriter:
         return backoff * random.uniform(0.5, 1.0)
 
     def _drain(self) -> bool:
-        """Write what the buffer holds now, batch by batch; return False if a write failed.
+        """Write what the buffer holds now, batch by batch; return False if a write failed (an outage).
 
         Entries added meanwhile wait for the next pass, so a pass ends (and drops get reported) even when
         samples arrive faster than they are written.
@@ -287,48 +338,173 @@ class BackgroundWriter:
         while True:
             batch = self.buffer.take_batch()
             dropped = self.buffer.unrecorded_drops()
-            if dropped:
-                drop_sample = sample_builders.dropped_samples(dropped)[0]
-                labels_key = self.buffer.register_label_set(drop_sample.label_set)
-                batch.append((drop_sample.metric_type.value, drop_sample.value, labels_key, time.time()))
-            if not batch:
+            if not batch and not dropped and not self._rejected:
                 return True
             try:
-                written = self._write_entries(batch)
+                if batch:
+                    self._write_entries(batch)
+                    self.buffer.commit_batch()
+                    self._settled = 0
+                self._write_bookkeeping(dropped)
             except Exception as error:
-                self._report_failure(sample_count(batch), error)
+                self._report_failure(sample_count(batch[self._settled :]), error)
                 return False
+            finally:
+                self._warn_once_per_interval()
             if self._failing:
                 self._failing = False
                 logger.info("The metrics database %s is reachable again.", redact_url(self.database_url))
-            self.buffer.commit_batch()
-            if dropped:
-                self.buffer.mark_drops_recorded(dropped)
-            self.written_total += written
             remaining -= len(batch)
-            if remaining <= 0:
+            if remaining <= 0 or not batch:
                 return True
 
-    def _write_entries(self, entries: Sequence[Entry]) -> int:
+    def _write_entries(self, entries: Sequence[Entry]) -> None:
+        """Write the buffer's pending batch, isolating what the database refuses; raise only for an outage.
+
+        Goes left to right from the first entry not settled yet, splitting a refused span in halves, so
+        what is settled is always a prefix of the batch (:attr:`_settled`): a retry after an outage
+        resumes there and writes nothing twice.
+        """
         engine = self._engine
         if engine is None:
             engine = self._engine = self._make_engine()
-        ids = self._label_set_ids
-        missing = {entry[1] if entry[0] is None else entry[2] for entry in entries} - ids.keys()
-        if missing:
-            label_sets = self.buffer.label_sets
-            unknown = missing - label_sets.keys()
-            if unknown:
-                # Entries added without registering their label set: they can never be written.
-                logger.error("Discarding metric samples with unregistered labels keys %s.", sorted(unknown))
-                entries = [entry for entry in entries if _labels_key(entry) not in unknown]
-                missing -= unknown
-            # Committed on its own, so a cached id always refers to a stored label set.
+        refused = self._store_label_sets(engine, entries[self._settled :])
+        spans = [(self._settled, len(entries))]
+        while spans:
+            start, end = spans.pop()
+            try:
+                self._write_span(engine, entries[start:end], refused)
+            except Exception as error:
+                if not is_refusal(error):
+                    raise
+                if end - start > 1:
+                    middle = (start + end) // 2
+                    spans += [(middle, end), (start, middle)]
+                    continue
+                self._reject(entries[start], _reason(error), _first_line(error))
+            self._settled = end
+
+    def _write_span(self, engine: Engine, entries: Sequence[Entry], refused: dict[str, tuple[str, str]]) -> None:
+        """Write ``entries`` in one transaction, less those whose label set was refused (rejected once written)."""
+        kept = [entry for entry in entries if _labels_key(entry) not in refused] if refused else entries
+        skewed: list[MessageEntry] = []
+        rows = _rows(kept, self._label_set_ids, skewed)
+        if rows:
             with engine.begin() as connection:
-                ids.update(resolve_label_set_ids(connection, [label_sets[key] for key in missing]))
-        rows = _rows(entries, ids)
-        with engine.begin() as connection:
-            return _write_rows(connection, rows)
+                _write_rows(connection, rows)
+        self.written_total += len(rows)
+        if len(kept) < len(entries):
+            for entry in entries:
+                if _labels_key(entry) in refused:
+                    self._reject(entry, *refused[_labels_key(entry)])
+        if skewed:
+            self._clock_skew_warnings.add(len(skewed), self._describe_clock_skew(skewed[0]))
+
+    def _store_label_sets(self, engine: Engine, entries: Sequence[Entry]) -> dict[str, tuple[str, str]]:
+        """Look up (and insert) the label sets of ``entries`` not cached yet; return the refused ones.
+
+        Returns ``{labels_key: (reason, detail)}`` of the label sets that can never be stored: not registered
+        with the buffer, or refused by the database (found by splitting, like rows).
+        """
+        ids = self._label_set_ids
+        missing = {_labels_key(entry) for entry in entries} - ids.keys()
+        if not missing:
+            return {}
+        label_sets = self.buffer.label_sets
+        refused = {key: _UNREGISTERED for key in missing if key not in label_sets}
+        parts = [sorted(missing - refused.keys())]
+        while parts:
+            part = parts.pop()
+            if not part:
+                continue
+            try:
+                # Committed on its own, so a cached id always refers to a stored label set.
+                with engine.begin() as connection:
+                    ids.update(resolve_label_set_ids(connection, [label_sets[key] for key in part]))
+            except Exception as error:
+                if not is_refusal(error):
+                    raise
+                if len(part) > 1:
+                    middle = len(part) // 2
+                    parts += [part[middle:], part[:middle]]
+                    continue
+                refused[part[0]] = (_reason(error), _first_line(error))
+        return refused
+
+    def _write_bookkeeping(self, dropped: int) -> None:
+        """Record ``dropped`` drops and the rejections not recorded yet, each sample in its own transaction.
+
+        One transaction each, because each is marked recorded as soon as it is written: an outage in between
+        never records one twice. One the database refuses is logged and given up (counting it would loop).
+        """
+        bookkeeping: list[tuple[Sample, tuple[str, str] | None]] = []
+        if dropped:
+            bookkeeping.append((sample_builders.dropped_samples(dropped)[0], None))
+        for key, count in self._rejected.items():
+            metric_type, reason = key
+            rejected = sample_builders.rejected_samples(count, metric_type=metric_type, reason=reason)[0]
+            bookkeeping.append((rejected, key))
+        for sample, rejected_key in bookkeeping:
+            labels_key = self.buffer.register_label_set(sample.label_set)
+            entry: SampleEntry = (sample.metric_type.value, sample.value, labels_key, time.time())
+            engine = self._engine
+            if engine is None:
+                engine = self._engine = self._make_engine()
+            try:
+                refused = self._store_label_sets(engine, [entry])
+                self._write_span(engine, [entry], refused)
+            except Exception as error:
+                if not is_refusal(error):
+                    raise
+                self._reject(entry, _reason(error), _first_line(error))
+            if rejected_key is None:
+                self.buffer.mark_drops_recorded(dropped)
+            else:
+                left = self._rejected[rejected_key] - int(sample.value)
+                if left:
+                    self._rejected[rejected_key] = left
+                else:
+                    del self._rejected[rejected_key]
+
+    def _reject(self, entry: Entry, reason: str, detail: str) -> None:
+        """Count the samples of ``entry`` as rejected (for ``rejected_samples`` and the next warning)."""
+        metric_types = (_PROCESSING, _WAIT_TIME) if entry[0] is None else (entry[0],)
+        labels_key = _labels_key(entry)
+        label_set = self.buffer.label_sets.get(labels_key)
+        labels = dict(label_set.labels) if label_set is not None else labels_key
+        example = f"{reason}: {detail}; for example a {metric_types[0]} sample labelled {_shorten(repr(labels))}"
+        if metric_types[0] in _BOOKKEEPING_TYPES:
+            logger.error("The metrics database refuses the writer's own samples (%s); not recorded.", example)
+            return
+        for metric_type in metric_types:
+            key = (metric_type, reason)
+            self._rejected[key] = self._rejected.get(key, 0) + 1
+        self._rejection_warnings.add(len(metric_types), example)
+
+    def _describe_clock_skew(self, entry: MessageEntry) -> str:
+        label_set = self.buffer.label_sets.get(entry[1])
+        labels = dict(label_set.labels) if label_set is not None else entry[1]
+        return f"labelled {_shorten(repr(labels))}, due {_shorten(repr(entry[2]))}"
+
+    def _warn_once_per_interval(self) -> None:
+        now = time.monotonic()
+        rejected = self._rejection_warnings.take(now, self.warning_interval_s)
+        if rejected is not None:
+            logger.warning(
+                "Rejected %d metric samples that the metrics database refuses (%s); dropped them, counted them"
+                " as rejected_samples and wrote the others.",
+                *rejected,
+            )
+        skewed = self._clock_skew_warnings.take(now, self.warning_interval_s)
+        if skewed is not None:
+            logger.warning(
+                "Recorded clock_skew instead of the wait time of %d messages whose due time (message_timestamp or"
+                " the %s option, set by the producer) is not a plausible time, for example one %s: check the"
+                " clocks of the producers.",
+                skewed[0],
+                _DUE_OPTION,
+                skewed[1],
+            )
 
     def _make_engine(self) -> Engine:
         if self.database_url.get_backend_name() == "postgresql":
@@ -338,6 +514,7 @@ class BackgroundWriter:
         return make_engine(self.database_url, pool_size=1, max_overflow=0)
 
     def _report_failure(self, count: int, error: Exception) -> None:
+        """Report an outage (never a refusal: those are isolated): the batch is kept and retried."""
         reason = _scrub(_first_line(error), self.database_url)
         if not self._failing:
             self._failing = True
@@ -351,12 +528,73 @@ class BackgroundWriter:
             logger.debug("Still cannot write metric samples to %s (%s).", redact_url(self.database_url), reason)
 
 
+class _IntervalWarnings:
+    """Counts events of one kind and hands out one warning's worth per interval, naming the first one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.example = ""
+        self.next_at = 0.0
+
+    def add(self, count: int, example: str) -> None:
+        if not self.count:
+            self.example = example
+        self.count += count
+
+    def take(self, now: float, interval_s: float) -> tuple[int, str] | None:
+        """The count and example to warn about now, or None (nothing new, or warned less than an interval ago)."""
+        if not self.count or now < self.next_at:
+            return None
+        taken = (self.count, self.example)
+        self.count = 0
+        self.next_at = now + interval_s
+        return taken
+
+
+#: The reason of samples whose labels key was never registered with the buffer.
+_UNREGISTERED = ("UnregisteredLabelSet", "labels key not registered with the buffer (register_label_set)")
+_DUE_OPTION = "opmetrics_due_ms"
+
+
+def is_refusal(error: BaseException) -> bool:
+    """Whether ``error`` is the database (or its driver) refusing the rows written, rather than an outage.
+
+    Refusals: a PostgreSQL error of an SQLSTATE class in :data:`REFUSAL_SQLSTATE_CLASSES`; a driver's
+    DataError, IntegrityError or ProgrammingError raised without a server error (while converting a value);
+    a TypeError, ValueError (UnicodeEncodeError included) or ArithmeticError (OverflowError) while building
+    or sending rows. Everything else (connection errors, timeouts, a server shutting down, lock conflicts,
+    a table missing because the database is not migrated) fails every row alike, so it is retried.
+    """
+    original = error.orig if isinstance(error, exc.StatementError) and error.orig is not None else error
+    if isinstance(original, psycopg.Error):
+        if original.sqlstate:
+            return original.sqlstate[:2] in REFUSAL_SQLSTATE_CLASSES
+        return isinstance(original, psycopg.DataError | psycopg.IntegrityError | psycopg.ProgrammingError)
+    if isinstance(error, exc.DBAPIError):
+        return isinstance(error, exc.DataError | exc.IntegrityError | exc.ProgrammingError)
+    return isinstance(original, TypeError | ValueError | ArithmeticError)
+
+
+def _reason(error: BaseException) -> str:
+    """The short reason of a refusal: the class of the original exception (``NumericValueOutOfRange``)."""
+    original = error.orig if isinstance(error, exc.StatementError) and error.orig is not None else error
+    return type(original).__name__
+
+
+def _shorten(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def _labels_key(entry: Entry) -> str:
     return entry[1] if entry[0] is None else entry[2]
 
 
-def _rows(entries: Sequence[Entry], ids: dict[str, int]) -> list[Row]:
-    """Raw rows of buffered entries; a message entry's perf_counter readings become wall-clock times now."""
+def _rows(entries: Sequence[Entry], ids: dict[str, int], skewed: list[MessageEntry] | None = None) -> list[Row]:
+    """Raw rows of buffered entries; a message entry's perf_counter readings become wall-clock times now.
+
+    A message whose due time is not plausible gets a ``clock_skew`` row instead of its ``wait_time`` row and
+    is appended to ``skewed``.
+    """
     # perf_counter() + offset = seconds since 2000-01-01 UTC.
     offset_s = time.time() - time.perf_counter() - _PG_EPOCH_S
     rows: list[Row] = []
@@ -366,8 +604,18 @@ def _rows(entries: Sequence[Entry], ids: dict[str, int]) -> list[Row]:
             _, key, due_ms, started_s, ended_s = entry
             id_ = ids[key]
             started_at_s = started_s + offset_s
-            wait_ms = (started_at_s + _PG_EPOCH_S) * 1000.0 - due_ms
-            append((round(started_at_s * 1e6), wait_ms if wait_ms > 0.0 else 0.0, id_, _WAIT_TIME))
+            started_ms = (started_at_s + _PG_EPOCH_S) * 1000.0
+            kind = type(due_ms)
+            # Comparisons first: they are exact for any int (10**400 too) and false for NaN.
+            if (kind is float or kind is int) and (
+                started_ms - MAX_PLAUSIBLE_WAIT_MS <= due_ms <= started_ms + CLOCK_SKEW_TOLERANCE_MS
+            ):
+                wait_ms = started_ms - due_ms
+                append((round(started_at_s * 1e6), wait_ms if wait_ms > 0.0 else 0.0, id_, _WAIT_TIME))
+            else:
+                append((round(started_at_s * 1e6), 1.0, id_, _CLOCK_SKEW))
+                if skewed is not None:
+                    skewed.append(entry)
             append((round((ended_s + offset_s) * 1e6), (ended_s - started_s) * 1000.0, id_, _PROCESSING))
         else:
             metric_type, value, key, at_s = entry
