@@ -88,7 +88,7 @@ def check_measurement(name: str, value: object) -> float:
         raise ValueError(f"{name} must be finite, got {number!r}")
     if number < 0:
         raise ValueError(f"{name} must not be negative, got {number!r}")
-    if number > MAX_SAMPLE_VALUE:
+    if number > MAX_SAMPLE_VALUE or (isinstance(value, int) and value > MAX_SAMPLE_VALUE):  # 2**53 + 1 rounds down
         raise ValueError(f"{name} must be at most {MAX_SAMPLE_VALUE:,}, got {_describe(value)}")
     return number + 0.0  # -0.0 becomes 0.0
 
