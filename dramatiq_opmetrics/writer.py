@@ -340,14 +340,16 @@ class BackgroundWriter:
             dropped = self.buffer.unrecorded_drops()
             if not batch and not dropped and not self._rejected:
                 return True
+            unwritten = batch
             try:
                 if batch:
                     self._write_entries(batch)
                     self.buffer.commit_batch()
                     self._settled = 0
+                    unwritten = []
                 self._write_bookkeeping(dropped)
             except Exception as error:
-                self._report_failure(sample_count(batch[self._settled :]), error)
+                self._report_failure(sample_count(unwritten[self._settled :]) or 1, error)
                 return False
             finally:
                 self._warn_once_per_interval()
@@ -368,12 +370,12 @@ class BackgroundWriter:
         engine = self._engine
         if engine is None:
             engine = self._engine = self._make_engine()
-        refused = self._store_label_sets(engine, entries[self._settled :])
+        ids, refused = self._store_label_sets(engine, entries[self._settled :])
         spans = [(self._settled, len(entries))]
         while spans:
             start, end = spans.pop()
             try:
-                self._write_span(engine, entries[start:end], refused)
+                self._write_span(engine, entries[start:end], ids, refused)
             except Exception as error:
                 if not is_refusal(error):
                     raise
@@ -384,11 +386,13 @@ class BackgroundWriter:
                 self._reject(entries[start], _reason(error), _first_line(error))
             self._settled = end
 
-    def _write_span(self, engine: Engine, entries: Sequence[Entry], refused: dict[str, tuple[str, str]]) -> None:
+    def _write_span(
+        self, engine: Engine, entries: Sequence[Entry], ids: dict[str, int], refused: dict[str, tuple[str, str]]
+    ) -> None:
         """Write ``entries`` in one transaction, less those whose label set was refused (rejected once written)."""
         kept = [entry for entry in entries if _labels_key(entry) not in refused] if refused else entries
         skewed: list[MessageEntry] = []
-        rows = _rows(kept, self._label_set_ids, skewed)
+        rows = _rows(kept, ids, skewed)
         if rows:
             with engine.begin() as connection:
                 _write_rows(connection, rows)
@@ -400,16 +404,21 @@ class BackgroundWriter:
         if skewed:
             self._clock_skew_warnings.add(len(skewed), self._describe_clock_skew(skewed[0]))
 
-    def _store_label_sets(self, engine: Engine, entries: Sequence[Entry]) -> dict[str, tuple[str, str]]:
-        """Look up (and insert) the label sets of ``entries`` not cached yet; return the refused ones.
+    def _store_label_sets(
+        self, engine: Engine, entries: Sequence[Entry]
+    ) -> tuple[dict[str, int], dict[str, tuple[str, str]]]:
+        """Look up (and insert) the label sets of ``entries`` not cached yet.
 
-        Returns ``{labels_key: (reason, detail)}`` of the label sets that can never be stored: not registered
-        with the buffer, or refused by the database (found by splitting, like rows).
+        Returns the ids of the label sets of ``entries`` (a dict of this batch's own, whatever the cache
+        keeps meanwhile) and ``{labels_key: (reason, detail)}`` of those that can never be stored: not
+        registered with the buffer, or refused by the database (found by splitting, like rows).
         """
-        ids = self._label_set_ids
-        missing = {_labels_key(entry) for entry in entries} - ids.keys()
+        cache = self._label_set_ids
+        wanted = {_labels_key(entry) for entry in entries}
+        ids = {key: cache[key] for key in wanted if key in cache}
+        missing = wanted - ids.keys()
         if not missing:
-            return {}
+            return ids, {}
         label_sets = self.buffer.label_sets
         refused = {key: _UNREGISTERED for key in missing if key not in label_sets}
         parts = [sorted(missing - refused.keys())]
@@ -420,7 +429,9 @@ class BackgroundWriter:
             try:
                 # Committed on its own, so a cached id always refers to a stored label set.
                 with engine.begin() as connection:
-                    ids.update(resolve_label_set_ids(connection, [label_sets[key] for key in part]))
+                    found = resolve_label_set_ids(connection, [label_sets[key] for key in part])
+                ids.update(found)
+                cache.update(found)
             except Exception as error:
                 if not is_refusal(error):
                     raise
@@ -429,7 +440,7 @@ class BackgroundWriter:
                     parts += [part[middle:], part[:middle]]
                     continue
                 refused[part[0]] = (_reason(error), _first_line(error))
-        return refused
+        return ids, refused
 
     def _write_bookkeeping(self, dropped: int) -> None:
         """Record ``dropped`` drops and the rejections not recorded yet, each sample in its own transaction.
@@ -451,8 +462,7 @@ class BackgroundWriter:
             if engine is None:
                 engine = self._engine = self._make_engine()
             try:
-                refused = self._store_label_sets(engine, [entry])
-                self._write_span(engine, [entry], refused)
+                self._write_span(engine, [entry], *self._store_label_sets(engine, [entry]))
             except Exception as error:
                 if not is_refusal(error):
                     raise

@@ -490,3 +490,58 @@ def test_the_largest_allowed_label_set_is_stored_indexed_and_rolled_up_on_postgr
     with postgres_engine.connect() as connection:
         sizes = connection.execute(text("SELECT octet_length(labels_key) FROM operational_metrics_daily")).scalars()
         assert list(sizes) == [MAX_LABEL_SET_BYTES, MAX_LABEL_SET_BYTES]
+
+
+@pytest.mark.postgres
+def test_an_outage_in_the_middle_of_the_splitting_resumes_where_it_stopped_and_writes_nothing_twice(
+    postgres_engine: Engine, postgres_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real transient error from the server (a trigger raising serialization_failure once, for the row of
+    value 777) interrupts the splitting after the left half is written; the retry resumes after it."""
+    caplog.set_level(logging.WARNING, logger="dramatiq_opmetrics.writer")
+    with postgres_engine.begin() as connection:
+        connection.execute(text("CREATE SEQUENCE fuse"))
+        connection.execute(
+            text(
+                """
+                CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF NEW.value = 777 AND nextval('fuse') = 1 THEN  -- nextval is never rolled back
+                        RAISE EXCEPTION 'injected conflict' USING ERRCODE = '40001';
+                    END IF;
+                    RETURN NEW;
+                END $$
+                """
+            )
+        )
+        connection.execute(
+            text(
+                "CREATE TRIGGER fail_once BEFORE INSERT ON operational_metrics"
+                " FOR EACH ROW EXECUTE FUNCTION fail_once()"
+            )
+        )
+    buffer = SampleBuffer(batch_size=1_000)
+    key = buffer.register_label_set(make_label_set({"actor": "a"}))
+    now = time.time()
+    entries: list[Any] = [("processing_time", float(i), key, now) for i in range(1_000)]
+    entries[100] = ("prompt_tokens", 10**400, key, now)  # in the left half: split first
+    entries[800] = ("processing_time", 777.0, key, now)  # in the right half: the outage
+    buffer.extend(entries)
+    writer = BackgroundWriter(postgres_url, buffer, flush_interval_s=0.05, max_retry_backoff_s=0.1)
+    try:
+        assert writer.flush(timeout_s=30)
+    finally:
+        assert writer.stop(timeout_s=30)
+    with postgres_engine.connect() as connection:
+        values = connection.execute(
+            text("SELECT value FROM operational_metrics WHERE metric_type = 'processing_time' ORDER BY value")
+        ).scalars()
+        expected = sorted([float(i) for i in range(1_000) if i not in (100, 800)] + [777.0])
+        assert list(values) == expected
+        rejected = connection.execute(
+            text("SELECT sum(value) FROM operational_metrics WHERE metric_type = 'rejected_samples'")
+        ).scalar_one()
+        assert rejected == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m for m in messages if m.startswith("Could not write")] and "injected conflict" in caplog.text
+    assert len([m for m in messages if m.startswith("Rejected 1 metric samples")]) == 1
