@@ -78,6 +78,8 @@ def check_measurement(name: str, value: object) -> float:
 
     ``value`` is an ``int``, a ``float`` or another :class:`numbers.Real` (not a ``bool``).
     """
+    if type(value) is float and 0.0 <= value <= MAX_SAMPLE_VALUE:  # the common case, false for NaN
+        return value + 0.0  # -0.0 becomes 0.0
     if isinstance(value, bool) or not isinstance(value, float | int | numbers.Real):
         raise ValueError(f"{name} must be a number, got {type(value).__name__}")
     try:
@@ -90,7 +92,7 @@ def check_measurement(name: str, value: object) -> float:
         raise ValueError(f"{name} must not be negative, got {number!r}")
     if number > MAX_SAMPLE_VALUE or (isinstance(value, int) and value > MAX_SAMPLE_VALUE):  # 2**53 + 1 rounds down
         raise ValueError(f"{name} must be at most {MAX_SAMPLE_VALUE:,}, got {_describe(value)}")
-    return number + 0.0  # -0.0 becomes 0.0
+    return number + 0.0
 
 
 def check_count(name: str, value: object) -> int:
@@ -131,7 +133,9 @@ def check_sample(sample: object, *, check_labels: bool = True) -> float:
     if not isinstance(sample.metric_type, MetricType):
         raise ValueError(f"metric_type must be a MetricType, got {_describe(sample.metric_type)}")
     value = check_measurement("value", sample.value)
-    utc_timestamp(sample.recorded_at)
+    recorded_at = sample.recorded_at
+    if type(recorded_at) is not datetime or recorded_at.tzinfo is not UTC:  # the builders' own are UTC already
+        utc_timestamp(recorded_at)
     if check_labels:
         label_set = sample.label_set
         if not isinstance(label_set, LabelSet):
