@@ -85,13 +85,13 @@ def check_measurement(name: str, value: object) -> float:
     try:
         number = float(value)
     except OverflowError:
-        raise ValueError(f"{name} must be at most {MAX_SAMPLE_VALUE:,}, got {_describe(value)}") from None
+        raise ValueError(f"{name} must be at most {MAX_SAMPLE_VALUE:,}, got {describe_value(value)}") from None
     if math.isnan(number) or math.isinf(number):
         raise ValueError(f"{name} must be finite, got {number!r}")
     if number < 0:
         raise ValueError(f"{name} must not be negative, got {number!r}")
     if number > MAX_SAMPLE_VALUE or (isinstance(value, int) and value > MAX_SAMPLE_VALUE):  # 2**53 + 1 rounds down
-        raise ValueError(f"{name} must be at most {MAX_SAMPLE_VALUE:,}, got {_describe(value)}")
+        raise ValueError(f"{name} must be at most {MAX_SAMPLE_VALUE:,}, got {describe_value(value)}")
     return number + 0.0
 
 
@@ -101,20 +101,23 @@ def check_count(name: str, value: object) -> int:
     ``value`` is an ``int`` or another :class:`numbers.Integral` (numpy's integers), not a ``bool`` or float.
     """
     if isinstance(value, bool) or not isinstance(value, int | numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {_describe(value)}")
+        raise ValueError(f"{name} must be an integer, got {describe_value(value)}")
     value = int(value)
     if value < 0:
-        raise ValueError(f"{name} must not be negative, got {_describe(value)}")
+        raise ValueError(f"{name} must not be negative, got {describe_value(value)}")
     if value > MAX_SAMPLE_VALUE:
-        raise ValueError(f"{name} must be at most {MAX_SAMPLE_VALUE:,}, got {_describe(value)}")
+        raise ValueError(f"{name} must be at most {MAX_SAMPLE_VALUE:,}, got {describe_value(value)}")
     return value
 
 
-def _describe(value: object) -> str:
-    """``value`` for an error message: short, and never the 400 digits of a huge integer."""
+def describe_value(value: object) -> str:
+    """``value`` for a message: short, never the 400 digits of a huge integer, and never raising."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         return f"an integer of {value.bit_length():,} bits"
-    text = repr(value) if isinstance(value, int | float) else f"{type(value).__name__} {value!r}"
+    try:
+        text = repr(value) if isinstance(value, int | float) else f"{type(value).__name__} {value!r}"
+    except Exception:  # a producer's object whose repr fails still gets described
+        return type(value).__name__
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 
@@ -131,7 +134,7 @@ def check_sample(sample: object, *, check_labels: bool = True) -> float:
     if not isinstance(sample, Sample):
         raise ValueError(f"expected a Sample, got {type(sample).__name__}")
     if not isinstance(sample.metric_type, MetricType):
-        raise ValueError(f"metric_type must be a MetricType, got {_describe(sample.metric_type)}")
+        raise ValueError(f"metric_type must be a MetricType, got {describe_value(sample.metric_type)}")
     value = check_measurement("value", sample.value)
     recorded_at = sample.recorded_at
     if type(recorded_at) is not datetime or recorded_at.tzinfo is not UTC:  # the builders' own are UTC already

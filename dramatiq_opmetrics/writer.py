@@ -494,7 +494,7 @@ class BackgroundWriter:
     def _describe_clock_skew(self, entry: MessageEntry) -> str:
         label_set = self.buffer.label_sets.get(entry[1])
         labels = dict(label_set.labels) if label_set is not None else entry[1]
-        return f"labelled {_shorten(repr(labels))}, due {_shorten(repr(entry[2]))}"
+        return f"labelled {_shorten(repr(labels))}, due {sample_builders.describe_value(entry[2])}"
 
     def _warn_once_per_interval(self) -> None:
         now = time.monotonic()
