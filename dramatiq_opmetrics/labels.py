@@ -13,6 +13,14 @@ different label sets can never share a key.
 
 Labels must stay few and bounded: never put message ids, process ids or host names in them, or the
 number of distinct label sets (and rows in the daily table) grows without limit.
+
+Every label set that passes :func:`make_label_set` can be stored and indexed by PostgreSQL and SQLite:
+values are valid Unicode (no lone surrogates, which UTF-8 cannot encode) without NUL characters, and the
+whole ``labels_key`` takes at most :data:`MAX_LABEL_SET_BYTES` bytes in UTF-8. That bound exists because
+``labels_key`` is a btree index entry twice (the unique index of ``opmetrics_label_sets`` and the primary
+key of ``operational_metrics_daily``) and PostgreSQL refuses an index entry above 2,704 bytes: measured
+here, a single incompressible text column fits up to 2,692 bytes, and the daily key's two other columns
+take 8 more. The ``labels`` JSON copy is not indexed, so its escaping does not count.
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ MAX_LABELS = 16
 MAX_KEY_LENGTH = 64
 #: The longest label value, in characters.
 MAX_VALUE_LENGTH = 200
+#: The largest ``labels_key`` of a label set, in UTF-8 bytes (separators and escapes included): well under
+#: PostgreSQL's 2,704-byte limit of a btree index entry, with room for the daily key's other columns.
+MAX_LABEL_SET_BYTES = 2_048
 
 _KEY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
 _VALUE_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|", ":": "\\:"})
@@ -56,7 +67,9 @@ def make_label_set(labels: Mapping[str, object]) -> LabelSet:
     Raises:
       ValueError: naming the offending key, when there are more than :data:`MAX_LABELS` labels, a key is
         not an identifier of at most :data:`MAX_KEY_LENGTH` characters, or a value is not a non-empty
-        string of at most :data:`MAX_VALUE_LENGTH` characters without NUL characters.
+        string of at most :data:`MAX_VALUE_LENGTH` characters of valid Unicode (no lone surrogate) without
+        NUL characters; or, naming the size, when the ``labels_key`` takes more than
+        :data:`MAX_LABEL_SET_BYTES` bytes in UTF-8.
     """
     if len(labels) > MAX_LABELS:
         raise ValueError(f"too many labels: {len(labels)} given, at most {MAX_LABELS} allowed")
@@ -64,6 +77,13 @@ def make_label_set(labels: Mapping[str, object]) -> LabelSet:
         _check_label(key, value)
     ordered = {key: labels[key] for key in sorted(labels)}
     labels_key = "|".join(f"{key}:{str(value).translate(_VALUE_ESCAPES)}" for key, value in ordered.items())
+    # Values are checked encodable above, so this cannot fail; ASCII keys skip the encoding.
+    size = len(labels_key) if labels_key.isascii() else len(labels_key.encode("utf-8"))
+    if size > MAX_LABEL_SET_BYTES:
+        raise ValueError(
+            f"labels too large: their labels key takes {size:,} bytes in UTF-8 (escapes included), at most"
+            f" {MAX_LABEL_SET_BYTES:,} allowed (PostgreSQL indexes it); use fewer or shorter labels"
+        )
     return LabelSet(labels_key, MappingProxyType(ordered))  # type: ignore[arg-type]
 
 
@@ -84,3 +104,10 @@ def _check_label(key: object, value: object) -> None:
         raise ValueError(f"label {key!r} has a value longer than {MAX_VALUE_LENGTH} characters")
     if "\x00" in value:
         raise ValueError(f"label {key!r} has a value containing a NUL character")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"label {key!r} has a value that is not valid Unicode (a lone surrogate at position {error.start})"
+            ) from None

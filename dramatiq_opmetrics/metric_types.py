@@ -30,6 +30,13 @@ class MetricType(enum.StrEnum):
     CONFIDENCE = "confidence"
     #: Samples a process dropped because its buffer was full (a count per report).
     DROPPED_SAMPLES = "dropped_samples"
+    #: Samples the database refused (a count per report), labelled with their ``metric_type`` and the
+    #: ``reason`` (the exception class): the writer dropped only those and wrote the rest.
+    REJECTED_SAMPLES = "rejected_samples"
+    #: One message whose due time (``message_timestamp`` or the ``opmetrics_due_ms`` option) was not a
+    #: plausible time (not a number, not finite, in the future or absurdly old): its wait time is not
+    #: recorded; ``value`` is always 1. Labelled with ``actor`` and ``queue``.
+    CLOCK_SKEW = "clock_skew"
 
 
 #: The name of the database enum type (PostgreSQL) that holds :class:`MetricType` values.

@@ -95,7 +95,10 @@ class OpMetrics(Middleware):
     - ``error``: one per failed attempt, labelled ``error_type`` (the exception class) and ``outcome``:
       ``retried`` (it will run again) or ``final`` (dead-lettered, or not retried without ``Retries``);
     - ``skipped``: one per message skipped by a middleware (``SkipMessage``, e.g. ``AgeLimit``, or a
-      message failed before its actor could run), which gets no processing or wait time.
+      message failed before its actor could run), which gets no processing or wait time;
+    - ``clock_skew``: one per message whose due time (set by its producer: ``message_timestamp`` or the
+      ``opmetrics_due_ms`` option) is not a plausible time, instead of its wait time (see
+      :mod:`~dramatiq_opmetrics.writer`; the hooks only carry the value, the writer judges it).
 
     Placement does not matter: when ``Retries`` sees a failure after this middleware (the usual case,
     ``add_middleware`` appends, and ``emit_after`` runs middleware in reverse order), the error is recorded
@@ -114,7 +117,8 @@ class OpMetrics(Middleware):
     samples, counts them, warns once per ``warning_interval_s`` (from the worker thread that drops) and
     records the count as ``dropped_samples`` once the database is back. A database that stops answering
     is noticed by the connect and statement timeouts, TCP keepalives and the writer's own watchdog (see
-    :class:`~dramatiq_opmetrics.writer.BackgroundWriter`).
+    :class:`~dramatiq_opmetrics.writer.BackgroundWriter`). Samples the database refuses are dropped alone,
+    counted as ``rejected_samples`` and logged once per ``warning_interval_s``; the rest is written.
     Background samplers can add their samples with ``buffer.add_many``.
 
     Parameters:

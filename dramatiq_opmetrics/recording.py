@@ -54,7 +54,8 @@ def record_token_usage(model: str, prompt_tokens: int, completion_tokens: int, *
             record_token_usage("gpt-4o-mini", response.usage.prompt_tokens, response.usage.completion_tokens)
 
     Raises:
-      ValueError: for a token count that is not a non-negative integer or bad labels (nothing is recorded).
+      ValueError: for a token count that is not an integer in [0, 2**53], a ``model`` that is not a
+        non-empty string (None included), or bad labels (nothing is recorded).
       ConfigurationError: outside an actor, when no ``OpMetrics`` middleware was made in this process.
     """
     target, merged = _target_and_labels(labels)

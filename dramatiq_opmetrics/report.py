@@ -65,6 +65,8 @@ GROUP_BY: Mapping[MetricType, tuple[str, ...]] = {
     MetricType.COMPLETION_TOKENS: ("model",),
     MetricType.CONFIDENCE: ("bucket",),
     MetricType.DROPPED_SAMPLES: (),
+    MetricType.REJECTED_SAMPLES: ("metric_type", "reason"),
+    MetricType.CLOCK_SKEW: ("actor", "queue"),
 }
 
 #: The unit of each metric type's values, as the report names it.
@@ -78,6 +80,8 @@ UNITS: Mapping[MetricType, str] = {
     MetricType.COMPLETION_TOKENS: "tokens",
     MetricType.CONFIDENCE: "score",
     MetricType.DROPPED_SAMPLES: "samples",
+    MetricType.REJECTED_SAMPLES: "samples",
+    MetricType.CLOCK_SKEW: "messages",
 }
 
 #: The labels the report can filter on (``--actor``, ``--queue``, ``--model``).
@@ -337,10 +341,12 @@ _TITLES: Mapping[MetricType, str] = {
     MetricType.QUEUE_DEPTH: "queue depth (messages per sample)",
     MetricType.CONFIDENCE: "confidence (score per recorded value)",
     MetricType.DROPPED_SAMPLES: "dropped samples (buffer full)",
+    MetricType.REJECTED_SAMPLES: "rejected samples (refused by the database; the rest were written)",
+    MetricType.CLOCK_SKEW: "clock skew (messages with an implausible due time: no wait time recorded)",
 }
 
 #: Metric types whose every value is 1, so only their count tells anything.
-_COUNT_ONLY = (MetricType.ERROR, MetricType.SKIPPED)
+_COUNT_ONLY = (MetricType.ERROR, MetricType.SKIPPED, MetricType.CLOCK_SKEW)
 
 
 def _section(metric_type: MetricType, rows: Sequence[ReportRow], width: int) -> list[str]:
@@ -350,6 +356,9 @@ def _section(metric_type: MetricType, rows: Sequence[ReportRow], width: int) -> 
         dropped, reports = sum(stats.sum for stats in all_stats), sum(stats.count for stats in all_stats)
         return [_TITLES[metric_type], f"{_count(dropped)} samples dropped, in {_count(reports)} reports"]
     headers = [*labels, "count"]
+    if metric_type is MetricType.REJECTED_SAMPLES:
+        body = [[*_label_cells(labels, stats), _count(stats.sum)] for stats in all_stats]
+        return [_TITLES[metric_type], *_table([*labels, "samples"], body, len(labels), width)]
     if metric_type in _COUNT_ONLY:
         body = [[*_label_cells(labels, stats), _count(stats.count)] for stats in all_stats]
         return [_TITLES[metric_type], *_table(headers, body, len(labels), width)]

@@ -48,7 +48,7 @@ def raw_counts(engine: Engine) -> Counter[tuple[str, str]]:
     with engine.connect() as connection:
         result = connection.execute(
             text(
-                "SELECT m.metric_type::text, l.labels_key, count(*) FROM operational_metrics m"
+                "SELECT CAST(m.metric_type AS TEXT), l.labels_key, count(*) FROM operational_metrics m"
                 " JOIN opmetrics_label_sets l ON l.id = m.label_set_id GROUP BY 1, 2"
             )
         )

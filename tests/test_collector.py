@@ -7,11 +7,13 @@ from typing import Any
 
 import pytest
 from raw_samples import stored_samples
-from sqlalchemy import Engine, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, String, func, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from dramatiq_opmetrics import MetricsCollector, MetricType
+from dramatiq_opmetrics.labels import make_label_set
 from dramatiq_opmetrics.models import LabelSet, OperationalMetric
+from dramatiq_opmetrics.samples import Sample
 
 AT = dt.datetime(2026, 11, 20, 12, 30, tzinfo=dt.UTC)
 
@@ -157,3 +159,83 @@ def test_sql_looking_and_unusual_label_values_are_stored_verbatim(engine: Engine
         row = session.scalars(select(OperationalMetric)).one()
         assert row.labels["note"] == value
         assert row.metric_type is MetricType.ERROR
+
+
+class Business(DeclarativeBase):
+    """The caller's own models, apart from ours."""
+
+
+class Order(Business):
+    __tablename__ = "test_business_orders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer: Mapped[str] = mapped_column(String(50))
+
+
+@pytest.fixture
+def business_engine(engine: Engine) -> Engine:
+    """The metrics database with a business table of the caller in the same schema."""
+    Business.metadata.create_all(engine)
+    return engine
+
+
+def orders(engine: Engine) -> list[str]:
+    with Session(engine) as session:
+        return list(session.scalars(select(Order.customer).order_by(Order.id)))
+
+
+POISON_CALLS: list[tuple[str, Callable[[MetricsCollector], Any], str]] = [
+    ("10**400 tokens", lambda c: c.record_token_usage("m", 10**400, 1), "prompt_tokens"),
+    ("2**63 depth", lambda c: c.record_queue_depth("q", 2**63), "depth"),
+    ("1e308 ms", lambda c: c.record_processing_time("a", 1e308), "duration_ms"),
+    (
+        "13 long labels",
+        lambda c: c.record_error("a", "E", **{f"k{i:02d}" + "x" * 61: "v" * 200 for i in range(13)}),
+        "too large",
+    ),
+    ("a lone surrogate", lambda c: c.record_error("a", "E", note="\ud800"), "surrogate"),
+    ("None as model", lambda c: c.record_token_usage(None, 1, 1), "'model'"),  # type: ignore[arg-type]
+    ("None as error type", lambda c: c.record_error("a", None), "'error_type'"),  # type: ignore[arg-type]
+    ("None as actor", lambda c: c.record_processing_time(None, 1.0), "'actor'"),  # type: ignore[arg-type]
+    ("None as queue", lambda c: c.record_queue_depth(None, 1), "'queue'"),  # type: ignore[arg-type]
+    (
+        "a hand-built sample",
+        lambda c: c.add_samples([Sample(MetricType.ERROR, 10**400, make_label_set({"a": "b"}), AT)]),  # type: ignore[arg-type]
+        "value",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "call", "message"), POISON_CALLS, ids=[case for case, _, _ in POISON_CALLS])
+def test_a_caller_that_catches_the_collectors_value_error_and_commits_keeps_its_own_rows(
+    business_engine: Engine, case: str, call: Callable[[MetricsCollector], Any], message: str
+) -> None:
+    with Session(business_engine) as session, session.begin():
+        session.add(Order(customer="before"))
+        session.flush()
+        collector = MetricsCollector(session)
+        with pytest.raises(ValueError, match=message):
+            call(collector)
+        collector.record_processing_time("a", 5.0, recorded_at=AT)
+        session.add(Order(customer="after"))
+    assert orders(business_engine) == ["before", "after"]
+    assert stored_samples(business_engine) == [("processing_time", 5.0, "actor:a", AT)]
+
+
+@pytest.mark.postgres
+def test_a_label_set_the_database_refuses_never_aborts_the_callers_transaction(postgres_engine: Engine) -> None:
+    """A refusal past validation (here a CHECK constraint the test adds) stays inside the collector's SAVEPOINT."""
+    Business.metadata.create_all(postgres_engine)
+    with postgres_engine.begin() as connection:
+        connection.execute(
+            text("ALTER TABLE opmetrics_label_sets ADD CONSTRAINT no_forbidden CHECK (labels_key <> 'actor:forbidden')")
+        )
+    with Session(postgres_engine) as session, session.begin():
+        session.add(Order(customer="kept"))
+        session.flush()
+        collector = MetricsCollector(session)
+        with pytest.raises(ValueError, match=r"refuses these labels.*no_forbidden"):
+            collector.record_processing_time("forbidden", 1.0)
+        collector.record_processing_time("a", 2.0, recorded_at=AT)
+    assert orders(postgres_engine) == ["kept"]
+    assert stored_samples(postgres_engine) == [("processing_time", 2.0, "actor:a", AT)]

@@ -10,7 +10,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 from alembic import command
-from dramatiq_opmetrics import MetricsCollector
+from dramatiq_opmetrics import MetricsCollector, samples
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.migrate import (
     VERSION_TABLE,
@@ -20,6 +20,7 @@ from dramatiq_opmetrics.migrate import (
     script_location,
     upgrade,
 )
+from dramatiq_opmetrics.writer import write_samples
 
 OUR_TABLES = {
     "opmetrics_label_sets",
@@ -111,7 +112,7 @@ def test_our_migrations_live_beside_an_applications_own_alembic_history(sqlite_u
     engine = create_engine(sqlite_url)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "app1"
-        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0002"
+        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0003"
     engine.dispose()
 
 
@@ -125,3 +126,30 @@ def test_migrations_can_run_on_an_applications_connection(sqlite_url: URL) -> No
 
 def test_migration_scripts_are_found_in_the_checkout() -> None:
     assert (script_location() / "versions").is_dir()
+
+
+def test_downgrading_0003_deletes_only_the_rows_of_its_metric_types_and_upgrading_again_works(
+    database_url: URL,
+) -> None:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        at = dt.datetime(2026, 11, 20, 8, tzinfo=dt.UTC)
+        with engine.begin() as connection:
+            write_samples(
+                connection,
+                [
+                    *samples.rejected_samples(3, metric_type="error", reason="DataError", recorded_at=at),
+                    *samples.processing_time("a", 5.0, recorded_at=at),
+                ],
+            )
+        downgrade(database_url, "0002")
+        with engine.connect() as connection:
+            kinds = connection.execute(text("SELECT CAST(metric_type AS TEXT) FROM operational_metrics")).scalars()
+            assert list(kinds) == ["processing_time"]
+        upgrade(database_url)
+        assert current_revision(database_url) == "0003"
+        with engine.begin() as connection:
+            write_samples(connection, samples.rejected_samples(1, metric_type="error", reason="DataError"))
+    finally:
+        engine.dispose()

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
-from dramatiq_opmetrics import MetricsCollector
+from dramatiq_opmetrics import MetricsCollector, samples
 from dramatiq_opmetrics.cli import main
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.metric_types import MetricType
@@ -290,3 +290,42 @@ def test_the_queue_depth_table_lists_states_from_waiting_to_dead(
     assert main(["report", "--database-url", url_text(migrated_url), "--metric", "queue_depth"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in lines if line.startswith("emails")] == ["ready", "delayed", "in_flight", "dead"]
+
+
+def test_rejected_samples_and_clock_skew_roll_up_and_are_reported(
+    engine: Engine, migrated_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    yesterday = TODAY - dt.timedelta(days=1)
+    with Session(engine) as session, session.begin():
+        collector = MetricsCollector(session)
+        for day in (yesterday, TODAY):
+            collector.add_samples(
+                [
+                    *samples.rejected_samples(3, metric_type="prompt_tokens", reason="DataError", recorded_at=at(day)),
+                    *samples.rejected_samples(2, metric_type="prompt_tokens", reason="DataError", recorded_at=at(day)),
+                    samples.Sample(
+                        MetricType.CLOCK_SKEW,
+                        1.0,
+                        samples.message_labels("send_email", queue="emails"),
+                        at(day),
+                    ),
+                ]
+            )
+    rollup(engine)
+    data = report_json(migrated_url, "--days", "2", capsys=capsys)
+    rejected = data["metrics"]["rejected_samples"]
+    assert rejected["group_by"] == ["metric_type", "reason"]
+    assert [(row["labels"], row["sum"]) for row in rejected["rows"]] == [
+        ({"metric_type": "prompt_tokens", "reason": "DataError"}, 10.0)
+    ]
+    skew = data["metrics"]["clock_skew"]
+    assert (skew["unit"], skew["rows"][0]["labels"], skew["rows"][0]["count"]) == (
+        "messages",
+        {"actor": "send_email", "queue": "emails"},
+        2,
+    )
+    assert main(["report", "--database-url", url_text(migrated_url), "--days", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "rejected samples (refused by the database" in text
+    assert any(line.split() == ["prompt_tokens", "DataError", "10"] for line in text.splitlines())
+    assert "clock skew" in text

@@ -7,6 +7,7 @@ up, and once the database answers again every sample that was kept is written ex
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import dramatiq
 import psycopg
@@ -27,11 +29,13 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
+from tcp_proxy import TcpProxy
 from waiting import wait_until
 
 from dramatiq_opmetrics import OpMetrics, samples
 from dramatiq_opmetrics.buffer import SampleBuffer
 from dramatiq_opmetrics.database import make_engine
+from dramatiq_opmetrics.label_sets import resolve_label_set_ids
 from dramatiq_opmetrics.migrate import upgrade
 from dramatiq_opmetrics.writer import BackgroundWriter
 from faults.pg_cluster import PgCluster
@@ -224,47 +228,193 @@ def test_after_a_pause_shorter_than_the_shutdown_window_every_kept_sample_is_wri
     assert messages(cluster_engine, "dropped_samples")[1] == buffer.dropped_total
 
 
-def test_a_batch_whose_commit_went_unanswered_but_committed_is_written_exactly_once(
-    pg_cluster: PgCluster, migrated_cluster_url: URL, cluster_engine: Engine, caplog: pytest.LogCaptureFixture
-) -> None:
-    # A synchronous standby that does not exist makes COMMIT wait forever after the transaction committed
-    # locally: exactly a commit whose answer never comes. No statement timeout, or it would end the wait.
-    caplog.set_level(logging.INFO, logger="dramatiq_opmetrics")
-    admin = psycopg.connect(pg_cluster.conninfo(), autocommit=True)
-    admin.execute(f'ALTER DATABASE "{migrated_cluster_url.database}" SET synchronous_commit = on')
-    buffer = SampleBuffer(capacity=10_000, batch_size=1_000)
-    writer = BackgroundWriter(
-        migrated_cluster_url,
+@pytest.fixture
+def synchronous_cluster_url(pg_cluster: PgCluster, migrated_cluster_url: URL) -> URL:
+    """:func:`migrated_cluster_url` whose sessions (those that connect from now on) commit synchronously, so
+    that :func:`commits_held` holds their commits."""
+    with psycopg.connect(pg_cluster.conninfo(), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{migrated_cluster_url.database}" SET synchronous_commit = on')
+    return migrated_cluster_url
+
+
+@contextlib.contextmanager
+def commits_held(cluster: PgCluster) -> Iterator[None]:
+    """Inside: a COMMIT of a transaction that wrote, in a session of :func:`synchronous_cluster_url`, commits
+    locally and then waits for a synchronous standby that does not exist: exactly a commit whose answer never
+    comes (its transaction stays "in progress"). The wait ends, committed, on leaving. The writer must have no
+    statement timeout, or that would end the wait."""
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as admin:
+        admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        admin.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)  # the checkpointer tells the backends that a synchronous standby is now named
+        try:
+            yield
+        finally:
+            admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            admin.execute("SELECT pg_reload_conf()")
+
+
+def held_commit_writer(url: URL, buffer: SampleBuffer) -> BackgroundWriter:
+    """A writer for :func:`commits_held`: no statement timeout, a watchdog that cuts after 1 s, fast retries."""
+    return BackgroundWriter(
+        url,
         buffer,
         flush_interval_s=FLUSH_INTERVAL_S,
         max_retry_backoff_s=0.2,
+        warning_interval_s=3600,
         statement_timeout_s=0,
         stall_timeout_s=1.0,
     )
+
+
+def test_a_batch_whose_commit_went_unanswered_but_committed_is_written_exactly_once(
+    pg_cluster: PgCluster, synchronous_cluster_url: URL, cluster_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dramatiq_opmetrics")
+    buffer = SampleBuffer(capacity=10_000, batch_size=1_000)
+    writer = held_commit_writer(synchronous_cluster_url, buffer)
     key = buffer.register_label_set(samples.message_labels("a", queue="q"))
 
     def add(count: int) -> None:
         now = time.time()
         buffer.extend([("wait_time", float(i), key, now) for i in range(count)])
 
-    try:
-        add(10)
-        assert writer.flush(timeout_s=10)  # the label set is stored and its id cached
-        admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
-        admin.execute("SELECT pg_reload_conf()")
-        time.sleep(0.5)
+    add(10)
+    assert writer.flush(timeout_s=10)  # the label set is stored and its id cached
+    with commits_held(pg_cluster):
         add(500)
         wait_until(lambda: bool(log_lines(caplog, "The metrics database")), 10, "the watchdog cutting the commit")
         time.sleep(1.0)  # retries meanwhile find the transaction still in progress and write nothing
         assert len(buffer) == 500
-    finally:
-        admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
-        admin.execute("SELECT pg_reload_conf()")
-        admin.close()
     assert writer.flush(timeout_s=10)
     assert writer.stop()
     assert messages(cluster_engine, "wait_time") == (510, float(sum(range(10)) + sum(range(500))))
-    assert log_lines(caplog, "A batch of 500 metric samples whose commit went unanswered was committed")
+    assert log_lines(caplog, "The commit of 500 metric samples went unanswered but was committed")
+
+
+def test_a_span_whose_commit_went_unanswered_but_committed_is_not_written_again_while_the_batch_is_split(
+    pg_cluster: PgCluster, synchronous_cluster_url: URL, cluster_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two poison rows (past validation) make the writer split the batch; the first span it commits,
+    entries 0 to 61, is held: once committed, the splitting resumes after it, and it is never rewritten."""
+    caplog.set_level(logging.INFO, logger="dramatiq_opmetrics")
+    buffer = SampleBuffer(capacity=10_000, batch_size=1_000)
+    writer = held_commit_writer(synchronous_cluster_url, buffer)
+    key = buffer.register_label_set(samples.message_labels("a", queue="q"))
+    buffer.extend([("wait_time", 1.0, key, time.time())])
+    assert writer.flush(timeout_s=10)  # the label set is stored and its id cached
+    now = time.time()
+    entries: list[Any] = [("processing_time", float(i), key, now) for i in range(1_000)]
+    entries[100] = ("prompt_tokens", 10**400, key, now)  # no float8 holds it: refused
+    entries[600] = ("queue_depth", 1.0, key, 1e300)  # a time past any timestamp: refused
+    try:
+        with commits_held(pg_cluster):
+            buffer.extend(entries)
+            # (0, 1000), (0, 500), (0, 250) and (0, 125) are refused; (0, 62) commits and is held.
+            wait_until(lambda: bool(log_lines(caplog, "The metrics database")), 10, "the watchdog cutting the commit")
+            time.sleep(1.0)  # retries meanwhile find the transaction still in progress and write nothing
+            assert len(buffer) == 1_000
+            assert messages(cluster_engine, "processing_time") == (0, 0.0)
+        assert writer.flush(timeout_s=30)
+    finally:
+        assert writer.stop(timeout_s=30)
+    assert log_lines(caplog, "The commit of 62 metric samples went unanswered but was committed")
+    with cluster_engine.connect() as connection:
+        values = connection.execute(
+            text("SELECT value FROM operational_metrics WHERE metric_type = 'processing_time' ORDER BY value")
+        ).scalars()
+        assert list(values) == [float(i) for i in range(1_000) if i not in (100, 600)]
+    assert messages(cluster_engine, "rejected_samples") == (2, 2.0)  # one per metric type, each once
+
+
+def test_after_a_failover_to_a_server_that_never_saw_an_unanswered_commit_its_samples_are_written_there(
+    pg_cluster: PgCluster, synchronous_cluster_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch's COMMIT is held on the old primary, then its address moves (a TCP proxy) to a new primary that
+    never saw that transaction, as a standby promoted before it got it: there ``txid_status`` says the
+    transaction ID is in the future, so the batch did not commit there, and it is written there, once."""
+    caplog.set_level(logging.INFO, logger="dramatiq_opmetrics")
+    proxy = TcpProxy(pg_cluster.port)
+    proxy.start()
+    with PgCluster() as promoted:
+        promoted_url = promoted.create_database(synchronous_cluster_url.database)
+        upgrade(promoted_url)
+        promoted_engine = make_engine(promoted_url)
+        buffer = SampleBuffer(capacity=10_000, batch_size=1_000)
+        writer = held_commit_writer(synchronous_cluster_url.set(port=proxy.port), buffer)
+        labels = samples.message_labels("a", queue="q")
+        key = buffer.register_label_set(labels)
+        try:
+            buffer.extend([("wait_time", 1.0, key, time.time())])
+            assert writer.flush(timeout_s=10)  # the label set is stored (id 1) and its id cached
+            with promoted_engine.begin() as connection:
+                # Replicated before the failover: the same label set, with the same id.
+                assert resolve_label_set_ids(connection, [labels]) == {key: 1}
+                promoted_xid = connection.execute(text("SELECT txid_current()")).scalar_one()
+            with psycopg.connect(pg_cluster.conninfo(), autocommit=True) as old:
+                # The old primary's transaction ids run ahead of the new one's, as after writes not replicated.
+                burn = f"FOR i IN 1..{promoted_xid + 100} LOOP PERFORM txid_current(); COMMIT; END LOOP;"
+                old.execute(f"DO $$ BEGIN {burn} END $$")
+            with commits_held(pg_cluster):
+                buffer.extend([("wait_time", float(i), key, time.time()) for i in range(500)])
+                wait_until(
+                    lambda: bool(log_lines(caplog, "The metrics database")), 10, "the watchdog cutting the commit"
+                )
+                time.sleep(0.5)  # retries meanwhile find the transaction still in progress
+                assert len(buffer) == 500
+                proxy.stop()
+                proxy.target = ("127.0.0.1", promoted.port)
+                proxy.start()
+                wait_until(lambda: messages(promoted_engine, "wait_time")[0] == 500, 10, "the batch on the new primary")
+            assert writer.flush(timeout_s=10)
+            assert writer.stop(timeout_s=10)
+            assert messages(promoted_engine, "wait_time") == (500, float(sum(range(500))))
+            assert log_lines(caplog, "The transaction of an unanswered commit of 500 metric samples is unknown")
+            assert not log_lines(caplog, "The commit of 500 metric samples went unanswered but was committed")
+        finally:
+            writer.stop(timeout_s=1)
+            promoted_engine.dispose()
+            proxy.stop()
+
+
+@pytest.mark.parametrize("held", ["dropped_samples", "rejected_samples"])
+def test_a_bookkeeping_sample_whose_commit_went_unanswered_but_committed_is_not_recorded_twice(
+    held: str,
+    pg_cluster: PgCluster,
+    synchronous_cluster_url: URL,
+    cluster_engine: Engine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A batch of poison rows only commits nothing but its bookkeeping: the first bookkeeping sample (the
+    drops, if any, else the rejections) is the transaction held."""
+    caplog.set_level(logging.INFO, logger="dramatiq_opmetrics")
+    buffer = SampleBuffer(capacity=3, batch_size=3)
+    writer = held_commit_writer(synchronous_cluster_url, buffer)
+    key = buffer.register_label_set(samples.message_labels("a", queue="q"))
+
+    def poison(count: int) -> None:
+        buffer.extend([("prompt_tokens", 10**400, key, time.time()) for _ in range(count)])
+
+    poison(5)  # 3 rejected, 2 dropped: the label sets of both bookkeeping samples are stored and cached
+    assert writer.flush(timeout_s=10)
+    assert messages(cluster_engine, "dropped_samples") == (1, 2.0)
+    assert messages(cluster_engine, "rejected_samples") == (1, 3.0)
+    try:
+        with commits_held(pg_cluster):
+            poison(5 if held == "dropped_samples" else 3)
+            wait_until(lambda: bool(log_lines(caplog, "The metrics database")), 10, "the watchdog cutting the commit")
+            time.sleep(1.0)  # retries meanwhile find the transaction still in progress and write nothing
+            assert messages(cluster_engine, held)[0] == 1
+        assert writer.flush(timeout_s=10)
+    finally:
+        assert writer.stop(timeout_s=10)
+    assert log_lines(caplog, "The commit of 1 metric samples went unanswered but was committed")
+    if held == "dropped_samples":
+        assert messages(cluster_engine, "dropped_samples") == (2, 4.0)
+        assert buffer.unrecorded_drops() == 0
+    else:
+        assert messages(cluster_engine, "dropped_samples") == (1, 2.0)
+    assert messages(cluster_engine, "rejected_samples") == (2, 6.0)
 
 
 @pytest.mark.slow
