@@ -111,7 +111,7 @@ def test_our_migrations_live_beside_an_applications_own_alembic_history(sqlite_u
     engine = create_engine(sqlite_url)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "app1"
-        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0003"
+        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0004"
     engine.dispose()
 
 
