@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 from alembic import command
 from dramatiq_opmetrics import MetricsCollector
 from dramatiq_opmetrics.database import make_engine
+from dramatiq_opmetrics.labels import make_label_set
+from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.migrate import (
     VERSION_TABLE,
     alembic_config,
@@ -20,6 +22,9 @@ from dramatiq_opmetrics.migrate import (
     script_location,
     upgrade,
 )
+from dramatiq_opmetrics.rollup import rollup
+from dramatiq_opmetrics.samples import Sample
+from dramatiq_opmetrics.writer import write_samples
 
 OUR_TABLES = {
     "opmetrics_label_sets",
@@ -125,3 +130,33 @@ def test_migrations_can_run_on_an_applications_connection(sqlite_url: URL) -> No
 
 def test_migration_scripts_are_found_in_the_checkout() -> None:
     assert (script_location() / "versions").is_dir()
+
+
+def test_every_metric_type_is_stored_raw_and_daily_and_downgrading_0004_deletes_only_its_three(
+    database_url: URL,
+) -> None:
+    new_types = {MetricType.OLDEST_MESSAGE_AGE, MetricType.WORKER_THREADS, MetricType.BUSY_THREADS}
+    upgrade(database_url)
+    two_days_ago = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0) - dt.timedelta(days=2)
+    label_set = make_label_set({"queue": "q"})
+    engine = make_engine(database_url)
+
+    def stored_types(table: str) -> set[str]:
+        with engine.connect() as connection:
+            return set(connection.execute(text(f"SELECT DISTINCT CAST(metric_type AS TEXT) FROM {table}")).scalars())
+
+    try:
+        with engine.begin() as connection:
+            write_samples(connection, [Sample(kind, 1.0, label_set, two_days_ago) for kind in MetricType])
+        rollup(engine)
+        everything = {kind.value for kind in MetricType}
+        assert stored_types("operational_metrics") == stored_types("operational_metrics_daily") == everything
+
+        downgrade(database_url, "0003")
+        remaining = everything - {kind.value for kind in new_types}
+        assert stored_types("operational_metrics") == stored_types("operational_metrics_daily") == remaining
+        upgrade(database_url)
+        with engine.begin() as connection:
+            write_samples(connection, [Sample(kind, 2.0, label_set, two_days_ago) for kind in new_types])
+    finally:
+        engine.dispose()
