@@ -323,6 +323,7 @@ def _history_depths(
     for minute in range(0, 24 * 60, HISTORY_DEPTH_EVERY_MIN):
         at = start + dt.timedelta(minutes=minute)
         load = _HOUR_WEIGHTS[minute // 60]
+        aged: set[str] = set()
         for profile in PROFILES:
             ready = int(rng.expovariate(1 / (1 + 60 * load * profile.share)))
             delayed = int(
@@ -331,9 +332,11 @@ def _history_depths(
             dead = sum(1 for moment in dead_at[profile.queue] if moment <= at)
             for state, depth in ((READY, ready), (DELAYED, delayed), (DEAD, dead)):
                 out += samples.queue_depth(profile.queue, depth, state=state, recorded_at=at)
-            # The oldest of ``ready`` messages has waited about as long as the workers take to drain them.
-            age_s = rng.uniform(0.5, 1.5) * ready * profile.duration_ms(rng) / 1000 / DEFAULT_WORKER_THREADS
-            out += samples.oldest_message_age(profile.queue, age_s, recorded_at=at)
+            if profile.queue not in aged:  # one per queue (two actors share "llm")
+                aged.add(profile.queue)
+                # The oldest of ``ready`` messages has waited about as long as the workers take to drain them.
+                age_s = rng.uniform(0.5, 1.5) * ready * profile.duration_ms(rng) / 1000 / DEFAULT_WORKER_THREADS
+                out += samples.oldest_message_age(profile.queue, age_s, recorded_at=at)
         busy = min(DEFAULT_WORKER_THREADS, round(rng.uniform(0.6, 1.0) * load / 1.25 * DEFAULT_WORKER_THREADS))
         out += samples.worker_threads(DEFAULT_WORKER_THREADS, busy, host=host, queues=queues, recorded_at=at)
     return out
