@@ -7,16 +7,17 @@ is deleted afterwards: declares N queues holding a few ready, delayed and dead m
 side by side in one run,
 
 - one ``PING`` (a bare round trip to this Redis),
-- the depth read alone (one pipelined ``MULTI``/``EXEC`` for all N queues),
+- the read alone (one ``EVAL`` of the read-only script for all N queues: depths and the head message),
 - a whole sampling pass as each fleet process runs it every interval: the ``SET NX PX`` claim, the read and
-  building the 4 x N samples (the sink does nothing here; in a worker it appends to the in-memory buffer).
+  building the 5 x N samples (4 queue depth states and the oldest-message age per queue; the sink does
+  nothing here; in a worker it appends to the in-memory buffer).
 
 Round trips are counted on the client's connection (one command send = one round trip). Times are medians
-on the client (mostly redis-py packing commands and parsing replies). Server time per pass is Redis's own
-``INFO commandstats`` time for the commands a pass runs (``SET``, ``MULTI``, ``LLEN``, ``HLEN``, ``ZCARD``,
-``EXEC``), summed over the timed passes and divided by their number (other clients of a shared server
-running the same commands at the same time would inflate it). It also checks that sampling left the
-broker's heartbeat set untouched.
+on the client (mostly redis-py packing commands and parsing replies, and decoding each head message).
+Server time per pass is Redis's own ``INFO commandstats`` time for the commands a pass sends (``SET`` and
+``EVAL``, whose time includes the commands the script calls), summed over the timed passes and divided by
+their number (other clients of a shared server running the same commands at the same time would inflate
+it). It also checks that sampling left the broker's heartbeat set untouched.
 """
 
 from __future__ import annotations
@@ -61,14 +62,18 @@ def round_trips(run: Callable[[], object]) -> int:
     return CountingConnection.sends - before
 
 
-#: The commands a sampling pass runs on Redis.
-PASS_COMMANDS = ("set", "multi", "llen", "hlen", "zcard", "exec")
+#: The commands a sampling pass sends to Redis (``EVAL``'s time includes the commands its script calls).
+PASS_COMMANDS = ("set", "eval")
 
 
 def server_usec(client: redis.Redis) -> int:
     """Redis's own time spent in :data:`PASS_COMMANDS` so far, in microseconds."""
     stats = client.info("commandstats")
     return sum(int(stats.get(f"cmdstat_{name}", {}).get("usec", 0)) for name in PASS_COMMANDS)
+
+
+#: Samples of one queue per pass: four queue depth states and the oldest-message age.
+SAMPLES_PER_QUEUE = 5
 
 
 def discard(_samples: Sequence[Sample]) -> None:
@@ -95,7 +100,7 @@ def measure(client: redis.Redis, namespace: str, count: int, passes: int) -> str
 
     def one_pass() -> object:
         made = sampler.sample(next(starts))  # a new interval each time: every pass claims and reads
-        assert made is not None and len(made) == 4 * count
+        assert made is not None and len(made) == SAMPLES_PER_QUEUE * count
         return made
 
     for _ in range(20):  # warm up
@@ -110,7 +115,7 @@ def measure(client: redis.Redis, namespace: str, count: int, passes: int) -> str
     trips = round_trips(one_pass)
     assert round_trips(read) == 1
     assert client.zrange(heartbeats, 0, -1, withscores=True) == heartbeats_before, "heartbeats changed"
-    samples = 4 * count
+    samples = SAMPLES_PER_QUEUE * count
     return (
         f"{count:>6} {samples:>7} {ping_s * 1e6:>8.0f} {read_s * 1e6:>8.0f} {pass_s * 1e6:>8.0f}"
         f" {pass_s / ping_s:>9.1f} {pass_s * 1e6 / samples:>9.1f} {trips:>7} {trips / samples:>9.3f}"

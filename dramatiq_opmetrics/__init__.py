@@ -6,7 +6,8 @@ The public API:
 - :class:`MetricType`: the metric types recorded.
 - :class:`OpMetrics`: the middleware measuring every message, with a buffered background writer.
 - :func:`record_token_usage`, :func:`record_confidence`: metrics from actor code, buffered.
-- :class:`QueueDepthSampler`: fleet-wide queue depth, one sample per queue and state per interval.
+- :class:`QueueDepthSampler`: fleet-wide queue depth and oldest-message age, once per interval.
+- :class:`WorkerSampler`: each worker process's threads and busy threads, once per interval.
 - :func:`query_metrics`, :func:`query_daily_series` and :class:`MetricStats`: statistics over any range of
   days from the daily rollup (percentiles within 1%), today included.
 - :func:`register_rollup_actor`: the periodiq-scheduled nightly rollup and prune on your broker.
@@ -22,6 +23,7 @@ from .periodic import register_rollup_actor
 from .query import MetricStats, query_daily_series, query_metrics
 from .queue_depth_sampler import QueueDepthSampler
 from .recording import record_confidence, record_token_usage
+from .worker_sampler import WorkerSampler
 
 __all__ = [
     "ConfigurationError",
@@ -30,6 +32,7 @@ __all__ = [
     "MetricsCollector",
     "OpMetrics",
     "QueueDepthSampler",
+    "WorkerSampler",
     "query_daily_series",
     "query_metrics",
     "record_confidence",

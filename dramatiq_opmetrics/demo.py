@@ -11,8 +11,8 @@ What it does, in order:
    generated from the same actor profiles as the live run and written by the real writer.
 3. Runs today's work live: a mix of actors (fast, slow, flaky and retried, always failing and
    dead-lettered, and two calling a fake language model that record token usage with two models and
-   confidence) through the real :class:`~dramatiq_opmetrics.OpMetrics` middleware, while queue depth is
-   sampled.
+   confidence) through the real :class:`~dramatiq_opmetrics.OpMetrics` middleware, while queue depth,
+   oldest-message age and the worker's busy threads are sampled.
 4. Rolls up the past days with the real rollup, as the nightly actor would.
 5. Prints the report of the whole range (today comes from raw rows) and where the data is.
 """
@@ -50,6 +50,7 @@ from .queue_depth import DEAD, DELAYED, READY
 from .recording import record_confidence, record_token_usage
 from .report import build_report, render_text
 from .rollup import daily_totals, rollup
+from .worker_sampler import host_label, queues_label
 from .writer import write_samples
 
 #: The SQLite file the demo uses when no database is given (in the current directory; remade each run).
@@ -270,8 +271,8 @@ def day_shape(day: dt.date, days_ago: int) -> DayShape:
 
 def history_samples(day: dt.date, shape: DayShape, messages: int, rng: random.Random) -> list[samples.Sample]:
     """The samples of one past day of the demo fleet: every attempt's processing and wait time, errors with
-    their outcome, token usage and confidence of the language-model actors, and queue depth every
-    :data:`HISTORY_DEPTH_EVERY_MIN` minutes."""
+    their outcome, token usage and confidence of the language-model actors, and queue depth, oldest-message
+    age and the worker process's threads every :data:`HISTORY_DEPTH_EVERY_MIN` minutes."""
     start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     out: list[samples.Sample] = []
     dead_at: dict[str, list[dt.datetime]] = {profile.queue: [] for profile in PROFILES}
@@ -317,9 +318,12 @@ def _history_depths(
     start: dt.datetime, dead_at: dict[str, list[dt.datetime]], rng: random.Random
 ) -> list[samples.Sample]:
     out = []
+    # One worker process, labelled as the live run's is (this host, every queue), so both share a row.
+    host, queues = host_label(), queues_label(profile.queue for profile in PROFILES)
     for minute in range(0, 24 * 60, HISTORY_DEPTH_EVERY_MIN):
         at = start + dt.timedelta(minutes=minute)
         load = _HOUR_WEIGHTS[minute // 60]
+        aged: set[str] = set()
         for profile in PROFILES:
             ready = int(rng.expovariate(1 / (1 + 60 * load * profile.share)))
             delayed = int(
@@ -328,6 +332,13 @@ def _history_depths(
             dead = sum(1 for moment in dead_at[profile.queue] if moment <= at)
             for state, depth in ((READY, ready), (DELAYED, delayed), (DEAD, dead)):
                 out += samples.queue_depth(profile.queue, depth, state=state, recorded_at=at)
+            if profile.queue not in aged:  # one per queue (two actors share "llm")
+                aged.add(profile.queue)
+                # The oldest of ``ready`` messages has waited about as long as the workers take to drain them.
+                age_s = rng.uniform(0.5, 1.5) * ready * profile.duration_ms(rng) / 1000 / DEFAULT_WORKER_THREADS
+                out += samples.oldest_message_age(profile.queue, age_s, recorded_at=at)
+        busy = min(DEFAULT_WORKER_THREADS, round(rng.uniform(0.6, 1.0) * load / 1.25 * DEFAULT_WORKER_THREADS))
+        out += samples.worker_threads(DEFAULT_WORKER_THREADS, busy, host=host, queues=queues, recorded_at=at)
     return out
 
 

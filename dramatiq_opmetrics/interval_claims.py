@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from sqlalchemy import Engine, delete
@@ -36,6 +38,19 @@ def interval_start(at: dt.datetime, interval_s: float) -> dt.datetime:
     timestamp_ms = round(at.timestamp() * 1000)
     interval_ms = round(interval_s * 1000)
     return dt.datetime.fromtimestamp((timestamp_ms // interval_ms) * interval_ms / 1000, dt.UTC)
+
+
+def run_at_interval_starts(stop: threading.Event, interval_s: float, run: Callable[[dt.datetime], object]) -> None:
+    """Call ``run(start)`` at each wall-clock interval start from the next one on, until ``stop`` is set.
+
+    Every process calling it with the same ``interval_s`` runs at the same moments. After a long pause (a
+    suspended host) it runs for the current interval, not for each missed one.
+    """
+    next_start = interval_start(dt.datetime.now(dt.UTC), interval_s) + dt.timedelta(seconds=interval_s)
+    while not stop.wait(max((next_start - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)):
+        at = max(next_start, interval_start(dt.datetime.now(dt.UTC), interval_s))
+        run(at)
+        next_start = at + dt.timedelta(seconds=interval_s)
 
 
 class IntervalClaim(Protocol):

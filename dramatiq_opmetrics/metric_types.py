@@ -37,6 +37,17 @@ class MetricType(enum.StrEnum):
     #: plausible time (not a number, not finite, in the future or absurdly old): its wait time is not
     #: recorded; ``value`` is always 1. Labelled with ``actor`` and ``queue``.
     CLOCK_SKEW = "clock_skew"
+    #: Seconds since the oldest ready message of a queue became due (sent, or the end of its delay), at
+    #: sampling time; 0 for an empty queue. Labelled with ``queue``. Sampled with ``queue_depth`` by one
+    #: process of the fleet per interval; Redis and StubBroker only (see :mod:`~dramatiq_opmetrics.queue_depth`).
+    OLDEST_MESSAGE_AGE = "oldest_message_age"
+    #: Worker threads of one worker process at sampling time (a count), labelled with ``host`` and
+    #: ``queues`` (the queues it consumes). Every worker process records one per queue depth interval, so
+    #: the samples of an interval count the workers online.
+    WORKER_THREADS = "worker_threads"
+    #: Worker threads of one worker process processing a message at sampling time (a count), labelled like
+    #: ``worker_threads``: utilisation is ``busy_threads`` / ``worker_threads``.
+    BUSY_THREADS = "busy_threads"
 
 
 #: The name of the database enum type (PostgreSQL) that holds :class:`MetricType` values.

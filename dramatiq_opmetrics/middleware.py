@@ -23,6 +23,7 @@ from .metric_types import MetricType
 from .queue_depth import check_queue_names
 from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, QueueDepthSampler, check_interval_s
 from .recording import current_actor, set_default_target
+from .worker_sampler import WorkerSampler
 from .writer import (
     DEFAULT_FLUSH_INTERVAL_S,
     DEFAULT_MAX_RETRY_BACKOFF_S,
@@ -146,9 +147,11 @@ class OpMetrics(Middleware):
         without an answer for ``flush_interval_s`` plus this long is cut and retried; default
         ``$OPMETRICS_STATEMENT_TIMEOUT_S``, else
         :data:`~dramatiq_opmetrics.database.DEFAULT_STATEMENT_TIMEOUT_S` (30 s).
-      queue_depth_interval_s(float | None): seconds between queue depth samples, taken by one worker process
-        of the whole fleet per interval (:class:`~dramatiq_opmetrics.QueueDepthSampler`); 0 turns sampling
-        off; default ``$OPMETRICS_QUEUE_DEPTH_INTERVAL_S``, else
+      queue_depth_interval_s(float | None): seconds between queue depth and oldest-message age samples,
+        taken by one worker process of the whole fleet per interval
+        (:class:`~dramatiq_opmetrics.QueueDepthSampler`), and between the ``worker_threads`` and
+        ``busy_threads`` samples that every worker process records (:class:`~dramatiq_opmetrics.WorkerSampler`);
+        0 turns both off; default ``$OPMETRICS_QUEUE_DEPTH_INTERVAL_S``, else
         :data:`~dramatiq_opmetrics.queue_depth_sampler.DEFAULT_QUEUE_DEPTH_INTERVAL_S` (15 s).
       queues(sequence of str): queues whose depth is sampled besides the broker's declared ones.
       max_label_sets_per_metric(int | None): distinct label sets per metric type this process records;
@@ -216,6 +219,8 @@ class OpMetrics(Middleware):
         self.queues = check_queue_names(queues)
         #: This worker process's queue depth sampler, made when the worker boots.
         self.queue_depth_sampler: QueueDepthSampler | None = None
+        #: This worker process's sampler of its threads, made when the worker has booted.
+        self.worker_sampler: WorkerSampler | None = None
         set_default_target(self)
 
     def __repr__(self) -> str:
@@ -257,9 +262,19 @@ class OpMetrics(Middleware):
             )
             self.queue_depth_sampler.start()
 
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Start sampling this process's worker threads (they exist from now on)."""
+        if self.queue_depth_interval_s:
+            self.worker_sampler = WorkerSampler(worker, self.buffer.add_many, interval_s=self.queue_depth_interval_s)
+            self.worker_sampler.start()
+
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        """Note when the worker started to stop: the shutdown timeout counts from here."""
+        """Note when the worker started to stop (the shutdown timeout counts from here) and stop sampling
+        the worker threads: a stopping process drops out of the series at once."""
         self._shutdown_started_s = monotonic()
+        sampler, self.worker_sampler = self.worker_sampler, None
+        if sampler is not None:
+            sampler.stop()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         """Stop the queue depth sampler, write everything buffered and stop the writer thread.

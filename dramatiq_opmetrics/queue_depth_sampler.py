@@ -1,4 +1,5 @@
-"""``QueueDepthSampler``: fleet-wide queue depth, one sample per queue and state per interval."""
+"""``QueueDepthSampler``: fleet-wide queue depth (one sample per queue and state) and oldest-message age (one
+per queue) per interval."""
 
 from __future__ import annotations
 
@@ -17,8 +18,16 @@ from .interval_claims import (
     LocalIntervalClaim,
     RedisIntervalClaim,
     interval_start,
+    run_at_interval_starts,
 )
-from .queue_depth import broker_identity, canonical_queue_names, check_queue_names, depth_reader_for, depth_samples
+from .queue_depth import (
+    broker_identity,
+    canonical_queue_names,
+    check_queue_names,
+    depth_reader_for,
+    depth_samples,
+    oldest_age_samples,
+)
 
 #: Seconds between two queue depth samples of the fleet.
 DEFAULT_QUEUE_DEPTH_INTERVAL_S = 15.0
@@ -57,8 +66,10 @@ class QueueDepthSampler:
     Every process of the fleet may run a sampler: at each wall-clock multiple of ``interval_s`` (so every
     host agrees on the intervals) each one tries to claim the interval, and only the one that claims it
     reads the depths and hands ``queue_depth`` samples (labels ``queue`` and ``state``: ``ready``,
-    ``delayed``, ``dead`` and, where the broker can tell, ``in_flight``) to ``sink``. Fifty workers still
-    write one sample per queue and state per interval.
+    ``delayed``, ``dead`` and, where the broker can tell, ``in_flight``) to ``sink``, with one
+    ``oldest_message_age`` sample per queue (seconds since its oldest ready message became due, 0 when it
+    has none; Redis and StubBroker only, see :mod:`dramatiq_opmetrics.queue_depth`) read in the same round
+    trip. Fifty workers still write one sample per queue and state per interval.
 
     The claim is a ``SET NX PX`` key in the broker's namespace on a Redis broker, else a row in the metrics
     database's ``opmetrics_interval_claims`` table when ``engine`` is given; without either, every process
@@ -143,8 +154,9 @@ class QueueDepthSampler:
         now = at or dt.datetime.now(dt.UTC)
         if not self.claimer.claim(self.job, interval_start(now, self.interval_s), self.interval_s):
             return None
-        depths = self.reader.read(self.queues())
-        new_samples = depth_samples(depths, dt.datetime.now(dt.UTC))
+        snapshot = self.reader.snapshot(self.queues())
+        read_at = dt.datetime.now(dt.UTC)  # the ages are measured at the moment the samples are stamped with
+        new_samples = depth_samples(snapshot.depths, read_at) + oldest_age_samples(snapshot.oldest_due_ms, read_at)
         if new_samples:
             self.sink(new_samples)
         return new_samples
@@ -194,13 +206,8 @@ class QueueDepthSampler:
             logger.info("The queue depth sampler is still in a pass after %g s; leaving it to end.", timeout_s)
 
     def _run(self, stop: threading.Event) -> None:
-        next_start = interval_start(dt.datetime.now(dt.UTC), self.interval_s) + dt.timedelta(seconds=self.interval_s)
         try:
-            while not stop.wait(max((next_start - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)):
-                # After a long pause (a suspended host) sample the current interval, not the missed ones.
-                at = max(next_start, interval_start(dt.datetime.now(dt.UTC), self.interval_s))
-                self.sample_logging_errors(at)
-                next_start = at + dt.timedelta(seconds=self.interval_s)
+            run_at_interval_starts(stop, self.interval_s, self.sample_logging_errors)
         finally:
             if self.reader is not None:
                 self.reader.close()

@@ -6,7 +6,9 @@ histograms, never from averaged daily percentiles.
 
 Each metric type is grouped by the labels that matter for it (:data:`GROUP_BY`): ``processing_time`` by
 actor and queue with the share of attempts that raised, ``error`` by actor, queue, exception class and
-outcome, ``queue_depth`` by queue and state, token counts by model, ``confidence`` by bucket.
+outcome, ``queue_depth`` by queue and state, token counts by model, ``confidence`` by bucket,
+``oldest_message_age`` by queue, ``worker_threads`` and ``busy_threads`` by host and consumed queues (one
+"workers" table in the text report, with the utilisation busy / threads).
 
 JSON shape (``dramatiq-opmetrics report --json``; stable: keys are only ever added)::
 
@@ -19,6 +21,7 @@ JSON shape (``dramatiq-opmetrics report --json``; stable: keys are only ever add
           "unit": "ms",
           "group_by": ["actor", "queue"],
           "rows": [                     # largest count first (queue_depth: by queue and state,
+                                        # oldest_message_age, worker_threads, busy_threads: by labels,
                                         # confidence: highest bucket first)
             {"labels": {"actor": "send_email", "queue": "emails"},
              "count": 1204, "sum": 183020.5, "min": 3.1, "max": 950.2, "avg": 152.0,
@@ -67,6 +70,9 @@ GROUP_BY: Mapping[MetricType, tuple[str, ...]] = {
     MetricType.DROPPED_SAMPLES: (),
     MetricType.REJECTED_SAMPLES: ("metric_type", "reason"),
     MetricType.CLOCK_SKEW: ("actor", "queue"),
+    MetricType.OLDEST_MESSAGE_AGE: ("queue",),
+    MetricType.WORKER_THREADS: ("host", "queues"),
+    MetricType.BUSY_THREADS: ("host", "queues"),
 }
 
 #: The unit of each metric type's values, as the report names it.
@@ -82,6 +88,9 @@ UNITS: Mapping[MetricType, str] = {
     MetricType.DROPPED_SAMPLES: "samples",
     MetricType.REJECTED_SAMPLES: "samples",
     MetricType.CLOCK_SKEW: "messages",
+    MetricType.OLDEST_MESSAGE_AGE: "s",
+    MetricType.WORKER_THREADS: "threads",
+    MetricType.BUSY_THREADS: "threads",
 }
 
 #: The labels the report can filter on (``--actor``, ``--queue``, ``--model``).
@@ -99,6 +108,8 @@ NO_RANGE_METRICS = "No metrics recorded in this range."
 TEXT_WIDTH = 80
 
 _TOKEN_TYPES = (MetricType.PROMPT_TOKENS, MetricType.COMPLETION_TOKENS)
+#: Shown together in one "workers" table: threads online, busy threads and their ratio.
+_WORKER_TYPES = (MetricType.WORKER_THREADS, MetricType.BUSY_THREADS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +248,8 @@ def _in_report_order(metric_type: MetricType, rows: list[ReportRow]) -> list[Rep
     """Queues in name order, confidence buckets from the highest, everything else the largest count first."""
     if metric_type is MetricType.QUEUE_DEPTH:
         return sorted(rows, key=lambda row: (row.stats.labels.get("queue", ""), _state_order(row.stats.labels)))
+    if metric_type in (MetricType.OLDEST_MESSAGE_AGE, *_WORKER_TYPES):
+        return sorted(rows, key=lambda row: sorted(row.stats.labels.items()))
     if metric_type is MetricType.CONFIDENCE:
         return sorted(rows, key=lambda row: row.stats.labels.get("bucket", ""), reverse=True)
     return sorted(rows, key=lambda row: (-row.stats.count, sorted(row.stats.labels.items())))
@@ -325,11 +338,13 @@ def render_text(report: Report, *, width: int = TEXT_WIDTH) -> str:
         lines.append(NO_RANGE_METRICS if report.database_has_metrics else NO_METRICS_YET)
         return "\n".join(lines)
     for metric_type, rows in report.metrics.items():
-        if not rows or metric_type in _TOKEN_TYPES:
+        if not rows or metric_type in _TOKEN_TYPES or metric_type in _WORKER_TYPES:
             continue
         lines += ["", *_section(metric_type, rows, width)]
     if any(report.metrics.get(metric_type) for metric_type in _TOKEN_TYPES):
         lines += ["", *_token_section(report, width)]
+    if report.metrics.get(MetricType.WORKER_THREADS):
+        lines += ["", *_workers_section(report, width)]
     return "\n".join(lines)
 
 
@@ -343,6 +358,7 @@ _TITLES: Mapping[MetricType, str] = {
     MetricType.DROPPED_SAMPLES: "dropped samples (buffer full)",
     MetricType.REJECTED_SAMPLES: "rejected samples (refused by the database; the rest were written)",
     MetricType.CLOCK_SKEW: "clock skew (messages with an implausible due time: no wait time recorded)",
+    MetricType.OLDEST_MESSAGE_AGE: "oldest-message age (s the oldest ready message had waited, per sample)",
 }
 
 #: Metric types whose every value is 1, so only their count tells anything.
@@ -368,6 +384,9 @@ def _section(metric_type: MetricType, rows: Sequence[ReportRow], width: int) -> 
     if metric_type is MetricType.CONFIDENCE:
         headers.append("share")
     headers += ["avg", "p50", "p95", "p99"]
+    with_max = metric_type is MetricType.OLDEST_MESSAGE_AGE  # how bad it got matters more than the average
+    if with_max:
+        headers.append("max")
     total_count = sum(stats.count for stats in all_stats)
     body = []
     for row in rows:
@@ -378,6 +397,8 @@ def _section(metric_type: MetricType, rows: Sequence[ReportRow], width: int) -> 
         if metric_type is MetricType.CONFIDENCE:
             cells.append(_percent(stats.count / total_count))
         cells += [number(value) for value in (stats.avg, stats.p50, stats.p95, stats.p99)]
+        if with_max:
+            cells.append(number(stats.max))
         body.append(cells)
     return [_TITLES[metric_type], *_table(headers, body, len(labels), width)]
 
@@ -396,6 +417,36 @@ def _token_section(report: Report, width: int) -> list[str]:
     ]
     grand_total = sum(stats.sum for entries in by_model.values() for _, stats in entries)
     title = f"token usage (tokens per call; {_count(grand_total)} tokens in total)"
+    return [title, *_table(headers, body, 2, width)]
+
+
+def _workers_section(report: Report, width: int) -> list[str]:
+    """Per host and queues: processes online on average, their threads, busy threads and utilisation.
+
+    Every worker process records one ``worker_threads`` and one ``busy_threads`` sample at the same moment
+    each interval, so the sum of busy over the sum of threads is the share of thread time spent busy.
+    """
+    busy_by_group = {
+        _key(row.stats.labels, GROUP_BY[MetricType.BUSY_THREADS]): row.stats
+        for row in report.metrics.get(MetricType.BUSY_THREADS, ())
+    }
+    headers = ["host", "queues", "samples", "threads", "busy avg", "busy max", "util%"]
+    body = []
+    for row in report.metrics[MetricType.WORKER_THREADS]:
+        threads = row.stats
+        busy = busy_by_group.get(_key(threads.labels, GROUP_BY[MetricType.WORKER_THREADS]))
+        utilisation = busy.sum / threads.sum if busy is not None and threads.sum else None
+        body.append(
+            [
+                *_label_cells(("host", "queues"), threads),
+                _count(threads.count),
+                _number(threads.avg),
+                _number(busy.avg if busy is not None else None),
+                _number(busy.max if busy is not None else None),
+                _percent(utilisation),
+            ]
+        )
+    title = "workers (threads per process and sample; util% = busy / threads)"
     return [title, *_table(headers, body, 2, width)]
 
 

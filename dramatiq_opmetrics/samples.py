@@ -268,3 +268,25 @@ def rejected_samples(count: int, *, metric_type: str, reason: str, recorded_at: 
     value = check_count("count", count)
     label_set = make_label_set({"metric_type": metric_type, "reason": reason})
     return [Sample(MetricType.REJECTED_SAMPLES, value, label_set, utc_timestamp(recorded_at))]
+
+
+def oldest_message_age(queue: str, age_s: float, *, recorded_at: datetime | None = None) -> list[Sample]:
+    """One ``oldest_message_age`` sample: the oldest ready message of ``queue`` became due ``age_s`` seconds ago."""
+    value = check_measurement("age_s", age_s)
+    return [Sample(MetricType.OLDEST_MESSAGE_AGE, value, _labels({"queue": queue}, {}), utc_timestamp(recorded_at))]
+
+
+def worker_threads(
+    threads: int, busy: int, *, host: str, queues: str, recorded_at: datetime | None = None
+) -> list[Sample]:
+    """Two samples of one worker process: its ``worker_threads`` and, of those, its ``busy_threads``."""
+    total = check_count("threads", threads)
+    busy_count = check_count("busy", busy)
+    if busy_count > total:
+        raise ValueError(f"busy threads ({busy_count}) cannot exceed worker threads ({total})")
+    label_set = _labels({"host": host, "queues": queues}, {})
+    at = utc_timestamp(recorded_at)
+    return [
+        Sample(MetricType.WORKER_THREADS, total, label_set, at),
+        Sample(MetricType.BUSY_THREADS, busy_count, label_set, at),
+    ]

@@ -54,3 +54,8 @@ def refuses() -> None:
 @dramatiq.actor
 def stale() -> None:
     client.incr(f"{NAMESPACE}:done:stale")
+
+
+@dramatiq.actor(queue_name="stuck")
+def stuck() -> None:
+    """On a queue that tests/test_fleet_signals.py gives no consumer (``dramatiq --queues``)."""

@@ -80,3 +80,26 @@ def stored_queue_depths(engine: Engine) -> list[tuple[str, str, float, dt.dateti
             select(OperationalMetric).where(OperationalMetric.metric_type == MetricType.QUEUE_DEPTH)
         ).all()
         return [(r.labels["queue"], r.labels["state"], r.value, r.recorded_at) for r in rows]
+
+
+def stored_oldest_ages(engine: Engine) -> list[tuple[str, float, dt.datetime]]:
+    """Every stored oldest_message_age sample as (queue, value, recorded_at), oldest first."""
+    with Session(engine) as session:
+        rows = session.scalars(
+            select(OperationalMetric)
+            .where(OperationalMetric.metric_type == MetricType.OLDEST_MESSAGE_AGE)
+            .order_by(OperationalMetric.recorded_at)
+        ).all()
+        return [(r.labels["queue"], r.value, r.recorded_at) for r in rows]
+
+
+def stored_worker_samples(engine: Engine) -> list[tuple[str, str, str, float, dt.datetime]]:
+    """Every stored worker_threads and busy_threads sample as (metric type, host, queues, value, recorded_at)."""
+    kinds = (MetricType.WORKER_THREADS, MetricType.BUSY_THREADS)
+    with Session(engine) as session:
+        rows = session.scalars(
+            select(OperationalMetric)
+            .where(OperationalMetric.metric_type.in_(kinds))
+            .order_by(OperationalMetric.recorded_at)
+        ).all()
+        return [(r.metric_type.value, r.labels["host"], r.labels["queues"], r.value, r.recorded_at) for r in rows]

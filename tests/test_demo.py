@@ -59,6 +59,8 @@ def check_demo_data(url: URL, lines: list[str]) -> None:
     assert today_counts["error"] == retried + dead
     assert final_errors == dead
     assert today_counts["queue_depth"] > 0
+    assert today_counts["oldest_message_age"] > 0
+    assert today_counts["worker_threads"] == today_counts["busy_threads"] > 0
     assert today_counts["prompt_tokens"] == today_counts["completion_tokens"] == today_counts["confidence"] > 0
     assert {key.split("model:")[1].split("|")[0] for key in models} == {"gpt-4o-mini", "claude-3-5-haiku"}
     assert rolled_up_days == 6
@@ -67,7 +69,8 @@ def check_demo_data(url: URL, lines: list[str]) -> None:
 def check_report(printed: list[str]) -> None:
     text = "\n".join(printed)
     lines = text.splitlines()
-    for title in ("processing time", "wait time", "errors", "queue depth", "confidence", "token usage"):
+    titles = ("processing time", "wait time", "errors", "queue depth", "confidence", "token usage")
+    for title in (*titles, "oldest-message age", "workers"):
         assert any(line.startswith(title) for line in lines), title
     for profile in PROFILES:
         assert profile.actor in text

@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 from alembic import command
 from dramatiq_opmetrics import MetricsCollector, samples
 from dramatiq_opmetrics.database import make_engine
+from dramatiq_opmetrics.labels import make_label_set
+from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.migrate import (
     VERSION_TABLE,
     alembic_config,
@@ -20,6 +22,8 @@ from dramatiq_opmetrics.migrate import (
     script_location,
     upgrade,
 )
+from dramatiq_opmetrics.rollup import rollup
+from dramatiq_opmetrics.samples import Sample
 from dramatiq_opmetrics.writer import write_samples
 
 OUR_TABLES = {
@@ -112,7 +116,7 @@ def test_our_migrations_live_beside_an_applications_own_alembic_history(sqlite_u
     engine = create_engine(sqlite_url)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "app1"
-        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0003"
+        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0004"
     engine.dispose()
 
 
@@ -148,8 +152,38 @@ def test_downgrading_0003_deletes_only_the_rows_of_its_metric_types_and_upgradin
             kinds = connection.execute(text("SELECT CAST(metric_type AS TEXT) FROM operational_metrics")).scalars()
             assert list(kinds) == ["processing_time"]
         upgrade(database_url)
-        assert current_revision(database_url) == "0003"
+        assert current_revision(database_url) == "0004"
         with engine.begin() as connection:
             write_samples(connection, samples.rejected_samples(1, metric_type="error", reason="DataError"))
+    finally:
+        engine.dispose()
+
+
+def test_every_metric_type_is_stored_raw_and_daily_and_downgrading_0004_deletes_only_its_three(
+    database_url: URL,
+) -> None:
+    new_types = {MetricType.OLDEST_MESSAGE_AGE, MetricType.WORKER_THREADS, MetricType.BUSY_THREADS}
+    upgrade(database_url)
+    two_days_ago = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0) - dt.timedelta(days=2)
+    label_set = make_label_set({"queue": "q"})
+    engine = make_engine(database_url)
+
+    def stored_types(table: str) -> set[str]:
+        with engine.connect() as connection:
+            return set(connection.execute(text(f"SELECT DISTINCT CAST(metric_type AS TEXT) FROM {table}")).scalars())
+
+    try:
+        with engine.begin() as connection:
+            write_samples(connection, [Sample(kind, 1.0, label_set, two_days_ago) for kind in MetricType])
+        rollup(engine)
+        everything = {kind.value for kind in MetricType}
+        assert stored_types("operational_metrics") == stored_types("operational_metrics_daily") == everything
+
+        downgrade(database_url, "0003")
+        remaining = everything - {kind.value for kind in new_types}
+        assert stored_types("operational_metrics") == stored_types("operational_metrics_daily") == remaining
+        upgrade(database_url)
+        with engine.begin() as connection:
+            write_samples(connection, [Sample(kind, 2.0, label_set, two_days_ago) for kind in new_types])
     finally:
         engine.dispose()

@@ -272,3 +272,164 @@ def test_brokers_of_an_unknown_kind_have_no_reader() -> None:
 
     assert depth_reader_for(CustomBroker()) is None
     assert isinstance(depth_reader_for(StubBroker()), StubDepthReader)
+
+
+#: Milliseconds since the epoch a minute ago: the send time of the messages of the oldest-message tests.
+def a_minute_ago_ms() -> int:
+    return int(time.time() * 1000) - 60_000
+
+
+def sent_at(queue: str, timestamp_ms: int, **options: object) -> dramatiq.Message[object]:
+    return dramatiq.Message(
+        queue_name=queue, actor_name="noop", args=(), kwargs={}, options=dict(options), message_timestamp=timestamp_ms
+    )
+
+
+def test_redis_oldest_due_is_the_send_time_of_the_message_workers_get_next(
+    redis_broker: RedisBroker, unique_queue: Callable[[str], str]
+) -> None:
+    queue, empty = unique_queue("q"), unique_queue("empty")
+    redis_broker.declare_queue(queue)
+    sent_ms = a_minute_ago_ms()
+    for offset_ms in (0, 1_000, 2_000):
+        redis_broker.enqueue(sent_at(queue, sent_ms + offset_ms))
+    redis_broker.enqueue(sent_at(queue, sent_ms - 30_000), delay=LONG_DELAY_MS)  # delayed: not ready
+    reader = RedisDepthReader(redis_broker.client, redis_broker.namespace)
+
+    assert reader.snapshot([queue, empty]).oldest_due_ms == {queue: sent_ms, empty: None}
+
+    consumer = redis_broker.consume(queue, prefetch=1, timeout=1000)
+    taken = next(consumer)
+    assert taken is not None and taken.message_timestamp == sent_ms
+    assert reader.snapshot([queue]).oldest_due_ms == {queue: sent_ms + 1_000}  # the taken one is in flight
+    consumer.ack(taken)
+    assert reader.snapshot([queue]).oldest_due_ms == {queue: sent_ms + 1_000}
+
+
+def test_redis_oldest_due_of_a_delayed_or_retried_message_is_the_end_of_its_delay(
+    redis_broker: RedisBroker, unique_queue: Callable[[str], str]
+) -> None:
+    queue = unique_queue("q")
+    redis_broker.declare_queue(queue)
+    sent_ms = a_minute_ago_ms()
+    redis_broker.enqueue(sent_at(queue, sent_ms, opmetrics_due_ms=sent_ms + 45_000))
+
+    oldest = RedisDepthReader(redis_broker.client, redis_broker.namespace).snapshot([queue]).oldest_due_ms
+
+    assert oldest == {queue: sent_ms + 45_000}
+
+
+def test_redis_queue_with_only_messages_in_flight_has_no_oldest_ready_message(
+    redis_broker: RedisBroker, unique_queue: Callable[[str], str]
+) -> None:
+    queue = unique_queue("q")
+    consumer = fill(redis_broker, queue, ready=0, delayed=1, dead=0, in_flight=2)
+
+    snapshot = RedisDepthReader(redis_broker.client, redis_broker.namespace).snapshot([queue])
+
+    assert snapshot.depths[queue] == {READY: 0, DELAYED: 1, DEAD: 0, IN_FLIGHT: 2}
+    assert snapshot.oldest_due_ms == {queue: None}
+    assert consumer is not None
+
+
+def test_redis_head_that_is_not_a_dramatiq_message_is_unknown_and_the_depths_are_still_read(
+    redis_broker: RedisBroker, unique_queue: Callable[[str], str]
+) -> None:
+    garbled, orphan, fine = unique_queue("garbled"), unique_queue("orphan"), unique_queue("fine")
+    key = f"{redis_broker.namespace}:{garbled}"
+    redis_broker.client.rpush(key, "id-1")
+    redis_broker.client.hset(f"{key}.msgs", "id-1", b"\xff not json")
+    redis_broker.client.rpush(f"{redis_broker.namespace}:{orphan}", "id-without-message")
+    sent_ms = a_minute_ago_ms()
+    redis_broker.declare_queue(fine)
+    redis_broker.enqueue(sent_at(fine, sent_ms))
+
+    snapshot = RedisDepthReader(redis_broker.client, redis_broker.namespace).snapshot([garbled, orphan, fine])
+
+    assert snapshot.oldest_due_ms == {fine: sent_ms}
+    assert snapshot.depths[garbled][READY] == snapshot.depths[orphan][READY] == 1
+
+
+def test_redis_reads_depths_and_heads_of_every_queue_in_one_round_trip(
+    redis_broker: RedisBroker, unique_queue: Callable[[str], str]
+) -> None:
+    queues = [unique_queue(f"q{i}") for i in range(50)]
+    for queue in queues:
+        redis_broker.declare_queue(queue)
+        redis_broker.enqueue(message(queue))
+    client = counting_client(REDIS_URL)
+    try:
+        client.ping()
+        before = CountingConnection.sends
+        snapshot = RedisDepthReader(client, redis_broker.namespace).snapshot(queues)
+        assert CountingConnection.sends - before == 1
+        assert len(snapshot.oldest_due_ms) == 50
+        assert all(due is not None for due in snapshot.oldest_due_ms.values())
+    finally:
+        client.close()
+
+
+def test_stub_oldest_due_is_the_head_of_its_queue() -> None:
+    broker = StubBroker()
+    broker.declare_queue("q")
+    broker.declare_queue("empty")
+    sent_ms = a_minute_ago_ms()
+    broker.enqueue(sent_at("q", sent_ms))
+    broker.enqueue(sent_at("q", sent_ms + 500))
+
+    assert StubDepthReader(broker).snapshot(["q", "empty", "never-declared"]).oldest_due_ms == {
+        "q": sent_ms,
+        "empty": None,
+        "never-declared": None,
+    }
+
+
+def test_rabbitmq_snapshot_reads_no_oldest_message_and_leaves_the_messages_as_they_were(
+    rabbitmq_broker: RabbitmqBroker, unique_queue: Callable[[str], str]
+) -> None:
+    queue = unique_queue("q")
+    fill(rabbitmq_broker, queue, ready=2, delayed=0, dead=0)
+    reader = RabbitmqDepthReader(rabbitmq_broker.parameters)
+    try:
+        snapshot = reader.snapshot([queue])
+    finally:
+        reader.close()
+
+    assert snapshot.depths[queue][READY] == 2
+    assert snapshot.oldest_due_ms == {}
+    assert [redelivered for redelivered in take_all(queue)] == [False, False]
+
+
+def test_rabbitmq_has_no_way_to_peek_a_head_basic_get_and_requeue_marks_it_redelivered(
+    rabbitmq_broker: RabbitmqBroker, unique_queue: Callable[[str], str]
+) -> None:
+    """Why RabbitMQ records no oldest_message_age: reading the head means taking it and giving it back."""
+    queue = unique_queue("q")
+    fill(rabbitmq_broker, queue, ready=2, delayed=0, dead=0)
+    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    try:
+        channel = connection.channel()
+        method, _, _ = channel.basic_get(queue, auto_ack=False)
+        assert method is not None
+        # While the reader holds the head, a worker gets the message behind it.
+        assert channel.queue_declare(queue, passive=True).method.message_count == 1
+        channel.basic_nack(method.delivery_tag, requeue=True)
+    finally:
+        connection.close()
+
+    assert take_all(queue) == [True, False]  # back at the head, but marked redelivered for its worker
+
+
+def take_all(queue: str) -> list[bool]:
+    """Take every ready message of ``queue`` (acknowledging it); return their ``redelivered`` flags in order."""
+    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    flags = []
+    try:
+        channel = connection.channel()
+        while True:
+            method, _, _ = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return flags
+            flags.append(bool(method.redelivered))
+    finally:
+        connection.close()

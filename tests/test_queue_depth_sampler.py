@@ -33,6 +33,7 @@ from dramatiq_opmetrics.interval_claims import (
     RedisIntervalClaim,
     interval_start,
 )
+from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, QueueDepthSampler
 from dramatiq_opmetrics.samples import Sample
 
@@ -50,7 +51,18 @@ class Collect:
         self.passes.append(list(new_samples))
 
     def depths(self, index: int = -1) -> dict[tuple[str, str], float]:
-        return {(s.label_set.labels["queue"], s.label_set.labels["state"]): s.value for s in self.passes[index]}
+        return {
+            (s.label_set.labels["queue"], s.label_set.labels["state"]): s.value
+            for s in self.passes[index]
+            if s.metric_type is MetricType.QUEUE_DEPTH
+        }
+
+    def ages(self, index: int = -1) -> dict[str, float]:
+        return {
+            s.label_set.labels["queue"]: s.value
+            for s in self.passes[index]
+            if s.metric_type is MetricType.OLDEST_MESSAGE_AGE
+        }
 
 
 def message(queue: str) -> dramatiq.Message[object]:
@@ -177,7 +189,7 @@ def test_the_thread_samples_once_at_each_wall_clock_interval() -> None:
     starts = [interval_start(samples[0].recorded_at, 0.2) for samples in sink.passes]
     assert len(set(starts)) == len(starts)
     assert all(later > earlier for earlier, later in itertools.pairwise(starts))
-    assert all(len(samples) == 4 for samples in sink.passes)
+    assert all(len(samples) == 4 + 1 for samples in sink.passes)  # 4 states and the oldest-message age
 
 
 def test_a_broker_outage_is_logged_once_per_interval_and_sampling_resumes_after_it(
@@ -412,3 +424,44 @@ def test_three_worker_processes_for_three_intervals_store_three_samples_per_queu
     }
     per_interval = Counter((q, s, interval_start(at, FLEET_INTERVAL_S)) for q, s, _, at in stored)
     assert set(per_interval.values()) == {1}
+
+
+def test_a_redis_pass_records_each_queues_oldest_message_age_exactly_and_0_for_an_empty_queue(
+    redis_broker: RedisBroker, unique_queue: Callable[[str], str]
+) -> None:
+    queue, empty = unique_queue("q"), unique_queue("empty")
+    redis_broker.declare_queue(queue)
+    redis_broker.declare_queue(empty)
+    sent_ms = int(time.time() * 1000) - 120_000
+    for offset_ms in (0, 10_000):
+        redis_broker.enqueue(message(queue).copy(message_timestamp=sent_ms + offset_ms))
+    sink = Collect()
+
+    before_s = time.time()
+    made = QueueDepthSampler(redis_broker, sink).sample()
+    after_s = time.time()
+
+    assert made is not None
+    ages = sink.ages()
+    assert ages[empty] == 0
+    assert before_s - sent_ms / 1000 <= ages[queue] <= after_s - sent_ms / 1000  # exact within the sampling time
+    (stamped,) = {s.recorded_at for s in made}
+    assert ages[queue] == pytest.approx(stamped.timestamp() - sent_ms / 1000, abs=1e-6)
+
+
+def test_a_rabbitmq_pass_records_depths_and_no_oldest_message_age(
+    rabbitmq_broker: RabbitmqBroker, unique_queue: Callable[[str], str]
+) -> None:
+    queue = unique_queue("q")
+    rabbitmq_broker.declare_queue(queue)
+    rabbitmq_broker.enqueue(message(queue))
+    sink = Collect()
+    sampler = QueueDepthSampler(rabbitmq_broker, sink)
+    try:
+        made = sampler.sample(AT)
+    finally:
+        sampler.stop()
+
+    assert made is not None
+    assert sink.depths()[(queue, "ready")] == 1
+    assert sink.ages() == {}

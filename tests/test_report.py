@@ -19,6 +19,7 @@ from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.query import MetricStats, query_metrics
 from dramatiq_opmetrics.report import Report, ReportRow, render_json, render_text, report_range, report_to_dict
 from dramatiq_opmetrics.rollup import rollup
+from dramatiq_opmetrics.writer import write_samples
 
 SINCE, UNTIL = dt.date(2026, 11, 21), dt.date(2026, 11, 27)
 
@@ -329,3 +330,35 @@ def test_rejected_samples_and_clock_skew_roll_up_and_are_reported(
     assert "rejected samples (refused by the database" in text
     assert any(line.split() == ["prompt_tokens", "DataError", "10"] for line in text.splitlines())
     assert "clock skew" in text
+
+
+def test_the_report_shows_oldest_message_age_and_workers_with_their_utilisation(
+    engine: Engine, migrated_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recorded = []
+    for second, (age_s, busy) in enumerate([(0.0, 1), (12.5, 3), (40.0, 4)]):
+        when = at(TODAY) + dt.timedelta(seconds=15 * second)
+        recorded += samples.oldest_message_age("emails", age_s, recorded_at=when)
+        for host in ("web-1", "web-2"):
+            recorded += samples.worker_threads(4, busy, host=host, queues="emails,reports", recorded_at=when)
+    with engine.begin() as connection:
+        write_samples(connection, recorded)
+
+    assert main(["report", "--database-url", url_text(migrated_url)]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    age_header = next(line for line in lines if line.startswith("queue") and line.endswith("max"))
+    age_row = next(line for line in lines if line.startswith("emails"))
+    assert age_header.split() == ["queue", "count", "avg", "p50", "p95", "p99", "max"]
+    assert age_row.split()[1] == "3" and age_row.split()[-1] == "40.0"
+    assert "workers (threads per process and sample; util% = busy / threads)" in text
+    worker_rows = [line.split() for line in lines if line.startswith("web-")]
+    assert worker_rows == [[host, "emails,reports", "3", "4.0", "2.7", "4.0", "66.7%"] for host in ("web-1", "web-2")]
+
+    data = report_json(migrated_url, capsys=capsys)
+    assert data["metrics"]["oldest_message_age"]["unit"] == "s"
+    assert data["metrics"]["oldest_message_age"]["rows"][0]["max"] == 40.0
+    threads = data["metrics"]["worker_threads"]
+    assert threads["group_by"] == ["host", "queues"] and threads["unit"] == "threads"
+    assert [row["sum"] for row in data["metrics"]["busy_threads"]["rows"]] == [8.0, 8.0]

@@ -16,7 +16,7 @@ from conftest import RABBITMQ_URL, REDIS_URL
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, xq_name
-from raw_samples import stored_queue_depths
+from raw_samples import stored_oldest_ages, stored_queue_depths
 from sqlalchemy.engine import URL
 
 from dramatiq_opmetrics.cli import main
@@ -75,6 +75,15 @@ def stored_depths(url: URL) -> list[tuple[str, str, float, dt.datetime]]:
         engine.dispose()
 
 
+def stored_ages(url: URL) -> list[tuple[str, float, dt.datetime]]:
+    """Every stored oldest_message_age sample as (queue, value, recorded_at)."""
+    engine = make_engine(url)
+    try:
+        return stored_oldest_ages(engine)
+    finally:
+        engine.dispose()
+
+
 def test_once_writes_one_sample_per_queue_and_state_to_the_database(
     migrated_url: URL,
     redis_broker: RedisBroker,
@@ -83,19 +92,25 @@ def test_once_writes_one_sample_per_queue_and_state_to_the_database(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     emails, extra = unique_queue("emails"), unique_queue("extra")
-    for _ in range(4):
-        redis_broker.enqueue(message(emails))
+    sent_ms = time.time() * 1000 - 90_000
+    for index in range(4):
+        redis_broker.enqueue(message(emails).copy(message_timestamp=int(sent_ms) + index))
     redis_broker.enqueue(message(emails), delay=600_000)
     spec = broker_module(redis_module_source(redis_broker.namespace, [emails]))
 
     status = sample_queues_once(spec, migrated_url, "--queue", extra)
 
     assert status == 0
-    assert "sampled 2 queues: 8 samples" in capsys.readouterr().out
+    assert "sampled 2 queues: 10 samples" in capsys.readouterr().out
     assert sorted((q, s, v) for q, s, v, _ in stored_depths(migrated_url)) == sorted(
         [(emails, "ready", 4), (emails, "delayed", 1), (emails, "dead", 0), (emails, "in_flight", 0)]
         + [(extra, state, 0) for state in ("ready", "delayed", "dead", "in_flight")]
     )
+    ages = {queue: (value, recorded_at) for queue, value, recorded_at in stored_ages(migrated_url)}
+    assert ages.keys() == {emails, extra}
+    assert ages[extra][0] == 0
+    age_s, recorded_at = ages[emails]
+    assert age_s == pytest.approx(recorded_at.timestamp() - int(sent_ms) / 1000, abs=0.002)
 
 
 def test_once_again_in_the_same_interval_writes_nothing(
