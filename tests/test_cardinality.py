@@ -10,6 +10,7 @@ import tracemalloc
 
 import dramatiq
 import pytest
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
 from raw_samples import raw_counts
 from sqlalchemy import Engine, func, select
@@ -170,3 +171,25 @@ def test_a_worker_recording_100000_label_sets_stays_within_the_memory_bound_of_i
     with postgres_engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(LabelSet)).scalar_one() == 10_001
     assert sum(raw_counts(postgres_engine).values()) == 200_000
+
+
+def test_the_middlewares_cache_of_message_labels_stays_within_the_cap_whatever_the_actor_names(
+    sqlite_url: URL,
+) -> None:
+    opmetrics = OpMetrics(sqlite_url, max_label_sets_per_metric=5)
+    broker = StubBroker()
+    # A producer sending messages of 50 actor names, none declared here, then 20 that are no valid label.
+    for name in [f"junk_{index}" for index in range(50)] + [f"nul\x00{index}" for index in range(20)]:
+        options = {"opmetrics_due_ms": 1.0}
+        message = MessageProxy(
+            dramatiq.Message(queue_name="default", actor_name=name, args=(), kwargs={}, options=options)
+        )
+        for _ in range(2):
+            opmetrics.before_process_message(broker, message)
+            opmetrics.after_process_message(broker, message)
+    cached = sum(len(queues) for queues in opmetrics._label_sets.values())
+    assert cached == 5
+    keys = [entry[1] for entry in opmetrics.buffer.take_batch()]
+    assert len(keys) == 100
+    assert keys.count(OVERFLOW) == 90
+    assert opmetrics.buffer.label_set_cap.folded_total == {"processing_time": 90}
