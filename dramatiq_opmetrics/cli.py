@@ -103,8 +103,8 @@ def _migrate_arguments(parser: argparse.ArgumentParser) -> None:
         help="migrate down to --revision (a revision, -1 for one step, or base to remove all)",
     )
     parser.epilog = (
-        "Concurrent runs wait for each other; the later one finds the work done. Run it on a direct"
-        " connection to PostgreSQL, not through PgBouncer in transaction pooling mode."
+        "All migrations run in one transaction. Concurrent runs wait for each other and the later one finds"
+        " the work done. Through PgBouncer in transaction pooling mode, add ?prepare_threshold=none to the URL."
     )
 
 

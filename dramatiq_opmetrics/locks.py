@@ -3,14 +3,12 @@
 Advisory locks are database-wide, so each key is derived from the lock's name *and* the current schema:
 two installations in different schemas of one database never block each other. On other backends there
 are no advisory locks; SQLite serialises writers by itself, so :func:`try_advisory_xact_lock` returns True
-and :func:`advisory_xact_lock` and :func:`advisory_session_lock` return at once.
+and :func:`advisory_xact_lock` returns at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Iterator
 
 from sqlalchemy import Connection, text
 
@@ -38,29 +36,3 @@ def try_advisory_xact_lock(connection: Connection, name: str) -> bool:
         return True
     taken = connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _key(connection, name)})
     return bool(taken.scalar_one())
-
-
-@contextlib.contextmanager
-def advisory_session_lock(connection: Connection, name: str) -> Iterator[None]:
-    """Hold the session-level lock ``name`` for the ``with`` block, across the connection's transactions.
-
-    Waits for the lock, then commits, so that the block starts outside a transaction. The lock is released
-    at the end of the block; if the block raises, the connection is closed, which releases it too. It needs
-    one server session for the whole block, so it does not work through a pooler in transaction mode
-    (PgBouncer's ``pool_mode = transaction``).
-    """
-    if connection.dialect.name != "postgresql":
-        yield
-        return
-    key = _key(connection, name)
-    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-    connection.commit()
-    try:
-        yield
-    except BaseException:
-        # The session may be unusable now; closing it releases the lock all the same.
-        connection.invalidate()
-        raise
-    connection.rollback()
-    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-    connection.commit()
