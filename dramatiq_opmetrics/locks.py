@@ -3,7 +3,7 @@
 Advisory locks are database-wide, so each key is derived from the lock's name *and* the current schema:
 two installations in different schemas of one database never block each other. On other backends there
 are no advisory locks; SQLite serialises writers by itself, so :func:`try_advisory_xact_lock` returns True
-and :func:`advisory_xact_lock` returns at once.
+and :func:`advisory_xact_lock` returns at once, and :func:`write_xact_lock` takes the database's write lock.
 """
 
 from __future__ import annotations
@@ -36,3 +36,17 @@ def try_advisory_xact_lock(connection: Connection, name: str) -> bool:
         return True
     taken = connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _key(connection, name)})
     return bool(taken.scalar_one())
+
+
+def write_xact_lock(connection: Connection, name: str) -> None:
+    """Serialise with every other holder of ``name`` until the transaction ends: the advisory lock
+    ``name`` on PostgreSQL; on SQLite the database's write lock, which every writer shares.
+
+    Call it first in a transaction: on SQLite it starts an immediate (write) transaction, waiting up to the
+    busy timeout.
+    """
+    if connection.dialect.name == "sqlite":
+        if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    advisory_xact_lock(connection, name)

@@ -28,7 +28,7 @@ from alembic import command
 
 from .config import resolve_database_url
 from .database import engine_for
-from .locks import advisory_xact_lock
+from .locks import write_xact_lock
 from .partitions import DEFAULT_PARTITION_DAYS_AHEAD, ensure_partitions
 
 #: The Alembic version table of dramatiq-opmetrics' migrations.
@@ -76,10 +76,7 @@ def migration_connection(database_url: str | URL | None = None) -> Iterator[Conn
     ``statement_timeout`` on PostgreSQL if they are set.
     """
     with engine_for(database_url) as engine, engine.begin() as connection:
-        if connection.dialect.name == "sqlite":
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            advisory_xact_lock(connection, MIGRATE_LOCK)
+        write_xact_lock(connection, MIGRATE_LOCK)
         yield connection
 
 
