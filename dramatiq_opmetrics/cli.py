@@ -1,8 +1,10 @@
 """The ``dramatiq-opmetrics`` command line.
 
 Each subcommand is a thin shell around a library function; run ``dramatiq-opmetrics COMMAND --help``.
-Errors a user can fix (no database configured, database unreachable, not migrated) end the command with
-one line on standard error and exit status 2, never a traceback.
+Errors a user can fix (a bad or out-of-range argument, no database configured, a database that is
+unreachable, not migrated or not a database, a missing driver, an unknown revision) end the command with
+one line on standard error, ``dramatiq-opmetrics: error: ...``, and exit status 2, never a traceback.
+Arguments are checked against the limits below before anything touches the database.
 """
 
 from __future__ import annotations
@@ -12,14 +14,77 @@ import datetime as dt
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy import Engine
+from sqlalchemy.exc import DatabaseError, OperationalError, ProgrammingError
 
 from .config import ConfigurationError, redact_url, resolve_database_url
+
+#: The most days ``report --days`` and ``prune --retention-days`` take, and the longest report (about 100
+#: years).
+MAX_DAYS = 36_600
+#: The earliest date a day argument (``--since``, ``--until``, ``--date``) takes: nothing is recorded before.
+EARLIEST_DATE = dt.date(1970, 1, 1)
+#: The latest date a day argument takes.
+LATEST_DATE = dt.date(2999, 12, 31)
+#: The highest TCP port (``dashboard --port`` takes 1 to this).
+MAX_TCP_PORT = 65_535
 
 #: What each subcommand registers: its name, a one-line help, a function that adds its arguments and the
 #: function that runs it (returning the exit status).
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"dramatiq-opmetrics: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _whole_days(value: str) -> int:
+    """A number of days from 1 to :data:`MAX_DAYS`."""
+    try:
+        days = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of days, got {value!r}") from None
+    if not 1 <= days <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_DAYS:,} days, got {value}")
+    return days
+
+
+def _date(value: str) -> dt.date:
+    try:
+        day = dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {value!r}") from None
+    if not EARLIEST_DATE <= day <= LATEST_DATE:
+        raise argparse.ArgumentTypeError(f"expected a date from {EARLIEST_DATE} to {LATEST_DATE}, got {value}")
+    return day
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a TCP port number, got {value!r}") from None
+    if not 1 <= port <= MAX_TCP_PORT:
+        raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to {MAX_TCP_PORT}, got {value}")
+    return port
+
+
+def _interval_s(value: str) -> float:
+    from .queue_depth_sampler import check_interval_s
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    try:
+        return check_interval_s(seconds)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("interval_s", "the interval")) from None
 
 
 def _add_database_url(parser: argparse.ArgumentParser) -> None:
@@ -31,22 +96,34 @@ def _add_database_url(parser: argparse.ArgumentParser) -> None:
 
 def _migrate_arguments(parser: argparse.ArgumentParser) -> None:
     _add_database_url(parser)
-    parser.add_argument("--revision", default="head", help="target revision (default: head)")
+    parser.add_argument("--revision", help="target revision (default: head; with --downgrade: required)")
     parser.add_argument(
         "--downgrade",
         action="store_true",
-        help="migrate down to --revision (use --revision base to remove all)",
+        help="migrate down to --revision (a revision, -1 for one step, or base to remove all)",
+    )
+    parser.epilog = (
+        "All migrations run in one transaction. Concurrent runs wait for each other and the later one finds"
+        " the work done. Through PgBouncer in transaction pooling mode, add ?prepare_threshold=none to the URL."
     )
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from alembic.util import CommandError
+
     from . import migrate
 
+    if args.downgrade and args.revision is None:
+        return _fail("--downgrade needs --revision (a revision, -1 for one step, or base to remove all)")
     url = resolve_database_url(args.database_url)
-    if args.downgrade:
-        migrate.downgrade(url, args.revision)
-    else:
-        migrate.upgrade(url, args.revision)
+    revision = args.revision or "head"
+    try:
+        if args.downgrade:
+            migrate.downgrade(url, revision)
+        else:
+            migrate.upgrade(url, revision)
+    except CommandError as error:
+        return _fail(f"cannot migrate to revision {revision!r}: {_first_line(error)}")
     print(f"{redact_url(url)} is at revision {migrate.current_revision(url) or 'base'}")
     return 0
 
@@ -65,13 +142,6 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(args.database_url, args.broker_url)
-
-
-def _date(value: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {value!r}") from None
 
 
 def _rollup_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,9 +177,9 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="only print what would be removed")
     parser.add_argument(
         "--retention-days",
-        type=int,
+        type=_whole_days,
         default=DEFAULT_RETENTION_DAYS,
-        help=f"days of raw rows kept (default: {DEFAULT_RETENTION_DAYS})",
+        help=f"days of raw rows kept, 1 to {MAX_DAYS:,} (default: {DEFAULT_RETENTION_DAYS})",
     )
 
 
@@ -139,7 +209,9 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
 
     _add_database_url(parser)
     parser.add_argument(
-        "--days", type=int, help=f"the last N UTC days, today included (default: {DEFAULT_REPORT_DAYS})"
+        "--days",
+        type=_whole_days,
+        help=f"the last N UTC days, today included, N from 1 to {MAX_DAYS:,} (default: {DEFAULT_REPORT_DAYS})",
     )
     parser.add_argument("--since", type=_date, metavar="YYYY-MM-DD", help="first UTC day (inclusive)")
     parser.add_argument("--until", type=_date, metavar="YYYY-MM-DD", help="last UTC day (inclusive; default: today)")
@@ -158,6 +230,8 @@ def _report(args: argparse.Namespace) -> int:
 
     try:
         since, until = report.report_range(days=args.days, since=args.since, until=args.until)
+        if (until - since).days >= MAX_DAYS:
+            return _fail(f"a report covers at most {MAX_DAYS:,} days; --since {since} to --until {until} is longer")
         data = report.load_report(
             args.database_url,
             since,
@@ -172,14 +246,19 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _sample_queues_arguments(parser: argparse.ArgumentParser) -> None:
-    from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S
+    from .queue_depth_sampler import (
+        DEFAULT_QUEUE_DEPTH_INTERVAL_S,
+        MAX_QUEUE_DEPTH_INTERVAL_S,
+        MIN_QUEUE_DEPTH_INTERVAL_S,
+    )
 
     parser.add_argument("--broker", required=True, help="the broker to sample, as module:attribute")
     parser.add_argument(
         "--interval",
-        type=float,
+        type=_interval_s,
         default=DEFAULT_QUEUE_DEPTH_INTERVAL_S,
-        help=f"seconds between samples (default: {DEFAULT_QUEUE_DEPTH_INTERVAL_S:g})",
+        help=f"seconds between samples, {MIN_QUEUE_DEPTH_INTERVAL_S:g} to {MAX_QUEUE_DEPTH_INTERVAL_S:,g}"
+        f" (default: {DEFAULT_QUEUE_DEPTH_INTERVAL_S:g})",
     )
     parser.add_argument("--once", action="store_true", help="sample the current interval once and exit")
     parser.add_argument(
@@ -199,7 +278,7 @@ def _sample_queues(args: argparse.Namespace) -> int:
 def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
     _add_database_url(parser)
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=8070, help="TCP port (default: 8070)")
+    parser.add_argument("--port", type=_port, default=8070, help=f"TCP port, 1 to {MAX_TCP_PORT} (default: 8070)")
     parser.add_argument(
         "--allow-remote",
         action="store_true",
@@ -211,6 +290,7 @@ def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
 def _dashboard(args: argparse.Namespace) -> int:
     try:
         from .dashboard import create_app, serve
+        from .dashboard.server import check_binding
     except ImportError as error:
         raise ConfigurationError(
             f"the dashboard needs its extra ({error.name} is missing): pip install 'dramatiq-opmetrics[dashboard]'"
@@ -223,8 +303,23 @@ def _dashboard(args: argparse.Namespace) -> int:
         bearer_token=os.environ.get("OPMETRICS_DASHBOARD_TOKEN") or None,
         basic_auth=(user, password) if user and password else None,
     )
-    serve(app, args.host, args.port, allow_remote=args.allow_remote)
+    check_binding(app, args.host, allow_remote=args.allow_remote)
+    _check_database(app.data.engine)
+    try:
+        serve(app, args.host, args.port, allow_remote=args.allow_remote)
+    except OSError as error:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     return 0
+
+
+def _check_database(engine: Engine) -> None:
+    """Fail now, not at the first request, on a database that is unreachable or not migrated."""
+    from sqlalchemy import select
+
+    from .models import LabelSet
+
+    with engine.connect() as connection:
+        connection.execute(select(LabelSet.id).limit(1))
 
 
 #: The subcommands, in the order ``--help`` lists them.
@@ -246,7 +341,7 @@ COMMANDS: list[Command] = [
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand of :data:`COMMANDS`."""
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="dramatiq-opmetrics", description="Durable operational metrics for Dramatiq worker fleets."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -259,7 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    for argument in argv:
+        if not _is_text(argument):
+            return _fail(f"the argument {argument!r} is not valid UTF-8 text")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # --help, or an argument error already printed
+        return exit.code if isinstance(exit.code, int) else 2
     try:
         status: int = args.run(args)
     except ConfigurationError as error:
@@ -271,9 +373,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"cannot reach the metrics database: {_first_line(error.orig or error)}")
     except ProgrammingError as error:
         return _not_ready(error)
+    except DatabaseError as error:
+        # For example a SQLite file that is not a database.
+        return _fail(f"cannot use the metrics database: {_first_line(error.orig or error)}")
     except KeyboardInterrupt:
         return 130
     return status
+
+
+def _is_text(argument: str) -> bool:
+    """Whether ``argument`` is UTF-8 (Python decodes other bytes of the command line to lone surrogates)."""
+    try:
+        argument.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _first_line(error: BaseException) -> str:

@@ -3,14 +3,12 @@
 Advisory locks are database-wide, so each key is derived from the lock's name *and* the current schema:
 two installations in different schemas of one database never block each other. On other backends there
 are no advisory locks; SQLite serialises writers by itself, so :func:`try_advisory_xact_lock` returns True
-and :func:`advisory_xact_lock` and :func:`advisory_session_lock` return at once.
+and :func:`advisory_xact_lock` returns at once, and :func:`write_xact_lock` takes the database's write lock.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Iterator
 
 from sqlalchemy import Connection, text
 
@@ -40,27 +38,15 @@ def try_advisory_xact_lock(connection: Connection, name: str) -> bool:
     return bool(taken.scalar_one())
 
 
-@contextlib.contextmanager
-def advisory_session_lock(connection: Connection, name: str) -> Iterator[None]:
-    """Hold the session-level lock ``name`` for the ``with`` block, across the connection's transactions.
+def write_xact_lock(connection: Connection, name: str) -> None:
+    """Serialise with every other holder of ``name`` until the transaction ends: the advisory lock
+    ``name`` on PostgreSQL; on SQLite the database's write lock, which every writer shares.
 
-    Waits for the lock, then commits, so that the block starts outside a transaction. The lock is released
-    at the end of the block; if the block raises, the connection is closed, which releases it too. It needs
-    one server session for the whole block, so it does not work through a pooler in transaction mode
-    (PgBouncer's ``pool_mode = transaction``).
+    Call it first in a transaction: on SQLite it starts an immediate (write) transaction, waiting up to the
+    busy timeout.
     """
-    if connection.dialect.name != "postgresql":
-        yield
+    if connection.dialect.name == "sqlite":
+        if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
         return
-    key = _key(connection, name)
-    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-    connection.commit()
-    try:
-        yield
-    except BaseException:
-        # The session may be unusable now; closing it releases the lock all the same.
-        connection.invalidate()
-        raise
-    connection.rollback()
-    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-    connection.commit()
+    advisory_xact_lock(connection, name)

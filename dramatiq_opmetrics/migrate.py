@@ -4,12 +4,13 @@ The migration scripts travel inside the wheel (``dramatiq_opmetrics/alembic``); 
 the top-level ``alembic/`` folder. They keep their own version table, :data:`VERSION_TABLE`, so they never
 touch an application's own Alembic history in the same database.
 
-Concurrent runs (every worker host running ``dramatiq-opmetrics migrate`` at deploy time) serialise: on
-PostgreSQL under a session-level advisory lock (:data:`MIGRATE_LOCK`, per schema), on SQLite in one
-immediate (write) transaction. The run that waited finds the work done and does nothing. Because of that
-lock, and because migrations change the schema, run them on a direct connection to PostgreSQL, not
-through a pooler in transaction mode (PgBouncer's ``pool_mode = transaction``): its server connections
-change between transactions, so the lock would not hold (session mode is fine).
+Each run is one transaction (PostgreSQL and SQLite both change their schema transactionally): it applies
+every migration or none. Concurrent runs (every worker host running ``dramatiq-opmetrics migrate`` at
+deploy time) serialise on a lock taken first in that transaction: on PostgreSQL a transaction-level
+advisory lock (:data:`MIGRATE_LOCK`, per schema), on SQLite the database's write lock (an immediate
+transaction). The run that waited finds the work done and does nothing. Nothing depends on the session
+outside that transaction, so ``migrate`` also works through PgBouncer in transaction pooling mode, given
+what every connection through it needs (see :func:`~dramatiq_opmetrics.database.make_engine`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from alembic import command
 
 from .config import resolve_database_url
 from .database import engine_for
-from .locks import advisory_session_lock
+from .locks import write_xact_lock
 from .partitions import DEFAULT_PARTITION_DAYS_AHEAD, ensure_partitions
 
 #: The Alembic version table of dramatiq-opmetrics' migrations.
@@ -68,20 +69,15 @@ def alembic_config(database_url: str | URL | None = None, *, connection: Connect
 
 @contextlib.contextmanager
 def migration_connection(database_url: str | URL | None = None) -> Iterator[Connection]:
-    """A connection to migrate on, holding the lock that serialises migrations; committed at the end.
+    """A connection in the transaction of one migration run, holding the lock that serialises migration
+    runs; committed at the end of the block, rolled back if it raises.
 
-    On PostgreSQL the block runs outside a transaction (Alembic makes one per migration); on SQLite it runs
-    in one immediate transaction, which waits for another migration's to end (up to the busy timeout).
+    Waiting for the lock counts against the busy timeout on SQLite, and against ``lock_timeout`` and
+    ``statement_timeout`` on PostgreSQL if they are set.
     """
-    with engine_for(database_url, maintenance=True) as engine, engine.connect() as connection:
-        if connection.dialect.name == "sqlite":
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-            yield connection
-            connection.commit()
-            return
-        with advisory_session_lock(connection, MIGRATE_LOCK):
-            yield connection
-            connection.commit()
+    with engine_for(database_url, maintenance=True) as engine, engine.begin() as connection:
+        write_xact_lock(connection, MIGRATE_LOCK)
+        yield connection
 
 
 def upgrade(

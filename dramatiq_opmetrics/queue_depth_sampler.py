@@ -33,6 +33,8 @@ from .queue_depth import (
 DEFAULT_QUEUE_DEPTH_INTERVAL_S = 15.0
 #: The shortest interval accepted, in seconds.
 MIN_QUEUE_DEPTH_INTERVAL_S = 0.1
+#: The longest interval accepted, in seconds (a day).
+MAX_QUEUE_DEPTH_INTERVAL_S = 86_400.0
 #: Seconds :meth:`QueueDepthSampler.stop` waits for the sampling thread to finish.
 STOP_TIMEOUT_S = 5.0
 
@@ -43,15 +45,19 @@ logger = logging.getLogger(__name__)
 
 
 def check_interval_s(interval_s: object) -> float:
-    """Return ``interval_s`` as a float if it is a number of at least :data:`MIN_QUEUE_DEPTH_INTERVAL_S`.
+    """Return ``interval_s`` as a float if it is a number from :data:`MIN_QUEUE_DEPTH_INTERVAL_S` to
+    :data:`MAX_QUEUE_DEPTH_INTERVAL_S`.
 
     Raises:
       ValueError: naming the problem otherwise.
     """
     if isinstance(interval_s, bool) or not isinstance(interval_s, int | float):
         raise ValueError(f"interval_s must be a number of seconds, got {interval_s!r}")
-    if not interval_s >= MIN_QUEUE_DEPTH_INTERVAL_S:
-        raise ValueError(f"interval_s must be at least {MIN_QUEUE_DEPTH_INTERVAL_S} s, got {interval_s!r}")
+    if not MIN_QUEUE_DEPTH_INTERVAL_S <= interval_s <= MAX_QUEUE_DEPTH_INTERVAL_S:
+        raise ValueError(
+            f"interval_s must be from {MIN_QUEUE_DEPTH_INTERVAL_S} to {MAX_QUEUE_DEPTH_INTERVAL_S:g} s,"
+            f" got {interval_s!r}"
+        )
     return float(interval_s)
 
 
@@ -98,8 +104,8 @@ class QueueDepthSampler:
       claim(IntervalClaim | None): overrides how intervals are claimed.
 
     Raises:
-      ValueError: if ``interval_s`` is not a number of at least :data:`MIN_QUEUE_DEPTH_INTERVAL_S`, or a
-        queue name is not a non-empty string.
+      ValueError: if ``interval_s`` is not a number from :data:`MIN_QUEUE_DEPTH_INTERVAL_S` to
+        :data:`MAX_QUEUE_DEPTH_INTERVAL_S`, or a queue name is not a non-empty string.
     """
 
     def __init__(

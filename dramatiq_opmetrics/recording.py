@@ -3,6 +3,12 @@
 Both go into the same buffer as the :class:`~dramatiq_opmetrics.OpMetrics` middleware's samples. Inside an
 actor they are labelled with the current actor and queue (the middleware sets the context around each
 message); outside an actor they use the writer of the last ``OpMetrics`` made in this process.
+
+The context is a :class:`~contextvars.ContextVar` set in the worker thread, so async actors need nothing
+more: Dramatiq's ``AsyncIO`` middleware hands the coroutine to its event loop thread with
+``asyncio.run_coroutine_threadsafe``, whose ``call_soon_threadsafe`` copies the worker thread's context into
+the task, and tasks and ``asyncio.to_thread`` copy it further. Only threads that do not copy contexts
+(``threading.Thread``, ``loop.run_in_executor``) lose it.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from sqlalchemy import Connection, Engine, Table, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .aggregate import Aggregate, aggregate_raw, raw_counts_by_day
-from .locks import advisory_xact_lock
+from .locks import write_xact_lock
 from .models import LabelSet, OperationalMetricDaily
 from .partitions import DEFAULT_PARTITION_DAYS_AHEAD, day_bounds, ensure_partitions
 from .value_lists import in_values
@@ -81,11 +81,7 @@ def lock_for_rollup(connection: Connection) -> None:
 
     Call it first in a transaction: on SQLite it starts an immediate (write) transaction.
     """
-    if connection.dialect.name == "sqlite":
-        if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        return
-    advisory_xact_lock(connection, ROLLUP_LOCK)
+    write_xact_lock(connection, ROLLUP_LOCK)
 
 
 def daily_totals(connection: Connection, day: dt.date | None = None) -> dict[dt.date, int]:

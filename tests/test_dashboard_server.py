@@ -12,6 +12,7 @@ import pytest
 from command_line import run_command, url_text
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
+from tcp_proxy import free_port
 
 from dramatiq_opmetrics.cli import main
 from dramatiq_opmetrics.config import ConfigurationError
@@ -77,7 +78,7 @@ def test_the_base_package_imports_and_says_how_to_get_the_dashboard_without_web_
 def test_the_command_serves_the_dashboard_on_loopback(sqlite_url: URL, tmp_path: Path) -> None:
     migrated_url = sqlite_url
     upgrade(migrated_url)
-    command = [sys.executable, "-m", "dramatiq_opmetrics.cli", "dashboard", "--port", "0"]
+    command = [sys.executable, "-m", "dramatiq_opmetrics.cli", "dashboard", "--port", str(free_port())]
     env = {**os.environ, "OPMETRICS_DATABASE_URL": url_text(migrated_url)}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

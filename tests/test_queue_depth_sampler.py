@@ -294,7 +294,7 @@ def test_rabbitmq_sampling_uses_a_connection_of_its_own_and_stop_closes_it(
     assert sink.depths() == {(queue, "ready"): 0, (queue, "delayed"): 0, (queue, "dead"): 0}
 
 
-@pytest.mark.parametrize("bad", [0, 0.05, -1, "15", True, float("nan")])
+@pytest.mark.parametrize("bad", [0, 0.05, -1, "15", True, float("nan"), float("inf"), 86_401])
 def test_a_bad_interval_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="interval_s must be"):
         QueueDepthSampler(StubBroker(), Collect(), interval_s=bad)  # type: ignore[arg-type]

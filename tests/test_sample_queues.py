@@ -168,13 +168,26 @@ def test_a_bad_broker_is_one_clear_line(
     assert error in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("option", "value"), [("--interval", "0"), ("--queue", "")])
+@pytest.mark.parametrize(
+    ("option", "value", "error"),
+    [
+        ("--interval", "0", "argument --interval: the interval must be from 0.1 to 86400 s, got 0.0"),
+        ("--queue", "", "bad --interval or --queue: queue names must be non-empty strings"),
+    ],
+)
 def test_a_bad_interval_or_queue_is_one_clear_line(
-    migrated_url: URL, broker_module: Callable[[str], str], capsys: pytest.CaptureFixture[str], option: str, value: str
+    migrated_url: URL,
+    broker_module: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+    option: str,
+    value: str,
+    error: str,
 ) -> None:
     spec = broker_module("from dramatiq.brokers.stub import StubBroker\nbroker = StubBroker()\n")
     assert sample_queues_once(spec, migrated_url, option, value) == 2
-    assert "dramatiq-opmetrics: error: bad --interval or --queue: " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("dramatiq-opmetrics: error: ") and err.count("\n") == 1
+    assert error in err
     assert stored_depths(migrated_url) == []
 
 

@@ -19,6 +19,8 @@ from .data import DEFAULT_RANGE_DAYS, RANGE_DAYS
 DEFAULT_HOST = "127.0.0.1"
 #: The TCP port the dashboard listens on when none is given.
 DEFAULT_PORT = 8070
+#: The highest TCP port (0 asks for any free port).
+MAX_PORT = 65_535
 #: Worker threads answering requests.
 DEFAULT_THREADS = 4
 #: Seconds between two rounds of preparing the overviews in the background (see :func:`keep_warm`).
@@ -71,9 +73,16 @@ def make_server(
     """A Waitress server for ``app`` on ``host:port`` (port 0: any free port), checked by :func:`check_binding`.
 
     Call its ``run()`` to serve and ``close()`` to stop; ``effective_port`` is the port it listens on.
+
+    Raises:
+      ConfigurationError: ``port`` is not from 0 to :data:`MAX_PORT` (Waitress would listen on another
+        port), or the binding is refused by :func:`check_binding`.
+      OSError: the port cannot be bound (for example, it is in use).
     """
     from waitress.server import create_server
 
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= MAX_PORT:
+        raise ConfigurationError(f"the dashboard's port must be from 0 to {MAX_PORT} (0: any free port), got {port!r}")
     check_binding(app, host, allow_remote=allow_remote)
     return create_server(app, host=host, port=port, threads=threads, ident="dramatiq-opmetrics")
 
