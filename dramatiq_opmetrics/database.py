@@ -48,9 +48,11 @@ PREPARE_THRESHOLD_PARAMETER = "prepare_threshold"
 SQLITE_BUSY_TIMEOUT_S = 30
 #: Seconds a connection attempt to PostgreSQL may take (whole seconds, at least 2: libpq's rule).
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
-#: Seconds a statement may run before PostgreSQL cancels it (0: no limit): writes, claims, reports, pages.
+#: Seconds a statement may run before PostgreSQL cancels it (0: the server's own setting): writes, claims,
+#: reports, pages.
 DEFAULT_STATEMENT_TIMEOUT_S = 30.0
-#: Seconds a statement of the rollup, prune or migrations may run (0: no limit): they read whole days.
+#: Seconds a statement of the rollup, prune or migrations may run (0: the server's own setting): they read
+#: whole days.
 DEFAULT_MAINTENANCE_STATEMENT_TIMEOUT_S = 3600.0
 #: Seconds a connection may stay idle before TCP keepalive probes start.
 DEFAULT_KEEPALIVES_IDLE_S = 30.0
@@ -94,7 +96,8 @@ def make_engine(
         ``$DATABASE_URL``.
       connect_timeout_s(float | None): seconds a connection attempt may take (rounded up to whole seconds,
         at least 2); default ``$OPMETRICS_CONNECT_TIMEOUT_S``, else :data:`DEFAULT_CONNECT_TIMEOUT_S` (5).
-      statement_timeout_s(float | None): seconds a statement may run (0: no limit); default
+      statement_timeout_s(float | None): seconds a statement may run (0: sets none, so the server's own
+        setting applies, PostgreSQL's default being no limit); default
         ``$OPMETRICS_STATEMENT_TIMEOUT_S``, else :data:`DEFAULT_STATEMENT_TIMEOUT_S` (30); with
         ``maintenance``, ``$OPMETRICS_MAINTENANCE_STATEMENT_TIMEOUT_S``, else
         :data:`DEFAULT_MAINTENANCE_STATEMENT_TIMEOUT_S` (3,600).
@@ -108,7 +111,9 @@ def make_engine(
     Behind PgBouncer in transaction pooling mode, add ``?prepare_threshold=none`` to the URL
     (:data:`PREPARE_THRESHOLD_PARAMETER`): psycopg then never prepares statements on the server, where
     the next transaction may run on another connection. PgBouncer does not forward the ``options`` startup
-    parameter either: set a schema with ``ALTER ROLE ... SET search_path`` instead of ``?options=-csearch_path``.
+    parameter either: set a schema with ``ALTER ROLE ... SET search_path`` instead of ``?options=-csearch_path``,
+    and set ``statement_timeout_s`` to 0 (``$OPMETRICS_STATEMENT_TIMEOUT_S`` and
+    ``$OPMETRICS_MAINTENANCE_STATEMENT_TIMEOUT_S``) with ``ALTER ROLE ... SET statement_timeout`` instead.
 
     Raises:
       ConfigurationError: if no database URL is given or set, it cannot be parsed, its dialect or driver is
@@ -235,8 +240,10 @@ def postgresql_timeouts(
     parameters = {name: value for name, value in wanted.items() if name not in query}
     options = query.get("options", "")
     options = " ".join(options) if isinstance(options, tuple) else options
-    if "statement_timeout" not in options:
-        timeout_ms = round(resolve_statement_timeout_s(statement_timeout_s, maintenance=maintenance) * 1000)
+    timeout_ms = round(resolve_statement_timeout_s(statement_timeout_s, maintenance=maintenance) * 1000)
+    # 0 sends no startup option at all: the server's setting applies (the role's or database's, as behind
+    # PgBouncer, which refuses the ``options`` startup parameter).
+    if timeout_ms and "statement_timeout" not in options:
         # The URL's own options (a search_path, say) are kept: this connect argument replaces them.
         parameters["options"] = f"{options} -c statement_timeout={timeout_ms}".strip()
     return parameters

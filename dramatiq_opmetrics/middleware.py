@@ -143,7 +143,7 @@ class OpMetrics(Middleware):
       connect_timeout_s(float | None): seconds a connection attempt to the metrics database may take, for
         the writer and the queue depth sampler; default ``$OPMETRICS_CONNECT_TIMEOUT_S``, else
         :data:`~dramatiq_opmetrics.database.DEFAULT_CONNECT_TIMEOUT_S` (5 s).
-      statement_timeout_s(float | None): seconds a statement of theirs may run (0: no limit); a write
+      statement_timeout_s(float | None): seconds a statement of theirs may run (0: the server's setting); a write
         without an answer for ``flush_interval_s`` plus this long is cut and retried; default
         ``$OPMETRICS_STATEMENT_TIMEOUT_S``, else
         :data:`~dramatiq_opmetrics.database.DEFAULT_STATEMENT_TIMEOUT_S` (30 s).

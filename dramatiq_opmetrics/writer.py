@@ -217,8 +217,8 @@ class BackgroundWriter:
         :data:`DEFAULT_SHUTDOWN_TIMEOUT_S` (10).
       connect_timeout_s(float | None): seconds a connection attempt may take; default
         ``$OPMETRICS_CONNECT_TIMEOUT_S``, else 5 (see :func:`~dramatiq_opmetrics.database.make_engine`).
-      statement_timeout_s(float | None): seconds a statement may run on the server (0: no limit, the
-        watchdog then allows 30 s); default ``$OPMETRICS_STATEMENT_TIMEOUT_S``, else 30.
+      statement_timeout_s(float | None): seconds a statement may run on the server (0: the server's own
+        setting, the watchdog then allows 30 s); default ``$OPMETRICS_STATEMENT_TIMEOUT_S``, else 30.
       stall_timeout_s(float | None): seconds a write may go without an answer before the watchdog cuts
         its connection; default ``flush_interval_s`` plus the statement timeout (or plus 30 s without one).
 
@@ -248,7 +248,7 @@ class BackgroundWriter:
         self.shutdown_timeout_s = _positive("shutdown_timeout_s", shutdown_timeout_s)
         #: Seconds a connection attempt may take (whole seconds, as libpq takes them).
         self.connect_timeout_s = resolve_connect_timeout_s(connect_timeout_s)
-        #: Seconds a statement may run on the server (0: no limit).
+        #: Seconds a statement may run on the server (0: the server's own setting).
         self.statement_timeout_s = resolve_statement_timeout_s(statement_timeout_s)
         #: Seconds a write may go without an answer before the watchdog cuts its connection.
         self.stall_timeout_s = (

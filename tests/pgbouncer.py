@@ -36,6 +36,10 @@ QUERY_WAIT_TIMEOUT_S = 20
 MISSING = "pgbouncer is not installed (apt-get install pgbouncer; ./dev test installs it when run as root)"
 
 
+#: The statement timeout of the role the tests connect through PgBouncer as (what users set with ALTER ROLE).
+STATEMENT_TIMEOUT = "30s"
+
+
 def pgbouncer_binary() -> str:
     """The ``pgbouncer`` program; skips the test if it is missing, except in CI, where it fails."""
     binary = shutil.which("pgbouncer") or next(
@@ -99,6 +103,8 @@ class PgBouncer:
             admin.execute(f"CREATE ROLE {self.role} LOGIN")
             admin.execute(f"CREATE SCHEMA {self.role} AUTHORIZATION {self.role}")
             admin.execute(f"ALTER ROLE {self.role} SET search_path = {self.role}")
+            # PgBouncer refuses the ``options`` startup parameter: the statement timeout is the role's.
+            admin.execute(f"ALTER ROLE {self.role} SET statement_timeout = '{STATEMENT_TIMEOUT}'")
         try:
             self._start(binary)
         except BaseException:

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from dramatiq_opmetrics.config import ConfigurationError
-from dramatiq_opmetrics.database import check_driver, make_engine
+from dramatiq_opmetrics.database import check_driver, make_engine, postgresql_timeouts
 
 
 @pytest.mark.postgres
@@ -60,3 +60,11 @@ def test_the_drivers_dramatiq_opmetrics_installs_pass_the_check() -> None:
 
     check_driver(make_url("postgresql+psycopg://u@h/db"))
     check_driver(make_url("sqlite:///x.db"))
+
+
+def test_a_statement_timeout_of_0_sends_no_startup_option_so_the_servers_setting_applies() -> None:
+    url = URL.create("postgresql+psycopg", host="127.0.0.1", database="app")
+    assert "options" not in postgresql_timeouts(url, statement_timeout_s=0)
+    assert postgresql_timeouts(url, statement_timeout_s=2.5)["options"] == "-c statement_timeout=2500"
+    with_schema = url.update_query_dict({"options": "-csearch_path=metrics"})
+    assert postgresql_timeouts(with_schema, statement_timeout_s=0).get("options") is None

@@ -22,7 +22,7 @@ import pytest
 from command_line import BIN, run_command, url_text
 from conftest import POSTGRES_URL
 from dramatiq.brokers.stub import StubBroker
-from pgbouncer import PgBouncer
+from pgbouncer import STATEMENT_TIMEOUT, PgBouncer
 from raw_samples import at, insert_samples, raw_counts
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import ProgrammingError
@@ -43,8 +43,14 @@ MESSAGES = 300
 
 
 @pytest.fixture
-def bouncer(tmp_path: Path) -> Iterator[PgBouncer]:
-    """A PgBouncer of the test's own with an empty schema behind it."""
+def bouncer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PgBouncer]:
+    """A PgBouncer of the test's own with an empty schema behind it.
+
+    As the README says for PgBouncer, the engines set no statement timeout of their own (PgBouncer refuses
+    the ``options`` startup parameter): the role behind it has one.
+    """
+    monkeypatch.setenv("OPMETRICS_STATEMENT_TIMEOUT_S", "0")
+    monkeypatch.setenv("OPMETRICS_MAINTENANCE_STATEMENT_TIMEOUT_S", "0")
     with PgBouncer(POSTGRES_URL, tmp_path) as bouncer:
         yield bouncer
 
@@ -167,3 +173,10 @@ def test_rollup_report_and_dashboard_work_through_the_bouncer(
         process.terminate()
         process.wait(timeout=10)
     assert run_command([str(BIN / "dramatiq-opmetrics"), "prune", "--dry-run", *url]).returncode == 0
+
+
+def test_behind_pgbouncer_the_engines_send_no_startup_option_and_the_roles_statement_timeout_applies(
+    bouncer_engine: Engine,
+) -> None:
+    with bouncer_engine.connect() as connection:
+        assert connection.exec_driver_sql("SHOW statement_timeout").scalar_one() == STATEMENT_TIMEOUT
