@@ -50,7 +50,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from .aggregate import PERCENTILES, Aggregate, aggregate_raw, default_partition_counts
 from .labels import make_label_set
 from .metric_types import MetricType
-from .models import LabelSet, OperationalMetricDaily
+from .models import LabelSet, OperationalMetric, OperationalMetricDaily
 from .partitions import day_bounds, list_partitions
 from .sketch import Histogram
 from .value_lists import in_values
@@ -540,13 +540,31 @@ def days_not_rolled_up(connection: Connection, since: dt.date, until: dt.date) -
         .scalars()
         .all()
     )
-    with_raw = None
     if connection.dialect.name == "postgresql":
         with_raw = set(list_partitions(connection)) | set(default_partition_counts(connection))
+        return [day for day in sorted(with_raw) if since <= day <= until and day not in rolled_up]
+    # Elsewhere only the days between the range's first and last raw row can have raw rows: one indexed
+    # query, so a range of a century does not query each of its days.
+    raw = OperationalMetric.__table__
+    first, last = connection.execute(
+        select(func.min(raw.c.recorded_at), func.max(raw.c.recorded_at)).where(
+            raw.c.recorded_at >= day_bounds(since)[0], raw.c.recorded_at < day_bounds(until)[1]
+        )
+    ).one()
+    if first is None:
+        return []
+    day, last_day = _as_date(first), _as_date(last)
     days = []
-    day = since
-    while day <= until:
-        if day not in rolled_up and (with_raw is None or day in with_raw):
+    while day <= last_day:
+        if day not in rolled_up:
             days.append(day)
         day += dt.timedelta(days=1)
     return days
+
+
+def _as_date(value: dt.datetime | str) -> dt.date:
+    """The UTC day of a stored ``recorded_at`` (SQLite may hand back its text)."""
+    moment = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC)
+    return moment.date()
