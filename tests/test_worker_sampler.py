@@ -123,7 +123,7 @@ def test_the_thread_samples_once_at_each_wall_clock_interval(
 
 
 def test_a_bad_interval_is_refused() -> None:
-    with pytest.raises(ValueError, match="interval_s must be from 0.1 to 86400 s"):
+    with pytest.raises(ValueError, match=r"interval_s must be from 0\.1 to 86400 s"):
         WorkerSampler(object(), Collect(), interval_s=0.01)
 
 

@@ -22,16 +22,14 @@ Create Date: 2026-12-05
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-
 from alembic import op
+from dramatiq_opmetrics.metric_type_migrations import add_metric_types, remove_metric_types
 
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-ENUM_NAME = "opmetrics_metric_type"
 NEW_TYPES = ("oldest_message_age", "worker_threads", "busy_threads")
 OLD_TYPES = (
     "processing_time",
@@ -46,40 +44,11 @@ OLD_TYPES = (
     "rejected_samples",
     "clock_skew",
 )
-TABLES = ("operational_metrics", "operational_metrics_daily")
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    if bind.dialect.name == "postgresql":
-        statements = [f"ALTER TYPE {ENUM_NAME} ADD VALUE IF NOT EXISTS '{value}'" for value in NEW_TYPES]
-        if (bind.dialect.server_version_info or (0,)) >= (12,):
-            for statement in statements:
-                op.execute(statement)
-        else:
-            with op.get_context().autocommit_block():
-                for statement in statements:
-                    op.execute(statement)
-        return
-    _replace_check_constraint(OLD_TYPES, OLD_TYPES + NEW_TYPES)
+    add_metric_types(op, OLD_TYPES, NEW_TYPES)
 
 
 def downgrade() -> None:
-    bind = op.get_bind()
-    listed = ", ".join(f"'{value}'" for value in NEW_TYPES)
-    for table in TABLES:
-        op.execute(f"DELETE FROM {table} WHERE metric_type IN ({listed})")
-    if bind.dialect.name != "postgresql":
-        _replace_check_constraint(OLD_TYPES + NEW_TYPES, OLD_TYPES)
-
-
-def _replace_check_constraint(old: tuple[str, ...], new: tuple[str, ...]) -> None:
-    """Rebuild both tables with ``metric_type`` checked against ``new`` (SQLite's only way to alter a CHECK)."""
-    for table in TABLES:
-        with op.batch_alter_table(table, recreate="always") as batch:
-            batch.alter_column(
-                "metric_type",
-                existing_type=sa.Enum(*old, name=ENUM_NAME, create_constraint=True),
-                type_=sa.Enum(*new, name=ENUM_NAME, create_constraint=True),
-                existing_nullable=False,
-            )
+    remove_metric_types(op, OLD_TYPES, NEW_TYPES)
