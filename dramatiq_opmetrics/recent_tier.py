@@ -65,7 +65,7 @@ from .aggregate import BUCKET_KEY_SQL
 from .interval_claims import DatabaseIntervalClaim, IntervalClaim, interval_start
 from .locks import advisory_xact_lock
 from .metric_types import MetricType
-from .models import RAW_TABLE, RECENT_TABLE, OperationalMetric, RecentAggregate, RecentState
+from .models import RAW_ID_SEQUENCE, RAW_TABLE, RECENT_TABLE, OperationalMetric, RecentAggregate, RecentState
 from .rollup import lock_for_rollup
 from .sketch import KEY_MULTIPLIER, LN_2, MIN_INDEXABLE_VALUE, Histogram, bucket_key
 
@@ -282,7 +282,11 @@ def fold(
     floor = bucket_floor(now - dt.timedelta(days=retention_days), max(WIDTHS_MINUTES))
     with engine.begin() as connection:
         _lock(connection)
-        state = _state(connection, floor, now)
+        found = _state(connection, floor, horizon_wait_s)
+        if found is None:
+            logger.info("The recent tier is not started yet: writers are still in their transactions.")
+            return FoldResult(0, 0, floor, None, 0, time.perf_counter() - started)
+        state = found
         pruned = 0
         if floor > state.floor:
             pruned = connection.execute(delete(RecentAggregate).where(RecentAggregate.bucket_start < floor)).rowcount
@@ -294,7 +298,9 @@ def fold(
         upper = min(horizon, state.folded_id + chunk_ids)
         with engine.begin() as connection:
             _lock(connection)
-            state = _state(connection, floor, now)
+            found = _state(connection, floor, 0.0)
+            assert found is not None and not found.new  # saved by the first transaction
+            state = found
             if state.folded_id >= upper:
                 continue  # another folder did it meanwhile
             rows += _fold_ids(connection, state.folded_id, upper, state.floor)
@@ -342,7 +348,8 @@ def read_state(connection: Connection) -> tuple[int, dt.datetime] | None:
     return None if found is None else (int(found[0]), found[1])
 
 
-def _state(connection: Connection, floor: dt.datetime, now: dt.datetime) -> _State:
+def _state(connection: Connection, floor: dt.datetime, wait_s: float) -> _State | None:
+    """The fold's state, or a new one (None when writers' open transactions keep it from starting yet)."""
     found = connection.execute(
         select(RecentState.folded_id, RecentState.floor, RecentState.candidate_id, RecentState.candidate_holders).where(
             RecentState.id == _STATE_ID
@@ -352,10 +359,28 @@ def _state(connection: Connection, floor: dt.datetime, now: dt.datetime) -> _Sta
         return _State(*found)
     # First fold: start just below the oldest raw row inside the retention, not at id 0 (30 days of rows).
     raw = OperationalMetric.__table__
+    if connection.dialect.name != "postgresql":
+        first = connection.execute(select(func.min(raw.c.id)).where(raw.c.recorded_at >= floor)).scalar()
+        latest = connection.execute(select(func.max(raw.c.id))).scalar()
+        return _State((int(first) - 1) if first is not None else int(latest or 0), floor, None, None, new=True)
+    # Rows of writers still in their transactions are not visible yet, so the oldest visible row is not a safe
+    # start: every id handed out before now (the sequence's last value) must be committed or abandoned first.
+    last_value, is_called = connection.execute(text(f"SELECT last_value, is_called FROM {RAW_ID_SEQUENCE}")).one()
+    handed_out = int(last_value) if is_called else int(last_value) - 1
+    if not _writers_ended(connection, _writers(connection), wait_s):
+        return None
     first = connection.execute(select(func.min(raw.c.id)).where(raw.c.recorded_at >= floor)).scalar()
-    latest = connection.execute(select(func.max(raw.c.id))).scalar()
-    folded_id = (int(first) - 1) if first is not None else int(latest or 0)
+    folded_id = handed_out if first is None else min(int(first) - 1, handed_out)
     return _State(folded_id, floor, None, None, new=True)
+
+
+def _writers_ended(connection: Connection, open_writers: set[str], wait_s: float) -> bool:
+    """Wait up to ``wait_s`` seconds for the transactions ``open_writers`` to end; whether they all did."""
+    deadline = time.monotonic() + wait_s
+    while open_writers and time.monotonic() < deadline:
+        time.sleep(HORIZON_POLL_S)
+        open_writers &= _writers(connection)
+    return not open_writers
 
 
 def _save(connection: Connection, state: _State, now: dt.datetime) -> None:
@@ -405,11 +430,7 @@ def _horizon(connection: Connection, state: _State, wait_s: float) -> int:
     if newest <= horizon:
         return horizon
     open_writers = _writers(connection)
-    deadline = time.monotonic() + wait_s
-    while open_writers and time.monotonic() < deadline:
-        time.sleep(HORIZON_POLL_S)
-        open_writers &= _writers(connection)
-    if not open_writers:
+    if _writers_ended(connection, open_writers, wait_s):
         state.candidate_id = state.candidate_holders = None
         return newest
     if state.candidate_id is None:
