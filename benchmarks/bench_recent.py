@@ -138,7 +138,7 @@ def load_day(url: URL, now: dt.datetime, rows: int, label_sets: int) -> int:
                 "   * cos(2 * pi() * random())) ELSE 1 END,"
                 "  2 * (i %% %(label_sets)s) + 1 + CASE WHEN kind = 2 THEN 1 ELSE 0 END,"
                 "  (ARRAY['processing_time', 'wait_time', 'error'])[kind + 1]::opmetrics_metric_type"
-                " FROM generate_series(%(first)s, %(last)s - 1) AS i,"
+                " FROM generate_series(CAST(%(first)s AS bigint), %(last)s - 1) AS i,"
                 "  LATERAL (SELECT kind FROM generate_series(0, 2) AS kind"
                 "   WHERE kind < 2 OR (i * 7919) %% 1000 < %(error_permille)s) AS kinds",
                 {

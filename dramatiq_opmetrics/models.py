@@ -176,7 +176,8 @@ class RecentAggregate(Base):
     """The raw rows of one metric type and label set recorded in one bucket of ``width_minutes`` minutes.
 
     ``keys`` holds one histogram bucket key per value (:mod:`~dramatiq_opmetrics.recent_tier`), so that
-    folding more rows in appends to it and percentiles within 1% are read from it. On SQLite
+    folding more rows in appends to it and percentiles within 1% are read from it; ``p50``/``p95``/``p99``
+    hold them once computed (None until then, and again after more rows were folded in). On SQLite
     ``metric_type`` is plain text (this table is only written from the raw table, which checks it).
     """
 
@@ -191,6 +192,9 @@ class RecentAggregate(Base):
     min: Mapped[float] = mapped_column(Float)
     max: Mapped[float] = mapped_column(Float)
     keys: Mapped[list[int | None]] = mapped_column(KeysType)
+    p50: Mapped[float | None] = mapped_column(Float)
+    p95: Mapped[float | None] = mapped_column(Float)
+    p99: Mapped[float | None] = mapped_column(Float)
 
 
 class RecentState(Base):

@@ -61,13 +61,13 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 
-from .aggregate import BUCKET_KEY_SQL
+from .aggregate import BUCKET_KEY_SQL, PERCENTILES
 from .interval_claims import DatabaseIntervalClaim, IntervalClaim, interval_start
 from .locks import advisory_xact_lock
 from .metric_types import MetricType
 from .models import RAW_ID_SEQUENCE, RAW_TABLE, RECENT_TABLE, OperationalMetric, RecentAggregate, RecentState
 from .rollup import lock_for_rollup
-from .sketch import KEY_MULTIPLIER, LN_2, MIN_INDEXABLE_VALUE, Histogram, bucket_key
+from .sketch import KEY_MULTIPLIER, LN_2, MAPPING, MIN_INDEXABLE_VALUE, Histogram, _bucket_value, bucket_key
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ FOLD_LOCK = "recent_fold"
 FOLD_JOB = "recent_fold"
 
 _STATE_ID = 1
+#: Where the zero bucket (key None) sorts among stored keys: above every negative, below every positive one.
+_ZERO_SORT_KEY = NEGATIVE_KEY_BASE // 2
 _EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
@@ -117,6 +119,30 @@ def histogram_of_keys(keys: Iterable[int | None], into: Histogram | None = None)
         else:
             histogram.bins[key] += count
     return histogram
+
+
+def _sort_key(key: int | None) -> int:
+    return _ZERO_SORT_KEY if key is None else key
+
+
+def quantiles_of_keys(keys: Sequence[int | None], low: float, high: float) -> tuple[float | None, ...]:
+    """The :data:`~dramatiq_opmetrics.aggregate.PERCENTILES` of the values whose stored keys are ``keys``
+    (and whose extremes are ``low`` and ``high``): what :meth:`Histogram.quantiles` reads from their
+    histogram, clamped to the extremes, computed by sorting the keys (the value at rank ``floor(q * (n -
+    1))`` is the ``floor(q * (n - 1))``-th smallest key's bucket)."""
+    if not keys:
+        return (None,) * len(PERCENTILES)
+    ordered = sorted(keys, key=_sort_key)
+    last = len(ordered) - 1
+    return tuple(min(max(_key_value(ordered[math.floor(fraction * last)]), low), high) for fraction in PERCENTILES)
+
+
+def _key_value(key: int | None) -> float:
+    if key is None:
+        return 0.0
+    if key < NEGATIVE_KEY_BASE // 2:
+        return -_bucket_value(NEGATIVE_KEY_BASE - key)
+    return _bucket_value(key)
 
 
 def bucket_floor(at: dt.datetime, width_minutes: int) -> dt.datetime:
@@ -146,6 +172,7 @@ class BucketAggregate:
     min: float = math.inf
     max: float = -math.inf
     keys: list[int | None] = field(default_factory=list)
+    quantiles: tuple[float | None, ...] | None = None
 
     def add(self, value: float) -> None:
         """Count one value."""
@@ -280,6 +307,8 @@ def fold(
         raise ValueError("now must be timezone-aware")
     started = time.perf_counter()
     floor = bucket_floor(now - dt.timedelta(days=retention_days), max(WIDTHS_MINUTES))
+    # Buckets that ended before the current minute get their percentiles computed (a late sample reopens one).
+    settled_before = bucket_floor(now, 1)
     with engine.begin() as connection:
         _lock(connection)
         found = _state(connection, floor, horizon_wait_s)
@@ -303,7 +332,7 @@ def fold(
             state = found
             if state.folded_id >= upper:
                 continue  # another folder did it meanwhile
-            rows += _fold_ids(connection, state.folded_id, upper, state.floor)
+            rows += _fold_ids(connection, state.folded_id, upper, state.floor, settled_before)
             state.folded_id = upper
             _save(connection, state, now)
     result = FoldResult(
@@ -438,10 +467,15 @@ def _horizon(connection: Connection, state: _State, wait_s: float) -> int:
     return horizon
 
 
-def _fold_ids(connection: Connection, lower: int, upper: int, floor: dt.datetime) -> int:
-    """Add the raw rows with ids in ``(lower, upper]`` recorded from ``floor`` on to the tier; their count."""
+def _fold_ids(connection: Connection, lower: int, upper: int, floor: dt.datetime, settled_before: dt.datetime) -> int:
+    """Add the raw rows with ids in ``(lower, upper]`` recorded from ``floor`` on to the tier; their count.
+
+    Then compute the percentiles of the buckets that ended before ``settled_before`` and lack them (SQLite:
+    of every bucket written)."""
     if connection.dialect.name == "postgresql":
-        return _fold_in_postgres(connection, lower, upper, floor)
+        folded = _fold_in_postgres(connection, lower, upper, floor)
+        _settle_in_postgres(connection, settled_before)
+        return folded
     raw = OperationalMetric.__table__
     rows = connection.execute(
         select(raw.c.recorded_at, raw.c.metric_type, raw.c.label_set_id, raw.c.value).where(
@@ -478,7 +512,11 @@ def _fold_ids(connection: Connection, lower: int, upper: int, floor: dt.datetime
 
 
 def _values(aggregate: BucketAggregate) -> dict[str, object]:
+    p50, p95, p99 = quantiles_of_keys(aggregate.keys, aggregate.min, aggregate.max)
     return {
+        "p50": p50,
+        "p95": p95,
+        "p99": p99,
         "width_minutes": aggregate.width_minutes,
         "bucket_start": aggregate.bucket_start,
         "metric_type": aggregate.metric_type,
@@ -501,12 +539,48 @@ def _fold_in_postgres(connection: Connection, lower: int, upper: int, floor: dt.
         " ON CONFLICT (width_minutes, bucket_start, metric_type, label_set_id) DO UPDATE SET"
         " count = tier.count + excluded.count, sum = tier.sum + excluded.sum,"
         " min = least(tier.min, excluded.min), max = greatest(tier.max, excluded.max),"
-        " keys = tier.keys || excluded.keys)"
+        " keys = tier.keys || excluded.keys, p50 = NULL, p95 = NULL, p99 = NULL)"
         # The buckets of one width count every folded raw row once.
         f" SELECT COALESCE(sum(count), 0) FROM new WHERE width_minutes = {WIDTHS_MINUTES[0]}"
     )
     params = {**KEY_PARAMETERS, "lower": lower, "upper": upper, "floor": floor}
     return int(connection.execute(statement, params).scalar_one())
+
+
+def _value_sql(key: str) -> str:
+    """SQL of the representative value of stored key ``key``: :func:`_key_value`, the operations of
+    ``LogarithmicMapping.value`` in the same order."""
+    power = "power(CAST(2.0 AS float8), CAST({} AS float8) / CAST(:multiplier AS float8)) * CAST(:factor AS float8)"
+    return (
+        f"CASE WHEN {key} IS NULL THEN CAST(0.0 AS float8) WHEN {key} < :zero_sort"
+        f" THEN -({power.format(f':base - {key}')}) ELSE {power.format(key)} END"
+    )
+
+
+def _settle_in_postgres(connection: Connection, settled_before: dt.datetime) -> None:
+    """Compute the percentiles of the buckets that ended before ``settled_before`` and lack them."""
+    picks = ", ".join(
+        f"least(greatest({_value_sql(f'sorted[floor(CAST(:q{index} AS float8) * (n - 1))::integer + 1]')}, low), high)"
+        for index in range(len(PERCENTILES))
+    )
+    statement = text(
+        f"UPDATE {RECENT_TABLE} AS tier SET (p50, p95, p99) = (SELECT {picks})"
+        " FROM (SELECT u.width_minutes AS w, u.bucket_start AS b, u.metric_type AS t, u.label_set_id AS l,"
+        "   u.min AS low, u.max AS high, cardinality(u.keys) AS n,"
+        "   (SELECT array_agg(k ORDER BY COALESCE(k, :zero_sort)) FROM unnest(u.keys) AS k) AS sorted"
+        f"  FROM {RECENT_TABLE} AS u WHERE u.p50 IS NULL AND u.bucket_start < :settled_before"
+        "   AND u.bucket_start + u.width_minutes * INTERVAL '1 minute' <= :settled_before) AS settled"
+        " WHERE (tier.width_minutes, tier.bucket_start, tier.metric_type, tier.label_set_id)"
+        " = (settled.w, settled.b, settled.t, settled.l)"
+    )
+    params = {
+        **KEY_PARAMETERS,
+        "factor": 2.0 / (1 + MAPPING.gamma),
+        "zero_sort": _ZERO_SORT_KEY,
+        "settled_before": settled_before,
+        **{f"q{index}": fraction for index, fraction in enumerate(PERCENTILES)},
+    }
+    connection.execute(statement, params)
 
 
 class RecentTierFolder:

@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, select, text, tuple_
 
-from .aggregate import PERCENTILES
 from .labels import make_label_set
 from .metric_types import MetricType
 from .models import OperationalMetric, RecentAggregate
@@ -49,10 +49,9 @@ from .recent_tier import (
     aggregate_rows,
     aggregate_sql,
     bucket_floor,
-    histogram_of_keys,
+    quantiles_of_keys,
     read_state,
 )
-from .sketch import Histogram
 
 #: The most buckets one query may return per group (a week of minutes).
 MAX_SERIES_BUCKETS = 10_080
@@ -109,18 +108,13 @@ class StalledBucket:
 
 @dataclass
 class _Point:
-    count: int = 0
-    sums: list[float] = field(default_factory=list)
-    low: float = math.inf
-    high: float = -math.inf
-    histogram: Histogram = field(default_factory=Histogram)
+    parts: list[BucketAggregate] = field(default_factory=list)
 
-    def add(self, aggregate: BucketAggregate) -> None:
-        self.count += aggregate.count
-        self.sums.append(aggregate.sum)
-        self.low = min(self.low, aggregate.min)
-        self.high = max(self.high, aggregate.max)
-        histogram_of_keys(aggregate.keys, self.histogram)
+    def quantiles(self) -> tuple[float | None, ...]:
+        if len(self.parts) == 1 and self.parts[0].quantiles is not None:
+            return self.parts[0].quantiles
+        keys = [key for part in self.parts for key in part.keys]
+        return quantiles_of_keys(keys, min(part.min for part in self.parts), max(part.max for part in self.parts))
 
 
 def check_range(start: dt.datetime, end: dt.datetime, step: dt.timedelta) -> int:
@@ -193,9 +187,10 @@ def query_series(
         label_set_ids = matching_label_sets(connection, label_filter)[0] if label_filter else None
         if label_set_ids is not None and not label_set_ids:
             return []
-        aggregates = _read(connection, start, end, step_minutes, types, label_set_ids)
-        labels_of = labels_of_ids(connection, {aggregate.label_set_id for aggregate in aggregates})
-    return _points(aggregates, labels_of, start, end, step, step_minutes, wanted, group_by)
+        keys = None if group_by is None else tuple(group_by)
+        groups = _Grouping(connection, keys, step_minutes, wanted)
+        aggregates = _read(connection, start, end, step_minutes, types, label_set_ids, groups)
+    return _points(aggregates, groups, start, end, step)
 
 
 def _metric_type(metric_type: MetricType | str) -> MetricType:
@@ -218,8 +213,10 @@ def _read(
     step_minutes: int,
     types: set[MetricType] | None,
     label_set_ids: set[int] | None,
+    groups: _Grouping,
 ) -> list[BucketAggregate]:
-    """The tier's buckets and the raw rows it does not hold, as minute (or 10-minute) aggregates."""
+    """The tier's buckets and the raw rows it does not hold, as minute (or 10-minute) aggregates; the keys of
+    tier buckets are read only for points made of several buckets (or of one without its percentiles)."""
     for _ in range(MAX_READ_ATTEMPTS):
         state = read_state(connection)
         if state is None:
@@ -236,6 +233,9 @@ def _read(
                 (low, high, folded_id),
             ]
             aggregates += _raw(connection, [piece for piece in pieces if piece[0] < piece[1]], types, label_set_ids)
+            groups.learn({aggregate.label_set_id for aggregate in aggregates})
+            _add_keys(connection, aggregates, groups)
+        groups.learn({aggregate.label_set_id for aggregate in aggregates})
         # A fold committed during the reading would count its rows twice (or not at all): read again.
         if read_state(connection) == state:
             return aggregates
@@ -273,15 +273,88 @@ def _tier(
             tier.sum,
             tier.min,
             tier.max,
-            tier.keys,
+            tier.p50,
+            tier.p95,
+            tier.p99,
         ).where(tier.width_minutes == width, tier.bucket_start >= span_low, tier.bucket_start < span_high)
         if types is not None:
             query = query.where(tier.metric_type.in_(sorted(types)))
         if label_set_ids is not None:
             query = query.where(tier.label_set_id.in_(sorted(label_set_ids)))
         for row in connection.execute(query):
-            found.append(BucketAggregate(*row[:4], count=row[4], sum=row[5], min=row[6], max=row[7], keys=row[8]))
+            quantiles = None if row[8] is None else (row[8], row[9], row[10])
+            found.append(
+                BucketAggregate(*row[:4], count=row[4], sum=row[5], min=row[6], max=row[7], quantiles=quantiles)
+            )
     return found
+
+
+#: Tier buckets whose keys are read per statement.
+_KEYS_CHUNK = 1000
+
+
+def _add_keys(connection: Connection, aggregates: list[BucketAggregate], groups: _Grouping) -> None:
+    """Read the keys of the tier buckets that share their point with others or lack their percentiles."""
+    parts = Counter(point for point in map(groups.point, aggregates) if point is not None)
+    wanted: dict[tuple[int, dt.datetime, MetricType, int], BucketAggregate] = {}
+    for aggregate in aggregates:
+        point = groups.point(aggregate)
+        if aggregate.keys or point is None:  # raw rows' aggregates come with their keys
+            continue
+        if aggregate.quantiles is None or parts[point] > 1:
+            key = (aggregate.width_minutes, aggregate.bucket_start, aggregate.metric_type, aggregate.label_set_id)
+            wanted[key] = aggregate
+    tier = RecentAggregate
+    pk = tuple_(tier.width_minutes, tier.bucket_start, tier.metric_type, tier.label_set_id)
+    pending = list(wanted)
+    for first in range(0, len(pending), _KEYS_CHUNK):
+        query = select(tier.width_minutes, tier.bucket_start, tier.metric_type, tier.label_set_id, tier.keys).where(
+            pk.in_(pending[first : first + _KEYS_CHUNK])
+        )
+        for width, bucket_start, metric_type, label_set_id, keys in connection.execute(query):
+            found = wanted[(width, bucket_start, MetricType(metric_type), label_set_id)]
+            found.keys, found.quantiles = list(keys), None
+
+
+class _Grouping:
+    """Which point (metric type, group, bucket) each aggregate belongs to; label sets read once."""
+
+    def __init__(
+        self, connection: Connection, keys: tuple[str, ...] | None, step_minutes: int, wanted: MetricType | None
+    ) -> None:
+        self.connection = connection
+        self.keys = keys
+        self.step_minutes = step_minutes
+        self.wanted = wanted
+        self.labels_of: dict[int, Mapping[str, str]] = {}
+        self._groups: dict[int, tuple[tuple[str, str], ...]] = {}
+        self._buckets: dict[dt.datetime, dt.datetime] = {}
+
+    def learn(self, label_set_ids: set[int]) -> None:
+        unknown = label_set_ids - self.labels_of.keys()
+        if unknown:
+            self.labels_of.update(labels_of_ids(self.connection, unknown))
+
+    def group(self, label_set_id: int) -> tuple[tuple[str, str], ...] | None:
+        found = self._groups.get(label_set_id)
+        if found is None:
+            labels = self.labels_of.get(label_set_id)
+            if labels is None:
+                return None
+            found = self._groups[label_set_id] = _group(labels, self.keys)
+        return found
+
+    def bucket(self, start: dt.datetime) -> dt.datetime:
+        found = self._buckets.get(start)
+        if found is None:
+            found = self._buckets[start] = bucket_floor(start, self.step_minutes)
+        return found
+
+    def point(self, aggregate: BucketAggregate) -> tuple[MetricType, tuple[tuple[str, str], ...], dt.datetime] | None:
+        group = self.group(aggregate.label_set_id)
+        if group is None:
+            return None
+        return (aggregate.metric_type, group, self.bucket(aggregate.bucket_start))
 
 
 def _raw(
@@ -331,63 +404,53 @@ def _raw(
 
 def _points(
     aggregates: list[BucketAggregate],
-    labels_of: Mapping[int, Mapping[str, str]],
+    groups: _Grouping,
     start: dt.datetime,
     end: dt.datetime,
     step: dt.timedelta,
-    step_minutes: int,
-    wanted: MetricType | None,
-    group_by: Sequence[str] | None,
 ) -> list[SeriesPoint]:
-    groups: dict[tuple[MetricType, tuple[tuple[str, str], ...], dt.datetime], _Point] = {}
+    points: dict[tuple[MetricType, tuple[tuple[str, str], ...], dt.datetime], _Point] = {}
     errors: dict[tuple[tuple[tuple[str, str], ...], dt.datetime], int] = {}
-    keys = None if group_by is None else tuple(group_by)
     for aggregate in aggregates:
-        row_labels = labels_of.get(aggregate.label_set_id)
-        if row_labels is None:
+        key = groups.point(aggregate)
+        if key is None:
             continue
-        bucket = bucket_floor(aggregate.bucket_start, step_minutes)
-        chosen = _group(row_labels, keys)
         if aggregate.metric_type is MetricType.ERROR:
-            rate_group = chosen if keys is not None else _group(row_labels, None, drop=_ERROR_ONLY_LABELS)
-            errors[(rate_group, bucket)] = errors.get((rate_group, bucket), 0) + aggregate.count
-            if wanted is MetricType.PROCESSING_TIME:
+            labels = groups.labels_of[aggregate.label_set_id]
+            rate_group = key[1] if groups.keys is not None else _group(labels, None, drop=_ERROR_ONLY_LABELS)
+            errors[(rate_group, key[2])] = errors.get((rate_group, key[2]), 0) + aggregate.count
+            if groups.wanted is MetricType.PROCESSING_TIME:
                 continue
-        key = (aggregate.metric_type, chosen, bucket)
-        point = groups.get(key)
+        point = points.get(key)
         if point is None:
-            point = groups[key] = _Point()
-        point.add(aggregate)
-    points = []
-    for (row_type, chosen, bucket), point in groups.items():
-        total = math.fsum(point.sums)
-        quantiles = [
-            None if value is None else min(max(value, point.low), point.high)
-            for value in point.histogram.quantiles(PERCENTILES)
-        ]
-        error_rate = None
-        if row_type is MetricType.PROCESSING_TIME:
-            error_rate = errors.get((chosen, bucket), 0) / point.count
-        points.append(
+            point = points[key] = _Point()
+        point.parts.append(aggregate)
+    found = []
+    for (row_type, chosen, bucket), point in points.items():
+        parts = point.parts
+        count = sum(part.count for part in parts)
+        total = parts[0].sum if len(parts) == 1 else math.fsum(part.sum for part in parts)
+        p50, p95, p99 = point.quantiles()
+        found.append(
             SeriesPoint(
                 metric_type=row_type,
                 labels=dict(chosen),
                 start=max(bucket, start),
                 end=min(bucket + step, end),
-                count=point.count,
+                count=count,
                 sum=total,
-                min=point.low,
-                max=point.high,
-                avg=total / point.count,
-                p50=quantiles[0],
-                p95=quantiles[1],
-                p99=quantiles[2],
-                error_rate=error_rate,
+                min=min(part.min for part in parts),
+                max=max(part.max for part in parts),
+                avg=total / count,
+                p50=p50,
+                p95=p95,
+                p99=p99,
+                error_rate=errors.get((chosen, bucket), 0) / count if row_type is MetricType.PROCESSING_TIME else None,
             )
         )
     order = {member: index for index, member in enumerate(MetricType)}
-    points.sort(key=lambda point: (order[point.metric_type], sorted(point.labels.items()), point.start))
-    return points
+    found.sort(key=lambda point: (order[point.metric_type], sorted(point.labels.items()), point.start))
+    return found
 
 
 def _group(

@@ -13,12 +13,21 @@ from raw_samples import insert_samples
 from series_samples import fleet_samples
 from sqlalchemy import Engine, select, text
 
+from dramatiq_opmetrics.aggregate import PERCENTILES
 from dramatiq_opmetrics.interval_claims import DatabaseIntervalClaim
 from dramatiq_opmetrics.label_sets import resolve_label_set_ids
 from dramatiq_opmetrics.labels import make_label_set
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.models import OperationalMetric, RecentAggregate
-from dramatiq_opmetrics.recent_tier import FoldResult, RecentTierFolder, bucket_floor, fold, signed_bucket_key
+from dramatiq_opmetrics.recent_tier import (
+    FoldResult,
+    RecentTierFolder,
+    bucket_floor,
+    fold,
+    histogram_of_keys,
+    quantiles_of_keys,
+    signed_bucket_key,
+)
 from dramatiq_opmetrics.rollup import daily_totals, rollup
 from dramatiq_opmetrics.series import query_series
 
@@ -217,3 +226,27 @@ def test_a_schema_without_the_tier_tables_says_so(engine: Engine) -> None:
         connection.execute(text("DROP TABLE opmetrics_recent_state"))
     with pytest.raises(Exception, match="opmetrics_recent_state"):
         fold(engine, now=NOW)
+
+
+def test_stored_percentiles_are_those_of_the_buckets_histogram(engine: Engine) -> None:
+    rng = np.random.default_rng(8)
+    values = np.concatenate([rng.lognormal(2, 2, 3000), np.zeros(40), -rng.lognormal(1, 1, 60), [1e-300, 2**52]])
+    rng.shuffle(values)
+    start = NOW - dt.timedelta(minutes=40)
+    insert_samples(
+        engine,
+        [
+            (MetricType.CONFIDENCE, {"actor": f"a{index % 3}"}, float(value), start + dt.timedelta(seconds=index * 0.7))
+            for index, value in enumerate(values)
+        ],
+    )
+    fold(engine, now=NOW)
+    t = RecentAggregate
+    with engine.connect() as connection:
+        rows = connection.execute(select(t.keys, t.min, t.max, t.p50, t.p95, t.p99)).all()
+    assert len(rows) > 100
+    for keys, low, high, *stored in rows:
+        histogram = histogram_of_keys(keys)
+        expected = [min(max(value, low), high) for value in histogram.quantiles(PERCENTILES)]
+        assert stored == expected
+        assert list(quantiles_of_keys(keys, low, high)) == expected

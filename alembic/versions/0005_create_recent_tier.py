@@ -4,9 +4,11 @@ Why: charts of the last hours (1-minute buckets for an hour, 10-minute buckets f
 ``opmetrics_recent_aggregates`` instead of every raw row of the range, so they stay fast at fleet scale.
 One row per (width, bucket start, metric type, label set) holds the count, sum, min and max of the raw rows
 folded into it and the multiset of their histogram bucket keys (``keys``: an ``integer[]`` on PostgreSQL, a
-JSON list on SQLite), from which percentiles within 1% are read. ``opmetrics_recent_state`` (one row) holds
-the fold's watermark: every raw row with an id up to ``folded_id`` and a ``recorded_at`` from ``floor`` on
-is counted in the tier, exactly once. See ``dramatiq_opmetrics/recent_tier.py``.
+JSON list on SQLite), from which percentiles within 1% are read; ``p50``/``p95``/``p99`` are those
+percentiles once computed (NULL until then, and again when more rows are folded into the bucket).
+``opmetrics_recent_state`` (one row) holds the fold's watermark: every raw row with an id up to
+``folded_id`` and a ``recorded_at`` from ``floor`` on is counted in the tier, exactly once.
+See ``dramatiq_opmetrics/recent_tier.py``.
 
 The raw rows stay the source of truth: downgrading drops both tables and loses nothing.
 
@@ -49,9 +51,20 @@ def upgrade() -> None:
         sa.Column("min", sa.Float(), nullable=False),
         sa.Column("max", sa.Float(), nullable=False),
         sa.Column("keys", keys_type, nullable=False),
+        sa.Column("p50", sa.Float(), nullable=True),
+        sa.Column("p95", sa.Float(), nullable=True),
+        sa.Column("p99", sa.Float(), nullable=True),
         sa.PrimaryKeyConstraint(
             "width_minutes", "bucket_start", "metric_type", "label_set_id", name="pk_opmetrics_recent_aggregates"
         ),
+    )
+    # The fold computes the percentiles of the buckets that lack them: find those without a scan.
+    op.create_index(
+        "ix_opmetrics_recent_aggregates_unsettled",
+        "opmetrics_recent_aggregates",
+        ["bucket_start"],
+        postgresql_where=sa.text("p50 IS NULL"),
+        sqlite_where=sa.text("p50 IS NULL"),
     )
     op.create_table(
         "opmetrics_recent_state",
@@ -67,4 +80,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("opmetrics_recent_state")
+    op.drop_index("ix_opmetrics_recent_aggregates_unsettled", table_name="opmetrics_recent_aggregates")
     op.drop_table("opmetrics_recent_aggregates")
