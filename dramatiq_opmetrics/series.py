@@ -264,6 +264,9 @@ def _tier(
     for width, span_low, span_high in spans:
         if span_low >= span_high:
             continue
+        # A bucket as wide as the step is a point of its own: its stored percentiles will do.
+        with_keys = width != step_minutes
+        columns = [tier.keys] if with_keys else [tier.p50, tier.p95, tier.p99]
         query = select(
             tier.width_minutes,
             tier.bucket_start,
@@ -273,19 +276,19 @@ def _tier(
             tier.sum,
             tier.min,
             tier.max,
-            tier.p50,
-            tier.p95,
-            tier.p99,
+            *columns,
         ).where(tier.width_minutes == width, tier.bucket_start >= span_low, tier.bucket_start < span_high)
         if types is not None:
             query = query.where(tier.metric_type.in_(sorted(types)))
         if label_set_ids is not None:
             query = query.where(tier.label_set_id.in_(sorted(label_set_ids)))
         for row in connection.execute(query):
-            quantiles = None if row[8] is None else (row[8], row[9], row[10])
-            found.append(
-                BucketAggregate(*row[:4], count=row[4], sum=row[5], min=row[6], max=row[7], quantiles=quantiles)
-            )
+            aggregate = BucketAggregate(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
+            if with_keys:
+                aggregate.keys = list(row[8])
+            elif row[8] is not None:
+                aggregate.quantiles = (row[8], row[9], row[10])
+            found.append(aggregate)
     return found
 
 
