@@ -318,7 +318,12 @@ def fold(
         state = found
         pruned = 0
         if floor > state.floor:
-            pruned = connection.execute(delete(RecentAggregate).where(RecentAggregate.bucket_start < floor)).rowcount
+            # One range of the primary key per width, not a scan of the tier.
+            pruned = connection.execute(
+                delete(RecentAggregate).where(
+                    RecentAggregate.width_minutes.in_(WIDTHS_MINUTES), RecentAggregate.bucket_start < floor
+                )
+            ).rowcount
             state.floor = floor
         horizon = _horizon(connection, state, horizon_wait_s)
         _save(connection, state, now)

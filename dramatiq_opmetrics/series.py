@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine, select, text, tuple_
+from sqlalchemy import Connection, DateTime, Engine, Text, cast, select, text, tuple_, type_coerce
 
 from .labels import make_label_set
 from .metric_types import MetricType
@@ -57,6 +57,7 @@ from .recent_tier import (
 MAX_SERIES_BUCKETS = 10_080
 #: How many times a reading is redone when a fold moves the watermark during it.
 MAX_READ_ATTEMPTS = 5
+_TYPES = {member.value: member for member in MetricType}
 #: The label that does not take part in matching errors to the processing times of their group.
 _ERROR_ONLY_LABELS = frozenset({"error_type"})
 
@@ -267,10 +268,15 @@ def _tier(
         # A bucket as wide as the step is a point of its own: its stored percentiles will do.
         with_keys = width != step_minutes
         columns = [tier.keys] if with_keys else [tier.p50, tier.p95, tier.p99]
+        # Thousands of rows: no per-row conversion the database driver already did (the metric type is read
+        # as text, PostgreSQL's timestamps are already aware).
+        start_column = tier.bucket_start if connection.dialect.name == "sqlite" else type_coerce(
+            tier.bucket_start, DateTime(timezone=True)
+        )  # fmt: skip
         query = select(
             tier.width_minutes,
-            tier.bucket_start,
-            tier.metric_type,
+            start_column,
+            cast(tier.metric_type, Text),
             tier.label_set_id,
             tier.count,
             tier.sum,
@@ -283,7 +289,7 @@ def _tier(
         if label_set_ids is not None:
             query = query.where(tier.label_set_id.in_(sorted(label_set_ids)))
         for row in connection.execute(query):
-            aggregate = BucketAggregate(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
+            aggregate = BucketAggregate(row[0], row[1], _TYPES[row[2]], row[3], row[4], row[5], row[6], row[7])
             if with_keys:
                 aggregate.keys = list(row[8])
             elif row[8] is not None:
@@ -429,11 +435,18 @@ def _points(
             point = points[key] = _Point()
         point.parts.append(aggregate)
     found = []
+    chosen_groups: set[tuple[tuple[str, str], ...]] = set()
     for (row_type, chosen, bucket), point in points.items():
         parts = point.parts
-        count = sum(part.count for part in parts)
-        total = parts[0].sum if len(parts) == 1 else math.fsum(part.sum for part in parts)
+        if len(parts) == 1:
+            only = parts[0]
+            count, total, low, high = only.count, only.sum, only.min, only.max
+        else:
+            count = sum(part.count for part in parts)
+            total = math.fsum(part.sum for part in parts)
+            low, high = min(part.min for part in parts), max(part.max for part in parts)
         p50, p95, p99 = point.quantiles()
+        chosen_groups.add(chosen)
         found.append(
             SeriesPoint(
                 metric_type=row_type,
@@ -442,8 +455,8 @@ def _points(
                 end=min(bucket + step, end),
                 count=count,
                 sum=total,
-                min=min(part.min for part in parts),
-                max=max(part.max for part in parts),
+                min=low,
+                max=high,
                 avg=total / count,
                 p50=p50,
                 p95=p95,
@@ -452,7 +465,8 @@ def _points(
             )
         )
     order = {member: index for index, member in enumerate(MetricType)}
-    found.sort(key=lambda point: (order[point.metric_type], sorted(point.labels.items()), point.start))
+    label_order = {chosen: index for index, chosen in enumerate(sorted(chosen_groups, key=sorted))}
+    found.sort(key=lambda point: (order[point.metric_type], label_order[tuple(point.labels.items())], point.start))
     return found
 
 
