@@ -537,7 +537,7 @@ def _values(aggregate: BucketAggregate) -> dict[str, object]:
 def _fold_in_postgres(connection: Connection, lower: int, upper: int, floor: dt.datetime) -> int:
     source = aggregate_sql(connection, "id > :lower AND id <= :upper AND recorded_at >= :floor")
     statement = text(
-        f"WITH new AS MATERIALIZED ({source}),"
+        f"WITH new AS ({source}),"
         f" folded AS (INSERT INTO {RECENT_TABLE} AS tier"
         " (width_minutes, bucket_start, metric_type, label_set_id, count, sum, min, max, keys)"
         " SELECT * FROM new"
