@@ -11,6 +11,8 @@ The public API:
 - :func:`query_metrics`, :func:`query_daily_series` and :class:`MetricStats`: statistics over any range of
   days from the daily rollup (percentiles within 1%), today included.
 - :func:`register_rollup_actor`: the periodiq-scheduled nightly rollup and prune on your broker.
+- :func:`query_series`, :func:`query_stalled` and :class:`SeriesPoint`: minute-resolution series of any time
+  range (from the recent tier and the raw rows not folded yet), and stalled queues.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .query import MetricStats, query_daily_series, query_metrics
 from .queue_depth_sampler import QueueDepthSampler
 from .recording import record_confidence, record_token_usage
 from .worker_sampler import WorkerSampler
+from .series import SeriesPoint, query_series, query_stalled
 
 __all__ = [
     "ConfigurationError",
@@ -33,8 +36,11 @@ __all__ = [
     "OpMetrics",
     "QueueDepthSampler",
     "WorkerSampler",
+    "SeriesPoint",
     "query_daily_series",
     "query_metrics",
+    "query_series",
+    "query_stalled",
     "record_confidence",
     "record_token_usage",
     "register_rollup_actor",

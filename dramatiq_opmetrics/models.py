@@ -23,11 +23,12 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Sequence,
+    SmallInteger,
     Text,
     TypeDecorator,
 )
 from sqlalchemy import DateTime as SADateTime
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.associationproxy import AssociationProxy, association_proxy
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -43,6 +44,10 @@ LABEL_SETS_TABLE = "opmetrics_label_sets"
 RAW_ID_SEQUENCE = "operational_metrics_id_seq"
 #: Fleet-wide claims of periodic jobs (one row per job and interval).
 INTERVAL_CLAIMS_TABLE = "opmetrics_interval_claims"
+#: The recent tier: per-minute and per-10-minute aggregates of raw rows (:mod:`~dramatiq_opmetrics.recent_tier`).
+RECENT_TABLE = "opmetrics_recent_aggregates"
+#: The recent tier's fold watermark (one row).
+RECENT_STATE_TABLE = "opmetrics_recent_state"
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -161,3 +166,49 @@ class IntervalClaim(Base):
     job: Mapped[str] = mapped_column(Text, primary_key=True)
     interval_start: Mapped[dt.datetime] = mapped_column(UTCDateTime, primary_key=True)
     claimed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+#: A multiset of histogram bucket keys: ``integer[]`` on PostgreSQL, a JSON list elsewhere.
+KeysType = JSON().with_variant(ARRAY(Integer), "postgresql")
+
+
+class RecentAggregate(Base):
+    """The raw rows of one metric type and label set recorded in one bucket of ``width_minutes`` minutes.
+
+    ``keys`` holds one histogram bucket key per value (:mod:`~dramatiq_opmetrics.recent_tier`), so that
+    folding more rows in appends to it and percentiles within 1% are read from it; ``p50``/``p95``/``p99``
+    hold them once computed (None until then, and again after more rows were folded in). On SQLite
+    ``metric_type`` is plain text (this table is only written from the raw table, which checks it).
+    """
+
+    __tablename__ = RECENT_TABLE
+
+    width_minutes: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    bucket_start: Mapped[dt.datetime] = mapped_column(UTCDateTime, primary_key=True)
+    metric_type: Mapped[MetricType] = mapped_column(MetricTypeColumn, primary_key=True)
+    label_set_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    sum: Mapped[float] = mapped_column(Float)
+    min: Mapped[float] = mapped_column(Float)
+    max: Mapped[float] = mapped_column(Float)
+    keys: Mapped[list[int | None]] = mapped_column(KeysType)
+    p50: Mapped[float | None] = mapped_column(Float)
+    p95: Mapped[float | None] = mapped_column(Float)
+    p99: Mapped[float | None] = mapped_column(Float)
+
+
+class RecentState(Base):
+    """The recent tier's watermark: raw rows with ``id <= folded_id`` and ``recorded_at >= floor`` are folded.
+
+    ``candidate_id`` and ``candidate_holders`` (PostgreSQL): a larger id seen while writers were still in
+    their transactions, and those transactions; it becomes the horizon once they have all ended.
+    """
+
+    __tablename__ = RECENT_STATE_TABLE
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    folded_id: Mapped[int] = mapped_column(BigInteger)
+    floor: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    candidate_id: Mapped[int | None] = mapped_column(BigInteger)
+    candidate_holders: Mapped[list[str] | None] = mapped_column(JSON)
+    folded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

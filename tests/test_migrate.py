@@ -31,8 +31,12 @@ OUR_TABLES = {
     "operational_metrics",
     "operational_metrics_daily",
     "opmetrics_interval_claims",
+    "opmetrics_recent_aggregates",
+    "opmetrics_recent_state",
     VERSION_TABLE,
 }
+#: The tables of the recent tier (migration 0005).
+RECENT_TABLES = {"opmetrics_recent_aggregates", "opmetrics_recent_state"}
 
 
 def table_names(url: URL) -> set[str]:
@@ -64,8 +68,16 @@ def test_downgrade_to_base_removes_every_table(database_url: URL) -> None:
 def test_downgrading_0002_removes_only_the_interval_claims_table(database_url: URL) -> None:
     upgrade(database_url)
     downgrade(database_url, "0001")
-    assert table_names(database_url) == OUR_TABLES - {"opmetrics_interval_claims"}
+    assert table_names(database_url) == OUR_TABLES - {"opmetrics_interval_claims"} - RECENT_TABLES
     assert current_revision(database_url) == "0001"
+    upgrade(database_url)
+    assert table_names(database_url) == OUR_TABLES
+
+
+def test_downgrading_0005_removes_only_the_recent_tier_tables(database_url: URL) -> None:
+    upgrade(database_url)
+    downgrade(database_url, "0003")
+    assert table_names(database_url) == OUR_TABLES - RECENT_TABLES
     upgrade(database_url)
     assert table_names(database_url) == OUR_TABLES
 
@@ -116,7 +128,7 @@ def test_our_migrations_live_beside_an_applications_own_alembic_history(sqlite_u
     engine = create_engine(sqlite_url)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "app1"
-        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0004"
+        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0005"
     engine.dispose()
 
 
@@ -152,7 +164,7 @@ def test_downgrading_0003_deletes_only_the_rows_of_its_metric_types_and_upgradin
             kinds = connection.execute(text("SELECT CAST(metric_type AS TEXT) FROM operational_metrics")).scalars()
             assert list(kinds) == ["processing_time"]
         upgrade(database_url)
-        assert current_revision(database_url) == "0004"
+        assert current_revision(database_url) == "0005"
         with engine.begin() as connection:
             write_samples(connection, samples.rejected_samples(1, metric_type="error", reason="DataError"))
     finally:

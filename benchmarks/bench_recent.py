@@ -1,0 +1,202 @@
+"""The recent tier at fleet scale: series query times, and what keeping the tier current costs the fleet.
+
+Writes, into a scratch schema of PostgreSQL, the last 24 hours of a fleet writing ``--rows`` raw rows a day
+(default 20 million: wait and processing times of 200 actor/queue label sets, and errors of 2% of the
+messages, in time order), folds them into the recent tier (timed: the catch-up of a fresh installation),
+then, side by side in one run:
+
+1. the cost of keeping the tier current: for ``--minutes`` minutes, the ``BackgroundWriter`` writes one
+   minute of the fleet's messages (as a worker does: one flush per second of samples, and also as one full
+   batch, its best case), then :func:`~dramatiq_opmetrics.recent_tier.fold` folds them; the fold's time is
+   printed as a ratio of the writer's (target <= 0.10);
+2. :func:`~dramatiq_opmetrics.series.query_series` for every actor and queue (``group_by=("actor",
+   "queue")``, processing times with their error rate): 24 hours in 10-minute buckets (target <= 300 ms)
+   and the last hour per minute (target <= 100 ms), median of ``--repeat`` runs, read right after a fold
+   and again with a minute of rows not folded yet.
+
+    .venv/bin/python benchmarks/bench_recent.py [--rows 20000000] [--label-sets 200] [--minutes 5]
+
+Environment: OPMETRICS_TEST_DATABASE_URL (default: the tests' PostgreSQL). The scratch schema is dropped at
+the end. Loading 20 million rows takes a few minutes on a small machine; ``--rows`` sets the daily volume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import time
+
+import psycopg
+from _scratch import database_url, libpq, scratch_schema
+from sqlalchemy.engine import URL
+
+from dramatiq_opmetrics.buffer import DEFAULT_BATCH_SIZE, MessageEntry, SampleBuffer
+from dramatiq_opmetrics.database import make_engine
+from dramatiq_opmetrics.metric_types import MetricType
+from dramatiq_opmetrics.recent_tier import fold
+from dramatiq_opmetrics.samples import message_labels
+from dramatiq_opmetrics.series import query_series
+from dramatiq_opmetrics.writer import BackgroundWriter
+
+DAY_TARGET_MS = 300.0
+HOUR_TARGET_MS = 100.0
+COST_TARGET = 0.10
+ERROR_SHARE = 0.02
+#: Rows loaded per transaction while preparing the day.
+LOAD_CHUNK_ROWS = 2_000_000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20_000_000, help="raw rows per day (default 20,000,000)")
+    parser.add_argument("--label-sets", type=int, default=200, help="actor/queue label sets (default 200)")
+    parser.add_argument("--minutes", type=int, default=5, help="minutes of writing and folding measured")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs of each query")
+    args = parser.parse_args()
+    with scratch_schema(database_url()) as url:
+        engine = make_engine(url)
+        now = dt.datetime.now(dt.UTC)
+        started = time.perf_counter()
+        loaded = load_day(url, now, args.rows, args.label_sets)
+        print(f"loaded {loaded:,} raw rows of the last 24 hours over {args.label_sets} label sets in"
+              f" {time.perf_counter() - started:.0f} s")  # fmt: skip
+        catch_up = fold(engine, now=now)
+        print(f"catch-up fold of a fresh tier: {catch_up.rows:,} rows in {catch_up.duration_s:.1f} s"
+              f" ({catch_up.duration_s / max(catch_up.rows, 1) * 1e6:.2f} us per row)")  # fmt: skip
+        with psycopg.connect(libpq(url), autocommit=True) as connection:
+            connection.execute("VACUUM ANALYZE")
+
+        print(f"\n1. keeping the tier current, {args.minutes} minutes of {args.rows // 1440:,} rows each")
+        per_second, full_batch, folds = measure_cost(url, args.rows, args.label_sets, args.minutes)
+        print(f"   writer, one flush per second:  {sum(per_second) * 1000:8.0f} ms  runs (ms): {ms(per_second)}")
+        print(f"   writer, full batches:          {sum(full_batch) * 1000:8.0f} ms  runs (ms): {ms(full_batch)}")
+        print(f"   fold after each minute:        {sum(folds) * 1000:8.0f} ms  runs (ms): {ms(folds)}")
+        # Each minute written is folded once: the fold of a minute against the writing of that minute.
+        fold_s = sum(folds) / 2
+        print(f"   fold / writer (one flush per second) = {fold_s / sum(per_second):.3f}"
+              f"   fold / writer (full batches) = {fold_s / sum(full_batch):.3f}"
+              f"   (target <= {COST_TARGET:.2f})")  # fmt: skip
+
+        print("\n2. series for every actor and queue (processing time with error rate)")
+        now = dt.datetime.now(dt.UTC)
+        fold(engine, now=now)
+        queries = [
+            ("24 h in 10-minute buckets", dt.timedelta(hours=24), dt.timedelta(minutes=10), DAY_TARGET_MS),
+            ("last hour per minute", dt.timedelta(hours=1), dt.timedelta(minutes=1), HOUR_TARGET_MS),
+        ]
+        for when in ("right after a fold", "with a minute not folded"):
+            if when != "right after a fold":
+                write_minute(url, args.rows, args.label_sets, flushes=60)
+            for name, span, step, target in queries:
+                times, points = [], 0
+                for _ in range(args.repeat):
+                    end = dt.datetime.now(dt.UTC)
+                    begun = time.perf_counter()
+                    found = query_series(
+                        engine, end - span, end, step=step, metric_type=MetricType.PROCESSING_TIME,
+                        group_by=("actor", "queue"),
+                    )  # fmt: skip
+                    times.append((time.perf_counter() - begun) * 1000)
+                    points = len(found)
+                median = statistics.median(times)
+                print(f"   {name:<26} {when:<25} {median:7.0f} ms  ratio {median / target:5.2f}"
+                      f"  ({points:,} points; runs: {', '.join(f'{t:.0f}' for t in times)})")  # fmt: skip
+        engine.dispose()
+    return 0
+
+
+def ms(values: list[float]) -> str:
+    return ", ".join(f"{value * 1000:.0f}" for value in values)
+
+
+def load_day(url: URL, now: dt.datetime, rows: int, label_sets: int) -> int:
+    """The last 24 hours of the fleet, generated in PostgreSQL (lognormal times), in time order."""
+    messages = int(rows / (2 + ERROR_SHARE))
+    start = now - dt.timedelta(days=1)
+    with psycopg.connect(libpq(url), autocommit=True) as connection:
+        for index in range(label_sets):
+            labels = message_labels(f"actor_{index:03d}", queue=f"queue_{index % 20}")
+            connection.execute(
+                "INSERT INTO opmetrics_label_sets (labels_key, labels) VALUES (%s, %s)",
+                (labels.labels_key, psycopg.types.json.Jsonb(dict(labels.labels))),
+            )
+            errors = message_labels(f"actor_{index:03d}", queue=f"queue_{index % 20}", error_type="TimeoutError")
+            connection.execute(
+                "INSERT INTO opmetrics_label_sets (labels_key, labels) VALUES (%s, %s)",
+                (errors.labels_key, psycopg.types.json.Jsonb(dict(errors.labels))),
+            )
+        # Label set ids 1, 3, 5, ... are the actors' (2n + 1), 2, 4, 6, ... their errors'.
+        for first in range(0, messages, LOAD_CHUNK_ROWS // 2):
+            last = min(first + LOAD_CHUNK_ROWS // 2, messages)
+            connection.execute(
+                "INSERT INTO operational_metrics (recorded_at, value, label_set_id, metric_type)"
+                " SELECT %(start)s + (i * %(span_us)s / %(messages)s) * interval '1 microsecond',"
+                "  CASE WHEN kind = 0 THEN exp(3 + (i %% 7) * 0.4 + 0.8 * sqrt(-2 * ln(1 - random()))"
+                "   * cos(2 * pi() * random())) WHEN kind = 1 THEN exp(2 + sqrt(-2 * ln(1 - random()))"
+                "   * cos(2 * pi() * random())) ELSE 1 END,"
+                "  2 * (i %% %(label_sets)s) + 1 + CASE WHEN kind = 2 THEN 1 ELSE 0 END,"
+                "  (ARRAY['processing_time', 'wait_time', 'error'])[kind + 1]::opmetrics_metric_type"
+                " FROM generate_series(CAST(%(first)s AS bigint), %(last)s - 1) AS i,"
+                "  LATERAL (SELECT kind FROM generate_series(0, 2) AS kind"
+                "   WHERE kind < 2 OR (i * 7919) %% 1000 < %(error_permille)s) AS kinds",
+                {
+                    "start": start,
+                    "span_us": 86_400_000_000,
+                    "messages": messages,
+                    "label_sets": label_sets,
+                    "first": first,
+                    "last": last,
+                    "error_permille": int(ERROR_SHARE * 1000),
+                },
+            )
+        (count,) = connection.execute("SELECT count(*) FROM operational_metrics").fetchone() or (0,)
+    return int(count)
+
+
+def write_minute(url: URL, rows: int, label_sets: int, *, flushes: int) -> float:
+    """Write one minute of the fleet's messages with a ``BackgroundWriter`` in ``flushes`` flushes; seconds."""
+    messages = rows // 2 // 1440
+    keys = []
+    buffer = SampleBuffer(capacity=messages + 1, batch_size=DEFAULT_BATCH_SIZE)
+    for index in range(label_sets):
+        labels = message_labels(f"actor_{index:03d}", queue=f"queue_{index % 20}")
+        buffer.register_label_set(labels)
+        keys.append(labels.labels_key)
+    writer = BackgroundWriter(url, buffer)
+    now_s, now_ms = time.perf_counter(), time.time() * 1000.0
+    entries: list[MessageEntry] = [
+        (None, keys[i % label_sets], now_ms - 5.0 - i % 50, now_s + i * 1e-5, now_s + i * 1e-5 + (i % 97) * 1e-4)
+        for i in range(messages)
+    ]
+    buffer.append_message(entries[0])
+    writer.flush(timeout_s=60)  # connected, label sets known: as a running worker is
+    per_flush = max(len(entries) // flushes, 1)
+    started = time.perf_counter()
+    for first in range(1, len(entries), per_flush):
+        for entry in entries[first : first + per_flush]:
+            buffer.append_message(entry)
+        if not writer.flush(timeout_s=600) or len(buffer):
+            raise RuntimeError("the writer did not write everything")
+    elapsed = time.perf_counter() - started
+    writer.stop()
+    return elapsed
+
+
+def measure_cost(url: URL, rows: int, label_sets: int, minutes: int) -> tuple[list[float], list[float], list[float]]:
+    engine = make_engine(url)
+    per_second, full_batch, folds = [], [], []
+    try:
+        for _ in range(minutes):
+            per_second.append(write_minute(url, rows, label_sets, flushes=60))
+            folds.append(fold(engine).duration_s)
+            full_batch.append(write_minute(url, rows, label_sets, flushes=1))
+            folds.append(fold(engine).duration_s)
+    finally:
+        engine.dispose()
+    return per_second, full_batch, folds
+
+
+if __name__ == "__main__":
+    sys.exit(main())

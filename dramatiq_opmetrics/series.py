@@ -1,0 +1,525 @@
+"""Time-bucketed series over any time range: one point per bucket and group, exact and current.
+
+:func:`query_series` returns, per metric type, group and bucket of ``step`` (whole minutes, aligned to UTC
+multiples of the step), the ``count``, ``sum``, ``min``, ``max``, ``avg`` and ``p50``/``p95``/``p99`` (within
+1% relative error, from the buckets' histogram keys, :mod:`~dramatiq_opmetrics.sketch`) of the samples
+recorded in ``[start, end)``, and for processing times the error rate of the bucket (``error`` samples /
+``processing_time`` samples of the same group). :func:`query_stalled` tells which queues were stalled in
+which buckets: they had ready messages (a ``queue_depth`` sample of state ``ready`` above 0) and no message
+of theirs finished (no ``processing_time`` sample labelled with the queue).
+
+Where the numbers come from: the recent tier (:mod:`~dramatiq_opmetrics.recent_tier`) for whole minutes it
+covers (10-minute rows where the step allows), plus the raw rows it does not hold yet: those not folded
+(id above the fold's watermark), those older than the tier's floor, and the partial minutes at the range's
+edges. Every raw row is counted exactly once: the watermark is read before and after, and the reading is
+redone if a fold moved it meanwhile. Ranges older than the raw retention (30 days by default) have no
+points: use :func:`~dramatiq_opmetrics.query.query_daily_series` for those.
+
+The report, the dashboard's pages, Grafana and alerting can read these points directly: they carry their
+bucket's ``start`` and ``end`` and their group's labels, like :class:`~dramatiq_opmetrics.MetricStats`.
+
+Example::
+
+    from datetime import UTC, datetime, timedelta
+    from dramatiq_opmetrics.series import query_series
+
+    end = datetime.now(UTC)
+    for point in query_series(engine, end - timedelta(hours=1), end, step=timedelta(minutes=1),
+                              metric_type="processing_time", group_by=("actor", "queue")):
+        print(point.start, point.labels, point.count, point.p95, point.error_rate)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, DateTime, Engine, Text, cast, select, text, tuple_, type_coerce
+
+from .labels import make_label_set
+from .metric_types import MetricType
+from .models import OperationalMetric, RecentAggregate
+from .query import _connection, labels_of_ids, matching_label_sets
+from .recent_tier import (
+    KEY_PARAMETERS,
+    BucketAggregate,
+    aggregate_rows,
+    aggregate_sql,
+    bucket_floor,
+    quantiles_of_keys,
+    read_state,
+)
+
+#: The most buckets one query may return per group (a week of minutes).
+MAX_SERIES_BUCKETS = 10_080
+#: How many times a reading is redone when a fold moves the watermark during it.
+MAX_READ_ATTEMPTS = 5
+_TYPES = {member.value: member for member in MetricType}
+#: The label that does not take part in matching errors to the processing times of their group.
+_ERROR_ONLY_LABELS = frozenset({"error_type"})
+
+
+@dataclass(frozen=True)
+class SeriesPoint:
+    """Statistics of one metric type and group in one bucket.
+
+    Parameters:
+      metric_type(MetricType): what the values measure (their unit is the metric type's).
+      labels(Mapping[str, str]): the group (the ``group_by`` labels, or the full label set).
+      start, end(datetime): the bucket, ``[start, end)`` in UTC (clipped to the range asked for).
+      count(int), sum(float), min(float), max(float), avg(float): of the values.
+      p50, p95, p99(float | None): percentiles within 1% relative error.
+      error_rate(float | None): for ``processing_time``: ``error`` samples of the group in the bucket per
+        processing time sample (failed attempts / attempts); None for other types.
+    """
+
+    metric_type: MetricType
+    labels: Mapping[str, str]
+    start: dt.datetime
+    end: dt.datetime
+    count: int
+    sum: float
+    min: float
+    max: float
+    avg: float
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    error_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class StalledBucket:
+    """A bucket in which a queue had ready messages and no message of it finished.
+
+    Parameters:
+      queue(str): the queue.
+      start, end(datetime): the bucket (UTC).
+      ready(float): the largest ready count sampled in the bucket.
+    """
+
+    queue: str
+    start: dt.datetime
+    end: dt.datetime
+    ready: float
+
+
+@dataclass
+class _Point:
+    parts: list[BucketAggregate] = field(default_factory=list)
+
+    def quantiles(self) -> tuple[float | None, ...]:
+        if len(self.parts) == 1 and self.parts[0].quantiles is not None:
+            return self.parts[0].quantiles
+        keys = [key for part in self.parts for key in part.keys]
+        return quantiles_of_keys(keys, min(part.min for part in self.parts), max(part.max for part in self.parts))
+
+
+def check_range(start: dt.datetime, end: dt.datetime, step: dt.timedelta) -> int:
+    """Check the arguments of a series; return the step in whole minutes.
+
+    Raises:
+      ValueError: a naive datetime, ``start`` after ``end``, a step that is not a positive whole number of
+        minutes, or more than :data:`MAX_SERIES_BUCKETS` buckets.
+    """
+    for name, value in (("start", start), ("end", end)):
+        if not isinstance(value, dt.datetime):
+            raise ValueError(f"{name} must be a datetime, got {value!r}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"{name} must be timezone-aware (e.g. datetime.now(UTC)), got naive {value.isoformat()}")
+    if start > end:
+        raise ValueError(f"start ({start.isoformat()}) is after end ({end.isoformat()})")
+    if not isinstance(step, dt.timedelta):
+        raise ValueError(f"step must be a timedelta of whole minutes, got {step!r}")
+    if step <= dt.timedelta(0) or step % dt.timedelta(minutes=1):
+        raise ValueError(f"step must be a positive whole number of minutes, got {step}")
+    step_minutes = step // dt.timedelta(minutes=1)
+    buckets = math.ceil((end - bucket_floor(start, step_minutes)) / step) if end > start else 0
+    if buckets > MAX_SERIES_BUCKETS:
+        raise ValueError(
+            f"{buckets:,} buckets of {step} from {start.isoformat()} to {end.isoformat()} is more than the"
+            f" {MAX_SERIES_BUCKETS:,} allowed: use a larger step or a shorter range"
+        )
+    return int(step_minutes)
+
+
+def query_series(
+    connectable: Engine | Connection,
+    start: dt.datetime,
+    end: dt.datetime,
+    *,
+    step: dt.timedelta,
+    metric_type: MetricType | str | None = None,
+    labels: Mapping[str, str] | None = None,
+    group_by: Sequence[str] | None = None,
+) -> list[SeriesPoint]:
+    """One point per bucket of ``step`` and group, for the samples recorded in ``[start, end)``.
+
+    Parameters:
+      connectable(Engine | Connection): the metrics database.
+      start, end(datetime): timezone-aware bounds of ``recorded_at``.
+      step(timedelta): the bucket width, a whole number of minutes (at least 1); buckets are aligned to UTC
+        multiples of it (the first and last may be partly outside the range: only samples inside count).
+      metric_type(MetricType | str | None): only this metric type; default: every type with samples.
+      labels(Mapping[str, str] | None): only samples whose labels include all these pairs.
+      group_by(Sequence[str] | None): group by these label keys; ``()`` one group per metric type; None
+        (default) groups by full label set.
+
+    Returns the points ordered by metric type, labels, then start. A bucket without samples has no point.
+
+    Raises:
+      ValueError: see :func:`check_range`; also an unknown metric type, bad labels or ``group_by`` given as a
+        string.
+    """
+    step_minutes = check_range(start, end, step)
+    wanted = None if metric_type is None else _metric_type(metric_type)
+    if isinstance(group_by, str):
+        raise ValueError("group_by is a sequence of label keys, e.g. ('actor', 'queue'), not a string")
+    label_filter = dict(make_label_set(labels).labels) if labels else {}
+    if end == start:
+        return []
+    types = (
+        None if wanted is None else {wanted} | ({MetricType.ERROR} if wanted is MetricType.PROCESSING_TIME else set())
+    )
+    with _connection(connectable) as connection:
+        label_set_ids = matching_label_sets(connection, label_filter)[0] if label_filter else None
+        if label_set_ids is not None and not label_set_ids:
+            return []
+        keys = None if group_by is None else tuple(group_by)
+        groups = _Grouping(connection, keys, step_minutes, wanted)
+        aggregates = _read(connection, start, end, step_minutes, types, label_set_ids, groups)
+    return _points(aggregates, groups, start, end, step)
+
+
+def _metric_type(metric_type: MetricType | str) -> MetricType:
+    try:
+        return MetricType(metric_type)
+    except ValueError:
+        known = ", ".join(member.value for member in MetricType)
+        raise ValueError(f"unknown metric type {metric_type!r}; known: {known}") from None
+
+
+def _ceil(at: dt.datetime, width_minutes: int) -> dt.datetime:
+    floor = bucket_floor(at, width_minutes)
+    return floor if floor == at else floor + dt.timedelta(minutes=width_minutes)
+
+
+def _read(
+    connection: Connection,
+    start: dt.datetime,
+    end: dt.datetime,
+    step_minutes: int,
+    types: set[MetricType] | None,
+    label_set_ids: set[int] | None,
+    groups: _Grouping,
+) -> list[BucketAggregate]:
+    """The tier's buckets and the raw rows it does not hold, as minute (or 10-minute) aggregates; the keys of
+    tier buckets are read only for points made of several buckets (or of one without its percentiles)."""
+    for _ in range(MAX_READ_ATTEMPTS):
+        state = read_state(connection)
+        if state is None:
+            aggregates = _raw(connection, [(start, end, None)], types, label_set_ids)
+        else:
+            folded_id, floor = state
+            # The tier's part of the range: whole minutes from its floor on.
+            low = max(_ceil(start, 1), floor)
+            high = max(bucket_floor(end, 1), low)
+            aggregates = _tier(connection, low, high, step_minutes, types, label_set_ids)
+            pieces: list[tuple[dt.datetime, dt.datetime, int | None]] = [
+                (start, min(low, end), None),
+                (high, end, None),
+                (low, high, folded_id),
+            ]
+            aggregates += _raw(connection, [piece for piece in pieces if piece[0] < piece[1]], types, label_set_ids)
+            groups.learn({aggregate.label_set_id for aggregate in aggregates})
+            _add_keys(connection, aggregates, groups)
+        groups.learn({aggregate.label_set_id for aggregate in aggregates})
+        # A fold committed during the reading would count its rows twice (or not at all): read again.
+        if read_state(connection) == state:
+            return aggregates
+    raise RuntimeError(f"the recent tier was folded during each of {MAX_READ_ATTEMPTS} readings; try again")
+
+
+def _tier(
+    connection: Connection,
+    low: dt.datetime,
+    high: dt.datetime,
+    step_minutes: int,
+    types: set[MetricType] | None,
+    label_set_ids: set[int] | None,
+) -> list[BucketAggregate]:
+    if low >= high:
+        return []
+    tier = RecentAggregate
+    coarse = 10 if step_minutes % 10 == 0 else None
+    spans: list[tuple[int, dt.datetime, dt.datetime]] = []
+    if coarse is not None and _ceil(low, coarse) < bucket_floor(high, coarse):
+        inner_low, inner_high = _ceil(low, coarse), bucket_floor(high, coarse)
+        spans = [(1, low, inner_low), (coarse, inner_low, inner_high), (1, inner_high, high)]
+    else:
+        spans = [(1, low, high)]
+    found = []
+    for width, span_low, span_high in spans:
+        if span_low >= span_high:
+            continue
+        # A bucket as wide as the step is a point of its own: its stored percentiles will do.
+        with_keys = width != step_minutes
+        columns = [tier.keys] if with_keys else [tier.p50, tier.p95, tier.p99]
+        # Thousands of rows: no per-row conversion the database driver already did (the metric type is read
+        # as text, PostgreSQL's timestamps are already aware).
+        start_column = tier.bucket_start if connection.dialect.name == "sqlite" else type_coerce(
+            tier.bucket_start, DateTime(timezone=True)
+        )  # fmt: skip
+        query = select(
+            tier.width_minutes,
+            start_column,
+            cast(tier.metric_type, Text),
+            tier.label_set_id,
+            tier.count,
+            tier.sum,
+            tier.min,
+            tier.max,
+            *columns,
+        ).where(tier.width_minutes == width, tier.bucket_start >= span_low, tier.bucket_start < span_high)
+        if types is not None:
+            query = query.where(tier.metric_type.in_(sorted(types)))
+        if label_set_ids is not None:
+            query = query.where(tier.label_set_id.in_(sorted(label_set_ids)))
+        for row in connection.execute(query):
+            aggregate = BucketAggregate(row[0], row[1], _TYPES[row[2]], row[3], row[4], row[5], row[6], row[7])
+            if with_keys:
+                aggregate.keys = list(row[8])
+            elif row[8] is not None:
+                aggregate.quantiles = (row[8], row[9], row[10])
+            found.append(aggregate)
+    return found
+
+
+#: Tier buckets whose keys are read per statement.
+_KEYS_CHUNK = 1000
+
+
+def _add_keys(connection: Connection, aggregates: list[BucketAggregate], groups: _Grouping) -> None:
+    """Read the keys of the tier buckets that share their point with others or lack their percentiles."""
+    parts = Counter(point for point in map(groups.point, aggregates) if point is not None)
+    wanted: dict[tuple[int, dt.datetime, MetricType, int], BucketAggregate] = {}
+    for aggregate in aggregates:
+        point = groups.point(aggregate)
+        if aggregate.keys or point is None:  # raw rows' aggregates come with their keys
+            continue
+        if aggregate.quantiles is None or parts[point] > 1:
+            key = (aggregate.width_minutes, aggregate.bucket_start, aggregate.metric_type, aggregate.label_set_id)
+            wanted[key] = aggregate
+    tier = RecentAggregate
+    pk = tuple_(tier.width_minutes, tier.bucket_start, tier.metric_type, tier.label_set_id)
+    pending = list(wanted)
+    for first in range(0, len(pending), _KEYS_CHUNK):
+        query = select(tier.width_minutes, tier.bucket_start, tier.metric_type, tier.label_set_id, tier.keys).where(
+            pk.in_(pending[first : first + _KEYS_CHUNK])
+        )
+        for width, bucket_start, metric_type, label_set_id, keys in connection.execute(query):
+            found = wanted[(width, bucket_start, MetricType(metric_type), label_set_id)]
+            found.keys, found.quantiles = list(keys), None
+
+
+class _Grouping:
+    """Which point (metric type, group, bucket) each aggregate belongs to; label sets read once."""
+
+    def __init__(
+        self, connection: Connection, keys: tuple[str, ...] | None, step_minutes: int, wanted: MetricType | None
+    ) -> None:
+        self.connection = connection
+        self.keys = keys
+        self.step_minutes = step_minutes
+        self.wanted = wanted
+        self.labels_of: dict[int, Mapping[str, str]] = {}
+        self._groups: dict[int, tuple[tuple[str, str], ...]] = {}
+        self._buckets: dict[dt.datetime, dt.datetime] = {}
+
+    def learn(self, label_set_ids: set[int]) -> None:
+        unknown = label_set_ids - self.labels_of.keys()
+        if unknown:
+            self.labels_of.update(labels_of_ids(self.connection, unknown))
+
+    def group(self, label_set_id: int) -> tuple[tuple[str, str], ...] | None:
+        found = self._groups.get(label_set_id)
+        if found is None:
+            labels = self.labels_of.get(label_set_id)
+            if labels is None:
+                return None
+            found = self._groups[label_set_id] = _group(labels, self.keys)
+        return found
+
+    def bucket(self, start: dt.datetime) -> dt.datetime:
+        found = self._buckets.get(start)
+        if found is None:
+            found = self._buckets[start] = bucket_floor(start, self.step_minutes)
+        return found
+
+    def point(self, aggregate: BucketAggregate) -> tuple[MetricType, tuple[tuple[str, str], ...], dt.datetime] | None:
+        group = self.group(aggregate.label_set_id)
+        if group is None:
+            return None
+        return (aggregate.metric_type, group, self.bucket(aggregate.bucket_start))
+
+
+def _raw(
+    connection: Connection,
+    pieces: Sequence[tuple[dt.datetime, dt.datetime, int | None]],
+    types: set[MetricType] | None,
+    label_set_ids: set[int] | None,
+) -> list[BucketAggregate]:
+    """Minute aggregates of the raw rows recorded in each ``[low, high)`` (with an id above the third item,
+    if given)."""
+    found: list[BucketAggregate] = []
+    for low, high, above_id in pieces:
+        if connection.dialect.name == "postgresql":
+            conditions = ["recorded_at >= :low", "recorded_at < :high"]
+            params: dict[str, object] = {**KEY_PARAMETERS, "low": low, "high": high}
+            if above_id is not None:
+                conditions.append("id > :above_id")
+                params["above_id"] = above_id
+            if types is not None:
+                conditions.append("CAST(metric_type AS text) = ANY(CAST(:types AS text[]))")
+                params["types"] = sorted(member.value for member in types)
+            if label_set_ids is not None:
+                conditions.append("label_set_id = ANY(CAST(:label_set_ids AS integer[]))")
+                params["label_set_ids"] = sorted(label_set_ids)
+            statement = text(aggregate_sql(connection, " AND ".join(conditions), widths=(1,)))
+            for row in connection.execute(statement, params):
+                found.append(
+                    BucketAggregate(
+                        row[0], row[1], MetricType(row[2]), row[3], count=row[4], sum=row[5], min=row[6],
+                        max=row[7], keys=row[8],
+                    )
+                )  # fmt: skip
+            continue
+        raw = OperationalMetric.__table__
+        query = select(raw.c.recorded_at, raw.c.metric_type, raw.c.label_set_id, raw.c.value).where(
+            raw.c.recorded_at >= low, raw.c.recorded_at < high
+        )
+        if above_id is not None:
+            query = query.where(raw.c.id > above_id)
+        if types is not None:
+            query = query.where(raw.c.metric_type.in_(sorted(types)))
+        if label_set_ids is not None:
+            query = query.where(raw.c.label_set_id.in_(sorted(label_set_ids)))
+        found.extend(aggregate_rows(connection.execute(query).all(), widths=(1,)))
+    return found
+
+
+def _points(
+    aggregates: list[BucketAggregate],
+    groups: _Grouping,
+    start: dt.datetime,
+    end: dt.datetime,
+    step: dt.timedelta,
+) -> list[SeriesPoint]:
+    points: dict[tuple[MetricType, tuple[tuple[str, str], ...], dt.datetime], _Point] = {}
+    errors: dict[tuple[tuple[tuple[str, str], ...], dt.datetime], int] = {}
+    for aggregate in aggregates:
+        key = groups.point(aggregate)
+        if key is None:
+            continue
+        if aggregate.metric_type is MetricType.ERROR:
+            labels = groups.labels_of[aggregate.label_set_id]
+            rate_group = key[1] if groups.keys is not None else _group(labels, None, drop=_ERROR_ONLY_LABELS)
+            errors[(rate_group, key[2])] = errors.get((rate_group, key[2]), 0) + aggregate.count
+            if groups.wanted is MetricType.PROCESSING_TIME:
+                continue
+        point = points.get(key)
+        if point is None:
+            point = points[key] = _Point()
+        point.parts.append(aggregate)
+    found = []
+    chosen_groups: set[tuple[tuple[str, str], ...]] = set()
+    for (row_type, chosen, bucket), point in points.items():
+        parts = point.parts
+        if len(parts) == 1:
+            only = parts[0]
+            count, total, low, high = only.count, only.sum, only.min, only.max
+        else:
+            count = sum(part.count for part in parts)
+            total = math.fsum(part.sum for part in parts)
+            low, high = min(part.min for part in parts), max(part.max for part in parts)
+        p50, p95, p99 = point.quantiles()
+        chosen_groups.add(chosen)
+        found.append(
+            SeriesPoint(
+                metric_type=row_type,
+                labels=dict(chosen),
+                start=max(bucket, start),
+                end=min(bucket + step, end),
+                count=count,
+                sum=total,
+                min=low,
+                max=high,
+                avg=total / count,
+                p50=p50,
+                p95=p95,
+                p99=p99,
+                error_rate=errors.get((chosen, bucket), 0) / count if row_type is MetricType.PROCESSING_TIME else None,
+            )
+        )
+    order = {member: index for index, member in enumerate(MetricType)}
+    label_order = {chosen: index for index, chosen in enumerate(sorted(chosen_groups, key=sorted))}
+    found.sort(key=lambda point: (order[point.metric_type], label_order[tuple(point.labels.items())], point.start))
+    return found
+
+
+def _group(
+    labels: Mapping[str, str], keys: tuple[str, ...] | None, drop: frozenset[str] = frozenset()
+) -> tuple[tuple[str, str], ...]:
+    if keys is None:
+        return tuple(sorted((key, value) for key, value in labels.items() if key not in drop))
+    return tuple((key, labels[key]) for key in keys if key in labels)
+
+
+def query_stalled(
+    connectable: Engine | Connection,
+    start: dt.datetime,
+    end: dt.datetime,
+    *,
+    step: dt.timedelta,
+    queue: str | None = None,
+) -> list[StalledBucket]:
+    """The buckets of ``step`` in ``[start, end)`` in which a queue was stalled: it had ready messages (a
+    ``queue_depth`` sample of state ``ready`` above 0) and no message of it finished (no ``processing_time``
+    sample labelled with the queue). Ordered by queue, then start.
+
+    Parameters:
+      connectable(Engine | Connection): the metrics database.
+      start, end(datetime), step(timedelta): as for :func:`query_series`.
+      queue(str | None): only this queue.
+
+    Raises:
+      ValueError: as :func:`query_series`.
+    """
+    only = {"queue": queue} if queue is not None else {}
+    with _connection(connectable) as connection:
+        depths = query_series(
+            connection,
+            start,
+            end,
+            step=step,
+            metric_type=MetricType.QUEUE_DEPTH,
+            labels={**only, "state": "ready"},
+            group_by=("queue",),
+        )
+        finished = {
+            (point.labels.get("queue"), point.start)
+            for point in query_series(
+                connection, start, end, step=step, metric_type=MetricType.PROCESSING_TIME, labels=only or None,
+                group_by=("queue",),
+            )
+        }  # fmt: skip
+    stalled = [
+        StalledBucket(queue=point.labels["queue"], start=point.start, end=point.end, ready=point.max)
+        for point in depths
+        if "queue" in point.labels and point.max > 0 and (point.labels["queue"], point.start) not in finished
+    ]
+    stalled.sort(key=lambda bucket: (bucket.queue, bucket.start))
+    return stalled

@@ -1,0 +1,252 @@
+"""The recent tier: each raw row folded exactly once (re-runs, late samples, concurrent folders, writers still in
+their transactions), retention, and the nightly rollup untouched."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import Counter
+
+import numpy as np
+import pytest
+from raw_samples import insert_samples
+from series_samples import fleet_samples
+from sqlalchemy import Engine, select, text
+
+from dramatiq_opmetrics.aggregate import PERCENTILES
+from dramatiq_opmetrics.interval_claims import DatabaseIntervalClaim
+from dramatiq_opmetrics.label_sets import resolve_label_set_ids
+from dramatiq_opmetrics.labels import make_label_set
+from dramatiq_opmetrics.metric_types import MetricType
+from dramatiq_opmetrics.models import OperationalMetric, RecentAggregate
+from dramatiq_opmetrics.recent_tier import (
+    FoldResult,
+    RecentTierFolder,
+    bucket_floor,
+    fold,
+    histogram_of_keys,
+    quantiles_of_keys,
+    signed_bucket_key,
+)
+from dramatiq_opmetrics.rollup import daily_totals, rollup
+from dramatiq_opmetrics.series import query_series
+
+NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
+
+
+def tier_rows(
+    engine: Engine, width: int
+) -> dict[tuple[dt.datetime, str, int], tuple[int, float, float, float, Counter]]:
+    t = RecentAggregate
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(t.bucket_start, t.metric_type, t.label_set_id, t.count, t.sum, t.min, t.max, t.keys).where(
+                t.width_minutes == width
+            )
+        ).all()
+    return {(r[0], MetricType(r[1]).value, r[2]): (r[3], r[4], r[5], r[6], Counter(r[7])) for r in rows}
+
+
+def expected_rows(
+    engine: Engine, width: int
+) -> dict[tuple[dt.datetime, str, int], tuple[int, float, float, float, Counter]]:
+    """What numpy says the tier must hold, from the raw rows themselves."""
+    raw = OperationalMetric.__table__
+    with engine.connect() as connection:
+        rows = connection.execute(select(raw.c.recorded_at, raw.c.metric_type, raw.c.label_set_id, raw.c.value)).all()
+    groups: dict[tuple[dt.datetime, str, int], list[float]] = {}
+    for recorded_at, metric_type, label_set_id, value in rows:
+        key = (bucket_floor(recorded_at, width), MetricType(metric_type).value, label_set_id)
+        groups.setdefault(key, []).append(value)
+    return {
+        key: (
+            len(values),
+            float(np.sum(values)),
+            float(np.min(values)),
+            float(np.max(values)),
+            Counter(signed_bucket_key(value) for value in values),
+        )
+        for key, values in groups.items()
+    }
+
+
+def assert_tier_is_exact(engine: Engine) -> None:
+    for width in (1, 10):
+        assert tier_rows(engine, width) == expected_rows(engine, width)
+
+
+def test_each_raw_row_is_folded_once_and_a_rerun_adds_nothing(engine: Engine) -> None:
+    samples = fleet_samples(NOW - dt.timedelta(hours=2), 100)
+    insert_samples(engine, samples)
+    first = fold(engine, now=NOW)
+    assert first.rows == len(samples)
+    assert_tier_is_exact(engine)
+    again = fold(engine, now=NOW)
+    assert (again.rows, again.folded_id) == (0, first.folded_id)
+    assert_tier_is_exact(engine)
+
+
+def test_a_late_sample_is_folded_into_its_own_older_bucket(engine: Engine) -> None:
+    insert_samples(engine, fleet_samples(NOW - dt.timedelta(hours=1), 50, per_minute=10))
+    fold(engine, now=NOW)
+    late_at = NOW - dt.timedelta(minutes=55, seconds=30)
+    insert_samples(
+        engine,
+        [
+            (MetricType.PROCESSING_TIME, {"actor": "late", "queue": "q"}, 12.5, late_at),
+            (MetricType.PROCESSING_TIME, {"actor": "send_email", "queue": "mail"}, 0.0, late_at),
+            (MetricType.PROCESSING_TIME, {"actor": "send_email", "queue": "mail"}, -3.0, NOW - dt.timedelta(hours=2)),
+        ],
+    )
+    assert fold(engine, now=NOW).rows == 3
+    assert_tier_is_exact(engine)
+    [point] = query_series(
+        engine, late_at, late_at + dt.timedelta(seconds=1), step=dt.timedelta(minutes=1), labels={"actor": "late"}
+    )
+    assert (point.count, point.sum, point.p50) == (1, 12.5, 12.5)
+
+
+def test_two_folders_at_once_never_double_count_while_rows_arrive(engine: Engine) -> None:
+    batches = [fleet_samples(NOW - dt.timedelta(minutes=90 - 10 * n), 10, seed=n, per_minute=8) for n in range(8)]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def keep_folding() -> None:
+        try:
+            while not stop.is_set():
+                fold(engine, now=NOW, horizon_wait_s=0.05)
+        except BaseException as error:  # reported by the test below
+            errors.append(error)
+
+    folders = [threading.Thread(target=keep_folding) for _ in range(2)]
+    for folder in folders:
+        folder.start()
+    try:
+        for batch in batches:
+            insert_samples(engine, batch)
+    finally:
+        stop.set()
+        for folder in folders:
+            folder.join(60)
+    assert errors == []
+    fold(engine, now=NOW)
+    assert_tier_is_exact(engine)
+
+
+@pytest.mark.postgres
+def test_rows_of_a_writer_still_in_its_transaction_are_folded_once_it_commits(postgres_engine: Engine) -> None:
+    engine = postgres_engine
+    labels = make_label_set({"actor": "a", "queue": "q"})
+    with engine.begin() as connection:
+        label_set_id = resolve_label_set_ids(connection, [labels])[labels.labels_key]
+    row = {"metric_type": MetricType.PROCESSING_TIME, "label_set_id": label_set_id, "recorded_at": NOW}
+
+    def slow_and_fast_writers() -> FoldResult:
+        with engine.connect() as slow:
+            slow_transaction = slow.begin()
+            slow.execute(OperationalMetric.__table__.insert(), [{**row, "value": 1.0}, {**row, "value": 2.0}])
+            # A faster writer commits rows with larger ids meanwhile.
+            with engine.begin() as connection:
+                connection.execute(OperationalMetric.__table__.insert(), [{**row, "value": 4.0}])
+            try:
+                return fold(engine, now=NOW, horizon_wait_s=0.2)
+            finally:
+                slow_transaction.commit()
+
+    # Folding up to the fast writer's id would skip the slow writer's smaller ids forever: on the first fold
+    # (which then does not start the tier yet), and on a later one (which keeps the id as a candidate).
+    first = slow_and_fast_writers()
+    assert first.rows == 0 and first.folded_id == 0
+    assert fold(engine, now=NOW).rows == 3
+    later = slow_and_fast_writers()
+    assert later.rows == 0 and later.pending_id is not None
+    assert fold(engine, now=NOW).rows == 3
+    assert_tier_is_exact(engine)
+    # A writer that commits while the fold waits for it is folded by that same fold.
+    with engine.connect() as waiting:
+        waiting_transaction = waiting.begin()
+        waiting.execute(OperationalMetric.__table__.insert(), [{**row, "value": 8.0}])
+        with engine.begin() as connection:
+            connection.execute(OperationalMetric.__table__.insert(), [{**row, "value": 16.0}])
+        timer = threading.Timer(0.3, waiting_transaction.commit)
+        timer.start()
+        try:
+            assert fold(engine, now=NOW, horizon_wait_s=10).rows == 2
+        finally:
+            timer.join()
+    assert_tier_is_exact(engine)
+
+
+def test_buckets_older_than_the_retention_go_and_older_ranges_are_read_from_raw_rows(engine: Engine) -> None:
+    old_at = NOW - dt.timedelta(days=3, hours=2)
+    insert_samples(
+        engine,
+        [
+            (MetricType.WAIT_TIME, {"actor": "a", "queue": "q"}, 5.0, old_at),
+            (MetricType.WAIT_TIME, {"actor": "a", "queue": "q"}, 7.0, NOW - dt.timedelta(hours=1)),
+        ],
+    )
+    fold(engine, now=NOW - dt.timedelta(days=1))  # the old row is inside the retention then
+    assert sum(count for count, *_ in tier_rows(engine, 1).values()) == 2
+    result = fold(engine, now=NOW)
+    assert result.pruned_buckets == 2  # its 1- and 10-minute buckets
+    assert result.floor == bucket_floor(NOW - dt.timedelta(days=3), 10)
+    assert [key[0] for key in tier_rows(engine, 1)] == [bucket_floor(NOW - dt.timedelta(hours=1), 1)]
+    points = query_series(engine, old_at - dt.timedelta(hours=1), NOW, step=dt.timedelta(hours=1))
+    assert [(point.start, point.sum) for point in points] == [
+        (bucket_floor(old_at, 60), 5.0),
+        (bucket_floor(NOW - dt.timedelta(hours=1), 60), 7.0),
+    ]
+
+
+def test_the_nightly_rollup_counts_every_raw_row_whatever_the_tier_holds(engine: Engine) -> None:
+    yesterday = NOW - dt.timedelta(days=1)
+    samples = fleet_samples(yesterday, 30, per_minute=5)
+    insert_samples(engine, samples)
+    fold(engine, now=NOW)
+    rollup(engine, now=NOW)
+    with engine.connect() as connection:
+        assert daily_totals(connection) == {yesterday.date(): len(samples)}
+    assert_tier_is_exact(engine)
+
+
+def test_one_folder_of_the_fleet_folds_each_interval(engine: Engine) -> None:
+    insert_samples(engine, fleet_samples(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10), 5, per_minute=4))
+    folders = [RecentTierFolder(engine, claim=DatabaseIntervalClaim(engine)) for _ in range(3)]
+    at = dt.datetime.now(dt.UTC)
+    results = [folder.fold_once(at) for folder in folders]
+    assert sum(result is not None for result in results) == 1
+    assert_tier_is_exact(engine)
+    with pytest.raises(ValueError, match="interval_s"):
+        RecentTierFolder(engine, interval_s=0)
+
+
+def test_a_schema_without_the_tier_tables_says_so(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE opmetrics_recent_state"))
+    with pytest.raises(Exception, match="opmetrics_recent_state"):
+        fold(engine, now=NOW)
+
+
+def test_stored_percentiles_are_those_of_the_buckets_histogram(engine: Engine) -> None:
+    rng = np.random.default_rng(8)
+    values = np.concatenate([rng.lognormal(2, 2, 3000), np.zeros(40), -rng.lognormal(1, 1, 60), [1e-300, 2**52]])
+    rng.shuffle(values)
+    start = NOW - dt.timedelta(minutes=40)
+    insert_samples(
+        engine,
+        [
+            (MetricType.CONFIDENCE, {"actor": f"a{index % 3}"}, float(value), start + dt.timedelta(seconds=index * 0.7))
+            for index, value in enumerate(values)
+        ],
+    )
+    fold(engine, now=NOW)
+    t = RecentAggregate
+    with engine.connect() as connection:
+        rows = connection.execute(select(t.keys, t.min, t.max, t.p50, t.p95, t.p99)).all()
+    assert len(rows) > 100
+    for keys, low, high, *stored in rows:
+        histogram = histogram_of_keys(keys)
+        expected = [min(max(value, low), high) for value in histogram.quantiles(PERCENTILES)]
+        assert stored == expected
+        assert list(quantiles_of_keys(keys, low, high)) == expected

@@ -1,0 +1,146 @@
+"""Time-bucketed series: exact against numpy on the same samples, from raw rows, the tier, and both mixed."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from raw_samples import insert_samples
+from series_samples import assert_points_match, expected_points, fleet_samples
+from sqlalchemy import Engine
+
+from dramatiq_opmetrics.metric_types import MetricType
+from dramatiq_opmetrics.recent_tier import fold
+from dramatiq_opmetrics.series import MAX_SERIES_BUCKETS, query_series, query_stalled
+
+NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
+START = NOW - dt.timedelta(hours=3)
+GROUPS = ("actor", "queue")
+
+
+def check_every_step(engine: Engine, samples: list, start: dt.datetime, end: dt.datetime) -> None:
+    for step in (dt.timedelta(minutes=1), dt.timedelta(minutes=7), dt.timedelta(minutes=10), dt.timedelta(hours=1)):
+        for metric_type in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME):
+            points = query_series(engine, start, end, step=step, metric_type=metric_type, group_by=GROUPS)
+            assert_points_match(points, expected_points(samples, start, end, step, metric_type, GROUPS))
+
+
+def test_series_from_raw_rows_match_numpy_per_bucket(engine: Engine) -> None:
+    samples = fleet_samples(START, 180)
+    insert_samples(engine, samples)
+    check_every_step(engine, samples, START, NOW)
+    # A range starting and ending inside minutes: only the samples inside count.
+    check_every_step(engine, samples, START + dt.timedelta(seconds=95.5), NOW - dt.timedelta(seconds=1234.25))
+
+
+def test_series_from_the_recent_tier_match_numpy_per_bucket(engine: Engine) -> None:
+    samples = fleet_samples(START, 180)
+    insert_samples(engine, samples)
+    assert fold(engine, now=NOW).rows == len(samples)
+    check_every_step(engine, samples, START, NOW)
+    check_every_step(engine, samples, START + dt.timedelta(seconds=95.5), NOW - dt.timedelta(seconds=1234.25))
+
+
+def test_series_over_folded_and_unfolded_rows_count_each_sample_once(engine: Engine) -> None:
+    older = fleet_samples(START, 120, seed=4)
+    insert_samples(engine, older)
+    fold(engine, now=NOW)
+    # Rows written after the fold: recent ones, and late ones for minutes already folded.
+    newer = fleet_samples(START + dt.timedelta(minutes=120), 60, seed=5)
+    late = fleet_samples(START + dt.timedelta(minutes=30), 20, seed=6, per_minute=5)
+    insert_samples(engine, newer + late)
+    check_every_step(engine, older + newer + late, START, NOW)
+    fold(engine, now=NOW)
+    fold(engine, now=NOW)  # a re-run adds nothing
+    check_every_step(engine, older + newer + late, START, NOW)
+
+
+def test_the_error_rate_is_failed_attempts_over_attempts_of_the_group_and_bucket(engine: Engine) -> None:
+    minute = NOW - dt.timedelta(minutes=5)
+    labels = {"actor": "a", "queue": "q"}
+    samples = [(MetricType.PROCESSING_TIME, labels, 10.0, minute + dt.timedelta(seconds=s)) for s in range(8)]
+    samples += [(MetricType.ERROR, {**labels, "error_type": "E"}, 1.0, minute + dt.timedelta(seconds=1))]
+    samples += [(MetricType.ERROR, {**labels, "error_type": "F"}, 1.0, minute + dt.timedelta(seconds=2))]
+    insert_samples(engine, samples)
+    fold(engine, now=NOW)
+    step = dt.timedelta(minutes=1)
+    [by_label_set] = query_series(engine, minute, NOW, step=step, metric_type="processing_time")
+    [by_actor] = query_series(engine, minute, NOW, step=step, metric_type="processing_time", group_by=("actor",))
+    assert by_label_set.error_rate == by_actor.error_rate == 2 / 8
+    every = query_series(engine, minute, NOW, step=step)
+    assert [(point.metric_type, point.count) for point in every] == [
+        (MetricType.PROCESSING_TIME, 8),
+        (MetricType.ERROR, 1),
+        (MetricType.ERROR, 1),
+    ]
+
+
+def test_a_bucket_without_samples_has_no_point_and_labels_filter(engine: Engine) -> None:
+    first = NOW - dt.timedelta(minutes=30)
+    samples = [
+        (MetricType.PROCESSING_TIME, {"actor": "a", "queue": "q"}, 1.0, first),
+        (MetricType.PROCESSING_TIME, {"actor": "a", "queue": "q"}, 2.0, first + dt.timedelta(minutes=20)),
+        (MetricType.PROCESSING_TIME, {"actor": "b", "queue": "q"}, 3.0, first + dt.timedelta(minutes=20)),
+    ]
+    insert_samples(engine, samples)
+    fold(engine, now=NOW)
+    points = query_series(engine, first, NOW, step=dt.timedelta(minutes=5), labels={"actor": "a"})
+    assert [(point.start, point.end, point.count, point.sum) for point in points] == [
+        (first, first + dt.timedelta(minutes=5), 1, 1.0),
+        (first + dt.timedelta(minutes=20), first + dt.timedelta(minutes=25), 1, 2.0),
+    ]
+    assert query_series(engine, first, NOW, step=dt.timedelta(minutes=5), labels={"actor": "nobody"}) == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"start": dt.datetime(2026, 11, 20, 11), "end": NOW, "step": dt.timedelta(minutes=1)}, "timezone-aware"),
+        ({"start": NOW, "end": dt.datetime(2026, 11, 20, 13), "step": dt.timedelta(minutes=1)}, "timezone-aware"),
+        ({"start": NOW, "end": NOW - dt.timedelta(hours=1), "step": dt.timedelta(minutes=1)}, "is after end"),
+        ({"start": START, "end": NOW, "step": dt.timedelta(seconds=90)}, "whole number of minutes"),
+        ({"start": START, "end": NOW, "step": dt.timedelta(0)}, "positive whole number"),
+        ({"start": START, "end": NOW, "step": dt.timedelta(minutes=-5)}, "positive whole number"),
+        ({"start": START, "end": NOW, "step": 60}, "timedelta"),
+        ({"start": NOW - dt.timedelta(days=8), "end": NOW, "step": dt.timedelta(minutes=1)}, "buckets"),
+        ({"start": START, "end": NOW, "step": dt.timedelta(minutes=1), "metric_type": "nope"}, "unknown metric"),
+        ({"start": START, "end": NOW, "step": dt.timedelta(minutes=1), "group_by": "actor"}, "not a string"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_the_problem(engine: Engine, arguments: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        query_series(engine, **arguments)
+
+
+def test_the_bucket_limit_is_documented_and_reachable(engine: Engine) -> None:
+    step = dt.timedelta(minutes=1)
+    assert query_series(engine, NOW - MAX_SERIES_BUCKETS * step, NOW, step=step) == []
+    with pytest.raises(ValueError, match=f"{MAX_SERIES_BUCKETS:,} allowed"):
+        query_series(engine, NOW - (MAX_SERIES_BUCKETS + 1) * step, NOW, step=step)
+
+
+def test_a_queue_with_ready_messages_and_nothing_finished_is_stalled(engine: Engine) -> None:
+    first = NOW - dt.timedelta(minutes=4)
+    samples = []
+    for minute in range(4):
+        at = first + dt.timedelta(minutes=minute, seconds=10)
+        # "busy" works all along; "stuck" has ready messages and finishes one only in the first minute;
+        # "idle" has no ready messages at all.
+        samples.append((MetricType.QUEUE_DEPTH, {"queue": "busy", "state": "ready"}, 5.0, at))
+        samples.append((MetricType.PROCESSING_TIME, {"actor": "a", "queue": "busy"}, 3.0, at))
+        samples.append((MetricType.QUEUE_DEPTH, {"queue": "stuck", "state": "ready"}, 7.0 + minute, at))
+        samples.append((MetricType.QUEUE_DEPTH, {"queue": "stuck", "state": "delayed"}, 0.0, at))
+        samples.append((MetricType.QUEUE_DEPTH, {"queue": "idle", "state": "ready"}, 0.0, at))
+    samples.append((MetricType.PROCESSING_TIME, {"actor": "b", "queue": "stuck"}, 3.0, first))
+    insert_samples(engine, samples)
+    step = dt.timedelta(minutes=1)
+    for folded in (False, True):
+        if folded:
+            fold(engine, now=NOW)
+        stalled = query_stalled(engine, first, NOW, step=step)
+        assert [(bucket.queue, bucket.start, bucket.ready) for bucket in stalled] == [
+            ("stuck", first + dt.timedelta(minutes=minute), 7.0 + minute) for minute in (1, 2, 3)
+        ]
+    assert query_stalled(engine, first, NOW, step=step, queue="busy") == []
+    # Over the four minutes at once, one message of "stuck" finished: not stalled.
+    assert query_stalled(engine, first, NOW, step=dt.timedelta(minutes=4), queue="stuck") == []
