@@ -25,8 +25,8 @@ from .periodic import register_rollup_actor
 from .query import MetricStats, query_daily_series, query_metrics
 from .queue_depth_sampler import QueueDepthSampler
 from .recording import record_confidence, record_token_usage
-from .worker_sampler import WorkerSampler
 from .series import SeriesPoint, query_series, query_stalled
+from .worker_sampler import WorkerSampler
 
 __all__ = [
     "ConfigurationError",
@@ -35,8 +35,8 @@ __all__ = [
     "MetricsCollector",
     "OpMetrics",
     "QueueDepthSampler",
-    "WorkerSampler",
     "SeriesPoint",
+    "WorkerSampler",
     "query_daily_series",
     "query_metrics",
     "query_series",
