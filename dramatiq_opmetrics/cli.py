@@ -43,15 +43,20 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"dramatiq-opmetrics: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _bounded_int(value: str, low: int, high: int, *, what: str, bounds: str) -> int:
+    """``value`` as an integer from ``low`` to ``high``; the argument error says what was ``expected``."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+    if not low <= number <= high:
+        raise argparse.ArgumentTypeError(f"expected {bounds}, got {value}")
+    return number
+
+
 def _whole_days(value: str) -> int:
     """A number of days from 1 to :data:`MAX_DAYS`."""
-    try:
-        days = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of days, got {value!r}") from None
-    if not 1 <= days <= MAX_DAYS:
-        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_DAYS:,} days, got {value}")
-    return days
+    return _bounded_int(value, 1, MAX_DAYS, what="a whole number of days", bounds=f"1 to {MAX_DAYS:,} days")
 
 
 def _date(value: str) -> dt.date:
@@ -65,13 +70,8 @@ def _date(value: str) -> dt.date:
 
 
 def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a TCP port number, got {value!r}") from None
-    if not 1 <= port <= MAX_TCP_PORT:
-        raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to {MAX_TCP_PORT}, got {value}")
-    return port
+    """A TCP port from 1 to :data:`MAX_TCP_PORT`."""
+    return _bounded_int(value, 1, MAX_TCP_PORT, what="a TCP port number", bounds=f"a TCP port from 1 to {MAX_TCP_PORT}")
 
 
 def _interval_s(value: str) -> float:

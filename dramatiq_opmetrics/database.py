@@ -32,7 +32,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import NoSuchModuleError
 
@@ -188,6 +188,16 @@ def _take_prepare_threshold(url: URL, engine_options: dict[str, Any]) -> URL:
         )
     engine_options["connect_args"] = {**engine_options.get("connect_args", {}), "prepare_threshold": threshold}
     return url.difference_update_query([PREPARE_THRESHOLD_PARAMETER])
+
+
+@contextlib.contextmanager
+def connection_for(connectable: Engine | Connection) -> Iterator[Connection]:
+    """``connectable`` itself if it is a connection (the caller's transaction), else a new one of the engine."""
+    if isinstance(connectable, Connection):
+        yield connectable
+    else:
+        with connectable.connect() as connection:
+            yield connection
 
 
 @contextlib.contextmanager

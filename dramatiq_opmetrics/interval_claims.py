@@ -53,6 +53,44 @@ def run_at_interval_starts(stop: threading.Event, interval_s: float, run: Callab
         next_start = at + dt.timedelta(seconds=interval_s)
 
 
+class IntervalThread:
+    """Calls ``run(start)`` at each wall-clock interval start (:func:`run_at_interval_starts`) in a daemon thread.
+
+    The thread of the periodic jobs every process runs the same way (worker sampling, the recent tier's
+    fold): :meth:`start` makes it once, :meth:`stop` ends it, waiting at most ``timeout_s`` for a run in
+    progress.
+    """
+
+    def __init__(self, name: str, interval_s: float, run: Callable[[dt.datetime], object]) -> None:
+        self.name = name
+        self.interval_s = interval_s
+        self.run = run
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread has been started and not stopped."""
+        return self._thread is not None
+
+    def start(self) -> None:
+        """Start the thread, unless it runs already."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=run_at_interval_starts, args=(self._stop, self.interval_s, self.run), name=self.name, daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout_s: float) -> None:
+        """Stop the thread, waiting at most ``timeout_s`` seconds for a run in progress to end."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout_s)
+
+
 class IntervalClaim(Protocol):
     """Claims ``(job, interval_start)`` for the calling process; at most one claim succeeds fleet-wide."""
 

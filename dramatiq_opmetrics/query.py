@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +47,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from .aggregate import PERCENTILES, Aggregate, aggregate_raw, default_partition_counts
+from .database import connection_for
 from .labels import make_label_set
 from .metric_types import MetricType
 from .models import LabelSet, OperationalMetric, OperationalMetricDaily
@@ -147,7 +147,7 @@ def _query(
         raise ValueError(f"since ({since}) is after until ({until})")
     metric_types = None if metric_type is None else [metric_type]
     merge = RangeMerge(metric_types=metric_types, labels=labels, group_by=group_by, per_day=per_day)
-    with _connection(connectable) as connection:
+    with connection_for(connectable) as connection:
         merge.add_daily_rows(connection, since, until)
         if include_raw:
             for day in days_not_rolled_up(connection, since, until):
@@ -465,15 +465,6 @@ class RangeMerge:
             key=lambda stats: (order[stats.metric_type], sorted(stats.labels.items()), stats.date or dt.date.min)
         )
         return results
-
-
-@contextmanager
-def _connection(connectable: Engine | Connection) -> Iterator[Connection]:
-    if isinstance(connectable, Connection):
-        yield connectable
-    else:
-        with connectable.connect() as connection:
-            yield connection
 
 
 def _label_conditions(

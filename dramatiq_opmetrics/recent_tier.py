@@ -53,7 +53,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -62,12 +61,12 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 
 from .aggregate import BUCKET_KEY_SQL, PERCENTILES
-from .interval_claims import DatabaseIntervalClaim, IntervalClaim, interval_start
+from .interval_claims import DatabaseIntervalClaim, IntervalClaim, IntervalThread, interval_start
 from .locks import advisory_xact_lock
 from .metric_types import MetricType
 from .models import RAW_ID_SEQUENCE, RAW_TABLE, RECENT_TABLE, OperationalMetric, RecentAggregate, RecentState
 from .rollup import lock_for_rollup
-from .sketch import KEY_MULTIPLIER, LN_2, MAPPING, MIN_INDEXABLE_VALUE, Histogram, _bucket_value, bucket_key
+from .sketch import KEY_MULTIPLIER, LN_2, MAPPING, MIN_INDEXABLE_VALUE, Histogram, bucket_key, bucket_value
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +140,8 @@ def _key_value(key: int | None) -> float:
     if key is None:
         return 0.0
     if key < NEGATIVE_KEY_BASE // 2:
-        return -_bucket_value(NEGATIVE_KEY_BASE - key)
-    return _bucket_value(key)
+        return -bucket_value(NEGATIVE_KEY_BASE - key)
+    return bucket_value(key)
 
 
 def bucket_floor(at: dt.datetime, width_minutes: int) -> dt.datetime:
@@ -624,8 +623,7 @@ class RecentTierFolder:
         self.interval_s = float(interval_s)
         self.retention_days = retention_days
         self.claimer = claim if claim is not None else DatabaseIntervalClaim(engine)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = IntervalThread("opmetrics-recent-fold", self.interval_s, self._fold_logging_errors)
 
     def fold_once(self, at: dt.datetime | None = None) -> FoldResult | None:
         """Claim the interval holding ``at`` (default now) and fold if claimed; None if another process had."""
@@ -636,26 +634,15 @@ class RecentTierFolder:
 
     def start(self) -> None:
         """Start folding in a daemon thread (once)."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="opmetrics-recent-fold", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the thread (a fold in progress finishes first, up to ``timeout_s`` seconds)."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout_s)
+        self._thread.stop(timeout_s)
 
-    def _run(self) -> None:
-        next_start = interval_start(dt.datetime.now(dt.UTC), self.interval_s) + dt.timedelta(seconds=self.interval_s)
-        while not self._stop.wait(max((next_start - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)):
-            at = max(next_start, interval_start(dt.datetime.now(dt.UTC), self.interval_s))
-            try:
-                self.fold_once(at)
-            except Exception as error:
-                logger.warning("Recent tier fold skipped the interval starting %s: %s", at.isoformat(), error)
-                logger.debug("Recent tier fold failed.", exc_info=True)
-            next_start = at + dt.timedelta(seconds=self.interval_s)
+    def _fold_logging_errors(self, at: dt.datetime) -> None:
+        try:
+            self.fold_once(at)
+        except Exception as error:
+            logger.warning("Recent tier fold skipped the interval starting %s: %s", at.isoformat(), error)
+            logger.debug("Recent tier fold failed.", exc_info=True)

@@ -39,10 +39,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, DateTime, Engine, Text, cast, select, text, tuple_, type_coerce
 
+from .database import connection_for
 from .labels import make_label_set
 from .metric_types import MetricType
 from .models import OperationalMetric, RecentAggregate
-from .query import _connection, labels_of_ids, matching_label_sets
+from .query import labels_of_ids, matching_label_sets
 from .recent_tier import (
     KEY_PARAMETERS,
     BucketAggregate,
@@ -184,7 +185,7 @@ def query_series(
     types = (
         None if wanted is None else {wanted} | ({MetricType.ERROR} if wanted is MetricType.PROCESSING_TIME else set())
     )
-    with _connection(connectable) as connection:
+    with connection_for(connectable) as connection:
         label_set_ids = matching_label_sets(connection, label_filter)[0] if label_filter else None
         if label_set_ids is not None and not label_set_ids:
             return []
@@ -499,7 +500,7 @@ def query_stalled(
       ValueError: as :func:`query_series`.
     """
     only = {"queue": queue} if queue is not None else {}
-    with _connection(connectable) as connection:
+    with connection_for(connectable) as connection:
         depths = query_series(
             connection,
             start,

@@ -76,7 +76,7 @@ def _key_at_rank(buckets: tuple[list[int], list[float]], rank: float, *, lower: 
 
 
 @functools.lru_cache(maxsize=65536)
-def _bucket_value(key: int) -> float:
+def bucket_value(key: int) -> float:
     """The mapping's representative value of bucket ``key`` (few keys occur, and ddsketch computes it slowly)."""
     return float(MAPPING.value(key))
 
@@ -149,11 +149,11 @@ class Histogram:
                 continue
             rank = fraction * (count - 1)
             if rank < negative_count:
-                values.append(-_bucket_value(_key_at_rank(negative, negative_count - rank - 1, lower=False)))
+                values.append(-bucket_value(_key_at_rank(negative, negative_count - rank - 1, lower=False)))
             elif rank < zero_count + negative_count:
                 values.append(0.0)
             else:
-                values.append(_bucket_value(_key_at_rank(positive, rank - zero_count - negative_count, lower=True)))
+                values.append(bucket_value(_key_at_rank(positive, rank - zero_count - negative_count, lower=True)))
         return values
 
     def to_json(self) -> dict[str, Any]:

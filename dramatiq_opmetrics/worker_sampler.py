@@ -28,14 +28,13 @@ import datetime as dt
 import hashlib
 import logging
 import socket
-import threading
 from collections.abc import Iterable
 from typing import Any
 
 from dramatiq.common import q_name
 
 from . import samples
-from .interval_claims import interval_start, run_at_interval_starts
+from .interval_claims import IntervalThread, interval_start
 from .labels import MAX_VALUE_LENGTH
 from .queue_depth_sampler import (
     DEFAULT_QUEUE_DEPTH_INTERVAL_S,
@@ -148,8 +147,7 @@ class WorkerSampler:
         self.sink = sink
         self.interval_s = check_interval_s(interval_s)
         self.host = host_label(host)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = IntervalThread("opmetrics-worker-sampler", self.interval_s, self.sample_logging_errors)
 
     def sample(self) -> list[samples.Sample]:
         """Read the threads and busy threads now and pass their two samples to the sink; return them.
@@ -177,18 +175,8 @@ class WorkerSampler:
 
     def start(self) -> None:
         """Start sampling in a daemon thread (once), from the next interval start on."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="opmetrics-worker-sampler", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Stop the sampling thread: this process records no more samples."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout_s)
-
-    def _run(self) -> None:
-        run_at_interval_starts(self._stop, self.interval_s, self.sample_logging_errors)
+        self._thread.stop(timeout_s)
