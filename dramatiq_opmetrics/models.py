@@ -7,6 +7,8 @@ label set is stored once in ``opmetrics_label_sets``. On PostgreSQL the raw tabl
 
 ``operational_metrics_daily`` holds the permanent daily aggregates, one row per
 (metric_type, date, labels_key), self-contained: it copies the labels so it outlives the raw rows.
+``operational_metrics_monthly`` holds the same merged per calendar month, kept by the rollup, so that a
+year is read as 12 rows per label set (:mod:`~dramatiq_opmetrics.rollup`, :mod:`~dramatiq_opmetrics.query`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Date,
     Dialect,
     Enum,
     Float,
     Integer,
+    LargeBinary,
     MetaData,
     Sequence,
     SmallInteger,
@@ -38,6 +42,8 @@ from .metric_types import METRIC_TYPE_ENUM_NAME, MetricType
 RAW_TABLE = "operational_metrics"
 #: Daily aggregates table.
 DAILY_TABLE = "operational_metrics_daily"
+#: Monthly aggregates table (the daily rows of a calendar month merged).
+MONTHLY_TABLE = "operational_metrics_monthly"
 #: Distinct label sets table.
 LABEL_SETS_TABLE = "opmetrics_label_sets"
 #: The sequence that numbers raw samples.
@@ -137,7 +143,9 @@ class OperationalMetricDaily(Base):
     """Permanent aggregate of one day (UTC) of one metric type and label set.
 
     ``histogram`` is a mergeable log-bucket histogram (DDSketch mapping, 1% relative accuracy) so that
-    percentiles over any range of days can be computed from daily rows alone.
+    percentiles over any range of days can be computed from daily rows alone. ``histogram_packed`` is the
+    same histogram packed (:mod:`~dramatiq_opmetrics.packed_histograms`), which range reads merge without
+    parsing JSON; None on rows rolled up before migration 0006 until the rollup packs them.
     """
 
     __tablename__ = DAILY_TABLE
@@ -156,6 +164,46 @@ class OperationalMetricDaily(Base):
     p99: Mapped[float | None] = mapped_column(Float)
     histogram: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     rolled_up_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    histogram_packed: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+#: A list of floats: ``double precision[]`` on PostgreSQL, a JSON list elsewhere.
+FloatListType = JSON().with_variant(ARRAY(Float), "postgresql")
+
+
+class OperationalMetricMonthly(Base):
+    """The daily rows of one calendar month (UTC), metric type and label set, merged.
+
+    ``month`` is the first day of the month. ``sample_count``, ``min`` and ``max`` are those of the daily
+    rows together; ``sum`` is the sum of their sums correctly rounded and ``sum_parts`` that sum exactly,
+    as floats whose exact sum it is (so that sums over several months and days add up exactly as the daily
+    sums do). ``histogram_packed`` is the merged histogram (:mod:`~dramatiq_opmetrics.packed_histograms`;
+    None if a daily row has none); ``p50``/``p95``/``p99`` are the month's percentiles read from it (within
+    1%; the day's exact ones when the month has one daily row). ``daily_rows``, ``first_day``,
+    ``last_day`` and ``source_rolled_up_at`` (the latest ``rolled_up_at``) describe the daily rows merged,
+    so that a read knows which days a row covers and the rollup sees when the daily rows changed.
+    """
+
+    __tablename__ = MONTHLY_TABLE
+
+    metric_type: Mapped[MetricType] = mapped_column(MetricTypeColumn, primary_key=True)
+    month: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    labels_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSONType)
+    sample_count: Mapped[int] = mapped_column(BigInteger)
+    sum: Mapped[float] = mapped_column(Float)
+    sum_parts: Mapped[list[float]] = mapped_column(FloatListType)
+    min: Mapped[float] = mapped_column(Float)
+    max: Mapped[float] = mapped_column(Float)
+    p50: Mapped[float | None] = mapped_column(Float)
+    p95: Mapped[float | None] = mapped_column(Float)
+    p99: Mapped[float | None] = mapped_column(Float)
+    histogram_packed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    daily_rows: Mapped[int] = mapped_column(Integer)
+    first_day: Mapped[dt.date] = mapped_column(Date)
+    last_day: Mapped[dt.date] = mapped_column(Date)
+    source_rolled_up_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    merged_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class IntervalClaim(Base):

@@ -17,6 +17,23 @@ transaction (SQLite), and the daily rows are upserted, so concurrent runs (two s
 during the scheduled one) serialise, and a second run finds the day up to date. Running a rollup of a day
 twice leaves identical rows (``rolled_up_at`` only changes when the aggregates do).
 
+Monthly rows: ``operational_metrics_monthly`` holds, per (metric type, calendar month, label set), the
+month's daily rows merged (:class:`~dramatiq_opmetrics.models.OperationalMetricMonthly`), so that a range
+read takes a year as 12 rows per label set instead of 365 (:mod:`~dramatiq_opmetrics.query`). Every daily
+row also carries its histogram packed (:mod:`~dramatiq_opmetrics.packed_histograms`), which merges without
+parsing JSON. A month's rows are always rebuilt whole from its daily rows (:func:`merge_month`), never
+updated by adding a day to them: a day rolled up again (late samples) then can never be counted twice.
+
+- The rollup of a day re-merges its month in the same transaction, so a reader sees the day's daily rows
+  and the month's rows change together (a range read takes a month from its monthly rows only when it
+  covers every day those rows hold, in one statement).
+- Each run then heals what changed otherwise (:func:`merge_months`): a month whose daily rows differ from
+  what its monthly rows say they merged (number of rows, samples, latest ``rolled_up_at``), or that has
+  daily rows without a packed histogram, is re-merged in a transaction of its own, which also packs those
+  rows. The first run after migration 0006 so merges (and packs) the whole history, one month at a time;
+  until then reads are right but slower. Daily rows written by other means than the rollup (an import, a
+  test fixture) are merged by the next run in the same way.
+
 Example::
 
     from dramatiq_opmetrics.rollup import rollup
@@ -27,17 +44,23 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
+import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, func, or_, select
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .aggregate import Aggregate, aggregate_raw, raw_counts_by_day
+from .aggregate import PERCENTILES, Aggregate, aggregate_raw, raw_counts_by_day
 from .locks import write_xact_lock
-from .models import LabelSet, OperationalMetricDaily
+from .models import LabelSet, OperationalMetricDaily, OperationalMetricMonthly
+from .packed_histograms import HistogramSum, pack
 from .partitions import DEFAULT_PARTITION_DAYS_AHEAD, day_bounds, ensure_partitions
+from .sketch import Histogram
 from .value_lists import in_values
 
 logger = logging.getLogger(__name__)
@@ -45,7 +68,19 @@ logger = logging.getLogger(__name__)
 #: The advisory lock that serialises rollups and prunes of one installation.
 ROLLUP_LOCK = "rollup"
 
-_VALUE_COLUMNS = ("labels", "sample_count", "sum", "min", "max", "avg", "p50", "p95", "p99", "histogram")
+_VALUE_COLUMNS = (
+    "labels",
+    "sample_count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "p50",
+    "p95",
+    "p99",
+    "histogram",
+    "histogram_packed",
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +99,25 @@ class DayRollup:
     rows: int
     label_sets: int
     daily_rows: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class MonthMerge:
+    """What the merge of one month's daily rows into monthly rows did.
+
+    Parameters:
+      month(date): the first day of the month.
+      daily_rows(int): daily rows merged.
+      monthly_rows(int): monthly rows written (one per metric type and label set).
+      packed(int): daily rows that got their packed histogram in this merge.
+      duration_s(float): how long the merge took, in seconds.
+    """
+
+    month: dt.date
+    daily_rows: int
+    monthly_rows: int
+    packed: int
     duration_s: float
 
 
@@ -135,6 +189,7 @@ def rollup(
     ``since``, only such days from ``since`` on. With ``day``, that day, even if up to date (the rows come out
     identical), unless its raw rows are gone. Partitions for today and the next
     :data:`~dramatiq_opmetrics.partitions.DEFAULT_PARTITION_DAYS_AHEAD` days are created first (PostgreSQL).
+    Every month whose monthly rows are out of date is merged last (:func:`merge_months`).
 
     Parameters:
       engine(Engine): the metrics database (each day is rolled up in a transaction of its own).
@@ -161,14 +216,16 @@ def rollup(
         )
     if day is not None:
         result = rollup_day(engine, day, force=True)
-        return [] if result is None else [result]
-    with engine.connect() as connection:
-        days = days_to_roll_up(connection, today, since)
-    done = []
-    for candidate, rows in days.items():
-        result = rollup_day(engine, candidate, expected_rows=rows)
-        if result is not None:
-            done.append(result)
+        done = [] if result is None else [result]
+    else:
+        with engine.connect() as connection:
+            days = days_to_roll_up(connection, today, since)
+        done = []
+        for candidate, rows in days.items():
+            result = rollup_day(engine, candidate, expected_rows=rows)
+            if result is not None:
+                done.append(result)
+    merge_months(engine)
     return done
 
 
@@ -203,6 +260,7 @@ def rollup_day(
         if not force and rolled_up == rows:
             return None
         _upsert(connection, day, aggregates)
+        merge_month(connection, month_of(day))
     result = DayRollup(
         day=day,
         rows=rows,
@@ -259,6 +317,7 @@ def _upsert(connection: Connection, day: dt.date, aggregates: list[Aggregate]) -
                 "p95": p95,
                 "p99": p99,
                 "histogram": aggregate.histogram.to_json(),
+                "histogram_packed": pack(aggregate.histogram),
                 "rolled_up_at": rolled_up_at,
             }
         )
@@ -272,3 +331,196 @@ def _upsert(connection: Connection, day: dt.date, aggregates: list[Aggregate]) -
         where=or_(*(daily.c[name].is_distinct_from(excluded[name]) for name in _VALUE_COLUMNS)),
     )
     connection.execute(statement, rows)
+
+
+def month_of(day: dt.date) -> dt.date:
+    """The first day of ``day``'s month."""
+    return day.replace(day=1)
+
+
+def next_month(month: dt.date) -> dt.date:
+    """The first day of the month after ``month``'s."""
+    return (month.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+
+
+def exact_sum_parts(values: Iterable[float]) -> list[float]:
+    """Floats whose exact sum is the exact sum of ``values`` (Shewchuk's partials, as :func:`math.fsum` keeps
+    them), so that ``math.fsum(parts + more)`` equals ``math.fsum(values + more)`` for any ``more``."""
+    partials: list[float] = []
+    for value in values:
+        x = value
+        kept = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            high = x + y
+            low = y - (high - x)
+            if low:
+                partials[kept] = low
+                kept += 1
+            x = high
+        partials[kept:] = [x]
+    return partials
+
+
+def merge_month(connection: Connection, month: dt.date) -> MonthMerge:
+    """Rebuild the monthly rows of ``month`` (its first day) from its daily rows, in the caller's
+    transaction, which holds the rollup lock (:func:`lock_for_rollup`). Daily rows without a packed
+    histogram get it (from their JSON one) on the way."""
+    started = time.perf_counter()
+    daily = OperationalMetricDaily.__table__
+    monthly = OperationalMetricMonthly.__table__
+    query = (
+        select(
+            daily.c.metric_type,
+            daily.c.labels_key,
+            daily.c.labels,
+            daily.c.date,
+            daily.c.sample_count,
+            daily.c.sum,
+            daily.c.min,
+            daily.c.max,
+            daily.c.p50,
+            daily.c.p95,
+            daily.c.p99,
+            daily.c.histogram_packed,
+            case((daily.c.histogram_packed.is_(None), daily.c.histogram)).label("histogram"),
+            daily.c.rolled_up_at,
+        )
+        .where(daily.c.date >= month, daily.c.date < next_month(month))
+        .order_by(daily.c.metric_type, daily.c.labels_key, daily.c.date)
+    )
+    rows = connection.execute(query).all()
+    merged_at = dt.datetime.now(dt.UTC)
+    monthly_rows: list[dict[str, Any]] = []
+    packed_now: list[dict[str, Any]] = []
+    for (metric_type, labels_key), group in itertools.groupby(rows, key=lambda row: (row[0], row[1])):
+        days = list(group)
+        total = HistogramSum()
+        complete = True
+        for row in days:
+            packed = row.histogram_packed
+            if packed is None and row.histogram is not None:
+                packed = pack(Histogram.from_json(row.histogram))
+                packed_now.append({"t": row.metric_type, "d": row.date, "k": row.labels_key, "packed": packed})
+            if packed is None:
+                complete = False
+            else:
+                total.add_packed(packed)
+        low, high = min(row.min for row in days), max(row.max for row in days)
+        if len(days) == 1:
+            percentiles = (days[0].p50, days[0].p95, days[0].p99)
+        elif complete:
+            percentiles = tuple(
+                None if value is None else min(max(value, low), high) for value in total.quantiles(PERCENTILES)
+            )
+        else:
+            percentiles = (None, None, None)
+        monthly_rows.append(
+            {
+                "metric_type": metric_type,
+                "month": month,
+                "labels_key": labels_key,
+                "labels": days[-1].labels,
+                "sample_count": sum(row.sample_count for row in days),
+                "sum": math.fsum(row.sum for row in days),
+                "sum_parts": exact_sum_parts(row.sum for row in days),
+                "min": low,
+                "max": high,
+                "p50": percentiles[0],
+                "p95": percentiles[1],
+                "p99": percentiles[2],
+                "histogram_packed": total.pack() if complete else None,
+                "daily_rows": len(days),
+                "first_day": days[0].date,
+                "last_day": days[-1].date,
+                "source_rolled_up_at": max(row.rolled_up_at for row in days),
+                "merged_at": merged_at,
+            }
+        )
+    if packed_now:
+        connection.execute(
+            update(daily)
+            .where(
+                and_(
+                    daily.c.metric_type == bindparam("t"),
+                    daily.c.date == bindparam("d"),
+                    daily.c.labels_key == bindparam("k"),
+                )
+            )
+            .values(histogram_packed=bindparam("packed")),
+            packed_now,
+        )
+    connection.execute(delete(monthly).where(monthly.c.month == month))
+    if monthly_rows:
+        connection.execute(insert(monthly), monthly_rows)
+    result = MonthMerge(month, len(rows), len(monthly_rows), len(packed_now), time.perf_counter() - started)
+    logger.info(
+        "Merged month %s: daily_rows=%d monthly_rows=%d packed=%d duration_s=%.3f",
+        month.isoformat()[:7],
+        result.daily_rows,
+        result.monthly_rows,
+        result.packed,
+        result.duration_s,
+        extra={
+            "event": "rollup_month",
+            "month": month.isoformat(),
+            "daily_rows": result.daily_rows,
+            "monthly_rows": result.monthly_rows,
+            "packed": result.packed,
+            "duration_s": result.duration_s,
+        },
+    )
+    return result
+
+
+def months_to_merge(connection: Connection) -> list[dt.date]:
+    """The months whose monthly rows are not the merge of their daily rows as they are now: a different
+    number of daily rows, of samples or a later ``rolled_up_at`` per metric type, daily rows without a
+    packed histogram, or monthly rows of a month without daily rows."""
+    daily = OperationalMetricDaily.__table__
+    monthly = OperationalMetricMonthly.__table__
+    unpacked = case((and_(daily.c.histogram_packed.is_(None), daily.c.histogram.is_not(None)), 1), else_=0)
+    per_day = select(
+        daily.c.date,
+        daily.c.metric_type,
+        func.count(),
+        func.sum(daily.c.sample_count),
+        func.max(daily.c.rolled_up_at),
+        func.sum(unpacked),
+    ).group_by(daily.c.date, daily.c.metric_type)
+    found: dict[dt.date, dict[str, list[Any]]] = {}
+    stale: set[dt.date] = set()
+    for day, metric_type, rows, samples, latest, without_packed in connection.execute(per_day):
+        month = month_of(day)
+        counts = found.setdefault(month, {}).setdefault(str(metric_type), [0, 0, None])
+        counts[0] += int(rows)
+        counts[1] += int(samples)
+        counts[2] = latest if counts[2] is None else max(counts[2], latest)
+        if without_packed:
+            stale.add(month)
+    merged: dict[dt.date, dict[str, list[Any]]] = {}
+    per_month = select(
+        monthly.c.month,
+        monthly.c.metric_type,
+        func.sum(monthly.c.daily_rows),
+        func.sum(monthly.c.sample_count),
+        func.max(monthly.c.source_rolled_up_at),
+    ).group_by(monthly.c.month, monthly.c.metric_type)
+    for month, metric_type, rows, samples, latest in connection.execute(per_month):
+        merged.setdefault(month, {})[str(metric_type)] = [int(rows), int(samples), latest]
+    stale.update(month for month in found.keys() | merged.keys() if found.get(month) != merged.get(month))
+    return sorted(stale)
+
+
+def merge_months(engine: Engine) -> list[MonthMerge]:
+    """Re-merge every month whose monthly rows are out of date (:func:`months_to_merge`), each in a
+    transaction of its own under the rollup lock; return what was merged, oldest month first."""
+    with engine.connect() as connection:
+        months = months_to_merge(connection)
+    done = []
+    for month in months:
+        with engine.begin() as connection:
+            lock_for_rollup(connection)
+            done.append(merge_month(connection, month))
+    return done
