@@ -11,7 +11,8 @@ The public API:
 - :func:`query_metrics`, :func:`query_daily_series` and :class:`MetricStats`: statistics over any range of
   days from the daily rollup (percentiles within 1%), today included.
 - :func:`register_rollup_actor`: the periodiq-scheduled nightly rollup and prune on your broker.
-- :func:`query_series`, :func:`query_stalled` and :class:`SeriesPoint`: minute-resolution series of any time
+- :func:`query_series`, :func:`query_totals`, :func:`query_stalled` and :class:`SeriesPoint`: minute-resolution
+  series (or totals) of any time
   range (from the recent tier and the raw rows not folded yet), and stalled queues.
 """
 
@@ -25,7 +26,7 @@ from .periodic import register_rollup_actor
 from .query import MetricStats, query_daily_series, query_metrics
 from .queue_depth_sampler import QueueDepthSampler
 from .recording import record_confidence, record_token_usage
-from .series import SeriesPoint, query_series, query_stalled
+from .series import SeriesPoint, query_series, query_stalled, query_totals
 from .worker_sampler import WorkerSampler
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "query_metrics",
     "query_series",
     "query_stalled",
+    "query_totals",
     "record_confidence",
     "record_token_usage",
     "register_rollup_actor",

@@ -119,12 +119,14 @@ class _Point:
         return quantiles_of_keys(keys, min(part.min for part in self.parts), max(part.max for part in self.parts))
 
 
-def check_range(start: dt.datetime, end: dt.datetime, step: dt.timedelta) -> int:
+def check_range(
+    start: dt.datetime, end: dt.datetime, step: dt.timedelta, *, max_buckets: int | None = MAX_SERIES_BUCKETS
+) -> int:
     """Check the arguments of a series; return the step in whole minutes.
 
     Raises:
       ValueError: a naive datetime, ``start`` after ``end``, a step that is not a positive whole number of
-        minutes, or more than :data:`MAX_SERIES_BUCKETS` buckets.
+        minutes, or more than ``max_buckets`` buckets (default :data:`MAX_SERIES_BUCKETS`; None: no limit).
     """
     for name, value in (("start", start), ("end", end)):
         if not isinstance(value, dt.datetime):
@@ -139,10 +141,10 @@ def check_range(start: dt.datetime, end: dt.datetime, step: dt.timedelta) -> int
         raise ValueError(f"step must be a positive whole number of minutes, got {step}")
     step_minutes = step // dt.timedelta(minutes=1)
     buckets = math.ceil((end - bucket_floor(start, step_minutes)) / step) if end > start else 0
-    if buckets > MAX_SERIES_BUCKETS:
+    if max_buckets is not None and buckets > max_buckets:
         raise ValueError(
             f"{buckets:,} buckets of {step} from {start.isoformat()} to {end.isoformat()} is more than the"
-            f" {MAX_SERIES_BUCKETS:,} allowed: use a larger step or a shorter range"
+            f" {max_buckets:,} allowed: use a larger step or a shorter range"
         )
     return int(step_minutes)
 
@@ -176,6 +178,19 @@ def query_series(
         string.
     """
     step_minutes = check_range(start, end, step)
+    return _query(connectable, start, end, step_minutes, metric_type, labels, group_by)
+
+
+def _query(
+    connectable: Engine | Connection,
+    start: dt.datetime,
+    end: dt.datetime,
+    step_minutes: int | None,
+    metric_type: MetricType | str | None,
+    labels: Mapping[str, str] | None,
+    group_by: Sequence[str] | None,
+) -> list[SeriesPoint]:
+    """The points of buckets of ``step_minutes``, or of the whole range if None."""
     wanted = None if metric_type is None else _metric_type(metric_type)
     if isinstance(group_by, str):
         raise ValueError("group_by is a sequence of label keys, e.g. ('actor', 'queue'), not a string")
@@ -190,9 +205,31 @@ def query_series(
         if label_set_ids is not None and not label_set_ids:
             return []
         keys = None if group_by is None else tuple(group_by)
-        groups = _Grouping(connection, keys, step_minutes, wanted)
+        groups = _Grouping(connection, keys, step_minutes, wanted, start)
         aggregates = _read(connection, start, end, step_minutes, types, label_set_ids, groups)
+    step = end - start if step_minutes is None else dt.timedelta(minutes=step_minutes)
     return _points(aggregates, groups, start, end, step)
+
+
+def query_totals(
+    connectable: Engine | Connection,
+    start: dt.datetime,
+    end: dt.datetime,
+    *,
+    metric_type: MetricType | str | None = None,
+    labels: Mapping[str, str] | None = None,
+    group_by: Sequence[str] | None = None,
+) -> list[SeriesPoint]:
+    """One point per metric type and group for the samples recorded in ``[start, end)``: the statistics of
+    the whole range (each point's ``start`` and ``end`` are the range's), read like :func:`query_series`
+    (the recent tier plus the raw rows it does not hold). For ranges of whole UTC days older than the raw
+    retention use :func:`~dramatiq_opmetrics.query.query_metrics`.
+
+    Parameters and errors are those of :func:`query_series`, without ``step``; the range may be any length
+    (percentiles of long ranges merge many buckets' keys: prefer the daily rows beyond a few days).
+    """
+    check_range(start, end, dt.timedelta(minutes=1), max_buckets=None)
+    return _query(connectable, start, end, None, metric_type, labels, group_by)
 
 
 def _metric_type(metric_type: MetricType | str) -> MetricType:
@@ -212,7 +249,7 @@ def _read(
     connection: Connection,
     start: dt.datetime,
     end: dt.datetime,
-    step_minutes: int,
+    step_minutes: int | None,
     types: set[MetricType] | None,
     label_set_ids: set[int] | None,
     groups: _Grouping,
@@ -248,14 +285,14 @@ def _tier(
     connection: Connection,
     low: dt.datetime,
     high: dt.datetime,
-    step_minutes: int,
+    step_minutes: int | None,
     types: set[MetricType] | None,
     label_set_ids: set[int] | None,
 ) -> list[BucketAggregate]:
     if low >= high:
         return []
     tier = RecentAggregate
-    coarse = 10 if step_minutes % 10 == 0 else None
+    coarse = 10 if step_minutes is None or step_minutes % 10 == 0 else None
     spans: list[tuple[int, dt.datetime, dt.datetime]] = []
     if coarse is not None and _ceil(low, coarse) < bucket_floor(high, coarse):
         inner_low, inner_high = _ceil(low, coarse), bucket_floor(high, coarse)
@@ -330,12 +367,18 @@ class _Grouping:
     """Which point (metric type, group, bucket) each aggregate belongs to; label sets read once."""
 
     def __init__(
-        self, connection: Connection, keys: tuple[str, ...] | None, step_minutes: int, wanted: MetricType | None
+        self,
+        connection: Connection,
+        keys: tuple[str, ...] | None,
+        step_minutes: int | None,
+        wanted: MetricType | None,
+        start: dt.datetime,
     ) -> None:
         self.connection = connection
         self.keys = keys
         self.step_minutes = step_minutes
         self.wanted = wanted
+        self.start = start
         self.labels_of: dict[int, Mapping[str, str]] = {}
         self._groups: dict[int, tuple[tuple[str, str], ...]] = {}
         self._buckets: dict[dt.datetime, dt.datetime] = {}
@@ -357,7 +400,9 @@ class _Grouping:
     def bucket(self, start: dt.datetime) -> dt.datetime:
         found = self._buckets.get(start)
         if found is None:
-            found = self._buckets[start] = bucket_floor(start, self.step_minutes)
+            found = self._buckets[start] = (
+                self.start if self.step_minutes is None else bucket_floor(start, self.step_minutes)
+            )
         return found
 
     def point(self, aggregate: BucketAggregate) -> tuple[MetricType, tuple[tuple[str, str], ...], dt.datetime] | None:

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.recent_tier import fold
-from dramatiq_opmetrics.series import MAX_SERIES_BUCKETS, query_series, query_stalled
+from dramatiq_opmetrics.series import MAX_SERIES_BUCKETS, query_series, query_stalled, query_totals
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 START = NOW - dt.timedelta(hours=3)
@@ -53,6 +53,30 @@ def test_series_over_folded_and_unfolded_rows_count_each_sample_once(engine: Eng
     fold(engine, now=NOW)
     fold(engine, now=NOW)  # a re-run adds nothing
     check_every_step(engine, older + newer + late, START, NOW)
+
+
+def test_totals_over_folded_unfolded_and_partial_minutes_match_numpy(engine: Engine) -> None:
+    older = fleet_samples(START, 120, seed=7)
+    insert_samples(engine, older)
+    fold(engine, now=NOW)
+    newer = fleet_samples(START + dt.timedelta(minutes=120), 60, seed=8)
+    late = fleet_samples(START + dt.timedelta(minutes=30), 20, seed=9, per_minute=5)
+    insert_samples(engine, newer + late)
+    samples = older + newer + late
+    # A step reaching back past 2000 puts every sample in the bucket starting at the range's start.
+    whole = dt.timedelta(days=366 * 100)
+    for start, end in ((START, NOW), (START + dt.timedelta(seconds=95.5), NOW - dt.timedelta(seconds=1234.25))):
+        for metric_type in (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME):
+            points = query_totals(engine, start, end, metric_type=metric_type, group_by=GROUPS)
+            assert {(point.start, point.end) for point in points} == {(start, end)}
+            assert_points_match(points, expected_points(samples, start, end, whole, metric_type, GROUPS))
+    everything = query_totals(engine, START, NOW, group_by=())
+    assert {point.metric_type: point.count for point in everything} == {
+        metric_type: sum(1 for sample in samples if sample[0] is metric_type)
+        for metric_type in {sample[0] for sample in samples}
+    }
+    with pytest.raises(ValueError, match="timezone-aware"):
+        query_totals(engine, START.replace(tzinfo=None), NOW)
 
 
 def test_the_error_rate_is_failed_attempts_over_attempts_of_the_group_and_bucket(engine: Engine) -> None:
