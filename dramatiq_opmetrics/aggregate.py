@@ -9,7 +9,9 @@ the same results:
   locate the rank of each wanted percentile; a bucket's rows form one interval of values ``[min, max]``
   because the key grows with the value, so the second scan fetches only the order statistics wanted, from
   the few buckets that hold them. This is about twice as fast as ``percentile_cont`` (one sort per label set)
-  plus a separate histogram query.
+  plus a separate histogram query. Without exact percentiles (the query API's days not rolled up yet) one
+  scan groups by metric type and label set only, collecting the bucket keys in an array counted in Python:
+  half the time of grouping by bucket.
 - In Python (SQLite): the rows are read in value order and aggregated as they stream.
 
 Exact percentiles interpolate linearly between the two nearest ranks, like PostgreSQL's
@@ -21,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -203,6 +206,8 @@ def _aggregate_in_postgres(
 ) -> list[Aggregate]:
     source, params = _raw_rows(connection, start, end, metric_type, label_set_ids)
     params.update(min_indexable=MIN_INDEXABLE_VALUE, ln_2=LN_2, multiplier=KEY_MULTIPLIER, base=_NEGATIVE_KEY_BASE)
+    if not exact_percentiles:
+        return _histograms_in_postgres(connection, source, params)
     bucket_rows = connection.execute(
         text(
             "SELECT metric_type::text, label_set_id, key, count(*), sum(value), min(value), max(value)"
@@ -246,6 +251,34 @@ def _aggregate_in_postgres(
         # A second statement: rows committed in between (a late sample) may shift an order statistic by one;
         # the day's rolled-up count then differs from its raw count and the next rollup redoes the day.
         _add_exact_percentiles(connection, aggregates, groups, source, params)
+    return aggregates
+
+
+def _histograms_in_postgres(connection: Connection, source: str, params: dict[str, object]) -> list[Aggregate]:
+    """Aggregates without exact percentiles: one group per metric type and label set, the bucket key of each
+    value collected in an array and counted in Python. Twice as fast as grouping by bucket in SQL (a hash
+    table of one entry per bucket), which only the exact percentiles need (they locate ranks by bucket)."""
+    rows = connection.execute(
+        text(
+            "SELECT metric_type::text, label_set_id, count(*), sum(value), min(value), max(value),"
+            f" array_agg(CASE WHEN value > :min_indexable THEN {BUCKET_KEY_SQL.format('value')}"
+            "   WHEN value < -CAST(:min_indexable AS float8)"
+            f"   THEN :base - {BUCKET_KEY_SQL.format('-value')} END)"
+            f" FROM ({source}) AS raw WHERE value <> CAST('NaN' AS float8) GROUP BY metric_type, label_set_id"
+        ),
+        params,
+    )
+    aggregates = []
+    for group_type, label_set_id, count, total, low, high, keys in sorted(rows, key=lambda row: (row[0], row[1])):
+        histogram = Histogram()
+        for key, key_count in Counter(keys).items():
+            if key is None:
+                histogram.zero_count += key_count
+            elif key < _NEGATIVE_KEY_BASE // 2:
+                histogram.negative_bins[_NEGATIVE_KEY_BASE - key] += key_count
+            else:
+                histogram.bins[key] += key_count
+        aggregates.append(Aggregate(MetricType(group_type), label_set_id, count, total, low, high, histogram))
     return aggregates
 
 

@@ -23,35 +23,50 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Connection,
+    Date,
     Engine,
     Integer,
     Select,
     Text,
-    and_,
+    case,
     cast,
     func,
+    literal,
+    null,
     select,
-    true,
+    text,
     type_coerce,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import CompoundSelect
+from sqlalchemy.sql.sqltypes import NullType
 
 from .aggregate import PERCENTILES, Aggregate, aggregate_raw, default_partition_counts
 from .database import connection_for
 from .labels import make_label_set
 from .metric_types import MetricType
-from .models import LabelSet, OperationalMetric, OperationalMetricDaily
+from .models import (
+    FloatListType,
+    JSONType,
+    LabelSet,
+    OperationalMetric,
+    OperationalMetricDaily,
+    OperationalMetricMonthly,
+)
+from .packed_histograms import HistogramSum
 from .partitions import day_bounds, list_partitions
+from .rollup import month_of, next_month
 from .sketch import Histogram
 from .value_lists import in_values
 
@@ -147,16 +162,92 @@ def _query(
         raise ValueError(f"since ({since}) is after until ({until})")
     metric_types = None if metric_type is None else [metric_type]
     merge = RangeMerge(metric_types=metric_types, labels=labels, group_by=group_by, per_day=per_day)
-    with connection_for(connectable) as connection:
+    with connection_for(connectable) as connection, long_read_settings(connection):
         merge.add_daily_rows(connection, since, until)
         if include_raw:
-            for day in days_not_rolled_up(connection, since, until):
-                merge.add_raw_day(connection, day)
+            raw_days = days_not_rolled_up(connection, since, until)
+            if merge.has_rows() or len(raw_days) != 1 or not _in_recent_tier(raw_days[0]):
+                for day in raw_days:
+                    merge.add_raw_day(connection, day)
+            else:
+                return _totals_of_raw_day(connection, raw_days[0], metric_type, labels, group_by, per_day)
     return merge.results()
 
 
-#: A histogram as stored in a daily row (parsed only when needed), or built from raw rows.
-_HistogramSource = Mapping[str, Any] | Histogram
+#: ``work_mem`` for the package's long reads (the raw rows of a day grouped by histogram bucket need tens of
+#: megabytes of hash table; at PostgreSQL's default of 4 MB they spill to disk).
+LONG_READ_WORK_MEM = "64MB"
+
+
+@contextlib.contextmanager
+def long_read_settings(connection: Connection) -> Iterator[None]:
+    """Run the block with the session settings a long read needs, on PostgreSQL: ``work_mem`` raised to
+    :data:`LONG_READ_WORK_MEM` and JIT compilation off (it costs more than it saves on these statements).
+
+    Set with ``SET LOCAL`` semantics (``set_config(..., true)``) and put back as they were when the block
+    ends, so that they hold for the package's statements only, even inside the caller's own transaction; a
+    block that fails leaves them to the rollback of its transaction, which undoes them."""
+    if connection.dialect.name != "postgresql":
+        yield
+        return
+    before = connection.execute(
+        text(
+            "SELECT current_setting('work_mem'), current_setting('jit'),"
+            " set_config('work_mem', :work_mem, true), set_config('jit', 'off', true)"
+        ),
+        {"work_mem": LONG_READ_WORK_MEM},
+    ).one()
+    yield
+    connection.execute(
+        text("SELECT set_config('work_mem', :work_mem, true), set_config('jit', :jit, true)"),
+        {"work_mem": before[0], "jit": before[1]},
+    )
+
+
+def _in_recent_tier(day: dt.date) -> bool:
+    """Whether ``day`` lies within the span the recent tier keeps by default (today and the days before)."""
+    from .recent_tier import DEFAULT_RECENT_RETENTION_DAYS
+
+    today = dt.datetime.now(dt.UTC).date()
+    return today - dt.timedelta(days=DEFAULT_RECENT_RETENTION_DAYS - 1) <= day <= today
+
+
+def _totals_of_raw_day(
+    connection: Connection,
+    day: dt.date,
+    metric_type: MetricType | str | None,
+    labels: Mapping[str, str] | None,
+    group_by: Sequence[str] | None,
+    per_day: bool,
+) -> list[MetricStats]:
+    """The statistics of a range whose only data is the raw rows of ``day``, a recent day not rolled up:
+    :func:`~dramatiq_opmetrics.series.query_totals` of the day, from the recent tier and the raw rows it does
+    not hold yet."""
+    # series reads label sets through this module: imported here, when both are loaded.
+    from .series import query_totals
+
+    start, end = day_bounds(day)
+    return [
+        MetricStats(
+            metric_type=point.metric_type,
+            labels=point.labels,
+            count=point.count,
+            sum=point.sum,
+            min=point.min,
+            max=point.max,
+            avg=point.avg,
+            p50=point.p50,
+            p95=point.p95,
+            p99=point.p99,
+            date=day if per_day else None,
+            raw_days=1,
+        )
+        for point in query_totals(connection, start, end, metric_type=metric_type, labels=labels, group_by=group_by)
+    ]
+
+
+#: A histogram as stored in a daily or monthly row (packed, or JSON), or built from raw rows; merged when read.
+_HistogramSource = bytes | Mapping[str, Any] | Histogram | HistogramSum
 
 
 @dataclass
@@ -167,7 +258,7 @@ class _Group:
     high: float = -math.inf
     sources: int = 0
     pending: list[_HistogramSource] = field(default_factory=list)
-    merged: Histogram | None = None
+    merged: HistogramSum | None = None
     missing_histogram: bool = False
     exact: tuple[float | None, ...] | None = None
     raw_days: set[dt.date] = field(default_factory=set)
@@ -184,8 +275,10 @@ class _Group:
     ) -> None:
         self.count += count
         self.sums.extend(sums)
-        self.low = min(self.low, low)
-        self.high = max(self.high, high)
+        if low < self.low:
+            self.low = low
+        if high > self.high:
+            self.high = high
         self.sources += sources
         if histogram is None:
             self.missing_histogram = True
@@ -193,16 +286,24 @@ class _Group:
             self.pending.append(histogram)
         self.exact = exact
 
-    def histogram(self) -> Histogram:
+    def histogram(self) -> HistogramSum | Histogram:
         """The merged histogram of every source added so far (only to be read: it may be a source itself)."""
-        if self.merged is None and len(self.pending) == 1 and isinstance(self.pending[0], Histogram):
+        if self.merged is None and len(self.pending) == 1 and isinstance(self.pending[0], Histogram | HistogramSum):
             return self.pending[0]
         if self.merged is None:
-            self.merged = Histogram()
+            self.merged = HistogramSum()
+        merged = self.merged
         for histogram in self.pending:
-            self.merged += histogram if isinstance(histogram, Histogram) else Histogram.from_json(histogram)
+            if isinstance(histogram, bytes):
+                merged.add_packed(histogram)
+            elif isinstance(histogram, HistogramSum):
+                merged.add(histogram)
+            elif isinstance(histogram, Histogram):
+                merged.add_histogram(histogram)
+            else:
+                merged.add_histogram(Histogram.from_json(histogram))
         self.pending.clear()
-        return self.merged
+        return merged
 
     def copy(self) -> _Group:
         """A copy sharing this group's histograms, which neither changes (so a settled group is never changed)."""
@@ -226,15 +327,18 @@ class _Group:
 
 
 _GroupKey = tuple[MetricType, tuple[tuple[str, str], ...], dt.date | None]
+_TYPES = {member.value: member for member in MetricType}
+_DAY = dt.timedelta(days=1)
 
 
 class RangeMerge:
     """Statistics of a range being merged: daily rows and raw days are added, then :meth:`results` read.
 
-    :func:`query_metrics` and :func:`query_daily_series` are this: the daily rows of the range, plus the raw
-    rows of its days not rolled up. A caller that keeps results between calls (the dashboard) keeps a merge
-    of daily rows (:meth:`settle`), adds the raw aggregates it keeps itself to a :meth:`copy` of it, and reads
-    the same statistics as the query API's.
+    :func:`query_metrics` and :func:`query_daily_series` are this: the rolled-up days of the range (whole
+    months from their monthly rows, the other days from their daily rows), plus the raw rows of its days
+    not rolled up. A caller that keeps results between calls (the dashboard) keeps a merge of daily rows
+    (:meth:`settle`), adds the raw aggregates it keeps itself to a :meth:`copy` of it, and reads the same
+    statistics as the query API's.
 
     Parameters:
       metric_types(Sequence[MetricType | str] | None): only these metric types; default: every type.
@@ -270,16 +374,19 @@ class RangeMerge:
         self.per_day = per_day
         self._groups: dict[_GroupKey, _Group] = {}
         self._label_sets: tuple[set[int], list[str]] | None = None
-        # Label sets never change: the labels read for raw aggregates are kept, and shared with copies.
+        # Label sets never change: the labels read for raw aggregates and daily rows are kept, and shared
+        # with copies.
         self._labels_by_id: dict[int, dict[str, str]] = {}
+        self._chosen_by_key: dict[str, tuple[tuple[str, str], ...]] = {}
 
     def copy(self) -> RangeMerge:
         """An independent copy, to add more to while this one stays as it is (see :meth:`settle`)."""
         twin = RangeMerge(metric_types=self.metric_types, group_by=self.group_by, per_day=self.per_day)
-        twin.label_filter, twin._label_sets, twin._labels_by_id = (
+        twin.label_filter, twin._label_sets, twin._labels_by_id, twin._chosen_by_key = (
             self.label_filter,
             self._label_sets,
             self._labels_by_id,
+            self._chosen_by_key,
         )
         twin._groups = {key: group.copy() for key, group in self._groups.items()}
         return twin
@@ -290,12 +397,17 @@ class RangeMerge:
         for group in self._groups.values():
             group.histogram()
 
-    def _group(self, row_type: MetricType | str, row_labels: Mapping[str, str], day: dt.date) -> _Group:
+    def has_rows(self) -> bool:
+        """Whether anything was added yet."""
+        return bool(self._groups)
+
+    def _chosen(self, row_labels: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
         if self.group_by is None:
-            chosen = tuple(sorted(row_labels.items()))
-        else:
-            chosen = tuple((key, row_labels[key]) for key in self.group_by if key in row_labels)
-        key = (MetricType(row_type), chosen, day if self.per_day else None)
+            return tuple(sorted(row_labels.items()))
+        return tuple((key, row_labels[key]) for key in self.group_by if key in row_labels)
+
+    def _group(self, row_type: MetricType | str, row_labels: Mapping[str, str], day: dt.date) -> _Group:
+        key = (MetricType(row_type), self._chosen(row_labels), day if self.per_day else None)
         found = self._groups.get(key)
         if found is None:
             found = self._groups[key] = _Group()
@@ -308,98 +420,112 @@ class RangeMerge:
         return self._label_sets
 
     def add_daily_rows(self, connection: Connection, since: dt.date, until: dt.date) -> None:
-        """Add the daily rows of the UTC days ``since`` to ``until`` inclusive."""
+        """Add the rolled-up days from ``since`` to ``until`` inclusive (UTC): each month the range covers
+        from its first day to the last it has rolled up, from its monthly rows; the other days from their
+        daily rows (both read in one statement, so a rollup committing meanwhile is seen whole or not at
+        all). A :meth:`per_day <RangeMerge>` merge reads daily rows only."""
+        rows = connection.execute(self._rolled_up_rows(connection, since, until)).all()
+        unknown = {row[1] for row in rows} - self._chosen_by_key.keys()
+        if unknown:
+            for labels_key, labels in labels_of_keys(connection, sorted(unknown)).items():
+                self._chosen_by_key[labels_key] = self._chosen(labels)
+        chosen_by_key, groups = self._chosen_by_key, self._groups
+        per_day = self.per_day
+        for row_type, labels_key, day, sources, count, total, parts, low, high, p50, p95, p99, packed, stored in rows:
+            key = (_TYPES[row_type], chosen_by_key[labels_key], day if per_day else None)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group()
+            group.add(
+                count,
+                (total,) if parts is None else parts,
+                low,
+                high,
+                packed if packed is not None else stored,
+                (p50, p95, p99) if sources == 1 else None,
+                sources,
+            )
+
+    def _rolled_up_rows(
+        self, connection: Connection, since: dt.date, until: dt.date
+    ) -> Select[Any] | CompoundSelect[Any]:
+        """The statement reading what :meth:`add_daily_rows` adds: per row its metric type (text), labels
+        key, day (or month), number of daily rows, count, sum, exact sum parts (months), min, max, the
+        percentiles, the packed histogram, and the JSON one where no packed one is stored."""
         daily = OperationalMetricDaily.__table__
-        conditions = [daily.c.date >= since, daily.c.date <= until]
+        monthly = OperationalMetricMonthly.__table__
+        daily_conditions = [daily.c.date >= since, daily.c.date <= until]
+        monthly_conditions = [monthly.c.month >= since, monthly.c.month <= until]
         if self.metric_types is not None:
-            conditions.append(daily.c.metric_type.in_(self.metric_types))
+            daily_conditions.append(daily.c.metric_type.in_(self.metric_types))
+            monthly_conditions.append(monthly.c.metric_type.in_(self.metric_types))
         if self.label_filter:
-            conditions.append(daily.c.labels_key.in_(matching_labels_keys(connection, self.label_filter)))
-        if connection.dialect.name == "postgresql" and not self.per_day:
-            self._add_merged_in_postgres(connection, conditions)
-            return
-        query = select(
-            daily.c.metric_type,
+            daily_conditions.append(daily.c.labels_key.in_(matching_labels_keys(connection, self.label_filter)))
+            monthly_conditions.append(monthly.c.labels_key.in_(matching_labels_keys(connection, self.label_filter)))
+        from_daily = select(
+            cast(daily.c.metric_type, Text),
+            daily.c.labels_key,
             daily.c.date,
-            daily.c.labels,
+            literal(1, Integer),
             daily.c.sample_count,
             daily.c.sum,
+            cast(null(), FloatListType),
             daily.c.min,
             daily.c.max,
             daily.c.p50,
             daily.c.p95,
             daily.c.p99,
-            daily.c.histogram,
-        ).where(and_(*conditions))
-        for row in connection.execute(query):
-            self._group(row.metric_type, row.labels, row.date).add(
-                row.sample_count, (row.sum,), row.min, row.max, row.histogram, (row.p50, row.p95, row.p99)
-            )
-
-    def _add_merged_in_postgres(self, connection: Connection, conditions: list[ColumnElement[bool]]) -> None:
-        """The daily rows merged per metric type and group in PostgreSQL, which adds up the buckets of a
-        year of histograms much faster than Python parses them. Grouped by the ``group_by`` labels' values
-        there, so a report of 100,000 label sets reads one row per group, not one per label set."""
-        daily = OperationalMetricDaily.__table__
-        where = and_(*conditions)
-        histogram = type_coerce(daily.c.histogram, JSONB)
-        if self.group_by is None:
-            group: list[ColumnElement[Any]] = [daily.c.labels_key]
-        else:
-            group = [type_coerce(daily.c.labels, JSONB)[key].astext for key in self.group_by]
-        width = 1 + len(group)
-        query = (
-            select(
-                cast(daily.c.metric_type, Text),
-                *group,
-                func.count(),
-                func.sum(daily.c.sample_count),
-                func.array_agg(daily.c.sum),
-                func.min(daily.c.min),
-                func.max(daily.c.max),
-                func.count(daily.c.histogram),
-                func.sum(cast(histogram["zero_count"].astext, BigInteger)),
-                func.bool_or(histogram.has_key("negative_bins")),
-                func.min(daily.c.p50),
-                func.min(daily.c.p95),
-                func.min(daily.c.p99),
-            )
-            .where(where)
-            .group_by(daily.c.metric_type, *group)
+            daily.c.histogram_packed,
+            case((daily.c.histogram_packed.is_(None), daily.c.histogram)),
         )
-        rows = connection.execute(query).all()
-        if not rows:
-            return
-        merged: dict[tuple[Any, ...], Histogram] = {tuple(row[:width]): Histogram() for row in rows}
-        # Samples are never negative in practice: their buckets are read only when some histogram has them.
-        for side in ("bins", "negative_bins") if any(row[width + 8] for row in rows) else ("bins",):
-            bucket = func.jsonb_each_text(histogram[side]).table_valued("key", "value").alias("bucket")
-            bucket_key = cast(bucket.c.key, Integer)
-            query = (
-                select(cast(daily.c.metric_type, Text), *group, bucket_key, func.sum(cast(bucket.c.value, BigInteger)))
-                .select_from(daily.join(bucket, true()))
-                .where(where)
-                .group_by(daily.c.metric_type, *group, bucket_key)
-            )
-            for row in connection.execute(query):
-                found = merged[tuple(row[:width])]
-                (found.bins if side == "bins" else found.negative_bins)[row[width]] = int(row[width + 1])
-        if self.group_by is None:
-            labels_of_keys = _labels_of_keys(connection, sorted({row[1] for row in rows}))
-        for row in rows:
-            sources, count, sums, low, high, with_histogram, zero_count, _, *exact = row[width:]
-            histogram_of_rows = None
-            if with_histogram == sources:
-                histogram_of_rows = merged[tuple(row[:width])]
-                histogram_of_rows.zero_count = int(zero_count or 0)
-            if self.group_by is None:
-                labels = labels_of_keys[row[1]]
-            else:
-                values = zip(self.group_by, row[1:width], strict=True)
-                labels = {key: value for key, value in values if value is not None}
-            self._group(row[0], labels, dt.date.min).add(
-                int(count), sums, low, high, histogram_of_rows, tuple(exact) if sources == 1 else None, sources
-            )
+        if self.per_day:
+            return from_daily.where(*daily_conditions)
+        # psycopg reads the parts' array into a list already: no per-row conversion of SQLAlchemy's.
+        parts_column: ColumnElement[Any] = monthly.c.sum_parts
+        if connection.dialect.name == "postgresql":
+            parts_column = type_coerce(parts_column, NullType())
+        from_monthly = select(
+            cast(monthly.c.metric_type, Text),
+            monthly.c.labels_key,
+            monthly.c.month,
+            monthly.c.daily_rows,
+            monthly.c.sample_count,
+            monthly.c.sum,
+            parts_column,
+            monthly.c.min,
+            monthly.c.max,
+            monthly.c.p50,
+            monthly.c.p95,
+            monthly.c.p99,
+            monthly.c.histogram_packed,
+            cast(null(), JSONType),
+        )
+        # A month that starts in the range and whose monthly rows hold no day after ``until`` is read from
+        # them: its days from ``since`` on are all in the range, and every daily row of a month is in its
+        # monthly rows. Which months those are is known only in the statement, so each month of the range
+        # has a part of its own reading its daily rows unless it is one of them (a condition PostgreSQL
+        # evaluates once per part): the daily rows of whole months are never read, not even filtered.
+        whole_months = (
+            select(monthly.c.month)
+            .where(monthly.c.month >= since, monthly.c.month <= until)
+            .group_by(monthly.c.month)
+            .having(func.max(monthly.c.last_day) <= until)
+            .cte("whole_months")
+        )
+        parts: list[Select[Any]] = [
+            from_monthly.where(*monthly_conditions, monthly.c.month.in_(select(whole_months.c.month)))
+        ]
+        first = month_of(since)
+        if first < since:
+            parts.append(from_daily.where(*daily_conditions, daily.c.date <= next_month(first) - _DAY))
+            first = next_month(first)
+        month = first
+        while month <= until:
+            in_month = (daily.c.date >= month, daily.c.date < next_month(month))
+            unless_whole = literal(month, Date).not_in(select(whole_months.c.month))
+            parts.append(from_daily.where(*daily_conditions, *in_month, unless_whole))
+            month = next_month(month)
+        return union_all(*parts)
 
     def add_raw_day(self, connection: Connection, day: dt.date, aggregates: Sequence[Aggregate] | None = None) -> None:
         """Add the raw rows of UTC ``day`` (a day not rolled up): their ``aggregates`` of every metric type and
@@ -507,7 +633,7 @@ def labels_of_ids(connection: Connection, ids: Iterable[int]) -> dict[int, dict[
     return {row.id: dict(row.labels) for row in connection.execute(query)}
 
 
-def _labels_of_keys(connection: Connection, labels_keys: Sequence[str]) -> dict[str, dict[str, str]]:
+def labels_of_keys(connection: Connection, labels_keys: Sequence[str]) -> dict[str, dict[str, str]]:
     """The labels of each labels key: from the small label-set table, daily rows as the fallback."""
     label_sets = LabelSet.__table__
     query = select(label_sets.c.labels_key, label_sets.c.labels).where(in_values(label_sets.c.labels_key, labels_keys))

@@ -370,6 +370,7 @@ def merge_month(connection: Connection, month: dt.date) -> MonthMerge:
     started = time.perf_counter()
     daily = OperationalMetricDaily.__table__
     monthly = OperationalMetricMonthly.__table__
+    assert isinstance(daily, Table) and isinstance(monthly, Table)
     query = (
         select(
             daily.c.metric_type,
@@ -408,6 +409,7 @@ def merge_month(connection: Connection, month: dt.date) -> MonthMerge:
             else:
                 total.add_packed(packed)
         low, high = min(row.min for row in days), max(row.max for row in days)
+        percentiles: tuple[float | None, ...]
         if len(days) == 1:
             percentiles = (days[0].p50, days[0].p95, days[0].p99)
         elif complete:

@@ -33,10 +33,17 @@ OUR_TABLES = {
     "opmetrics_interval_claims",
     "opmetrics_recent_aggregates",
     "opmetrics_recent_state",
+    "operational_metrics_monthly",
     VERSION_TABLE,
 }
 #: The tables of the recent tier (migration 0005).
 RECENT_TABLES = {"opmetrics_recent_aggregates", "opmetrics_recent_state"}
+#: The table of the monthly rows (migration 0006).
+MONTHLY_TABLES = {"operational_metrics_monthly"}
+
+
+def head_revision(url: URL) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
 
 
 def table_names(url: URL) -> set[str]:
@@ -68,7 +75,7 @@ def test_downgrade_to_base_removes_every_table(database_url: URL) -> None:
 def test_downgrading_0002_removes_only_the_interval_claims_table(database_url: URL) -> None:
     upgrade(database_url)
     downgrade(database_url, "0001")
-    assert table_names(database_url) == OUR_TABLES - {"opmetrics_interval_claims"} - RECENT_TABLES
+    assert table_names(database_url) == OUR_TABLES - {"opmetrics_interval_claims"} - RECENT_TABLES - MONTHLY_TABLES
     assert current_revision(database_url) == "0001"
     upgrade(database_url)
     assert table_names(database_url) == OUR_TABLES
@@ -77,7 +84,7 @@ def test_downgrading_0002_removes_only_the_interval_claims_table(database_url: U
 def test_downgrading_0005_removes_only_the_recent_tier_tables(database_url: URL) -> None:
     upgrade(database_url)
     downgrade(database_url, "0003")
-    assert table_names(database_url) == OUR_TABLES - RECENT_TABLES
+    assert table_names(database_url) == OUR_TABLES - RECENT_TABLES - MONTHLY_TABLES
     upgrade(database_url)
     assert table_names(database_url) == OUR_TABLES
 
@@ -128,7 +135,9 @@ def test_our_migrations_live_beside_an_applications_own_alembic_history(sqlite_u
     engine = create_engine(sqlite_url)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "app1"
-        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0005"
+        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == head_revision(
+            sqlite_url
+        )
     engine.dispose()
 
 
@@ -164,7 +173,7 @@ def test_downgrading_0003_deletes_only_the_rows_of_its_metric_types_and_upgradin
             kinds = connection.execute(text("SELECT CAST(metric_type AS TEXT) FROM operational_metrics")).scalars()
             assert list(kinds) == ["processing_time"]
         upgrade(database_url)
-        assert current_revision(database_url) == "0005"
+        assert current_revision(database_url) == head_revision(database_url)
         with engine.begin() as connection:
             write_samples(connection, samples.rejected_samples(1, metric_type="error", reason="DataError"))
     finally:
@@ -197,5 +206,34 @@ def test_every_metric_type_is_stored_raw_and_daily_and_downgrading_0004_deletes_
         upgrade(database_url)
         with engine.begin() as connection:
             write_samples(connection, [Sample(kind, 2.0, label_set, two_days_ago) for kind in new_types])
+    finally:
+        engine.dispose()
+
+
+def test_downgrading_0006_removes_the_monthly_rows_and_packed_histograms_and_a_rollup_restores_them(
+    database_url: URL,
+) -> None:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    two_days_ago = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0) - dt.timedelta(days=2)
+    try:
+        with engine.begin() as connection:
+            write_samples(connection, [*samples.processing_time("a", 5.0, recorded_at=two_days_ago)])
+        rollup(engine)
+        downgrade(database_url, "0005")
+        assert table_names(database_url) == OUR_TABLES - MONTHLY_TABLES
+        with engine.connect() as connection:
+            columns = {column["name"] for column in inspect(connection).get_columns("operational_metrics_daily")}
+            daily = connection.execute(text("SELECT sample_count, histogram FROM operational_metrics_daily")).all()
+        assert "histogram_packed" not in columns
+        assert [row[0] for row in daily] == [1]
+        upgrade(database_url)
+        assert table_names(database_url) == OUR_TABLES
+        rollup(engine)
+        with engine.connect() as connection:
+            packed = connection.execute(text("SELECT histogram_packed FROM operational_metrics_daily")).scalars().all()
+            monthly = connection.execute(text("SELECT sample_count FROM operational_metrics_monthly")).scalars().all()
+        assert len(packed) == 1 and packed[0] is not None
+        assert monthly == [1]
     finally:
         engine.dispose()

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from fleet_history import make_actors, populate
 from raw_samples import at, insert_samples
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select, text
 
 from dramatiq_opmetrics import MetricStats, MetricType, query_daily_series, query_metrics
 from dramatiq_opmetrics.aggregate import PERCENTILES
 from dramatiq_opmetrics.models import OperationalMetricDaily
-from dramatiq_opmetrics.query import RangeMerge
+from dramatiq_opmetrics.query import LONG_READ_WORK_MEM, RangeMerge, long_read_settings
 from dramatiq_opmetrics.retention import prune
 from dramatiq_opmetrics.rollup import rollup
 from dramatiq_opmetrics.sketch import Histogram
@@ -243,3 +243,115 @@ def test_a_copy_of_a_kept_merge_takes_raw_days_and_leaves_the_merge_as_it_was(en
         engine, days_ago(7), NOW.date(), metric_type=MetricType.PROCESSING_TIME, group_by=("actor",)
     )
     assert [(s.labels["actor"], s.count, s.raw_days) for s in with_today.results()] == [("a", 9, 1), ("b", 3, 0)]
+
+
+def merged_daily_rows(
+    engine: Engine, first: dt.date, last: dt.date, kind: MetricType, group_by: tuple[str, ...] | None
+) -> dict[tuple[tuple[str, str], ...], tuple[int, float, float, float, tuple[float | None, ...]]]:
+    """Per group: count, sum, min, max and percentiles of the daily rows of ``first`` to ``last``, merged one
+    by one from their JSON histograms (what a range read must give, whatever it reads)."""
+    d = OperationalMetricDaily
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(d.labels, d.sample_count, d.sum, d.min, d.max, d.p50, d.p95, d.p99, d.histogram).where(
+                d.metric_type == kind, d.date >= first, d.date <= last
+            )
+        ).all()
+    groups: dict[tuple[tuple[str, str], ...], list[Any]] = {}
+    for row in rows:
+        labels = row.labels if group_by is None else {k: row.labels[k] for k in group_by if k in row.labels}
+        groups.setdefault(tuple(sorted(labels.items())), []).append(row)
+    expected = {}
+    for key, merged_rows in groups.items():
+        histogram = Histogram()
+        for row in merged_rows:
+            histogram += Histogram.from_json(row.histogram)
+        low, high = min(row.min for row in merged_rows), max(row.max for row in merged_rows)
+        if len(merged_rows) == 1:
+            percentiles = (merged_rows[0].p50, merged_rows[0].p95, merged_rows[0].p99)
+        else:
+            percentiles = tuple(min(max(value, low), high) for value in histogram.quantiles(PERCENTILES))
+        count = sum(row.sample_count for row in merged_rows)
+        expected[key] = (count, math.fsum(row.sum for row in merged_rows), low, high, percentiles)
+    return expected
+
+
+@pytest.mark.parametrize("group_by", [None, ("queue",)])
+def test_ranges_read_whole_months_from_monthly_rows_with_the_daily_rows_results(
+    engine: Engine, group_by: tuple[str, ...] | None
+) -> None:
+    now = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
+    populate(engine, days=140, actors=make_actors(3, queues=2), now=now, raw_samples_per_actor=1)
+    rollup(engine, now=now)  # merges the months of the daily rows written directly
+    kind = MetricType.WAIT_TIME
+    ranges = [
+        (dt.date(2026, 2, 1), dt.date(2026, 5, 31)),  # whole months
+        (dt.date(2026, 2, 11), dt.date(2026, 6, 14)),  # a partial first month, June up to its last day
+        (dt.date(2026, 1, 28), dt.date(2026, 4, 3)),  # April's monthly row holds days after the range
+        (dt.date(2026, 3, 1), dt.date(2026, 3, 1)),  # a month's first day alone
+        (dt.date(2026, 3, 5), dt.date(2026, 3, 20)),  # within one month
+    ]
+    with engine.connect() as connection:
+        for first, last in ranges:
+            results = query_metrics(connection, first, last, metric_type=kind, group_by=group_by, include_raw=False)
+            expected = merged_daily_rows(engine, first, last, kind, group_by)
+            found = {
+                tuple(sorted(s.labels.items())): (s.count, s.sum, s.min, s.max, (s.p50, s.p95, s.p99)) for s in results
+            }
+            assert found == expected, (first, last)
+        # Whole months were read as one row per label set: fewer rows than the days they hold.
+        merge = RangeMerge(metric_types=[kind])
+        read = connection.execute(merge._rolled_up_rows(connection, dt.date(2026, 2, 1), dt.date(2026, 5, 31))).all()
+        days = connection.execute(
+            select(func.count()).where(
+                OperationalMetricDaily.metric_type == kind,
+                OperationalMetricDaily.date.between(dt.date(2026, 2, 1), dt.date(2026, 5, 31)),
+            )
+        ).scalar_one()
+    assert len(read) == 4 * 3 < days
+
+
+def test_the_daily_series_and_the_range_agree_however_the_range_is_read(engine: Engine) -> None:
+    now = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
+    populate(engine, days=80, actors=make_actors(2, queues=1), now=now, raw_samples_per_actor=1)
+    rollup(engine, now=now)
+    first, last = dt.date(2026, 4, 9), dt.date(2026, 6, 14)
+    series = query_daily_series(engine, first, last, metric_type=MetricType.ERROR, group_by=(), include_raw=False)
+    [total] = query_metrics(engine, first, last, metric_type=MetricType.ERROR, group_by=(), include_raw=False)
+    assert total.count == sum(point.count for point in series)
+    assert total.sum == math.fsum(point.sum for point in series)
+    assert [point.date for point in series] == sorted({point.date for point in series})
+
+
+@pytest.mark.postgres
+def test_the_settings_of_a_long_read_hold_for_its_own_statements_only(postgres_engine: Engine) -> None:
+    make_fleet(postgres_engine)
+    with postgres_engine.begin() as connection:
+        connection.execute(text("SET LOCAL work_mem = '5MB'"))
+        assert query_metrics(connection, days_ago(7), NOW.date()) != []
+        settings = connection.execute(text("SELECT current_setting('work_mem'), current_setting('jit')")).one()
+        with long_read_settings(connection):
+            inside = connection.execute(text("SELECT current_setting('work_mem'), current_setting('jit')")).one()
+    assert tuple(settings) == ("5MB", "on")
+    assert tuple(inside) == (LONG_READ_WORK_MEM, "off")
+    with postgres_engine.connect() as connection:
+        assert connection.execute(text("SELECT current_setting('work_mem')")).scalar_one() == "4MB"
+
+
+def test_a_range_of_today_alone_gives_the_raw_rows_statistics(engine: Engine) -> None:
+    rng = random.Random(8)
+    values = [rng.lognormvariate(3, 1) for _ in range(3000)]
+    labels = {"actor": "a", "queue": "q"}
+    midnight = dt.datetime.combine(NOW.date(), dt.time(), tzinfo=dt.UTC)
+    rows = [
+        (MetricType.PROCESSING_TIME, labels, v, midnight + (NOW - midnight) * i / 3000) for i, v in enumerate(values)
+    ]
+    insert_samples(engine, rows)
+    [stats] = query_metrics(engine, NOW.date(), NOW.date(), metric_type=MetricType.PROCESSING_TIME)
+    [point] = query_daily_series(engine, NOW.date(), NOW.date(), metric_type=MetricType.PROCESSING_TIME)
+    assert (stats.count, stats.min, stats.max, stats.raw_days) == (len(values), min(values), max(values), 1)
+    assert stats.sum == pytest.approx(math.fsum(values), rel=1e-12)
+    for estimate, expected in zip((stats.p50, stats.p95, stats.p99), np.percentile(values, [50, 95, 99]), strict=True):
+        assert estimate is not None
+        assert abs(estimate - expected) <= 0.01 * expected
+    assert (point.date, point.count, point.p95) == (NOW.date(), stats.count, stats.p95)

@@ -7,16 +7,27 @@ import logging
 import math
 import random
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
+from fleet_history import make_actors, populate
 from raw_samples import at, insert_samples
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, delete, select, text
 
+from dramatiq_opmetrics.aggregate import PERCENTILES
 from dramatiq_opmetrics.metric_types import MetricType
-from dramatiq_opmetrics.models import OperationalMetricDaily
+from dramatiq_opmetrics.models import OperationalMetricDaily, OperationalMetricMonthly
+from dramatiq_opmetrics.packed_histograms import unpack
 from dramatiq_opmetrics.partitions import DEFAULT_PARTITION_DAYS_AHEAD, ensure_partitions, list_partitions
-from dramatiq_opmetrics.rollup import DayRollup, rollup
+from dramatiq_opmetrics.rollup import (
+    DayRollup,
+    exact_sum_parts,
+    merge_months,
+    month_of,
+    months_to_merge,
+    rollup,
+)
 from dramatiq_opmetrics.sketch import Histogram
 
 TODAY = dt.date(2026, 11, 20)
@@ -193,3 +204,98 @@ def test_each_run_creates_partitions_ahead_and_rolls_up_rows_of_the_default_part
         total = connection.execute(select(OperationalMetricDaily.sample_count)).scalars().all()
     assert all(TODAY + dt.timedelta(days=n) in partitions for n in range(DEFAULT_PARTITION_DAYS_AHEAD + 1))
     assert sum(total) == sum(len(v) for v in values.values())
+
+
+def monthly_rows(engine: Engine) -> list[Any]:
+    with engine.connect() as connection:
+        monthly = OperationalMetricMonthly.__table__
+        return list(connection.execute(select(monthly).order_by(monthly.c.month, monthly.c.labels_key)))
+
+
+def assert_monthly_rows_merge_the_daily_rows(engine: Engine) -> None:
+    """Every month's rows are its daily rows merged: counts, extremes, exact sums, histograms, coverage."""
+    with engine.connect() as connection:
+        daily = connection.execute(select(OperationalMetricDaily.__table__)).all()
+    months: dict[tuple[object, dt.date, str], list[Any]] = {}
+    for row in daily:
+        months.setdefault((row.metric_type, month_of(row.date), row.labels_key), []).append(row)
+    found = {(row.metric_type, row.month, row.labels_key): row for row in monthly_rows(engine)}
+    assert found.keys() == months.keys()
+    for key, days in months.items():
+        row = found[key]
+        merged = Histogram()
+        for day in days:
+            merged += Histogram.from_json(day.histogram)
+            assert unpack(day.histogram_packed) == Histogram.from_json(day.histogram)
+        assert row.sample_count == sum(day.sample_count for day in days)
+        assert (row.min, row.max) == (min(day.min for day in days), max(day.max for day in days))
+        assert row.sum == math.fsum(day.sum for day in days) == math.fsum(row.sum_parts)
+        assert unpack(row.histogram_packed) == merged
+        assert (row.daily_rows, row.first_day, row.last_day) == (
+            len(days),
+            min(day.date for day in days),
+            max(day.date for day in days),
+        )
+        assert row.source_rolled_up_at == max(day.rolled_up_at for day in days)
+        if len(days) == 1:
+            assert (row.p50, row.p95, row.p99) == (days[0].p50, days[0].p95, days[0].p99)
+        else:
+            expected = [min(max(value, row.min), row.max) for value in merged.quantiles(PERCENTILES)]
+            assert [row.p50, row.p95, row.p99] == expected
+
+
+def test_the_rollup_of_a_day_merges_its_month_into_monthly_rows(engine: Engine) -> None:
+    # TODAY is 2026-11-20: these days are in October and November.
+    for n in (25, 24, 3, 2, 1):
+        record_day(engine, days_ago(n), count=200)
+    rollup(engine, now=NOW)
+    assert {(row.month, row.daily_rows) for row in monthly_rows(engine)} == {
+        (dt.date(2026, 10, 1), 2),
+        (dt.date(2026, 11, 1), 3),
+    }
+    assert_monthly_rows_merge_the_daily_rows(engine)
+
+
+def test_a_day_rolled_up_again_re_merges_its_month_without_counting_the_day_twice(engine: Engine) -> None:
+    record_day(engine, days_ago(2), count=100)
+    record_day(engine, days_ago(1), count=100)
+    rollup(engine, now=NOW)
+    late = [(MetricType.PROCESSING_TIME, {"actor": "actor_0", "queue": "default"}, 1e5, at(days_ago(1), 86_399))]
+    insert_samples(engine, late)
+    rollup(engine, now=NOW)
+    rollup(engine, day=days_ago(1), now=NOW)
+    assert sum(row.sample_count for row in monthly_rows(engine)) == 201
+    assert max(row.max for row in monthly_rows(engine)) == 1e5
+    assert_monthly_rows_merge_the_daily_rows(engine)
+
+
+def test_daily_rows_written_otherwise_are_packed_and_merged_into_months_by_the_next_run(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Daily rows as migration 0006 finds them (or as an import writes them): JSON histograms only.
+    populate(engine, days=70, actors=make_actors(3, queues=2), now=NOW, raw_samples_per_actor=0)
+    assert monthly_rows(engine) == []
+    with caplog.at_level(logging.INFO, logger="dramatiq_opmetrics.rollup"):
+        assert rollup(engine, now=NOW) == []
+    merged = [record for record in caplog.records if getattr(record, "event", None) == "rollup_month"]
+    assert [record.month for record in merged] == ["2026-09-01", "2026-10-01", "2026-11-01"]  # type: ignore[attr-defined]
+    assert_monthly_rows_merge_the_daily_rows(engine)
+    with engine.connect() as connection:
+        assert months_to_merge(connection) == []
+    assert merge_months(engine) == []
+    # A month whose daily rows change outside the rollup is merged again by the next run.
+    with engine.begin() as connection:
+        daily = OperationalMetricDaily.__table__
+        connection.execute(delete(daily).where(daily.c.date == dt.date(2026, 10, 15)))
+    assert [merge.month for merge in merge_months(engine)] == [dt.date(2026, 10, 1)]
+    assert_monthly_rows_merge_the_daily_rows(engine)
+
+
+def test_exact_sum_parts_sum_exactly_what_the_values_sum() -> None:
+    rng = random.Random(4)
+    for _ in range(200):
+        values = [rng.choice((1e16, 1.0, 1e-8, 3.3)) * rng.uniform(0, 1e3) for _ in range(rng.randint(1, 40))]
+        parts = exact_sum_parts(values)
+        more = [rng.uniform(0, 1e17) for _ in range(rng.randint(0, 5))]
+        assert math.fsum(parts + more) == math.fsum(values + more)
+        assert len(parts) <= len(values)
