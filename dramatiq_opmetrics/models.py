@@ -7,8 +7,9 @@ label set is stored once in ``opmetrics_label_sets``. On PostgreSQL the raw tabl
 
 ``operational_metrics_daily`` holds the permanent daily aggregates, one row per
 (metric_type, date, labels_key), self-contained: it copies the labels so it outlives the raw rows.
-``operational_metrics_monthly`` holds the same merged per calendar month, kept by the rollup, so that a
-year is read as 12 rows per label set (:mod:`~dramatiq_opmetrics.rollup`, :mod:`~dramatiq_opmetrics.query`).
+``operational_metrics_monthly`` holds the same merged per calendar month (and per third of it), kept by the
+rollup, so that a year is read as 12 rows per label set (:mod:`~dramatiq_opmetrics.rollup`,
+:mod:`~dramatiq_opmetrics.query`).
 """
 
 from __future__ import annotations
@@ -172,22 +173,28 @@ FloatListType = JSON().with_variant(ARRAY(Float), "postgresql")
 
 
 class OperationalMetricMonthly(Base):
-    """The daily rows of one calendar month (UTC), metric type and label set, merged.
+    """The daily rows of one calendar month (UTC), or of a third of it, of one metric type and label set,
+    merged.
 
-    ``month`` is the first day of the month. ``sample_count``, ``min`` and ``max`` are those of the daily
-    rows together; ``sum`` is the sum of their sums correctly rounded and ``sum_parts`` that sum exactly,
-    as floats whose exact sum it is (so that sums over several months and days add up exactly as the daily
-    sums do). ``histogram_packed`` is the merged histogram (:mod:`~dramatiq_opmetrics.packed_histograms`;
-    None if a daily row has none); ``p50``/``p95``/``p99`` are the month's percentiles read from it (within
-    1%; the day's exact ones when the month has one daily row). ``daily_rows``, ``first_day``,
-    ``last_day`` and ``source_rolled_up_at`` (the latest ``rolled_up_at``) describe the daily rows merged,
-    so that a read knows which days a row covers and the rollup sees when the daily rows changed.
+    ``month`` is the first day of the month; ``part`` is 0 for the whole month, 1, 2 and 3 for its days 1 to
+    10, 11 to 20 and 21 to its end (so that a range starting mid-month reads at most nine days of daily rows
+    before the thirds and months it covers). ``sample_count``, ``min`` and ``max`` are those of the daily
+    rows together; ``sum`` is the sum of their sums correctly rounded and ``sum_parts`` that sum exactly, as
+    floats whose exact sum it is (so that sums over months and days add up exactly as the daily sums do).
+    ``histogram_packed`` is the merged histogram (:mod:`~dramatiq_opmetrics.packed_histograms`; None if a
+    daily row has none); ``p50``/``p95``/``p99`` are the period's percentiles read from it (within 1%; the
+    day's exact ones when the period has one daily row). ``daily_rows`` counts the daily rows merged and
+    ``source_rolled_up_at`` is their latest ``rolled_up_at`` (the rollup sees from these when the daily
+    rows changed). ``first_day`` and ``last_day`` are the first and last day of the period that has daily
+    rows of any metric type and label set, the same in every row of the period: a range read uses the
+    period's rows when both lie in the range.
     """
 
     __tablename__ = MONTHLY_TABLE
 
     metric_type: Mapped[MetricType] = mapped_column(MetricTypeColumn, primary_key=True)
     month: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    part: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     labels_key: Mapped[str] = mapped_column(Text, primary_key=True)
     labels: Mapped[dict[str, str]] = mapped_column(JSONType)
     sample_count: Mapped[int] = mapped_column(BigInteger)

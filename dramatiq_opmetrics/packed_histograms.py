@@ -60,9 +60,10 @@ def _widen(data: bytes | memoryview, width: int, length: int) -> bytes | bytearr
     """``length`` little-endian counts of ``width`` bytes as counts of 8 bytes."""
     if width == _LANE:
         return data
+    counts = bytes(data)  # slicing bytes with a step is twice as fast as slicing a memoryview
     lanes = bytearray(_LANE * length)
     for byte in range(width):
-        lanes[byte::_LANE] = data[byte::width]
+        lanes[byte::_LANE] = counts[byte::width]
     return lanes
 
 

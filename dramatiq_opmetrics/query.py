@@ -32,18 +32,20 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Date,
     Engine,
     Integer,
     Select,
     Text,
     case,
     cast,
+    exists,
     func,
     literal,
     null,
+    or_,
     select,
     text,
+    tuple_,
     type_coerce,
     union_all,
 )
@@ -66,7 +68,7 @@ from .models import (
 )
 from .packed_histograms import HistogramSum
 from .partitions import day_bounds, list_partitions
-from .rollup import month_of, next_month
+from .rollup import WHOLE_MONTH, month_of, next_month, part_bounds
 from .sketch import Histogram
 from .value_lists import in_values
 
@@ -328,7 +330,6 @@ class _Group:
 
 _GroupKey = tuple[MetricType, tuple[tuple[str, str], ...], dt.date | None]
 _TYPES = {member.value: member for member in MetricType}
-_DAY = dt.timedelta(days=1)
 
 
 class RangeMerge:
@@ -423,8 +424,8 @@ class RangeMerge:
         """Add the rolled-up days from ``since`` to ``until`` inclusive (UTC): each month the range covers
         from its first day to the last it has rolled up, from its monthly rows; the other days from their
         daily rows (both read in one statement, so a rollup committing meanwhile is seen whole or not at
-        all). A :meth:`per_day <RangeMerge>` merge reads daily rows only."""
-        rows = connection.execute(self._rolled_up_rows(connection, since, until)).all()
+        all). A ``per_day`` merge reads daily rows only."""
+        rows = connection.execute(self.rolled_up_query(connection, since, until)).all()
         unknown = {row[1] for row in rows} - self._chosen_by_key.keys()
         if unknown:
             for labels_key, labels in labels_of_keys(connection, sorted(unknown)).items():
@@ -446,16 +447,17 @@ class RangeMerge:
                 sources,
             )
 
-    def _rolled_up_rows(
+    def rolled_up_query(
         self, connection: Connection, since: dt.date, until: dt.date
     ) -> Select[Any] | CompoundSelect[Any]:
-        """The statement reading what :meth:`add_daily_rows` adds: per row its metric type (text), labels
-        key, day (or month), number of daily rows, count, sum, exact sum parts (months), min, max, the
-        percentiles, the packed histogram, and the JSON one where no packed one is stored."""
+        """The statement :meth:`add_daily_rows` reads (one statement: a rollup committing meanwhile is seen
+        whole or not at all): per row its metric type (text), labels key, day (or month), number of daily
+        rows, count, sum, exact sum parts (months), min, max, the percentiles, the packed histogram, and the
+        JSON one where no packed one is stored."""
         daily = OperationalMetricDaily.__table__
         monthly = OperationalMetricMonthly.__table__
         daily_conditions = [daily.c.date >= since, daily.c.date <= until]
-        monthly_conditions = [monthly.c.month >= since, monthly.c.month <= until]
+        monthly_conditions: list[ColumnElement[bool]] = []
         if self.metric_types is not None:
             daily_conditions.append(daily.c.metric_type.in_(self.metric_types))
             monthly_conditions.append(monthly.c.metric_type.in_(self.metric_types))
@@ -500,30 +502,45 @@ class RangeMerge:
             monthly.c.histogram_packed,
             cast(null(), JSONType),
         )
-        # A month that starts in the range and whose monthly rows hold no day after ``until`` is read from
-        # them: its days from ``since`` on are all in the range, and every daily row of a month is in its
-        # monthly rows. Which months those are is known only in the statement, so each month of the range
-        # has a part of its own reading its daily rows unless it is one of them (a condition PostgreSQL
-        # evaluates once per part): the daily rows of whole months are never read, not even filtered.
-        whole_months = (
-            select(monthly.c.month)
-            .where(monthly.c.month >= since, monthly.c.month <= until)
-            .group_by(monthly.c.month)
-            .having(func.max(monthly.c.last_day) <= until)
-            .cte("whole_months")
+        # A month, or a third of one, whose days with daily rows all lie in the range is read from its monthly
+        # rows (every daily row of a period is in them): the whole month where it can be, else its thirds.
+        # Which periods those are is known only in the statement, so each third of the range has a part of
+        # its own reading its daily rows unless its period is covered (a condition PostgreSQL evaluates once
+        # per part): the daily rows of covered periods are never read, not even filtered.
+        covered = (
+            select(monthly.c.month, monthly.c.part)
+            .where(
+                monthly.c.month >= month_of(since),
+                monthly.c.month <= until,
+                monthly.c.first_day >= since,
+                monthly.c.last_day <= until,
+            )
+            .distinct()
+            .cte("covered_periods")
+        )
+        whole_months = select(covered.c.month).where(covered.c.part == WHOLE_MONTH)
+        chosen = select(covered.c.month, covered.c.part).where(
+            or_(covered.c.part == WHOLE_MONTH, covered.c.month.not_in(whole_months))
         )
         parts: list[Select[Any]] = [
-            from_monthly.where(*monthly_conditions, monthly.c.month.in_(select(whole_months.c.month)))
+            from_monthly.where(*monthly_conditions, tuple_(monthly.c.month, monthly.c.part).in_(chosen))
         ]
-        first = month_of(since)
-        if first < since:
-            parts.append(from_daily.where(*daily_conditions, daily.c.date <= next_month(first) - _DAY))
-            first = next_month(first)
-        month = first
+        month = month_of(since)
         while month <= until:
-            in_month = (daily.c.date >= month, daily.c.date < next_month(month))
-            unless_whole = literal(month, Date).not_in(select(whole_months.c.month))
-            parts.append(from_daily.where(*daily_conditions, *in_month, unless_whole))
+            for third in (1, 2, 3):
+                first, last = part_bounds(month, third)
+                first, last = max(first, since), min(last, until)
+                if first > last:
+                    continue
+                in_period = covered.c.month == month, covered.c.part.in_((WHOLE_MONTH, third))
+                parts.append(
+                    from_daily.where(
+                        *daily_conditions,
+                        daily.c.date >= first,
+                        daily.c.date <= last,
+                        ~exists(select(covered.c.month).where(*in_period)),
+                    )
+                )
             month = next_month(month)
         return union_all(*parts)
 

@@ -18,8 +18,10 @@ during the scheduled one) serialise, and a second run finds the day up to date. 
 twice leaves identical rows (``rolled_up_at`` only changes when the aggregates do).
 
 Monthly rows: ``operational_metrics_monthly`` holds, per (metric type, calendar month, label set), the
-month's daily rows merged (:class:`~dramatiq_opmetrics.models.OperationalMetricMonthly`), so that a range
-read takes a year as 12 rows per label set instead of 365 (:mod:`~dramatiq_opmetrics.query`). Every daily
+month's daily rows merged, and the same per third of the month (days 1-10, 11-20, 21-end)
+(:class:`~dramatiq_opmetrics.models.OperationalMetricMonthly`), so that a range read takes a year as 12 rows
+per label set instead of 365, plus at most two thirds and nine days where it starts mid-month
+(:mod:`~dramatiq_opmetrics.query`). Every daily
 row also carries its histogram packed (:mod:`~dramatiq_opmetrics.packed_histograms`), which merges without
 parsing JSON. A month's rows are always rebuilt whole from its daily rows (:func:`merge_month`), never
 updated by adding a day to them: a day rolled up again (late samples) then can never be counted twice.
@@ -67,6 +69,8 @@ logger = logging.getLogger(__name__)
 
 #: The advisory lock that serialises rollups and prunes of one installation.
 ROLLUP_LOCK = "rollup"
+#: The ``part`` of a monthly row that merges the whole month (1, 2 and 3 merge its thirds).
+WHOLE_MONTH = 0
 
 _VALUE_COLUMNS = (
     "labels",
@@ -109,7 +113,7 @@ class MonthMerge:
     Parameters:
       month(date): the first day of the month.
       daily_rows(int): daily rows merged.
-      monthly_rows(int): monthly rows written (one per metric type and label set).
+      monthly_rows(int): monthly rows written (per metric type and label set, the month and its thirds).
       packed(int): daily rows that got their packed histogram in this merge.
       duration_s(float): how long the merge took, in seconds.
     """
@@ -363,9 +367,60 @@ def exact_sum_parts(values: Iterable[float]) -> list[float]:
     return partials
 
 
+def third_of(day: dt.date) -> int:
+    """The part of its month that ``day`` is in: 1 (days 1 to 10), 2 (11 to 20) or 3 (21 to the end)."""
+    return min(3, (day.day - 1) // 10 + 1)
+
+
+def part_bounds(month: dt.date, part: int) -> tuple[dt.date, dt.date]:
+    """The first and last day of ``part`` of ``month`` (:data:`WHOLE_MONTH`, or a third: 1, 2 or 3)."""
+    last_of_month = next_month(month) - dt.timedelta(days=1)
+    if part == WHOLE_MONTH:
+        return month, last_of_month
+    first = month.replace(day=10 * (part - 1) + 1)
+    return first, last_of_month if part == 3 else month.replace(day=10 * part)
+
+
+def _merged(days: list[tuple[Any, bytes | None]]) -> dict[str, Any]:
+    """The merged columns of a period's daily rows (each with its packed histogram, None if it has none)."""
+    total = HistogramSum()
+    complete = True
+    for _, packed in days:
+        if packed is None:
+            complete = False
+        else:
+            total.add_packed(packed)
+    rows = [row for row, _ in days]
+    low, high = min(row.min for row in rows), max(row.max for row in rows)
+    percentiles: tuple[float | None, ...]
+    if len(rows) == 1:
+        percentiles = (rows[0].p50, rows[0].p95, rows[0].p99)
+    elif complete:
+        percentiles = tuple(
+            None if value is None else min(max(value, low), high) for value in total.quantiles(PERCENTILES)
+        )
+    else:
+        percentiles = (None, None, None)
+    return {
+        "labels": rows[-1].labels,
+        "sample_count": sum(row.sample_count for row in rows),
+        "sum": math.fsum(row.sum for row in rows),
+        "sum_parts": exact_sum_parts(row.sum for row in rows),
+        "min": low,
+        "max": high,
+        "p50": percentiles[0],
+        "p95": percentiles[1],
+        "p99": percentiles[2],
+        "histogram_packed": total.pack() if complete else None,
+        "daily_rows": len(rows),
+        "source_rolled_up_at": max(row.rolled_up_at for row in rows),
+    }
+
+
 def merge_month(connection: Connection, month: dt.date) -> MonthMerge:
     """Rebuild the monthly rows of ``month`` (its first day) from its daily rows, in the caller's
-    transaction, which holds the rollup lock (:func:`lock_for_rollup`). Daily rows without a packed
+    transaction, which holds the rollup lock (:func:`lock_for_rollup`): per metric type and label set one
+    row of the whole month and one per third of it that has daily rows. Daily rows without a packed
     histogram get it (from their JSON one) on the way."""
     started = time.perf_counter()
     daily = OperationalMetricDaily.__table__
@@ -393,53 +448,39 @@ def merge_month(connection: Connection, month: dt.date) -> MonthMerge:
     )
     rows = connection.execute(query).all()
     merged_at = dt.datetime.now(dt.UTC)
+    # Which days each period has daily rows for, over every metric type and label set.
+    coverage: dict[int, tuple[dt.date, dt.date]] = {}
+    for row in rows:
+        for part in (WHOLE_MONTH, third_of(row.date)):
+            first, last = coverage.get(part, (row.date, row.date))
+            coverage[part] = (min(first, row.date), max(last, row.date))
     monthly_rows: list[dict[str, Any]] = []
     packed_now: list[dict[str, Any]] = []
     for (metric_type, labels_key), group in itertools.groupby(rows, key=lambda row: (row[0], row[1])):
-        days = list(group)
-        total = HistogramSum()
-        complete = True
-        for row in days:
+        days = []
+        for row in group:
             packed = row.histogram_packed
             if packed is None and row.histogram is not None:
                 packed = pack(Histogram.from_json(row.histogram))
                 packed_now.append({"t": row.metric_type, "d": row.date, "k": row.labels_key, "packed": packed})
-            if packed is None:
-                complete = False
-            else:
-                total.add_packed(packed)
-        low, high = min(row.min for row in days), max(row.max for row in days)
-        percentiles: tuple[float | None, ...]
-        if len(days) == 1:
-            percentiles = (days[0].p50, days[0].p95, days[0].p99)
-        elif complete:
-            percentiles = tuple(
-                None if value is None else min(max(value, low), high) for value in total.quantiles(PERCENTILES)
+            days.append((row, packed))
+        periods = [(WHOLE_MONTH, days)]
+        periods += [
+            (part, list(in_part)) for part, in_part in itertools.groupby(days, key=lambda d: third_of(d[0].date))
+        ]
+        for part, period_days in periods:
+            monthly_rows.append(
+                {
+                    "metric_type": metric_type,
+                    "month": month,
+                    "part": part,
+                    "labels_key": labels_key,
+                    "first_day": coverage[part][0],
+                    "last_day": coverage[part][1],
+                    "merged_at": merged_at,
+                    **_merged(period_days),
+                }
             )
-        else:
-            percentiles = (None, None, None)
-        monthly_rows.append(
-            {
-                "metric_type": metric_type,
-                "month": month,
-                "labels_key": labels_key,
-                "labels": days[-1].labels,
-                "sample_count": sum(row.sample_count for row in days),
-                "sum": math.fsum(row.sum for row in days),
-                "sum_parts": exact_sum_parts(row.sum for row in days),
-                "min": low,
-                "max": high,
-                "p50": percentiles[0],
-                "p95": percentiles[1],
-                "p99": percentiles[2],
-                "histogram_packed": total.pack() if complete else None,
-                "daily_rows": len(days),
-                "first_day": days[0].date,
-                "last_day": days[-1].date,
-                "source_rolled_up_at": max(row.rolled_up_at for row in days),
-                "merged_at": merged_at,
-            }
-        )
     if packed_now:
         connection.execute(
             update(daily)
@@ -502,13 +543,17 @@ def months_to_merge(connection: Connection) -> list[dt.date]:
         if without_packed:
             stale.add(month)
     merged: dict[dt.date, dict[str, list[Any]]] = {}
-    per_month = select(
-        monthly.c.month,
-        monthly.c.metric_type,
-        func.sum(monthly.c.daily_rows),
-        func.sum(monthly.c.sample_count),
-        func.max(monthly.c.source_rolled_up_at),
-    ).group_by(monthly.c.month, monthly.c.metric_type)
+    per_month = (
+        select(
+            monthly.c.month,
+            monthly.c.metric_type,
+            func.sum(monthly.c.daily_rows),
+            func.sum(monthly.c.sample_count),
+            func.max(monthly.c.source_rolled_up_at),
+        )
+        .where(monthly.c.part == WHOLE_MONTH)
+        .group_by(monthly.c.month, monthly.c.metric_type)
+    )
     for month, metric_type, rows, samples, latest in connection.execute(per_month):
         merged.setdefault(month, {})[str(metric_type)] = [int(rows), int(samples), latest]
     stale.update(month for month in found.keys() | merged.keys() if found.get(month) != merged.get(month))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fleet_history import make_actors, populate
 from raw_samples import at, insert_samples
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, select, text
 
 from dramatiq_opmetrics import MetricStats, MetricType, query_daily_series, query_metrics
 from dramatiq_opmetrics.aggregate import PERCENTILES
@@ -299,16 +299,15 @@ def test_ranges_read_whole_months_from_monthly_rows_with_the_daily_rows_results(
                 tuple(sorted(s.labels.items())): (s.count, s.sum, s.min, s.max, (s.p50, s.p95, s.p99)) for s in results
             }
             assert found == expected, (first, last)
-        # Whole months were read as one row per label set: fewer rows than the days they hold.
+        # Whole months were read as one row per label set (3 of them), thirds of a month likewise, and only
+        # the days before the first third covered from daily rows.
         merge = RangeMerge(metric_types=[kind])
-        read = connection.execute(merge._rolled_up_rows(connection, dt.date(2026, 2, 1), dt.date(2026, 5, 31))).all()
-        days = connection.execute(
-            select(func.count()).where(
-                OperationalMetricDaily.metric_type == kind,
-                OperationalMetricDaily.date.between(dt.date(2026, 2, 1), dt.date(2026, 5, 31)),
-            )
-        ).scalar_one()
-    assert len(read) == 4 * 3 < days
+        may = dt.date(2026, 5, 31)
+        rows_read = [
+            len(connection.execute(merge.rolled_up_query(connection, first, may)).all())
+            for first in (dt.date(2026, 2, 1), dt.date(2026, 2, 12))
+        ]
+    assert rows_read == [4 * 3, 9 * 3 + (1 + 3) * 3]
 
 
 def test_the_daily_series_and_the_range_agree_however_the_range_is_read(engine: Engine) -> None:

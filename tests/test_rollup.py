@@ -21,12 +21,15 @@ from dramatiq_opmetrics.models import OperationalMetricDaily, OperationalMetricM
 from dramatiq_opmetrics.packed_histograms import unpack
 from dramatiq_opmetrics.partitions import DEFAULT_PARTITION_DAYS_AHEAD, ensure_partitions, list_partitions
 from dramatiq_opmetrics.rollup import (
+    WHOLE_MONTH,
     DayRollup,
     exact_sum_parts,
     merge_months,
     month_of,
     months_to_merge,
+    part_bounds,
     rollup,
+    third_of,
 )
 from dramatiq_opmetrics.sketch import Histogram
 
@@ -206,22 +209,32 @@ def test_each_run_creates_partitions_ahead_and_rolls_up_rows_of_the_default_part
     assert sum(total) == sum(len(v) for v in values.values())
 
 
-def monthly_rows(engine: Engine) -> list[Any]:
+def monthly_rows(engine: Engine, part: int | None = WHOLE_MONTH) -> list[Any]:
+    """The monthly rows of ``part`` (None: of every part)."""
     with engine.connect() as connection:
         monthly = OperationalMetricMonthly.__table__
-        return list(connection.execute(select(monthly).order_by(monthly.c.month, monthly.c.labels_key)))
+        query = select(monthly).order_by(monthly.c.month, monthly.c.part, monthly.c.labels_key)
+        if part is not None:
+            query = query.where(monthly.c.part == part)
+        return list(connection.execute(query))
 
 
 def assert_monthly_rows_merge_the_daily_rows(engine: Engine) -> None:
-    """Every month's rows are its daily rows merged: counts, extremes, exact sums, histograms, coverage."""
+    """Every month's rows, and its thirds', are their daily rows merged: counts, extremes, exact sums,
+    histograms, which days the period has."""
     with engine.connect() as connection:
         daily = connection.execute(select(OperationalMetricDaily.__table__)).all()
-    months: dict[tuple[object, dt.date, str], list[Any]] = {}
+    periods: dict[tuple[object, dt.date, int, str], list[Any]] = {}
+    days_of_period: dict[tuple[dt.date, int], set[dt.date]] = {}
     for row in daily:
-        months.setdefault((row.metric_type, month_of(row.date), row.labels_key), []).append(row)
-    found = {(row.metric_type, row.month, row.labels_key): row for row in monthly_rows(engine)}
-    assert found.keys() == months.keys()
-    for key, days in months.items():
+        for part in (WHOLE_MONTH, third_of(row.date)):
+            periods.setdefault((row.metric_type, month_of(row.date), part, row.labels_key), []).append(row)
+            days_of_period.setdefault((month_of(row.date), part), set()).add(row.date)
+            first, last = part_bounds(month_of(row.date), part)
+            assert first <= row.date <= last
+    found = {(row.metric_type, row.month, row.part, row.labels_key): row for row in monthly_rows(engine, None)}
+    assert found.keys() == periods.keys()
+    for key, days in periods.items():
         row = found[key]
         merged = Histogram()
         for day in days:
@@ -231,11 +244,8 @@ def assert_monthly_rows_merge_the_daily_rows(engine: Engine) -> None:
         assert (row.min, row.max) == (min(day.min for day in days), max(day.max for day in days))
         assert row.sum == math.fsum(day.sum for day in days) == math.fsum(row.sum_parts)
         assert unpack(row.histogram_packed) == merged
-        assert (row.daily_rows, row.first_day, row.last_day) == (
-            len(days),
-            min(day.date for day in days),
-            max(day.date for day in days),
-        )
+        covered = days_of_period[(row.month, row.part)]
+        assert (row.daily_rows, row.first_day, row.last_day) == (len(days), min(covered), max(covered))
         assert row.source_rolled_up_at == max(day.rolled_up_at for day in days)
         if len(days) == 1:
             assert (row.p50, row.p95, row.p99) == (days[0].p50, days[0].p95, days[0].p99)
@@ -249,9 +259,11 @@ def test_the_rollup_of_a_day_merges_its_month_into_monthly_rows(engine: Engine) 
     for n in (25, 24, 3, 2, 1):
         record_day(engine, days_ago(n), count=200)
     rollup(engine, now=NOW)
-    assert {(row.month, row.daily_rows) for row in monthly_rows(engine)} == {
-        (dt.date(2026, 10, 1), 2),
-        (dt.date(2026, 11, 1), 3),
+    assert {(row.month, row.part, row.daily_rows) for row in monthly_rows(engine, None)} == {
+        (dt.date(2026, 10, 1), 0, 2),
+        (dt.date(2026, 10, 1), 3, 2),
+        (dt.date(2026, 11, 1), 0, 3),
+        (dt.date(2026, 11, 1), 2, 3),
     }
     assert_monthly_rows_merge_the_daily_rows(engine)
 

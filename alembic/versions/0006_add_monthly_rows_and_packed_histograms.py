@@ -7,18 +7,19 @@ what exists (the daily rows keep their columns and their meaning):
 - ``operational_metrics_daily.histogram_packed``: the daily histogram packed as an array of counts
   (``dramatiq_opmetrics/packed_histograms.py``), merged without parsing. The rollup writes it with every
   daily row; rows rolled up before this migration get it when the rollup next merges their month.
-- ``operational_metrics_monthly``: one row per (metric type, calendar month, label set), the month's daily
-  rows merged (count, sum and its exact parts, min, max, packed histogram, percentiles, which days it
-  covers). The rollup re-merges a month whenever it writes one of its days, and its catch-up merges every
-  month whose daily rows changed (every month, the first time after this migration), so the migration
-  itself reads no rows and runs in milliseconds.
+- ``operational_metrics_monthly``: per (metric type, calendar month, label set) one row of the whole month
+  (``part`` 0) and one per third of it (days 1-10, 11-20, 21-end: ``part`` 1, 2, 3), the daily rows merged
+  (count, sum and its exact parts, min, max, packed histogram, percentiles, which days the period has).
+  The rollup re-merges a month whenever it writes one of its days, and its catch-up merges every month
+  whose daily rows changed (every month, the first time after this migration), so the migration itself
+  reads no rows and runs in milliseconds.
 
 Downgrading drops the table and the column; nothing is lost (both are derived from the daily rows'
 JSON histograms, which stay).
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-12-07
+Create Date: 2026-12-01
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def upgrade() -> None:
         "operational_metrics_monthly",
         sa.Column("metric_type", metric_type, nullable=False),
         sa.Column("month", sa.Date(), nullable=False),
+        sa.Column("part", sa.SmallInteger(), nullable=False),
         sa.Column("labels_key", sa.Text(), nullable=False),
         sa.Column("labels", labels_type, nullable=False),
         sa.Column("sample_count", sa.BigInteger(), nullable=False),
@@ -65,9 +67,14 @@ def upgrade() -> None:
         sa.Column("last_day", sa.Date(), nullable=False),
         sa.Column("source_rolled_up_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("merged_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("metric_type", "month", "labels_key", name="pk_operational_metrics_monthly"),
+        sa.PrimaryKeyConstraint("metric_type", "month", "part", "labels_key", name="pk_operational_metrics_monthly"),
     )
-    op.create_index("ix_operational_metrics_monthly_month", "operational_metrics_monthly", ["month"])
+    # A range read finds the periods it covers from this index alone.
+    op.create_index(
+        "ix_operational_metrics_monthly_month",
+        "operational_metrics_monthly",
+        ["month", "part", "first_day", "last_day"],
+    )
 
 
 def downgrade() -> None:

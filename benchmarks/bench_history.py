@@ -1,0 +1,170 @@
+"""Range reads over a year of history, next to a bare read of the rows they need, in one run.
+
+Writes, into a scratch schema of PostgreSQL, 365 days of daily rows (with histograms) for ``--label-sets``
+actor/queue label sets (plus their error, queue-depth, token and confidence rows) and today's raw samples
+(``--messages`` per actor), then brings the history to what a running installation has: the nightly rollup
+merges the months (and packs the daily histograms; this one-time cost is printed too) and the recent tier is
+folded. Then it times, alternating, ``--repeat`` times each, in a new engine per run:
+
+- ``query_metrics`` over the 365 days, all metric types, per label set, without today (``include_raw=False``),
+  and the bare read of the rows it reads (the same statement, rows fetched, nothing merged): target <= 3x;
+- the same with today's raw rows (``include_raw=True``, the query API's default): target <= 1 s;
+- for reference, the bare read of the JSON histograms of the range's daily rows (what a read of daily rows
+  alone has to fetch: 365 rows per label set);
+- ``query_metrics`` of today alone (read through the recent tier, ``query_totals``), next to one ``GROUP BY``
+  of today's partition;
+- the merge of one month (what the nightly rollup adds per day rolled up).
+
+It prints the medians side by side with their ratios and targets, and drops the schema.
+
+    .venv/bin/python benchmarks/bench_history.py [--label-sets 200] [--days 365] [--messages 2000] [--repeat 5]
+
+Environment: OPMETRICS_TEST_DATABASE_URL (default: the tests' PostgreSQL,
+postgresql+psycopg://postgres@127.0.0.1:5432/test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+
+from _scratch import database_url, libpq, scratch_schema
+from fleet_history import make_actors, populate
+
+from dramatiq_opmetrics.database import make_engine
+from dramatiq_opmetrics.partitions import list_partitions
+from dramatiq_opmetrics.query import RangeMerge, long_read_settings, query_metrics
+from dramatiq_opmetrics.recent_tier import fold
+from dramatiq_opmetrics.rollup import lock_for_rollup, merge_month, merge_months, month_of, rollup
+
+RANGE_TARGET_S = 1.0
+BARE_TARGET_RATIO = 3.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--label-sets", type=int, default=200, help="actor/queue label sets (default 200)")
+    parser.add_argument("--days", type=int, default=365, help="days of daily rows before today (default 365)")
+    parser.add_argument("--messages", type=int, default=2000, help="raw messages per actor today (default 2000)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs of each measurement")
+    args = parser.parse_args()
+
+    with scratch_schema(database_url()) as url:
+        setup = make_engine(url, maintenance=True)
+        now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+        today = now.date()
+        started = time.perf_counter()
+        actors = make_actors(args.label_sets, hostile=False, queues=20)
+        history = populate(
+            setup,
+            days=args.days + 1,
+            actors=actors,
+            now=now,
+            raw_samples_per_actor=args.messages,
+            depth_interval_s=15.0,
+        )
+        populated_s = time.perf_counter() - started
+        started = time.perf_counter()
+        merged = merge_months(setup)
+        merged_s = time.perf_counter() - started
+        started = time.perf_counter()
+        fold(setup, now=now)
+        folded_s = time.perf_counter() - started
+        rollup(setup, now=now)  # nothing left to do: partitions ahead, months up to date
+        with psycopg.connect(libpq(url), autocommit=True) as connection:
+            connection.execute("VACUUM ANALYZE")
+        print(
+            f"{history.daily_rows:,} daily rows over {args.days} days for {args.label_sets} actor/queue label sets,"
+            f" {history.raw_rows:,} raw samples today; written in {populated_s:.0f} s, {len(merged)} months merged"
+            f" (and their daily histograms packed) in {merged_s:.0f} s, recent tier folded in {folded_s:.0f} s"
+        )
+        since = today - dt.timedelta(days=args.days - 1)
+        measured = measure(url, since, today, args.repeat)
+        setup.dispose()
+
+    def row(name: str, seconds: float, reference: float | None = None, target: str = "") -> None:
+        ratio = f"{seconds / reference:>7.2f}x" if reference else " " * 8
+        print(f"{name:<58} {seconds * 1000:>9.0f} {ratio}  {target}")
+
+    print(f"\n{'median of ' + str(args.repeat) + ' runs (new engine each)':<58} {'ms':>9} {'ratio':>8}  target")
+    bare = measured["bare read of the rows it reads"]
+    row("query_metrics, 365 days, all types, without today", measured["range"], bare, f"<= {BARE_TARGET_RATIO}x")
+    row("  bare read of the rows it reads (months + other days)", bare)
+    row("  bare read of the daily rows' JSON histograms", measured["bare json"], bare)
+    row("query_metrics, 365 days, all types, with today", measured["range with today"], RANGE_TARGET_S, "<= 1 s")
+    row("query_metrics, today alone (recent tier)", measured["today"], measured["group by"])
+    row("  one GROUP BY of today's partition", measured["group by"])
+    row("merge of one month's daily rows (per night)", measured["merge month"])
+    worst = max(measured["range"] / bare / BARE_TARGET_RATIO, measured["range with today"] / RANGE_TARGET_S)
+    print(f"\nworst against its target: {worst:.2f}")
+    return 0
+
+
+def measure(url: URL, since: dt.date, today: dt.date, repeat: int) -> dict[str, float]:
+    """Each measurement's median over ``repeat`` rounds, alternating, each run on an engine of its own."""
+
+    def bare_rows(engine: Engine) -> None:
+        with engine.connect() as connection, long_read_settings(connection):
+            statement = RangeMerge().rolled_up_query(connection, since, today)
+            connection.execute(statement).all()
+
+    def bare_json(engine: Engine) -> None:
+        with engine.connect() as connection:
+            connection.execute(
+                text(
+                    "SELECT metric_type, labels_key, sample_count, sum, min, max, CAST(histogram AS text)"
+                    " FROM operational_metrics_daily WHERE date >= :since AND date <= :until"
+                ),
+                {"since": since, "until": today},
+            ).all()
+
+    def group_by(engine: Engine) -> None:
+        with engine.connect() as connection:
+            partition = list_partitions(connection)[today]
+            connection.execute(
+                text(
+                    "SELECT metric_type, label_set_id, count(*), sum(value), min(value), max(value)"
+                    f" FROM {partition} GROUP BY metric_type, label_set_id"
+                )
+            ).all()
+
+    def merge(engine: Engine) -> None:
+        with engine.begin() as connection:
+            lock_for_rollup(connection)
+            merge_month(connection, month_of(today - dt.timedelta(days=1)))
+
+    runs: dict[str, Callable[[Engine], object]] = {
+        "range": lambda engine: query_metrics(engine, since, today, include_raw=False),
+        "bare read of the rows it reads": bare_rows,
+        "bare json": bare_json,
+        "range with today": lambda engine: query_metrics(engine, since, today),
+        "today": lambda engine: query_metrics(engine, today, today),
+        "group by": group_by,
+        "merge month": merge,
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeat):
+        for name, run in runs.items():
+            engine = make_engine(url)
+            try:
+                started = time.perf_counter()
+                run(engine)
+                times[name].append(time.perf_counter() - started)
+            finally:
+                engine.dispose()
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
