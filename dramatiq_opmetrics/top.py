@@ -34,9 +34,10 @@ finished none (:func:`~dramatiq_opmetrics.series.query_stalled`), ``5m+`` when a
 interval, their threads and how many were busy.
 
 Tables fit the terminal's width (80 columns when the output is not a terminal), labels too long for it
-end with an ellipsis; on a terminal the screen is redrawn in place (plain ANSI: cursor home, clear to the
-end), and tables are cut to the terminal's height. Elsewhere (a pipe, a file) each refresh is printed
-after the previous one. ``--once`` prints once and exits. Ctrl-C (SIGINT) ends it with exit status 0.
+end with an ellipsis. On a terminal the screen is redrawn in place (plain ANSI: cursor home, clear to the
+end) and tables are cut to the terminal's height; elsewhere (a pipe, a file) each refresh is printed after
+the previous one. ``--once`` prints once, every row and no escape sequence, and exits. Ctrl-C (SIGINT)
+ends it with exit status 0.
 A database error after the first refresh is shown under the last numbers and retried at the next refresh.
 
 From Python: :func:`take_snapshot` then :func:`render`, or :func:`run_top`.
@@ -485,6 +486,7 @@ def _show(
     sleep: Callable[[float], None],
 ) -> None:
     terminal = stream.isatty()
+    redraw = terminal and not once
     ellipsis = _ellipsis_for(stream)
     shown: list[str] = []  # the last frame read without an error
     first = True
@@ -493,7 +495,8 @@ def _show(
         width, max_rows = TEXT_WIDTH, None
         if terminal:
             size = shutil.get_terminal_size((TEXT_WIDTH, 24))
-            width, max_rows = max(size.columns, 40), max((size.lines - 9) // 2, 3)
+            width = max(size.columns, 40)
+            max_rows = max((size.lines - 9) // 2, 3) if redraw else None
         try:
             snapshot = take_snapshot(engine, window=window, queue_depth_interval_s=queue_depth_interval_s)
             refreshing = None if once else refresh_interval_s
@@ -506,7 +509,7 @@ def _show(
             reason = (str(error.orig or error).strip().splitlines() or [type(error).__name__])[0]
             failed = f"{dt.datetime.now(dt.UTC):%H:%M:%S} database error, retrying: {reason}"
             lines = [*shown, "", _fit(failed, width, ellipsis)]
-        if terminal:
+        if redraw:
             frame = "".join(f"{line}{CLEAR_LINE_END}\n" for line in lines)
             stream.write((CLEAR_SCREEN if first else "") + CURSOR_HOME + frame + CLEAR_SCREEN_END)
         else:
