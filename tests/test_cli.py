@@ -11,8 +11,8 @@ from dramatiq_opmetrics.migrate import current_revision
 
 def test_migrate_upgrades_and_says_where(database_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["migrate", "--database-url", url_text(database_url)]) == 0
-    assert current_revision(database_url) == "0005"
-    assert "is at revision 0005" in capsys.readouterr().out
+    assert current_revision(database_url) == "0006"
+    assert "is at revision 0006" in capsys.readouterr().out
 
 
 def test_migrate_downgrade_to_base(sqlite_url: URL) -> None:
@@ -25,7 +25,7 @@ def test_migrate_reads_the_url_from_the_environment(sqlite_url: URL, monkeypatch
     monkeypatch.delenv("OPMETRICS_DATABASE_URL", raising=False)
     monkeypatch.setenv("DATABASE_URL", url_text(sqlite_url))
     assert main(["migrate"]) == 0
-    assert current_revision(sqlite_url) == "0005"
+    assert current_revision(sqlite_url) == "0006"
 
 
 def test_no_database_configured_is_one_clear_line(
@@ -110,7 +110,10 @@ def test_fold_folds_the_rows_not_folded_yet_and_says_what_it_did(
     labels = {"actor": "a", "queue": "q"}
     engine = make_engine(migrated_url)
     insert_samples(engine, [(MetricType.PROCESSING_TIME, labels, 1.0 + i, five_days_ago) for i in range(5)])
-    insert_samples(engine, [(MetricType.PROCESSING_TIME, labels, 1.0 + i, now) for i in range(3)])
+    # A minute that is over (the fold leaves the minute in progress for a later one).
+    insert_samples(
+        engine, [(MetricType.PROCESSING_TIME, labels, 1.0 + i, now - dt.timedelta(minutes=1)) for i in range(3)]
+    )
     engine.dispose()
     url = ["--database-url", url_text(migrated_url)]
 
@@ -122,9 +125,9 @@ def test_fold_folds_the_rows_not_folded_yet_and_says_what_it_did(
 
     assert folded("--retention-days", "10") == "folded 8 raw rows into the recent tier (up to id 8) in T s"
     assert folded("--retention-days", "10") == "folded 0 raw rows into the recent tier (up to id 8) in T s"
-    # The default retention (3 days) removes the 1- and 10-minute buckets of five days ago.
+    # The default retention (3 days) removes the 1-minute, 10-minute and hourly buckets of five days ago.
     assert folded() == (
-        "folded 0 raw rows into the recent tier (up to id 8) in T s; removed 2 buckets older than 3 days"
+        "folded 0 raw rows into the recent tier (up to id 8) in T s; removed 3 buckets older than 3 days"
     )
 
 
@@ -140,7 +143,7 @@ def test_fold_says_when_writers_in_their_transactions_hold_rows_back(
     from dramatiq_opmetrics.metric_types import MetricType
     from dramatiq_opmetrics.models import OperationalMetric
 
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)  # a minute that is over
     insert_samples(postgres_engine, [(MetricType.ERROR, {"actor": "a"}, 1.0, now)])
     url = ["--database-url", url_text(postgres_url)]
 

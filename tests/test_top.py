@@ -105,7 +105,8 @@ def fleet(now: dt.datetime) -> list[RawSample]:
             found += [(MetricType.WORKER_THREADS, labels, 2.0, at), (MetricType.BUSY_THREADS, labels, 2.0, at)]
         return found
 
-    return samples + interval_samples(now - dt.timedelta(minutes=5), now + dt.timedelta(minutes=1), sampled)
+    # From six minutes back: the window's first whole minute has samples however close to a minute ``now`` is.
+    return samples + interval_samples(now - dt.timedelta(minutes=6), now + dt.timedelta(minutes=1), sampled)
 
 
 def test_top_once_shows_the_right_actors_and_queues_in_80_columns(
