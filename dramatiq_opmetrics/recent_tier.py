@@ -413,30 +413,36 @@ def fold(
             state.cutoff = max(state.cutoff, floor)
             state.built = {width: max(until, floor) for width, until in state.built.items()}
         horizon = _horizon(connection, state, horizon_wait_s)
-        _save(connection, state, now)
-    rows = 0
-    while state.folded_id < horizon or state.cutoff < cutoff:
+        rows = 0
+        if horizon - state.folded_id <= chunk_ids:
+            # The usual pass (a minute of rows): everything in this one transaction.
+            rows = _fold_step(connection, state, horizon, cutoff)
+            _build(connection, state)
+            _save(connection, state, now)
+            horizon = state.folded_id
+        else:
+            _save(connection, state, now)
+    if state.folded_id < horizon or state.cutoff < cutoff:
+        # A catch-up (after a stop, or a fresh tier): in chunks of ids, each its own transaction.
+        while state.folded_id < horizon or state.cutoff < cutoff:
+            with engine.begin() as connection:
+                _lock(connection)
+                found = _state(connection, floor, 0.0)
+                assert found is not None and not found.new  # saved by the first transaction
+                state = found
+                upper = max(min(horizon, state.folded_id + chunk_ids), state.folded_id)
+                if upper == state.folded_id and max(state.cutoff, cutoff) == state.cutoff:
+                    break  # another folder did it meanwhile
+                rows += _fold_step(connection, state, upper, cutoff)
+                _save(connection, state, now)
+        # Wider buckets are built once every chunk is folded (not after each chunk: the next would be late).
         with engine.begin() as connection:
             _lock(connection)
             found = _state(connection, floor, 0.0)
-            assert found is not None and not found.new  # saved by the first transaction
+            assert found is not None and not found.new
             state = found
-            upper = max(min(horizon, state.folded_id + chunk_ids), state.folded_id)
-            new_cutoff = max(state.cutoff, cutoff)
-            if upper == state.folded_id and new_cutoff == state.cutoff:
-                break  # another folder did it meanwhile
-            rows += _fold_rows(connection, state, upper, new_cutoff)
-            state.skipped_id = _skipped_id(connection, state, upper, new_cutoff)
-            state.folded_id, state.cutoff = upper, new_cutoff
-            _save(connection, state, now)
-    # Wider buckets are built once every chunk is folded (a catch-up in several chunks builds them once).
-    with engine.begin() as connection:
-        _lock(connection)
-        found = _state(connection, floor, 0.0)
-        assert found is not None and not found.new
-        state = found
-        if _build(connection, state):
-            _save(connection, state, now)
+            if _build(connection, state):
+                _save(connection, state, now)
     result = FoldResult(
         rows=rows,
         folded_id=state.folded_id,
@@ -632,6 +638,16 @@ def _fold_rows(connection: Connection, state: _State, upper: int, cutoff: dt.dat
     return len(rows)
 
 
+def _fold_step(connection: Connection, state: _State, upper: int, cutoff: dt.datetime) -> int:
+    """Fold the rows with ids up to ``upper`` recorded before ``cutoff`` (or the state's, if later) that the
+    tier does not hold, and move the state to them; how many rows."""
+    new_cutoff = max(state.cutoff, cutoff)
+    rows = _fold_rows(connection, state, upper, new_cutoff)
+    state.skipped_id = _skipped_id(connection, state, upper, new_cutoff)
+    state.folded_id, state.cutoff = upper, new_cutoff
+    return rows
+
+
 def _skipped_id(connection: Connection, state: _State, upper: int, cutoff: dt.datetime) -> int | None:
     """The smallest id up to ``upper`` of a raw row recorded from ``cutoff`` on (None if there is none)."""
     low = state.folded_id + 1 if state.skipped_id is None else state.skipped_id
@@ -709,19 +725,28 @@ def _upsert_sql(source: str) -> str:
 def _fold_in_postgres(
     connection: Connection, wheres: Sequence[str], params: dict[str, object], built: dict[int, dt.datetime]
 ) -> int:
-    # The rows of wider buckets already built (late rows: recorded before where those stop) go to them too.
-    late = " UNION ALL ".join(
-        aggregate_sql(connection, "raw", width, f"recorded_at < :built_{width}") for width in built
-    )
-    statement = text(
-        f"WITH raw AS MATERIALIZED ({' UNION ALL '.join(keyed_raw_sql(where) for where in wheres)}),"
-        f" new AS MATERIALIZED ({aggregate_sql(connection, 'raw')} UNION ALL {late}),"
+    params = {**KEY_PARAMETERS, **params, **{f"built_{width}": until for width, until in built.items()}}
+    source = " UNION ALL ".join(keyed_raw_sql(where) for where in wheres)
+    # Late rows (new ids recorded before where the wider buckets stop) go to those buckets too. They are
+    # rare: looked for first, by the primary key, before reading the rows twice for them.
+    latest = max(built, key=built.__getitem__)  # a row late for any width is recorded before this one's end
+    late_where = f"{wheres[0]} AND recorded_at < :built_{latest}"
+    if connection.execute(text(f"SELECT EXISTS (SELECT 1 FROM {RAW_TABLE} WHERE {late_where})"), params).scalar():
+        wider = " UNION ALL ".join(
+            aggregate_sql(connection, "raw", width, f"recorded_at < :built_{width}") for width in built
+        )
+        statement = (
+            f"WITH raw AS MATERIALIZED ({source}),"
+            f" new AS MATERIALIZED ({aggregate_sql(connection, 'raw')} UNION ALL {wider}),"
+        )
+    else:
+        statement = f"WITH new AS MATERIALIZED ({aggregate_sql(connection, f'({source}) AS raw')}),"
+    statement += (
         f" folded AS ({_upsert_sql('SELECT * FROM new')})"
         " SELECT COALESCE(sum(count), 0) FROM new WHERE width_minutes = 1"
     )
-    params = {**KEY_PARAMETERS, **params, **{f"built_{width}": until for width, until in built.items()}}
     with local_settings(connection, FOLD_SETTINGS):
-        return int(connection.execute(statement, params).scalar_one())
+        return int(connection.execute(text(statement), params).scalar_one())
 
 
 def _build(connection: Connection, state: _State) -> bool:
