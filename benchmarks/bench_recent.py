@@ -5,9 +5,10 @@ Writes, into a scratch schema of PostgreSQL, the last 24 hours of a fleet writin
 messages, in time order), folds them into the recent tier (timed: the catch-up of a fresh installation),
 then, side by side in one run:
 
-1. the cost of keeping the tier current: for ``--minutes`` minutes, the ``BackgroundWriter`` writes a minute
-   of the fleet's messages (as a worker does: one flush per second of samples; and, its best case, as one
-   full batch), each into a minute of its own, and :func:`~dramatiq_opmetrics.recent_tier.fold` folds each
+1. the cost of keeping the tier current: for ``--minutes`` minutes, ``BackgroundWriter`` writes a minute of
+   the fleet's messages, three ways: one process flushing every second as a worker does, one process in one
+   full batch (the writer's best case), and a fleet of 8 processes each flushing its share every second;
+   each into a minute of its own, and :func:`~dramatiq_opmetrics.recent_tier.fold` folds each
    minute as the fleet's folder does, 5 s after it ends (building the 10-minute and hourly buckets as they
    complete); the folds' time is printed as a ratio of the writer's (target <= 0.10);
 2. :func:`~dramatiq_opmetrics.series.query_series` for every actor and queue (``group_by=("actor",
@@ -45,6 +46,9 @@ DAY_TARGET_MS = 300.0
 HOUR_TARGET_MS = 100.0
 COST_TARGET = 0.10
 ERROR_SHARE = 0.02
+#: The worker processes of the fleet whose writers are measured (20 million samples a day is a few hundred
+#: messages a second: a handful of processes).
+FLEET_PROCESSES = 8
 #: Rows loaded per transaction while preparing the day.
 LOAD_CHUNK_ROWS = 2_000_000
 
@@ -72,19 +76,20 @@ def main() -> int:
             connection.execute("VACUUM ANALYZE")
 
         print(f"\n1. keeping the tier current, {args.minutes} minutes of {args.rows // 1440:,} rows each")
-        per_second, full_batch, folds = measure_cost(url, args.rows, args.label_sets, args.minutes)
+        per_second, full_batch, fleet, folds = measure_cost(url, args.rows, args.label_sets, args.minutes)
         for name, times in (
-            ("writer, one flush per second", per_second),
-            ("writer, full batches", full_batch),
+            ("writer, one process, a flush a second", per_second),
+            ("writer, one process, full batches", full_batch),
+            (f"writers, {FLEET_PROCESSES} processes, a flush a second", fleet),
             ("fold after each minute", folds),
         ):
-            print(f"   {name + ':':<31} {sum(times) * 1000:8.0f} ms in {len(times)} minutes"
+            print(f"   {name + ':':<44} {sum(times) * 1000:8.0f} ms in {len(times)} minutes"
                   f"  (median {statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms)")  # fmt: skip
-        # Each minute written is folded once: the fold of a minute against the writing of that minute.
-        fold_s = sum(folds) / 2
-        print(f"   fold / writer (one flush per second) = {fold_s / sum(per_second):.3f}"
-              f"   fold / writer (full batches) = {fold_s / sum(full_batch):.3f}"
-              f"   (target <= {COST_TARGET:.2f})")  # fmt: skip
+        # Each minute written is folded once: the folds of the minutes against the writing of those minutes.
+        fold_s = sum(folds) / 3
+        print(f"   fold / writer: one process, a flush a second = {fold_s / sum(per_second):.3f};"
+              f" one process, full batches = {fold_s / sum(full_batch):.3f};"
+              f" {FLEET_PROCESSES} processes = {fold_s / sum(fleet):.3f}   (target <= {COST_TARGET:.2f})")  # fmt: skip
 
         print("\n2. series for every actor and queue (processing time with error rate)")
         now = dt.datetime.now(dt.UTC)
@@ -162,11 +167,32 @@ def load_day(url: URL, now: dt.datetime, rows: int, label_sets: int) -> int:
     return int(count)
 
 
-def write_minute(url: URL, rows: int, label_sets: int, *, flushes: int, minute: dt.datetime | None = None) -> float:
+def write_minute(
+    url: URL,
+    rows: int,
+    label_sets: int,
+    *,
+    flushes: int,
+    minute: dt.datetime | None = None,
+    processes: int = 1,
+) -> float:
     """Write one minute of the fleet's messages with a ``BackgroundWriter`` in ``flushes`` flushes; seconds.
 
-    The messages finish within ``minute`` (a UTC minute start; default: the last minute, up to now)."""
+    The messages finish within ``minute`` (a UTC minute start; default: the last minute, up to now). With
+    ``processes`` above 1, as a fleet of that many worker processes does: each writes its share of the
+    messages in ``flushes`` flushes of its own (one after the other here); the time is their sum."""
     messages = rows // 2 // 1440
+    if processes > 1:
+        return sum(
+            _write_share(url, messages, label_sets, flushes, minute, share, processes) for share in range(processes)
+        )
+    return _write_share(url, messages, label_sets, flushes, minute, 0, 1)
+
+
+def _write_share(
+    url: URL, messages: int, label_sets: int, flushes: int, minute: dt.datetime | None, share: int, shares: int
+) -> float:
+    """Write the messages ``share``, ``share + shares``, ... of the minute; seconds."""
     keys = []
     buffer = SampleBuffer(capacity=messages + 1, batch_size=DEFAULT_BATCH_SIZE)
     for index in range(label_sets):
@@ -179,7 +205,7 @@ def write_minute(url: URL, rows: int, label_sets: int, *, flushes: int, minute: 
     first_s = (minute.timestamp() + 1.0) if minute is not None else time.time() - 59.0
     base_s = time.perf_counter() + first_s - time.time()
     entries: list[MessageEntry] = []
-    for i in range(messages):
+    for i in range(share, messages, shares):
         finished_s = base_s + 58.0 * i / messages
         started_s = finished_s - (i % 97) * 1e-4
         due_ms = (first_s + 58.0 * i / messages) * 1000.0 - 5.0 - i % 50
@@ -198,11 +224,14 @@ def write_minute(url: URL, rows: int, label_sets: int, *, flushes: int, minute: 
     return elapsed
 
 
-def measure_cost(url: URL, rows: int, label_sets: int, minutes: int) -> tuple[list[float], list[float], list[float]]:
-    """Write ``minutes`` minutes of messages twice (one flush per second, and full batches), each into a minute
-    of its own after the loaded day, and fold each minute as the fleet's folder does, 5 s after it ends."""
+def measure_cost(
+    url: URL, rows: int, label_sets: int, minutes: int
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Write ``minutes`` minutes of messages three ways (one process flushing every second, one process in full
+    batches, a fleet of :data:`FLEET_PROCESSES` processes flushing every second), each into a minute of its
+    own after the loaded day, and fold each minute as the fleet's folder does, 5 s after it ends."""
     engine = make_engine(url)
-    per_second, full_batch, folds = [], [], []
+    per_second, full_batch, fleet, folds = [], [], [], []
     minute = bucket_floor(dt.datetime.now(dt.UTC), 1) + dt.timedelta(minutes=1)
     with engine.connect() as connection:
         state = read_state(connection)
@@ -210,13 +239,13 @@ def measure_cost(url: URL, rows: int, label_sets: int, minutes: int) -> tuple[li
         minute = max(minute, state.cutoff)  # after every minute folded so far: no sample is late
     try:
         for _ in range(minutes):
-            for flushes, times in ((60, per_second), (1, full_batch)):
-                times.append(write_minute(url, rows, label_sets, flushes=flushes, minute=minute))
+            for flushes, processes, times in ((60, 1, per_second), (1, 1, full_batch), (60, FLEET_PROCESSES, fleet)):
+                times.append(write_minute(url, rows, label_sets, flushes=flushes, minute=minute, processes=processes))
                 minute += dt.timedelta(minutes=1)
                 folds.append(fold(engine, now=minute + dt.timedelta(seconds=FOLD_OFFSET_S)).duration_s)
     finally:
         engine.dispose()
-    return per_second, full_batch, folds
+    return per_second, full_batch, fleet, folds
 
 
 if __name__ == "__main__":
