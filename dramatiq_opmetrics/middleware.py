@@ -86,12 +86,12 @@ def recent_tier_settings(interval_s: float | None = None, retention_days: int | 
         try:
             interval = check_interval_s(interval)
         except ValueError as error:
-            raise ValueError(f"recent_fold_interval_s (0 turns folding off): {error}") from None
+            name = "recent_fold_interval_s" if interval_s is not None else RECENT_FOLD_INTERVAL_ENV_VAR
+            raise ValueError(f"{name} (0 turns folding off): {error}") from None
     days = resolve_setting(retention_days, RECENT_RETENTION_DAYS_ENV_VAR, DEFAULT_RECENT_RETENTION_DAYS, int)
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_RECENT_RETENTION_DAYS:
-        raise ValueError(
-            f"recent_retention_days must be a whole number of days from 1 to {MAX_RECENT_RETENTION_DAYS}, got {days!r}"
-        )
+        name = "recent_retention_days" if retention_days is not None else RECENT_RETENTION_DAYS_ENV_VAR
+        raise ValueError(f"{name} must be a whole number of days from 1 to {MAX_RECENT_RETENTION_DAYS}, got {days!r}")
     return float(interval), days
 
 

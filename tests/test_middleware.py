@@ -445,12 +445,14 @@ def test_a_worker_keeps_the_recent_tier_current_and_stops_folding_when_it_stops(
         broker.join("default")
         # Nobody calls fold: the worker's own folder puts the rows into the tier.
         wait_until(lambda: tier_counts(engine)["processing_time"] == 20, timeout_s=15, what="the worker's fold")
-        assert tier_counts(engine) == folded_raw_counts(engine)
     finally:
         worker.stop()
-        engine.dispose()
     assert opmetrics.recent_tier_folder is None
     wait_until(lambda: not fold_threads(), timeout_s=5, what="the fold thread to end")
+    try:
+        assert tier_counts(engine) == folded_raw_counts(engine)
+    finally:
+        engine.dispose()
 
 
 def test_a_recent_fold_interval_of_0_starts_no_folder(sqlite_url: URL) -> None:
@@ -497,9 +499,13 @@ def test_a_bad_recent_tier_setting_is_refused_naming_it(options: dict[str, objec
         OpMetrics("sqlite:///x.sqlite3", **options)  # type: ignore[arg-type]
 
 
-def test_a_recent_tier_environment_variable_that_is_not_a_number_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_recent_tier_environment_variable_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPMETRICS_RECENT_RETENTION_DAYS", "a week")
     with pytest.raises(ConfigurationError, match="OPMETRICS_RECENT_RETENTION_DAYS must be a number"):
+        OpMetrics("sqlite:///x.sqlite3")
+    monkeypatch.delenv("OPMETRICS_RECENT_RETENTION_DAYS")
+    monkeypatch.setenv("OPMETRICS_RECENT_FOLD_INTERVAL_S", "0.05")
+    with pytest.raises(ValueError, match=r"OPMETRICS_RECENT_FOLD_INTERVAL_S \(0 turns folding off\)"):
         OpMetrics("sqlite:///x.sqlite3")
 
 
