@@ -594,8 +594,8 @@ def last_hour_lines(engine: Engine, end: dt.datetime, intervals: int, width: int
         stalled = query_stalled(connection, start, end, step=minute)
         threads = query_totals(connection, start, end, metric_type="worker_threads", group_by=("host", "queues"))
         busy = query_totals(connection, start, end, metric_type="busy_threads", group_by=("host", "queues"))
-    tier = f"the recent tier: {format_count(buckets)} buckets" if state else "raw rows (the tier is not folded yet)"
-    lines = [f"last hour: {start:%H:%M} to {end:%H:%M} UTC, from {tier} and the raw rows not folded yet"]
+    tier = f"the recent tier ({format_count(buckets)} buckets)" if state else "raw rows (no fold yet)"
+    lines = [f"last hour: {start:%H:%M} to {end:%H:%M} UTC", f"from {tier} and the raw rows not folded into it yet"]
 
     wait_p95 = {_group(point, ("actor", "queue")): point.p95 for point in waits}
     body = [
@@ -631,7 +631,7 @@ def last_hour_lines(engine: Engine, end: dt.datetime, intervals: int, width: int
         body.append(
             [*_cells(point, ("host", "queues")), f"{online:.1f}", format_number(point.avg), format_percent(utilisation)]
         )
-    title = "workers (online: processes, on average while the worker ran; util% = busy/threads)"
+    title = "workers (online = processes, on average while it ran; util% = busy / threads)"
     lines += ["", title, *format_table(["host", "queues", "online", "threads", "util%"], body, 2, width)]
     return lines
 
