@@ -445,6 +445,11 @@ def _sample_queues_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queue", action="append", default=[], help="a queue to sample besides the declared ones (repeatable)"
     )
+    parser.add_argument(
+        "--no-fold",
+        action="store_true",
+        help="do not fold the recent tier (by default it does, every $OPMETRICS_RECENT_FOLD_INTERVAL_S seconds)",
+    )
     _add_database_url(parser)
 
 
@@ -452,7 +457,12 @@ def _sample_queues(args: argparse.Namespace) -> int:
     from .sample_queues import run_sample_queues
 
     return run_sample_queues(
-        args.broker, database_url=args.database_url, interval_s=args.interval, once=args.once, queues=args.queue
+        args.broker,
+        database_url=args.database_url,
+        interval_s=args.interval,
+        once=args.once,
+        queues=args.queue,
+        fold=not args.no_fold,
     )
 
 

@@ -73,7 +73,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text, update
 
 from .aggregate import BUCKET_KEY_SQL, PERCENTILES
 from .database import local_settings
@@ -659,32 +659,55 @@ def _skipped_id(connection: Connection, state: _State, upper: int, cutoff: dt.da
 
 
 def _upsert_in_python(connection: Connection, aggregates: Iterable[BucketAggregate]) -> None:
-    """Add each aggregate to its tier row (SQLite)."""
+    """Add each aggregate to its tier row (SQLite): the rows they land in are read in one statement per width,
+    then new rows are inserted and existing ones updated, each in one batch."""
+    tier = RecentAggregate
+    by_width: dict[int, list[BucketAggregate]] = {}
     for aggregate in aggregates:
-        pk = (
-            RecentAggregate.width_minutes == aggregate.width_minutes,
-            RecentAggregate.bucket_start == aggregate.bucket_start,
-            RecentAggregate.metric_type == aggregate.metric_type,
-            RecentAggregate.label_set_id == aggregate.label_set_id,
-        )
-        existing = connection.execute(
-            select(
-                RecentAggregate.count,
-                RecentAggregate.sum,
-                RecentAggregate.min,
-                RecentAggregate.max,
-                RecentAggregate.keys,
-            ).where(*pk)
-        ).first()
-        if existing is None:
-            connection.execute(insert(RecentAggregate).values(**_values(aggregate)))
-            continue
-        before = BucketAggregate(
-            aggregate.width_minutes, aggregate.bucket_start, aggregate.metric_type, aggregate.label_set_id
-        )
-        before.count, before.sum, before.min, before.max, before.keys = *existing[:4], list(existing[4])
-        before.merge(aggregate)
-        connection.execute(update(RecentAggregate).where(*pk).values(**_values(before)))
+        by_width.setdefault(aggregate.width_minutes, []).append(aggregate)
+    for width, found in by_width.items():
+        low, high = min(item.bucket_start for item in found), max(item.bucket_start for item in found)
+        query = select(
+            tier.bucket_start, tier.metric_type, tier.label_set_id, tier.count, tier.sum, tier.min, tier.max, tier.keys
+        ).where(tier.width_minutes == width, tier.bucket_start >= low, tier.bucket_start <= high)
+        existing = {(row[0], MetricType(row[1]), row[2]): row for row in connection.execute(query)}
+        new, merged = [], []
+        for aggregate in found:
+            row = existing.get((aggregate.bucket_start, aggregate.metric_type, aggregate.label_set_id))
+            if row is None:
+                new.append(_values(aggregate))
+                continue
+            before = BucketAggregate(width, aggregate.bucket_start, aggregate.metric_type, aggregate.label_set_id)
+            before.count, before.sum, before.min, before.max, before.keys = *row[3:7], list(row[7])
+            before.merge(aggregate)
+            merged.append({f"old_{name}": value for name, value in _values(before).items()})
+        if new:
+            connection.execute(insert(tier), new)
+        if merged:
+            pk = ("width_minutes", "bucket_start", "metric_type", "label_set_id")
+            statement = (
+                update(tier)
+                .where(*(getattr(tier, name) == bindparam(f"old_{name}") for name in pk))
+                .values({name: bindparam(f"old_{name}") for name in _VALUE_COLUMNS if name not in pk})
+            )
+            connection.execute(statement, merged)
+
+
+#: The columns :func:`_values` gives.
+_VALUE_COLUMNS = (
+    "width_minutes",
+    "bucket_start",
+    "metric_type",
+    "label_set_id",
+    "count",
+    "sum",
+    "min",
+    "max",
+    "keys",
+    "p50",
+    "p95",
+    "p99",
+)
 
 
 def _values(aggregate: BucketAggregate) -> dict[str, object]:
@@ -807,7 +830,8 @@ def _build_width(connection: Connection, width: int, finer: int, low: dt.datetim
 class RecentTierFolder:
     """Keeps the recent tier current for the whole fleet, from a background thread in any number of processes.
 
-    :data:`FOLD_OFFSET_S` seconds after each wall-clock multiple of ``interval_s`` every process running one
+    :data:`FOLD_OFFSET_S` seconds (at most half the interval) after each wall-clock multiple of ``interval_s``
+    every process running one
     tries to claim the interval (as :class:`~dramatiq_opmetrics.QueueDepthSampler` does), and the one that
     claims it runs :func:`fold`.
     An error is logged (one warning) and the interval skipped; the next fold catches up.
@@ -842,7 +866,10 @@ class RecentTierFolder:
         self.retention_days = retention_days
         self.claimer = claim if claim is not None else DatabaseIntervalClaim(engine)
         self._thread = IntervalThread(
-            "opmetrics-recent-fold", self.interval_s, self._fold_logging_errors, offset_s=FOLD_OFFSET_S
+            "opmetrics-recent-fold",
+            self.interval_s,
+            self._fold_logging_errors,
+            offset_s=min(FOLD_OFFSET_S, self.interval_s / 2),
         )
 
     def fold_once(self, at: dt.datetime | None = None) -> FoldResult | None:
