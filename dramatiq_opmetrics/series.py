@@ -8,12 +8,15 @@ recorded in ``[start, end)``, and for processing times the error rate of the buc
 which buckets: they had ready messages (a ``queue_depth`` sample of state ``ready`` above 0) and no message
 of theirs finished (no ``processing_time`` sample labelled with the queue).
 
-Where the numbers come from: the recent tier (:mod:`~dramatiq_opmetrics.recent_tier`) for whole minutes it
-covers (10-minute rows where the step allows), plus the raw rows it does not hold yet: those not folded
-(id above the fold's watermark), those older than the tier's floor, and the partial minutes at the range's
-edges. Every raw row is counted exactly once: the watermark is read before and after, and the reading is
-redone if a fold moved it meanwhile. Ranges older than the raw retention (30 days by default) have no
-points: use :func:`~dramatiq_opmetrics.query.query_daily_series` for those.
+Where the numbers come from: the recent tier (:mod:`~dramatiq_opmetrics.recent_tier`) for the whole minutes
+it covers (its hourly or 10-minute buckets where the step allows), plus the raw rows it does not hold yet:
+those not folded (ids above the fold's watermark), the minutes from its cutoff on (the minute in
+progress), those older than its floor, and the partial minutes at the range's edges. Every raw row is
+counted exactly once: the watermark is read before and after, and the reading is redone if a fold moved it
+meanwhile. On PostgreSQL one statement computes the points (single buckets keep their stored percentiles,
+others merge their keys) and only the points travel; SQLite merges in Python. Ranges older than the raw
+retention (30 days by default) have no points: use :func:`~dramatiq_opmetrics.query.query_daily_series`
+for those.
 
 The report, the dashboard's pages, Grafana and alerting can read these points directly: they carry their
 bucket's ``start`` and ``end`` and their group's labels, like :class:`~dramatiq_opmetrics.MetricStats`.
