@@ -203,8 +203,11 @@ def _query(
     metric_type: MetricType | str | None,
     labels: Mapping[str, str] | None,
     group_by: Sequence[str] | None,
+    *,
+    percentiles: bool = True,
 ) -> list[SeriesPoint]:
-    """The points of buckets of ``step_minutes``, or of the whole range if None."""
+    """The points of buckets of ``step_minutes``, or of the whole range if None (without their percentiles if
+    ``percentiles`` is false: they are None, and nothing is sorted for them)."""
     wanted = None if metric_type is None else _metric_type(metric_type)
     if isinstance(group_by, str):
         raise ValueError("group_by is a sequence of label keys, e.g. ('actor', 'queue'), not a string")
@@ -221,10 +224,12 @@ def _query(
         keys = None if group_by is None else tuple(group_by)
         step = end - start if step_minutes is None else dt.timedelta(minutes=step_minutes)
         if connection.dialect.name == "postgresql":
-            return _query_in_postgres(connection, start, end, step_minutes, wanted, types, label_set_ids, keys)
+            return _query_in_postgres(
+                connection, start, end, step_minutes, wanted, types, label_set_ids, keys, percentiles
+            )
         groups = _Grouping(connection, keys, step_minutes, wanted, start)
-        aggregates = _read(connection, start, end, step_minutes, types, label_set_ids, groups)
-    return _points(aggregates, groups, start, end, step)
+        aggregates = _read(connection, start, end, step_minutes, types, label_set_ids, groups, percentiles)
+    return _points(aggregates, groups, start, end, step, percentiles)
 
 
 def query_totals(
@@ -313,16 +318,18 @@ def _read(
     types: set[MetricType] | None,
     label_set_ids: set[int] | None,
     groups: _Grouping,
+    percentiles: bool,
 ) -> list[BucketAggregate]:
     """The tier's buckets and the raw rows it does not hold, as minute (or wider) aggregates; the keys of
-    tier buckets are read only for points made of several buckets."""
+    tier buckets are read only for the percentiles of points made of several buckets."""
     for _ in range(MAX_READ_ATTEMPTS):
         state = read_state(connection)
         spans, pieces = _layout(state, start, end, step_minutes)
-        aggregates = _tier(connection, spans, step_minutes, types, label_set_ids)
+        aggregates = _tier(connection, spans, step_minutes, types, label_set_ids, percentiles)
         aggregates += _raw(connection, pieces, types, label_set_ids)
         groups.learn({aggregate.label_set_id for aggregate in aggregates})
-        _add_keys(connection, aggregates, groups)
+        if percentiles:
+            _add_keys(connection, aggregates, groups)
         # A fold committed during the reading would count its rows twice (or not at all): read again.
         if read_state(connection) == state:
             return aggregates
@@ -335,12 +342,13 @@ def _tier(
     step_minutes: int | None,
     types: set[MetricType] | None,
     label_set_ids: set[int] | None,
+    percentiles: bool = True,
 ) -> list[BucketAggregate]:
     tier = RecentAggregate
     found = []
     for width, span_low, span_high in spans:
         # A bucket as wide as the step is a point of its own: its stored percentiles will do.
-        with_keys = width != step_minutes
+        with_keys = percentiles and width != step_minutes
         columns = [tier.keys] if with_keys else [tier.p50, tier.p95, tier.p99]
         query = select(
             tier.width_minutes,
@@ -476,6 +484,7 @@ def _query_in_postgres(
     types: set[MetricType] | None,
     label_set_ids: set[int] | None,
     keys: tuple[str, ...] | None,
+    percentiles: bool,
 ) -> list[SeriesPoint]:
     """The points, computed in one statement: PostgreSQL groups the tier's buckets and the raw rows it does
     not hold by point, takes single buckets' stored percentiles and sorts the keys of the others; only the
@@ -484,7 +493,7 @@ def _query_in_postgres(
         state = read_state(connection)
         spans, pieces = _layout(state, start, end, step_minutes)
         statement, params = _series_sql(
-            connection, start, step_minutes, wanted, types, label_set_ids, keys, spans, pieces
+            connection, start, step_minutes, wanted, types, label_set_ids, keys, spans, pieces, percentiles
         )
         compiled = text(statement).compile(dialect=connection.dialect)
         driver = connection.connection.driver_connection
@@ -539,6 +548,7 @@ def _series_sql(
     keys: tuple[str, ...] | None,
     spans: Sequence[tuple[int, dt.datetime, dt.datetime]],
     pieces: Sequence[tuple[dt.datetime, dt.datetime, int | None]],
+    percentiles: bool = True,
 ) -> tuple[str, dict[str, object]]:
     """The statement of :func:`_query_in_postgres` and its parameters."""
     params: dict[str, object] = {**KEY_PARAMETERS, "range_start": start}
@@ -595,8 +605,8 @@ def _series_sql(
             " NULL, NULL, true FROM placed WHERE t = CAST('error' AS opmetrics_metric_type)"
         )
     real = "FILTER (WHERE NOT error)"
-    percentiles = ", ".join(
-        f"CASE WHEN merged.sorted IS NULL THEN points.p{name} ELSE {pick} END AS p{name}"
+    picks = ", ".join(
+        f"CASE WHEN merged.sorted IS NULL AND points.n = 1 THEN points.p{name} ELSE {pick} END AS p{name}"
         for name, pick in zip(
             ("50", "95", "99"),
             picks_sql("merged.sorted", "cardinality(merged.sorted)", "points.lo", "points.hi"),
@@ -623,14 +633,14 @@ def _series_sql(
         f"  GROUP BY t, g, pb HAVING count(*) {real} > 0),"
         f" merged AS (SELECT placed.t, placed.g, placed.pb, array_agg(k ORDER BY {KEY_ORDER_SQL.format('k')}) AS sorted"
         "  FROM placed JOIN points ON (points.t, points.g, points.pb) = (placed.t, placed.g, placed.pb)"
-        "   AND (points.n > 1 OR points.p50 IS NULL)"
+        f"   AND (points.n > 1 OR points.p50 IS NULL) AND {'TRUE' if percentiles else 'FALSE'}"
         f"  LEFT JOIN {RECENT_TABLE} AS tier ON placed.w > 0 AND tier.width_minutes = placed.w"
         "   AND tier.bucket_start = placed.b AND tier.metric_type = placed.t"
         "   AND tier.label_set_id = placed.l"
         "  CROSS JOIN LATERAL unnest(COALESCE(placed.keys, tier.keys)) AS k GROUP BY placed.t, placed.g, placed.pb),"
         " found AS (SELECT CAST(points.t AS text) AS t, points.g, points.pb, CAST(extract(epoch FROM points.pb"
         f"  - TIMESTAMPTZ '2000-01-01 00:00:00+00') AS float8) AS epoch, points.c, points.s, points.lo, points.hi,"
-        f"  {percentiles}, CASE WHEN points.t = CAST('processing_time' AS opmetrics_metric_type)"
+        f"  {picks}, CASE WHEN points.t = CAST('processing_time' AS opmetrics_metric_type)"
         "  THEN COALESCE(points.e, 0) END AS e"
         "  FROM points LEFT JOIN merged ON (merged.t, merged.g, merged.pb) = (points.t, points.g, points.pb))"
         " SELECT NULL AS t, number AS g, NULL AS epoch, NULL AS c, NULL AS s, NULL AS lo, NULL AS hi, NULL AS p50,"
@@ -646,6 +656,7 @@ def _points(
     start: dt.datetime,
     end: dt.datetime,
     step: dt.timedelta,
+    percentiles: bool,
 ) -> list[SeriesPoint]:
     points: dict[tuple[MetricType, tuple[tuple[str, str], ...], dt.datetime], _Point] = {}
     errors: dict[tuple[tuple[tuple[str, str], ...], dt.datetime], int] = {}
@@ -674,7 +685,7 @@ def _points(
             count = sum(part.count for part in parts)
             total = math.fsum(part.sum for part in parts)
             low, high = min(part.min for part in parts), max(part.max for part in parts)
-        p50, p95, p99 = point.quantiles()
+        p50, p95, p99 = point.quantiles() if percentiles else (None, None, None)
         chosen_groups.add(chosen)
         found.append(
             SeriesPoint(
@@ -740,9 +751,9 @@ def query_stalled(
         )
         finished = {
             (point.labels.get("queue"), point.start)
-            for point in query_series(
-                connection, start, end, step=step, metric_type=MetricType.PROCESSING_TIME, labels=only or None,
-                group_by=("queue",),
+            for point in _query(
+                connection, start, end, check_range(start, end, step), MetricType.PROCESSING_TIME, only or None,
+                ("queue",), percentiles=False,
             )
         }  # fmt: skip
     stalled = [
