@@ -5,18 +5,18 @@ Writes, into a scratch schema of PostgreSQL, the last 24 hours of a fleet writin
 messages, in time order), folds them into the recent tier (timed: the catch-up of a fresh installation),
 then, side by side in one run:
 
-1. the cost of keeping the tier current: for ``--minutes`` minutes, ``BackgroundWriter`` writes a minute of
+1. :func:`~dramatiq_opmetrics.series.query_series` for every actor and queue (``group_by=("actor",
+   "queue")``, processing times with their error rate): 24 hours in 10-minute buckets (target <= 300 ms)
+   and the last hour per minute (target <= 100 ms), median of ``--repeat`` runs, read right after a fold
+   and again with a minute of rows not folded yet.
+2. the cost of keeping the tier current: for ``--minutes`` minutes, ``BackgroundWriter`` writes a minute of
    the fleet's messages, three ways: one process flushing every second as a worker does, one process in one
    full batch (the writer's best case), and a fleet of 8 processes each flushing its share every second;
    each into a minute of its own, and :func:`~dramatiq_opmetrics.recent_tier.fold` folds each
    minute as the fleet's folder does, 5 s after it ends (building the 10-minute and hourly buckets as they
    complete); the folds' time is printed as a ratio of the writer's (target <= 0.10);
-2. :func:`~dramatiq_opmetrics.series.query_series` for every actor and queue (``group_by=("actor",
-   "queue")``, processing times with their error rate): 24 hours in 10-minute buckets (target <= 300 ms)
-   and the last hour per minute (target <= 100 ms), median of ``--repeat`` runs, read right after a fold
-   and again with a minute of rows not folded yet.
 
-    .venv/bin/python benchmarks/bench_recent.py [--rows 20000000] [--label-sets 200] [--minutes 30]
+    .venv/bin/python benchmarks/bench_recent.py [--rows 20000000] [--label-sets 200] [--minutes 30] [--only series|cost]
 
 Environment: OPMETRICS_TEST_DATABASE_URL (default: the tests' PostgreSQL). The scratch schema is dropped at
 the end. Loading 20 million rows takes a few minutes on a small machine; ``--rows`` sets the daily volume.
@@ -61,6 +61,7 @@ def main() -> int:
         "--minutes", type=int, default=30, help="minutes written and folded per way of writing (default 30)"
     )
     parser.add_argument("--repeat", type=int, default=5, help="timed runs of each query")
+    parser.add_argument("--only", choices=("series", "cost"), help="measure only the series or only the cost")
     args = parser.parse_args()
     with scratch_schema(database_url()) as url:
         engine = make_engine(url)
@@ -75,46 +76,49 @@ def main() -> int:
         with psycopg.connect(libpq(url), autocommit=True) as connection:
             connection.execute("VACUUM ANALYZE")
 
-        print(f"\n1. keeping the tier current, {args.minutes} minutes of {args.rows // 1440:,} rows each")
-        per_second, full_batch, fleet, folds = measure_cost(url, args.rows, args.label_sets, args.minutes)
-        for name, times in (
-            ("writer, one process, a flush a second", per_second),
-            ("writer, one process, full batches", full_batch),
-            (f"writers, {FLEET_PROCESSES} processes, a flush a second", fleet),
-            ("fold after each minute", folds),
-        ):
-            print(f"   {name + ':':<44} {sum(times) * 1000:8.0f} ms in {len(times)} minutes"
-                  f"  (median {statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms)")  # fmt: skip
-        # Each minute written is folded once: the folds of the minutes against the writing of those minutes.
-        fold_s = sum(folds) / 3
-        print(f"   fold / writer: one process, a flush a second = {fold_s / sum(per_second):.3f};"
-              f" one process, full batches = {fold_s / sum(full_batch):.3f};"
-              f" {FLEET_PROCESSES} processes = {fold_s / sum(fleet):.3f}   (target <= {COST_TARGET:.2f})")  # fmt: skip
+        if args.only in (None, "series"):
+            print("\n1. series for every actor and queue (processing time with error rate)")
+            fold(engine)
+            queries = [
+                ("24 h in 10-minute buckets", dt.timedelta(hours=24), dt.timedelta(minutes=10), DAY_TARGET_MS),
+                ("last hour per minute", dt.timedelta(hours=1), dt.timedelta(minutes=1), HOUR_TARGET_MS),
+            ]
+            for when in ("right after a fold", "with a minute not folded"):
+                if when != "right after a fold":
+                    write_minute(url, args.rows, args.label_sets, flushes=60)
+                for name, span, step, target in queries:
+                    times, points = [], 0
+                    for _ in range(args.repeat):
+                        end = dt.datetime.now(dt.UTC)
+                        begun = time.perf_counter()
+                        found = query_series(
+                            engine, end - span, end, step=step, metric_type=MetricType.PROCESSING_TIME,
+                            group_by=("actor", "queue"),
+                        )  # fmt: skip
+                        times.append((time.perf_counter() - begun) * 1000)
+                        points = len(found)
+                    median = statistics.median(times)
+                    print(f"   {name:<26} {when:<25} {median:7.0f} ms  ratio {median / target:5.2f}"
+                          f"  ({points:,} points; runs: {', '.join(f'{t:.0f}' for t in times)})")  # fmt: skip
+        if args.only in (None, "cost"):
+            print(f"\n2. keeping the tier current, {args.minutes} minutes of {args.rows // 1440:,} rows each")
+            per_second, full_batch, fleet, folds = measure_cost(url, args.rows, args.label_sets, args.minutes)
+            for name, times in (
+                ("writer, one process, a flush a second", per_second),
+                ("writer, one process, full batches", full_batch),
+                (f"writers, {FLEET_PROCESSES} processes, a flush a second", fleet),
+                ("fold after each minute", folds),
+            ):
+                median_ms, max_ms = statistics.median(times) * 1000, max(times) * 1000
+                print(f"   {name + ':':<44} {sum(times) * 1000:8.0f} ms in {len(times)} minutes"
+                      f"  (median {median_ms:.0f} ms, max {max_ms:.0f} ms)")  # fmt: skip
+            # Each minute written is folded once: the folds of the minutes against the writing of those minutes.
+            fold_s = sum(folds) / 3
+            print(f"   fold / writer: one process, a flush a second = {fold_s / sum(per_second):.3f};"
+                  f" one process, full batches = {fold_s / sum(full_batch):.3f};"
+                  f" {FLEET_PROCESSES} processes = {fold_s / sum(fleet):.3f}"
+                  f"   (target <= {COST_TARGET:.2f})")  # fmt: skip
 
-        print("\n2. series for every actor and queue (processing time with error rate)")
-        now = dt.datetime.now(dt.UTC)
-        fold(engine, now=now)
-        queries = [
-            ("24 h in 10-minute buckets", dt.timedelta(hours=24), dt.timedelta(minutes=10), DAY_TARGET_MS),
-            ("last hour per minute", dt.timedelta(hours=1), dt.timedelta(minutes=1), HOUR_TARGET_MS),
-        ]
-        for when in ("right after a fold", "with a minute not folded"):
-            if when != "right after a fold":
-                write_minute(url, args.rows, args.label_sets, flushes=60)
-            for name, span, step, target in queries:
-                times, points = [], 0
-                for _ in range(args.repeat):
-                    end = dt.datetime.now(dt.UTC)
-                    begun = time.perf_counter()
-                    found = query_series(
-                        engine, end - span, end, step=step, metric_type=MetricType.PROCESSING_TIME,
-                        group_by=("actor", "queue"),
-                    )  # fmt: skip
-                    times.append((time.perf_counter() - begun) * 1000)
-                    points = len(found)
-                median = statistics.median(times)
-                print(f"   {name:<26} {when:<25} {median:7.0f} ms  ratio {median / target:5.2f}"
-                      f"  ({points:,} points; runs: {', '.join(f'{t:.0f}' for t in times)})")  # fmt: skip
         engine.dispose()
     return 0
 
