@@ -17,6 +17,7 @@ from dramatiq_opmetrics.dashboard.pages import confidence, overview, queues, tok
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.models import OperationalMetricDaily
 from dramatiq_opmetrics.query import query_daily_series, query_metrics
+from dramatiq_opmetrics.recent_tier import bucket_floor, fold
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
 TODAY = NOW.date()
@@ -220,3 +221,47 @@ def test_todays_trend_p95_is_the_query_apis_p95_of_today(
     )
     assert today.raw_days == 1
     assert row["trend"]["p95_processing_ms"][-1] == today.p95
+
+
+def test_todays_new_and_late_samples_show_on_the_next_request_counted_once(
+    engine: Engine, data: DashboardData, fleet: FleetHistory
+) -> None:
+    actor = fleet.actors[0]
+    labels = {"actor": actor.name, "queue": actor.queue}
+
+    def todays_messages() -> float:
+        [row] = [row for row in overview.view(data, 7)["rows"] if row["actor"] == actor.name]
+        return row["trend"]["messages"][-1]
+
+    first = todays_messages()
+    fold(engine, now=NOW)
+    assert todays_messages() == first
+    # One sample just written, one recorded hours ago and written only now (after an outage, say).
+    insert_samples(engine, [(MetricType.PROCESSING_TIME, labels, 5.0, NOW - dt.timedelta(seconds=2))])
+    insert_samples(engine, [(MetricType.PROCESSING_TIME, labels, 7.0, NOW - dt.timedelta(hours=5))])
+    assert todays_messages() == first + 2
+    fold(engine, now=NOW)
+    assert todays_messages() == first + 2
+
+
+def test_the_queues_recent_chart_is_the_largest_depth_of_each_bucket(
+    engine: Engine, data: DashboardData, fleet: FleetHistory
+) -> None:
+    depth = {"queue": "queue_x", "state": "ready"}
+    start = NOW - dt.timedelta(hours=6)
+    samples = [
+        (MetricType.QUEUE_DEPTH, depth, float(i % 50), start + dt.timedelta(seconds=15 * i)) for i in range(1440)
+    ]
+    insert_samples(engine, samples)
+    fold(engine, now=NOW)
+    for hours, step_minutes in ((6, 1), (24, 10)):
+        view = queues.view(data, 7, hours)
+        assert view["step_minutes"] == step_minutes
+        chart = view["charts"]["recent"]
+        [series] = [series for series in chart["series"] if series["label"] == "queue_x ready"]
+        expected: dict[float, float] = {}
+        for _kind, _labels, value, recorded_at in samples:
+            x = bucket_floor(recorded_at, step_minutes).timestamp()
+            expected[x] = max(expected.get(x, 0.0), value)
+        got = {x: value for x, value in zip(chart["x"], series["values"], strict=True) if value is not None}
+        assert got == expected

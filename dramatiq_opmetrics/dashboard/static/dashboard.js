@@ -6,6 +6,7 @@
   var PALETTE = ["#2f6fde", "#e5484d", "#12a594", "#f5a524", "#8e4ec6", "#0091ff", "#d6409f", "#3e9b4f",
                  "#e54666", "#5b5bd6", "#ad7f58", "#00a2c7"];
   var BAND_FILL = "rgba(229, 72, 77, 0.14)";
+  var MAX_STALLED_ROWS = 20;
   var data = JSON.parse(document.getElementById("chart-data").textContent || "{}");
   var utc = function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); };
   var plots = [];
@@ -39,6 +40,11 @@
       if (unit === "ms" || unit === "ratio" || unit === "s" || value == null) { return full(u, value); }
       return Math.abs(value) < 10 ? String(Math.round(value * 10) / 10) : compact.format(value);
     };
+  }
+
+  // Whether a value of the series has no neighbour with a value: a line would not show it, a point does.
+  function hasIsolated(values) {
+    return values.some(function (v, i) { return v != null && values[i - 1] == null && values[i + 1] == null; });
   }
 
   function hasData(chart) {
@@ -84,7 +90,7 @@
       series.push({
         label: s.label, stroke: color, width: bars ? 0 : 1.5, fill: bars ? color + "cc" : undefined,
         value: format(chart.unit), spanGaps: false,
-        points: { show: !bars && (labels !== undefined || s.values.length < 40) },
+        points: { show: !bars && (labels !== undefined || s.values.length < 40 || hasIsolated(s.values)) },
         paths: bars ? uPlot.paths.bars({ size: [0.7, 60] }) : undefined
       });
     });
@@ -193,11 +199,16 @@
       { text: function (r) { return r.stalled_now ? "stalled" : (r.stalled_buckets ? r.stalled_buckets + " stalled intervals" : "–"); },
         bad: function (r) { return r.stalled_now; } }
     ], "No queue samples in this window.");
-    fillTable("now-stalled", view.stalled, [
+    // The latest first; the charts shade them all.
+    var stalled = view.stalled.slice().sort(function (a, b) { return b.end - a.end || (a.queue < b.queue ? -1 : 1); });
+    var shown = stalled.slice(0, MAX_STALLED_ROWS);
+    fillTable("now-stalled", shown, [
       { text: function (r) { return r.queue; } },
       { text: function (r) { return fmt.time(r.start) + "–" + fmt.time(r.end) + " UTC"; } },
       { numeric: true, text: function (r) { return fmt.count(r.ready); } }
     ], "No queue was stalled in this window.");
+    var more = document.querySelector("#now [data-stalled-more]");
+    if (more) { more.textContent = stalled.length > shown.length ? "and " + (stalled.length - shown.length) + " earlier" : ""; }
     var updated = document.querySelector("#now [data-updated]");
     if (updated) { updated.textContent = new Date(view.generated_at * 1e3).toISOString().slice(11, 19) + " UTC"; }
     drawCharts(view.charts);
