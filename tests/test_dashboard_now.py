@@ -247,3 +247,27 @@ def test_a_window_or_percentile_that_is_not_offered_is_refused_naming_the_choice
         now.view(data, "2h")
     with pytest.raises(ValueError, match="percentile must be one of p50, p95, p99; got 'p90'"):
         now.view(data, percentile="p90")
+
+
+def test_a_queue_is_stalled_now_only_if_the_latest_bucket_that_ended_was(engine: Engine) -> None:
+    from dramatiq_opmetrics.samples import queue_depth
+
+    clock = NOW + dt.timedelta(seconds=30)  # half a minute into the current bucket
+    data = DashboardData(engine, clock=lambda: clock)
+
+    def ready(name: str) -> Any:
+        def make(at: dt.datetime) -> list[RawSample]:
+            return [(s.metric_type, s.label_set.labels, s.value, at) for s in queue_depth(name, 4, state="ready")]
+
+        return make
+
+    for name in ("served", "abandoned"):
+        insert_samples(engine, sampled_every_interval(NOW - dt.timedelta(minutes=10), clock, ready(name)))
+    # "served" finishes a message 10 s into each minute that has ended; the current one has none yet.
+    finished = [NOW - dt.timedelta(minutes=minute) + dt.timedelta(seconds=10) for minute in range(1, 11)]
+    insert_samples(
+        engine, [(MetricType.PROCESSING_TIME, {"actor": "a", "queue": "served"}, 1.0, at) for at in finished]
+    )
+    rows = {row["queue"]: row for row in now.view(data, "1h")["queue_rows"]}
+    assert (rows["served"]["stalled_buckets"], rows["served"]["stalled_now"]) == (1, False)
+    assert (rows["abandoned"]["stalled_buckets"], rows["abandoned"]["stalled_now"]) == (11, True)

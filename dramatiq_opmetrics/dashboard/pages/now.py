@@ -237,7 +237,7 @@ def _queue_rows(
     depths: Iterable[SeriesPoint], ages: Iterable[SeriesPoint], stalled: Iterable[StalledBucket], buckets: TimeBuckets
 ) -> list[dict[str, Any]]:
     """Per queue: ready messages and oldest-message age in the latest bucket sampled, the most ready in the
-    window, and its stalled buckets; deepest first."""
+    window, its stalled buckets, and whether it is stalled now; deepest first."""
     rows: dict[str, dict[str, Any]] = {}
 
     def row(name: str) -> dict[str, Any]:
@@ -270,12 +270,13 @@ def _queue_rows(
         found = row(name)
         if found["_age_at"] is None or point.start > found["_age_at"]:
             found["oldest_age_s"], found["_age_at"] = point.max, point.start
-    last_bucket = buckets.buckets - 1
+    # Whether a queue is stalled now: in the latest bucket that has ended (the current one may not have
+    # finished a message yet only because it has just begun).
+    latest_complete = (buckets.end - buckets.first) // buckets.step - 1
     for bucket in stalled:
         found = row(bucket.queue)
         found["stalled_buckets"] += 1
-        # The current bucket may not have finished a message yet: the latest two tell whether it is stalled now.
-        if buckets.index(bucket.start) >= last_bucket - 1:
+        if buckets.index(bucket.start) == latest_complete:
             found["stalled_now"] = True
     for found in rows.values():
         del found["_ready_at"], found["_age_at"]
