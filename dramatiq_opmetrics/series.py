@@ -40,6 +40,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sqlalchemy import Connection, Engine, Text, cast, select, text, tuple_
 
@@ -77,9 +78,9 @@ _TYPES = {member.value: member for member in MetricType}
 _ERROR_ONLY_LABELS = frozenset({"error_type"})
 
 
-@dataclass(frozen=True)
-class SeriesPoint:
-    """Statistics of one metric type and group in one bucket.
+class SeriesPoint(NamedTuple):
+    """Statistics of one metric type and group in one bucket (a named tuple: queries return tens of thousands
+    of them, and a tuple is made three times faster than a frozen dataclass; ``point._asdict()`` gives a dict).
 
     Parameters:
       metric_type(MetricType): what the values measure (their unit is the metric type's).
@@ -95,7 +96,7 @@ class SeriesPoint:
     labels: Mapping[str, str]
     start: dt.datetime
     end: dt.datetime
-    count: int
+    count: int  # type: ignore[assignment]  # the field, not tuple.count
     sum: float
     min: float
     max: float
@@ -509,8 +510,10 @@ def _query_in_postgres(
     # The groups' names come first (rows without a metric type), then the points in bucket order.
     named = 0
     groups: dict[int, tuple[tuple[str, str], ...]] = {}
+    labels_of: dict[int, dict[str, str]] = {}
     while named < len(rows) and rows[named][0] is None:
         groups[rows[named][1]] = _group(json.loads(rows[named][11]), keys)
+        labels_of[rows[named][1]] = dict(groups[rows[named][1]])
         named += 1
     step = end - start if step_minutes is None else dt.timedelta(minutes=step_minutes)
     buckets: dict[float, tuple[dt.datetime, dt.datetime]] = {}
@@ -526,8 +529,8 @@ def _query_in_postgres(
             points = series[(row_type, group)] = []
         points.append(
             SeriesPoint(
-                _TYPES[row_type], dict(groups[group]), *bounds, count, total, low, high, total / count, p50, p95,
-                p99, None if errors is None else errors / count,
+                _TYPES[row_type], labels_of[group].copy(), *bounds, count, total, low, high, total / count, p50,
+                p95, p99, None if errors is None else errors / count,
             )
         )  # fmt: skip
     order = {member.value: index for index, member in enumerate(MetricType)}
