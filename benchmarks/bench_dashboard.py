@@ -4,7 +4,7 @@
 Writes, into a scratch schema of PostgreSQL, 365 days of daily rows (with histograms) for 200 actor/queue
 label sets (plus their error, queue-depth, token and confidence rows) and today's raw samples (1.2 million
 at the defaults), then brings it to what a running installation has: the nightly rollup has merged the
-months (the one-time merge after migration 0006 is timed and printed) and the recent tier is folded. Then,
+months (the one-time merge after migration 0007 is timed and printed) and the recent tier is folded. Then,
 for each view of the dashboard's WSGI application, from request to rendered page, as the server sees it:
 
 - the first request after a fresh start: a new application made by the public factory

@@ -5,16 +5,18 @@ Writes, into a scratch schema of PostgreSQL, the last 24 hours of a fleet writin
 messages, in time order), folds them into the recent tier (timed: the catch-up of a fresh installation),
 then, side by side in one run:
 
-1. the cost of keeping the tier current: for ``--minutes`` minutes, the ``BackgroundWriter`` writes one
-   minute of the fleet's messages (as a worker does: one flush per second of samples, and also as one full
-   batch, its best case), then :func:`~dramatiq_opmetrics.recent_tier.fold` folds them; the fold's time is
-   printed as a ratio of the writer's (target <= 0.10);
-2. :func:`~dramatiq_opmetrics.series.query_series` for every actor and queue (``group_by=("actor",
+1. :func:`~dramatiq_opmetrics.series.query_series` for every actor and queue (``group_by=("actor",
    "queue")``, processing times with their error rate): 24 hours in 10-minute buckets (target <= 300 ms)
    and the last hour per minute (target <= 100 ms), median of ``--repeat`` runs, read right after a fold
    and again with a minute of rows not folded yet.
+2. the cost of keeping the tier current: for ``--minutes`` minutes, ``BackgroundWriter`` writes a minute of
+   the fleet's messages, three ways: one process flushing every second as a worker does, one process in one
+   full batch (the writer's best case), and a fleet of 8 processes each flushing its share every second;
+   each into a minute of its own, and :func:`~dramatiq_opmetrics.recent_tier.fold` folds each
+   minute as the fleet's folder does, 5 s after it ends (building the 10-minute and hourly buckets as they
+   complete); the folds' time is printed as a ratio of the writer's (target <= 0.10);
 
-    .venv/bin/python benchmarks/bench_recent.py [--rows 20000000] [--label-sets 200] [--minutes 5]
+    .venv/bin/python benchmarks/bench_recent.py [--rows 20000000] [--label-sets 200] [--minutes 30] [--only series|cost]
 
 Environment: OPMETRICS_TEST_DATABASE_URL (default: the tests' PostgreSQL). The scratch schema is dropped at
 the end. Loading 20 million rows takes a few minutes on a small machine; ``--rows`` sets the daily volume.
@@ -35,7 +37,7 @@ from sqlalchemy.engine import URL
 from dramatiq_opmetrics.buffer import DEFAULT_BATCH_SIZE, MessageEntry, SampleBuffer
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.metric_types import MetricType
-from dramatiq_opmetrics.recent_tier import fold
+from dramatiq_opmetrics.recent_tier import FOLD_OFFSET_S, bucket_floor, fold, read_state
 from dramatiq_opmetrics.samples import message_labels
 from dramatiq_opmetrics.series import query_series
 from dramatiq_opmetrics.writer import BackgroundWriter
@@ -44,6 +46,9 @@ DAY_TARGET_MS = 300.0
 HOUR_TARGET_MS = 100.0
 COST_TARGET = 0.10
 ERROR_SHARE = 0.02
+#: The worker processes of the fleet whose writers are measured (20 million samples a day is a few hundred
+#: messages a second: a handful of processes).
+FLEET_PROCESSES = 8
 #: Rows loaded per transaction while preparing the day.
 LOAD_CHUNK_ROWS = 2_000_000
 
@@ -52,8 +57,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000_000, help="raw rows per day (default 20,000,000)")
     parser.add_argument("--label-sets", type=int, default=200, help="actor/queue label sets (default 200)")
-    parser.add_argument("--minutes", type=int, default=5, help="minutes of writing and folding measured")
+    parser.add_argument(
+        "--minutes", type=int, default=30, help="minutes written and folded per way of writing (default 30)"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="timed runs of each query")
+    parser.add_argument("--only", choices=("series", "cost"), help="measure only the series or only the cost")
     args = parser.parse_args()
     with scratch_schema(database_url()) as url:
         engine = make_engine(url)
@@ -68,41 +76,49 @@ def main() -> int:
         with psycopg.connect(libpq(url), autocommit=True) as connection:
             connection.execute("VACUUM ANALYZE")
 
-        print(f"\n1. keeping the tier current, {args.minutes} minutes of {args.rows // 1440:,} rows each")
-        per_second, full_batch, folds = measure_cost(url, args.rows, args.label_sets, args.minutes)
-        print(f"   writer, one flush per second:  {sum(per_second) * 1000:8.0f} ms  runs (ms): {ms(per_second)}")
-        print(f"   writer, full batches:          {sum(full_batch) * 1000:8.0f} ms  runs (ms): {ms(full_batch)}")
-        print(f"   fold after each minute:        {sum(folds) * 1000:8.0f} ms  runs (ms): {ms(folds)}")
-        # Each minute written is folded once: the fold of a minute against the writing of that minute.
-        fold_s = sum(folds) / 2
-        print(f"   fold / writer (one flush per second) = {fold_s / sum(per_second):.3f}"
-              f"   fold / writer (full batches) = {fold_s / sum(full_batch):.3f}"
-              f"   (target <= {COST_TARGET:.2f})")  # fmt: skip
+        if args.only in (None, "series"):
+            print("\n1. series for every actor and queue (processing time with error rate)")
+            fold(engine)
+            queries = [
+                ("24 h in 10-minute buckets", dt.timedelta(hours=24), dt.timedelta(minutes=10), DAY_TARGET_MS),
+                ("last hour per minute", dt.timedelta(hours=1), dt.timedelta(minutes=1), HOUR_TARGET_MS),
+            ]
+            for when in ("right after a fold", "with a minute not folded"):
+                if when != "right after a fold":
+                    write_minute(url, args.rows, args.label_sets, flushes=60)
+                for name, span, step, target in queries:
+                    times, points = [], 0
+                    for _ in range(args.repeat):
+                        end = dt.datetime.now(dt.UTC)
+                        begun = time.perf_counter()
+                        found = query_series(
+                            engine, end - span, end, step=step, metric_type=MetricType.PROCESSING_TIME,
+                            group_by=("actor", "queue"),
+                        )  # fmt: skip
+                        times.append((time.perf_counter() - begun) * 1000)
+                        points = len(found)
+                    median = statistics.median(times)
+                    print(f"   {name:<26} {when:<25} {median:7.0f} ms  ratio {median / target:5.2f}"
+                          f"  ({points:,} points; runs: {', '.join(f'{t:.0f}' for t in times)})")  # fmt: skip
+        if args.only in (None, "cost"):
+            print(f"\n2. keeping the tier current, {args.minutes} minutes of {args.rows // 1440:,} rows each")
+            per_second, full_batch, fleet, folds = measure_cost(url, args.rows, args.label_sets, args.minutes)
+            for name, times in (
+                ("writer, one process, a flush a second", per_second),
+                ("writer, one process, full batches", full_batch),
+                (f"writers, {FLEET_PROCESSES} processes, a flush a second", fleet),
+                ("fold after each minute", folds),
+            ):
+                median_ms, max_ms = statistics.median(times) * 1000, max(times) * 1000
+                print(f"   {name + ':':<44} {sum(times) * 1000:8.0f} ms in {len(times)} minutes"
+                      f"  (median {median_ms:.0f} ms, max {max_ms:.0f} ms)")  # fmt: skip
+            # Each minute written is folded once: the folds of the minutes against the writing of those minutes.
+            fold_s = sum(folds) / 3
+            print(f"   fold / writer: one process, a flush a second = {fold_s / sum(per_second):.3f};"
+                  f" one process, full batches = {fold_s / sum(full_batch):.3f};"
+                  f" {FLEET_PROCESSES} processes = {fold_s / sum(fleet):.3f}"
+                  f"   (target <= {COST_TARGET:.2f})")  # fmt: skip
 
-        print("\n2. series for every actor and queue (processing time with error rate)")
-        now = dt.datetime.now(dt.UTC)
-        fold(engine, now=now)
-        queries = [
-            ("24 h in 10-minute buckets", dt.timedelta(hours=24), dt.timedelta(minutes=10), DAY_TARGET_MS),
-            ("last hour per minute", dt.timedelta(hours=1), dt.timedelta(minutes=1), HOUR_TARGET_MS),
-        ]
-        for when in ("right after a fold", "with a minute not folded"):
-            if when != "right after a fold":
-                write_minute(url, args.rows, args.label_sets, flushes=60)
-            for name, span, step, target in queries:
-                times, points = [], 0
-                for _ in range(args.repeat):
-                    end = dt.datetime.now(dt.UTC)
-                    begun = time.perf_counter()
-                    found = query_series(
-                        engine, end - span, end, step=step, metric_type=MetricType.PROCESSING_TIME,
-                        group_by=("actor", "queue"),
-                    )  # fmt: skip
-                    times.append((time.perf_counter() - begun) * 1000)
-                    points = len(found)
-                median = statistics.median(times)
-                print(f"   {name:<26} {when:<25} {median:7.0f} ms  ratio {median / target:5.2f}"
-                      f"  ({points:,} points; runs: {', '.join(f'{t:.0f}' for t in times)})")  # fmt: skip
         engine.dispose()
     return 0
 
@@ -155,9 +171,32 @@ def load_day(url: URL, now: dt.datetime, rows: int, label_sets: int) -> int:
     return int(count)
 
 
-def write_minute(url: URL, rows: int, label_sets: int, *, flushes: int) -> float:
-    """Write one minute of the fleet's messages with a ``BackgroundWriter`` in ``flushes`` flushes; seconds."""
+def write_minute(
+    url: URL,
+    rows: int,
+    label_sets: int,
+    *,
+    flushes: int,
+    minute: dt.datetime | None = None,
+    processes: int = 1,
+) -> float:
+    """Write one minute of the fleet's messages with a ``BackgroundWriter`` in ``flushes`` flushes; seconds.
+
+    The messages finish within ``minute`` (a UTC minute start; default: the last minute, up to now). With
+    ``processes`` above 1, as a fleet of that many worker processes does: each writes its share of the
+    messages in ``flushes`` flushes of its own (one after the other here); the time is their sum."""
     messages = rows // 2 // 1440
+    if processes > 1:
+        return sum(
+            _write_share(url, messages, label_sets, flushes, minute, share, processes) for share in range(processes)
+        )
+    return _write_share(url, messages, label_sets, flushes, minute, 0, 1)
+
+
+def _write_share(
+    url: URL, messages: int, label_sets: int, flushes: int, minute: dt.datetime | None, share: int, shares: int
+) -> float:
+    """Write the messages ``share``, ``share + shares``, ... of the minute; seconds."""
     keys = []
     buffer = SampleBuffer(capacity=messages + 1, batch_size=DEFAULT_BATCH_SIZE)
     for index in range(label_sets):
@@ -165,11 +204,16 @@ def write_minute(url: URL, rows: int, label_sets: int, *, flushes: int) -> float
         buffer.register_label_set(labels)
         keys.append(labels.labels_key)
     writer = BackgroundWriter(url, buffer)
-    now_s, now_ms = time.perf_counter(), time.time() * 1000.0
-    entries: list[MessageEntry] = [
-        (None, keys[i % label_sets], now_ms - 5.0 - i % 50, now_s + i * 1e-5, now_s + i * 1e-5 + (i % 97) * 1e-4)
-        for i in range(messages)
-    ]
+    # Finish times spread over the minute's first 58 seconds (perf_counter readings: the writer turns them into
+    # wall-clock times when it writes).
+    first_s = (minute.timestamp() + 1.0) if minute is not None else time.time() - 59.0
+    base_s = time.perf_counter() + first_s - time.time()
+    entries: list[MessageEntry] = []
+    for i in range(share, messages, shares):
+        finished_s = base_s + 58.0 * i / messages
+        started_s = finished_s - (i % 97) * 1e-4
+        due_ms = (first_s + 58.0 * i / messages) * 1000.0 - 5.0 - i % 50
+        entries.append((None, keys[i % label_sets], due_ms, started_s, finished_s))
     buffer.append_message(entries[0])
     writer.flush(timeout_s=60)  # connected, label sets known: as a running worker is
     per_flush = max(len(entries) // flushes, 1)
@@ -184,18 +228,28 @@ def write_minute(url: URL, rows: int, label_sets: int, *, flushes: int) -> float
     return elapsed
 
 
-def measure_cost(url: URL, rows: int, label_sets: int, minutes: int) -> tuple[list[float], list[float], list[float]]:
+def measure_cost(
+    url: URL, rows: int, label_sets: int, minutes: int
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Write ``minutes`` minutes of messages three ways (one process flushing every second, one process in full
+    batches, a fleet of :data:`FLEET_PROCESSES` processes flushing every second), each into a minute of its
+    own after the loaded day, and fold each minute as the fleet's folder does, 5 s after it ends."""
     engine = make_engine(url)
-    per_second, full_batch, folds = [], [], []
+    per_second, full_batch, fleet, folds = [], [], [], []
+    minute = bucket_floor(dt.datetime.now(dt.UTC), 1) + dt.timedelta(minutes=1)
+    with engine.connect() as connection:
+        state = read_state(connection)
+    if state is not None:
+        minute = max(minute, state.cutoff)  # after every minute folded so far: no sample is late
     try:
         for _ in range(minutes):
-            per_second.append(write_minute(url, rows, label_sets, flushes=60))
-            folds.append(fold(engine).duration_s)
-            full_batch.append(write_minute(url, rows, label_sets, flushes=1))
-            folds.append(fold(engine).duration_s)
+            for flushes, processes, times in ((60, 1, per_second), (1, 1, full_batch), (60, FLEET_PROCESSES, fleet)):
+                times.append(write_minute(url, rows, label_sets, flushes=flushes, minute=minute, processes=processes))
+                minute += dt.timedelta(minutes=1)
+                folds.append(fold(engine, now=minute + dt.timedelta(seconds=FOLD_OFFSET_S)).duration_s)
     finally:
         engine.dispose()
-    return per_second, full_batch, folds
+    return per_second, full_batch, fleet, folds
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ The public API:
   days from the daily rollup (percentiles within 1%), today included.
 - :func:`register_rollup_actor`: the periodiq-scheduled nightly rollup and prune on your broker.
 - :func:`query_series`, :func:`query_totals`, :func:`query_stalled` and :class:`SeriesPoint`: minute-resolution
-  series (or totals) of any time
-  range (from the recent tier and the raw rows not folded yet), and stalled queues.
+  series and totals over any time range (from the recent tier and the raw rows not folded yet), and stalled
+  queues.
 """
 
 from __future__ import annotations

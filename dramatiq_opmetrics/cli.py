@@ -69,18 +69,81 @@ def _date(value: str) -> dt.date:
     return day
 
 
+def _day_or_instant(value: str) -> dt.date | dt.datetime:
+    """A UTC day (YYYY-MM-DD), or an ISO datetime in UTC (a naive one is taken as UTC)."""
+    value = value.strip()
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        pass
+    else:
+        return _date(value)
+    try:
+        instant = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a date as YYYY-MM-DD or an ISO datetime such as 2026-11-27T09:30 (UTC) or"
+            f" 2026-11-27T10:30+01:00, got {value!r}"
+        ) from None
+    if not EARLIEST_DATE <= instant.date() <= LATEST_DATE:
+        raise argparse.ArgumentTypeError(f"expected a time from {EARLIEST_DATE} to {LATEST_DATE}, got {value}")
+    return instant.replace(tzinfo=dt.UTC) if instant.utcoffset() is None else instant.astimezone(dt.UTC)
+
+
+def _duration(value: str, low: dt.timedelta, high: dt.timedelta) -> dt.timedelta:
+    """A duration (``15m``, ``1h``, ``7d``, see :func:`~dramatiq_opmetrics.report.parse_duration`) from ``low``
+    to ``high``."""
+    from .report import format_duration, parse_duration
+
+    try:
+        duration = parse_duration(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not low <= duration <= high:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration from {format_duration(low)} to {format_duration(high)}, got {value}"
+        )
+    return duration
+
+
+def _report_window(value: str) -> dt.timedelta:
+    """The length of ``report --last``: 1 second to :data:`MAX_DAYS` days."""
+    return _duration(value, dt.timedelta(seconds=1), dt.timedelta(days=MAX_DAYS))
+
+
+def _top_window(value: str) -> dt.timedelta:
+    from .top import MAX_WINDOW, MIN_WINDOW
+
+    return _duration(value, MIN_WINDOW, MAX_WINDOW)
+
+
+def _refresh_interval_s(value: str) -> float:
+    from .top import MAX_REFRESH_INTERVAL_S, MIN_REFRESH_INTERVAL_S
+
+    seconds = _seconds(value)
+    if not MIN_REFRESH_INTERVAL_S <= seconds <= MAX_REFRESH_INTERVAL_S:
+        raise argparse.ArgumentTypeError(
+            f"expected {MIN_REFRESH_INTERVAL_S:g} to {MAX_REFRESH_INTERVAL_S:,g} seconds, got {value}"
+        )
+    return seconds
+
+
 def _port(value: str) -> int:
     """A TCP port from 1 to :data:`MAX_TCP_PORT`."""
     return _bounded_int(value, 1, MAX_TCP_PORT, what="a TCP port number", bounds=f"a TCP port from 1 to {MAX_TCP_PORT}")
 
 
+def _seconds(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+
+
 def _interval_s(value: str) -> float:
     from .queue_depth_sampler import check_interval_s
 
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    seconds = _seconds(value)
     try:
         return check_interval_s(seconds)
     except ValueError as error:
@@ -213,8 +276,26 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
         type=_whole_days,
         help=f"the last N UTC days, today included, N from 1 to {MAX_DAYS:,} (default: {DEFAULT_REPORT_DAYS})",
     )
-    parser.add_argument("--since", type=_date, metavar="YYYY-MM-DD", help="first UTC day (inclusive)")
-    parser.add_argument("--until", type=_date, metavar="YYYY-MM-DD", help="last UTC day (inclusive; default: today)")
+    parser.add_argument(
+        "--last",
+        type=_report_window,
+        metavar="DURATION",
+        help="the window up to now, e.g. 15m, 1h, 6h, 24h, 7d or 1h30m (units d, h, m, s), from the recent tier",
+    )
+    parser.add_argument(
+        "--since",
+        type=_day_or_instant,
+        metavar="WHEN",
+        help="first UTC day YYYY-MM-DD (inclusive), or the window's start as an ISO datetime"
+        " (2026-11-27T09:30+01:00; without an offset: UTC)",
+    )
+    parser.add_argument(
+        "--until",
+        type=_day_or_instant,
+        metavar="WHEN",
+        help="last UTC day YYYY-MM-DD (inclusive; default: today), or the window's end as an ISO datetime"
+        " (exclusive; default: now)",
+    )
     parser.add_argument(
         "--metric", choices=[metric_type.value for metric_type in MetricType], help="only this metric type"
     )
@@ -222,6 +303,11 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue", help="only samples labelled with this queue")
     parser.add_argument("--model", help="only samples labelled with this language model")
     parser.add_argument("--json", action="store_true", help="print JSON (shape: see dramatiq_opmetrics.report)")
+    parser.epilog = (
+        "Dates report whole UTC days from the daily rows (and today's raw rows). --last, or a datetime in"
+        " --since/--until, reports the window [since, until) from the recent tier and the raw rows not folded"
+        " yet, exact to the second; raw rows are kept 30 days by default (prune --retention-days)."
+    )
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -229,9 +315,14 @@ def _report(args: argparse.Namespace) -> int:
     from .metric_types import MetricType
 
     try:
-        since, until = report.report_range(days=args.days, since=args.since, until=args.until)
-        if (until - since).days >= MAX_DAYS:
-            return _fail(f"a report covers at most {MAX_DAYS:,} days; --since {since} to --until {until} is longer")
+        since, until = report.report_range(days=args.days, since=args.since, until=args.until, last=args.last)
+        # Whole days count both ends (until - since is one day less than they cover); a window does not.
+        longest = dt.timedelta(days=MAX_DAYS if isinstance(since, dt.datetime) else MAX_DAYS - 1)
+        if until - since > longest:
+            return _fail(
+                f"a report covers at most {MAX_DAYS:,} days; --since {since.isoformat()} to --until"
+                f" {until.isoformat()} is longer"
+            )
         data = report.load_report(
             args.database_url,
             since,
@@ -243,6 +334,96 @@ def _report(args: argparse.Namespace) -> int:
         return _fail(str(error))
     print(report.render_json(data) if args.json else report.render_text(data))
     return 0
+
+
+def _fold_arguments(parser: argparse.ArgumentParser) -> None:
+    from .recent_tier import DEFAULT_RECENT_RETENTION_DAYS
+
+    _add_database_url(parser)
+    parser.add_argument(
+        "--retention-days",
+        type=_whole_days,
+        default=DEFAULT_RECENT_RETENTION_DAYS,
+        help=f"days of recent buckets kept, 1 to {MAX_DAYS:,} (default: {DEFAULT_RECENT_RETENTION_DAYS})",
+    )
+    parser.epilog = (
+        "Folds every raw row not folded yet into the recent tier's 1- and 10-minute buckets, and removes"
+        " buckets older than the retention. Safe to run while the fleet folds too: folds serialise and every raw"
+        " row is counted once."
+    )
+
+
+def _fold(args: argparse.Namespace) -> int:
+    from .database import engine_for
+    from .recent_tier import fold, read_state
+
+    try:
+        with engine_for(args.database_url, maintenance=True) as engine:
+            result = fold(engine, retention_days=args.retention_days)
+            with engine.connect() as connection:
+                started = read_state(connection) is not None
+    except ValueError as error:
+        return _fail(str(error))
+    if not started:
+        print("the recent tier did not start yet: writers were still in their transactions; run it again")
+        return 0
+    line = (
+        f"folded {result.rows:,} raw rows into the recent tier (up to id {result.folded_id:,})"
+        f" in {result.duration_s:.2f} s"
+    )
+    if result.pruned_buckets:
+        line += f"; removed {result.pruned_buckets:,} buckets older than {args.retention_days} days"
+    if result.pending_id is not None:
+        line += f"; rows up to id {result.pending_id:,} wait for writers still in their transactions"
+    print(line)
+    return 0
+
+
+def _top_arguments(parser: argparse.ArgumentParser) -> None:
+    from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S
+    from .report import format_duration
+    from .top import DEFAULT_REFRESH_INTERVAL_S, DEFAULT_WINDOW, MAX_REFRESH_INTERVAL_S, MAX_WINDOW, MIN_WINDOW
+
+    _add_database_url(parser)
+    parser.add_argument(
+        "--interval",
+        type=_refresh_interval_s,
+        default=DEFAULT_REFRESH_INTERVAL_S,
+        help=f"seconds between refreshes, 1 to {MAX_REFRESH_INTERVAL_S:,g} (default: {DEFAULT_REFRESH_INTERVAL_S:g})",
+    )
+    parser.add_argument(
+        "--window",
+        type=_top_window,
+        default=DEFAULT_WINDOW,
+        metavar="DURATION",
+        help=f"how far back rates and percentiles look, {format_duration(MIN_WINDOW)} to"
+        f" {format_duration(MAX_WINDOW)} (default: {format_duration(DEFAULT_WINDOW)})",
+    )
+    parser.add_argument(
+        "--queue-depth-interval",
+        type=_interval_s,
+        default=DEFAULT_QUEUE_DEPTH_INTERVAL_S,
+        metavar="S",
+        help="the fleet's queue depth interval in seconds, over which workers online are counted"
+        f" (default: {DEFAULT_QUEUE_DEPTH_INTERVAL_S:g})",
+    )
+    parser.add_argument("--once", action="store_true", help="print once and exit (for scripts)")
+    parser.epilog = "Ctrl-C quits. What each column means: see dramatiq_opmetrics.top."
+
+
+def _top(args: argparse.Namespace) -> int:
+    from .top import run_top
+
+    try:
+        return run_top(
+            args.database_url,
+            refresh_interval_s=args.interval,
+            window=args.window,
+            queue_depth_interval_s=args.queue_depth_interval,
+            once=args.once,
+        )
+    except ValueError as error:
+        return _fail(str(error))
 
 
 def _sample_queues_arguments(parser: argparse.ArgumentParser) -> None:
@@ -264,6 +445,11 @@ def _sample_queues_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queue", action="append", default=[], help="a queue to sample besides the declared ones (repeatable)"
     )
+    parser.add_argument(
+        "--no-fold",
+        action="store_true",
+        help="do not fold the recent tier (by default it does, every $OPMETRICS_RECENT_FOLD_INTERVAL_S seconds)",
+    )
     _add_database_url(parser)
 
 
@@ -271,7 +457,12 @@ def _sample_queues(args: argparse.Namespace) -> int:
     from .sample_queues import run_sample_queues
 
     return run_sample_queues(
-        args.broker, database_url=args.database_url, interval_s=args.interval, once=args.once, queues=args.queue
+        args.broker,
+        database_url=args.database_url,
+        interval_s=args.interval,
+        once=args.once,
+        queues=args.queue,
+        fold=not args.no_fold,
     )
 
 
@@ -326,9 +517,11 @@ def _check_database(engine: Engine) -> None:
 COMMANDS: list[Command] = [
     ("migrate", "create or upgrade the metrics tables", _migrate_arguments, _migrate),
     ("demo", "see dramatiq-opmetrics work on an embedded SQLite database", _demo_arguments, _demo),
-    ("report", "print statistics per metric type for a range of days", _report_arguments, _report),
+    ("report", "print statistics per metric type for a range of days or a window", _report_arguments, _report),
+    ("top", "show the fleet now, refreshed every few seconds", _top_arguments, _top),
     ("rollup", "roll up raw samples of complete UTC days into daily rows", _rollup_arguments, _rollup),
     ("prune", "remove raw rows of rolled-up days older than the retention", _prune_arguments, _prune),
+    ("fold", "fold the raw rows not folded yet into the recent tier, now", _fold_arguments, _fold),
     (
         "sample-queues",
         "sample queue depth for the whole fleet into the database",

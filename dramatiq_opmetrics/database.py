@@ -29,10 +29,10 @@ import contextlib
 import math
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import NoSuchModuleError
 
@@ -299,3 +299,33 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+@contextlib.contextmanager
+def local_settings(connection: Connection, settings: Mapping[str, str]) -> Iterator[None]:
+    """Apply PostgreSQL ``settings`` (name to value) to the statements run inside, then put back the values
+    they had: ``set_config(..., is_local => true)``, so they never outlive the current transaction, whoever
+    owns it. Nothing happens on other databases."""
+    if connection.dialect.name != "postgresql" or not settings:
+        yield
+        return
+    names = list(settings)
+    previous = connection.execute(
+        text("SELECT " + ", ".join(f"current_setting(:n{index})" for index in range(len(names)))),
+        {f"n{index}": name for index, name in enumerate(names)},
+    ).one()
+    _set_local(connection, settings)
+    try:
+        yield
+    finally:
+        _set_local(connection, dict(zip(names, previous, strict=True)))
+
+
+def _set_local(connection: Connection, settings: Mapping[str, str]) -> None:
+    connection.execute(
+        text("SELECT " + ", ".join(f"set_config(:n{index}, :v{index}, true)" for index in range(len(settings)))),
+        {
+            **{f"n{index}": name for index, name in enumerate(settings)},
+            **{f"v{index}": value for index, value in enumerate(settings.values())},
+        },
+    )

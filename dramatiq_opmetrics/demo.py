@@ -12,9 +12,15 @@ What it does, in order:
 3. Runs today's work live: a mix of actors (fast, slow, flaky and retried, always failing and
    dead-lettered, and two calling a fake language model that record token usage with two models and
    confidence) through the real :class:`~dramatiq_opmetrics.OpMetrics` middleware, while queue depth,
-   oldest-message age and the worker's busy threads are sampled.
+   oldest-message age and the worker's busy threads are sampled and the worker keeps the recent tier
+   current. One queue, ``exports``, has had messages waiting for :data:`STUCK_FOR` and no worker consuming
+   it: its oldest-message age grows and it shows as stalled.
 4. Rolls up the past days with the real rollup, as the nightly actor would.
-5. Prints the report of the whole range (today comes from raw rows) and where the data is.
+5. Prints the report of the whole range (today comes from raw rows), then the last hour from the recent
+   tier (:func:`~dramatiq_opmetrics.series.query_totals` and
+   :func:`~dramatiq_opmetrics.series.query_stalled`): attempts, error rate and p95 per actor, ready
+   messages, oldest-message age and stalled minutes per queue, workers online and their utilisation; and
+   where the data is.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import shutil
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +44,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware, Retries
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import URL
 
 from . import samples
@@ -46,10 +53,13 @@ from .config import ConfigurationError, redact_url, resolve_database_url
 from .database import engine_for
 from .middleware import OUTCOME_FINAL, OUTCOME_RETRIED, OpMetrics
 from .migrate import upgrade
+from .models import RecentAggregate
 from .queue_depth import DEAD, DELAYED, READY
+from .recent_tier import DEFAULT_RECENT_RETENTION_DAYS, fold, read_state
 from .recording import record_confidence, record_token_usage
-from .report import build_report, render_text
+from .report import TEXT_WIDTH, build_report, format_count, format_number, format_percent, format_table, render_text
 from .rollup import daily_totals, rollup
+from .series import SeriesPoint, query_series, query_stalled, query_totals
 from .worker_sampler import host_label, queues_label
 from .writer import write_samples
 
@@ -74,6 +84,18 @@ DEFAULT_WORKER_THREADS = 8
 PROGRESS_INTERVAL_S = 1.0
 #: Seconds between queue depth samples of the live run (15 s in a real fleet).
 DEMO_QUEUE_DEPTH_INTERVAL_S = 0.5
+#: Seconds between folds of the recent tier by the live run's worker (60 s in a real fleet).
+DEMO_RECENT_FOLD_INTERVAL_S = 1.0
+#: The queue nobody consumes in the live run (its worker is "down").
+STUCK_QUEUE = "exports"
+#: The actor of :data:`STUCK_QUEUE`.
+STUCK_ACTOR = "export_invoices"
+#: Messages waiting on :data:`STUCK_QUEUE`.
+STUCK_MESSAGES = 5
+#: How long ago the first of them was sent.
+STUCK_FOR = dt.timedelta(minutes=12)
+#: The range of the report's "last hour" section.
+LAST_HOUR = dt.timedelta(hours=1)
 #: Seconds the live run may take before the demo gives up.
 LIVE_TIMEOUT_S = 60.0
 #: Minutes between the queue depth samples of a backfilled day.
@@ -388,9 +410,14 @@ def run_demo(
         try:
             out(f"[2/5] Backfilling {history_days} days of history, {first_day} to {today - dt.timedelta(days=1)} ...")
             _backfill(engine, first_day, today, messages_per_day, out)
+            # The catch-up a fleet's first fold does; from then on the live run's worker keeps the tier current.
+            folded, days = fold(engine), DEFAULT_RECENT_RETENTION_DAYS
+            out(f"      Folded {folded.rows:,} raw rows of the last {days} days into the recent tier")
             out(f"[3/5] Running today's work live: {live_messages} messages, a real dramatiq Worker, the OpMetrics")
-            out("      middleware, queue depth sampled every 0.5 s (some actors fail on purpose) ...")
-            if not _run_live(broker, url, live_messages, out):
+            out("      middleware, queue depth sampled every 0.5 s, the recent tier folded every second by the")
+            out(f"      worker; some actors fail on purpose, and nobody consumes {STUCK_QUEUE!r} ...")
+            live = _run_live(broker, url, live_messages, out)
+            if live is None:
                 return 1
             out(f"[4/5] Rolling up {first_day} to {today - dt.timedelta(days=1)} (what the nightly actor does) ...")
             for day in range(history_days):
@@ -401,6 +428,8 @@ def run_demo(
             out("")
             with engine.connect() as connection:
                 out(render_text(build_report(connection, first_day, today, filters={})))
+            out("")
+            out("\n".join(last_hour_lines(engine, dt.datetime.now(dt.UTC), sampling_intervals(*live))))
         finally:
             if broker_url:
                 _delete_redis_keys(broker, namespace)
@@ -465,39 +494,150 @@ def _backfill(engine: Engine, first_day: dt.date, today: dt.date, messages: int,
         day += dt.timedelta(days=1)
 
 
-def _run_live(broker: dramatiq.Broker, url: URL, messages: int, out: Callable[[str], None]) -> bool:
-    """Process today's messages through the real middleware; return whether all of them finished."""
+def _run_live(
+    broker: dramatiq.Broker, url: URL, messages: int, out: Callable[[str], None]
+) -> tuple[dt.datetime, dt.datetime] | None:
+    """Process today's messages through the real middleware; return when the worker had booted and when it
+    began to stop, or None if not all of the messages finished."""
     progress = _Progress()
     broker.add_middleware(progress, before=Retries)
     broker.add_middleware(
-        OpMetrics(database_url=url, flush_interval_s=0.5, queue_depth_interval_s=DEMO_QUEUE_DEPTH_INTERVAL_S)
+        OpMetrics(
+            database_url=url,
+            flush_interval_s=0.5,
+            queue_depth_interval_s=DEMO_QUEUE_DEPTH_INTERVAL_S,
+            recent_fold_interval_s=DEMO_RECENT_FOLD_INTERVAL_S,
+        )
     )
     actors = _declare_actors(broker, PROFILES)
+    _send_stuck_messages(broker)
     plan = _live_plan(PROFILES, messages, random.Random())
     dramatiq_logger = logging.getLogger("dramatiq")
     level = dramatiq_logger.level
     dramatiq_logger.setLevel(logging.CRITICAL)  # the failing actors' tracebacks are expected
-    worker = dramatiq.Worker(broker, worker_threads=DEFAULT_WORKER_THREADS, worker_timeout=100)
+    consumed = {profile.queue for profile in PROFILES}  # not STUCK_QUEUE: its worker is down
+    worker = dramatiq.Worker(broker, queues=consumed, worker_threads=DEFAULT_WORKER_THREADS, worker_timeout=100)
     try:
         worker.start()
+        booted_at = dt.datetime.now(dt.UTC)
+        started = time.monotonic()
         for actor, item, fails in plan:
             actors[actor].send(item, fails)
-        started = time.monotonic()
         next_line = started + PROGRESS_INTERVAL_S
         while progress.finished < len(plan):
             if time.monotonic() - started > LIVE_TIMEOUT_S:
                 out(f"      gave up after {LIVE_TIMEOUT_S:.0f} s: {progress.finished} of {len(plan)} messages finished")
-                return False
+                return None
             time.sleep(0.05)
             if time.monotonic() >= next_line:
                 out(f"      {progress.summary(len(plan))}")
                 next_line += PROGRESS_INTERVAL_S
         out(f"      {progress.summary(len(plan))} in {time.monotonic() - started:.1f} s")
         time.sleep(DEMO_QUEUE_DEPTH_INTERVAL_S * 1.5)  # one more depth sample, with the dead letters
+        stopping_at = dt.datetime.now(dt.UTC)
     finally:
         worker.stop()  # writes everything the middleware buffered
         dramatiq_logger.setLevel(level)
-    return True
+    return booted_at, stopping_at
+
+
+def sampling_intervals(booted_at: dt.datetime, stopping_at: dt.datetime) -> int:
+    """How many worker samples one worker process recorded from ``booted_at`` to ``stopping_at``: one at
+    each multiple of :data:`DEMO_QUEUE_DEPTH_INTERVAL_S` in between (its sampler starts at the next one
+    after the boot and stops when the worker begins to stop)."""
+    interval_ms = round(DEMO_QUEUE_DEPTH_INTERVAL_S * 1000)
+    return int(stopping_at.timestamp() * 1000) // interval_ms - int(booted_at.timestamp() * 1000) // interval_ms
+
+
+def _send_stuck_messages(broker: dramatiq.Broker) -> None:
+    """:data:`STUCK_MESSAGES` messages on :data:`STUCK_QUEUE`, the first sent :data:`STUCK_FOR` ago."""
+
+    def export_invoices(batch: int) -> None:
+        """Never runs in the demo: no worker consumes its queue."""
+
+    export_invoices.__name__ = export_invoices.__qualname__ = STUCK_ACTOR
+    actor = dramatiq.actor(broker=broker, actor_name=STUCK_ACTOR, queue_name=STUCK_QUEUE)(export_invoices)
+    first_ms = int((time.time() - STUCK_FOR.total_seconds()) * 1000)
+    for batch in range(STUCK_MESSAGES):
+        broker.enqueue(actor.message(batch).copy(message_timestamp=first_ms + batch * 60_000))
+
+
+# The "last hour" section: what an operator looks at during an incident, from the recent tier.
+
+
+def last_hour_lines(engine: Engine, end: dt.datetime, intervals: int, width: int = TEXT_WIDTH) -> list[str]:
+    """The report's "last hour" section: the hour before ``end`` read from the recent tier (plus the raw rows
+    it does not hold yet) with :func:`~dramatiq_opmetrics.series.query_totals` and
+    :func:`~dramatiq_opmetrics.series.query_stalled`, in tables of at most ``width`` columns.
+
+    Worker processes online, on average while the live run's worker ran: their ``worker_threads`` samples
+    (one per process and interval) over the ``intervals`` of that time (:func:`sampling_intervals`).
+    """
+    start = end - LAST_HOUR
+    minute = dt.timedelta(minutes=1)
+    with engine.connect() as connection:
+        state = read_state(connection)
+        buckets = connection.execute(select(func.count()).select_from(RecentAggregate)).scalar_one()
+        attempts = query_totals(connection, start, end, metric_type="processing_time", group_by=("actor", "queue"))
+        waits = query_totals(connection, start, end, metric_type="wait_time", group_by=("actor", "queue"))
+        ready = query_totals(
+            connection, start, end, metric_type="queue_depth", labels={"state": READY}, group_by=("queue",)
+        )
+        ages = query_totals(connection, start, end, metric_type="oldest_message_age", group_by=("queue",))
+        sampled = query_series(
+            connection, start, end, step=minute, metric_type="queue_depth", labels={"state": READY}, group_by=("queue",)
+        )
+        stalled = query_stalled(connection, start, end, step=minute)
+        threads = query_totals(connection, start, end, metric_type="worker_threads", group_by=("host", "queues"))
+        busy = query_totals(connection, start, end, metric_type="busy_threads", group_by=("host", "queues"))
+    tier = f"the recent tier ({format_count(buckets)} buckets)" if state else "raw rows (no fold yet)"
+    lines = [f"last hour: {start:%H:%M} to {end:%H:%M} UTC", f"from {tier} and the raw rows not folded into it yet"]
+
+    wait_p95 = {_group(point, ("actor", "queue")): point.p95 for point in waits}
+    body = [
+        [
+            *_cells(point, ("actor", "queue")),
+            format_count(point.count),
+            format_percent(point.error_rate),
+            format_number(point.p95),
+            format_number(wait_p95.get(_group(point, ("actor", "queue")))),
+        ]
+        for point in sorted(attempts, key=lambda point: -point.count)
+    ]
+    headers = ["actor", "queue", "attempts", "err%", "p95 ms", "wait p95"]
+    lines += ["", "actors (p95 of processing and wait time in ms)", *format_table(headers, body, 2, width)]
+
+    age_by_queue = {point.labels.get("queue", "-"): point.max for point in ages}
+    minutes = Counter(point.labels.get("queue", "-") for point in sampled)
+    stalled_minutes = Counter(bucket.queue for bucket in stalled)
+    body = []
+    for point in sorted(ready, key=lambda point: point.labels.get("queue", "-")):
+        queue = point.labels.get("queue", "-")
+        stall = f"{stalled_minutes[queue]} of {minutes[queue]} min" if stalled_minutes[queue] else "-"
+        body.append([queue, format_count(point.max), format_number(age_by_queue.get(queue)), stall])
+    title = "queues (most ready; oldest s = oldest-message age; stalled: ready, none done)"
+    lines += ["", title, *format_table(["queue", "ready", "oldest s", "stalled"], body, 1, width)]
+
+    busy_by_group = {_group(point, ("host", "queues")): point for point in busy}
+    body = []
+    for point in threads:
+        busy_point = busy_by_group.get(_group(point, ("host", "queues")))
+        utilisation = busy_point.sum / point.sum if busy_point is not None and point.sum else None
+        online = point.count / max(intervals, 1)
+        body.append(
+            [*_cells(point, ("host", "queues")), f"{online:.1f}", format_number(point.avg), format_percent(utilisation)]
+        )
+    title = "workers (online = processes, on average while it ran; util% = busy / threads)"
+    lines += ["", title, *format_table(["host", "queues", "online", "threads", "util%"], body, 2, width)]
+    return lines
+
+
+def _group(point: SeriesPoint, keys: Sequence[str]) -> tuple[str | None, ...]:
+    return tuple(point.labels.get(key) for key in keys)
+
+
+def _cells(point: SeriesPoint, keys: Sequence[str]) -> list[str]:
+    return [point.labels.get(key, "-") for key in keys]
 
 
 def _delete_redis_keys(broker: dramatiq.Broker, namespace: str) -> None:

@@ -40,15 +40,19 @@ def interval_start(at: dt.datetime, interval_s: float) -> dt.datetime:
     return dt.datetime.fromtimestamp((timestamp_ms // interval_ms) * interval_ms / 1000, dt.UTC)
 
 
-def run_at_interval_starts(stop: threading.Event, interval_s: float, run: Callable[[dt.datetime], object]) -> None:
-    """Call ``run(start)`` at each wall-clock interval start from the next one on, until ``stop`` is set.
+def run_at_interval_starts(
+    stop: threading.Event, interval_s: float, run: Callable[[dt.datetime], object], *, offset_s: float = 0.0
+) -> None:
+    """Call ``run(start)`` at each wall-clock interval start from the next one on (``offset_s`` seconds after
+    it), until ``stop`` is set.
 
     Every process calling it with the same ``interval_s`` runs at the same moments. After a long pause (a
     suspended host) it runs for the current interval, not for each missed one.
     """
-    next_start = interval_start(dt.datetime.now(dt.UTC), interval_s) + dt.timedelta(seconds=interval_s)
-    while not stop.wait(max((next_start - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)):
-        at = max(next_start, interval_start(dt.datetime.now(dt.UTC), interval_s))
+    offset = dt.timedelta(seconds=offset_s)
+    next_start = interval_start(dt.datetime.now(dt.UTC) - offset, interval_s) + dt.timedelta(seconds=interval_s)
+    while not stop.wait(max((next_start + offset - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)):
+        at = max(next_start, interval_start(dt.datetime.now(dt.UTC) - offset, interval_s))
         run(at)
         next_start = at + dt.timedelta(seconds=interval_s)
 
@@ -61,9 +65,12 @@ class IntervalThread:
     progress.
     """
 
-    def __init__(self, name: str, interval_s: float, run: Callable[[dt.datetime], object]) -> None:
+    def __init__(
+        self, name: str, interval_s: float, run: Callable[[dt.datetime], object], *, offset_s: float = 0.0
+    ) -> None:
         self.name = name
         self.interval_s = interval_s
+        self.offset_s = offset_s
         self.run = run
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -79,7 +86,11 @@ class IntervalThread:
             return
         self._stop.clear()
         self._thread = threading.Thread(
-            target=run_at_interval_starts, args=(self._stop, self.interval_s, self.run), name=self.name, daemon=True
+            target=run_at_interval_starts,
+            args=(self._stop, self.interval_s, self.run),
+            kwargs={"offset_s": self.offset_s},
+            name=self.name,
+            daemon=True,
         )
         self._thread.start()
 

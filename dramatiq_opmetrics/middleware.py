@@ -12,6 +12,7 @@ from typing import Any, Final
 import dramatiq
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, Retries
+from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from . import samples
@@ -21,7 +22,8 @@ from .config import redact_url, resolve_setting
 from .database import make_engine
 from .metric_types import MetricType
 from .queue_depth import check_queue_names
-from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, QueueDepthSampler, check_interval_s
+from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, QueueDepthSampler, check_interval_s, fleet_claim
+from .recent_tier import DEFAULT_FOLD_INTERVAL_S, DEFAULT_RECENT_RETENTION_DAYS, RecentTierFolder
 from .recording import current_actor, set_default_target
 from .worker_sampler import WorkerSampler
 from .writer import (
@@ -39,8 +41,16 @@ BATCH_SIZE_ENV_VAR = "OPMETRICS_BATCH_SIZE"
 BUFFER_CAPACITY_ENV_VAR = "OPMETRICS_BUFFER_CAPACITY"
 #: Environment variable for ``queue_depth_interval_s``.
 QUEUE_DEPTH_INTERVAL_ENV_VAR = "OPMETRICS_QUEUE_DEPTH_INTERVAL_S"
-#: Seconds a stopping worker waits for its queue depth sampler's pass in progress (it may be blocked on the
-#: broker or the database; its thread is a daemon), taken from the writer's ``shutdown_timeout_s``.
+#: Environment variable for ``recent_fold_interval_s``.
+RECENT_FOLD_INTERVAL_ENV_VAR = "OPMETRICS_RECENT_FOLD_INTERVAL_S"
+#: Environment variable for ``recent_retention_days``.
+RECENT_RETENTION_DAYS_ENV_VAR = "OPMETRICS_RECENT_RETENTION_DAYS"
+#: The most days of buckets the recent tier keeps (it serves the last hours and days; the daily rows are the
+#: permanent record).
+MAX_RECENT_RETENTION_DAYS = 366
+#: Seconds a stopping worker waits, in all, for its queue depth sampler's pass and its recent tier fold in
+#: progress (either may be blocked on the broker or the database; their threads are daemons, and a fold
+#: left behind commits whole or not at all), taken from the writer's ``shutdown_timeout_s``.
 SAMPLER_STOP_TIMEOUT_S = 0.5
 #: Seconds the last write of a stopping worker gets at least, however long its threads took to finish.
 MIN_FINAL_WRITE_S = 1.0
@@ -55,6 +65,34 @@ _SKIPPED = MetricType.SKIPPED.value
 _PROCESSING = MetricType.PROCESSING_TIME.value
 
 logger = logging.getLogger(__name__)
+
+
+def recent_tier_settings(interval_s: float | None = None, retention_days: int | None = None) -> tuple[float, int]:
+    """The recent tier's fold interval in seconds (0: no folding) and its retention in days: the arguments
+    if given, else ``$OPMETRICS_RECENT_FOLD_INTERVAL_S`` and ``$OPMETRICS_RECENT_RETENTION_DAYS``, else
+    :data:`~dramatiq_opmetrics.recent_tier.DEFAULT_FOLD_INTERVAL_S` (60 s) and
+    :data:`~dramatiq_opmetrics.recent_tier.DEFAULT_RECENT_RETENTION_DAYS` (3). The worker middleware and the
+    ``sample-queues`` sidecar read them the same way, so a fleet configured once agrees on its intervals.
+
+    Raises:
+      ConfigurationError: if one of the environment variables is not a number.
+      ValueError: if the interval is neither 0 nor a number of seconds from
+        :data:`~dramatiq_opmetrics.queue_depth_sampler.MIN_QUEUE_DEPTH_INTERVAL_S` to
+        :data:`~dramatiq_opmetrics.queue_depth_sampler.MAX_QUEUE_DEPTH_INTERVAL_S`, or the retention is not
+        a whole number of days from 1 to :data:`MAX_RECENT_RETENTION_DAYS`.
+    """
+    interval = resolve_setting(interval_s, RECENT_FOLD_INTERVAL_ENV_VAR, DEFAULT_FOLD_INTERVAL_S, float)
+    if interval != 0:
+        try:
+            interval = check_interval_s(interval)
+        except ValueError as error:
+            name = "recent_fold_interval_s" if interval_s is not None else RECENT_FOLD_INTERVAL_ENV_VAR
+            raise ValueError(f"{name} (0 turns folding off): {error}") from None
+    days = resolve_setting(retention_days, RECENT_RETENTION_DAYS_ENV_VAR, DEFAULT_RECENT_RETENTION_DAYS, int)
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_RECENT_RETENTION_DAYS:
+        name = "recent_retention_days" if retention_days is not None else RECENT_RETENTION_DAYS_ENV_VAR
+        raise ValueError(f"{name} must be a whole number of days from 1 to {MAX_RECENT_RETENTION_DAYS}, got {days!r}")
+    return float(interval), days
 
 
 #: What the hooks remember about the message a worker thread is processing, a tuple because one is made per
@@ -141,7 +179,7 @@ class OpMetrics(Middleware):
       shutdown_timeout_s(float): how long a stopping worker keeps trying to write what is buffered;
         default 10 s.
       connect_timeout_s(float | None): seconds a connection attempt to the metrics database may take, for
-        the writer and the queue depth sampler; default ``$OPMETRICS_CONNECT_TIMEOUT_S``, else
+        the writer, the queue depth sampler and the recent tier's fold; default ``$OPMETRICS_CONNECT_TIMEOUT_S``, else
         :data:`~dramatiq_opmetrics.database.DEFAULT_CONNECT_TIMEOUT_S` (5 s).
       statement_timeout_s(float | None): seconds a statement of theirs may run (0: the server's setting); a write
         without an answer for ``flush_interval_s`` plus this long is cut and retried; default
@@ -160,10 +198,27 @@ class OpMetrics(Middleware):
         (:class:`~dramatiq_opmetrics.cardinality.LabelSetCap`); default
         ``$OPMETRICS_MAX_LABEL_SETS_PER_METRIC``, else
         :data:`~dramatiq_opmetrics.cardinality.DEFAULT_MAX_LABEL_SETS_PER_METRIC` (10,000).
+      recent_fold_interval_s(float | None): seconds between two folds of the recent tier
+        (``opmetrics_recent_aggregates``, read by :func:`~dramatiq_opmetrics.series.query_series`, the report
+        and the dashboard): every worker process runs a
+        :class:`~dramatiq_opmetrics.recent_tier.RecentTierFolder`, and one process of the whole fleet folds
+        per interval (claimed on the broker's Redis like queue depth, else in the metrics database), so the
+        tier stays current however many workers run; 0 turns it off (fold from a scheduler or the
+        ``sample-queues`` sidecar instead); default ``$OPMETRICS_RECENT_FOLD_INTERVAL_S``, else
+        :data:`~dramatiq_opmetrics.recent_tier.DEFAULT_FOLD_INTERVAL_S` (60 s). A failed fold (the database
+        down, not migrated to 0005 yet) is logged once for its interval, which the next fold catches up; it
+        never affects the worker.
+      recent_retention_days(int | None): days of 1- and 10-minute buckets the fold keeps in the recent tier
+        (older ranges are read from the raw rows); default ``$OPMETRICS_RECENT_RETENTION_DAYS``, else
+        :data:`~dramatiq_opmetrics.recent_tier.DEFAULT_RECENT_RETENTION_DAYS` (3, enough for a 72-hour
+        view), at most :data:`MAX_RECENT_RETENTION_DAYS`.
+
+    The queue depth sampler and the folder share one engine of their own (a connection is opened when one
+    of them needs it); a stopping worker waits at most :data:`SAMPLER_STOP_TIMEOUT_S` for both together.
 
     Raises:
       ConfigurationError: if no database URL is given or set, or an environment variable is not a number.
-      ValueError: if a setting is out of range (not positive).
+      ValueError: if a setting is out of range (not positive), naming it.
     """
 
     def __init__(
@@ -181,6 +236,8 @@ class OpMetrics(Middleware):
         queue_depth_interval_s: float | None = None,
         queues: Sequence[str] = (),
         max_label_sets_per_metric: int | None = None,
+        recent_fold_interval_s: float | None = None,
+        recent_retention_days: int | None = None,
     ) -> None:
         label_set_cap = LabelSetCap(
             resolve_setting(max_label_sets_per_metric, MAX_LABEL_SETS_ENV_VAR, DEFAULT_MAX_LABEL_SETS_PER_METRIC, int),
@@ -217,8 +274,17 @@ class OpMetrics(Middleware):
         self.queue_depth_interval_s = 0.0 if interval_s == 0 else check_interval_s(interval_s)
         #: Queues sampled besides the broker's declared ones.
         self.queues = check_queue_names(queues)
+        #: Seconds between two folds of the recent tier by the fleet (0: not folded by the workers), and the
+        #: days of buckets kept.
+        self.recent_fold_interval_s, self.recent_retention_days = recent_tier_settings(
+            recent_fold_interval_s, recent_retention_days
+        )
         #: This worker process's queue depth sampler, made when the worker boots.
         self.queue_depth_sampler: QueueDepthSampler | None = None
+        #: This worker process's folder of the recent tier, made when the worker boots.
+        self.recent_tier_folder: RecentTierFolder | None = None
+        #: The engine the sampler and the folder share, made when the worker boots.
+        self._background_engine: Engine | None = None
         #: This worker process's sampler of its threads, made when the worker has booted.
         self.worker_sampler: WorkerSampler | None = None
         set_default_target(self)
@@ -245,22 +311,29 @@ class OpMetrics(Middleware):
     # Worker lifecycle: one writer thread per worker process, made after any fork.
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        """Start this process's writer thread and queue depth sampler."""
+        """Start this process's writer thread, queue depth sampler and recent tier folder."""
         self.writer.start()
+        if not (self.queue_depth_interval_s or self.recent_fold_interval_s):
+            return
+        # Claims intervals on brokers other than Redis, and folds.
+        engine = self._background_engine = make_engine(
+            self.writer.database_url,
+            connect_timeout_s=self.writer.connect_timeout_s,
+            statement_timeout_s=self.writer.statement_timeout_s,
+        )
         if self.queue_depth_interval_s:
             self.queue_depth_sampler = QueueDepthSampler(
-                broker,
-                self.buffer.add_many,
-                interval_s=self.queue_depth_interval_s,
-                queues=self.queues,
-                # Claims intervals on brokers other than Redis.
-                engine=make_engine(
-                    self.writer.database_url,
-                    connect_timeout_s=self.writer.connect_timeout_s,
-                    statement_timeout_s=self.writer.statement_timeout_s,
-                ),
+                broker, self.buffer.add_many, interval_s=self.queue_depth_interval_s, queues=self.queues, engine=engine
             )
             self.queue_depth_sampler.start()
+        if self.recent_fold_interval_s:
+            self.recent_tier_folder = RecentTierFolder(
+                engine,
+                interval_s=self.recent_fold_interval_s,
+                retention_days=self.recent_retention_days,
+                claim=fleet_claim(broker, engine),
+            )
+            self.recent_tier_folder.start()
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         """Start sampling this process's worker threads (they exist from now on)."""
@@ -277,7 +350,8 @@ class OpMetrics(Middleware):
             sampler.stop()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        """Stop the queue depth sampler, write everything buffered and stop the writer thread.
+        """Stop the queue depth sampler and the recent tier folder, write everything buffered and stop the
+        writer thread.
 
         The writer keeps trying until ``shutdown_timeout_s`` after the worker started to stop (Dramatiq
         first waits for its threads to finish their messages), and for at least
@@ -286,13 +360,25 @@ class OpMetrics(Middleware):
         """
         started_s = self._shutdown_started_s or monotonic()
         self._shutdown_started_s = 0.0
+        self._stop_background_jobs()
+        left_s = self.writer.shutdown_timeout_s - (monotonic() - started_s)
+        self.writer.stop(timeout_s=max(left_s, min(MIN_FINAL_WRITE_S, self.writer.shutdown_timeout_s)))
+
+    def _stop_background_jobs(self) -> None:
+        """Stop the sampler and the folder, waiting at most :data:`SAMPLER_STOP_TIMEOUT_S` for both together.
+
+        A fold still running then is left to its daemon thread: it commits whole or, if the process exits
+        first, not at all, and the next fold of the fleet does its work."""
+        deadline_s = monotonic() + SAMPLER_STOP_TIMEOUT_S
         sampler, self.queue_depth_sampler = self.queue_depth_sampler, None
         if sampler is not None:
             sampler.stop(timeout_s=SAMPLER_STOP_TIMEOUT_S)
-            if sampler.engine is not None:
-                sampler.engine.dispose()
-        left_s = self.writer.shutdown_timeout_s - (monotonic() - started_s)
-        self.writer.stop(timeout_s=max(left_s, min(MIN_FINAL_WRITE_S, self.writer.shutdown_timeout_s)))
+        folder, self.recent_tier_folder = self.recent_tier_folder, None
+        if folder is not None:
+            folder.stop(timeout_s=max(deadline_s - monotonic(), 0.0))
+        engine, self._background_engine = self._background_engine, None
+        if engine is not None:
+            engine.dispose()
 
     # The hot path: no I/O, no locks, one cached label set per (actor, queue).
 

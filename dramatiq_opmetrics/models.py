@@ -146,7 +146,7 @@ class OperationalMetricDaily(Base):
     ``histogram`` is a mergeable log-bucket histogram (DDSketch mapping, 1% relative accuracy) so that
     percentiles over any range of days can be computed from daily rows alone. ``histogram_packed`` is the
     same histogram packed (:mod:`~dramatiq_opmetrics.packed_histograms`), which range reads merge without
-    parsing JSON; None on rows rolled up before migration 0006 until the rollup packs them.
+    parsing JSON; None on rows rolled up before migration 0007 until the rollup packs them.
     """
 
     __tablename__ = DAILY_TABLE
@@ -232,7 +232,7 @@ class RecentAggregate(Base):
 
     ``keys`` holds one histogram bucket key per value (:mod:`~dramatiq_opmetrics.recent_tier`), so that
     folding more rows in appends to it and percentiles within 1% are read from it; ``p50``/``p95``/``p99``
-    hold them once computed (None until then, and again after more rows were folded in). On SQLite
+    hold them, written with the bucket (and recomputed when late rows are folded in). On SQLite
     ``metric_type`` is plain text (this table is only written from the raw table, which checks it).
     """
 
@@ -253,7 +253,10 @@ class RecentAggregate(Base):
 
 
 class RecentState(Base):
-    """The recent tier's watermark: raw rows with ``id <= folded_id`` and ``recorded_at >= floor`` are folded.
+    """The recent tier's watermark: raw rows with ``id <= folded_id`` and ``floor <= recorded_at < cutoff``
+    are folded into its 1-minute buckets; its 10-minute and hourly buckets are built up to ``built_10m_until``
+    and ``built_60m_until``; ``skipped_id`` is the smallest id up to ``folded_id`` of a raw row recorded from
+    the cutoff on, if any (such rows are folded by a later fold).
 
     ``candidate_id`` and ``candidate_holders`` (PostgreSQL): a larger id seen while writers were still in
     their transactions, and those transactions; it becomes the horizon once they have all ended.
@@ -267,3 +270,7 @@ class RecentState(Base):
     candidate_id: Mapped[int | None] = mapped_column(BigInteger)
     candidate_holders: Mapped[list[str] | None] = mapped_column(JSON)
     folded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    cutoff: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    built_10m_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    built_60m_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    skipped_id: Mapped[int | None] = mapped_column(BigInteger)

@@ -66,6 +66,19 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
 
 
+def fleet_claim(broker: dramatiq.Broker, engine: Engine | None) -> IntervalClaim | None:
+    """How the processes of ``broker``'s fleet claim an interval: a ``SET NX PX`` key on the broker's Redis
+    for a Redis broker (one round trip, no database connection), else a row in the metrics database
+    ``engine``; None without either."""
+    from dramatiq.brokers.redis import RedisBroker
+
+    if isinstance(broker, RedisBroker):
+        return RedisIntervalClaim(broker.client, broker.namespace)
+    if engine is not None:
+        return DatabaseIntervalClaim(engine)
+    return None
+
+
 class QueueDepthSampler:
     """Samples the depth of a broker's queues for the whole fleet, in a background thread.
 
@@ -130,12 +143,9 @@ class QueueDepthSampler:
         self._thread: threading.Thread | None = None
 
     def _default_claim(self, engine: Engine | None) -> IntervalClaim:
-        from dramatiq.brokers.redis import RedisBroker
-
-        if isinstance(self.broker, RedisBroker):
-            return RedisIntervalClaim(self.broker.client, self.broker.namespace)
-        if engine is not None:
-            return DatabaseIntervalClaim(engine)
+        claim = fleet_claim(self.broker, engine)
+        if claim is not None:
+            return claim
         if self.reader is not None:
             logger.info("No metrics database given to the queue depth sampler: every process samples on its own.")
         return LocalIntervalClaim()

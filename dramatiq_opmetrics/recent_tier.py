@@ -1,25 +1,35 @@
-"""The recent tier: per-minute and per-10-minute aggregates of raw rows, kept current for the whole fleet.
+"""The recent tier: per-minute, per-10-minute and hourly aggregates of raw rows, kept current for the fleet.
 
 Charts of the last hours would otherwise read every raw row of their range (a fleet writing 20 million
 samples a day has 14,000 a minute). :func:`fold` keeps ``opmetrics_recent_aggregates`` up to date: one row
-per (width, bucket, metric type, label set), for buckets of 1 and of 10 minutes, holding the ``count``,
-``sum``, ``min`` and ``max`` of the raw rows folded into it and ``keys``, the multiset of their histogram
-bucket keys (:mod:`~dramatiq_opmetrics.sketch`: the key of each value, None for 0, ``NEGATIVE_KEY_BASE - key``
-for a negative value), from which percentiles within 1% are read (:func:`histogram_of_keys`).
-:func:`~dramatiq_opmetrics.series.query_series` reads it.
+per (width, bucket, metric type, label set), for buckets of 1, 10 and 60 minutes, holding the ``count``,
+``sum``, ``min`` and ``max`` of the raw rows in it, ``keys``, the multiset of their histogram bucket keys
+(:mod:`~dramatiq_opmetrics.sketch`: the key of each value, None for 0, ``NEGATIVE_KEY_BASE - key`` for a
+negative value), from which percentiles within 1% are read (:func:`histogram_of_keys`), and those
+percentiles, ``p50``/``p95``/``p99``. :func:`~dramatiq_opmetrics.series.query_series` reads it.
 
-Design: fold by raw id, exactly once, never recompute.
+Design: fold each raw row exactly once, when its minute is over; build wider buckets once, when complete.
 
 - The raw rows stay the source of truth, insert-only (retention removes whole old days). Each raw row has
-  an id from one sequence. The tier counts exactly the raw rows with ``id <= folded_id`` and ``recorded_at
-  >= floor`` (both in ``opmetrics_recent_state``). A pass folds the rows with ids in ``(folded_id,
-  horizon]`` into the tier by adding them to their buckets (count and sum added, min and max widened, keys
-  appended) and moves ``folded_id`` to ``horizon``, in one transaction under a lock: a crash folds nothing,
-  two folders serialise, and a re-run finds nothing new. Each raw row is read once, when it is folded;
-  recomputing whole minutes instead would read each one at least twice.
+  an id from one sequence. The tier's 1-minute buckets hold exactly the raw rows with ``id <= folded_id``
+  and ``floor <= recorded_at < cutoff`` (``opmetrics_recent_state``); its 10-minute and hourly buckets hold
+  those of the buckets that end by ``built_10m_until`` and ``built_60m_until``. A pass moves the cutoff to
+  the start of the current minute and ``folded_id`` to a horizon, adds the rows that enter to their
+  1-minute buckets (count and sum added, min and max widened, keys appended, percentiles recomputed), then
+  builds the 10-minute buckets that are now complete from their 1-minute ones and the hourly ones from
+  those. Each step is one transaction under a lock: a crash folds nothing twice, two folders serialise,
+  and a re-run finds nothing new.
+- Why whole minutes: the fleet's folder runs :data:`FOLD_OFFSET_S` after each minute, once the writers
+  (flushing every second) have written it, so each minute's buckets are written once, already complete,
+  with their percentiles; folding the minute in progress instead would rewrite it at every fold. Why build
+  wider buckets once: appending to a 10-minute bucket at every fold would rewrite its growing keys ten
+  times. Each raw row is read once, when it is folded.
 - A late sample (recorded long after its time, e.g. after an outage) gets a new id like any other row, so
-  the next pass folds it into its own, older, bucket.
-- The only subtle part is the horizon: ids are handed out when a row is inserted, not when its transaction
+  the next pass folds it into its own, older, 1-minute bucket, and into the wider ones already built.
+- Rows are found by the raw table's primary key (id, recorded_at) alone, never by time (its time index is
+  a BRIN index, whose newest pages are read whole until summarised): the new ids, and the older ids left
+  because they were recorded from the old cutoff on, which start at ``skipped_id``.
+- The subtle part is the horizon: ids are handed out when a row is inserted, not when its transaction
   commits, so when the newest visible row has id ``M`` a writer may still be inside a transaction holding
   smaller ids. Folding up to ``M`` then would skip those rows forever. On PostgreSQL a pass reads ``M``,
   then the transactions holding a write lock on the raw table (``pg_locks``; every insert takes it before
@@ -27,25 +37,30 @@ Design: fold by raw id, exactly once, never recompute.
   :data:`HORIZON_WAIT_S` for that; otherwise ``M`` is remembered as a candidate for the next pass, which
   folds up to the last confirmed horizon meanwhile). On SQLite a pass holds the database's write lock,
   so every id up to ``M`` is committed.
-- Readers (:mod:`~dramatiq_opmetrics.series`) add the raw rows not folded yet (``id > folded_id``, or older
-  than ``floor``) to the tier's buckets, so results are exact and current whatever the fold's lag.
+- Readers (:mod:`~dramatiq_opmetrics.series`) add the raw rows the tier does not hold (ids above
+  ``folded_id``, the minutes from the cutoff on, rows older than the floor, partial minutes at the edges)
+  to its buckets, so results are exact and current whatever the fold's lag.
 - Retention: buckets older than ``retention_days`` (default :data:`DEFAULT_RECENT_RETENTION_DAYS`, enough
   for a 72-hour view) are deleted by the fold, which moves ``floor`` up; the raw rows, the nightly rollup and
   the prune are untouched (they never read the tier).
 - Why keys and not a histogram per row: building a histogram in SQL groups the rows by bucket key, and at
   a few dozen values per minute and label set nearly every value is a group of its own, which costs four
   times a plain ``GROUP BY``; appending keys to an array costs about as much as the ``GROUP BY`` itself. On
-  PostgreSQL the whole pass is one ``INSERT ... SELECT ... ON CONFLICT`` (the 1- and 10-minute buckets in
-  one scan, with ``GROUPING SETS``): no row travels to Python.
+  PostgreSQL each step is one ``INSERT ... SELECT ... ON CONFLICT``: no row travels to Python. The table is
+  partitioned by width there, and ``keys`` is stored out of line in wide rows, so that reads without keys
+  read small rows of one width.
+- Cost, measured by ``benchmarks/bench_recent.py`` (20 million raw rows a day, 200 label sets): see the
+  README's "Recent tier" section.
 
 Run it in one process of the fleet per interval: :class:`RecentTierFolder` (a background thread, claiming
-each interval fleet-wide like the queue depth sampler), or call :func:`fold` from a scheduler.
+each interval fleet-wide like the queue depth sampler; :class:`~dramatiq_opmetrics.OpMetrics` starts one in
+every worker process), or call :func:`fold` from a scheduler, or run ``dramatiq-opmetrics fold``.
 
 Example::
 
     from dramatiq_opmetrics.recent_tier import fold
-    result = fold(engine)   # folds every raw row not folded yet
-    print(result.rows, result.folded_id)
+    result = fold(engine)   # folds every raw row of the minutes that are over
+    print(result.rows, result.folded_id, result.cutoff)
 """
 
 from __future__ import annotations
@@ -55,12 +70,13 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text, update
 
 from .aggregate import BUCKET_KEY_SQL, PERCENTILES
+from .database import local_settings
 from .interval_claims import DatabaseIntervalClaim, IntervalClaim, IntervalThread, interval_start
 from .locks import advisory_xact_lock
 from .metric_types import MetricType
@@ -74,8 +90,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_RECENT_RETENTION_DAYS = 3
 #: Seconds between two folds of the fleet (aligned to wall-clock multiples).
 DEFAULT_FOLD_INTERVAL_S = 60.0
-#: The widths of the buckets kept, in minutes.
-WIDTHS_MINUTES = (1, 10)
+#: Seconds after each interval start that the fleet's fold runs: by then the writers have written the samples
+#: of the minute that just ended (they flush every second), so it is folded whole, once.
+FOLD_OFFSET_S = 5.0
 #: Raw ids folded per transaction (a catch-up after a long stop is folded in several).
 FOLD_CHUNK_IDS = 1_000_000
 #: Seconds a pass waits for the writers' open transactions to end before folding what is confirmed.
@@ -191,7 +208,7 @@ class BucketAggregate:
 
 
 def aggregate_rows(
-    rows: Iterable[tuple[dt.datetime, MetricType | str, int, float]], widths: Sequence[int] = WIDTHS_MINUTES
+    rows: Iterable[tuple[dt.datetime, MetricType | str, int, float]], widths: Sequence[int] = (1,)
 ) -> list[BucketAggregate]:
     """Aggregate raw rows ``(recorded_at, metric_type, label_set_id, value)`` per bucket of each width.
 
@@ -213,11 +230,12 @@ def aggregate_rows(
     return list(found.values())
 
 
-def _bucket_sql(connection: Connection, width_minutes: int) -> str:
-    """SQL of the start of the bucket of ``width_minutes`` holding ``recorded_at`` (PostgreSQL)."""
+def bin_sql(connection: Connection, width_minutes: int, column: str = "recorded_at") -> str:
+    """SQL of the start of the bucket of ``width_minutes`` holding timestamp ``column`` (PostgreSQL)."""
     if (connection.dialect.server_version_info or (0,)) >= (14,):
-        return f"date_bin('{width_minutes} minutes', recorded_at, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
-    return f"to_timestamp(floor(extract(epoch FROM recorded_at) / {width_minutes * 60}) * {width_minutes * 60})"
+        return f"date_bin('{width_minutes} minutes', {column}, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+    seconds = width_minutes * 60
+    return f"to_timestamp(floor(extract(epoch FROM {column}) / {seconds}) * {seconds})"
 
 
 #: The SQL of the stored key of ``value`` (see :func:`signed_bucket_key`), with ``:min_indexable``, ``:ln_2``,
@@ -226,33 +244,98 @@ STORED_KEY_SQL = (
     f"CASE WHEN value > :min_indexable THEN {BUCKET_KEY_SQL.format('value')}"
     f" WHEN value < -CAST(:min_indexable AS float8) THEN :base - {BUCKET_KEY_SQL.format('-value')} END"
 )
-#: The parameters of :data:`STORED_KEY_SQL`.
+#: The parameters of :data:`STORED_KEY_SQL` and :func:`picks_sql`.
 KEY_PARAMETERS: dict[str, object] = {
     "min_indexable": MIN_INDEXABLE_VALUE,
     "ln_2": LN_2,
     "multiplier": KEY_MULTIPLIER,
     "base": NEGATIVE_KEY_BASE,
+    "factor": 2.0 / (1 + MAPPING.gamma),
+    "zero_sort": _ZERO_SORT_KEY,
+    **{f"q{index}": fraction for index, fraction in enumerate(PERCENTILES)},
 }
+#: How keys are ordered in SQL (the zero bucket, NULL, between the negative and the positive keys).
+KEY_ORDER_SQL = "COALESCE({}, :zero_sort)"
 
 
-def aggregate_sql(connection: Connection, where: str, widths: Sequence[int] = WIDTHS_MINUTES) -> str:
-    """SQL aggregating the raw rows matching ``where`` per bucket of each width, in one scan (PostgreSQL).
-
-    Its columns are those of the tier, in order: ``width_minutes, bucket_start, metric_type, label_set_id,
-    count, sum, min, max, keys``. Bind :data:`KEY_PARAMETERS` and the parameters of ``where``.
-    """
-    starts = ", ".join(f"{_bucket_sql(connection, width)} AS b{width}" for width in widths)
-    sets = ", ".join(f"(b{width}, metric_type, label_set_id)" for width in widths)
-    width_case = " ".join(f"WHEN GROUPING(b{width}) = 0 THEN {width}" for width in widths)
+def keyed_raw_sql(where: str) -> str:
+    """SQL of the raw rows matching ``where`` with their stored key: ``recorded_at, metric_type, label_set_id,
+    value, key``. Bind :data:`KEY_PARAMETERS` and the parameters of ``where``."""
     return (
-        f"SELECT CASE {width_case} END AS width_minutes,"
-        f" COALESCE({', '.join(f'b{width}' for width in widths)}) AS bucket_start,"
-        " metric_type, label_set_id, count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max,"
-        " array_agg(key) AS keys"
-        f" FROM (SELECT {starts}, metric_type, label_set_id, value, {STORED_KEY_SQL} AS key"
-        f"  FROM {RAW_TABLE} WHERE {where}) AS raw"
-        f" GROUP BY GROUPING SETS ({sets})"
+        f"SELECT recorded_at, metric_type, label_set_id, value, {STORED_KEY_SQL} AS key FROM {RAW_TABLE} WHERE {where}"
     )
+
+
+def aggregate_sql(connection: Connection, source: str, width_minutes: int = 1, where: str = "TRUE") -> str:
+    """SQL aggregating the rows of ``source`` (columns of :func:`keyed_raw_sql`) matching ``where`` per bucket
+    of ``width_minutes``, with the columns of the tier, in order: ``width_minutes, bucket_start, metric_type,
+    label_set_id, count, sum, min, max, keys`` (the keys sorted) (PostgreSQL)."""
+    start = bin_sql(connection, width_minutes)
+    return (
+        f"SELECT {width_minutes} AS width_minutes, {start} AS bucket_start, metric_type, label_set_id,"
+        " count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max,"
+        f" array_agg(key ORDER BY {KEY_ORDER_SQL.format('key')}) AS keys"
+        f" FROM {source} WHERE {where} GROUP BY {start}, metric_type, label_set_id"
+    )
+
+
+def _value_sql(key: str) -> str:
+    """SQL of the representative value of stored key ``key``: :func:`_key_value`, the operations of
+    ``LogarithmicMapping.value`` in the same order."""
+    power = "power(CAST(2.0 AS float8), CAST({} AS float8) / CAST(:multiplier AS float8)) * CAST(:factor AS float8)"
+    return (
+        f"CASE WHEN {key} IS NULL THEN CAST(0.0 AS float8) WHEN {key} < :zero_sort"
+        f" THEN -({power.format(f':base - {key}')}) ELSE {power.format(key)} END"
+    )
+
+
+def picks_sql(keys: str, count: str, low: str, high: str) -> list[str]:
+    """SQL of the :data:`~dramatiq_opmetrics.aggregate.PERCENTILES` of values whose stored keys are the sorted
+    array ``keys`` (``count`` of them, extremes ``low`` and ``high``): :func:`quantiles_of_keys` in SQL."""
+    return [
+        f"least(greatest({_value_sql(f'{keys}[floor(CAST(:q{index} AS float8) * ({count} - 1))::integer + 1]')},"
+        f" {low}), {high})"
+        for index in range(len(PERCENTILES))
+    ]
+
+
+#: The widths of the buckets kept, in minutes: 1-minute buckets are folded from raw rows, each wider one is
+#: built from the next finer one once complete.
+WIDTHS_MINUTES = (1, 10, 60)
+#: PostgreSQL settings of the fold's statements, for them only: their sorts and bitmaps fit in memory, and
+#: they are not worth compiling (JIT would cost more than the statement).
+FOLD_SETTINGS = {"work_mem": "64MB", "jit": "off", "max_parallel_workers_per_gather": "0"}
+#: Hours of wider buckets built per statement (a catch-up after a long stop builds days of them).
+BUILD_CHUNK_HOURS = 6
+#: The column of :class:`~dramatiq_opmetrics.models.RecentState` up to which each wider width is built.
+BUILT_COLUMNS = {10: "built_10m_until", 60: "built_60m_until"}
+
+
+@dataclass(frozen=True)
+class TierState:
+    """What the tier holds: the raw rows with ``id <= folded_id`` and ``floor <= recorded_at < cutoff`` in
+    its 1-minute buckets; its buckets of each wider width up to ``built[width]`` (the ones ending by then).
+
+    Parameters:
+      folded_id(int), floor(datetime), cutoff(datetime): the 1-minute buckets' watermark.
+      built(Mapping[int, datetime]): for each width above 1 minute, where its buckets stop.
+      skipped_id(int | None): the smallest id up to ``folded_id`` of a raw row recorded from the cutoff on
+        (left for a later fold), or None if there is none: such rows are found by id, never by time.
+    """
+
+    folded_id: int
+    floor: dt.datetime
+    cutoff: dt.datetime
+    built: Mapping[int, dt.datetime]
+    skipped_id: int | None = None
+
+    def first_id_from_cutoff(self) -> int:
+        """The smallest id a raw row recorded from the cutoff on may have."""
+        return self.folded_id + 1 if self.skipped_id is None else min(self.skipped_id, self.folded_id + 1)
+
+    def until(self, width_minutes: int) -> dt.datetime:
+        """Where the buckets of ``width_minutes`` stop (the cutoff for 1 minute)."""
+        return self.cutoff if width_minutes == 1 else self.built[width_minutes]
 
 
 @dataclass(frozen=True)
@@ -261,8 +344,9 @@ class FoldResult:
 
     Parameters:
       rows(int): raw rows folded into the tier.
-      folded_id(int): every raw row up to this id (and recorded from ``floor`` on) is in the tier now.
+      folded_id(int): every raw row up to this id recorded in ``[floor, cutoff)`` is in the tier now.
       floor(datetime): the tier holds buckets from here on.
+      cutoff(datetime): the tier holds the raw rows recorded before this (whole minutes).
       pending_id(int | None): a newer id not folded yet because writers were still in their transactions.
       pruned_buckets(int): tier rows removed by its retention.
       duration_s(float): how long the fold took, in seconds.
@@ -271,6 +355,7 @@ class FoldResult:
     rows: int
     folded_id: int
     floor: dt.datetime
+    cutoff: dt.datetime
     pending_id: int | None
     pruned_buckets: int
     duration_s: float
@@ -284,15 +369,17 @@ def fold(
     chunk_ids: int = FOLD_CHUNK_IDS,
     horizon_wait_s: float = HORIZON_WAIT_S,
 ) -> FoldResult:
-    """Fold every raw row not folded yet into the recent tier, and remove buckets older than the retention.
+    """Fold every raw row of the minutes that are over and not folded yet into the recent tier, build the
+    10-minute and hourly buckets that are complete, and remove buckets older than the retention.
 
     Safe to run from several processes at once (they serialise; each raw row is counted once). Needs the
-    database migrated to revision 0005 or later.
+    database migrated to revision 0006 or later.
 
     Parameters:
       engine(Engine): the metrics database.
       retention_days(int): days of buckets kept (default :data:`DEFAULT_RECENT_RETENTION_DAYS`).
-      now(datetime | None): the current time (timezone-aware), for tests; default: now.
+      now(datetime | None): the current time (timezone-aware), for tests; default: now. Raw rows recorded
+        from the start of its minute on are left for a later fold.
       chunk_ids(int): raw ids folded per transaction (default :data:`FOLD_CHUNK_IDS`).
       horizon_wait_s(float): seconds to wait for writers' open transactions (default :data:`HORIZON_WAIT_S`).
 
@@ -306,14 +393,13 @@ def fold(
         raise ValueError("now must be timezone-aware")
     started = time.perf_counter()
     floor = bucket_floor(now - dt.timedelta(days=retention_days), max(WIDTHS_MINUTES))
-    # Buckets that ended before the current minute get their percentiles computed (a late sample reopens one).
-    settled_before = bucket_floor(now, 1)
+    cutoff = max(bucket_floor(now, 1), floor)
     with engine.begin() as connection:
         _lock(connection)
         found = _state(connection, floor, horizon_wait_s)
         if found is None:
             logger.info("The recent tier is not started yet: writers are still in their transactions.")
-            return FoldResult(0, 0, floor, None, 0, time.perf_counter() - started)
+            return FoldResult(0, 0, floor, floor, None, 0, time.perf_counter() - started)
         state = found
         pruned = 0
         if floor > state.floor:
@@ -324,25 +410,44 @@ def fold(
                 )
             ).rowcount
             state.floor = floor
+            state.cutoff = max(state.cutoff, floor)
+            state.built = {width: max(until, floor) for width, until in state.built.items()}
         horizon = _horizon(connection, state, horizon_wait_s)
-        _save(connection, state, now)
-    rows = 0
-    while state.folded_id < horizon:
-        upper = min(horizon, state.folded_id + chunk_ids)
+        rows = 0
+        if horizon - state.folded_id <= chunk_ids:
+            # The usual pass (a minute of rows): everything in this one transaction.
+            rows = _fold_step(connection, state, horizon, cutoff)
+            _build(connection, state)
+            _save(connection, state, now)
+            horizon = state.folded_id
+        else:
+            _save(connection, state, now)
+    if state.folded_id < horizon or state.cutoff < cutoff:
+        # A catch-up (after a stop, or a fresh tier): in chunks of ids, each its own transaction.
+        while state.folded_id < horizon or state.cutoff < cutoff:
+            with engine.begin() as connection:
+                _lock(connection)
+                found = _state(connection, floor, 0.0)
+                assert found is not None and not found.new  # saved by the first transaction
+                state = found
+                upper = max(min(horizon, state.folded_id + chunk_ids), state.folded_id)
+                if upper == state.folded_id and max(state.cutoff, cutoff) == state.cutoff:
+                    break  # another folder did it meanwhile
+                rows += _fold_step(connection, state, upper, cutoff)
+                _save(connection, state, now)
+        # Wider buckets are built once every chunk is folded (not after each chunk: the next would be late).
         with engine.begin() as connection:
             _lock(connection)
             found = _state(connection, floor, 0.0)
-            assert found is not None and not found.new  # saved by the first transaction
+            assert found is not None and not found.new
             state = found
-            if state.folded_id >= upper:
-                continue  # another folder did it meanwhile
-            rows += _fold_ids(connection, state.folded_id, upper, state.floor, settled_before)
-            state.folded_id = upper
-            _save(connection, state, now)
+            if _build(connection, state):
+                _save(connection, state, now)
     result = FoldResult(
         rows=rows,
         folded_id=state.folded_id,
         floor=state.floor,
+        cutoff=state.cutoff,
         pending_id=state.candidate_id,
         pruned_buckets=pruned,
         duration_s=time.perf_counter() - started,
@@ -361,6 +466,9 @@ def fold(
 class _State:
     folded_id: int
     floor: dt.datetime
+    cutoff: dt.datetime
+    built: dict[int, dt.datetime]
+    skipped_id: int | None
     candidate_id: int | None
     candidate_holders: list[str] | None
     new: bool = False
@@ -373,29 +481,54 @@ def _lock(connection: Connection) -> None:
         lock_for_rollup(connection)  # BEGIN IMMEDIATE: the write lock, so every committed id is final
 
 
-def read_state(connection: Connection) -> tuple[int, dt.datetime] | None:
-    """``(folded_id, floor)`` of the tier, or None if it was never folded."""
-    found = connection.execute(
-        select(RecentState.folded_id, RecentState.floor).where(RecentState.id == _STATE_ID)
-    ).first()
-    return None if found is None else (int(found[0]), found[1])
+_STATE_COLUMNS = (
+    RecentState.folded_id,
+    RecentState.floor,
+    RecentState.cutoff,
+    *(getattr(RecentState, column) for column in BUILT_COLUMNS.values()),
+    RecentState.skipped_id,
+    RecentState.candidate_id,
+    RecentState.candidate_holders,
+)
+
+
+def _read_state_row(connection: Connection) -> _State | None:
+    found = connection.execute(select(*_STATE_COLUMNS).where(RecentState.id == _STATE_ID)).first()
+    if found is None:
+        return None
+    folded_id, floor, cutoff, *built, skipped_id, candidate_id, candidate_holders = found
+    return _State(
+        int(folded_id),
+        floor,
+        cutoff,
+        dict(zip(BUILT_COLUMNS, built, strict=True)),
+        skipped_id,
+        candidate_id,
+        candidate_holders,
+    )
+
+
+def read_state(connection: Connection) -> TierState | None:
+    """What the tier holds now, or None if it was never folded."""
+    found = _read_state_row(connection)
+    if found is None:
+        return None
+    return TierState(found.folded_id, found.floor, found.cutoff, found.built, found.skipped_id)
 
 
 def _state(connection: Connection, floor: dt.datetime, wait_s: float) -> _State | None:
     """The fold's state, or a new one (None when writers' open transactions keep it from starting yet)."""
-    found = connection.execute(
-        select(RecentState.folded_id, RecentState.floor, RecentState.candidate_id, RecentState.candidate_holders).where(
-            RecentState.id == _STATE_ID
-        )
-    ).first()
+    found = _read_state_row(connection)
     if found is not None:
-        return _State(*found)
+        return found
+    built = dict.fromkeys(BUILT_COLUMNS, floor)
     # First fold: start just below the oldest raw row inside the retention, not at id 0 (30 days of rows).
     raw = OperationalMetric.__table__
     if connection.dialect.name != "postgresql":
         first = connection.execute(select(func.min(raw.c.id)).where(raw.c.recorded_at >= floor)).scalar()
         latest = connection.execute(select(func.max(raw.c.id))).scalar()
-        return _State((int(first) - 1) if first is not None else int(latest or 0), floor, None, None, new=True)
+        folded_id = (int(first) - 1) if first is not None else int(latest or 0)
+        return _State(folded_id, floor, floor, built, None, None, None, new=True)
     # Rows of writers still in their transactions are not visible yet, so the oldest visible row is not a safe
     # start: every id handed out before now (the sequence's last value) must be committed or abandoned first.
     last_value, is_called = connection.execute(text(f"SELECT last_value, is_called FROM {RAW_ID_SEQUENCE}")).one()
@@ -404,7 +537,7 @@ def _state(connection: Connection, floor: dt.datetime, wait_s: float) -> _State 
         return None
     first = connection.execute(select(func.min(raw.c.id)).where(raw.c.recorded_at >= floor)).scalar()
     folded_id = handed_out if first is None else min(int(first) - 1, handed_out)
-    return _State(folded_id, floor, None, None, new=True)
+    return _State(folded_id, floor, floor, built, None, None, None, new=True)
 
 
 def _writers_ended(connection: Connection, open_writers: set[str], wait_s: float) -> bool:
@@ -420,6 +553,9 @@ def _save(connection: Connection, state: _State, now: dt.datetime) -> None:
     values = {
         "folded_id": state.folded_id,
         "floor": state.floor,
+        "cutoff": state.cutoff,
+        **{column: state.built[width] for width, column in BUILT_COLUMNS.items()},
+        "skipped_id": state.skipped_id,
         "candidate_id": state.candidate_id,
         "candidate_holders": state.candidate_holders,
         "folded_at": now,
@@ -471,48 +607,107 @@ def _horizon(connection: Connection, state: _State, wait_s: float) -> int:
     return horizon
 
 
-def _fold_ids(connection: Connection, lower: int, upper: int, floor: dt.datetime, settled_before: dt.datetime) -> int:
-    """Add the raw rows with ids in ``(lower, upper]`` recorded from ``floor`` on to the tier; their count.
-
-    Then compute the percentiles of the buckets that ended before ``settled_before`` and lack them (SQLite:
-    of every bucket written)."""
+def _fold_rows(connection: Connection, state: _State, upper: int, cutoff: dt.datetime) -> int:
+    """Add to the tier the raw rows recorded in ``[state.floor, cutoff)`` that it does not hold yet and whose
+    id is at most ``upper``: those with ids in ``(state.folded_id, upper]``, and the older ones recorded from
+    ``state.cutoff`` on. A row of a wider bucket already built is added to that bucket too. Their count."""
+    # Found by the primary key (id, recorded_at) alone, never by time (the time index is a BRIN one, whose
+    # newest pages are read whole until summarised): the new ids, and the older ids left from the old cutoff
+    # on (from skipped_id: no other older id is recorded that late).
+    wheres = ["id > :lower AND id <= :upper AND recorded_at >= :floor AND recorded_at < :cutoff"]
+    params: dict[str, object] = {
+        "floor": state.floor,
+        "reopened": state.cutoff,
+        "cutoff": cutoff,
+        "lower": state.folded_id,
+        "upper": upper,
+        "skipped": state.skipped_id,
+    }
+    if state.skipped_id is not None and state.cutoff < cutoff:
+        wheres.append("id >= :skipped AND id <= :lower AND recorded_at >= :reopened AND recorded_at < :cutoff")
     if connection.dialect.name == "postgresql":
-        folded = _fold_in_postgres(connection, lower, upper, floor)
-        _settle_in_postgres(connection, settled_before)
-        return folded
+        return _fold_in_postgres(connection, wheres, params, state.built)
     raw = OperationalMetric.__table__
-    rows = connection.execute(
-        select(raw.c.recorded_at, raw.c.metric_type, raw.c.label_set_id, raw.c.value).where(
-            raw.c.id > lower, raw.c.id <= upper, raw.c.recorded_at >= floor
-        )
-    ).all()
-    for aggregate in aggregate_rows(rows):
-        pk = (
-            RecentAggregate.width_minutes == aggregate.width_minutes,
-            RecentAggregate.bucket_start == aggregate.bucket_start,
-            RecentAggregate.metric_type == aggregate.metric_type,
-            RecentAggregate.label_set_id == aggregate.label_set_id,
-        )
-        existing = connection.execute(
-            select(
-                RecentAggregate.count,
-                RecentAggregate.sum,
-                RecentAggregate.min,
-                RecentAggregate.max,
-                RecentAggregate.keys,
-            ).where(*pk)
-        ).first()
-        if existing is None:
-            connection.execute(insert(RecentAggregate).values(**_values(aggregate)))
-            continue
-        count, total, low, high, keys = existing
-        before = BucketAggregate(
-            aggregate.width_minutes, aggregate.bucket_start, aggregate.metric_type, aggregate.label_set_id
-        )
-        before.count, before.sum, before.min, before.max, before.keys = count, total, low, high, list(keys)
-        before.merge(aggregate)
-        connection.execute(update(RecentAggregate).where(*pk).values(**_values(before)))
+    columns = (raw.c.recorded_at, raw.c.metric_type, raw.c.label_set_id, raw.c.value)
+    rows = [row for where in wheres for row in connection.execute(select(*columns).where(text(where)), params)]
+    aggregates = aggregate_rows(rows)
+    for width, until in state.built.items():
+        late = [row for row in rows if bucket_floor(row[0], width) + dt.timedelta(minutes=width) <= until]
+        aggregates += aggregate_rows(late, widths=(width,))
+    _upsert_in_python(connection, aggregates)
     return len(rows)
+
+
+def _fold_step(connection: Connection, state: _State, upper: int, cutoff: dt.datetime) -> int:
+    """Fold the rows with ids up to ``upper`` recorded before ``cutoff`` (or the state's, if later) that the
+    tier does not hold, and move the state to them; how many rows."""
+    new_cutoff = max(state.cutoff, cutoff)
+    rows = _fold_rows(connection, state, upper, new_cutoff)
+    state.skipped_id = _skipped_id(connection, state, upper, new_cutoff)
+    state.folded_id, state.cutoff = upper, new_cutoff
+    return rows
+
+
+def _skipped_id(connection: Connection, state: _State, upper: int, cutoff: dt.datetime) -> int | None:
+    """The smallest id up to ``upper`` of a raw row recorded from ``cutoff`` on (None if there is none)."""
+    low = state.folded_id + 1 if state.skipped_id is None else state.skipped_id
+    raw = OperationalMetric.__table__
+    found = connection.execute(
+        select(func.min(raw.c.id)).where(raw.c.id >= low, raw.c.id <= upper, raw.c.recorded_at >= cutoff)
+    ).scalar()
+    return None if found is None else int(found)
+
+
+def _upsert_in_python(connection: Connection, aggregates: Iterable[BucketAggregate]) -> None:
+    """Add each aggregate to its tier row (SQLite): the rows they land in are read in one statement per width,
+    then new rows are inserted and existing ones updated, each in one batch."""
+    tier = RecentAggregate
+    by_width: dict[int, list[BucketAggregate]] = {}
+    for aggregate in aggregates:
+        by_width.setdefault(aggregate.width_minutes, []).append(aggregate)
+    for width, found in by_width.items():
+        low, high = min(item.bucket_start for item in found), max(item.bucket_start for item in found)
+        query = select(
+            tier.bucket_start, tier.metric_type, tier.label_set_id, tier.count, tier.sum, tier.min, tier.max, tier.keys
+        ).where(tier.width_minutes == width, tier.bucket_start >= low, tier.bucket_start <= high)
+        existing = {(row[0], MetricType(row[1]), row[2]): row for row in connection.execute(query)}
+        new, merged = [], []
+        for aggregate in found:
+            row = existing.get((aggregate.bucket_start, aggregate.metric_type, aggregate.label_set_id))
+            if row is None:
+                new.append(_values(aggregate))
+                continue
+            before = BucketAggregate(width, aggregate.bucket_start, aggregate.metric_type, aggregate.label_set_id)
+            before.count, before.sum, before.min, before.max, before.keys = *row[3:7], list(row[7])
+            before.merge(aggregate)
+            merged.append({f"old_{name}": value for name, value in _values(before).items()})
+        if new:
+            connection.execute(insert(tier), new)
+        if merged:
+            pk = ("width_minutes", "bucket_start", "metric_type", "label_set_id")
+            statement = (
+                update(tier)
+                .where(*(getattr(tier, name) == bindparam(f"old_{name}") for name in pk))
+                .values({name: bindparam(f"old_{name}") for name in _VALUE_COLUMNS if name not in pk})
+            )
+            connection.execute(statement, merged)
+
+
+#: The columns :func:`_values` gives.
+_VALUE_COLUMNS = (
+    "width_minutes",
+    "bucket_start",
+    "metric_type",
+    "label_set_id",
+    "count",
+    "sum",
+    "min",
+    "max",
+    "keys",
+    "p50",
+    "p95",
+    "p99",
+)
 
 
 def _values(aggregate: BucketAggregate) -> dict[str, object]:
@@ -533,65 +728,112 @@ def _values(aggregate: BucketAggregate) -> dict[str, object]:
     }
 
 
-def _fold_in_postgres(connection: Connection, lower: int, upper: int, floor: dt.datetime) -> int:
-    source = aggregate_sql(connection, "id > :lower AND id <= :upper AND recorded_at >= :floor")
-    statement = text(
-        f"WITH new AS ({source}),"
-        f" folded AS (INSERT INTO {RECENT_TABLE} AS tier"
-        " (width_minutes, bucket_start, metric_type, label_set_id, count, sum, min, max, keys)"
-        " SELECT * FROM new"
+def _upsert_sql(source: str) -> str:
+    """SQL adding the aggregates of ``source`` (the tier's columns but the percentiles, keys sorted) to the
+    tier, with their percentiles (PostgreSQL)."""
+    merged = "least(tier.min, excluded.min)", "greatest(tier.max, excluded.max)"
+    return (
+        f"INSERT INTO {RECENT_TABLE} AS tier"
+        " (width_minutes, bucket_start, metric_type, label_set_id, count, sum, min, max, keys, p50, p95, p99)"
+        f" SELECT new.*, {', '.join(picks_sql('new.keys', 'new.count', 'new.min', 'new.max'))} FROM ({source}) AS new"
         " ON CONFLICT (width_minutes, bucket_start, metric_type, label_set_id) DO UPDATE SET"
         " count = tier.count + excluded.count, sum = tier.sum + excluded.sum,"
-        " min = least(tier.min, excluded.min), max = greatest(tier.max, excluded.max),"
-        " keys = tier.keys || excluded.keys, p50 = NULL, p95 = NULL, p99 = NULL)"
-        # The buckets of one width count every folded raw row once.
-        f" SELECT COALESCE(sum(count), 0) FROM new WHERE width_minutes = {WIDTHS_MINUTES[0]}"
-    )
-    params = {**KEY_PARAMETERS, "lower": lower, "upper": upper, "floor": floor}
-    return int(connection.execute(statement, params).scalar_one())
-
-
-def _value_sql(key: str) -> str:
-    """SQL of the representative value of stored key ``key``: :func:`_key_value`, the operations of
-    ``LogarithmicMapping.value`` in the same order."""
-    power = "power(CAST(2.0 AS float8), CAST({} AS float8) / CAST(:multiplier AS float8)) * CAST(:factor AS float8)"
-    return (
-        f"CASE WHEN {key} IS NULL THEN CAST(0.0 AS float8) WHEN {key} < :zero_sort"
-        f" THEN -({power.format(f':base - {key}')}) ELSE {power.format(key)} END"
+        f" min = {merged[0]}, max = {merged[1]}, keys = tier.keys || excluded.keys,"
+        f" (p50, p95, p99) = (SELECT {', '.join(picks_sql('sorted', 'cardinality(sorted)', *merged))}"
+        f"  FROM (SELECT array_agg(k ORDER BY {KEY_ORDER_SQL.format('k')}) AS sorted"
+        "   FROM unnest(tier.keys || excluded.keys) AS k) AS merged)"
     )
 
 
-def _settle_in_postgres(connection: Connection, settled_before: dt.datetime) -> None:
-    """Compute the percentiles of the buckets that ended before ``settled_before`` and lack them."""
-    picks = ", ".join(
-        f"least(greatest({_value_sql(f'sorted[floor(CAST(:q{index} AS float8) * (n - 1))::integer + 1]')}, low), high)"
-        for index in range(len(PERCENTILES))
+def _fold_in_postgres(
+    connection: Connection, wheres: Sequence[str], params: dict[str, object], built: dict[int, dt.datetime]
+) -> int:
+    params = {**KEY_PARAMETERS, **params, **{f"built_{width}": until for width, until in built.items()}}
+    source = " UNION ALL ".join(keyed_raw_sql(where) for where in wheres)
+    # Late rows (new ids recorded before where the wider buckets stop) go to those buckets too. They are
+    # rare: looked for first, by the primary key, before reading the rows twice for them.
+    latest = max(built, key=built.__getitem__)  # a row late for any width is recorded before this one's end
+    late_where = f"{wheres[0]} AND recorded_at < :built_{latest}"
+    if connection.execute(text(f"SELECT EXISTS (SELECT 1 FROM {RAW_TABLE} WHERE {late_where})"), params).scalar():
+        wider = " UNION ALL ".join(
+            aggregate_sql(connection, "raw", width, f"recorded_at < :built_{width}") for width in built
+        )
+        statement = (
+            f"WITH raw AS MATERIALIZED ({source}),"
+            f" new AS MATERIALIZED ({aggregate_sql(connection, 'raw')} UNION ALL {wider}),"
+        )
+    else:
+        statement = f"WITH new AS MATERIALIZED ({aggregate_sql(connection, f'({source}) AS raw')}),"
+    statement += (
+        f" folded AS ({_upsert_sql('SELECT * FROM new')})"
+        " SELECT COALESCE(sum(count), 0) FROM new WHERE width_minutes = 1"
     )
-    statement = text(
-        f"UPDATE {RECENT_TABLE} AS tier SET (p50, p95, p99) = (SELECT {picks})"
-        " FROM (SELECT u.width_minutes AS w, u.bucket_start AS b, u.metric_type AS t, u.label_set_id AS l,"
-        "   u.min AS low, u.max AS high, cardinality(u.keys) AS n,"
-        "   (SELECT array_agg(k ORDER BY COALESCE(k, :zero_sort)) FROM unnest(u.keys) AS k) AS sorted"
-        f"  FROM {RECENT_TABLE} AS u WHERE u.p50 IS NULL AND u.bucket_start < :settled_before"
-        "   AND u.bucket_start + u.width_minutes * INTERVAL '1 minute' <= :settled_before) AS settled"
-        " WHERE (tier.width_minutes, tier.bucket_start, tier.metric_type, tier.label_set_id)"
-        " = (settled.w, settled.b, settled.t, settled.l)"
+    with local_settings(connection, FOLD_SETTINGS):
+        return int(connection.execute(text(statement), params).scalar_one())
+
+
+def _build(connection: Connection, state: _State) -> bool:
+    """Build the buckets of each wider width that are complete now (all their finer buckets are); whether
+    any were."""
+    finer, built = 1, False
+    for width in BUILT_COLUMNS:
+        until = bucket_floor(state.cutoff if finer == 1 else state.built[finer], width)
+        if until > state.built[width]:
+            _build_width(connection, width, finer, state.built[width], until)
+            state.built[width], built = until, True
+        finer = width
+    return built
+
+
+def _build_width(connection: Connection, width: int, finer: int, low: dt.datetime, high: dt.datetime) -> None:
+    """Build the buckets of ``width`` starting in ``[low, high)`` from those of width ``finer``."""
+    if connection.dialect.name == "postgresql":
+        start = bin_sql(connection, width, "bucket_start")
+        # One pass over the finer buckets' keys: each bucket's sum is taken with its first key only.
+        source = (
+            f"SELECT {width} AS width_minutes, {start} AS bucket_start, metric_type, label_set_id, count(*) AS count,"
+            " sum(tier.sum) FILTER (WHERE k.i = 1) AS sum, min(tier.min) AS min, max(tier.max) AS max,"
+            f" array_agg(k.key ORDER BY {KEY_ORDER_SQL.format('k.key')}) AS keys"
+            f" FROM {RECENT_TABLE} AS tier CROSS JOIN LATERAL unnest(tier.keys) WITH ORDINALITY AS k(key, i)"
+            " WHERE width_minutes = :finer AND bucket_start >= :low AND bucket_start < :high"
+            f" GROUP BY {start}, metric_type, label_set_id"
+        )
+        step = dt.timedelta(hours=BUILD_CHUNK_HOURS)
+        while low < high:
+            upper = min(low + step, high)
+            with local_settings(connection, FOLD_SETTINGS):
+                connection.execute(
+                    text(_upsert_sql(source)), {**KEY_PARAMETERS, "finer": finer, "low": low, "high": upper}
+                )
+            low = upper
+        return
+    tier = RecentAggregate
+    found: dict[tuple[dt.datetime, MetricType, int], BucketAggregate] = {}
+    query = select(
+        tier.bucket_start, tier.metric_type, tier.label_set_id, tier.count, tier.sum, tier.min, tier.max, tier.keys
     )
-    params = {
-        **KEY_PARAMETERS,
-        "factor": 2.0 / (1 + MAPPING.gamma),
-        "zero_sort": _ZERO_SORT_KEY,
-        "settled_before": settled_before,
-        **{f"q{index}": fraction for index, fraction in enumerate(PERCENTILES)},
-    }
-    connection.execute(statement, params)
+    for bucket_start, metric_type, label_set_id, count, total, low_value, high_value, keys in connection.execute(
+        query.where(tier.width_minutes == finer, tier.bucket_start >= low, tier.bucket_start < high)
+    ):
+        wide_start = bucket_floor(bucket_start, width)
+        part = BucketAggregate(
+            width, wide_start, MetricType(metric_type), label_set_id, count, total, low_value, high_value, list(keys)
+        )
+        key = (wide_start, part.metric_type, label_set_id)
+        if key in found:
+            found[key].merge(part)
+        else:
+            found[key] = part
+    _upsert_in_python(connection, found.values())
 
 
 class RecentTierFolder:
     """Keeps the recent tier current for the whole fleet, from a background thread in any number of processes.
 
-    At each wall-clock multiple of ``interval_s`` every process running one tries to claim the interval
-    (as :class:`~dramatiq_opmetrics.QueueDepthSampler` does), and the one that claims it runs :func:`fold`.
+    :data:`FOLD_OFFSET_S` seconds (at most half the interval) after each wall-clock multiple of ``interval_s``
+    every process running one
+    tries to claim the interval (as :class:`~dramatiq_opmetrics.QueueDepthSampler` does), and the one that
+    claims it runs :func:`fold`.
     An error is logged (one warning) and the interval skipped; the next fold catches up.
 
     Example::
@@ -623,7 +865,12 @@ class RecentTierFolder:
         self.interval_s = float(interval_s)
         self.retention_days = retention_days
         self.claimer = claim if claim is not None else DatabaseIntervalClaim(engine)
-        self._thread = IntervalThread("opmetrics-recent-fold", self.interval_s, self._fold_logging_errors)
+        self._thread = IntervalThread(
+            "opmetrics-recent-fold",
+            self.interval_s,
+            self._fold_logging_errors,
+            offset_s=min(FOLD_OFFSET_S, self.interval_s / 2),
+        )
 
     def fold_once(self, at: dt.datetime | None = None) -> FoldResult | None:
         """Claim the interval holding ``at`` (default now) and fold if claimed; None if another process had."""

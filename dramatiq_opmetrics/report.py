@@ -1,8 +1,14 @@
 """The report: range statistics per metric type, as tables for people and as JSON for scripts.
 
-The numbers come from the rollup's query API (:mod:`dramatiq_opmetrics.query`): daily rows merged with the
-raw rows of days not rolled up yet (so "today" is never missing), and range percentiles from the mergeable
-histograms, never from averaged daily percentiles.
+A report covers either whole UTC days (``since`` to ``until`` inclusive, as dates) or a window of time
+(``[since, until)``, as timezone-aware datetimes, for example the last hour). Whole days come from the
+rollup's query API (:mod:`dramatiq_opmetrics.query`): daily rows merged with the raw rows of days not rolled
+up yet (so "today" is never missing), and range percentiles from the mergeable histograms, never from
+averaged daily percentiles. A window that starts or ends inside a day comes from the series API
+(:func:`~dramatiq_opmetrics.series.query_totals`: the recent tier plus the raw rows it does not hold yet),
+so it is exact and current to the second; a window from UTC midnight to UTC midnight is read as whole days.
+Raw rows are kept for the raw retention only (30 days by default, ``prune --retention-days``): where a
+window reaches back past pruned days, ``missing_before`` says from when on its numbers are complete.
 
 Each metric type is grouped by the labels that matter for it (:data:`GROUP_BY`): ``processing_time`` by
 actor and queue with the share of attempts that raised, ``error`` by actor, queue, exception class and
@@ -13,8 +19,13 @@ outcome, ``queue_depth`` by queue and state, token counts by model, ``confidence
 JSON shape (``dramatiq-opmetrics report --json``; stable: keys are only ever added)::
 
     {
-      "since": "2026-11-21",            # first UTC day of the range, inclusive
-      "until": "2026-11-27",            # last UTC day of the range, inclusive
+      "since": "2026-11-21",            # first UTC day of the range, inclusive; for a window its start
+                                        # as an ISO datetime in UTC ("2026-11-27T11:00:00+00:00")
+      "until": "2026-11-27",            # last UTC day of the range, inclusive; for a window its end
+                                        # (exclusive), an ISO datetime in UTC
+      "window_s": 604800.0,             # the length of the range in seconds (whole days: days * 86400)
+      "missing_before": null,           # a window only: an ISO datetime when raw rows before it were
+                                        # pruned (samples before it are not counted), else null
       "filters": {"actor": null, "queue": null, "model": null},
       "metrics": {                      # only the metric types that have data, in MetricType order
         "processing_time": {
@@ -34,20 +45,30 @@ JSON shape (``dramatiq-opmetrics report --json``; stable: keys are only ever add
     }
 
 ``unit`` is the unit of ``sum``, ``min``, ``max``, ``avg`` and the percentiles. Groups without samples are
-not listed. Over more than one day, percentiles are within 1% relative error of the exact ones over the raw
-samples; ``count``, ``sum``, ``min``, ``max`` and ``avg`` are exact.
+not listed. Over more than one day (and over any window), percentiles are within 1% relative error of the
+exact ones over the raw samples; ``count``, ``sum``, ``min``, ``max`` and ``avg`` are exact.
+
+Example::
+
+    from datetime import UTC, datetime, timedelta
+    from dramatiq_opmetrics.report import build_report, render_text
+
+    end = datetime.now(UTC)
+    with engine.connect() as connection:
+        print(render_text(build_report(connection, end - timedelta(hours=1), end)))
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, literal, select
+from sqlalchemy import Connection, func, literal, select
 from sqlalchemy.engine import URL
 
 from .config import ConfigurationError, redact_url, resolve_database_url
@@ -56,6 +77,7 @@ from .metric_types import MetricType
 from .models import OperationalMetric, OperationalMetricDaily
 from .query import MetricStats, query_metrics
 from .queue_depth import DEAD, DELAYED, IN_FLIGHT, READY
+from .series import SeriesPoint, query_totals
 
 #: The labels each metric type is grouped by in the report, in column order.
 GROUP_BY: Mapping[MetricType, tuple[str, ...]] = {
@@ -129,41 +151,60 @@ class ReportRow:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """A report over the UTC days ``since`` to ``until`` inclusive.
+    """A report over the UTC days ``since`` to ``until`` inclusive, or over the window ``[since, until)``.
 
     Attributes:
-      since, until(date): the range, inclusive.
+      since, until(date | datetime): the range: dates for whole days (inclusive), timezone-aware datetimes
+        in UTC for a window (``until`` exclusive).
       filters(Mapping[str, str | None]): the label filters applied (:data:`FILTER_LABELS`).
       metrics(Mapping[MetricType, Sequence[ReportRow]]): rows per metric type that has data.
       database_has_metrics(bool): whether the database holds any sample or daily row at all (in any range).
+      missing_before(datetime | None): for a window reaching back past pruned raw rows: samples before this
+        instant are not counted (the daily rows hold them: report those days with dates); else None.
     """
 
-    since: dt.date
-    until: dt.date
+    since: dt.date | dt.datetime
+    until: dt.date | dt.datetime
     filters: Mapping[str, str | None]
     metrics: Mapping[MetricType, Sequence[ReportRow]] = field(default_factory=dict)
     database_has_metrics: bool = True
+    missing_before: dt.datetime | None = None
 
     @property
     def is_empty(self) -> bool:
         """Whether no metric type has a sample in the range."""
         return not any(self.metrics.values())
 
+    @property
+    def is_window(self) -> bool:
+        """Whether the report covers a window of time (datetimes) rather than whole days (dates)."""
+        return isinstance(self.since, dt.datetime)
 
-def load_report(
-    database_url: str | URL | None,
-    since: dt.date,
-    until: dt.date,
-    *,
-    metric_types: Iterable[MetricType] | None = None,
-    filters: Mapping[str, str | None] | None = None,
-) -> Report:
-    """:func:`build_report` on the database at ``database_url`` (resolved as everywhere, see
-    :func:`~dramatiq_opmetrics.config.resolve_database_url`).
+    @property
+    def window_s(self) -> float:
+        """The length of the range in seconds (whole days: 86,400 per day)."""
+        if isinstance(self.since, dt.datetime) and isinstance(self.until, dt.datetime):
+            return (self.until - self.since).total_seconds()
+        return float(self.days * SECONDS_PER_DAY)
+
+    @property
+    def days(self) -> int:
+        """How many UTC days the range touches (for whole days: how many it covers)."""
+        last = self.until - dt.timedelta(microseconds=1) if isinstance(self.until, dt.datetime) else self.until
+        return last.toordinal() - self.since.toordinal() + 1
+
+
+#: Seconds in a UTC day.
+SECONDS_PER_DAY = 86_400
+
+
+def existing_database_url(database_url: str | URL | None) -> URL:
+    """The metrics database URL (resolved as everywhere, see
+    :func:`~dramatiq_opmetrics.config.resolve_database_url`), refusing a SQLite file that does not exist
+    (reading one must not create it).
 
     Raises:
-      ConfigurationError: no database is configured, or a SQLite file that does not exist (it is not
-        created).
+      ConfigurationError: no database is configured, or a SQLite file that does not exist.
     """
     url = resolve_database_url(database_url)
     path = url.database if url.get_backend_name() == "sqlite" and url.database != ":memory:" else None
@@ -172,29 +213,51 @@ def load_report(
             f"there is no SQLite database at {path}; create it with `dramatiq-opmetrics migrate"
             f" --database-url {redact_url(url)}` (or check the path)"
         )
-    with engine_for(url) as engine, engine.connect() as connection:
+    return url
+
+
+def load_report(
+    database_url: str | URL | None,
+    since: dt.date | dt.datetime,
+    until: dt.date | dt.datetime,
+    *,
+    metric_types: Iterable[MetricType] | None = None,
+    filters: Mapping[str, str | None] | None = None,
+) -> Report:
+    """:func:`build_report` on the database at ``database_url`` (see :func:`existing_database_url`).
+
+    Raises:
+      ConfigurationError: no database is configured, or a SQLite file that does not exist (it is not
+        created).
+    """
+    with engine_for(existing_database_url(database_url)) as engine, engine.connect() as connection:
         return build_report(connection, since, until, metric_types=metric_types, filters=filters)
 
 
 def build_report(
     connection: Connection,
-    since: dt.date,
-    until: dt.date,
+    since: dt.date | dt.datetime,
+    until: dt.date | dt.datetime,
     *,
     metric_types: Iterable[MetricType] | None = None,
     filters: Mapping[str, str | None] | None = None,
 ) -> Report:
-    """Gather the report's rows for the UTC days ``since`` to ``until`` inclusive.
+    """Gather the report's rows for the UTC days ``since`` to ``until`` inclusive (dates), or for the
+    samples recorded in ``[since, until)`` (timezone-aware datetimes).
+
+    A window from UTC midnight to UTC midnight is read from the daily rows like the same days given as
+    dates; any other window from the recent tier and the raw rows (see the module docstring).
 
     Parameters:
       connection(Connection): the metrics database.
-      since, until(date): the range.
+      since, until(date | datetime): the range: two dates, or two timezone-aware datetimes.
       metric_types(Iterable[MetricType] | None): only these metric types; default: all.
       filters(Mapping[str, str | None] | None): only samples with these labels (None values are ignored);
         keys among :data:`FILTER_LABELS`.
 
     Raises:
-      ValueError: ``since`` after ``until``, an unknown filter key or a bad label value.
+      ValueError: ``since`` after ``until`` (or, for a window, not before it), a date mixed with a datetime,
+        a naive datetime, an unknown filter key or a bad label value.
     """
     filters = dict(filters or {})
     unknown = set(filters) - set(FILTER_LABELS)
@@ -202,6 +265,51 @@ def build_report(
         raise ValueError(f"cannot filter on {sorted(unknown)[0]!r}; filters: {', '.join(FILTER_LABELS)}")
     labels = {key: value for key, value in filters.items() if value is not None}
     wanted = list(MetricType) if metric_types is None else list(metric_types)
+    shown_filters = {name: filters.get(name) for name in FILTER_LABELS}
+    window = _window(since, until)
+    if window is None:
+        assert not isinstance(since, dt.datetime) and not isinstance(until, dt.datetime)
+        metrics = _daily_metrics(connection, since, until, wanted, labels)
+        has_metrics = bool(metrics) or database_has_metrics(connection)
+        return Report(since, until, shown_filters, metrics, has_metrics)
+    start, end = window
+    if _is_midnight(start) and _is_midnight(end):
+        metrics = _daily_metrics(connection, start.date(), (end - dt.timedelta(days=1)).date(), wanted, labels)
+        missing_before = None
+    else:
+        metrics = _window_metrics(connection, start, end, wanted, labels)
+        missing_before = _missing_before(connection, start, end)
+    has_metrics = bool(metrics) or database_has_metrics(connection)
+    return Report(start, end, shown_filters, metrics, has_metrics, missing_before)
+
+
+def _window(since: dt.date | dt.datetime, until: dt.date | dt.datetime) -> tuple[dt.datetime, dt.datetime] | None:
+    """``(start, end)`` in UTC for two datetimes, None for two dates; a ValueError for anything else."""
+    if not isinstance(since, dt.date) or not isinstance(until, dt.date):
+        raise ValueError(f"since and until must be two dates or two datetimes, got {since!r} and {until!r}")
+    if isinstance(since, dt.datetime) != isinstance(until, dt.datetime):
+        raise ValueError(f"since and until must be two dates or two datetimes, got {since!r} and {until!r}")
+    if not isinstance(since, dt.datetime) or not isinstance(until, dt.datetime):
+        if since > until:
+            raise ValueError(f"since ({since}) is after until ({until})")
+        return None
+    for name, value in (("since", since), ("until", until)):
+        if value.utcoffset() is None:
+            raise ValueError(f"{name} must be timezone-aware (e.g. datetime.now(UTC)), got naive {value.isoformat()}")
+    start, end = since.astimezone(dt.UTC), until.astimezone(dt.UTC)
+    if start >= end:
+        raise ValueError(f"the window's start ({start.isoformat()}) is not before its end ({end.isoformat()})")
+    return start, end
+
+
+def _is_midnight(at: dt.datetime) -> bool:
+    return at.time() == dt.time(0)
+
+
+def _daily_metrics(
+    connection: Connection, since: dt.date, until: dt.date, wanted: Sequence[MetricType], labels: Mapping[str, str]
+) -> dict[MetricType, list[ReportRow]]:
+    """The report's rows of whole days, from the query API (daily rows and the raw rows not rolled up)."""
     metrics: dict[MetricType, list[ReportRow]] = {}
     error_counts: dict[tuple[str | None, ...], int] = {}
     if MetricType.PROCESSING_TIME in wanted:
@@ -223,8 +331,68 @@ def build_report(
             rows.append(ReportRow(stats, error_rate))
         if rows:
             metrics[metric_type] = _in_report_order(metric_type, rows)
-    has_metrics = bool(metrics) or _database_has_metrics(connection)
-    return Report(since, until, {name: filters.get(name) for name in FILTER_LABELS}, metrics, has_metrics)
+    return metrics
+
+
+def _window_metrics(
+    connection: Connection,
+    start: dt.datetime,
+    end: dt.datetime,
+    wanted: Sequence[MetricType],
+    labels: Mapping[str, str],
+) -> dict[MetricType, list[ReportRow]]:
+    """The report's rows of a window, from the series API (the recent tier and the raw rows it lacks)."""
+    metrics: dict[MetricType, list[ReportRow]] = {}
+    for metric_type in MetricType:
+        if metric_type not in wanted:
+            continue
+        points = query_totals(
+            connection, start, end, metric_type=metric_type, labels=labels or None, group_by=GROUP_BY[metric_type]
+        )
+        rows = [ReportRow(_stats_of_point(point), point.error_rate) for point in points]
+        if rows:
+            metrics[metric_type] = _in_report_order(metric_type, rows)
+    return metrics
+
+
+def _stats_of_point(point: SeriesPoint) -> MetricStats:
+    """The statistics of a series point, as the query API gives those of a range of days."""
+    return MetricStats(
+        point.metric_type,
+        point.labels,
+        point.count,
+        point.sum,
+        point.min,
+        point.max,
+        point.avg,
+        point.p50,
+        point.p95,
+        point.p99,
+    )
+
+
+def _missing_before(connection: Connection, start: dt.datetime, end: dt.datetime) -> dt.datetime | None:
+    """Where a window's numbers become complete when it reaches back past pruned raw rows (the start of the
+    first day that still has raw rows, or the window's end if none has), provided daily rows hold a day of
+    the window before it; else None."""
+    raw, daily = OperationalMetric.__table__, OperationalMetricDaily.__table__
+    first_raw: dt.datetime | None = connection.execute(select(func.min(raw.c.recorded_at))).scalar()
+    days_end = (end - dt.timedelta(microseconds=1)).date() + dt.timedelta(days=1)  # the days the window touches
+    if first_raw is None:
+        complete_from, pruned_days_end = end, days_end
+    else:
+        first_day = first_raw.astimezone(dt.UTC).date()
+        complete_from = min(dt.datetime.combine(first_day, dt.time(), tzinfo=dt.UTC), end)
+        pruned_days_end = min(first_day, days_end)
+    if start >= complete_from:
+        return None
+    pruned_day = connection.execute(
+        select(literal(1))
+        .select_from(daily)
+        .where(daily.c.date >= start.date(), daily.c.date < pruned_days_end)
+        .limit(1)
+    ).first()
+    return complete_from if pruned_day is not None else None
 
 
 #: The labels that tie an error to the processing time of the same actor and queue.
@@ -255,7 +423,8 @@ def _in_report_order(metric_type: MetricType, rows: list[ReportRow]) -> list[Rep
     return sorted(rows, key=lambda row: (-row.stats.count, sorted(row.stats.labels.items())))
 
 
-def _database_has_metrics(connection: Connection) -> bool:
+def database_has_metrics(connection: Connection) -> bool:
+    """Whether the database holds any raw sample or daily row at all."""
     for table in (OperationalMetric.__table__, OperationalMetricDaily.__table__):
         if connection.execute(select(literal(1)).select_from(table).limit(1)).first() is not None:
             return True
@@ -263,27 +432,67 @@ def _database_has_metrics(connection: Connection) -> bool:
 
 
 def report_range(
-    *, days: int | None = None, since: dt.date | None = None, until: dt.date | None = None, today: dt.date | None = None
-) -> tuple[dt.date, dt.date]:
-    """The inclusive UTC day range of a report: the last ``days`` days (today included), or ``since`` to
-    ``until`` (``until`` defaults to today), or the last :data:`DEFAULT_REPORT_DAYS` days.
+    *,
+    days: int | None = None,
+    since: dt.date | dt.datetime | None = None,
+    until: dt.date | dt.datetime | None = None,
+    last: dt.timedelta | None = None,
+    today: dt.date | None = None,
+    now: dt.datetime | None = None,
+) -> tuple[dt.date, dt.date] | tuple[dt.datetime, dt.datetime]:
+    """The range of a report, as :func:`build_report` takes it.
+
+    Whole UTC days (two dates, inclusive): the last ``days`` days (today included), or ``since`` to ``until``
+    given as dates (``until`` defaults to today), or the last :data:`DEFAULT_REPORT_DAYS` days.
+
+    A window (two UTC datetimes, ``[start, end)``): the ``last`` duration up to ``now``, or ``since`` to
+    ``until`` when either is a datetime; the other may then be a date (``since``: its first instant,
+    ``until``: the end of that day) or absent (``until``: now; ``since``: :data:`DEFAULT_REPORT_DAYS` days
+    before ``until``). A naive datetime is taken as UTC.
+
+    Parameters:
+      days(int | None), since, until(date | datetime | None), last(timedelta | None): as ``report``'s
+        ``--days``, ``--since``, ``--until`` and ``--last``.
+      today(date | None), now(datetime | None): the current UTC day and time; default: now.
 
     Raises:
-      ValueError: if ``days`` is combined with ``since``/``until``, ``days`` is below 1, or ``since`` is
-        after ``until``.
+      ValueError: if ``days`` or ``last`` is combined with another range argument, ``days`` is below 1,
+        ``last`` is not positive, or ``since`` is after ``until`` (for a window: not before it).
     """
-    today = today or dt.datetime.now(dt.UTC).date()
+    now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    today = today or now.date()
+    if last is not None:
+        if days is not None or since is not None or until is not None:
+            raise ValueError("give either --last or --days/--since/--until, not both")
+        if last <= dt.timedelta(0):
+            raise ValueError(f"--last must be a positive duration, got {last}")
+        return now - last, now
     if days is not None:
         if since is not None or until is not None:
             raise ValueError("give either --days or --since/--until, not both")
         if days < 1:
             raise ValueError(f"--days must be at least 1, got {days}")
         return today - dt.timedelta(days=days - 1), today
+    if isinstance(since, dt.datetime) or isinstance(until, dt.datetime):
+        end = now if until is None else _window_bound(until, end=True)
+        start = end - dt.timedelta(days=DEFAULT_REPORT_DAYS) if since is None else _window_bound(since, end=False)
+        if start >= end:
+            raise ValueError(f"--since {start.isoformat()} is not before --until {end.isoformat()}")
+        return start, end
     until = until or today
     since = since or until - dt.timedelta(days=DEFAULT_REPORT_DAYS - 1)
     if since > until:
         raise ValueError(f"--since {since} is after --until {until}")
     return since, until
+
+
+def _window_bound(value: dt.date, *, end: bool) -> dt.datetime:
+    """A window's bound in UTC: a datetime as given (naive: UTC), a date as its first instant, or for the
+    ``end`` the first instant of the next day."""
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=dt.UTC) if value.utcoffset() is None else value.astimezone(dt.UTC)
+    day = value + dt.timedelta(days=1) if end else value
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 
 
 def report_to_dict(report: Report) -> dict[str, Any]:
@@ -300,6 +509,8 @@ def report_to_dict(report: Report) -> dict[str, Any]:
     return {
         "since": report.since.isoformat(),
         "until": report.until.isoformat(),
+        "window_s": report.window_s,
+        "missing_before": report.missing_before.isoformat() if report.missing_before is not None else None,
         "filters": {name: report.filters.get(name) for name in FILTER_LABELS},
         "metrics": metrics,
     }
@@ -330,10 +541,13 @@ def render_json(report: Report) -> str:
 
 def render_text(report: Report, *, width: int = TEXT_WIDTH) -> str:
     """The report as one table per metric type, each fitting in ``width`` columns."""
-    days = (report.until - report.since).days + 1
     active = ", ".join(f"{name}={value}" for name, value in report.filters.items() if value)
-    heading = f"dramatiq-opmetrics report: {report.since} to {report.until} (UTC, {days} day{'s' * (days != 1)})"
-    lines = [heading + (f", {active}" if active else "")]
+    lines = [_heading(report) + (f", {active}" if active else "")]
+    if report.missing_before is not None:
+        lines.append(
+            f"Raw rows before {_instant(report.missing_before)} UTC were pruned: samples before it are not"
+            " counted (report those days with --since/--until as dates)."
+        )
     if report.is_empty:
         lines.append(NO_RANGE_METRICS if report.database_has_metrics else NO_METRICS_YET)
         return "\n".join(lines)
@@ -346,6 +560,61 @@ def render_text(report: Report, *, width: int = TEXT_WIDTH) -> str:
     if report.metrics.get(MetricType.WORKER_THREADS):
         lines += ["", *_workers_section(report, width)]
     return "\n".join(lines)
+
+
+def _heading(report: Report) -> str:
+    if isinstance(report.since, dt.datetime) and isinstance(report.until, dt.datetime):
+        start, end = report.since, report.until
+        end_text = _instant(end)[11:] if end.date() == start.date() else _instant(end)
+        length = format_duration(end - start)
+        return f"dramatiq-opmetrics report: {_instant(start)} to {end_text} (UTC, {length})"
+    days = report.days
+    return f"dramatiq-opmetrics report: {report.since} to {report.until} (UTC, {days} day{'s' * (days != 1)})"
+
+
+def _instant(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+#: The units of :func:`format_duration` and of duration arguments (``--last 90m``), largest first.
+DURATION_UNITS_S: Mapping[str, int] = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """A duration written as whole numbers of :data:`DURATION_UNITS_S` units: ``15m``, ``1h``, ``1h30m``, ``7d``.
+
+    Raises:
+      ValueError: anything else (a bare number, another unit, a fraction, a sign).
+    """
+    written = text.strip().lower()
+    seconds, position = 0, 0
+    for part in _DURATION_PART.finditer(written):
+        if part.start() != position:
+            break
+        seconds += int(part[1]) * DURATION_UNITS_S[part[2]]
+        position = part.end()
+    if not written or position != len(written):
+        raise ValueError(f"expected a duration such as 15m, 1h, 6h, 24h, 7d or 1h30m (units d, h, m, s), got {text!r}")
+    if seconds > _LONGEST_TIMEDELTA_S:
+        raise ValueError(f"the duration {text!r} is longer than any range")
+    return dt.timedelta(seconds=seconds)
+
+
+_DURATION_PART = re.compile(r"([0-9]+)([dhms])")
+_LONGEST_TIMEDELTA_S = int(dt.timedelta.max.total_seconds())
+
+
+def format_duration(duration: dt.timedelta) -> str:
+    """``duration`` to the second in the units of :data:`DURATION_UNITS_S`: ``1h30m``, ``7d``, ``45s``."""
+    left = round(duration.total_seconds())
+    if left <= 0:
+        return "0s"
+    parts = []
+    for unit, seconds in DURATION_UNITS_S.items():
+        amount, left = divmod(left, seconds)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return "".join(parts)
 
 
 _TITLES: Mapping[MetricType, str] = {
@@ -370,15 +639,15 @@ def _section(metric_type: MetricType, rows: Sequence[ReportRow], width: int) -> 
     all_stats = [row.stats for row in rows]
     if metric_type is MetricType.DROPPED_SAMPLES:
         dropped, reports = sum(stats.sum for stats in all_stats), sum(stats.count for stats in all_stats)
-        return [_TITLES[metric_type], f"{_count(dropped)} samples dropped, in {_count(reports)} reports"]
+        return [_TITLES[metric_type], f"{format_count(dropped)} samples dropped, in {format_count(reports)} reports"]
     headers = [*labels, "count"]
     if metric_type is MetricType.REJECTED_SAMPLES:
-        body = [[*_label_cells(labels, stats), _count(stats.sum)] for stats in all_stats]
-        return [_TITLES[metric_type], *_table([*labels, "samples"], body, len(labels), width)]
+        body = [[*_label_cells(labels, stats), format_count(stats.sum)] for stats in all_stats]
+        return [_TITLES[metric_type], *format_table([*labels, "samples"], body, len(labels), width)]
     if metric_type in _COUNT_ONLY:
-        body = [[*_label_cells(labels, stats), _count(stats.count)] for stats in all_stats]
-        return [_TITLES[metric_type], *_table(headers, body, len(labels), width)]
-    number = _score if metric_type is MetricType.CONFIDENCE else _number
+        body = [[*_label_cells(labels, stats), format_count(stats.count)] for stats in all_stats]
+        return [_TITLES[metric_type], *format_table(headers, body, len(labels), width)]
+    number = _score if metric_type is MetricType.CONFIDENCE else format_number
     if metric_type is MetricType.PROCESSING_TIME:
         headers.append("err%")
     if metric_type is MetricType.CONFIDENCE:
@@ -391,16 +660,16 @@ def _section(metric_type: MetricType, rows: Sequence[ReportRow], width: int) -> 
     body = []
     for row in rows:
         stats = row.stats
-        cells = [*_label_cells(labels, stats), _count(stats.count)]
+        cells = [*_label_cells(labels, stats), format_count(stats.count)]
         if metric_type is MetricType.PROCESSING_TIME:
-            cells.append(_percent(row.error_rate))
+            cells.append(format_percent(row.error_rate))
         if metric_type is MetricType.CONFIDENCE:
-            cells.append(_percent(stats.count / total_count))
+            cells.append(format_percent(stats.count / total_count))
         cells += [number(value) for value in (stats.avg, stats.p50, stats.p95, stats.p99)]
         if with_max:
             cells.append(number(stats.max))
         body.append(cells)
-    return [_TITLES[metric_type], *_table(headers, body, len(labels), width)]
+    return [_TITLES[metric_type], *format_table(headers, body, len(labels), width)]
 
 
 def _token_section(report: Report, width: int) -> list[str]:
@@ -410,14 +679,14 @@ def _token_section(report: Report, width: int) -> list[str]:
         for row in report.metrics.get(metric_type, ()):
             by_model.setdefault(row.stats.labels.get("model", "-"), []).append((kind, row.stats))
     body = [
-        [model, kind, _count(stats.count), _count(stats.sum)]
-        + [_number(value) for value in (stats.avg, stats.p50, stats.p95, stats.p99)]
+        [model, kind, format_count(stats.count), format_count(stats.sum)]
+        + [format_number(value) for value in (stats.avg, stats.p50, stats.p95, stats.p99)]
         for model, entries in by_model.items()
         for kind, stats in entries
     ]
     grand_total = sum(stats.sum for entries in by_model.values() for _, stats in entries)
-    title = f"token usage (tokens per call; {_count(grand_total)} tokens in total)"
-    return [title, *_table(headers, body, 2, width)]
+    title = f"token usage (tokens per call; {format_count(grand_total)} tokens in total)"
+    return [title, *format_table(headers, body, 2, width)]
 
 
 def _workers_section(report: Report, width: int) -> list[str]:
@@ -439,23 +708,32 @@ def _workers_section(report: Report, width: int) -> list[str]:
         body.append(
             [
                 *_label_cells(("host", "queues"), threads),
-                _count(threads.count),
-                _number(threads.avg),
-                _number(busy.avg if busy is not None else None),
-                _number(busy.max if busy is not None else None),
-                _percent(utilisation),
+                format_count(threads.count),
+                format_number(threads.avg),
+                format_number(busy.avg if busy is not None else None),
+                format_number(busy.max if busy is not None else None),
+                format_percent(utilisation),
             ]
         )
     title = "workers (threads per process and sample; util% = busy / threads)"
-    return [title, *_table(headers, body, 2, width)]
+    return [title, *format_table(headers, body, 2, width)]
 
 
 def _label_cells(labels: Iterable[str], stats: MetricStats) -> list[str]:
     return [stats.labels.get(name, "-") for name in labels]
 
 
-def _table(headers: Sequence[str], body: Sequence[Sequence[str]], label_columns: int, width: int) -> list[str]:
-    """Left-aligned label columns, then right-aligned numbers; label columns shrink (with "~") to fit."""
+def format_table(
+    headers: Sequence[str],
+    body: Sequence[Sequence[str]],
+    label_columns: int,
+    width: int,
+    *,
+    ellipsis: str = "~",
+) -> list[str]:
+    """The lines of a table: the first ``label_columns`` columns left-aligned, the others (numbers)
+    right-aligned, two spaces apart. Label columns too wide to fit in ``width`` shrink (down to 6 characters
+    or their header) and a label cut short ends with ``ellipsis`` (one character)."""
     widths = [max([len(header)] + [len(cells[i]) for cells in body]) for i, header in enumerate(headers)]
     overflow = sum(widths) + 2 * (len(widths) - 1) - width
     while overflow > 0 and label_columns:
@@ -469,7 +747,7 @@ def _table(headers: Sequence[str], body: Sequence[Sequence[str]], label_columns:
         out = []
         for i, cell in enumerate(cells):
             if i < label_columns:
-                cell = cell if len(cell) <= widths[i] else cell[: widths[i] - 1] + "~"
+                cell = cell if len(cell) <= widths[i] else cell[: widths[i] - 1] + ellipsis
                 out.append(cell.ljust(widths[i]))
             else:
                 out.append(cell.rjust(widths[i]))
@@ -478,11 +756,13 @@ def _table(headers: Sequence[str], body: Sequence[Sequence[str]], label_columns:
     return [line(headers), *(line(cells) for cells in body)]
 
 
-def _count(value: float) -> str:
+def format_count(value: float) -> str:
+    """A count with thousands separators: ``12,000``."""
     return f"{value:,.0f}"
 
 
-def _number(value: float | None) -> str:
+def format_number(value: float | None) -> str:
+    """A statistic in at most about 6 characters: ``3.1``, ``1,204``, ``12.3M``; ``-`` for None."""
     if value is None:
         return "-"
     if value >= 10_000_000:
@@ -496,5 +776,6 @@ def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _percent(value: float | None) -> str:
+def format_percent(value: float | None) -> str:
+    """A ratio as a percentage with one decimal: ``7.1%``; ``-`` for None."""
     return "-" if value is None else f"{100 * value:.1f}%"

@@ -32,7 +32,7 @@ updated by adding a day to them: a day rolled up again (late samples) then can n
 - Each run then heals what changed otherwise (:func:`merge_months`): a month whose daily rows differ from
   what its monthly rows say they merged (number of rows, samples, latest ``rolled_up_at``), or that has
   daily rows without a packed histogram, is re-merged in a transaction of its own, which also packs those
-  rows. The first run after migration 0006 so merges (and packs) the whole history, one month at a time;
+  rows. The first run after migration 0007 so merges (and packs) the whole history, one month at a time;
   until then reads are right but slower. Daily rows written by other means than the rollup (an import, a
   test fixture) are merged by the next run in the same way.
 

@@ -1,7 +1,10 @@
 """The ``sample-queues`` sidecar: fleet-wide queue depth from a process of its own, written to the database.
 
 For people who run sampling outside their workers (or in addition: the claim keeps it to one sample per
-queue and state per interval, whoever takes it).
+queue and state per interval, whoever takes it). It also keeps the recent tier current
+(:class:`~dramatiq_opmetrics.recent_tier.RecentTierFolder`), sharing the claims of the workers' folders, so a
+fleet whose workers do not fold (``recent_fold_interval_s=0``) still has a current tier; ``fold=False``
+(``--no-fold``) turns that off.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .config import ConfigurationError
 from .database import engine_for
+from .middleware import recent_tier_settings
 from .models import IntervalClaim
-from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, QueueDepthSampler, describe_error
+from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, QueueDepthSampler, describe_error, fleet_claim
+from .recent_tier import RecentTierFolder
 from .samples import Sample
 from .writer import write_samples
 
@@ -78,6 +83,7 @@ def run_sample_queues(
     interval_s: float = DEFAULT_QUEUE_DEPTH_INTERVAL_S,
     once: bool = False,
     queues: Sequence[str] = (),
+    fold: bool = True,
 ) -> int:
     """Sample the queues of the broker ``broker_spec`` into the metrics database; return the exit status.
 
@@ -86,8 +92,21 @@ def run_sample_queues(
     Otherwise sample every ``interval_s`` seconds until SIGTERM or SIGINT, logging and skipping intervals
     during an outage. Sidecars and workers running ``OpMetrics`` share the claims, so together they still
     write one sample per queue and state per interval.
+
+    Until stopped (not with ``once``), it also folds the recent tier, unless ``fold`` is False or
+    ``$OPMETRICS_RECENT_FOLD_INTERVAL_S`` is 0: every ``$OPMETRICS_RECENT_FOLD_INTERVAL_S`` seconds (default
+    60), keeping ``$OPMETRICS_RECENT_RETENTION_DAYS`` days of buckets (default 3), the settings the workers'
+    middleware reads (:func:`~dramatiq_opmetrics.middleware.recent_tier_settings`); one process of the
+    fleet, sidecar or worker, folds per interval. A failed fold is logged once for its interval.
+
+    Raises:
+      ConfigurationError: a bad broker, ``--interval``, ``--queue`` or fold setting.
     """
     broker = load_broker(broker_spec)
+    try:
+        fold_interval_s, retention_days = recent_tier_settings()
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
     with engine_for(database_url) as engine:
         with engine.connect() as connection:  # unreachable or not migrated: a clear error now, not later
             connection.execute(select(IntervalClaim.job).limit(1))
@@ -116,10 +135,14 @@ def run_sample_queues(
             else:
                 print(f"sampled {len(sampler.queues())} queues: {len(written)} samples")
             return 0
-        return _run_until_stopped(sampler)
+        folder = None
+        if fold and fold_interval_s:
+            claim = fleet_claim(broker, engine)
+            folder = RecentTierFolder(engine, interval_s=fold_interval_s, retention_days=retention_days, claim=claim)
+        return _run_until_stopped(sampler, folder)
 
 
-def _run_until_stopped(sampler: QueueDepthSampler) -> int:
+def _run_until_stopped(sampler: QueueDepthSampler, folder: RecentTierFolder | None) -> int:
     stopped = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -128,13 +151,18 @@ def _run_until_stopped(sampler: QueueDepthSampler) -> int:
     previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         sampler.start()
+        if folder is not None:
+            folder.start()
+        folding = f" and folding the recent tier every {folder.interval_s:g} s" if folder is not None else ""
         print(
-            f"sampling {len(sampler.queues())} queues every {sampler.interval_s:g} s; stop with Ctrl-C",
+            f"sampling {len(sampler.queues())} queues every {sampler.interval_s:g} s{folding}; stop with Ctrl-C",
             flush=True,
         )
         stopped.wait()
     finally:
         sampler.stop()
+        if folder is not None:
+            folder.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return 0

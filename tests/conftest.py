@@ -155,12 +155,14 @@ def unique_queue() -> Callable[[str], str]:
 
 @pytest.fixture(autouse=True)
 def queue_depth_sampling_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Workers sample queue depth only in tests that ask for it (``queue_depth_interval_s=...``).
+    """Workers sample queue depth and fold the recent tier only in tests that ask for it
+    (``queue_depth_interval_s=...``, ``recent_fold_interval_s=...``).
 
     Otherwise a worker that happens to run across a wall-clock interval boundary would add ``queue_depth``
-    rows to tests that count rows exactly.
+    rows to tests that count rows exactly, or fold (and log about) a database the test is taking down.
     """
     monkeypatch.setenv("OPMETRICS_QUEUE_DEPTH_INTERVAL_S", "0")
+    monkeypatch.setenv("OPMETRICS_RECENT_FOLD_INTERVAL_S", "0")
 
 
 @pytest.fixture(autouse=True)

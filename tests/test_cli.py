@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 from command_line import url_text
+from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from dramatiq_opmetrics.cli import main
@@ -10,8 +11,8 @@ from dramatiq_opmetrics.migrate import current_revision
 
 def test_migrate_upgrades_and_says_where(database_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["migrate", "--database-url", url_text(database_url)]) == 0
-    assert current_revision(database_url) == "0005"
-    assert "is at revision 0005" in capsys.readouterr().out
+    assert current_revision(database_url) == "0006"
+    assert "is at revision 0006" in capsys.readouterr().out
 
 
 def test_migrate_downgrade_to_base(sqlite_url: URL) -> None:
@@ -24,7 +25,7 @@ def test_migrate_reads_the_url_from_the_environment(sqlite_url: URL, monkeypatch
     monkeypatch.delenv("OPMETRICS_DATABASE_URL", raising=False)
     monkeypatch.setenv("DATABASE_URL", url_text(sqlite_url))
     assert main(["migrate"]) == 0
-    assert current_revision(sqlite_url) == "0005"
+    assert current_revision(sqlite_url) == "0006"
 
 
 def test_no_database_configured_is_one_clear_line(
@@ -91,3 +92,81 @@ def test_rollup_and_prune_refuse_bad_arguments_in_one_line(sqlite_url: URL, caps
     assert "argument --retention-days: expected 1 to 36,600 days, got 0" in capsys.readouterr().err
     assert main(["rollup", "--date", "yesterday"]) == 2
     assert "expected a date as YYYY-MM-DD" in capsys.readouterr().err
+
+
+def test_fold_folds_the_rows_not_folded_yet_and_says_what_it_did(
+    migrated_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import datetime as dt
+    import re
+
+    from raw_samples import insert_samples
+
+    from dramatiq_opmetrics.database import make_engine
+    from dramatiq_opmetrics.metric_types import MetricType
+
+    now = dt.datetime.now(dt.UTC)
+    five_days_ago = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(days=5)
+    labels = {"actor": "a", "queue": "q"}
+    engine = make_engine(migrated_url)
+    insert_samples(engine, [(MetricType.PROCESSING_TIME, labels, 1.0 + i, five_days_ago) for i in range(5)])
+    # A minute that is over (the fold leaves the minute in progress for a later one).
+    insert_samples(
+        engine, [(MetricType.PROCESSING_TIME, labels, 1.0 + i, now - dt.timedelta(minutes=1)) for i in range(3)]
+    )
+    engine.dispose()
+    url = ["--database-url", url_text(migrated_url)]
+
+    def folded(*arguments: str) -> str:
+        assert main(["fold", *arguments, *url]) == 0
+        out = capsys.readouterr().out
+        assert out.count("\n") == 1
+        return re.sub(r"in \d+\.\d\d s", "in T s", out.strip())
+
+    assert folded("--retention-days", "10") == "folded 8 raw rows into the recent tier (up to id 8) in T s"
+    assert folded("--retention-days", "10") == "folded 0 raw rows into the recent tier (up to id 8) in T s"
+    # The default retention (3 days) removes the 1-minute, 10-minute and hourly buckets of five days ago.
+    assert folded() == (
+        "folded 0 raw rows into the recent tier (up to id 8) in T s; removed 3 buckets older than 3 days"
+    )
+
+
+@pytest.mark.postgres
+def test_fold_says_when_writers_in_their_transactions_hold_rows_back(
+    postgres_engine: Engine, postgres_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import datetime as dt
+    import re
+
+    from raw_samples import insert_samples
+
+    from dramatiq_opmetrics.metric_types import MetricType
+    from dramatiq_opmetrics.models import OperationalMetric
+
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)  # a minute that is over
+    insert_samples(postgres_engine, [(MetricType.ERROR, {"actor": "a"}, 1.0, now)])
+    url = ["--database-url", url_text(postgres_url)]
+
+    def fold_while_a_writer_is_in_its_transaction() -> str:
+        with postgres_engine.connect() as writer:
+            transaction = writer.begin()
+            writer.execute(
+                OperationalMetric.__table__.insert(),
+                [{"metric_type": MetricType.ERROR, "label_set_id": 1, "value": 1.0, "recorded_at": now}],
+            )
+            insert_samples(postgres_engine, [(MetricType.ERROR, {"actor": "a"}, 1.0, now)])  # committed, id 3
+            try:
+                assert main(["fold", *url]) == 0
+            finally:
+                transaction.commit()
+        return re.sub(r"in \d+\.\d\d s", "in T s", capsys.readouterr().out.strip())
+
+    assert fold_while_a_writer_is_in_its_transaction() == (
+        "the recent tier did not start yet: writers were still in their transactions; run it again"
+    )
+    assert main(["fold", *url]) == 0
+    assert capsys.readouterr().out.startswith("folded 3 raw rows into the recent tier (up to id 3)")
+    assert fold_while_a_writer_is_in_its_transaction() == (
+        "folded 0 raw rows into the recent tier (up to id 3) in T s;"
+        " rows up to id 5 wait for writers still in their transactions"
+    )

@@ -29,6 +29,8 @@ DATABASE_COMMANDS = {
     "prune": ["prune"],
     "dashboard": ["dashboard", "--port", "{port}"],
     "sample-queues": ["sample-queues", "--broker", "{broker}", "--once"],
+    "top": ["top", "--once"],
+    "fold": ["fold"],
 }
 
 
@@ -105,6 +107,37 @@ CASES: list[tuple[str, list[str], str]] = [
         ["report", "--since", "1970-01-01", "--until", "2999-12-31"],
         "a report covers at most 36,600 days",
     ),
+    ("report-last-not-a-duration", ["report", "--last", "an hour"], "argument --last: expected a duration such as 15m"),
+    ("report-last-bare-number", ["report", "--last", "60"], "expected a duration such as 15m, 1h, 6h, 24h, 7d"),
+    ("report-last-fraction", ["report", "--last", "1.5h"], "expected a duration such as 15m"),
+    ("report-last-unknown-unit", ["report", "--last", "2y"], "(units d, h, m, s), got '2y'"),
+    ("report-last-zero", ["report", "--last", "0m"], "argument --last: expected a duration from 1s to 36600d, got 0m"),
+    ("report-last-too-long", ["report", "--last", "36601d"], "expected a duration from 1s to 36600d, got 36601d"),
+    ("report-last-absurd", ["report", "--last", "9" * 30 + "d"], "is longer than any range"),
+    ("report-last-and-days", ["report", "--last", "1h", "--days", "2"], "give either --last or --days/--since/--until"),
+    ("report-last-and-until", ["report", "--last", "1h", "--until", "2026-03-01"], "give either --last or --days"),
+    (
+        "report-since-not-a-datetime",
+        ["report", "--since", "2026-03-01T25:00"],
+        "argument --since: expected a date as YYYY-MM-DD or an ISO datetime such as 2026-11-27T09:30",
+    ),
+    ("report-until-datetime-9999", ["report", "--until", "9999-12-31T10:00"], "expected a time from 1970-01-01"),
+    ("report-since-datetime-year-1", ["report", "--since", "0001-01-01T00:00+05:00"], "expected a time from 1970"),
+    (
+        "report-since-datetime-after-until",
+        ["report", "--since", "2026-03-01T10:00", "--until", "2026-03-01T09:59:59+00:00"],
+        "--since 2026-03-01T10:00:00+00:00 is not before --until 2026-03-01T09:59:59+00:00",
+    ),
+    (
+        "report-since-datetime-equal-until",
+        ["report", "--since", "2026-03-01T10:00+01:00", "--until", "2026-03-01T09:00"],
+        "is not before --until",
+    ),
+    (
+        "report-window-longer-than-the-limit",
+        ["report", "--since", "1970-01-01T00:00", "--until", "2999-12-31T00:00"],
+        "a report covers at most 36,600 days",
+    ),
     ("report-unknown-metric", ["report", "--metric", "latency"], "argument --metric: invalid choice: 'latency'"),
     ("report-filter-not-utf8", ["report", "--actor", "\udcff"], "is not valid UTF-8 text"),
     ("report-unknown-option", ["report", "--frobnicate"], "unrecognized arguments: --frobnicate"),
@@ -113,6 +146,18 @@ CASES: list[tuple[str, list[str], str]] = [
     ("prune-retention-zero", ["prune", "--retention-days", "0"], "expected 1 to 36,600 days, got 0"),
     ("prune-retention-negative", ["prune", "--retention-days", "-30"], "expected 1 to 36,600 days, got -30"),
     ("prune-retention-fraction", ["prune", "--retention-days", "1.5"], "expected a whole number of days, got '1.5'"),
+    # top
+    ("top-interval-zero", ["top", "--interval", "0"], "argument --interval: expected 1 to 3,600 seconds, got 0"),
+    ("top-interval-huge", ["top", "--interval", "1e9"], "expected 1 to 3,600 seconds, got 1e9"),
+    ("top-interval-nan", ["top", "--interval", "nan"], "expected 1 to 3,600 seconds, got nan"),
+    ("top-interval-text", ["top", "--interval", "often"], "expected a number of seconds, got 'often'"),
+    ("top-window-too-short", ["top", "--window", "30s"], "argument --window: expected a duration from 1m to 1d"),
+    ("top-window-too-long", ["top", "--window", "2d"], "expected a duration from 1m to 1d, got 2d"),
+    ("top-window-not-a-duration", ["top", "--window", "5 minutes"], "expected a duration such as 15m"),
+    ("top-queue-depth-interval-zero", ["top", "--queue-depth-interval", "0"], "from 0.1 to"),
+    # fold
+    ("fold-retention-zero", ["fold", "--retention-days", "0"], "argument --retention-days: expected 1 to 36,600 days"),
+    ("fold-retention-text", ["fold", "--retention-days", "three"], "expected a whole number of days, got 'three'"),
     # rollup
     ("rollup-date-9999", ["rollup", "--date", "9999-12-31"], "argument --date: expected a date from 1970-01-01"),
     ("rollup-since-year-1", ["rollup", "--since", "0001-01-01"], "argument --since: expected a date from"),
@@ -178,6 +223,9 @@ SUBPROCESS_CASES = [
     "url-driver-missing",
     "migrate-on-a-garbage-file",
     "sample-queues-on-a-refusing-server",
+    "report-last-zero",
+    "top-on-a-refusing-server",
+    "fold-before-migrate",
 ]
 
 

@@ -23,7 +23,16 @@ from dramatiq_opmetrics.dashboard import DashboardApp, create_app
 from dramatiq_opmetrics.dashboard.data import DashboardData
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
-PAGES = ["/", "/?days=365", "/actor?actor=actor_000&queue=queue_0", "/queues?hours=6", "/tokens", "/confidence"]
+PAGES = [
+    "/",
+    "/?days=365",
+    "/actor?actor=actor_000&queue=queue_0",
+    "/queues?hours=6",
+    "/tokens",
+    "/confidence",
+    "/now",
+    "/now?window=72h&actor=actor_000&queue=queue_0",
+]
 
 
 @pytest.fixture
@@ -53,6 +62,30 @@ def test_every_page_answers_with_html_and_its_chart_data(sqlite_engine: Engine, 
     charts = json.loads(re.search(r'<script type="application/json" id="chart-data">(.*?)</script>', html, re.S)[1])
     assert charts
     assert "vendor/uplot/uPlot.iife.min.js" in html
+    assert re.search(r'<a href="/now"[^>]*>Now</a>', html), "the navigation links the Now page"
+
+
+def chart_data(html: str) -> dict[str, object]:
+    return json.loads(re.search(r'<script type="application/json" id="chart-data">(.*?)</script>', html, re.S)[1])
+
+
+def test_the_now_pages_data_is_served_as_json_for_its_refreshes(sqlite_engine: Engine, fleet: FleetHistory) -> None:
+    client = client_for(sqlite_engine)
+    page = client.get("/now?window=6h&percentile=p99")
+    html = page.get_data(as_text=True)
+    assert 'data-refresh-url="/now.json?window=6h&amp;percentile=p99"' in html
+    response = client.get("/now.json?window=6h&percentile=p99")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    assert response.headers["Cache-Control"] == "no-store"
+    view = response.get_json()
+    assert view == chart_data(html)
+    assert view["window"] == "6h" and view["percentile"] == "p99"
+    assert {"throughput", "error_rate", "processing_time", "wait_time", "queue_depth", "oldest_message_age"} <= set(
+        view["charts"]
+    )
+    assert HOSTILE_ACTOR in view["actors"]
+    assert HOSTILE_ACTOR not in html
 
 
 def test_a_label_with_html_is_escaped_in_the_page_and_in_the_chart_data(
@@ -74,6 +107,8 @@ def test_a_bad_parameter_is_a_400_naming_the_problem(sqlite_engine: Engine, flee
         ("/actor", "which actor?"),
         ("/queues?hours=1000", "hours must be one of"),
         ("/confidence?by=%3Cb%3E", "by must be one of actor, model, queue; got &#39;&lt;b&gt;&#39;"),
+        ("/now?window=2h", "window must be one of 1h, 6h, 24h, 72h; got &#39;2h&#39;"),
+        ("/now.json?percentile=p1", "percentile must be one of p50, p95, p99"),
     ]:
         response = client.get(page)
         assert response.status_code == 400, page

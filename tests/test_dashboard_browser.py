@@ -7,11 +7,12 @@ must show as text. A screenshot of each view is saved under ``screenshots/`` (it
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,10 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run
 WAIT_S = 20
 
 
-@pytest.fixture(scope="module")
-def fleet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, FleetHistory]]:
-    """The dashboard served on 127.0.0.1 over a migrated PostgreSQL schema holding 60 days of a fleet."""
+@contextlib.contextmanager
+def served_schema(populate_schema: Callable[[Engine], FleetHistory]) -> Iterator[tuple[str, Engine, FleetHistory]]:
+    """The dashboard served on 127.0.0.1 over a migrated PostgreSQL schema of its own, filled by
+    ``populate_schema``: its address, an engine on the schema and what was written."""
     # Module-scoped: set up the schema by hand with the conftest helpers' conventions.
     import uuid
 
@@ -63,11 +65,11 @@ def fleet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     try:
         upgrade(url)
         engine = make_engine(url)
-        history = populate(engine, days=60, actors=make_actors(8), raw_samples_per_actor=40)
+        history = populate_schema(engine)
         server = make_server(create_app(url), "127.0.0.1", 0)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
-        yield f"http://127.0.0.1:{server.effective_port}", history
+        yield f"http://127.0.0.1:{server.effective_port}", engine, history
     finally:
         if server is not None:
             server.close()
@@ -77,6 +79,17 @@ def fleet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
             engine.dispose()
         with psycopg.connect(conninfo, autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(scope="module")
+def fleet_server() -> Iterator[tuple[str, FleetHistory]]:
+    """The dashboard served on 127.0.0.1 over a migrated PostgreSQL schema holding 60 days of a fleet."""
+    with served_schema(lambda engine: populate(engine, days=60, actors=make_actors(8), raw_samples_per_actor=40)) as (
+        base,
+        _engine,
+        history,
+    ):
+        yield base, history
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +252,125 @@ def test_the_page_shows_today(browser: Any, fleet_server: tuple[str, FleetHistor
     assert dt.datetime.fromtimestamp(last_point[0], dt.UTC).date() == today
     raw_today = len(history.raw_values[("processing_time", "actor:actor_000|queue:queue_0")])
     assert last_point[1] == raw_today
+
+
+#: An actor whose name is HTML: the Now page builds its tables in the browser, and must show it as text.
+HTML_ACTOR = "<b>x</b>"
+#: A queue with ready messages and no consumer: stalled all along.
+STUCK_QUEUE = "stuck"
+
+
+def now_samples(engine: Engine) -> FleetHistory:
+    """A fleet's history, plus the last hour of what only the Now page shows: worker processes, oldest-message
+    ages, a stalled queue, and an actor named with HTML."""
+    from raw_samples import insert_samples
+
+    from dramatiq_opmetrics.interval_claims import interval_start
+    from dramatiq_opmetrics.metric_types import MetricType
+    from dramatiq_opmetrics.samples import oldest_message_age, queue_depth, worker_threads
+
+    history = populate(engine, days=10, actors=make_actors(6), raw_samples_per_actor=40)
+    # Every 15 s for an hour, at wall-clock multiples of 15 s as workers sample.
+    end = interval_start(dt.datetime.now(dt.UTC), 15.0)
+    rows = []
+    for step in range(240):
+        at = end - dt.timedelta(seconds=15 * step)
+        found = worker_threads(8, step % 5, host="host-a", queues="queue_0,queue_1")
+        found += worker_threads(4, 4, host="host-b", queues=STUCK_QUEUE)
+        found += queue_depth(STUCK_QUEUE, 12, state="ready") + oldest_message_age(STUCK_QUEUE, 3600.0 - 15 * step)
+        for queue in history.queues:
+            found += oldest_message_age(queue, float(step % 7))
+        rows += [(sample.metric_type, sample.label_set.labels, sample.value, at) for sample in found]
+        for actor in (HTML_ACTOR, HOSTILE_ACTOR):
+            labels = {"actor": actor, "queue": "queue_0"}
+            rows.append((MetricType.PROCESSING_TIME, labels, 900.0 + step, at))
+            rows.append((MetricType.WAIT_TIME, labels, 40.0 + step % 9, at))
+    insert_samples(engine, rows)
+    return history
+
+
+@pytest.fixture(scope="module")
+def now_server() -> Iterator[tuple[str, Engine]]:
+    """The dashboard served over a schema of its own holding :func:`now_samples`."""
+    with served_schema(now_samples) as (base, engine, _history):
+        yield base, engine
+
+
+def test_the_now_page_draws_every_chart_without_console_errors(browser: Any, now_server: tuple[str, Engine]) -> None:
+    base, _engine = now_server
+    open_page(browser, base + "/now?window=1h")
+    charts = browser.find_elements(By.CSS_SELECTOR, "[data-chart]")
+    assert len(charts) == 8
+    for chart in charts:
+        name = chart.get_attribute("data-chart")
+        assert chart.get_attribute("data-rendered") == "chart", f"the Now page's {name} chart has no data"
+        assert drawn_pixels(browser, chart) > 50, f"the Now page's {name} chart is blank"
+    for name in ("queue_depth", "oldest_message_age"):
+        chart = browser.find_element(By.CSS_SELECTOR, f"[data-chart={name}]")
+        assert int(chart.get_attribute("data-bands")) >= 1, f"the stalled queue is not marked on {name}"
+    stalled = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#now-stalled tbody td.label")]
+    assert STUCK_QUEUE in stalled
+    # Two processes sampled until the schema was filled (the latest bucket may hold fewer since).
+    assert 0 < float(browser.find_element(By.CSS_SELECTOR, "[data-stat=workers]").text) <= 2
+    assert console_problems(browser) == []
+    path = screenshot(browser, "now")
+    assert path.stat().st_size > 10_000
+    for window in ("6h", "24h", "72h"):
+        browser.find_element(By.CSS_SELECTOR, f".switch a[data-window='{window}']").click()
+        WebDriverWait(browser, WAIT_S).until(lambda d, window=window: f"window={window}" in d.current_url)
+        open_page(browser, browser.current_url)
+        assert (
+            browser.find_element(By.CSS_SELECTOR, "[data-chart=throughput]").get_attribute("data-rendered") == "chart"
+        )
+        assert console_problems(browser) == []
+
+
+def test_the_now_page_shows_a_label_with_html_as_text(browser: Any, now_server: tuple[str, Engine]) -> None:
+    base, _engine = now_server
+    open_page(browser, base + "/now?window=1h")
+    actors = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#now-actors tbody td.label")]
+    assert HTML_ACTOR in actors and HOSTILE_ACTOR in actors
+    assert browser.execute_script("return document.querySelectorAll('main b').length") == 0
+    legend = [label.text for label in browser.find_elements(By.CSS_SELECTOR, "[data-chart=throughput] .u-label")]
+    assert HTML_ACTOR in legend
+    options = [option.text for option in browser.find_elements(By.CSS_SELECTOR, "select[name=actor] option")]
+    assert HTML_ACTOR in options
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text  # noqa: B018
+    Select(browser.find_element(By.CSS_SELECTOR, "select[name=actor]")).select_by_visible_text(HTML_ACTOR)
+    WebDriverWait(browser, WAIT_S).until(lambda d: "actor=" in d.current_url)
+    open_page(browser, browser.current_url)
+    assert [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#now-actors tbody td.label")] == [HTML_ACTOR]
+    legend = [label.text for label in browser.find_elements(By.CSS_SELECTOR, "[data-chart=processing_time] .u-label")]
+    assert legend[1:] == ["p50", "p95", "p99"]
+    assert console_problems(browser) == []
+    screenshot(browser, "now-one-actor-with-html-label")
+
+
+def test_the_now_page_shows_new_samples_after_a_refresh_without_reloading(
+    browser: Any, now_server: tuple[str, Engine]
+) -> None:
+    from raw_samples import insert_samples
+
+    from dramatiq_opmetrics.metric_types import MetricType
+
+    base, engine = now_server
+    open_page(browser, base + "/now?window=1h")
+    browser.execute_script("window.loadedOnce = true")
+    actors = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#now-actors tbody td.label")]
+    assert "fresh_actor" not in actors
+    written = dt.datetime.now(dt.UTC)
+    labels = {"actor": "fresh_actor", "queue": "queue_0"}
+    insert_samples(engine, [(MetricType.PROCESSING_TIME, labels, 60_000.0, written) for _ in range(50)])
+    # The page refreshes every 15 s: the samples show within one refresh (and the time to answer it).
+    WebDriverWait(browser, 15 + WAIT_S).until(
+        lambda d: (
+            "fresh_actor" in [cell.text for cell in d.find_elements(By.CSS_SELECTOR, "#now-actors tbody td.label")]
+        )
+    )
+    assert browser.execute_script("return window.loadedOnce === true"), "the page was reloaded"
+    assert int(browser.find_element(By.ID, "now").get_attribute("data-refreshes")) >= 1
+    legend = [label.text for label in browser.find_elements(By.CSS_SELECTOR, "[data-chart=throughput] .u-label")]
+    assert "fresh_actor" in legend
+    assert browser.find_element(By.CSS_SELECTOR, "[data-chart=throughput]").get_attribute("data-rendered") == "chart"
+    assert console_problems(browser) == []

@@ -14,8 +14,17 @@ from sqlalchemy.engine import URL
 
 from dramatiq_opmetrics.cli import main
 from dramatiq_opmetrics.database import make_engine
-from dramatiq_opmetrics.demo import DEFAULT_DEMO_DATABASE, PROFILES, run_demo
-from dramatiq_opmetrics.models import LabelSet, OperationalMetric, OperationalMetricDaily
+from dramatiq_opmetrics.demo import (
+    DEFAULT_DEMO_DATABASE,
+    DEFAULT_WORKER_THREADS,
+    PROFILES,
+    STUCK_FOR,
+    STUCK_MESSAGES,
+    STUCK_QUEUE,
+    run_demo,
+)
+from dramatiq_opmetrics.metric_types import MetricType
+from dramatiq_opmetrics.models import LabelSet, OperationalMetric, OperationalMetricDaily, RecentAggregate
 from tests.conftest import REDIS_URL
 
 SUMMARY = re.compile(
@@ -52,6 +61,15 @@ def check_demo_data(url: URL, lines: list[str]) -> None:
             ).scalars()
         )
         rolled_up_days = connection.execute(select(func.count(func.distinct(OperationalMetricDaily.date)))).scalar_one()
+        # The history ends before today: today's buckets can only come from the live run's worker, which folds
+        # whole minutes (the live run's last minute, in progress, is read from raw rows), each row once.
+        folded_today = connection.execute(
+            select(func.coalesce(func.sum(RecentAggregate.count), 0)).where(
+                RecentAggregate.width_minutes == 1,
+                RecentAggregate.bucket_start >= start,
+                RecentAggregate.metric_type == MetricType.PROCESSING_TIME,
+            )
+        ).scalar_one()
     engine.dispose()
     # Every attempt of today's live run was measured and written by the middleware before the worker stopped.
     attempts = succeeded + retried + dead
@@ -64,6 +82,7 @@ def check_demo_data(url: URL, lines: list[str]) -> None:
     assert today_counts["prompt_tokens"] == today_counts["completion_tokens"] == today_counts["confidence"] > 0
     assert {key.split("model:")[1].split("|")[0] for key in models} == {"gpt-4o-mini", "claude-3-5-haiku"}
     assert rolled_up_days == 6
+    assert 0 <= folded_today <= attempts
 
 
 def check_report(printed: list[str]) -> None:
@@ -77,6 +96,41 @@ def check_report(printed: list[str]) -> None:
     start = lines.index(next(line for line in lines if line.startswith("dramatiq-opmetrics report:")))
     end = lines.index(next(line for line in lines if line.startswith("Done in")))
     assert max(len(line) for line in lines[start:end]) <= 80
+    check_last_hour(lines[start:end])
+
+
+def table(lines: list[str], title: str) -> list[list[str]]:
+    """The rows (split into cells) of the table under the line starting with ``title``, header left out."""
+    first = next(index for index, line in enumerate(lines) if line.startswith(title)) + 2
+    rows = []
+    for line in lines[first:]:
+        if not line.strip():
+            break
+        rows.append(line.split())
+    return rows
+
+
+def check_last_hour(lines: list[str]) -> None:
+    """The "last hour" section: every actor of the live run, the stuck queue stalled with its age, one worker."""
+    start = next(index for index, line in enumerate(lines) if line.startswith("last hour: "))
+    section = lines[start:]
+    assert section[1].startswith("from the recent tier (")
+    summary = SUMMARY.search("\n".join(lines[:start]))
+    attempts = {row[0]: int(row[2].replace(",", "")) for row in table(section, "actors (")}
+    assert attempts.keys() == {profile.actor for profile in PROFILES}
+    if summary is not None:  # the live run's attempts are all within the hour (and maybe a previous run's)
+        _, _, succeeded, retried, dead = map(int, summary.groups())
+        assert sum(attempts.values()) >= succeeded + retried + dead
+    queues = {row[0]: row[1:] for row in table(section, "queues (")}
+    assert queues.keys() == {profile.queue for profile in PROFILES} | {STUCK_QUEUE}
+    ready, oldest_s, *stalled = queues[STUCK_QUEUE]
+    assert int(ready) == STUCK_MESSAGES
+    assert float(oldest_s.replace(",", "")) >= STUCK_FOR.total_seconds()
+    assert stalled[0] != "-" and int(stalled[0]) >= 1 and stalled[1:3] == ["of", stalled[2]]
+    [worker] = table(section, "workers (online =")
+    _host, _queues, online, threads, _utilisation = worker
+    assert round(float(online)) == 1
+    assert float(threads) == DEFAULT_WORKER_THREADS
 
 
 def test_demo_runs_on_sqlite_and_a_stub_broker_and_prints_the_report(

@@ -1,8 +1,10 @@
-"""Oldest-message age and workers online in a real ``dramatiq`` fleet on Redis, writing to PostgreSQL.
+"""Oldest-message age, stalled queues, workers online and the recent tier in a real ``dramatiq`` fleet on
+Redis, writing to PostgreSQL.
 
 Two ``dramatiq`` commands share one Redis namespace: ``main`` (2 processes, 2 threads each, consuming
 ``fast`` and ``default``) and ``side`` (1 process consuming ``slow``). Nobody consumes ``stuck``, which holds
-messages sent at a known time. Sampling runs every :data:`INTERVAL_S` second.
+messages sent at a known time. Sampling runs every :data:`INTERVAL_S` second, and the fleet folds the recent
+tier itself every :data:`FOLD_INTERVAL_S` seconds (one of its three processes per interval).
 """
 
 from __future__ import annotations
@@ -19,17 +21,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from raw_samples import stored_oldest_ages, stored_worker_samples
+import redis
+from conftest import REDIS_URL
+from raw_samples import stored_oldest_ages, stored_queue_depths, stored_worker_samples
 from sqlalchemy import Engine
 from test_middleware_fleet import TESTS, fleet_env, load_app  # noqa: F401 (fleet_env is a fixture)
+from tier_counts import folded_raw_counts, tier_counts
 from waiting import wait_until
 
 from dramatiq_opmetrics.interval_claims import interval_start
+from dramatiq_opmetrics.recent_tier import FOLD_JOB, bucket_floor
+from dramatiq_opmetrics.series import query_stalled
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 #: Seconds between samples: short, so the test is quick; the checks allow one interval of slack.
 INTERVAL_S = 1.0
+#: Seconds between folds of the recent tier by the fleet.
+FOLD_INTERVAL_S = 2.0
+#: How many messages wait on the stuck queue.
+STUCK_MESSAGES = 3
 #: How long ago the stuck queue's first message was sent, in milliseconds.
 STUCK_FOR_MS = 30_000
 MAIN_QUEUES, SIDE_QUEUES = "default,fast", "slow"
@@ -74,6 +85,7 @@ def fleet(fleet_env: dict[str, str], tmp_path: Path) -> Iterator[Fleet]:  # noqa
     env = {
         **fleet_env,
         "OPMETRICS_QUEUE_DEPTH_INTERVAL_S": str(INTERVAL_S),
+        "OPMETRICS_RECENT_FOLD_INTERVAL_S": str(FOLD_INTERVAL_S),
         "OPMETRICS_FLUSH_INTERVAL_S": "0.2",
     }
     running = Fleet(env, tmp_path)
@@ -97,15 +109,32 @@ def latest_interval_with(engine: Engine, expected: Counter[str]) -> bool:
     return any(counts == expected for counts in online.values())
 
 
+def assert_only_the_stuck_queue_is_stalled(engine: Engine, since: dt.datetime) -> None:
+    """Per minute from ``since`` on, the stuck queue is stalled wherever its depth was sampled, and no other
+    queue ever is."""
+    since = bucket_floor(since, 1)  # whole minutes: buckets are not clipped at the start
+    until = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)  # every sample before this is written
+    stalled = query_stalled(engine, since, until, step=dt.timedelta(minutes=1))
+    depths = stored_queue_depths(engine)
+    sampled = {
+        bucket_floor(at, 1) for queue, state, _, at in depths if (queue, state) == ("stuck", "ready") and at < until
+    }
+    assert sampled
+    assert {(bucket.queue, bucket.start, bucket.ready) for bucket in stalled} == {
+        ("stuck", minute, STUCK_MESSAGES) for minute in sampled
+    }
+
+
 def test_a_stuck_queues_age_grows_with_time_and_workers_drop_out_after_sigkill_and_sigterm(
     fleet: Fleet,
     fleet_env: dict[str, str],  # noqa: F811 (the fixture imported above)
     postgres_engine: Engine,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    started_at = dt.datetime.now(dt.UTC)
     app = load_app(fleet_env, monkeypatch)
     sent_ms = int(time.time() * 1000) - STUCK_FOR_MS
-    for offset_ms in (0, 5_000, 10_000):
+    for offset_ms in range(0, STUCK_MESSAGES * 5_000, 5_000):
         app.broker.enqueue(app.stuck.message().copy(message_timestamp=sent_ms + offset_ms))
     app.broker.close()
 
@@ -132,6 +161,16 @@ def test_a_stuck_queues_age_grows_with_time_and_workers_drop_out_after_sigkill_a
         assert later - earlier == pytest.approx((later_at - earlier_at).total_seconds(), abs=0.001)
     latest_value, _ = ages[-1]
     assert 0 <= (time.time() - sent_ms / 1000) - latest_value <= INTERVAL_S + 1.0  # within an interval (and a flush)
+
+    # Stalled: the stuck queue had ready messages and finished none; the others had none ready.
+    assert_only_the_stuck_queue_is_stalled(postgres_engine, started_at)
+
+    # Nobody calls fold: the fleet's own folders put the rows into the tier, once their minute is over.
+    wait_until(
+        lambda: tier_counts(postgres_engine)["worker_threads"] > 0,
+        timeout_s=60 + 3 * FOLD_INTERVAL_S + 5,
+        what=f"the fleet to fold the recent tier\n{fleet.log('main')}\n{fleet.log('side')}",
+    )
 
     # Threads online and busy: 2 x 2 threads for main, 1 for side, nothing to do.
     values = {(kind, queues, value) for kind, _, queues, value, _ in stored_worker_samples(postgres_engine)}
@@ -169,3 +208,9 @@ def test_a_stuck_queues_age_grows_with_time_and_workers_drop_out_after_sigkill_a
     assert latest <= terminated_at + dt.timedelta(seconds=INTERVAL_S)
     time.sleep(INTERVAL_S * 1.5)
     assert max(at for *_, at in stored_worker_samples(postgres_engine)) == latest  # nobody is left to record
+
+    # Three processes folded (each interval claimed by one of them on Redis), and no raw row is counted twice.
+    claims = list(redis.Redis.from_url(REDIS_URL).scan_iter(f"{fleet_env['OPMETRICS_FLEET_NAMESPACE']}:*{FOLD_JOB}*"))
+    assert claims
+    assert tier_counts(postgres_engine) == folded_raw_counts(postgres_engine)
+    assert tier_counts(postgres_engine)["worker_threads"] > 0

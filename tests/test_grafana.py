@@ -1,5 +1,9 @@
 """The Grafana dashboard in examples/grafana: every panel's SQL runs on a populated PostgreSQL schema.
 
+Recent panels read the recent tier (``opmetrics_recent_aggregates``), folded here after the history is
+written, and say the same as :func:`~dramatiq_opmetrics.series.query_series` and
+:func:`~dramatiq_opmetrics.series.query_stalled` over the same range; no panel reads the raw table.
+
 Grafana rewrites a panel's SQL before it reaches PostgreSQL: first its template variables (``$actor``,
 ``$__interval``), then the PostgreSQL data source's macros (``$__timeFilter(col)`` ...). The small expander
 below does both the way Grafana's PostgreSQL data source does, so the SQL run here is what Grafana sends.
@@ -17,7 +21,12 @@ from typing import Any
 
 import pytest
 from fleet_history import HOSTILE_ACTOR, FleetHistory, make_actors, populate
+from raw_samples import RawSample, insert_samples
 from sqlalchemy import Engine
+
+from dramatiq_opmetrics.metric_types import MetricType
+from dramatiq_opmetrics.recent_tier import bucket_floor, fold
+from dramatiq_opmetrics.series import query_series, query_stalled
 
 GRAFANA = Path(__file__).parent.parent / "examples" / "grafana"
 DASHBOARD = GRAFANA / "dramatiq-opmetrics.json"
@@ -104,13 +113,22 @@ def panel_columns(panel: Mapping[str, Any]) -> list[str]:
 
 
 def variable_values(engine: Engine, dashboard: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Every template variable's values, from its own query (what Grafana's "All" expands to)."""
+    """Every template variable's values: a query variable's from its own query (what Grafana's "All" expands
+    to), a custom one's current value."""
     values = {}
     with engine.connect() as connection:
         for variable in dashboard["templating"]["list"]:
+            if variable["type"] == "custom":
+                values[variable["name"]] = [variable["current"]["value"]]
+                continue
             rows = connection.exec_driver_sql(variable["query"]).all()
             values[variable["name"]] = [row[0] for row in rows]
     return values
+
+
+def panel(dashboard: Mapping[str, Any], title: str) -> dict[str, Any]:
+    [found] = [p for p in query_panels(dashboard) if p["title"] == title]
+    return found
 
 
 def run_panel(engine: Engine, panel: Mapping[str, Any], **expand_args: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -125,11 +143,40 @@ def is_number(value: object) -> bool:
     return value is None or (isinstance(value, int | float | Decimal) and not isinstance(value, bool))
 
 
+#: Seconds between the worker and oldest-age samples the fixture adds (the fleet's queue depth interval).
+SAMPLING_INTERVAL_S = 15
+#: Worker processes online in the fixture's last hour.
+WORKERS_ONLINE = 2
+#: A queue with ready messages that nobody consumes: stalled in every bucket.
+STUCK_QUEUE = "stuck"
+
+
+def signal_samples(queues: Sequence[str], now: dt.datetime) -> list[RawSample]:
+    """The last hour of two worker processes (8 threads, some busy), of each queue's oldest-message age, and
+    of :data:`STUCK_QUEUE`'s depth (7 ready) and age."""
+    samples: list[RawSample] = []
+    first = bucket_floor(now - dt.timedelta(hours=1), 1)
+    for step in range(int((now - first).total_seconds() // SAMPLING_INTERVAL_S)):
+        at = first + dt.timedelta(seconds=step * SAMPLING_INTERVAL_S)
+        for process in range(WORKERS_ONLINE):
+            labels = {"host": f"host-{process}", "queues": ",".join(queues)}
+            samples.append((MetricType.WORKER_THREADS, labels, 8.0, at))
+            samples.append((MetricType.BUSY_THREADS, labels, float((step + process) % 9), at))
+        for index, queue in enumerate(queues):
+            samples.append((MetricType.OLDEST_MESSAGE_AGE, {"queue": queue}, float(step * index), at))
+        samples.append((MetricType.QUEUE_DEPTH, {"queue": STUCK_QUEUE, "state": "ready"}, 7.0, at))
+        samples.append((MetricType.OLDEST_MESSAGE_AGE, {"queue": STUCK_QUEUE}, 600.0 + step * SAMPLING_INTERVAL_S, at))
+    return samples
+
+
 @pytest.fixture
 def fleet(postgres_engine: Engine) -> FleetHistory:
     now = dt.datetime.now(dt.UTC)
     # Samples from midnight up to now: keep "now" past midnight enough for several intervals of raw data.
-    return populate(postgres_engine, days=30, actors=make_actors(6), now=now, raw_samples_per_actor=40)
+    history = populate(postgres_engine, days=30, actors=make_actors(6), now=now, raw_samples_per_actor=40)
+    insert_samples(postgres_engine, signal_samples(history.queues, now))
+    fold(postgres_engine)  # what the fleet's workers do every minute
+    return history
 
 
 def test_every_panel_has_sql_for_the_opmetrics_data_source() -> None:
@@ -147,10 +194,22 @@ def test_every_panel_has_sql_for_the_opmetrics_data_source() -> None:
     assert (GRAFANA / "dashboards.yaml").read_text().count("path:") == 1
 
 
-def test_the_dashboard_covers_latency_errors_queue_depth_and_tokens() -> None:
+def test_the_dashboard_covers_latency_errors_queue_depth_tokens_and_the_signals_of_now() -> None:
     sql = " ".join(panel["targets"][0]["rawSql"] for panel in query_panels(load_dashboard()))
-    for metric_type in ("processing_time", "wait_time", "error", "queue_depth", "prompt_tokens", "completion_tokens"):
-        assert f"'{metric_type}'" in sql
+    for metric_type in MetricType:
+        if metric_type.value in ("dropped_samples", "rejected_samples", "clock_skew", "skipped"):
+            continue
+        assert f"'{metric_type.value}'" in sql, metric_type
+
+
+def test_recent_panels_read_the_recent_tier_never_the_raw_table() -> None:
+    panels = list(query_panels(load_dashboard()))
+    for found in panels:
+        sql = found["targets"][0]["rawSql"]
+        assert re.search(r"\boperational_metrics\b(?!_daily)", sql) is None, found["title"]
+    recent = [found for found in panels if "opmetrics_recent_aggregates" in found["targets"][0]["rawSql"]]
+    assert len(recent) >= 9
+    assert all("(recent tier)" in found["title"] or "today" in found["title"] for found in recent)
 
 
 def test_the_expander_writes_what_grafana_writes() -> None:
@@ -216,3 +275,60 @@ def test_a_variable_selection_narrows_the_panels(postgres_engine: Engine, fleet:
         postgres_engine, panel, time_from=now - dt.timedelta(days=7), time_to=now, interval="1h", variables=variables
     )
     assert {row[1] for row in rows} == {f"actor:{actor.name}|queue:{actor.queue}"}
+
+
+def points(rows: Sequence[tuple[Any, ...]]) -> dict[tuple[dt.datetime, str], float | None]:
+    """A time series panel's rows ``(time, metric, value)`` by (time as a UTC datetime, metric)."""
+    return {
+        (dt.datetime.fromtimestamp(float(time), dt.UTC), metric): None if value is None else float(value)
+        for time, metric, value in rows
+    }
+
+
+@pytest.mark.postgres
+def test_the_recent_panels_say_what_query_series_and_query_stalled_say(
+    postgres_engine: Engine, fleet: FleetHistory
+) -> None:
+    dashboard = load_dashboard()
+    end = dt.datetime.now(dt.UTC)
+    start = bucket_floor(end - dt.timedelta(hours=2), 1)  # whole minutes: no bucket cut at the start
+    minute = dt.timedelta(minutes=1)
+    expand_args = {
+        "time_from": start,
+        "time_to": end,
+        "interval": "1m",
+        "variables": variable_values(postgres_engine, dashboard),
+    }
+
+    _, rows = run_panel(
+        postgres_engine, panel(dashboard, "p95 processing time per actor and queue (recent tier)"), **expand_args
+    )
+    shown = points(rows)
+    series = {
+        (point.start, "|".join(f"{key}:{value}" for key, value in sorted(point.labels.items()))): point.p95
+        for point in query_series(postgres_engine, start, end, step=minute, metric_type="processing_time")
+    }
+    assert shown.keys() == series.keys()
+    settled = {key: value for key, value in shown.items() if value is not None}
+    assert settled and len(settled) >= len(shown) - len(fleet.actors)  # only the bucket in progress has none
+    assert settled == pytest.approx({key: series[key] for key in settled}, rel=1e-9)
+
+    _, rows = run_panel(
+        postgres_engine, panel(dashboard, "Stalled queues: ready messages, none finished (recent tier)"), **expand_args
+    )
+    stalled = {
+        (bucket.start, bucket.queue): bucket.ready for bucket in query_stalled(postgres_engine, start, end, step=minute)
+    }
+    assert {queue for _, queue in stalled} > {STUCK_QUEUE}  # and queues of the history in some minutes
+    assert {(at, queue): value for (at, queue), value in points(rows).items()} == stalled
+
+    _, rows = run_panel(
+        postgres_engine, panel(dashboard, "Workers online and utilisation (recent tier)"), **expand_args
+    )
+    last_complete = bucket_floor(end, 1) - minute
+    complete = [
+        row for row in rows if start + minute <= dt.datetime.fromtimestamp(float(row[0]), dt.UTC) <= last_complete
+    ]
+    assert complete
+    assert {float(workers) for _, workers, _ in complete} == {WORKERS_ONLINE}
+    assert all(0 <= float(utilisation) <= 1 for _, _, utilisation in complete)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 import uuid
@@ -19,10 +21,15 @@ from raw_samples import raw_counts
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from tcp_proxy import TcpProxy, free_port
+from tier_counts import folded_raw_counts, tier_counts
+from waiting import wait_until
 
 from dramatiq_opmetrics import ConfigurationError, OpMetrics
 from dramatiq_opmetrics.database import make_engine
+from dramatiq_opmetrics.locks import advisory_xact_lock
+from dramatiq_opmetrics.middleware import MAX_RECENT_RETENTION_DAYS
 from dramatiq_opmetrics.migrate import upgrade
+from dramatiq_opmetrics.recent_tier import FOLD_LOCK
 
 pytestmark = pytest.mark.postgres
 
@@ -241,7 +248,7 @@ def test_stopping_the_worker_writes_everything_and_a_worker_can_start_again(
 
 def test_a_process_that_only_sends_messages_starts_no_thread_and_opens_no_connection() -> None:
     unreachable = f"postgresql+psycopg://app:s3cret@127.0.0.1:{free_port()}/app"
-    opmetrics = OpMetrics(unreachable)
+    opmetrics = OpMetrics(unreachable, queue_depth_interval_s=15, recent_fold_interval_s=60)
     broker = make_stub_broker(opmetrics)
 
     @dramatiq.actor(broker=broker)
@@ -255,6 +262,7 @@ def test_a_process_that_only_sends_messages_starts_no_thread_and_opens_no_connec
     assert broker.queues["default"].qsize() == 100
     assert not opmetrics.writer.running
     assert opmetrics.writer._engine is None
+    assert opmetrics.queue_depth_sampler is None and opmetrics.recent_tier_folder is None
     assert {t.name for t in threading.enumerate()} - threads_before == set()
     assert len(opmetrics.buffer) == 0
 
@@ -406,3 +414,186 @@ def test_the_middleware_works_on_a_sqlite_database(sqlite_url: URL) -> None:
             assert connection.execute(text("SELECT count(*) FROM operational_metrics")).scalar_one() == 2
     finally:
         engine.dispose()
+
+
+# The recent tier, kept current by the workers themselves.
+
+FOLD_THREAD = "opmetrics-recent-fold"
+
+
+def fold_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == FOLD_THREAD]
+
+
+def test_a_worker_keeps_the_recent_tier_current_and_stops_folding_when_it_stops(migrated_url: URL) -> None:
+    opmetrics = OpMetrics(migrated_url, flush_interval_s=0.1, recent_fold_interval_s=0.2, recent_retention_days=2)
+    broker = make_stub_broker(opmetrics)
+
+    @dramatiq.actor(broker=broker)
+    def noop() -> None:
+        pass
+
+    for _ in range(20):
+        noop.send()
+    engine = make_engine(migrated_url)
+    worker = dramatiq.Worker(broker, worker_timeout=20, worker_threads=2)
+    worker.start()
+    try:
+        folder = opmetrics.recent_tier_folder
+        assert folder is not None
+        assert (folder.interval_s, folder.retention_days) == (0.2, 2)
+        broker.join("default")
+        # Nobody calls fold: the worker's own folder puts the rows into the tier.
+        wait_until(lambda: tier_counts(engine)["processing_time"] == 20, timeout_s=15, what="the worker's fold")
+    finally:
+        worker.stop()
+    assert opmetrics.recent_tier_folder is None
+    wait_until(lambda: not fold_threads(), timeout_s=5, what="the fold thread to end")
+    try:
+        assert tier_counts(engine) == folded_raw_counts(engine)
+    finally:
+        engine.dispose()
+
+
+def test_a_recent_fold_interval_of_0_starts_no_folder(sqlite_url: URL) -> None:
+    upgrade(sqlite_url)
+    opmetrics = OpMetrics(sqlite_url, queue_depth_interval_s=0, recent_fold_interval_s=0)
+    broker = make_stub_broker(opmetrics)
+    worker = dramatiq.Worker(broker, worker_timeout=20, worker_threads=1)
+    worker.start()
+    try:
+        assert opmetrics.recent_tier_folder is None
+        assert opmetrics._background_engine is None  # neither sampler nor folder: no engine of theirs
+        assert not fold_threads()
+    finally:
+        worker.stop()
+
+
+def test_the_recent_tier_settings_fall_back_to_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPMETRICS_RECENT_FOLD_INTERVAL_S", "30")
+    monkeypatch.setenv("OPMETRICS_RECENT_RETENTION_DAYS", "7")
+    opmetrics = OpMetrics("sqlite:///x.sqlite3")
+    assert (opmetrics.recent_fold_interval_s, opmetrics.recent_retention_days) == (30.0, 7)
+    explicit = OpMetrics("sqlite:///x.sqlite3", recent_fold_interval_s=0, recent_retention_days=1)
+    assert (explicit.recent_fold_interval_s, explicit.recent_retention_days) == (0.0, 1)
+    monkeypatch.delenv("OPMETRICS_RECENT_FOLD_INTERVAL_S")
+    monkeypatch.delenv("OPMETRICS_RECENT_RETENTION_DAYS")
+    defaults = OpMetrics("sqlite:///x.sqlite3")
+    assert (defaults.recent_fold_interval_s, defaults.recent_retention_days) == (60.0, 3)
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"recent_fold_interval_s": 0.01}, r"recent_fold_interval_s \(0 turns folding off\): interval_s must be from"),
+        ({"recent_fold_interval_s": -5}, "recent_fold_interval_s"),
+        ({"recent_fold_interval_s": "60"}, "recent_fold_interval_s"),
+        ({"recent_retention_days": 0}, f"whole number of days from 1 to {MAX_RECENT_RETENTION_DAYS}, got 0"),
+        ({"recent_retention_days": 2.5}, "recent_retention_days must be a whole number of days"),
+        ({"recent_retention_days": True}, "recent_retention_days must be a whole number of days"),
+        ({"recent_retention_days": MAX_RECENT_RETENTION_DAYS + 1}, "recent_retention_days"),
+    ],
+)  # fmt: skip
+def test_a_bad_recent_tier_setting_is_refused_naming_it(options: dict[str, object], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        OpMetrics("sqlite:///x.sqlite3", **options)  # type: ignore[arg-type]
+
+
+def test_a_bad_recent_tier_environment_variable_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPMETRICS_RECENT_RETENTION_DAYS", "a week")
+    with pytest.raises(ConfigurationError, match="OPMETRICS_RECENT_RETENTION_DAYS must be a number"):
+        OpMetrics("sqlite:///x.sqlite3")
+    monkeypatch.delenv("OPMETRICS_RECENT_RETENTION_DAYS")
+    monkeypatch.setenv("OPMETRICS_RECENT_FOLD_INTERVAL_S", "0.05")
+    with pytest.raises(ValueError, match=r"OPMETRICS_RECENT_FOLD_INTERVAL_S \(0 turns folding off\)"):
+        OpMetrics("sqlite:///x.sqlite3")
+
+
+def test_a_failing_fold_is_logged_once_per_interval_and_never_stops_the_worker(
+    sqlite_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    upgrade(sqlite_url, revision="0004")  # the recent tier's tables come with 0005: every fold fails
+    caplog.set_level(logging.WARNING, "dramatiq_opmetrics.recent_tier")
+    opmetrics = OpMetrics(sqlite_url, flush_interval_s=0.1, recent_fold_interval_s=0.2)
+    broker = make_stub_broker(opmetrics)
+
+    @dramatiq.actor(broker=broker)
+    def noop() -> None:
+        pass
+
+    def skipped() -> list[str]:
+        messages = [record.getMessage() for record in caplog.records if record.name == "dramatiq_opmetrics.recent_tier"]
+        return [
+            match.group(1)
+            for match in map(re.compile(r"skipped the interval starting (\S+): ").search, messages)
+            if match
+        ]
+
+    worker = dramatiq.Worker(broker, worker_timeout=20, worker_threads=2)
+    worker.start()
+    try:
+        wait_until(lambda: len(skipped()) >= 3, timeout_s=15, what="three failed folds")
+        for _ in range(10):
+            noop.send()
+        broker.join("default")
+        worker.join()
+    finally:
+        worker.stop()
+    starts = skipped()
+    assert len(starts) == len(set(starts))  # one warning per interval
+    assert all(
+        "opmetrics_recent_state" in record.getMessage() for record in caplog.records if "skipped" in record.getMessage()
+    )
+    engine = make_engine(sqlite_url)
+    try:
+        assert raw_counts(engine)[("processing_time", "actor:noop|queue:default")] == 10
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_stopping_worker_does_not_wait_for_a_fold_blocked_on_the_database(
+    postgres_engine: Engine, postgres_url: URL
+) -> None:
+    shutdown_timeout_s = 2.0
+    opmetrics = OpMetrics(
+        postgres_url, flush_interval_s=0.1, recent_fold_interval_s=0.2, shutdown_timeout_s=shutdown_timeout_s
+    )
+    broker = make_stub_broker(opmetrics)
+
+    @dramatiq.actor(broker=broker)
+    def noop() -> None:
+        pass
+
+    for _ in range(5):
+        noop.send()
+    with postgres_engine.connect() as blocker:
+        blocker.begin()
+        advisory_xact_lock(blocker, FOLD_LOCK)  # as if another process's fold held the lock for long
+        blocker_pid = blocker.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        worker = dramatiq.Worker(broker, worker_timeout=20, worker_threads=2)
+        worker.start()
+        try:
+            broker.join("default")
+
+            def fold_is_blocked() -> bool:
+                with postgres_engine.connect() as connection:
+                    waiting = connection.execute(
+                        text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
+                        {"pid": blocker_pid},
+                    ).scalar_one()
+                return bool(waiting)
+
+            wait_until(fold_is_blocked, timeout_s=10, what="the worker's fold to wait for the lock")
+        finally:
+            started = time.monotonic()
+            worker.stop()
+            stop_s = time.monotonic() - started
+        assert stop_s < shutdown_timeout_s + 0.5  # the documented bound; the fold would wait for 30 s
+        assert fold_threads(), "the blocked fold is left to its daemon thread"
+        assert tier_counts(postgres_engine) == Counter()
+        blocker.commit()
+    # Once the lock is free, the fold left behind finishes and commits everything written, once.
+    wait_until(lambda: not fold_threads(), timeout_s=10, what="the fold left behind to end")
+    assert tier_counts(postgres_engine) == folded_raw_counts(postgres_engine)
+    assert tier_counts(postgres_engine)["processing_time"] == 5

@@ -22,6 +22,7 @@ from dramatiq_opmetrics.migrate import (
     script_location,
     upgrade,
 )
+from dramatiq_opmetrics.recent_tier import fold
 from dramatiq_opmetrics.rollup import rollup
 from dramatiq_opmetrics.samples import Sample
 from dramatiq_opmetrics.writer import write_samples
@@ -36,14 +37,12 @@ OUR_TABLES = {
     "operational_metrics_monthly",
     VERSION_TABLE,
 }
+#: The newest revision.
+HEAD = "0007"
 #: The tables of the recent tier (migration 0005).
 RECENT_TABLES = {"opmetrics_recent_aggregates", "opmetrics_recent_state"}
-#: The table of the monthly rows (migration 0006).
+#: The table of the monthly rows (migration 0007).
 MONTHLY_TABLES = {"operational_metrics_monthly"}
-
-
-def head_revision(url: URL) -> str | None:
-    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
 
 
 def table_names(url: URL) -> set[str]:
@@ -53,7 +52,9 @@ def table_names(url: URL) -> set[str]:
             names = set(inspect(connection).get_table_names())
     finally:
         engine.dispose()
-    return {name for name in names if not name.startswith("operational_metrics_") or name in OUR_TABLES}
+    # Partitions (PostgreSQL): of the raw table by day, of the recent tier by width.
+    partitions = ("operational_metrics_", "opmetrics_recent_aggregates_")
+    return {name for name in names if not name.startswith(partitions) or name in OUR_TABLES}
 
 
 def test_upgrade_creates_every_table_and_records_our_version_table(database_url: URL) -> None:
@@ -87,6 +88,29 @@ def test_downgrading_0005_removes_only_the_recent_tier_tables(database_url: URL)
     assert table_names(database_url) == OUR_TABLES - RECENT_TABLES - MONTHLY_TABLES
     upgrade(database_url)
     assert table_names(database_url) == OUR_TABLES
+
+
+def test_downgrading_0006_empties_the_recent_tier_and_upgrading_again_refolds_it(database_url: URL) -> None:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        at = dt.datetime(2026, 11, 20, 8, tzinfo=dt.UTC)
+        with engine.begin() as connection:
+            write_samples(connection, samples.processing_time("a", 5.0, recorded_at=at))
+        now = at + dt.timedelta(hours=2)
+        assert fold(engine, now=now).rows == 1
+        downgrade(database_url, "0005")
+        with engine.connect() as connection:
+            for table in RECENT_TABLES:
+                assert connection.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 0
+        upgrade(database_url)
+        assert current_revision(database_url) == HEAD
+        assert fold(engine, now=now).rows == 1
+        with engine.connect() as connection:
+            widths = connection.execute(text("SELECT width_minutes FROM opmetrics_recent_aggregates")).scalars()
+            assert sorted(widths) == [1, 10, 60]
+    finally:
+        engine.dispose()
 
 
 def test_the_seed_queries_work_unchanged(engine: Engine) -> None:
@@ -135,9 +159,7 @@ def test_our_migrations_live_beside_an_applications_own_alembic_history(sqlite_u
     engine = create_engine(sqlite_url)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "app1"
-        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == head_revision(
-            sqlite_url
-        )
+        assert connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == HEAD
     engine.dispose()
 
 
@@ -173,7 +195,7 @@ def test_downgrading_0003_deletes_only_the_rows_of_its_metric_types_and_upgradin
             kinds = connection.execute(text("SELECT CAST(metric_type AS TEXT) FROM operational_metrics")).scalars()
             assert list(kinds) == ["processing_time"]
         upgrade(database_url)
-        assert current_revision(database_url) == head_revision(database_url)
+        assert current_revision(database_url) == HEAD
         with engine.begin() as connection:
             write_samples(connection, samples.rejected_samples(1, metric_type="error", reason="DataError"))
     finally:
@@ -210,7 +232,7 @@ def test_every_metric_type_is_stored_raw_and_daily_and_downgrading_0004_deletes_
         engine.dispose()
 
 
-def test_downgrading_0006_removes_the_monthly_rows_and_packed_histograms_and_a_rollup_restores_them(
+def test_downgrading_0007_removes_the_monthly_rows_and_packed_histograms_and_a_rollup_restores_them(
     database_url: URL,
 ) -> None:
     upgrade(database_url)
@@ -220,7 +242,7 @@ def test_downgrading_0006_removes_the_monthly_rows_and_packed_histograms_and_a_r
         with engine.begin() as connection:
             write_samples(connection, [*samples.processing_time("a", 5.0, recorded_at=two_days_ago)])
         rollup(engine)
-        downgrade(database_url, "0005")
+        downgrade(database_url, "0006")
         assert table_names(database_url) == OUR_TABLES - MONTHLY_TABLES
         with engine.connect() as connection:
             columns = {column["name"] for column in inspect(connection).get_columns("operational_metrics_daily")}

@@ -20,12 +20,14 @@ from dramatiq_opmetrics.labels import make_label_set
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.models import OperationalMetric, RecentAggregate
 from dramatiq_opmetrics.recent_tier import (
+    WIDTHS_MINUTES,
     FoldResult,
     RecentTierFolder,
     bucket_floor,
     fold,
     histogram_of_keys,
     quantiles_of_keys,
+    read_state,
     signed_bucket_key,
 )
 from dramatiq_opmetrics.rollup import daily_totals, rollup
@@ -50,13 +52,21 @@ def tier_rows(
 def expected_rows(
     engine: Engine, width: int
 ) -> dict[tuple[dt.datetime, str, int], tuple[int, float, float, float, Counter]]:
-    """What numpy says the tier must hold, from the raw rows themselves."""
+    """What numpy says the tier must hold, from the raw rows themselves: those of whole minutes from its floor
+    to its cutoff in 1-minute buckets, those of the wider buckets built so far in those."""
     raw = OperationalMetric.__table__
     with engine.connect() as connection:
+        state = read_state(connection)
         rows = connection.execute(select(raw.c.recorded_at, raw.c.metric_type, raw.c.label_set_id, raw.c.value)).all()
+    assert state is not None
     groups: dict[tuple[dt.datetime, str, int], list[float]] = {}
     for recorded_at, metric_type, label_set_id, value in rows:
-        key = (bucket_floor(recorded_at, width), MetricType(metric_type).value, label_set_id)
+        start = bucket_floor(recorded_at, width)
+        if not (
+            state.floor <= recorded_at < state.cutoff and start + dt.timedelta(minutes=width) <= state.until(width)
+        ):
+            continue
+        key = (start, MetricType(metric_type).value, label_set_id)
         groups.setdefault(key, []).append(value)
     return {
         key: (
@@ -71,7 +81,7 @@ def expected_rows(
 
 
 def assert_tier_is_exact(engine: Engine) -> None:
-    for width in (1, 10):
+    for width in WIDTHS_MINUTES:
         assert tier_rows(engine, width) == expected_rows(engine, width)
 
 
@@ -84,6 +94,43 @@ def test_each_raw_row_is_folded_once_and_a_rerun_adds_nothing(engine: Engine) ->
     again = fold(engine, now=NOW)
     assert (again.rows, again.folded_id) == (0, first.folded_id)
     assert_tier_is_exact(engine)
+
+
+def test_rows_of_the_minute_in_progress_wait_for_a_later_fold_and_are_found_by_id(engine: Engine) -> None:
+    labels = {"actor": "a", "queue": "q"}
+    minute = NOW - dt.timedelta(minutes=3)
+    # Rows of the minute in progress at each fold, rows of a clock ahead (recorded minutes later than written),
+    # and rows of the minutes before.
+    insert_samples(
+        engine,
+        [
+            (MetricType.PROCESSING_TIME, labels, 1.0, minute - dt.timedelta(seconds=30)),
+            (MetricType.PROCESSING_TIME, labels, 2.0, minute + dt.timedelta(seconds=2)),
+            (MetricType.PROCESSING_TIME, labels, 4.0, minute + dt.timedelta(minutes=2, seconds=10)),
+        ],
+    )
+    first = fold(engine, now=minute + dt.timedelta(seconds=5))
+    assert (first.rows, first.cutoff) == (1, minute)
+    assert_tier_is_exact(engine)
+    insert_samples(engine, [(MetricType.PROCESSING_TIME, labels, 8.0, minute + dt.timedelta(seconds=40))])
+    second = fold(engine, now=minute + dt.timedelta(minutes=1, seconds=5))
+    assert second.rows == 2  # the two rows of that minute, one of them written before the first fold
+    assert_tier_is_exact(engine)
+    with engine.connect() as connection:
+        state = read_state(connection)
+    assert state is not None and state.skipped_id is not None  # the row of the clock ahead is still to come
+    assert fold(engine, now=minute + dt.timedelta(minutes=2, seconds=5)).rows == 0
+    assert fold(engine, now=minute + dt.timedelta(minutes=3, seconds=5)).rows == 1
+    assert_tier_is_exact(engine)
+    with engine.connect() as connection:
+        state = read_state(connection)
+    assert state is not None and state.skipped_id is None
+    points = query_series(engine, minute - dt.timedelta(minutes=1), NOW, step=dt.timedelta(minutes=1))
+    assert [(point.start, point.sum) for point in points] == [
+        (minute - dt.timedelta(minutes=1), 1.0),
+        (minute, 10.0),
+        (minute + dt.timedelta(minutes=2), 4.0),
+    ]
 
 
 def test_a_late_sample_is_folded_into_its_own_older_bucket(engine: Engine) -> None:
@@ -139,7 +186,11 @@ def test_rows_of_a_writer_still_in_its_transaction_are_folded_once_it_commits(po
     labels = make_label_set({"actor": "a", "queue": "q"})
     with engine.begin() as connection:
         label_set_id = resolve_label_set_ids(connection, [labels])[labels.labels_key]
-    row = {"metric_type": MetricType.PROCESSING_TIME, "label_set_id": label_set_id, "recorded_at": NOW}
+    row = {
+        "metric_type": MetricType.PROCESSING_TIME,
+        "label_set_id": label_set_id,
+        "recorded_at": NOW - dt.timedelta(seconds=30),
+    }
 
     def slow_and_fast_writers() -> FoldResult:
         with engine.connect() as slow:
@@ -183,19 +234,21 @@ def test_buckets_older_than_the_retention_go_and_older_ranges_are_read_from_raw_
         engine,
         [
             (MetricType.WAIT_TIME, {"actor": "a", "queue": "q"}, 5.0, old_at),
-            (MetricType.WAIT_TIME, {"actor": "a", "queue": "q"}, 7.0, NOW - dt.timedelta(hours=1)),
+            (MetricType.WAIT_TIME, {"actor": "a", "queue": "q"}, 7.0, NOW - dt.timedelta(hours=3)),
         ],
     )
-    fold(engine, now=NOW - dt.timedelta(days=1))  # the old row is inside the retention then
+    fold(engine, now=NOW - dt.timedelta(hours=2, minutes=30))  # the old row is inside the retention then
     assert sum(count for count, *_ in tier_rows(engine, 1).values()) == 2
+    assert_tier_is_exact(engine)
     result = fold(engine, now=NOW)
-    assert result.pruned_buckets == 2  # its 1- and 10-minute buckets
-    assert result.floor == bucket_floor(NOW - dt.timedelta(days=3), 10)
-    assert [key[0] for key in tier_rows(engine, 1)] == [bucket_floor(NOW - dt.timedelta(hours=1), 1)]
+    assert result.pruned_buckets == 3  # its 1-minute, 10-minute and hourly buckets
+    assert result.floor == bucket_floor(NOW - dt.timedelta(days=3), 60)
+    assert [key[0] for key in tier_rows(engine, 1)] == [bucket_floor(NOW - dt.timedelta(hours=3), 1)]
+    assert_tier_is_exact(engine)
     points = query_series(engine, old_at - dt.timedelta(hours=1), NOW, step=dt.timedelta(hours=1))
     assert [(point.start, point.sum) for point in points] == [
         (bucket_floor(old_at, 60), 5.0),
-        (bucket_floor(NOW - dt.timedelta(hours=1), 60), 7.0),
+        (bucket_floor(NOW - dt.timedelta(hours=3), 60), 7.0),
     ]
 
 

@@ -362,3 +362,187 @@ def test_the_report_shows_oldest_message_age_and_workers_with_their_utilisation(
     threads = data["metrics"]["worker_threads"]
     assert threads["group_by"] == ["host", "queues"] and threads["unit"] == "threads"
     assert [row["sum"] for row in data["metrics"]["busy_threads"]["rows"]] == [8.0, 8.0]
+
+
+# Windows of time (--last, --since/--until as datetimes): from the recent tier and the raw rows not folded yet.
+
+
+def test_last_counts_back_from_now_and_datetimes_make_a_window() -> None:
+    now = dt.datetime(2026, 11, 27, 12, 30, 15, tzinfo=dt.UTC)
+    assert report_range(last=dt.timedelta(hours=1), now=now) == (now - dt.timedelta(hours=1), now)
+    since = dt.datetime(2026, 11, 27, 9, 30, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    assert report_range(since=since, now=now) == (dt.datetime(2026, 11, 27, 8, 30, tzinfo=dt.UTC), now)
+    # A date beside a datetime: since is the day's first instant, until the end of its day; naive is UTC.
+    assert report_range(since=dt.datetime(2026, 11, 26, 22), until=dt.date(2026, 11, 27), now=now) == (
+        dt.datetime(2026, 11, 26, 22, tzinfo=dt.UTC),
+        dt.datetime(2026, 11, 28, tzinfo=dt.UTC),
+    )
+    assert report_range(since=dt.date(2026, 11, 27), until=now, now=now) == (
+        dt.datetime(2026, 11, 27, tzinfo=dt.UTC),
+        now,
+    )
+    # Dates alone keep meaning whole days.
+    assert report_range(since=dt.date(2026, 11, 26), now=now) == (dt.date(2026, 11, 26), dt.date(2026, 11, 27))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"last": dt.timedelta(hours=1), "days": 2}, "either --last or --days/--since/--until"),
+        ({"last": dt.timedelta(hours=1), "since": SINCE}, "either --last or --days/--since/--until"),
+        ({"last": dt.timedelta(0)}, "--last must be a positive duration"),
+        (
+            {"since": dt.datetime(2026, 11, 27, 10, tzinfo=dt.UTC), "until": dt.datetime(2026, 11, 27, 10)},
+            "is not before --until",
+        ),
+    ],
+)
+def test_a_bad_window_is_refused_with_a_clear_message(arguments: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        report_range(now=dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC), **arguments)  # type: ignore[arg-type]
+
+
+def test_a_window_report_has_datetimes_its_length_and_a_heading_in_80_columns() -> None:
+    start = dt.datetime(2026, 11, 27, 11, 0, 5, tzinfo=dt.UTC)
+    report = Report(start, start + dt.timedelta(minutes=90), sample_report().filters, sample_report().metrics)
+    data = report_to_dict(report)
+    assert (data["since"], data["until"]) == ("2026-11-27T11:00:05+00:00", "2026-11-27T12:30:05+00:00")
+    assert (data["window_s"], data["missing_before"]) == (5400.0, None)
+    lines = render_text(report).splitlines()
+    assert lines[0] == "dramatiq-opmetrics report: 2026-11-27 11:00:05 to 12:30:05 (UTC, 1h30m)"
+    assert max(len(line) for line in lines) <= 80
+    assert report_to_dict(sample_report())["window_s"] == 7 * 86_400
+
+
+#: The groups of the samples written for window reports.
+WINDOW_GROUPS = {MetricType.PROCESSING_TIME: ("actor", "queue"), MetricType.WAIT_TIME: ("actor", "queue")}
+
+
+def expected_rows(
+    samples: list[tuple[MetricType, dict[str, str], float, dt.datetime]],
+    start: dt.datetime,
+    end: dt.datetime,
+    metric_type: MetricType,
+    group_by: tuple[str, ...],
+) -> dict[tuple[tuple[str, str], ...], list[float]]:
+    found: dict[tuple[tuple[str, str], ...], list[float]] = {}
+    for sample_type, labels, value, recorded_at in samples:
+        if sample_type is metric_type and start <= recorded_at < end:
+            found.setdefault(tuple((key, labels[key]) for key in group_by if key in labels), []).append(value)
+    return found
+
+
+def assert_rows_match(
+    data: dict[str, Any],
+    samples: list[tuple[MetricType, dict[str, str], float, dt.datetime]],
+    start: dt.datetime,
+    end: dt.datetime,
+) -> None:
+    """Each JSON row holds exactly its group's count, sum, min and max and error rate; percentiles within 1%."""
+    import numpy as np
+
+    for metric_type, group_by in WINDOW_GROUPS.items():
+        expected = expected_rows(samples, start, end, metric_type, group_by)
+        errors = expected_rows(samples, start, end, MetricType.ERROR, ("actor", "queue"))
+        rows = {tuple(row["labels"].items()): row for row in data["metrics"][metric_type.value]["rows"]}
+        assert rows.keys() == expected.keys()
+        for group, row in rows.items():
+            values = np.array(expected[group])
+            assert row["count"] == len(values), group
+            assert row["sum"] == float(np.sum(values)), group
+            assert (row["min"], row["max"]) == (float(values.min()), float(values.max())), group
+            for name, exact in zip(
+                ("p50", "p95", "p99"), np.percentile(values, [50, 95, 99], method="lower"), strict=True
+            ):
+                assert abs(row[name] - exact) <= 0.01 * exact, (group, name, row[name], exact)
+            if metric_type is MetricType.PROCESSING_TIME:
+                assert row["error_rate"] == len(errors.get(group, [])) / len(values), group
+    error_rows = {tuple(row["labels"].items()): row["count"] for row in data["metrics"]["error"]["rows"]}
+    wanted = expected_rows(samples, start, end, MetricType.ERROR, ("actor", "queue", "error_type", "outcome"))
+    assert error_rows == {group: len(values) for group, values in wanted.items()}
+
+
+def test_report_last_1h_json_counts_folded_and_unfolded_rows_exactly(
+    engine: Engine, migrated_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from raw_samples import insert_samples
+    from series_samples import fleet_samples
+
+    from dramatiq_opmetrics.recent_tier import fold
+
+    now = dt.datetime.now(dt.UTC)
+    # Inside the hour: the first 30 minutes folded into the tier, the rest (and late rows for folded minutes)
+    # written after the fold. Outside it: two hours ago, and a few minutes before the hour.
+    folded = fleet_samples(now - dt.timedelta(minutes=55), 30, seed=11, per_minute=12)
+    outside = fleet_samples(now - dt.timedelta(hours=3), 60, seed=12, per_minute=12)
+    outside += fleet_samples(now - dt.timedelta(minutes=66), 4, seed=13, per_minute=12)
+    insert_samples(engine, folded + outside)
+    assert fold(engine).rows == len(folded + outside)
+    unfolded = fleet_samples(now - dt.timedelta(minutes=25), 20, seed=14, per_minute=12)
+    late = fleet_samples(now - dt.timedelta(minutes=50), 10, seed=15, per_minute=3)
+    insert_samples(engine, unfolded + late)
+
+    data = report_json(migrated_url, "--last", "1h", capsys=capsys)
+    start, end = dt.datetime.fromisoformat(data["since"]), dt.datetime.fromisoformat(data["until"])
+    assert end - start == dt.timedelta(hours=1) and now <= end < now + dt.timedelta(minutes=1)
+    assert (data["window_s"], data["missing_before"]) == (3600.0, None)
+    assert_rows_match(data, folded + outside + unfolded + late, start, end)
+    assert main(["report", "--database-url", url_text(migrated_url), "--last", "1h"]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].endswith("(UTC, 1h)") and max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_report_since_and_until_as_datetimes_cover_that_window(
+    engine: Engine, migrated_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from raw_samples import insert_samples
+    from series_samples import fleet_samples
+
+    from dramatiq_opmetrics.recent_tier import fold
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    samples = fleet_samples(now - dt.timedelta(minutes=90), 80, seed=21, per_minute=10)
+    insert_samples(engine, samples[: len(samples) // 2])
+    fold(engine)
+    insert_samples(engine, samples[len(samples) // 2 :])
+    start, end = now - dt.timedelta(minutes=70, seconds=30), now - dt.timedelta(minutes=20, seconds=15)
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    since = start.astimezone(plus_two).isoformat()  # an offset
+    until = end.replace(tzinfo=None).isoformat()  # naive: UTC
+    data = report_json(migrated_url, "--since", since, "--until", until, capsys=capsys)
+    assert (data["since"], data["until"]) == (start.isoformat(), end.isoformat())
+    assert data["window_s"] == (end - start).total_seconds()
+    assert_rows_match(data, samples, start, end)
+
+
+def test_a_window_from_midnight_to_midnight_is_read_from_the_daily_rows(
+    fleet: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    by_days = report_json(fleet, "--days", "3", capsys=capsys)
+    since = f"{TODAY - dt.timedelta(days=2)}T00:00:00+00:00"
+    until = f"{TODAY + dt.timedelta(days=1)}T00:00:00"
+    by_window = report_json(fleet, "--since", since, "--until", until, capsys=capsys)
+    assert (by_window["since"], by_window["window_s"]) == (since, 3 * 86_400)
+    assert by_window["metrics"] == by_days["metrics"]
+
+
+def test_a_window_reaching_back_past_pruned_raw_rows_says_from_when_it_is_complete(
+    engine: Engine, migrated_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dramatiq_opmetrics.retention import prune
+
+    record_fleet_day(engine, TODAY - dt.timedelta(days=40), [10.0, 20.0])
+    rollup(engine)
+    prune(engine, retention_days=30)
+    now = dt.datetime.now(dt.UTC)
+    with Session(engine) as session, session.begin():
+        for duration_ms in (90.0, 100.0):
+            MetricsCollector(session).record_processing_time("send_email", duration_ms, queue="emails", recorded_at=now)
+    data = report_json(migrated_url, "--last", "45d", capsys=capsys)
+    midnight = dt.datetime.combine(now.date(), dt.time(), tzinfo=dt.UTC)
+    assert data["missing_before"] == midnight.isoformat()
+    [processing] = data["metrics"]["processing_time"]["rows"]
+    assert processing["count"] == 2  # today's raw rows; the pruned day is in the daily rows only
+    assert main(["report", "--database-url", url_text(migrated_url), "--last", "45d"]) == 0
+    assert f"Raw rows before {now.date()} 00:00:00 UTC were pruned" in capsys.readouterr().out
+    assert report_json(migrated_url, "--last", "1h", capsys=capsys)["missing_before"] is None

@@ -284,7 +284,7 @@ def test_a_day_rolled_up_again_re_merges_its_month_without_counting_the_day_twic
 def test_daily_rows_written_otherwise_are_packed_and_merged_into_months_by_the_next_run(
     engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Daily rows as migration 0006 finds them (or as an import writes them): JSON histograms only.
+    # Daily rows as migration 0007 finds them (or as an import writes them): JSON histograms only.
     populate(engine, days=70, actors=make_actors(3, queues=2), now=NOW, raw_samples_per_actor=0)
     assert monthly_rows(engine) == []
     with caplog.at_level(logging.INFO, logger="dramatiq_opmetrics.rollup"):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 import time
@@ -16,8 +17,11 @@ from conftest import RABBITMQ_URL, REDIS_URL
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, xq_name
-from raw_samples import stored_oldest_ages, stored_queue_depths
+from raw_samples import insert_samples, stored_oldest_ages, stored_queue_depths
+from series_samples import fleet_samples
 from sqlalchemy.engine import URL
+from tier_counts import folded_raw_counts, tier_counts
+from waiting import wait_until
 
 from dramatiq_opmetrics.cli import main
 from dramatiq_opmetrics.database import make_engine
@@ -191,6 +195,31 @@ def test_a_bad_interval_or_queue_is_one_clear_line(
     assert stored_depths(migrated_url) == []
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "error"),
+    [
+        ("OPMETRICS_RECENT_FOLD_INTERVAL_S", "0.01", "OPMETRICS_RECENT_FOLD_INTERVAL_S (0 turns folding off):"),
+        ("OPMETRICS_RECENT_RETENTION_DAYS", "0", "OPMETRICS_RECENT_RETENTION_DAYS must be a whole number of days"),
+        ("OPMETRICS_RECENT_RETENTION_DAYS", "3.5", "OPMETRICS_RECENT_RETENTION_DAYS must be a number"),
+    ],
+)
+def test_a_bad_fold_setting_is_one_clear_line(
+    migrated_url: URL,
+    broker_module: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    error: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    spec = broker_module("from dramatiq.brokers.stub import StubBroker\nbroker = StubBroker()\n")
+    assert sample_queues_once(spec, migrated_url) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dramatiq-opmetrics: error: ") and err.count("\n") == 1
+    assert error in err
+
+
 def test_a_missing_broker_module_is_one_clear_line(sqlite_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
     spec = "no_such_module_opm:broker"
     assert sample_queues_once(spec, sqlite_url) == 2
@@ -238,7 +267,14 @@ def test_a_database_that_is_not_migrated_is_reported_before_sampling(
 
 
 def start_sidecars(
-    spec: str, url: URL, tmp_path: Path, extra_queue: str, count: int = 3
+    spec: str,
+    url: URL,
+    tmp_path: Path,
+    extra_queue: str,
+    count: int = 3,
+    options: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    first_index: int = 0,
 ) -> list[subprocess.Popen[str]]:
     command = [
         str(BIN / "dramatiq-opmetrics"),
@@ -251,42 +287,56 @@ def start_sidecars(
         url_text(url),
         "--queue",
         extra_queue,
+        *options,
     ]
     return [
         subprocess.Popen(
             command,
             cwd=tmp_path,
+            env=env,
             stdout=(tmp_path / f"sidecar{index}.out").open("w"),
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for index in range(3)
+        for index in range(first_index, first_index + count)
     ]
 
 
-def sidecar_outputs(tmp_path: Path, count: int) -> list[str]:
+def sidecar_outputs(tmp_path: Path, count: int, first_index: int = 0) -> list[str]:
     """What each of ``count`` sidecars has printed so far."""
-    return [(tmp_path / f"sidecar{i}.out").read_text() for i in range(count)]
+    return [(tmp_path / f"sidecar{i}.out").read_text() for i in range(first_index, first_index + count)]
+
+
+def wait_for_sidecars(processes: list[subprocess.Popen[str]], tmp_path: Path, first_index: int = 0) -> list[str]:
+    """Wait until each sidecar says it runs; return what they printed."""
+
+    def running() -> bool:
+        outputs = sidecar_outputs(tmp_path, len(processes), first_index)
+        assert all(p.poll() is None for p in processes), outputs
+        return all("sampling" in output for output in outputs)
+
+    wait_until(running, timeout_s=60, what="the sidecars to start", poll_s=0.1)
+    return sidecar_outputs(tmp_path, len(processes), first_index)
+
+
+def stop_sidecars(processes: list[subprocess.Popen[str]], tmp_path: Path, first_index: int = 0) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(30)
+    assert all(p.returncode == 0 for p in processes), sidecar_outputs(tmp_path, len(processes), first_index)
 
 
 def run_fleet_for_three_intervals(processes: list[subprocess.Popen[str]], tmp_path: Path) -> dt.datetime:
     """Wait until every sidecar runs, let three whole intervals pass, stop them; return the first's start."""
-    deadline = time.monotonic() + 60
     try:
-        while not all("sampling" in output for output in sidecar_outputs(tmp_path, len(processes))):
-            assert all(p.poll() is None for p in processes), sidecar_outputs(tmp_path, len(processes))
-            assert time.monotonic() < deadline, "the sidecars did not start"
-            time.sleep(0.1)
+        wait_for_sidecars(processes, tmp_path)
         first = interval_start(dt.datetime.now(dt.UTC), FLEET_INTERVAL_S) + dt.timedelta(seconds=FLEET_INTERVAL_S)
         end = first + dt.timedelta(seconds=3 * FLEET_INTERVAL_S)
         # Stop in the middle of the interval after the third, so its sample (if any) is outside the window.
         time.sleep((end - dt.datetime.now(dt.UTC)).total_seconds() + FLEET_INTERVAL_S / 2)
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(30)
-    assert [p.returncode for p in processes] == [0, 0, 0], sidecar_outputs(tmp_path, len(processes))
+        stop_sidecars(processes, tmp_path)
     return first
 
 
@@ -363,3 +413,57 @@ def test_three_sidecars_on_rabbitmq_write_three_samples_per_queue_and_state_in_t
             channel = checker.connection.channel()
     finally:
         checker.close()
+
+
+#: Seconds between folds of the recent tier in the sidecar test.
+FOLD_INTERVAL_S = 0.5
+
+
+@pytest.mark.slow
+def test_sidecars_keep_the_recent_tier_current_together_unless_told_not_to(
+    postgres_url: URL,
+    redis_broker: RedisBroker,
+    unique_queue: Callable[[str], str],
+    broker_module: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    now = dt.datetime.now(dt.UTC)
+    samples = fleet_samples(now - dt.timedelta(minutes=30), 20, per_minute=6)
+    insert_samples(engine, samples)
+    spec = broker_module(redis_module_source(redis_broker.namespace, [unique_queue("q")]))
+    env = {**os.environ, "OPMETRICS_RECENT_FOLD_INTERVAL_S": str(FOLD_INTERVAL_S)}
+
+    def folded(expected: Counter[str]) -> bool:
+        """Whether the tier counts ``expected`` (the sidecars' own queue samples aside)."""
+        counts = tier_counts(engine)
+        return all(counts[metric_type] == count for metric_type, count in expected.items())
+
+    try:
+        not_folding = start_sidecars(spec, postgres_url, tmp_path, unique_queue("x"), 1, ("--no-fold",), env)
+        try:
+            [output] = wait_for_sidecars(not_folding, tmp_path)
+            time.sleep(4 * FOLD_INTERVAL_S)
+        finally:
+            stop_sidecars(not_folding, tmp_path)
+        assert "folding" not in output
+        assert tier_counts(engine) == Counter()
+
+        folding = start_sidecars(spec, postgres_url, tmp_path, unique_queue("x"), 2, env=env, first_index=1)
+        try:
+            outputs = wait_for_sidecars(folding, tmp_path, first_index=1)
+            assert all(f"folding the recent tier every {FOLD_INTERVAL_S:g} s" in output for output in outputs)
+            expected = Counter(metric_type.value for metric_type, *_ in samples)
+            wait_until(lambda: folded(expected), timeout_s=30, what="the sidecars' fold")
+            # Rows written later are folded by a later interval, and two folders never count a row twice.
+            later = fleet_samples(now - dt.timedelta(minutes=5), 3, seed=9, per_minute=6)
+            insert_samples(engine, later)
+            expected.update(metric_type.value for metric_type, *_ in later)
+            wait_until(lambda: folded(expected), timeout_s=30, what="a later fold")
+        finally:
+            stop_sidecars(folding, tmp_path, first_index=1)
+        assert tier_counts(engine) == folded_raw_counts(engine)
+        assert tier_counts(engine)["queue_depth"] > 0  # the sidecars' own samples are folded too
+    finally:
+        engine.dispose()

@@ -2,8 +2,11 @@
 
 The pages are rendered on the server with Jinja2 (autoescaping on, so a label such as ``<script>`` shows
 as text); each page's chart data travels as JSON in a non-executable ``<script type="application/json">``
-element and is drawn by the vendored uPlot chart library. A strict Content-Security-Policy allows scripts
-from the dashboard's own static folder only.
+element and is drawn by the vendored uPlot chart library. The Now page fetches its data again as JSON
+(``/now.json``) every few seconds and redraws, putting labels in the page as text only. A strict
+Content-Security-Policy allows scripts from the dashboard's own static folder only.
+
+What each page shows is computed by its module in :mod:`~dramatiq_opmetrics.dashboard.pages`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import json
 import math
 from collections.abc import Callable, Iterable
 from importlib import resources
@@ -27,16 +31,9 @@ from werkzeug.utils import send_from_directory
 from werkzeug.wrappers import Request, Response
 
 from ..database import make_engine
-from .data import (
-    CONFIDENCE_GROUPS,
-    DEFAULT_DEPTH_WINDOW_HOURS,
-    DEFAULT_OVERVIEW_SORT,
-    DEFAULT_RANGE_DAYS,
-    DEPTH_WINDOW_HOURS,
-    OVERVIEW_SORTS,
-    RANGE_DAYS,
-    DashboardData,
-)
+from .charts import DEFAULT_RANGE_DAYS, RANGE_DAYS
+from .data import DashboardData
+from .pages import actor, confidence, now, overview, queues, tokens
 
 #: Headers sent with every response: no third-party scripts, no framing, no sniffing, no referrer.
 SECURITY_HEADERS = {
@@ -60,10 +57,12 @@ class DashboardApp:
     """The read-only dashboard, a WSGI application; serve it or mount it in your own web application.
 
     Create it with :func:`create_app`. Views: ``/`` (overview), ``/actor`` (one actor), ``/queues``,
-    ``/tokens`` and ``/confidence``; each takes ``days`` (7, 30, 90 or 365; today is always included).
+    ``/tokens`` and ``/confidence``, each taking ``days`` (7, 30, 90 or 365; today is always included); and
+    ``/now``, the last hours minute by minute, taking ``window`` (1h, 6h, 24h or 72h), with its data as JSON
+    at ``/now.json``.
 
     Parameters:
-      data(DashboardData): the queries behind the views.
+      data(DashboardData): what the views read (the database, the clock, results kept between requests).
       bearer_token(str | None): when set, requests must send ``Authorization: Bearer <token>``.
       basic_auth(tuple[str, str] | None): when set, requests may instead send these basic-auth credentials
         (user name, password); browsers ask for them.
@@ -85,7 +84,9 @@ class DashboardApp:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.templates.filters.update(ms=format_ms, percent=format_percent, count=format_count)
+        self.templates.filters.update(
+            ms=format_ms, percent=format_percent, count=format_count, duration=format_duration
+        )
         self.url_map = Map(
             [
                 Rule("/", endpoint="overview"),
@@ -93,6 +94,8 @@ class DashboardApp:
                 Rule("/queues", endpoint="queues"),
                 Rule("/tokens", endpoint="tokens"),
                 Rule("/confidence", endpoint="confidence"),
+                Rule("/now", endpoint="now"),
+                Rule("/now.json", endpoint="now_json"),
                 Rule("/static/<path:filename>", endpoint="static"),
             ],
             strict_slashes=False,
@@ -141,10 +144,11 @@ class DashboardApp:
     # -- views ----------------------------------------------------------------------------------------------
 
     def _overview(self, request: Request) -> Response:
-        sort = request.args.get("sort", DEFAULT_OVERVIEW_SORT)
+        sort = request.args.get("sort", overview.DEFAULT_OVERVIEW_SORT)
         descending = request.args.get("order", "desc") != "asc"
         view = self._call(
-            self.data.overview,
+            overview.view,
+            self.data,
             _days(request),
             queue=request.args.get("queue") or None,
             sort=sort,
@@ -154,26 +158,47 @@ class DashboardApp:
         return self._page(request, "overview.html", "Overview", view, charts)
 
     def _actor(self, request: Request) -> Response:
-        actor = request.args.get("actor")
-        if not actor:
+        name_of_actor = request.args.get("actor")
+        if not name_of_actor:
             raise BadRequest("which actor? pass ?actor=NAME")
-        view = self._call(self.data.actor, actor, request.args.get("queue") or None, _days(request))
-        return self._page(request, "actor.html", f"Actor {actor}", view, view["charts"])
+        queue_name = request.args.get("queue") or None
+        view = self._call(actor.view, self.data, name_of_actor, queue_name, _days(request))
+        return self._page(request, "actor.html", f"Actor {name_of_actor}", view, view["charts"])
 
     def _queues(self, request: Request) -> Response:
-        hours = _int_arg(request, "hours", DEFAULT_DEPTH_WINDOW_HOURS)
-        view = self._call(self.data.queues, _days(request), hours, queue=request.args.get("queue") or None)
-        view["hour_choices"] = DEPTH_WINDOW_HOURS
+        hours = _int_arg(request, "hours", queues.DEFAULT_DEPTH_WINDOW_HOURS)
+        view = self._call(queues.view, self.data, _days(request), hours, queue=request.args.get("queue") or None)
+        view["hour_choices"] = queues.DEPTH_WINDOW_HOURS
         return self._page(request, "queues.html", "Queues", view, view["charts"])
 
     def _tokens(self, request: Request) -> Response:
-        view = self._call(self.data.tokens, _days(request), model=request.args.get("model") or None)
+        view = self._call(tokens.view, self.data, _days(request), model=request.args.get("model") or None)
         return self._page(request, "tokens.html", "Token usage", view, view["charts"])
 
     def _confidence(self, request: Request) -> Response:
-        by = request.args.get("by", CONFIDENCE_GROUPS[0])
-        view = self._call(self.data.confidence, _days(request), by=by, value=request.args.get("value") or None)
+        by = request.args.get("by", confidence.CONFIDENCE_GROUPS[0])
+        value = request.args.get("value") or None
+        view = self._call(confidence.view, self.data, _days(request), by=by, value=value)
         return self._page(request, "confidence.html", "Confidence", view, view["charts"])
+
+    def _now(self, request: Request) -> Response:
+        view = self._now_view(request)
+        return self._page(request, "now.html", "Now", view, view)
+
+    def _now_json(self, request: Request) -> Response:
+        response = Response(json.dumps(self._now_view(request), allow_nan=False), mimetype="application/json")
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def _now_view(self, request: Request) -> dict[str, Any]:
+        return self._call(
+            now.view,
+            self.data,
+            request.args.get("window") or now.DEFAULT_NOW_WINDOW,
+            actor=request.args.get("actor") or None,
+            queue=request.args.get("queue") or None,
+            percentile=request.args.get("percentile") or now.DEFAULT_NOW_PERCENTILE,
+        )
 
     def _static(self, request: Request, filename: str) -> Response:
         directory = str(_STATIC)
@@ -212,7 +237,7 @@ class DashboardApp:
             path=request.path,
             static=f"{request.script_root}/static",
             ranges=RANGE_DAYS,
-            sorts=OVERVIEW_SORTS,
+            sorts=overview.OVERVIEW_SORTS,
             now=self.data.clock(),
         )
         response = Response(html, mimetype="text/html")
@@ -292,6 +317,16 @@ def format_percent(value: float | None) -> str:
     if value is None:
         return DASH
     return f"{value * 100:.2f} %" if value < 0.1 else f"{value * 100:.1f} %"
+
+
+def format_duration(value_ms: float | None) -> str:
+    """A long duration in milliseconds, readable: ``850 ms``, ``42 s``, ``12.5 min``, ``3.2 h``, ``4.1 d``."""
+    if value_ms is None:
+        return DASH
+    for unit, size_ms in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000)):
+        if value_ms >= size_ms:
+            return f"{value_ms / size_ms:,.1f} {unit}"
+    return format_ms(value_ms)
 
 
 def format_count(value: float | None) -> str:

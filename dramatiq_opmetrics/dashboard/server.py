@@ -13,7 +13,8 @@ from typing import Any
 
 from ..config import ConfigurationError
 from .app import DashboardApp
-from .data import DEFAULT_RANGE_DAYS, RANGE_DAYS
+from .charts import DEFAULT_RANGE_DAYS, RANGE_DAYS
+from .pages import overview
 
 #: The interface the dashboard binds when none is given.
 DEFAULT_HOST = "127.0.0.1"
@@ -88,9 +89,9 @@ def make_server(
 
 
 def keep_warm(app: DashboardApp, stop: threading.Event, interval_s: float = DEFAULT_KEEP_WARM_INTERVAL_S) -> None:
-    """Until ``stop`` is set, prepare every ``interval_s`` seconds what the overview of each range needs
-    (today's new raw samples; after midnight or a rollup, the rolled-up days' merged histograms), so that
-    visitors do not wait for it. The default range comes first. Failures are logged, never raised.
+    """Until ``stop`` is set, prepare every ``interval_s`` seconds what the overview of each range keeps
+    between requests (after a start, midnight or a rollup: the rolled-up days' trends), so that visitors do
+    not wait for it. The default range comes first. Failures are logged, never raised.
 
     ``dramatiq-opmetrics dashboard`` runs it in a background thread; when mounting the app in your own web
     application, run it in one too::
@@ -103,7 +104,7 @@ def keep_warm(app: DashboardApp, stop: threading.Event, interval_s: float = DEFA
             if stop.is_set():
                 return
             try:
-                app.data.overview(days)
+                overview.view(app.data, days)
             except Exception:
                 logger.warning("Could not prepare the dashboard's %s-day overview in advance.", days, exc_info=True)
         stop.wait(interval_s)

@@ -17,8 +17,8 @@ what exists (the daily rows keep their columns and their meaning):
 Downgrading drops the table and the column; nothing is lost (both are derived from the daily rows'
 JSON histograms, which stay).
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-01
 """
 
@@ -29,8 +29,8 @@ from sqlalchemy.dialects import postgresql
 
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

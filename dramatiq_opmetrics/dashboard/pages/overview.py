@@ -1,0 +1,284 @@
+"""The overview (``/``): one row per actor and queue over a range of days, with trends, ranked two ways.
+
+Each row has the range's messages per day, error rate (errors / messages), p95 processing and wait time
+(over the whole range, from merged histograms: :func:`~dramatiq_opmetrics.query.query_metrics`), and the
+total processing time, where the fleet's time goes, with its share of the fleet's. The table is sorted by
+error rate by default (worst first), or by any column; beside it, the actors that take the most processing
+time are ranked on their own.
+
+Trends (one point per day, or per several days for long ranges) come from the daily rows grouped in SQL
+(a year of 200 actors is 220,000 daily rows, which the query API's per-day series would read one by one
+with their histograms, for seconds): per point the messages, errors, total processing time and the worst
+day's p95. They are kept between requests (:mod:`~dramatiq_opmetrics.dashboard.kept`). Today, and days the
+rollup has not reached, are added from :func:`~dramatiq_opmetrics.series.query_totals` (the recent tier):
+their messages, processing time and p95, and their errors as the points' error rate times their messages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import Connection, Integer, cast, func, select
+
+from ...metric_types import MetricType
+from ...models import OperationalMetricDaily
+from ...partitions import day_bounds
+from ...series import query_totals
+from ..charts import DEFAULT_RANGE_DAYS, RANGE_DAYS, DateRange, check_choice, worst
+from ..data import DashboardData
+from ..days import DaysOfRange, daily_fingerprint, label_values, range_stats
+
+#: The overview's sortable columns; the default sort shows the worst rows first.
+OVERVIEW_SORTS = (
+    "error_rate",
+    "processing_ms_total",
+    "p95_processing_ms",
+    "p95_wait_ms",
+    "messages_per_day",
+    "actor",
+    "queue",
+)
+#: The overview's default sort column (descending: worst first).
+DEFAULT_OVERVIEW_SORT = "error_rate"
+#: Most points an overview trend chart gets (365 days are shown as weeks).
+MAX_TREND_POINTS = 60
+#: How many rows the ranking by total processing time shows.
+TIME_RANKING_ROWS = 10
+
+_KINDS = (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME, MetricType.ERROR)
+_TIMED = (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
+_GROUP = ("actor", "queue")
+
+
+def view(
+    data: DashboardData,
+    days: int = DEFAULT_RANGE_DAYS,
+    *,
+    queue: str | None = None,
+    sort: str = DEFAULT_OVERVIEW_SORT,
+    descending: bool = True,
+) -> dict[str, Any]:
+    """One row per actor and queue over the ``days`` ending today (of ``queue`` only, if given), sorted by
+    ``sort``; and the top :data:`TIME_RANKING_ROWS` by total processing time.
+
+    Raises:
+      ValueError: ``days`` is not one of :data:`~dramatiq_opmetrics.dashboard.charts.RANGE_DAYS`, or ``sort``
+        not one of :data:`OVERVIEW_SORTS`.
+    """
+    check_choice("days", days, RANGE_DAYS)
+    check_choice("sort", sort, OVERVIEW_SORTS)
+    date_range = DateRange.ending_today(days, data.clock().date(), MAX_TREND_POINTS)
+    labels = {"queue": queue} if queue else None
+    with data.engine.connect() as connection:
+        days_read = DaysOfRange.read(connection, date_range)
+        kept = data.kept.get(
+            ("overview", date_range, queue),
+            lambda: daily_fingerprint(connection, _KINDS, date_range.first_day, date_range.today),
+            lambda: _accumulate(date_range, _daily_by_actor(connection, date_range, queue)),
+        )
+        recent = [
+            (day, point)
+            for day in days_read.not_rolled_up
+            for kind in _TIMED
+            for point in query_totals(connection, *day_bounds(day), metric_type=kind, labels=labels, group_by=_GROUP)
+        ]
+        range_p95 = {
+            (kind.value, stats.labels["actor"], stats.labels.get("queue", "")): stats.p95
+            for kind in _TIMED
+            for stats in range_stats(connection, days_read, kind, labels=labels, group_by=_GROUP)
+            if "actor" in stats.labels
+        }
+        queues = label_values(connection, "queue", alongside="actor")
+    # The kept rows of the rolled-up days are copied, then the recent days' points are added to the copies.
+    rows = {key: accumulator.copy() for key, accumulator in kept.items()}
+    for day, point in recent:
+        actor = point.labels.get("actor")
+        if actor is None:
+            continue
+        key = (actor, point.labels.get("queue", ""))
+        accumulator = rows.get(key)
+        if accumulator is None:
+            accumulator = rows[key] = _OverviewAccumulator(date_range)
+        bucket = date_range.bucket(day)
+        if point.metric_type is MetricType.PROCESSING_TIME:
+            accumulator.add_processing(bucket, point.count, point.sum, point.p95)
+            accumulator.add_errors(bucket, round((point.error_rate or 0.0) * point.count))
+        else:
+            accumulator.add_wait(bucket, point.p95)
+    result = [
+        accumulator.row(
+            actor, queue_name, {kind.value: range_p95.get((kind.value, actor, queue_name)) for kind in _TIMED}
+        )
+        for (actor, queue_name), accumulator in rows.items()
+    ]
+    fleet_ms = sum(row["processing_ms_total"] for row in result)
+    for row in result:
+        row["processing_share"] = row["processing_ms_total"] / fleet_ms if fleet_ms else None
+    ranking = sorted(result, key=_sort_key("processing_ms_total", True))[:TIME_RANKING_ROWS]
+    result.sort(key=_sort_key(sort, descending))
+    return {
+        "days": days,
+        "rows": result,
+        "time_ranking": [
+            {key: row[key] for key in ("actor", "queue", "processing_ms_total", "processing_share", "messages")}
+            for row in ranking
+            if row["processing_ms_total"] > 0
+        ],
+        "x": date_range.x_values(),
+        "bucket_days": date_range.bucket_days,
+        "queues": queues,
+        "queue": queue,
+        "sort": sort,
+        "descending": descending,
+    }
+
+
+def _daily_by_actor(connection: Connection, date_range: DateRange, queue: str | None) -> list[Any]:
+    """Daily rows grouped in SQL by (metric type, actor, queue, chart point): count, worst day's p95, sum."""
+    d = OperationalMetricDaily
+    actor = d.labels["actor"].as_string()
+    queue_label = d.labels["queue"].as_string()
+    bucket = _day_index(connection, d.date, date_range.first_day) / date_range.bucket_days
+    if connection.dialect.name == "postgresql":
+        bucket = cast(func.floor(bucket), Integer)
+    query = (
+        select(d.metric_type, actor, queue_label, bucket, func.sum(d.sample_count), func.max(d.p95), func.sum(d.sum))
+        .where(d.metric_type.in_(list(_KINDS)), d.date >= date_range.first_day, d.date <= date_range.today)
+        .where(actor.is_not(None))
+        .group_by(d.metric_type, actor, queue_label, bucket)
+    )
+    if queue:
+        query = query.where(queue_label == queue)
+    if connection.dialect.name != "postgresql":
+        return list(connection.execute(query))
+    # One row per (metric type, actor, queue) with arrays: a year of points travels in a few hundred rows.
+    points = query.subquery()
+    columns = list(points.c)
+    packed = select(columns[0], columns[1], columns[2], *(func.array_agg(column) for column in columns[3:])).group_by(
+        columns[0], columns[1], columns[2]
+    )
+    return [
+        (metric_type, actor_name, queue_name, *point)
+        for metric_type, actor_name, queue_name, *arrays in connection.execute(packed)
+        for point in zip(*arrays, strict=True)
+    ]
+
+
+def _day_index(connection: Connection, column: Any, first_day: dt.date) -> Any:
+    """Days from ``first_day`` to a date column, as an integer SQL expression."""
+    if connection.dialect.name == "postgresql":
+        return column - first_day
+    return cast(func.julianday(column) - func.julianday(first_day.isoformat()), Integer)
+
+
+def _accumulate(date_range: DateRange, grouped: Iterable[Any]) -> dict[tuple[str, str], _OverviewAccumulator]:
+    """Overview rows of the grouped daily points (metric type, actor, queue, point, count, worst p95, sum)."""
+    rows: dict[tuple[str, str], _OverviewAccumulator] = {}
+    for metric_type, actor, queue_name, bucket, count, worst_p95, total in grouped:
+        row = rows.get((actor, queue_name or ""))
+        if row is None:
+            row = rows[(actor, queue_name or "")] = _OverviewAccumulator(date_range)
+        if str(metric_type) == MetricType.PROCESSING_TIME.value:
+            row.add_processing(int(bucket), int(count), float(total), worst_p95)
+        elif str(metric_type) == MetricType.WAIT_TIME.value:
+            row.add_wait(int(bucket), worst_p95)
+        else:
+            row.add_errors(int(bucket), int(count))
+    return rows
+
+
+class _OverviewAccumulator:
+    """One overview row being summed up, chart point by chart point."""
+
+    def __init__(self, date_range: DateRange) -> None:
+        self.date_range = date_range
+        size = date_range.buckets
+        self.messages: list[float | None] = [None] * size
+        self.errors: list[float] = [0.0] * size
+        self.processing_ms: list[float | None] = [None] * size
+        self.p95_processing: list[float | None] = [None] * size
+        self.p95_wait: list[float | None] = [None] * size
+
+    def copy(self) -> _OverviewAccumulator:
+        """An independent copy."""
+        twin = _OverviewAccumulator.__new__(_OverviewAccumulator)
+        twin.date_range = self.date_range
+        twin.messages, twin.errors = list(self.messages), list(self.errors)
+        twin.processing_ms = list(self.processing_ms)
+        twin.p95_processing, twin.p95_wait = list(self.p95_processing), list(self.p95_wait)
+        return twin
+
+    def add_processing(self, bucket: int, count: int, total_ms: float, p95: float | None) -> None:
+        if 0 <= bucket < len(self.messages):
+            self.messages[bucket] = (self.messages[bucket] or 0.0) + count
+            self.processing_ms[bucket] = (self.processing_ms[bucket] or 0.0) + total_ms
+            self.p95_processing[bucket] = worst(self.p95_processing[bucket], p95)
+
+    def add_wait(self, bucket: int, p95: float | None) -> None:
+        if 0 <= bucket < len(self.p95_wait):
+            self.p95_wait[bucket] = worst(self.p95_wait[bucket], p95)
+
+    def add_errors(self, bucket: int, count: int) -> None:
+        if 0 <= bucket < len(self.errors):
+            self.errors[bucket] += count
+
+    def row(self, actor: str, queue: str, range_p95: dict[str, float | None]) -> dict[str, Any]:
+        messages = sum(value or 0.0 for value in self.messages)
+        errors = sum(self.errors)
+        error_rates = [
+            (errors / total if total else None) for errors, total in zip(self.errors, self.messages, strict=True)
+        ]
+        per_day = self.date_range.bucket_days
+        return {
+            "actor": actor,
+            "queue": queue,
+            "messages": int(messages),
+            "messages_per_day": messages / self.date_range.days,
+            "errors": int(errors),
+            "error_rate": errors / messages if messages else None,
+            "processing_ms_total": sum(value or 0.0 for value in self.processing_ms),
+            "p95_processing_ms": range_p95.get(MetricType.PROCESSING_TIME.value),
+            "p95_wait_ms": range_p95.get(MetricType.WAIT_TIME.value),
+            "trend": {
+                "messages": [None if v is None else v / per_day for v in self.messages],
+                "error_rate": error_rates,
+                "processing_ms_total": [None if v is None else v / per_day for v in self.processing_ms],
+                "p95_processing_ms": self.p95_processing,
+                "p95_wait_ms": self.p95_wait,
+            },
+        }
+
+
+def _sort_key(sort: str, descending: bool) -> Callable[[dict[str, Any]], Any]:
+    """A key that sorts rows by ``sort`` (missing values last either way), then by actor and queue."""
+
+    def key(row: dict[str, Any]) -> Any:
+        value = row[sort]
+        if isinstance(value, str):
+            primary: Any = value.casefold()
+            return (0, primary, row["actor"], row["queue"])
+        if value is None:
+            return (1, 0.0, row["actor"], row["queue"])
+        return (0, -value if descending else value, row["actor"], row["queue"])
+
+    if sort in ("actor", "queue") and descending:
+        return lambda row: tuple(_Reversed(part) if isinstance(part, str) else part for part in key(row))
+    return key
+
+
+class _Reversed:
+    """Sorts strings in reverse order inside a tuple key."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __lt__(self, other: _Reversed) -> bool:
+        return self.text > other.text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Reversed) and self.text == other.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
