@@ -11,6 +11,25 @@ Percentiles over several days (or several label sets) are read from the merged h
 even years after the raw rows are gone. Daily percentiles are never averaged (that is about 6% off). A
 result made of exactly one daily row gives that day's exact stored percentiles.
 
+Why a year reads in well under a second: the cost of a range must not grow with its days.
+
+- Whole months, and thirds of months (days 1-10, 11-20, 21-end), are read from the monthly rows the rollup
+  keeps (:mod:`~dramatiq_opmetrics.rollup`): a year is 12 rows per label set, plus at most two thirds and
+  nine days of daily rows where the range starts mid-month. A period is read from its monthly rows only when
+  every day it has daily rows for lies in the range; the monthly and daily rows are read in one statement,
+  so a rollup committing meanwhile is seen whole or not at all. Counts, minima and maxima add up exactly;
+  sums too (a monthly row keeps its sum's exact parts, :func:`~dramatiq_opmetrics.rollup.exact_sum_parts`,
+  so the range's sum is the correctly rounded sum of its daily sums, as from daily rows alone); histograms
+  merge exactly, so the percentiles are those the daily rows give, bit for bit (tested).
+- Histograms are read packed (:mod:`~dramatiq_opmetrics.packed_histograms`) and merged in Python as whole
+  runs of counts, never bucket by bucket; a daily row rolled up before migration 0007 and not packed yet is
+  read from its JSON.
+- On PostgreSQL the statements of one query run with more ``work_mem`` and without JIT compilation
+  (:func:`long_read_settings`), for those statements only.
+- The raw rows of a day not rolled up are read once per query, every metric type at once; a range whose only
+  data is such a day within the recent tier's span is read from the recent tier
+  (:func:`~dramatiq_opmetrics.series.query_totals`).
+
 Example::
 
     from dramatiq_opmetrics import query_metrics, MetricType
@@ -68,6 +87,7 @@ from .models import (
 )
 from .packed_histograms import HistogramSum
 from .partitions import day_bounds, list_partitions
+from .recent_tier import DEFAULT_RECENT_RETENTION_DAYS
 from .rollup import WHOLE_MONTH, month_of, next_month, part_bounds
 from .sketch import Histogram
 from .value_lists import in_values
@@ -164,16 +184,23 @@ def _query(
         raise ValueError(f"since ({since}) is after until ({until})")
     metric_types = None if metric_type is None else [metric_type]
     merge = RangeMerge(metric_types=metric_types, labels=labels, group_by=group_by, per_day=per_day)
+    from_tier: list[MetricStats] = []
     with connection_for(connectable) as connection, long_read_settings(connection):
         merge.add_daily_rows(connection, since, until)
         if include_raw:
             raw_days = days_not_rolled_up(connection, since, until)
-            if merge.has_rows() or len(raw_days) != 1 or not _in_recent_tier(raw_days[0]):
-                for day in raw_days:
+            # A day's totals from the tier are final when nothing else joins their groups: in a daily
+            # series, or in a range whose only data is that day. Otherwise the day's histograms are merged.
+            alone = per_day or (not merge.has_rows() and len(raw_days) == 1)
+            for day in raw_days:
+                if alone and _in_recent_tier(day):
+                    from_tier += _totals_of_raw_day(connection, day, metric_type, labels, group_by, per_day)
+                else:
                     merge.add_raw_day(connection, day)
-            else:
-                return _totals_of_raw_day(connection, raw_days[0], metric_type, labels, group_by, per_day)
-    return merge.results()
+    results = merge.results()
+    if from_tier:
+        results = sorted(results + from_tier, key=_result_order)
+    return results
 
 
 #: ``work_mem`` for the package's long reads (the raw rows of a day grouped by histogram bucket need tens of
@@ -208,8 +235,6 @@ def long_read_settings(connection: Connection) -> Iterator[None]:
 
 def _in_recent_tier(day: dt.date) -> bool:
     """Whether ``day`` lies within the span the recent tier keeps by default (today and the days before)."""
-    from .recent_tier import DEFAULT_RECENT_RETENTION_DAYS
-
     today = dt.datetime.now(dt.UTC).date()
     return today - dt.timedelta(days=DEFAULT_RECENT_RETENTION_DAYS - 1) <= day <= today
 
@@ -222,7 +247,7 @@ def _totals_of_raw_day(
     group_by: Sequence[str] | None,
     per_day: bool,
 ) -> list[MetricStats]:
-    """The statistics of a range whose only data is the raw rows of ``day``, a recent day not rolled up:
+    """The statistics of the raw rows of ``day``, a recent day not rolled up, per group:
     :func:`~dramatiq_opmetrics.series.query_totals` of the day, from the recent tier and the raw rows it does
     not hold yet."""
     # series reads label sets through this module: imported here, when both are loaded.
@@ -603,11 +628,16 @@ class RangeMerge:
                     raw_days=len(group.raw_days),
                 )
             )
-        order = {member: index for index, member in enumerate(MetricType)}
-        results.sort(
-            key=lambda stats: (order[stats.metric_type], sorted(stats.labels.items()), stats.date or dt.date.min)
-        )
+        results.sort(key=_result_order)
         return results
+
+
+_TYPE_ORDER = {member: index for index, member in enumerate(MetricType)}
+
+
+def _result_order(stats: MetricStats) -> tuple[int, list[tuple[str, str]], dt.date]:
+    """Results ordered by metric type, labels, then date."""
+    return _TYPE_ORDER[stats.metric_type], sorted(stats.labels.items()), stats.date or dt.date.min
 
 
 def _label_conditions(
