@@ -315,10 +315,8 @@ def local_settings(connection: Connection, settings: Mapping[str, str]) -> Itera
         {f"n{index}": name for index, name in enumerate(names)},
     ).one()
     _set_local(connection, settings)
-    try:
-        yield
-    finally:
-        _set_local(connection, dict(zip(names, previous, strict=True)))
+    yield  # after an error the transaction is over for the caller: nothing to put back
+    _set_local(connection, dict(zip(names, previous, strict=True)))
 
 
 def _set_local(connection: Connection, settings: Mapping[str, str]) -> None:

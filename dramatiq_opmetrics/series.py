@@ -66,9 +66,10 @@ from .recent_tier import (
 )
 
 #: PostgreSQL settings of the series statement, for it only: its sorts and intermediate results fit in
-#: memory (a day of 10-minute points for 200 label sets takes about 10 MB), it is not worth compiling, and
-#: it is short enough that parallel workers cost more than they save.
-SERIES_SETTINGS = {"work_mem": "64MB", "jit": "off", "max_parallel_workers_per_gather": "0"}
+#: memory (a day of 10-minute points for 200 label sets takes about 10 MB), it is not worth compiling, it is
+#: short enough that parallel workers cost more than they save, and its joins of intermediate results are
+#: hash joins whatever their estimated sizes (a nested loop over 100,000 groups would take minutes).
+SERIES_SETTINGS = {"work_mem": "64MB", "jit": "off", "max_parallel_workers_per_gather": "0", "enable_nestloop": "off"}
 #: The most buckets one query may return per group (a week of minutes).
 MAX_SERIES_BUCKETS = 10_080
 #: How many times a reading is redone when a fold moves the watermark during it.
@@ -637,10 +638,11 @@ def _series_sql(
         f" merged AS (SELECT placed.t, placed.g, placed.pb, array_agg(k ORDER BY {KEY_ORDER_SQL.format('k')}) AS sorted"
         "  FROM placed JOIN points ON (points.t, points.g, points.pb) = (placed.t, placed.g, placed.pb)"
         f"   AND (points.n > 1 OR points.p50 IS NULL) AND {'TRUE' if percentiles else 'FALSE'}"
-        f"  LEFT JOIN {RECENT_TABLE} AS tier ON placed.w > 0 AND tier.width_minutes = placed.w"
-        "   AND tier.bucket_start = placed.b AND tier.metric_type = placed.t"
-        "   AND tier.label_set_id = placed.l"
-        "  CROSS JOIN LATERAL unnest(COALESCE(placed.keys, tier.keys)) AS k GROUP BY placed.t, placed.g, placed.pb),"
+        # A tier bucket's keys: one look-up by primary key (a subquery: never a join over the whole tier).
+        "  CROSS JOIN LATERAL unnest(COALESCE(placed.keys, (SELECT tier.keys FROM"
+        f"   {RECENT_TABLE} AS tier WHERE tier.width_minutes = placed.w AND tier.bucket_start = placed.b"
+        "   AND tier.metric_type = placed.t AND tier.label_set_id = placed.l))) AS k"
+        "  GROUP BY placed.t, placed.g, placed.pb),"
         " found AS (SELECT CAST(points.t AS text) AS t, points.g, points.pb, CAST(extract(epoch FROM points.pb"
         f"  - TIMESTAMPTZ '2000-01-01 00:00:00+00') AS float8) AS epoch, points.c, points.s, points.lo, points.hi,"
         f"  {picks}, CASE WHEN points.t = CAST('processing_time' AS opmetrics_metric_type)"

@@ -461,9 +461,10 @@ def test_sidecars_keep_the_recent_tier_current_together_unless_told_not_to(
             insert_samples(engine, later)
             expected.update(metric_type.value for metric_type, *_ in later)
             wait_until(lambda: folded(expected), timeout_s=30, what="a later fold")
+            # The sidecars' own samples are folded too, once their minute is over.
+            wait_until(lambda: tier_counts(engine)["queue_depth"] > 0, timeout_s=75, what="their own samples")
         finally:
             stop_sidecars(folding, tmp_path, first_index=1)
         assert tier_counts(engine) == folded_raw_counts(engine)
-        assert tier_counts(engine)["queue_depth"] > 0  # the sidecars' own samples are folded too
     finally:
         engine.dispose()
