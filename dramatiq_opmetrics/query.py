@@ -695,35 +695,34 @@ def labels_of_keys(connection: Connection, labels_keys: Sequence[str]) -> dict[s
 def days_not_rolled_up(connection: Connection, since: dt.date, until: dt.date) -> list[dt.date]:
     """The days of the range that have no daily rows at all (of any metric type) and may have raw rows.
 
-    On PostgreSQL only days with a partition or rows in the default partition can have raw rows, so a long
-    range does not query every day of it.
+    Only the days that can have raw rows are looked up in the daily table (by its date index), so a long
+    range does not read the dates of its daily rows: on PostgreSQL the days with a partition or rows in the
+    default partition; elsewhere the days between the range's first and last raw row (one indexed query).
     """
-    daily = OperationalMetricDaily.__table__
-    rolled_up = set(
-        connection.execute(select(daily.c.date).where(daily.c.date >= since, daily.c.date <= until).distinct())
-        .scalars()
-        .all()
-    )
     if connection.dialect.name == "postgresql":
         with_raw = set(list_partitions(connection)) | set(default_partition_counts(connection))
-        return [day for day in sorted(with_raw) if since <= day <= until and day not in rolled_up]
-    # Elsewhere only the days between the range's first and last raw row can have raw rows: one indexed
-    # query, so a range of a century does not query each of its days.
-    raw = OperationalMetric.__table__
-    first, last = connection.execute(
-        select(func.min(raw.c.recorded_at), func.max(raw.c.recorded_at)).where(
-            raw.c.recorded_at >= day_bounds(since)[0], raw.c.recorded_at < day_bounds(until)[1]
-        )
-    ).one()
-    if first is None:
+        candidates = sorted(day for day in with_raw if since <= day <= until)
+    else:
+        raw = OperationalMetric.__table__
+        first, last = connection.execute(
+            select(func.min(raw.c.recorded_at), func.max(raw.c.recorded_at)).where(
+                raw.c.recorded_at >= day_bounds(since)[0], raw.c.recorded_at < day_bounds(until)[1]
+            )
+        ).one()
+        candidates = []
+        if first is not None:
+            day, last_day = _as_date(first), _as_date(last)
+            while day <= last_day:
+                candidates.append(day)
+                day += dt.timedelta(days=1)
+    if not candidates:
         return []
-    day, last_day = _as_date(first), _as_date(last)
-    days = []
-    while day <= last_day:
-        if day not in rolled_up:
-            days.append(day)
-        day += dt.timedelta(days=1)
-    return days
+    daily = OperationalMetricDaily.__table__
+    # SQLite stores dates as ISO text, which is what its list of values must hold.
+    values = candidates if connection.dialect.name == "postgresql" else [day.isoformat() for day in candidates]
+    query = select(daily.c.date).where(in_values(daily.c.date, values)).distinct()
+    rolled_up = set(connection.execute(query).scalars())
+    return [day for day in candidates if day not in rolled_up]
 
 
 def _as_date(value: dt.datetime | str) -> dt.date:
