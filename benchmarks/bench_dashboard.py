@@ -23,24 +23,20 @@ postgresql+psycopg://postgres@127.0.0.1:5432/test). The scratch schema is droppe
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import psycopg
 from werkzeug.test import Client
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
-from _scratch import database_url, libpq, scratch_schema
-from fleet_history import make_actors, populate
+from _scratch import database_url, scratch_schema
+from _year import prepare_year
 
 from dramatiq_opmetrics.dashboard.app import create_app
 from dramatiq_opmetrics.database import make_engine
-from dramatiq_opmetrics.recent_tier import fold
-from dramatiq_opmetrics.rollup import merge_months, rollup
 
 #: Milliseconds the first request of a view after a start may take.
 FIRST_TARGET_MS = 1000.0
@@ -57,35 +53,8 @@ def main() -> int:
     args = parser.parse_args()
 
     with scratch_schema(database_url()) as url:
-        setup = make_engine(url, maintenance=True)
-        # Today's raw samples run from midnight to a minute ago: the dashboard reads them on the real clock.
-        now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
-        started = time.perf_counter()
-        actors = make_actors(args.actors, hostile=False, queues=20)
-        history = populate(
-            setup,
-            days=args.days + 1,
-            actors=actors,
-            now=now,
-            raw_samples_per_actor=args.messages,
-            depth_interval_s=15.0,
-        )
-        populated_s = time.perf_counter() - started
-        started = time.perf_counter()
-        months = merge_months(setup)
-        merged_s = time.perf_counter() - started
-        fold(setup, now=now)
-        rollup(setup, now=now)
-        # As autovacuum would have done by now: statistics, and the BRIN summaries of today's partition.
-        with psycopg.connect(libpq(url), autocommit=True) as connection:
-            connection.execute("VACUUM ANALYZE")
-        setup.dispose()
-        print(
-            f"{history.daily_rows:,} daily rows over {args.days} days for {args.actors} actor/queue label sets,"
-            f" {history.raw_rows:,} raw samples today; written in {populated_s:.0f} s; {len(months)} months"
-            f" merged (and their daily histograms packed) in {merged_s:.0f} s; recent tier folded"
-        )
-        actor = actors[0]
+        year = prepare_year(url, label_sets=args.actors, days=args.days, messages=args.messages)
+        actor = year.actors[0]
         views = [
             ("overview, 30 days", "/?days=30"),
             ("overview, 365 days", "/?days=365"),

@@ -33,20 +33,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
-from _scratch import database_url, libpq, scratch_schema
-from fleet_history import make_actors, populate
+from _scratch import database_url, scratch_schema
+from _year import prepare_year
 
-from dramatiq_opmetrics.database import make_engine
+from dramatiq_opmetrics.database import LONG_READ_SETTINGS, local_settings, make_engine
 from dramatiq_opmetrics.partitions import list_partitions
-from dramatiq_opmetrics.query import RangeMerge, long_read_settings, query_metrics
-from dramatiq_opmetrics.recent_tier import fold
-from dramatiq_opmetrics.rollup import lock_for_rollup, merge_month, merge_months, month_of, rollup
+from dramatiq_opmetrics.query import RangeMerge, query_metrics
+from dramatiq_opmetrics.rollup import lock_for_rollup, merge_month, month_of
 
 RANGE_TARGET_S = 1.0
 BARE_TARGET_RATIO = 3.0
@@ -61,37 +59,10 @@ def main() -> int:
     args = parser.parse_args()
 
     with scratch_schema(database_url()) as url:
-        setup = make_engine(url, maintenance=True)
-        now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
-        today = now.date()
-        started = time.perf_counter()
-        actors = make_actors(args.label_sets, hostile=False, queues=20)
-        history = populate(
-            setup,
-            days=args.days + 1,
-            actors=actors,
-            now=now,
-            raw_samples_per_actor=args.messages,
-            depth_interval_s=15.0,
-        )
-        populated_s = time.perf_counter() - started
-        started = time.perf_counter()
-        merged = merge_months(setup)
-        merged_s = time.perf_counter() - started
-        started = time.perf_counter()
-        fold(setup, now=now)
-        folded_s = time.perf_counter() - started
-        rollup(setup, now=now)  # nothing left to do: partitions ahead, months up to date
-        with psycopg.connect(libpq(url), autocommit=True) as connection:
-            connection.execute("VACUUM ANALYZE")
-        print(
-            f"{history.daily_rows:,} daily rows over {args.days} days for {args.label_sets} actor/queue label sets,"
-            f" {history.raw_rows:,} raw samples today; written in {populated_s:.0f} s, {len(merged)} months merged"
-            f" (and their daily histograms packed) in {merged_s:.0f} s, recent tier folded in {folded_s:.0f} s"
-        )
+        year = prepare_year(url, label_sets=args.label_sets, days=args.days, messages=args.messages)
+        today = year.now.date()
         since = today - dt.timedelta(days=args.days - 1)
         measured = measure(url, since, today, args.repeat)
-        setup.dispose()
 
     def row(name: str, seconds: float, reference: float | None = None, target: str = "") -> None:
         ratio = f"{seconds / reference:>7.2f}x" if reference else " " * 8
@@ -115,7 +86,7 @@ def measure(url: URL, since: dt.date, today: dt.date, repeat: int) -> dict[str, 
     """Each measurement's median over ``repeat`` rounds, alternating, each run on an engine of its own."""
 
     def bare_rows(engine: Engine) -> None:
-        with engine.connect() as connection, long_read_settings(connection):
+        with engine.connect() as connection, local_settings(connection, LONG_READ_SETTINGS):
             statement = RangeMerge().rolled_up_query(connection, since, today)
             connection.execute(statement).all()
 

@@ -301,29 +301,36 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+#: PostgreSQL settings of the package's long reads and folds: their sorts and hash tables fit in memory (at
+#: the default of 4 MB they spill to disk), and JIT compilation costs more than it saves on them.
+LONG_READ_SETTINGS = {"work_mem": "64MB", "jit": "off"}
+
+
 @contextlib.contextmanager
 def local_settings(connection: Connection, settings: Mapping[str, str]) -> Iterator[None]:
     """Apply PostgreSQL ``settings`` (name to value) to the statements run inside, then put back the values
     they had: ``set_config(..., is_local => true)``, so they never outlive the current transaction, whoever
-    owns it. Nothing happens on other databases."""
+    owns it, and hold for the package's own statements only. A block that fails leaves them to the rollback
+    of its transaction, which undoes them. Nothing happens on other databases."""
     if connection.dialect.name != "postgresql" or not settings:
         yield
         return
-    names = list(settings)
-    previous = connection.execute(
-        text("SELECT " + ", ".join(f"current_setting(:n{index})" for index in range(len(names)))),
-        {f"n{index}": name for index, name in enumerate(names)},
-    ).one()
-    _set_local(connection, settings)
-    yield  # after an error the transaction is over for the caller: nothing to put back
-    _set_local(connection, dict(zip(names, previous, strict=True)))
+    # One round trip: the current values are read before they are set (left to right).
+    previous = _set_local(connection, settings, read_first=True)
+    yield
+    _set_local(connection, dict(zip(settings, previous, strict=True)))
 
 
-def _set_local(connection: Connection, settings: Mapping[str, str]) -> None:
-    connection.execute(
-        text("SELECT " + ", ".join(f"set_config(:n{index}, :v{index}, true)" for index in range(len(settings)))),
+def _set_local(connection: Connection, settings: Mapping[str, str], *, read_first: bool = False) -> list[str]:
+    """Set ``settings`` for the current transaction; their values before, if ``read_first``."""
+    columns = [f"set_config(:n{index}, :v{index}, true)" for index in range(len(settings))]
+    if read_first:
+        columns = [f"current_setting(:n{index})" for index in range(len(settings))] + columns
+    row = connection.execute(
+        text("SELECT " + ", ".join(columns)),
         {
             **{f"n{index}": name for index, name in enumerate(settings)},
             **{f"v{index}": value for index, value in enumerate(settings.values())},
         },
-    )
+    ).one()
+    return list(row[: len(settings)]) if read_first else []

@@ -25,7 +25,7 @@ Why a year reads in well under a second: the cost of a range must not grow with 
   runs of counts, never bucket by bucket; a daily row rolled up before migration 0007 and not packed yet is
   read from its JSON.
 - On PostgreSQL the statements of one query run with more ``work_mem`` and without JIT compilation
-  (:func:`long_read_settings`), for those statements only.
+  (:func:`~dramatiq_opmetrics.database.local_settings`), for those statements only.
 - The raw rows of a day not rolled up are read once per query, every metric type at once; a range whose only
   data is such a day within the recent tier's span is read from the recent tier
   (:func:`~dramatiq_opmetrics.series.query_totals`).
@@ -42,10 +42,9 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +62,6 @@ from sqlalchemy import (
     null,
     or_,
     select,
-    text,
     tuple_,
     type_coerce,
     union_all,
@@ -74,7 +72,7 @@ from sqlalchemy.sql.selectable import CompoundSelect
 from sqlalchemy.sql.sqltypes import NullType
 
 from .aggregate import PERCENTILES, Aggregate, aggregate_raw, default_partition_counts
-from .database import connection_for
+from .database import LONG_READ_SETTINGS, connection_for, local_settings
 from .labels import make_label_set
 from .metric_types import MetricType
 from .models import (
@@ -185,7 +183,7 @@ def _query(
     metric_types = None if metric_type is None else [metric_type]
     merge = RangeMerge(metric_types=metric_types, labels=labels, group_by=group_by, per_day=per_day)
     from_tier: list[MetricStats] = []
-    with connection_for(connectable) as connection, long_read_settings(connection):
+    with connection_for(connectable) as connection, local_settings(connection, LONG_READ_SETTINGS):
         merge.add_daily_rows(connection, since, until)
         if include_raw:
             raw_days = days_not_rolled_up(connection, since, until)
@@ -201,36 +199,6 @@ def _query(
     if from_tier:
         results = sorted(results + from_tier, key=_result_order)
     return results
-
-
-#: ``work_mem`` for the package's long reads (the raw rows of a day grouped by histogram bucket need tens of
-#: megabytes of hash table; at PostgreSQL's default of 4 MB they spill to disk).
-LONG_READ_WORK_MEM = "64MB"
-
-
-@contextlib.contextmanager
-def long_read_settings(connection: Connection) -> Iterator[None]:
-    """Run the block with the session settings a long read needs, on PostgreSQL: ``work_mem`` raised to
-    :data:`LONG_READ_WORK_MEM` and JIT compilation off (it costs more than it saves on these statements).
-
-    Set with ``SET LOCAL`` semantics (``set_config(..., true)``) and put back as they were when the block
-    ends, so that they hold for the package's statements only, even inside the caller's own transaction; a
-    block that fails leaves them to the rollback of its transaction, which undoes them."""
-    if connection.dialect.name != "postgresql":
-        yield
-        return
-    before = connection.execute(
-        text(
-            "SELECT current_setting('work_mem'), current_setting('jit'),"
-            " set_config('work_mem', :work_mem, true), set_config('jit', 'off', true)"
-        ),
-        {"work_mem": LONG_READ_WORK_MEM},
-    ).one()
-    yield
-    connection.execute(
-        text("SELECT set_config('work_mem', :work_mem, true), set_config('jit', :jit, true)"),
-        {"work_mem": before[0], "jit": before[1]},
-    )
 
 
 def _in_recent_tier(day: dt.date) -> bool:

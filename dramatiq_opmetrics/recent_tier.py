@@ -76,7 +76,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text, update
 
 from .aggregate import BUCKET_KEY_SQL, PERCENTILES
-from .database import local_settings
+from .database import LONG_READ_SETTINGS, local_settings
 from .interval_claims import DatabaseIntervalClaim, IntervalClaim, IntervalThread, interval_start
 from .locks import advisory_xact_lock
 from .metric_types import MetricType
@@ -110,7 +110,9 @@ FOLD_JOB = "recent_fold"
 _STATE_ID = 1
 #: Where the zero bucket (key None) sorts among stored keys: above every negative, below every positive one.
 _ZERO_SORT_KEY = NEGATIVE_KEY_BASE // 2
-_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+#: Where buckets of every width are aligned (multiples of their width since then), in Python and in SQL.
+BUCKET_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+BUCKET_EPOCH_SQL = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
 
 
 def signed_bucket_key(value: float) -> int | None:
@@ -164,8 +166,8 @@ def _key_value(key: int | None) -> float:
 def bucket_floor(at: dt.datetime, width_minutes: int) -> dt.datetime:
     """The start of the bucket of ``width_minutes`` holding ``at`` (UTC, aligned to multiples since 2000)."""
     seconds = width_minutes * 60
-    offset = (at.astimezone(dt.UTC) - _EPOCH) // dt.timedelta(seconds=1)
-    return _EPOCH + dt.timedelta(seconds=(offset // seconds) * seconds)
+    offset = (at.astimezone(dt.UTC) - BUCKET_EPOCH) // dt.timedelta(seconds=1)
+    return BUCKET_EPOCH + dt.timedelta(seconds=(offset // seconds) * seconds)
 
 
 @dataclass
@@ -233,7 +235,7 @@ def aggregate_rows(
 def bin_sql(connection: Connection, width_minutes: int, column: str = "recorded_at") -> str:
     """SQL of the start of the bucket of ``width_minutes`` holding timestamp ``column`` (PostgreSQL)."""
     if (connection.dialect.server_version_info or (0,)) >= (14,):
-        return f"date_bin('{width_minutes} minutes', {column}, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+        return f"date_bin('{width_minutes} minutes', {column}, {BUCKET_EPOCH_SQL})"
     seconds = width_minutes * 60
     return f"to_timestamp(floor(extract(epoch FROM {column}) / {seconds}) * {seconds})"
 
@@ -302,9 +304,9 @@ def picks_sql(keys: str, count: str, low: str, high: str) -> list[str]:
 #: The widths of the buckets kept, in minutes: 1-minute buckets are folded from raw rows, each wider one is
 #: built from the next finer one once complete.
 WIDTHS_MINUTES = (1, 10, 60)
-#: PostgreSQL settings of the fold's statements, for them only: their sorts and bitmaps fit in memory, and
-#: they are not worth compiling (JIT would cost more than the statement).
-FOLD_SETTINGS = {"work_mem": "64MB", "jit": "off", "max_parallel_workers_per_gather": "0"}
+#: PostgreSQL settings of the fold's statements, for them only: those of the long reads, and no parallel
+#: workers (the statements are short).
+FOLD_SETTINGS = {**LONG_READ_SETTINGS, "max_parallel_workers_per_gather": "0"}
 #: Hours of wider buckets built per statement (a catch-up after a long stop builds days of them).
 BUILD_CHUNK_HOURS = 6
 #: The column of :class:`~dramatiq_opmetrics.models.RecentState` up to which each wider width is built.

@@ -44,12 +44,14 @@ from typing import NamedTuple
 
 from sqlalchemy import Connection, Engine, Text, cast, select, text, tuple_
 
-from .database import connection_for, local_settings
+from .database import LONG_READ_SETTINGS, connection_for, local_settings
 from .labels import make_label_set
 from .metric_types import MetricType
 from .models import LABEL_SETS_TABLE, RECENT_TABLE, OperationalMetric, RecentAggregate
 from .query import labels_of_ids, matching_label_sets
 from .recent_tier import (
+    BUCKET_EPOCH,
+    BUCKET_EPOCH_SQL,
     KEY_ORDER_SQL,
     KEY_PARAMETERS,
     WIDTHS_MINUTES,
@@ -65,11 +67,10 @@ from .recent_tier import (
     read_state,
 )
 
-#: PostgreSQL settings of the series statement, for it only: its sorts and intermediate results fit in
-#: memory (a day of 10-minute points for 200 label sets takes about 10 MB), it is not worth compiling, it is
-#: short enough that parallel workers cost more than they save, and its joins of intermediate results are
-#: hash joins whatever their estimated sizes (a nested loop over 100,000 groups would take minutes).
-SERIES_SETTINGS = {"work_mem": "64MB", "jit": "off", "max_parallel_workers_per_gather": "0", "enable_nestloop": "off"}
+#: PostgreSQL settings of the series statement, for it only: those of the long reads, and also: it is short
+#: enough that parallel workers cost more than they save, and its joins of intermediate results are hash
+#: joins whatever their estimated sizes (a nested loop over 100,000 groups would take minutes).
+SERIES_SETTINGS = {**LONG_READ_SETTINGS, "max_parallel_workers_per_gather": "0", "enable_nestloop": "off"}
 #: The most buckets one query may return per group (a week of minutes).
 MAX_SERIES_BUCKETS = 10_080
 #: How many times a reading is redone when a fold moves the watermark during it.
@@ -523,7 +524,7 @@ def _query_in_postgres(
     for row_type, group, epoch_s, count, total, low, high, p50, p95, p99, errors, *_ in rows[named:]:
         bounds = buckets.get(epoch_s)
         if bounds is None:
-            bucket = start if step_minutes is None else _EPOCH + dt.timedelta(seconds=epoch_s)
+            bucket = start if step_minutes is None else BUCKET_EPOCH + dt.timedelta(seconds=epoch_s)
             bounds = buckets[epoch_s] = (max(bucket, start), min(bucket + step, end))
         points = series.get((row_type, group))
         if points is None:
@@ -537,9 +538,6 @@ def _query_in_postgres(
     order = {member.value: index for index, member in enumerate(MetricType)}
     keys_in_order = sorted(series, key=lambda key: (order[key[0]], sorted(groups[key[1]])))
     return [point for key in keys_in_order for point in series[key]]
-
-
-_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
 def _series_sql(
@@ -644,7 +642,7 @@ def _series_sql(
         "   AND tier.metric_type = placed.t AND tier.label_set_id = placed.l))) AS k"
         "  GROUP BY placed.t, placed.g, placed.pb),"
         " found AS (SELECT CAST(points.t AS text) AS t, points.g, points.pb, CAST(extract(epoch FROM points.pb"
-        f"  - TIMESTAMPTZ '2000-01-01 00:00:00+00') AS float8) AS epoch, points.c, points.s, points.lo, points.hi,"
+        f"  - {BUCKET_EPOCH_SQL}) AS float8) AS epoch, points.c, points.s, points.lo, points.hi,"
         f"  {picks}, CASE WHEN points.t = CAST('processing_time' AS opmetrics_metric_type)"
         "  THEN COALESCE(points.e, 0) END AS e"
         "  FROM points LEFT JOIN merged ON (merged.t, merged.g, merged.pb) = (points.t, points.g, points.pb))"

@@ -15,8 +15,9 @@ from sqlalchemy import Engine, select, text
 
 from dramatiq_opmetrics import MetricStats, MetricType, query_daily_series, query_metrics
 from dramatiq_opmetrics.aggregate import PERCENTILES
+from dramatiq_opmetrics.database import LONG_READ_SETTINGS, local_settings
 from dramatiq_opmetrics.models import OperationalMetricDaily
-from dramatiq_opmetrics.query import LONG_READ_WORK_MEM, RangeMerge, long_read_settings
+from dramatiq_opmetrics.query import RangeMerge
 from dramatiq_opmetrics.retention import prune
 from dramatiq_opmetrics.rollup import rollup
 from dramatiq_opmetrics.sketch import Histogram
@@ -329,10 +330,10 @@ def test_the_settings_of_a_long_read_hold_for_its_own_statements_only(postgres_e
         connection.execute(text("SET LOCAL work_mem = '5MB'"))
         assert query_metrics(connection, days_ago(7), NOW.date()) != []
         settings = connection.execute(text("SELECT current_setting('work_mem'), current_setting('jit')")).one()
-        with long_read_settings(connection):
+        with local_settings(connection, LONG_READ_SETTINGS):
             inside = connection.execute(text("SELECT current_setting('work_mem'), current_setting('jit')")).one()
     assert tuple(settings) == ("5MB", "on")
-    assert tuple(inside) == (LONG_READ_WORK_MEM, "off")
+    assert tuple(inside) == (LONG_READ_SETTINGS["work_mem"], "off") == ("64MB", "off")
     with postgres_engine.connect() as connection:
         assert connection.execute(text("SELECT current_setting('work_mem')")).scalar_one() == "4MB"
 
