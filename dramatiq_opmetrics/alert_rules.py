@@ -556,9 +556,11 @@ class _Checker:
                 raise ValueError
             duration = parse_duration(value)
         except ValueError:
-            self.error(
-                where, f'{_quoted(key)} must be a duration such as "30s", "10m", "2h" or "1d", got {_shown(value)}'
-            )
+            if isinstance(value, str) and _DURATION_SHAPE.fullmatch(value.strip().lower()):
+                self.error(where, f"{_quoted(key)} is too long, got {_shown(value)}")
+            else:
+                examples = '"30s", "10m", "2h" or "1d"'
+                self.error(where, f"{_quoted(key)} must be a duration such as {examples}, got {_shown(value)}")
             return minimum
         if whole_minutes and duration % dt.timedelta(minutes=1):
             self.error(
@@ -607,6 +609,8 @@ class _Checker:
         return None
 
 
+#: What :func:`~dramatiq_opmetrics.report.parse_duration` reads, whatever the length (to tell "too long").
+_DURATION_SHAPE = re.compile(r"([0-9]+[dhms])+")
 #: A rule or notifier name: letters, digits, ``_``, ``.`` and ``-``, starting with a letter or digit.
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
 
@@ -661,6 +665,8 @@ def _shown(value: object) -> str:
         return _quoted(value if len(value) <= 60 else value[:57] + "...")
     if isinstance(value, int | float):
         return repr(value)
+    if value == []:
+        return "[]"
     kinds = (
         (list, "an array"),
         (dict, "a table"),
@@ -672,5 +678,10 @@ def _shown(value: object) -> str:
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
+    choices = list(choices)
+    close = difflib.get_close_matches(word, choices, n=1) or [
+        choice
+        for choice in choices
+        if word and choice.startswith(word)  # repeat: repeat_interval
+    ]
     return f" (did you mean {_quoted(close[0])}?)" if close else ""
