@@ -222,7 +222,8 @@ def load_rules(path: str | os.PathLike[str]) -> RuleSet:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise RuleFileError([f"{source}: not UTF-8 text (byte {error.start} cannot be decoded)"]) from None
+        line = data[: error.start].count(b"\n") + 1
+        raise RuleFileError([f"{source}: not UTF-8 text (line {line}, byte {error.start})"]) from None
     return parse_rules(text, source=source)
 
 
@@ -680,8 +681,9 @@ def _shown(value: object) -> str:
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     choices = list(choices)
     close = difflib.get_close_matches(word, choices, n=1) or [
+        # a key cut short: "repeat" for "repeat_interval", "interval" for "evaluation_interval"
         choice
         for choice in choices
-        if word and choice.startswith(word)  # repeat: repeat_interval
+        if len(word) >= 3 and (choice.startswith(word) or choice.endswith(word))
     ]
     return f" (did you mean {_quoted(close[0])}?)" if close else ""
