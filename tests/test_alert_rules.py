@@ -378,6 +378,13 @@ def test_the_example_file_loads() -> None:
     assert sorted(rule_set.notifiers) == ["ops", "pager"]
 
 
+def test_the_readme_shows_the_example_file_as_it_is() -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    section = readme[readme.index("## Alert rules\n") :]
+    shown = section[section.index("```toml\n") + len("```toml\n") : section.index("\n```\n", section.index("```toml"))]
+    assert shown + "\n" == (EXAMPLES / "alerts.toml").read_text()
+
+
 @pytest.mark.parametrize("case", MALFORMED)
 def test_a_malformed_file_gives_exactly_its_one_line_errors(in_tmp_path: Path, case: str) -> None:
     text, expected = MALFORMED[case]
