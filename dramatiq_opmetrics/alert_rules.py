@@ -57,7 +57,8 @@ from urllib.parse import urlsplit
 
 from .labels import make_label_set
 from .metric_types import MetricType
-from .report import format_duration, format_percent, parse_duration
+from .report import format_duration, format_percent
+from .report import parse_duration as parse_duration  # the durations of rule files, also for callers
 
 #: The derived metrics a rule may watch besides the metric types themselves.
 DERIVED_METRICS = ("error_rate", "throughput", "stalled")
@@ -310,7 +311,7 @@ def render_summary(rule: Rule, value: float | None, labels: Mapping[str, str]) -
             known = [*SUMMARY_FIELDS, *(LABEL_FIELD_PREFIX + known for known in sorted(known_labels))]
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {{{close[0]}}}?)" if close else ""
-            placeholders = ", ".join(f"{{{field}}}" for field in SUMMARY_FIELDS)
+            placeholders = ", ".join(f"{{{placeholder}}}" for placeholder in SUMMARY_FIELDS)
             raise ValueError(f"unknown placeholder {written}{hint}; known: {placeholders} and {{label.NAME}}")
         try:
             pieces.append(_formatted(rule.metric, name, field_value, spec or ""))

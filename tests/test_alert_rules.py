@@ -392,7 +392,7 @@ def test_a_malformed_file_gives_exactly_its_one_line_errors(in_tmp_path: Path, c
     assert errors_of(in_tmp_path / "alerts.toml") == expected
 
 
-def test_every_problem_of_a_file_is_reported_in_the_order_of_the_file(in_tmp_path: Path) -> None:
+def test_every_problem_of_a_file_is_reported_at_once_notifiers_then_rules_in_file_order(in_tmp_path: Path) -> None:
     second = RULE.replace('"crm-errors"', '"crm-rate"').replace("error_rate", "throughput")
     text = (
         NOTIFIER.replace("json://127.0.0.1:8080/hook", "nope://x")
