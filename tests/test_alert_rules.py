@@ -73,6 +73,17 @@ RULE = '[[rules]]\nname = "crm-errors"\nmetric = "error_rate"\nabove = 0.05\nwin
 VALID = NOTIFIER + RULE
 PREFIX = 'alerts.toml: rule "crm-errors": '
 
+#: What the check of a notifier's target says of each bad target of these tests.
+# TODO(lead): these are the texts of alert_rules._check_target; once the loader calls
+# notifiers.check_target instead, put its texts here (the rest of each line stays as it is).
+TARGET_PROBLEMS = {
+    "nope://127.0.0.1/hook": '"nope://..." is not a URL Apprise accepts (an unknown service, or parts missing or'
+    " malformed)",
+    "mailto://": '"mailto://..." is not a URL Apprise accepts (an unknown service, or parts missing or malformed)',
+    "hooks.example.com/alerts": 'is not a URL (no "scheme://")',
+    "alertmanager+http://:9093": '"alertmanager+http://..." has no host: write alertmanager+http://host:9093',
+}
+
 #: Malformed files and the exact lines they give: (file text, lines).
 MALFORMED: dict[str, tuple[str, list[str]]] = {
     "an unknown key": (
@@ -164,28 +175,19 @@ MALFORMED: dict[str, tuple[str, list[str]]] = {
     ),
     "a bad Apprise URL": (
         VALID.replace("json://127.0.0.1:8080/hook", "nope://127.0.0.1/hook"),
-        [
-            'alerts.toml: notifier "ops": "urls" item 1: "nope://..." is not a URL Apprise accepts (an unknown'
-            " service, or parts missing or malformed)"
-        ],
+        ['alerts.toml: notifier "ops": "urls" item 1: ' + TARGET_PROBLEMS["nope://127.0.0.1/hook"]],
     ),
     "an Apprise URL with a part missing": (
         VALID.replace('["json://127.0.0.1:8080/hook"]', '["json://127.0.0.1:8080/hook", "mailto://"]'),
-        [
-            'alerts.toml: notifier "ops": "urls" item 2: "mailto://..." is not a URL Apprise accepts (an unknown'
-            " service, or parts missing or malformed)"
-        ],
+        ['alerts.toml: notifier "ops": "urls" item 2: ' + TARGET_PROBLEMS["mailto://"]],
     ),
     "a URL without a scheme": (
         VALID.replace("json://127.0.0.1:8080/hook", "hooks.example.com/alerts"),
-        ['alerts.toml: notifier "ops": "urls" item 1: is not a URL (no "scheme://")'],
+        ['alerts.toml: notifier "ops": "urls" item 1: ' + TARGET_PROBLEMS["hooks.example.com/alerts"]],
     ),
     "an Alertmanager without a host": (
         VALID.replace("json://127.0.0.1:8080/hook", "alertmanager+http://:9093"),
-        [
-            'alerts.toml: notifier "ops": "urls" item 1: "alertmanager+http://..." has no host: write'
-            " alertmanager+http://host:9093"
-        ],
+        ['alerts.toml: notifier "ops": "urls" item 1: ' + TARGET_PROBLEMS["alertmanager+http://:9093"]],
     ),
     "a notifier without URLs": (
         VALID.replace('urls = ["json://127.0.0.1:8080/hook"]', 'url = "json://127.0.0.1:8080/hook"'),
@@ -395,7 +397,7 @@ def test_a_malformed_file_gives_exactly_its_one_line_errors(in_tmp_path: Path, c
 def test_every_problem_of_a_file_is_reported_at_once_notifiers_then_rules_in_file_order(in_tmp_path: Path) -> None:
     second = RULE.replace('"crm-errors"', '"crm-rate"').replace("error_rate", "throughput")
     text = (
-        NOTIFIER.replace("json://127.0.0.1:8080/hook", "nope://x")
+        NOTIFIER.replace("json://127.0.0.1:8080/hook", "nope://127.0.0.1/hook")
         + RULE.replace("0.05", '"5%"').replace('"10m"', '"90s"')
         + 'sevrity = "critical"\n'
         + second
@@ -405,8 +407,7 @@ def test_every_problem_of_a_file_is_reported_at_once_notifiers_then_rules_in_fil
     )
     (in_tmp_path / "alerts.toml").write_text(text)
     assert errors_of(in_tmp_path / "alerts.toml") == [
-        'alerts.toml: notifier "ops": "urls" item 1: "nope://..." is not a URL Apprise accepts (an unknown service,'
-        " or parts missing or malformed)",
+        'alerts.toml: notifier "ops": "urls" item 1: ' + TARGET_PROBLEMS["nope://127.0.0.1/hook"],
         PREFIX + 'unknown key "sevrity" (did you mean "severity"?)',
         PREFIX + '"above" must be a number, got "5%"',
         PREFIX + '"window" must be whole minutes (the recent tier has one-minute buckets), got "90s"',
