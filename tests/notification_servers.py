@@ -23,6 +23,7 @@ import subprocess
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -298,21 +299,21 @@ class Alertmanager:
 
 
 @pytest.fixture
-def smtp_server() -> Any:
+def smtp_server() -> Iterator[SmtpServer]:
     """A running :class:`SmtpServer`, stopped after the test."""
     with SmtpServer() as server:
         yield server
 
 
 @pytest.fixture
-def json_server() -> Any:
+def json_server() -> Iterator[JsonHttpServer]:
     """A running :class:`JsonHttpServer`, stopped after the test."""
     with JsonHttpServer() as server:
         yield server
 
 
 @pytest.fixture
-def alertmanager(tmp_path: Path) -> Any:
+def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
     """A running :class:`Alertmanager`, stopped after the test."""
     with Alertmanager(tmp_path) as server:
         yield server
