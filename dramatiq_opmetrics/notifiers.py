@@ -25,16 +25,16 @@ dashboard URL is configured (:func:`message_title`, :func:`message_body`). The e
 notification type, which services show as a colour or an icon: a firing alert or reminder is ``failure``
 for a ``critical`` rule and ``warning`` otherwise, a resolved one ``success``, a test ``info``.
 
-**The Alertmanager alert.** A list of one alert (:func:`alertmanager_alert`): labels ``alertname`` (the
-rule), ``severity`` and the group's labels (names made valid for Alertmanager: other characters than
-letters, digits and ``_`` become ``_``; a group label called ``alertname`` or ``severity`` becomes
-``group_alertname``...); annotations ``summary``, ``value``, ``threshold`` (``above 0.05``) and
-``dashboard``; ``startsAt`` the alert's ``since``; ``endsAt`` the notification's ``valid_until`` for a
-firing alert or reminder (left out when None: Alertmanager then resolves it by itself after its
-``resolve_timeout``) and ``at`` for a resolved one, which makes Alertmanager resolve it; ``generatorURL``
-the dashboard link (when it is an ``http(s)`` URL, which Alertmanager requires). Alertmanager identifies
-an alert by its labels, so repeated posts of a firing alert refresh the same alert, which is how reminders
-keep it alive.
+**The Alertmanager alert.** A list of one alert (:func:`alertmanager_alert`): labels ``alertname`` (the rule),
+``severity`` and the group's labels (names made valid for Alertmanager: other characters than letters, digits
+and ``_`` become ``_``; a group label called ``alertname`` or ``severity`` becomes ``group_alertname``...);
+annotations ``summary``, ``value``, ``threshold`` (``above 0.05``) and ``dashboard``; ``startsAt`` the alert's
+``since``; ``endsAt`` the notification's ``valid_until`` for a firing alert or reminder (left out when None:
+Alertmanager then resolves it by itself after its ``resolve_timeout``) and ``at`` for a resolved one, which
+makes Alertmanager resolve it (as Prometheus does, this relies on the clocks agreeing: an end still in
+Alertmanager's future counts as a firing alert's); ``generatorURL`` the dashboard link (when it is an
+``http(s)`` URL, which Alertmanager requires). Alertmanager identifies an alert by its labels, so repeated
+posts of a firing alert refresh the same alert, which is how reminders keep it alive.
 
 **Bounded and synchronous.** :func:`send` returns or raises within about ``timeout_s`` for each network
 wait: the Alertmanager POST has ``timeout_s`` as its socket timeout; an Apprise service is instantiated for
@@ -79,6 +79,7 @@ ERROR_BODY_EXCERPT_CHARS = 200
 PASSWORD_MASK = "***"
 
 _LABEL_NAME_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+_URL_IN_TEXT = re.compile(r"\S+://\S*")
 
 
 @dataclass(frozen=True)
@@ -142,25 +143,31 @@ def masked_target(target: str) -> str:
 
 
 def check_target(target: str) -> str | None:
-    """None if ``target`` can be used (a well-formed Alertmanager target, or an Apprise URL Apprise can
-    load), else a short text saying why not, without the target itself (the caller names it, masked with
-    :func:`masked_target`). Sends nothing."""
+    """None if ``target`` can be used (a well-formed Alertmanager target, or an URL Apprise can load), else
+    one line saying why not, for the rule loader: ``bad Apprise URL "foo://...": Unparseable URL``. The
+    line shows the target's scheme only (the rest of a URL often holds a password or a token). Sends
+    nothing."""
     if not isinstance(target, str) or not target.strip():
-        return "the target is empty"
+        return "empty target: write an Apprise URL (mailto://..., json://...) or alertmanager+http://host:port"
+    scheme, separator, _ = target.partition("://")
+    if not separator or not scheme:
+        return 'not a URL (no "scheme://"): write an Apprise URL (mailto://..., json://...) or alertmanager+http://host:port'
+    shown = json.dumps(f"{scheme}://...", ensure_ascii=False)
     if is_alertmanager_target(target):
         try:
             _alertmanager_endpoint(target)
         except ValueError as error:
-            return str(error)
+            return f"bad Alertmanager target {shown}: {error}"
         return None
-    if "://" not in target:
-        return "not a URL (an Apprise URL such as mailto://... or json://..., or alertmanager+http://host:port)"
     with _apprise_warnings() as warnings:
         service = _apprise_service(target, DEFAULT_SEND_TIMEOUT_S)
     if service is None:
-        scheme = target.split("://", 1)[0]
-        reason = "; ".join(warnings) or f'Apprise has no service for the scheme "{scheme}"'
-        return f"Apprise cannot use it: {_mask_in(reason, target)}"
+        # Apprise's warnings repeat the URL (whole, or shortened): left out, it may hold a secret.
+        reasons = (
+            " ".join(_URL_IN_TEXT.sub("", _mask_in(warning, target)).split()).strip(" :.") for warning in warnings
+        )
+        reason = "; ".join(reason for reason in reasons if reason)
+        return f"bad Apprise URL {shown}: {reason or 'Apprise cannot load it'}"
     return None
 
 
