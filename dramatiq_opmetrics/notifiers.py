@@ -114,6 +114,40 @@ class Notification:
         return f"{self.rule}{{{labels}}}"
 
 
+#: The rule name of the notification ``dramatiq-opmetrics alerts test`` sends (Alertmanager's ``alertname``).
+TEST_RULE = "dramatiq-opmetrics-test"
+#: How long Alertmanager keeps a test alert before it ends by itself.
+TEST_ALERT_DURATION = dt.timedelta(minutes=5)
+
+
+def make_test_notification(
+    notifier: str, *, at: dt.datetime | None = None, dashboard_url: str | None = None
+) -> Notification:
+    """The notification ``dramatiq-opmetrics alerts test NOTIFIER`` sends: event ``test``, severity ``info``,
+    rule :data:`TEST_RULE`, the label ``notifier``; Alertmanager ends it after :data:`TEST_ALERT_DURATION`.
+
+    Parameters:
+      notifier(str): the notifier's name, in the message and its labels.
+      at(datetime | None): when it is made (timezone-aware); default now.
+      dashboard_url(str | None): the dashboard's URL, linked when given.
+    """
+    moment = at or dt.datetime.now(dt.UTC)
+    return Notification(
+        rule=TEST_RULE,
+        group={"notifier": notifier},
+        event="test",
+        severity="info",
+        summary=f'A test notification from dramatiq-opmetrics to the notifier "{notifier}": its delivery works.',
+        value=None,
+        threshold=None,
+        comparison=None,
+        since=moment,
+        at=moment,
+        valid_until=moment + TEST_ALERT_DURATION,
+        dashboard_url=dashboard_url,
+    )
+
+
 class DeliveryError(Exception):
     """A target did not accept a notification; the message says which target and why."""
 
