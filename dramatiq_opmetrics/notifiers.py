@@ -43,8 +43,8 @@ the one call with its connect and read timeouts (``socket_connect_timeout``, ``s
 Apprise thread pool, no Apprise retries, no persistent storage: the asset keeps it in memory). Apprise
 reports a failure by returning False and logging why; the warnings it logs on the calling thread during the
 call are captured (a handler on the ``apprise`` logger that keeps only this thread's records, removed after
-the call) and become the :class:`DeliveryError`'s reason. Passwords in a target never appear in an error:
-:func:`masked_target` replaces them with ``***``.
+the call) and become the :class:`DeliveryError`'s reason. An error names its target as :func:`masked_target`
+shows it: without its password, and an Apprise URL without its query and with its tokens cut short.
 """
 
 from __future__ import annotations
@@ -159,6 +159,30 @@ def is_alertmanager_target(target: str) -> bool:
 
 
 def masked_target(target: str) -> str:
+    """How errors, logs and the command line name ``target`` without its secrets.
+
+    An Alertmanager target is shown with its password, if any, replaced by ``***``. An Apprise URL is shown
+    in Apprise's own privacy form without its query: passwords ``****``, tokens cut to their first and last
+    characters (``slack://T...2/A...D/T...Q/%23ops/``, ``json://127.0.0.1:8080/hook``,
+    ``mailto://user:****@smtp.example.com/ops%40example.com``); one Apprise cannot load is shown by its scheme
+    only (``"foo://..."``).
+    """
+    if is_alertmanager_target(target):
+        return _masked_password(target)
+    with _apprise_warnings():  # a URL Apprise cannot load is named by its scheme; its warnings are no news
+        service = _apprise_service(target, DEFAULT_SEND_TIMEOUT_S)
+    return _apprise_name(service, target)
+
+
+def _apprise_name(service: Any, target: str) -> str:
+    """:func:`masked_target` of an Apprise ``target`` whose service is ``service`` (None: not loadable)."""
+    if service is not None:
+        with contextlib.suppress(Exception):  # a plugin's bug in url() must not hide the real error
+            return str(service.url(privacy=True)).split("?", 1)[0]
+    return f"{target.partition('://')[0]}://..."
+
+
+def _masked_password(target: str) -> str:
     """``target`` with the password of its ``user:password@`` part, if any, replaced by ``***``."""
     scheme, separator, rest = target.partition("://")
     if not separator:
@@ -324,8 +348,7 @@ def _apprise_service(target: str, timeout_s: float) -> Any:
 
 def _mask_in(text: str, target: str) -> str:
     """``text`` with the password of ``target``, should it appear, masked."""
-    masked = masked_target(target)
-    if masked == target:
+    if _masked_password(target) == target:
         return text
     password = target.partition("://")[2].split("@")[0].split(":", 1)[1]
     return text.replace(password, PASSWORD_MASK) if password else text
@@ -334,9 +357,10 @@ def _mask_in(text: str, target: str) -> str:
 def _send_with_apprise(target: str, notification: Notification, timeout_s: float) -> None:
     with _apprise_warnings() as warnings:
         service = _apprise_service(target, timeout_s)
+        name = _apprise_name(service, target)
         if service is None:
             reason = "; ".join(warnings) or "Apprise has no service for this URL"
-            raise DeliveryError(f"{masked_target(target)}: not a usable Apprise URL: {_mask_in(reason, target)}")
+            raise DeliveryError(f"{name}: not a usable Apprise URL: {_mask_in(reason, target)}")
         try:
             delivered = service.notify(
                 body=message_body(notification),
@@ -345,10 +369,10 @@ def _send_with_apprise(target: str, notification: Notification, timeout_s: float
                 body_format=apprise.NotifyFormat.TEXT,
             )
         except Exception as error:  # a plugin's own bug must not look like success, nor escape as another type
-            raise DeliveryError(f"{masked_target(target)}: Apprise failed: {error!r}") from error
+            raise DeliveryError(f"{name}: Apprise failed: {_mask_in(repr(error), target)}") from error
     if not delivered:
         reason = "; ".join(warnings) or "Apprise reported a failure without a reason"
-        raise DeliveryError(f"{masked_target(target)}: not delivered: {_mask_in(reason, target)}")
+        raise DeliveryError(f"{name}: not delivered: {_mask_in(reason, target)}")
 
 
 def _alertmanager_endpoint(target: str) -> tuple[str, str | None]:

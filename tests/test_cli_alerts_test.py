@@ -11,6 +11,7 @@ from notification_servers import Alertmanager, JsonHttpServer, SmtpServer, messa
 from tcp_proxy import free_port
 
 from dramatiq_opmetrics.cli import main
+from dramatiq_opmetrics.notifiers import masked_target
 
 
 def rule_file(folder: Path, urls: list[str], dashboard_url: str = "http://127.0.0.1:8070") -> Path:
@@ -52,7 +53,7 @@ def test_a_test_notification_reaches_every_target_of_the_notifier_and_says_ok_fo
 
     assert main(["alerts", "test", "ops", "--rules", str(rules)]) == 0
 
-    assert capsys.readouterr().out.splitlines() == [f"ok: {target}" for target in targets]
+    assert capsys.readouterr().out.splitlines() == [f"ok: {masked_target(target)}" for target in targets]
     [mail] = smtp_server.wait_for_messages(1)
     assert mail["Subject"] == "[TEST] dramatiq-opmetrics-test (info) notifier=ops"
     assert 'the notifier "ops"' in message_text(mail)

@@ -224,15 +224,29 @@ def test_a_password_in_a_target_is_masked_in_the_error(target: str) -> None:
     with pytest.raises(DeliveryError) as raised:
         send(target, FIRING, timeout_s=SHORT_TIMEOUT_S)
     assert "s3cret-pw" not in str(raised.value)
-    assert "user:***@127.0.0.1" in str(raised.value)
+    assert str(raised.value).startswith(f"{masked_target(target)}: ")
+    assert re.search(r"user:\*{3,4}@127\.0\.0\.1", str(raised.value))
 
 
-def test_masked_target_leaves_a_target_without_password_alone() -> None:
-    assert masked_target("json://127.0.0.1:8080/hook?x=1") == "json://127.0.0.1:8080/hook?x=1"
-    assert masked_target("mailto://bob@example.com") == "mailto://bob@example.com"
+def test_masked_target_shows_apprise_urls_in_their_privacy_form_without_the_query() -> None:
+    assert masked_target("json://127.0.0.1:8080/hook?x=1") == "json://127.0.0.1:8080/hook"
     assert (
-        masked_target("mailtos://bob:pw@example.com/ops@example.com") == "mailtos://bob:***@example.com/ops@example.com"
+        masked_target("mailtos://bob:pw@example.com/ops@example.com")
+        == "mailtos://bob:****@example.com/ops%40example.com"
     )
+    assert (
+        masked_target("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ/#ops")
+        == "slack://T...2/A...D/T...Q/%23ops/"
+    )
+    assert masked_target("foo://s3cret") == "foo://..."
+
+
+def test_masked_target_masks_only_the_password_of_an_alertmanager_target() -> None:
+    assert (
+        masked_target("alertmanager+https://admin:pw@am.example.com/am")
+        == "alertmanager+https://admin:***@am.example.com/am"
+    )
+    assert masked_target("alertmanager+http://127.0.0.1:9093") == "alertmanager+http://127.0.0.1:9093"
 
 
 @pytest.mark.parametrize(
