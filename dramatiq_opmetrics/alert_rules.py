@@ -57,7 +57,8 @@ from urllib.parse import urlsplit
 
 from .labels import make_label_set
 from .metric_types import MetricType
-from .report import format_duration, format_percent, parse_duration
+from .report import format_duration, format_percent
+from .report import parse_duration as parse_duration  # the durations of rule files, also for callers
 
 #: The derived metrics a rule may watch besides the metric types themselves.
 DERIVED_METRICS = ("error_rate", "throughput", "stalled")
@@ -222,7 +223,8 @@ def load_rules(path: str | os.PathLike[str]) -> RuleSet:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise RuleFileError([f"{source}: not UTF-8 text (byte {error.start} cannot be decoded)"]) from None
+        line = data[: error.start].count(b"\n") + 1
+        raise RuleFileError([f"{source}: not UTF-8 text (line {line}, byte {error.start})"]) from None
     return parse_rules(text, source=source)
 
 
@@ -309,7 +311,7 @@ def render_summary(rule: Rule, value: float | None, labels: Mapping[str, str]) -
             known = [*SUMMARY_FIELDS, *(LABEL_FIELD_PREFIX + known for known in sorted(known_labels))]
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {{{close[0]}}}?)" if close else ""
-            placeholders = ", ".join(f"{{{field}}}" for field in SUMMARY_FIELDS)
+            placeholders = ", ".join(f"{{{placeholder}}}" for placeholder in SUMMARY_FIELDS)
             raise ValueError(f"unknown placeholder {written}{hint}; known: {placeholders} and {{label.NAME}}")
         try:
             pieces.append(_formatted(rule.metric, name, field_value, spec or ""))
@@ -680,8 +682,9 @@ def _shown(value: object) -> str:
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     choices = list(choices)
     close = difflib.get_close_matches(word, choices, n=1) or [
+        # a key cut short: "repeat" for "repeat_interval", "interval" for "evaluation_interval"
         choice
         for choice in choices
-        if word and choice.startswith(word)  # repeat: repeat_interval
+        if len(word) >= 3 and (choice.startswith(word) or choice.endswith(word))
     ]
     return f" (did you mean {_quoted(close[0])}?)" if close else ""

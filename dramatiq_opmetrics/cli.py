@@ -573,7 +573,7 @@ ALERTS_COMMANDS: list[Command] = [
 ]
 
 
-def _add_alerts_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_alerts_parser(subparsers: argparse._SubParsersAction[_ArgumentParser]) -> None:
     """Add ``alerts`` and its subcommands (:data:`ALERTS_COMMANDS`) to the main parser's ``subparsers``."""
     help_text = "validate alert rules (see `dramatiq-opmetrics alerts --help`)"
     alerts = subparsers.add_parser("alerts", help=help_text, description=help_text)
