@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import re
 import socket
 import time
@@ -195,12 +196,34 @@ def test_an_alertmanager_that_is_down_raises_naming_it_and_gets_the_alert_once_i
         server.wait_for_alerts(lambda alerts: len(alerts) == 1, "the alert once Alertmanager is up")
 
 
-@pytest.mark.parametrize("scheme", ["json", "alertmanager+http"])
-def test_a_server_that_never_answers_raises_within_the_timeout(scheme: str, silent_port: int) -> None:
+@pytest.mark.parametrize(
+    "target",
+    [
+        "json://127.0.0.1:{port}",
+        "mailto://127.0.0.1:{port}?from=a@example.com&to=b@example.com",
+        "alertmanager+http://127.0.0.1:{port}",
+    ],
+)
+def test_a_server_that_never_answers_raises_within_the_timeout(target: str, silent_port: int) -> None:
     started = time.monotonic()
     with pytest.raises(DeliveryError, match=rf"127\.0\.0\.1:{silent_port}"):
-        send(f"{scheme}://127.0.0.1:{silent_port}", FIRING, timeout_s=SHORT_TIMEOUT_S)
+        send(target.format(port=silent_port), FIRING, timeout_s=SHORT_TIMEOUT_S)
     assert time.monotonic() - started < GIVE_UP_WITHIN_S
+
+
+def test_send_returns_once_the_server_has_the_message_and_leaves_apprise_logging_as_it_was(
+    smtp_server: SmtpServer, json_server: JsonHttpServer
+) -> None:
+    apprise_logger = logging.getLogger("apprise")
+    handlers, level = list(apprise_logger.handlers), apprise_logger.level
+
+    send(smtp_server.apprise_url(), FIRING)
+    send(json_server.apprise_url(), FIRING)
+
+    # No waiting: Apprise ran in this thread, and each server stores a message before it answers.
+    assert len(smtp_server.messages) == 1
+    assert len(json_server.bodies) == 1
+    assert (apprise_logger.handlers, apprise_logger.level) == (handlers, level)
 
 
 def test_alertmanager_refusing_an_alert_that_ends_before_it_starts_raises_with_its_status(
