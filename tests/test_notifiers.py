@@ -200,7 +200,7 @@ def test_an_alertmanager_that_is_down_raises_naming_it_and_gets_the_alert_once_i
     "target",
     [
         "json://127.0.0.1:{port}",
-        "mailto://127.0.0.1:{port}?from=a@example.com&to=b@example.com",
+        "mailto://127.0.0.1:{port}?smtp=127.0.0.1&from=a@example.com&to=b@example.com",
         "alertmanager+http://127.0.0.1:{port}",
     ],
 )
@@ -236,7 +236,7 @@ def test_alertmanager_refusing_an_alert_that_ends_before_it_starts_raises_with_i
 @pytest.mark.parametrize(
     "target",
     [
-        "mailto://user:s3cret-pw@127.0.0.1:{port}?from=alerts@example.com&to=ops@example.com",
+        "mailto://user:s3cret-pw@127.0.0.1:{port}?smtp=127.0.0.1&from=alerts@example.com&to=ops@example.com",
         "json://user:s3cret-pw@127.0.0.1:{port}/hook",
         "alertmanager+http://user:s3cret-pw@127.0.0.1:{port}",
     ],
@@ -275,7 +275,7 @@ def test_masked_target_masks_only_the_password_of_an_alertmanager_target() -> No
 @pytest.mark.parametrize(
     "target",
     [
-        "mailto://127.0.0.1:2525?from=alerts@example.com&to=ops@example.com",
+        "mailto://127.0.0.1:2525?smtp=127.0.0.1&from=alerts@example.com&to=ops@example.com",
         "mailtos://bob:pw@smtp.example.com?to=ops@example.com",
         "json://127.0.0.1:8080/hook",
         "slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ",
