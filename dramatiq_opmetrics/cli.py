@@ -520,6 +520,15 @@ def _alerts_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _send_timeout_s(value: str) -> float:
+    from .notifiers import check_timeout_s
+
+    try:
+        return check_timeout_s(_seconds(value))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("timeout_s", "the timeout")) from None
+
+
 def _alerts_test_arguments(parser: argparse.ArgumentParser) -> None:
     from .notifiers import DEFAULT_SEND_TIMEOUT_S
 
@@ -527,7 +536,7 @@ def _alerts_test_arguments(parser: argparse.ArgumentParser) -> None:
     _add_rules_argument(parser)
     parser.add_argument(
         "--timeout",
-        type=_seconds,
+        type=_send_timeout_s,
         default=DEFAULT_SEND_TIMEOUT_S,
         metavar="SECONDS",
         help=f"wait at most this long for each connection and answer of a target (default {DEFAULT_SEND_TIMEOUT_S:g})",

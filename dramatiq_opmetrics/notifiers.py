@@ -69,6 +69,8 @@ Event = Literal["firing", "resolved", "reminder", "test"]
 
 #: Seconds :func:`send` waits for each connection and each answer of a target.
 DEFAULT_SEND_TIMEOUT_S = 10.0
+#: The longest ``timeout_s`` :func:`send` takes, in seconds.
+MAX_SEND_TIMEOUT_S = 3600.0
 #: The URL schemes of a Prometheus Alertmanager target (``alertmanager+https://host:port``).
 ALERTMANAGER_SCHEMES = ("alertmanager+http", "alertmanager+https")
 #: Where an Alertmanager takes alerts, below the target's path.
@@ -236,17 +238,27 @@ def send(target: str, notification: Notification, *, timeout_s: float = DEFAULT_
       target(str): an Apprise URL or ``alertmanager+http(s)://host:port[/path]`` (see the module's
         documentation).
       notification(Notification): what to say.
-      timeout_s(float): seconds to wait for each connection and each answer; default
-        :data:`DEFAULT_SEND_TIMEOUT_S` (10).
+      timeout_s(float): seconds to wait for each connection and each answer, more than 0 and at most
+        :data:`MAX_SEND_TIMEOUT_S` (3600); default :data:`DEFAULT_SEND_TIMEOUT_S` (10).
 
     Raises:
+      ValueError: ``timeout_s`` is out of range (nothing is sent).
       DeliveryError: the target is unusable, unreachable, or refused the notification; the message names
         the target (password masked) and the reason.
     """
+    check_timeout_s(timeout_s)
     if is_alertmanager_target(target):
         _send_to_alertmanager(target, notification, timeout_s)
     else:
         _send_with_apprise(target, notification, timeout_s)
+
+
+def check_timeout_s(timeout_s: float) -> float:
+    """``timeout_s`` if :func:`send` takes it (more than 0, at most :data:`MAX_SEND_TIMEOUT_S`), else
+    ValueError."""
+    if not isinstance(timeout_s, int | float) or not 0 < timeout_s <= MAX_SEND_TIMEOUT_S:
+        raise ValueError(f"timeout_s must be more than 0 and at most {MAX_SEND_TIMEOUT_S:g} seconds, got {timeout_s!r}")
+    return float(timeout_s)
 
 
 def format_value(value: float | None) -> str:

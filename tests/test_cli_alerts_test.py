@@ -107,3 +107,16 @@ def test_a_bad_rule_file_is_reported_as_by_alerts_check_and_nothing_is_sent(
 
     assert '"foo://..."' in capsys.readouterr().err
     assert json_server.bodies == []
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "3601", "soon"])
+def test_a_timeout_out_of_range_is_one_error_line(
+    timeout: str, tmp_path: Path, json_server: JsonHttpServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = rule_file(tmp_path, [json_server.apprise_url()])
+
+    assert main(["alerts", "test", "ops", "--rules", str(rules), "--timeout", timeout]) == 2
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("dramatiq-opmetrics: error: argument --timeout: ")
+    assert json_server.bodies == []

@@ -314,3 +314,12 @@ def test_check_target_shows_only_the_scheme_of_a_bad_url(target: str) -> None:
     reason = check_target(target)
     assert reason is not None
     assert "s3cret-pw" not in reason
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1, float("nan"), float("inf"), 3601])
+def test_a_timeout_out_of_range_is_refused_before_anything_is_sent(
+    timeout_s: float, json_server: JsonHttpServer
+) -> None:
+    with pytest.raises(ValueError, match="timeout_s must be more than 0 and at most 3600 seconds"):
+        send(json_server.apprise_url(), FIRING, timeout_s=timeout_s)
+    assert json_server.bodies == []
