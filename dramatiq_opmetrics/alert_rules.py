@@ -57,6 +57,7 @@ from urllib.parse import urlsplit
 
 from .labels import make_label_set
 from .metric_types import MetricType
+from .notifiers import check_target
 from .report import format_duration, format_percent
 from .report import parse_duration as parse_duration  # the durations of rule files, also for callers
 
@@ -414,7 +415,7 @@ class _Checker:
             self.error(where, f'"urls" must be a non-empty array of strings, got {_shown(urls)}')
         else:
             for number, url in enumerate(urls, start=1):
-                problem = _check_target(url)
+                problem = check_target(url)
                 if problem is not None:
                     self.error(where, f'"urls" item {number}: {" ".join(problem.split())}')
         if len(self.errors) > before:
@@ -620,37 +621,6 @@ _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
 def _name_problem(name: str) -> str | None:
     if not _NAME_PATTERN.match(name) or len(name) > MAX_NAME_LENGTH:
         return f"must be 1 to {MAX_NAME_LENGTH} letters, digits, '_', '.' or '-', starting with a letter or digit"
-    return None
-
-
-#: The schemes of a Prometheus Alertmanager target; every other target is an Apprise URL.
-_ALERTMANAGER_SCHEMES = ("alertmanager+http", "alertmanager+https")
-
-
-def _check_target(target: str) -> str | None:
-    """Why ``target`` cannot be delivered to, or None if it can (without sending anything).
-
-    Error texts show the scheme only: the rest of a URL often holds a password or a token.
-    """
-    # TODO(lead): replace this function with dramatiq_opmetrics.notifiers.check_target (same contract: an
-    # error text or None) once the i12-notify branch is on main, and delete it and _ALERTMANAGER_SCHEMES.
-    scheme, separator, _ = target.partition("://")
-    if not separator or not scheme:
-        return 'is not a URL (no "scheme://")'
-    shown = _quoted(f"{scheme}://...")
-    if scheme.lower() in _ALERTMANAGER_SCHEMES:
-        parts = urlsplit(target)
-        try:
-            parts.port  # noqa: B018  # parsing the port is the check
-        except ValueError:
-            return f"{shown} has an invalid port"
-        if not parts.hostname:
-            return f"{shown} has no host: write alertmanager+http://host:9093"
-        return None
-    import apprise
-
-    if not apprise.Apprise().add(target):
-        return f"{shown} is not a URL Apprise accepts (an unknown service, or parts missing or malformed)"
     return None
 
 

@@ -77,11 +77,12 @@ PREFIX = 'alerts.toml: rule "crm-errors": '
 # TODO(lead): these are the texts of alert_rules._check_target; once the loader calls
 # notifiers.check_target instead, put its texts here (the rest of each line stays as it is).
 TARGET_PROBLEMS = {
-    "nope://127.0.0.1/hook": '"nope://..." is not a URL Apprise accepts (an unknown service, or parts missing or'
-    " malformed)",
-    "mailto://": '"mailto://..." is not a URL Apprise accepts (an unknown service, or parts missing or malformed)',
-    "hooks.example.com/alerts": 'is not a URL (no "scheme://")',
-    "alertmanager+http://:9093": '"alertmanager+http://..." has no host: write alertmanager+http://host:9093',
+    "nope://127.0.0.1/hook": 'bad Apprise URL "nope://...": Unparseable URL',
+    "mailto://": 'bad Apprise URL "mailto://...": Invalid ~From~ email specified; Could not load E-Mail URL',
+    "hooks.example.com/alerts": 'not a URL (no "scheme://"): write an Apprise URL (mailto://..., json://...) or'
+    " alertmanager+http://host:port",
+    "alertmanager+http://:9093": 'bad Alertmanager target "alertmanager+http://...": an Alertmanager target needs a'
+    " host: alertmanager+http://host:port",
 }
 
 #: Malformed files and the exact lines they give: (file text, lines).
