@@ -25,7 +25,7 @@ from dramatiq_opmetrics.dashboard.server import make_server
 
 selenium = pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.select import Select  # noqa: E402
@@ -362,8 +362,9 @@ def test_the_now_page_shows_new_samples_after_a_refresh_without_reloading(
     written = dt.datetime.now(dt.UTC)
     labels = {"actor": "fresh_actor", "queue": "queue_0"}
     insert_samples(engine, [(MetricType.PROCESSING_TIME, labels, 60_000.0, written) for _ in range(50)])
-    # The page refreshes every 15 s: the samples show within one refresh (and the time to answer it).
-    WebDriverWait(browser, 15 + WAIT_S).until(
+    # The page refreshes every 15 s: the samples show within one refresh (and the time to answer it). A refresh
+    # may replace the table between finding its cells and reading them: then the wait reads them again.
+    WebDriverWait(browser, 15 + WAIT_S, ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: (
             "fresh_actor" in [cell.text for cell in d.find_elements(By.CSS_SELECTOR, "#now-actors tbody td.label")]
         )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import threading
+import time
 from types import TracebackType
 
 from sqlalchemy.engine import URL
@@ -20,6 +22,9 @@ class SilentServer:
       port(int): the TCP port.
       url(URL): a PostgreSQL URL pointing at it.
       accepted(int): connections accepted so far.
+
+    :meth:`connections` says when each connection was accepted and when its client hung up (seen without
+    reading anything), so a test can time a client's own timeout apart from the time its process takes to start.
     """
 
     def __init__(self) -> None:
@@ -33,8 +38,13 @@ class SilentServer:
         )
         self.accepted = 0
         self._clients: list[socket.socket] = []
+        # time.monotonic() of each connection's accept and of its client's hang-up, by file descriptor.
+        self._accepted_at: dict[int, float] = {}
+        self._hung_up_at: dict[int, float] = {}
+        self._hang_ups = select.poll()
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, name="silent-server", daemon=True).start()
+        threading.Thread(target=self._watch_hang_ups, name="silent-server-hang-ups", daemon=True).start()
 
     def __enter__(self) -> SilentServer:
         return self
@@ -63,3 +73,19 @@ class SilentServer:
             with self._lock:
                 self._clients.append(client)
                 self.accepted += 1
+                self._accepted_at[client.fileno()] = time.monotonic()
+                self._hang_ups.register(client, select.POLLRDHUP)
+
+    def _watch_hang_ups(self) -> None:
+        while self._listener.fileno() != -1:
+            for fd, _ in self._hang_ups.poll(50):  # milliseconds: also notices close() soon
+                now = time.monotonic()
+                with self._lock:
+                    self._hang_ups.unregister(fd)
+                    self._hung_up_at.setdefault(fd, now)
+
+    def connections(self) -> list[tuple[float, float | None]]:
+        """Each connection accepted so far, in order: ``(accepted_at, hung_up_at)`` in ``time.monotonic()``
+        seconds, ``hung_up_at`` None while its client is still connected."""
+        with self._lock:
+            return [(accepted, self._hung_up_at.get(fd)) for fd, accepted in self._accepted_at.items()]

@@ -24,8 +24,8 @@ from faults.silent_server import SilentServer
 FAULTS = Path(__file__).parent
 #: The connect timeout of these tests (libpq's smallest).
 CONNECT_TIMEOUT_S = 2
-#: What starting the command line costs on two shared cores, on top of the connect timeout.
-STARTUP_SLACK_S = 4.0
+#: How much later than its connect timeout a client may hang up (a thread scheduled late on busy cores).
+HANG_UP_SLACK_S = 1.0
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,14 @@ def test_each_command_against_a_silent_server_fails_within_the_connect_timeout(
     elapsed = time.monotonic() - started
     assert result.returncode != 0, result.stdout
     assert silent_server.accepted >= 1
-    assert CONNECT_TIMEOUT_S <= elapsed < CONNECT_TIMEOUT_S + STARTUP_SLACK_S, result.stderr
+    assert elapsed >= CONNECT_TIMEOUT_S, result.stderr
+    # Timed at the server, from the first connection to the last hang-up: what starting the command costs (a
+    # few seconds on busy cores) is not part of it.
+    connections = silent_server.connections()
+    hung_up = [hung_up_at for _, hung_up_at in connections]
+    assert None not in hung_up, connections
+    waited_s = max(hung_up) - connections[0][0]  # type: ignore[type-var]
+    assert waited_s < CONNECT_TIMEOUT_S + HANG_UP_SLACK_S, (connections, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
 
 
