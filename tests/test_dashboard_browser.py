@@ -31,7 +31,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+#: One parallel worker runs the whole module: its browser and served schemas are made once, not once per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.xdist_group("dashboard_browser")]
 
 SCREENSHOTS = Path(__file__).parent.parent / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

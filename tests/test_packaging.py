@@ -13,6 +13,8 @@ from sqlalchemy.engine import URL
 from dramatiq_opmetrics.migrate import current_revision
 
 REPO = Path(__file__).parent.parent
+#: One parallel worker runs the whole module: the wheel is built and installed once, not once per worker.
+pytestmark = pytest.mark.xdist_group("installed_wheel")
 
 
 @pytest.fixture(scope="module")
