@@ -31,7 +31,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-#: One parallel worker runs the whole module: its browser and served schemas are made once, not once per worker.
+#: One parallel worker should run the whole module, starting its browser and schemas once (pytest-xdist issue 1386).
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.xdist_group("dashboard_browser")]
 
 SCREENSHOTS = Path(__file__).parent.parent / "screenshots"
