@@ -38,7 +38,7 @@ from dramatiq_opmetrics.retention import DEFAULT_RETENTION_DAYS, prune
 from dramatiq_opmetrics.rollup import rollup
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from lock_waits import TimedWrites, long_read  # noqa: E402
+from lock_waits import TimedWrites, long_read
 
 #: A lock timeout long enough that the DROP waits out the reader, as before the timeout existed (1 hour).
 UNBOUNDED_LOCK_TIMEOUT_MS = 3_600_000

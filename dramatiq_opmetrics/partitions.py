@@ -148,7 +148,11 @@ def _create_partition(connection: Connection, day: dt.date, lock_timeout_ms: int
 
 
 def drop_partition(connection: Connection, day: dt.date) -> bool:
-    """Drop the partition of ``day`` with all its rows; return whether there was one."""
+    """Drop the partition of ``day`` with all its rows; return whether there was one.
+
+    The ``DROP`` locks the raw table's parent exclusively, and writers queue behind it while it waits: call it
+    under :func:`~dramatiq_opmetrics.locks.short_lock_wait`, as the prune does.
+    """
     if not is_partitioned(connection) or day not in list_partitions(connection):
         return False
     connection.execute(text(f"DROP TABLE {partition_name(day)}"))
