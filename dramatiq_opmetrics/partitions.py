@@ -4,8 +4,8 @@ The raw table ``operational_metrics`` is partitioned by range of ``recorded_at``
 day, named ``operational_metrics_pYYYYMMDD``. A default partition, ``operational_metrics_default``, catches
 rows of days that have no partition yet, so an insert never fails. Partitions are created ahead of time
 (:func:`ensure_partitions`); creating the partition of a day that already has rows in the default
-partition moves those rows into it. Retention drops whole partitions (:func:`drop_partition`) instead of
-deleting rows.
+partition moves those rows into it. Retention detaches and drops whole partitions
+(:func:`detach_partition`, then ``DROP TABLE``) instead of deleting rows.
 
 Locks, because writers must never wait behind maintenance. ``CREATE TABLE ... PARTITION OF`` takes an
 ACCESS EXCLUSIVE lock on the parent: behind a long reader of the raw table (a Grafana panel, a report) it
@@ -16,8 +16,8 @@ partition, which it scans. That one can wait behind a reader too (and readers of
 it), so each partition is attached under a short ``lock_timeout``
 (:data:`~dramatiq_opmetrics.locks.DEFAULT_LOCK_TIMEOUT_MS`, in a savepoint of its own): a day whose lock is
 not granted in time is logged and left to the next call, days ahead of need, while the default partition
-catches its rows meanwhile. Dropping a partition locks the parent exclusively whatever the version; the
-prune asks for that under the same timeout (:mod:`~dramatiq_opmetrics.retention`).
+catches its rows meanwhile. Detaching (or dropping) a partition locks the parent exclusively whatever the
+version; the prune asks for that under the same timeout (:mod:`~dramatiq_opmetrics.retention`).
 
 On other backends the raw table is a plain table and every function here is a no-op.
 """
@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from collections.abc import Iterable
 
 from sqlalchemy import Connection, text
 
@@ -72,8 +73,13 @@ def list_partitions(connection: Connection) -> dict[dt.date, str]:
         ),
         {"parent": RAW_TABLE},
     )
+    return _by_day(name for (name,) in rows)
+
+
+def _by_day(names: Iterable[str]) -> dict[dt.date, str]:
+    """The names of day partitions among ``names``, by day, oldest first."""
     found = {}
-    for (name,) in rows:
+    for name in names:
         match = _PARTITION_NAME.match(name)
         if match:
             found[dt.datetime.strptime(match.group(1), "%Y%m%d").date()] = name
@@ -144,6 +150,34 @@ def _create_partition(connection: Connection, day: dt.date, lock_timeout_ms: int
             extra={"event": "partition_busy", "day": day.isoformat(), "lock_timeout_ms": lock_timeout_ms},
         )
         return False
+    return True
+
+
+def list_detached_partitions(connection: Connection) -> dict[dt.date, str]:
+    """Tables in the current schema named like a day partition that are not attached to the raw table, by day:
+    what a prune interrupted between its detach and its drop left (:mod:`~dramatiq_opmetrics.retention`)."""
+    if not is_partitioned(connection):
+        return {}
+    rows = connection.execute(
+        text(
+            "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
+            " AND relkind = 'r' AND NOT relispartition AND starts_with(relname, :prefix)"
+        ),
+        {"prefix": f"{RAW_TABLE}_p"},
+    )
+    return _by_day(name for (name,) in rows)
+
+
+def detach_partition(connection: Connection, day: dt.date) -> bool:
+    """Detach the partition of ``day`` from the raw table, leaving it a table of its own (rows included);
+    return whether there was one.
+
+    Locks the raw table's parent exclusively until the transaction ends, and writers queue behind it while
+    it waits: call it under :func:`~dramatiq_opmetrics.locks.short_lock_wait`, as the prune does.
+    """
+    if not is_partitioned(connection) or day not in list_partitions(connection):
+        return False
+    connection.execute(text(f"ALTER TABLE {RAW_TABLE} DETACH PARTITION {partition_name(day)}"))
     return True
 
 

@@ -14,15 +14,19 @@ On PostgreSQL a day is removed by dropping its partition (well under a second fo
 :data:`PRUNE_BATCH_ROWS`, one short transaction each, so that writers are never blocked for long; an
 interrupted prune resumes at the next run.
 
-A prune never makes a writer wait behind a reader. Dropping a partition needs an ACCESS EXCLUSIVE lock on the
+A prune never makes a writer wait behind a reader. Removing a partition needs an ACCESS EXCLUSIVE lock on the
 raw table's parent, which waits for every reader of the parent (a Grafana panel, a report), and PostgreSQL
 queues every later request, each writer's COPY included, behind the waiting one: with a 3 s reader, writes
-took up to 2.9 s instead of 13 ms. So the ``DROP`` asks for its lock under a short ``lock_timeout``
+took up to 2.9 s instead of 13 ms. So the removal asks for its lock under a short ``lock_timeout``
 (``lock_timeout_ms``, :data:`~dramatiq_opmetrics.locks.DEFAULT_LOCK_TIMEOUT_MS`): writers wait at most that
 long, and the day's transaction (count, check, removal) is rolled back and tried again after
 :data:`PRUNE_LOCK_RETRY_S`, doubling, ``lock_attempts`` times in all. A day still busy after that is kept
 (and logged) for the next run. The lock is asked for last, after the count and the ``DELETE`` from the
-default partition, so that it is held only for the ``DROP`` and the commit.
+default partition, and the partition is detached there (a commit that deletes no file need not wait for the
+WAL flush, and is told not to) and dropped in a transaction of its own right after: the parent's lock is held
+for the ``DETACH`` and its commit only. A table a prune detached and could not drop (the process died in
+between) is found by the next prune (:func:`~dramatiq_opmetrics.partitions.list_detached_partitions`) and
+dropped after the same check against the day's daily rows.
 
 ``ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY`` (PostgreSQL 14 and later) would need no exclusive lock
 at all, but PostgreSQL refuses it on a table with a default partition ("cannot detach partitions
@@ -48,7 +52,14 @@ from sqlalchemy import Engine, delete, func, select, text
 from .aggregate import default_partition_counts, raw_count, raw_counts_by_day
 from .locks import DEFAULT_LOCK_TIMEOUT_MS, is_lock_timeout, short_lock_wait
 from .models import OperationalMetric
-from .partitions import DEFAULT_PARTITION, day_bounds, drop_partition, list_partitions, partition_name
+from .partitions import (
+    DEFAULT_PARTITION,
+    day_bounds,
+    detach_partition,
+    list_detached_partitions,
+    list_partitions,
+    partition_name,
+)
 from .rollup import daily_totals, lock_for_rollup, utc_today
 
 logger = logging.getLogger(__name__)
@@ -157,7 +168,11 @@ def prune(
     with engine.connect() as connection:
         if connection.dialect.name == "postgresql":
             # Every raw row is in a day partition or the default one: no need to count the partitions here.
-            days = set(list_partitions(connection)) | set(default_partition_counts(connection))
+            days = (
+                set(list_partitions(connection))
+                | set(list_detached_partitions(connection))
+                | set(default_partition_counts(connection))
+            )
         else:
             days = set(raw_counts_by_day(connection))
     old_days = {day for day in days if day < cutoff}
@@ -223,6 +238,7 @@ def _prune_day(engine: Engine, day: dt.date, dry_run: bool, result: PruneResult,
         with engine.begin() as connection:
             lock_for_rollup(connection)
             partitioned = day in list_partitions(connection)
+            detached = list_detached_partitions(connection).get(day)
             postgresql = connection.dialect.name == "postgresql"
             # Waits behind other rollups and prunes (above) are fine; waits writers could queue behind are not.
             with short_lock_wait(connection, lock_timeout_ms):
@@ -231,6 +247,8 @@ def _prune_day(engine: Engine, day: dt.date, dry_run: bool, result: PruneResult,
                     tables = ([partition_name(day)] if partitioned else []) + [DEFAULT_PARTITION]
                     connection.execute(text(f"LOCK TABLE {', '.join(tables)} IN SHARE MODE"))
                 rows = raw_count(connection, day)
+                if detached is not None:
+                    rows += connection.execute(text(f"SELECT count(*) FROM {detached}")).scalar_one()
                 rolled_up = daily_totals(connection, day).get(day)
                 if rows and (rolled_up is None or rows > rolled_up):
                     reason = "not rolled up" if rolled_up is None else f"{rows - rolled_up} samples not rolled up yet"
@@ -242,9 +260,16 @@ def _prune_day(engine: Engine, day: dt.date, dry_run: bool, result: PruneResult,
                         text(f"DELETE FROM {DEFAULT_PARTITION} WHERE recorded_at >= :start AND recorded_at < :end"),
                         {"start": start, "end": end},
                     )
-                    # Last: the exclusive lock on the parent is then held only for the DROP and the commit.
+                    if detached is not None:  # left by a prune interrupted after its detach
+                        connection.execute(text(f"DROP TABLE {detached}"))
                     if partitioned:
-                        drop_partition(connection, day)
+                        # Last, and detached rather than dropped: the exclusive lock on the parent is then held
+                        # for the DETACH and a commit that deletes no file, which PostgreSQL lets return
+                        # before the WAL is on disk (a DROP's commit always waits for that flush, hundreds of
+                        # milliseconds on a busy disk, and writers would wait as long). Lost in a crash, the
+                        # detach is done again by the next prune.
+                        connection.execute(text("SELECT set_config('synchronous_commit', 'off', true)"))
+                        detach_partition(connection, day)
             # Rows counted above have ids up to this one; a row recorded for the day later is not touched.
             last_id = None
             if not postgresql:
@@ -255,9 +280,13 @@ def _prune_day(engine: Engine, day: dt.date, dry_run: bool, result: PruneResult,
         if is_lock_timeout(error):
             raise _RawTableBusy(rows) from error
         raise
+    if partitioned and not dry_run:
+        # A table of its own now: dropping it locks nothing that readers or writers of the raw table use.
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP TABLE IF EXISTS {partition_name(day)}"))
     if not dry_run and last_id is not None:
         _delete_in_batches(engine, day, last_id)
-    method = "partition" if partitioned else "delete"
+    method = "partition" if partitioned or detached is not None else "delete"
     result.pruned.append(PrunedDay(day, rows, method))
     logger.info(
         "%s raw rows of day %s: rows=%d method=%s",

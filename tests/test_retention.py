@@ -15,7 +15,12 @@ from dramatiq_opmetrics import retention
 from dramatiq_opmetrics.aggregate import raw_counts_by_day
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.models import OperationalMetricDaily
-from dramatiq_opmetrics.partitions import ensure_partitions, list_partitions
+from dramatiq_opmetrics.partitions import (
+    ensure_partitions,
+    list_detached_partitions,
+    list_partitions,
+    partition_name,
+)
 from dramatiq_opmetrics.retention import DEFAULT_RETENTION_DAYS, KeptDay, PrunedDay, prune
 from dramatiq_opmetrics.rollup import rollup
 
@@ -189,6 +194,26 @@ def test_a_day_whose_partition_stays_busy_is_kept_and_removed_by_the_next_prune(
     assert raw_days(postgres_engine)[days_ago(40)] == 20
     assert prune(postgres_engine, now=NOW).pruned == [PrunedDay(days_ago(40), 20, "partition")]
     assert days_ago(40) not in raw_days(postgres_engine)
+
+
+@pytest.mark.postgres
+def test_a_partition_left_detached_by_an_interrupted_prune_is_dropped_by_the_next_one_once_rolled_up(
+    postgres_engine: Engine,
+) -> None:
+    with postgres_engine.begin() as connection:
+        ensure_partitions(connection, days_ago(40), days_ago(39))
+    record(postgres_engine, days_ago(40))
+    rollup(postgres_engine, now=NOW)
+    record(postgres_engine, days_ago(39))  # not rolled up
+    with postgres_engine.begin() as connection:  # as a prune that died between its detach and its drop would
+        for day in (days_ago(40), days_ago(39)):
+            connection.execute(text(f"ALTER TABLE operational_metrics DETACH PARTITION {partition_name(day)}"))
+    result = prune(postgres_engine, now=NOW)
+    assert result.pruned == [PrunedDay(days_ago(40), 20, "partition")]
+    assert result.kept == [KeptDay(days_ago(39), 20, "not rolled up")]
+    with postgres_engine.connect() as connection:
+        assert list(list_detached_partitions(connection)) == [days_ago(39)]
+        assert connection.execute(text(f"SELECT count(*) FROM {partition_name(days_ago(39))}")).scalar_one() == 20
 
 
 def test_sqlite_deletes_in_batches_and_resumes_an_interrupted_prune(
