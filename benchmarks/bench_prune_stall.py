@@ -8,8 +8,8 @@ rolled up), while a writer writes one sample every 10 ms through ``write_samples
 COPY, commit; each write timed) and a reader holds the raw table's parent for ``--reader-s`` seconds:
 
 - nothing else (the baseline);
-- a prune whose ``DROP`` waits for its lock as long as it takes (``lock_timeout_ms`` of an hour: how every
-  prune behaved before the lock timeout);
+- a prune that waits for its lock on the parent as long as it takes (``lock_timeout_ms`` of an hour: how
+  every prune behaved before the lock timeout, when it dropped the partition there and then);
 - a prune with the default lock timeout (50 ms) and retries.
 
 It prints, for each, the slowest write and the 99th percentile, each as a ratio to the baseline's median
@@ -40,7 +40,7 @@ from dramatiq_opmetrics.rollup import rollup
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from lock_waits import TimedWrites, long_read
 
-#: A lock timeout long enough that the DROP waits out the reader, as before the timeout existed (1 hour).
+#: A lock timeout long enough that the prune waits out the reader, as before the timeout existed (1 hour).
 UNBOUNDED_LOCK_TIMEOUT_MS = 3_600_000
 
 
@@ -93,7 +93,7 @@ def main() -> None:
         figures = {}
         runs = [
             ("reader alone (baseline)", None),
-            ("prune, DROP waits for its lock (as before)", UNBOUNDED_LOCK_TIMEOUT_MS),
+            ("prune waiting out the reader (as before)", UNBOUNDED_LOCK_TIMEOUT_MS),
             ("prune, 50 ms lock timeout and retries (now)", 50),
         ]
         for index, (name, lock_timeout_ms) in enumerate(runs):
