@@ -35,14 +35,25 @@ OUR_TABLES = {
     "opmetrics_recent_aggregates",
     "opmetrics_recent_state",
     "operational_metrics_monthly",
+    "opmetrics_alert_states",
+    "opmetrics_alert_transitions",
+    "opmetrics_alert_silences",
+    "opmetrics_alert_deliveries",
     VERSION_TABLE,
 }
 #: The newest revision.
-HEAD = "0007"
+HEAD = "0008"
 #: The tables of the recent tier (migration 0005).
 RECENT_TABLES = {"opmetrics_recent_aggregates", "opmetrics_recent_state"}
 #: The table of the monthly rows (migration 0007).
 MONTHLY_TABLES = {"operational_metrics_monthly"}
+#: The tables of alerting (migration 0008).
+ALERT_TABLES = {
+    "opmetrics_alert_states",
+    "opmetrics_alert_transitions",
+    "opmetrics_alert_silences",
+    "opmetrics_alert_deliveries",
+}
 
 
 def table_names(url: URL) -> set[str]:
@@ -76,7 +87,8 @@ def test_downgrade_to_base_removes_every_table(database_url: URL) -> None:
 def test_downgrading_0002_removes_only_the_interval_claims_table(database_url: URL) -> None:
     upgrade(database_url)
     downgrade(database_url, "0001")
-    assert table_names(database_url) == OUR_TABLES - {"opmetrics_interval_claims"} - RECENT_TABLES - MONTHLY_TABLES
+    removed = {"opmetrics_interval_claims"} | RECENT_TABLES | MONTHLY_TABLES | ALERT_TABLES
+    assert table_names(database_url) == OUR_TABLES - removed
     assert current_revision(database_url) == "0001"
     upgrade(database_url)
     assert table_names(database_url) == OUR_TABLES
@@ -85,7 +97,7 @@ def test_downgrading_0002_removes_only_the_interval_claims_table(database_url: U
 def test_downgrading_0005_removes_only_the_recent_tier_tables(database_url: URL) -> None:
     upgrade(database_url)
     downgrade(database_url, "0003")
-    assert table_names(database_url) == OUR_TABLES - RECENT_TABLES - MONTHLY_TABLES
+    assert table_names(database_url) == OUR_TABLES - RECENT_TABLES - MONTHLY_TABLES - ALERT_TABLES
     upgrade(database_url)
     assert table_names(database_url) == OUR_TABLES
 
@@ -243,7 +255,7 @@ def test_downgrading_0007_removes_the_monthly_rows_and_packed_histograms_and_a_r
             write_samples(connection, [*samples.processing_time("a", 5.0, recorded_at=two_days_ago)])
         rollup(engine)
         downgrade(database_url, "0006")
-        assert table_names(database_url) == OUR_TABLES - MONTHLY_TABLES
+        assert table_names(database_url) == OUR_TABLES - MONTHLY_TABLES - ALERT_TABLES
         with engine.connect() as connection:
             columns = {column["name"] for column in inspect(connection).get_columns("operational_metrics_daily")}
             daily = connection.execute(text("SELECT sample_count, histogram FROM operational_metrics_daily")).all()
@@ -263,3 +275,11 @@ def test_downgrading_0007_removes_the_monthly_rows_and_packed_histograms_and_a_r
         assert monthly == [1]
     finally:
         engine.dispose()
+
+
+def test_downgrading_0008_removes_only_the_alert_tables(database_url: URL) -> None:
+    upgrade(database_url)
+    downgrade(database_url, "0007")
+    assert table_names(database_url) == OUR_TABLES - ALERT_TABLES
+    upgrade(database_url)
+    assert table_names(database_url) == OUR_TABLES
