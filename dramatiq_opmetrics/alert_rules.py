@@ -105,3 +105,7 @@ class RuleFileError(ValueError):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+
+
+def render_summary(rule: Rule, value: float | None, labels: Mapping[str, str]) -> str:  # TEMPORARY until i12-rules
+    return f"{rule.name}: {value} for {dict(labels)}"
