@@ -106,6 +106,3 @@ class RuleFileError(ValueError):
         super().__init__("\n".join(errors))
         self.errors = errors
 
-
-def render_summary(rule: Rule, value: float | None, labels: Mapping[str, str]) -> str:  # TEMPORARY until i12-rules
-    return f"{rule.name}: {value} for {dict(labels)}"
