@@ -19,6 +19,7 @@ from typing import NoReturn
 from sqlalchemy import Engine
 from sqlalchemy.exc import DatabaseError, OperationalError, ProgrammingError
 
+from .alert_rules import RuleFileError
 from .config import ConfigurationError, redact_url, resolve_database_url
 
 #: The most days ``report --days`` and ``prune --retention-days`` take, and the longest report (about 100
@@ -503,6 +504,44 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_rules_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rules", required=True, metavar="FILE", help="the alert rule file (TOML)")
+
+
+def _alerts_check_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_rules_argument(parser)
+
+
+def _alerts_check(args: argparse.Namespace) -> int:
+    from .alert_rules import load_rules
+
+    rule_set = load_rules(args.rules)  # a RuleFileError is printed by main(), one line per problem
+    print(f"ok: {len(rule_set.rules)} rules, {len(rule_set.notifiers)} notifiers")
+    return 0
+
+
+#: The subcommands of ``dramatiq-opmetrics alerts``, in the order ``--help`` lists them.
+ALERTS_COMMANDS: list[Command] = [
+    (
+        "check",
+        "validate a rule file and exit (0: valid; 2: one line per problem); reads no database",
+        _alerts_check_arguments,
+        _alerts_check,
+    ),
+]
+
+
+def _add_alerts_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``alerts`` and its subcommands (:data:`ALERTS_COMMANDS`) to the main parser's ``subparsers``."""
+    help_text = "validate alert rules (see `dramatiq-opmetrics alerts --help`)"
+    alerts = subparsers.add_parser("alerts", help=help_text, description=help_text)
+    commands = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ALERTS_COMMAND")
+    for name, command_help, add_arguments, run in ALERTS_COMMANDS:
+        subparser = commands.add_parser(name, help=command_help, description=command_help)
+        add_arguments(subparser)
+        subparser.set_defaults(run=run)
+
+
 def _check_database(engine: Engine) -> None:
     """Fail now, not at the first request, on a database that is unreachable or not migrated."""
     from sqlalchemy import select
@@ -542,6 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)
         add_arguments(subparser)
         subparser.set_defaults(run=run)
+    _add_alerts_parser(subparsers)
     return parser
 
 
@@ -559,6 +599,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.run(args)
     except ConfigurationError as error:
         return _fail(str(error))
+    except RuleFileError as error:
+        for line in error.errors:
+            _fail(line)
+        return 2
     except OperationalError as error:
         # SQLite reports a missing table as an OperationalError, PostgreSQL as a ProgrammingError.
         if "no such table" in str(error.orig or error):
