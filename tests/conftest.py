@@ -22,6 +22,7 @@ import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, xq_name
+from notification_servers import alertmanager, json_server, smtp_server  # noqa: F401 (fixtures for every test)
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 
