@@ -15,7 +15,7 @@ restart comes next. :func:`deliver_due` then sends the rows that are due through
 - **Order.** A row is due only when no earlier row of the same target is still undelivered (and not given
   up): a target receives an alert's ``firing`` before its ``resolved`` even across an outage.
 - **Retries.** A failed send (:class:`~dramatiq_opmetrics.notifiers.DeliveryError`, or any other error of
-  a notifier) is logged (one warning with the alert and the target's scheme and host, never its secrets),
+  a notifier) is logged (one warning with the alert and the target, its password masked),
   stored in ``last_error`` and retried after :data:`RETRY_BACKOFF` doubled per attempt, at most
   :data:`MAX_RETRY_BACKOFF`; after :data:`GIVE_UP_AFTER` it is given up (``next_attempt_at`` NULL,
   logged as an error, still listed by ``alerts status``). Nothing is raised into the caller's thread.
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +40,7 @@ from sqlalchemy.orm import aliased
 from . import notifiers
 from .locks import write_xact_lock
 from .models import AlertDelivery
-from .notifiers import Notification
+from .notifiers import Notification, is_alertmanager_target, masked_target
 from .queue_depth_sampler import describe_error
 
 #: How long a claimed row is leased to the process sending it (longer than any send takes).
@@ -56,8 +55,6 @@ GIVE_UP_AFTER = dt.timedelta(hours=24)
 DELIVERED_RETENTION = dt.timedelta(days=7)
 #: The most rows one :func:`deliver_due` sends (it runs again at the next delivery interval).
 MAX_DELIVERIES_PER_PASS = 200
-#: The scheme prefix of Prometheus Alertmanager targets.
-ALERTMANAGER_SCHEME = "alertmanager+"
 
 logger = logging.getLogger(__name__)
 
@@ -69,25 +66,6 @@ class DeliveryResult:
     delivered: int = 0
     failed: int = 0
     given_up: int = 0
-
-
-def is_alertmanager(target: str) -> bool:
-    """Whether ``target`` is a Prometheus Alertmanager (``alertmanager+http(s)://host:port``)."""
-    return target.startswith(ALERTMANAGER_SCHEME)
-
-
-def describe_target(target: str) -> str:
-    """``scheme://host`` of a target, for logs and status lines: Apprise URLs carry tokens and passwords."""
-    parts = urllib.parse.urlsplit(target)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}{f':{parts.port}' if _port(parts) else ''}"
-
-
-def _port(parts: urllib.parse.SplitResult) -> int | None:
-    try:
-        return parts.port
-    except ValueError:
-        return None
 
 
 def notification_to_json(notification: Notification) -> dict[str, Any]:
@@ -138,7 +116,7 @@ def enqueue(connection: Connection, notification: Notification, targets: Iterabl
         return 0
     payload = notification_to_json(notification)
     for target in targets:
-        if is_alertmanager(target):
+        if is_alertmanager_target(target):
             connection.execute(
                 delete(AlertDelivery).where(
                     AlertDelivery.alert_key == notification.key,
@@ -250,13 +228,13 @@ def deliver_due(
                 given_up += 1
                 logger.error(
                     "Gave up delivering the %s notification of alert %s to %s after %d attempts: %s",
-                    notification.event, row.alert_key, describe_target(row.target), row.attempts, problem,
+                    notification.event, row.alert_key, masked_target(row.target), row.attempts, problem,
                 )  # fmt: skip
             else:
                 failed += 1
                 logger.warning(
                     "The %s notification of alert %s could not be delivered to %s (attempt %d, next at %s): %s",
-                    notification.event, row.alert_key, describe_target(row.target), row.attempts,
+                    notification.event, row.alert_key, masked_target(row.target), row.attempts,
                     next_attempt.isoformat() if next_attempt else "never", problem,
                 )  # fmt: skip
             continue

@@ -39,14 +39,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .alert_delivery import deliver_due, enqueue, is_alertmanager
+from .alert_delivery import deliver_due, enqueue
 from .alert_rules import Rule, RuleSet, render_summary
 from .alert_silences import silenced_rules
 from .interval_claims import DatabaseIntervalClaim, IntervalClaim, IntervalThread, interval_start
 from .locks import write_xact_lock
 from .metric_types import MetricType
 from .models import AlertState, AlertTransition
-from .notifiers import Event, Notification
+from .notifiers import Event, Notification, is_alertmanager_target
 from .queue_depth_sampler import describe_error
 from .recent_tier import bucket_floor
 from .series import SeriesPoint, query_stalled, query_totals
@@ -338,8 +338,8 @@ def _notifications(
 ) -> Iterable[tuple[Notification, list[str], bool]]:
     """The notifications ``alert`` sends now, each with its targets and whether it is a post to Alertmanager
     again; what the notifiers are told is noted in ``alert``."""
-    alertmanagers = [target for target in targets if is_alertmanager(target)]
-    others = [target for target in targets if not is_alertmanager(target)]
+    alertmanagers = [target for target in targets if is_alertmanager_target(target)]
+    others = [target for target in targets if not is_alertmanager_target(target)]
     event: Event | None = None
     if alert.state == FIRING and alert.notified_state != FIRING:
         event = "firing"
