@@ -6,12 +6,12 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from command_line import url_text
 from notification_servers import JsonHttpServer
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from test_alert_evaluator import MINUTE, T0, messages, rule, ruleset
 
-from command_line import url_text
 from dramatiq_opmetrics.alert_delivery import deliver_due
 from dramatiq_opmetrics.alert_evaluator import evaluate
 from dramatiq_opmetrics.cli import main
