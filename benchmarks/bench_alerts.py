@@ -6,8 +6,8 @@ tier as the fleet would, then times :func:`~dramatiq_opmetrics.alert_evaluator.e
 (error rates, p95 and max processing and wait times, throughput; filtered by queue or not, grouped by actor,
 by queue or not at all; windows of 5 to 24 minutes), ``--repeat`` times at successive minutes (the interval
 starts of the default interval). Each evaluation reads every rule's window and writes every alert's state
-(one row per rule and group) in one transaction. Printed: the median time per evaluation and its ratio to the evaluation interval (1 minute),
-against the target of 1 s per evaluation.
+(one row per rule and group) in one transaction. Printed: the median time per evaluation and its ratio to
+the evaluation interval (1 minute), against the target of 1 s per evaluation.
 
     .venv/bin/python benchmarks/bench_alerts.py [--rows 20000000] [--label-sets 200] [--repeat 5] [--quick]
 
