@@ -18,6 +18,13 @@ Notifications follow from the state and what the notifiers were last told (``not
 silence ends (:mod:`~dramatiq_opmetrics.alert_silences`). Alertmanager targets get a firing alert again at
 every evaluation (see :mod:`~dramatiq_opmetrics.alert_delivery`) and no reminders (Alertmanager repeats).
 
+**Reading.** Rules reading the same metric type share one query: on a whole minute, one per-minute series
+of the type over the longest window of its rules, merged per label set and window once, then per rule's
+labels and groups in Python (exact for counts, sums, averages, extremes and error rates); percentiles come
+from one query per metric type and window (each label set's own histogram) when each of a rule's groups is
+one label set, else from a query of the rule's own. The queries run on :data:`READ_CONNECTIONS`
+connections at once.
+
 **Exactly once.** The values are read first, outside any transaction; then one transaction takes the
 evaluation lock (:func:`~dramatiq_opmetrics.locks.write_xact_lock`), reads the states, and writes the new
 states, the transitions and the outbox rows together. An alert whose state was already evaluated at
