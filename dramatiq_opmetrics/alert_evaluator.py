@@ -37,6 +37,7 @@ of the fleet evaluates per interval (the interval-claim machinery, like the queu
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import urllib.parse
@@ -45,8 +46,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, insert, select, text
+from sqlalchemy.dialects import sqlite
 
 from .alert_delivery import deliver_due, enqueue
 from .alert_rules import Rule, RuleSet, render_summary
@@ -54,7 +55,7 @@ from .alert_silences import silenced_rules
 from .interval_claims import DatabaseIntervalClaim, IntervalClaim, IntervalThread, interval_start
 from .locks import write_xact_lock
 from .metric_types import MetricType
-from .models import AlertState, AlertTransition
+from .models import ALERT_STATES_TABLE, AlertState, AlertTransition
 from .notifiers import Event, Notification, is_alertmanager_target
 from .queue_depth_sampler import describe_error
 from .recent_tier import bucket_floor
@@ -470,18 +471,7 @@ def evaluate(
                     outbox.extend(_notifications(rule, ruleset, alert, targets, now, interval))
                 changed.append(alert)
         if changed:
-            upsert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-            statement = upsert(AlertState)
-            connection.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["rule", "group_key"],
-                    set_={
-                        name: statement.excluded[name]
-                        for name in ("state", "since", "value", "evaluated_at", "notified_state", "last_notified_at")
-                    },
-                ),
-                [alert.row() for alert in changed],
-            )
+            _write_states(connection, changed)
         if result.transitions:
             connection.execute(
                 insert(AlertTransition),
@@ -504,6 +494,45 @@ def evaluate(
             else:
                 result.notifications.append(notification)
     return result
+
+
+#: The columns of an alert state that an evaluation changes.
+_STATE_UPDATES = ("state", "since", "value", "evaluated_at", "notified_state", "last_notified_at")
+
+
+def _write_states(connection: Connection, alerts: Sequence[_Alert]) -> None:
+    """Insert or update the states of ``alerts``: on PostgreSQL in one statement (the rows as one JSON
+    parameter: thousands of alerts in one round trip), on SQLite row by row (one process, a local file)."""
+    if connection.dialect.name != "postgresql":
+        statement = sqlite.insert(AlertState)
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["rule", "group_key"], set_={name: statement.excluded[name] for name in _STATE_UPDATES}
+            ),
+            [alert.row() for alert in alerts],
+        )
+        return
+    rows = [
+        {
+            **alert.row(),
+            "since": alert.since.isoformat(),
+            "evaluated_at": alert.evaluated_at.isoformat(),
+            "last_notified_at": None if alert.last_notified_at is None else alert.last_notified_at.isoformat(),
+        }
+        for alert in alerts
+    ]
+    updates = ", ".join(f"{name} = excluded.{name}" for name in _STATE_UPDATES)
+    connection.execute(
+        text(
+            f"INSERT INTO {ALERT_STATES_TABLE} (rule, group_key, group_labels, {', '.join(_STATE_UPDATES)})"
+            " SELECT rule, group_key, group_labels, state, since, value, evaluated_at, notified_state,"
+            " last_notified_at FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(rule text, group_key text,"
+            " group_labels jsonb, state text, since timestamptz, value float8, evaluated_at timestamptz,"
+            " notified_state text, last_notified_at timestamptz)"
+            f" ON CONFLICT (rule, group_key) DO UPDATE SET {updates}"
+        ),
+        {"rows": json.dumps(rows)},
+    )
 
 
 def _notifications(
