@@ -29,6 +29,8 @@ MAX_DAYS = 36_600
 EARLIEST_DATE = dt.date(1970, 1, 1)
 #: The latest date a day argument takes.
 LATEST_DATE = dt.date(2999, 12, 31)
+#: The most transitions ``alerts history --limit`` prints.
+MAX_HISTORY_LIMIT = 100_000
 #: The highest TCP port (``dashboard --port`` takes 1 to this).
 MAX_TCP_PORT = 65_535
 
@@ -520,6 +522,141 @@ def _alerts_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optional_rules_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rules", metavar="FILE", help="the alert rule file: also list its rules not evaluated yet")
+
+
+def _alerts_status_arguments(parser: argparse.ArgumentParser) -> None:
+    _optional_rules_argument(parser)
+    _add_database_url(parser)
+    parser.epilog = (
+        "Each alert (a rule and a group of its group_by labels): its state (ok, pending, firing), since when,"
+        " its last value and evaluation; then the silences in force and the notifications not delivered yet"
+        " (waiting, failing with their last error, or given up)."
+    )
+
+
+def _alerts_status(args: argparse.Namespace) -> int:
+    from .alert_rules import load_rules
+    from .alert_status import status_lines
+    from .database import engine_for
+
+    ruleset = load_rules(args.rules) if args.rules else None
+    with engine_for(args.database_url) as engine:
+        print("\n".join(status_lines(engine, ruleset)))
+    return 0
+
+
+def _history_limit(value: str) -> int:
+    return _bounded_int(
+        value, 1, MAX_HISTORY_LIMIT, what="a number of transitions", bounds=f"1 to {MAX_HISTORY_LIMIT:,}"
+    )
+
+
+def _alerts_history_arguments(parser: argparse.ArgumentParser) -> None:
+    from .alert_status import DEFAULT_HISTORY_LIMIT
+
+    parser.add_argument("--rule", help="only this rule's transitions")
+    parser.add_argument(
+        "--limit",
+        type=_history_limit,
+        default=DEFAULT_HISTORY_LIMIT,
+        help=f"the latest this many transitions, 1 to {MAX_HISTORY_LIMIT:,} (default: {DEFAULT_HISTORY_LIMIT})",
+    )
+    _add_database_url(parser)
+
+
+def _alerts_history(args: argparse.Namespace) -> int:
+    from .alert_status import history_lines
+    from .database import engine_for
+
+    with engine_for(args.database_url) as engine:
+        print("\n".join(history_lines(engine, rule=args.rule, limit=args.limit)))
+    return 0
+
+
+def _silence_duration(value: str) -> dt.timedelta:
+    from .alert_silences import MAX_SILENCE
+
+    return _duration(value, dt.timedelta(seconds=1), MAX_SILENCE)
+
+
+def _alerts_silence_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("rule", help="the rule whose notifications are held back")
+    parser.add_argument(
+        "--for",
+        dest="duration",
+        required=True,
+        type=_silence_duration,
+        metavar="DURATION",
+        help="how long: 30m, 2h, 1d",
+    )
+    parser.add_argument("--reason", default="", help="why (shown by `alerts status` and `alerts silences`)")
+    _add_database_url(parser)
+    parser.epilog = (
+        "The rule's alerts still change state; what they would have sent is sent at the first evaluation after"
+        " the silence ends, if it is still true then (a firing alert; a resolution of an alert whose firing was"
+        " sent)."
+    )
+
+
+def _alerts_silence(args: argparse.Namespace) -> int:
+    from .alert_silences import add_silence
+    from .database import engine_for
+
+    with engine_for(args.database_url) as engine:
+        silence = add_silence(engine, args.rule, args.duration, reason=args.reason)
+    print(f"silence #{silence.id}: {silence.rule} until {silence.until:%Y-%m-%d %H:%M:%S} UTC")
+    return 0
+
+
+def _alerts_silences(args: argparse.Namespace) -> int:
+    from .alert_silences import list_silences
+    from .database import engine_for
+
+    with engine_for(args.database_url) as engine:
+        silences = list_silences(engine)
+    for silence in silences:
+        reason = f": {silence.reason}" if silence.reason else ""
+        print(f"#{silence.id} {silence.rule} until {silence.until:%Y-%m-%d %H:%M:%S} UTC{reason}")
+    if not silences:
+        print("no silences in force")
+    return 0
+
+
+def _alerts_unsilence_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("silence", metavar="ID|RULE", help="a silence's number, or a rule (all its silences)")
+    _add_database_url(parser)
+
+
+def _alerts_unsilence(args: argparse.Namespace) -> int:
+    from .alert_silences import remove_silences
+    from .database import engine_for
+
+    with engine_for(args.database_url) as engine:
+        removed = remove_silences(engine, args.silence)
+    if not removed:
+        return _fail(f"no silence {args.silence!r} (see `dramatiq-opmetrics alerts silences`)")
+    print(f"removed {removed} silence{'s' if removed != 1 else ''}")
+    return 0
+
+
+def _alerts_run_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_rules_argument(parser)
+    parser.add_argument("--once", action="store_true", help="evaluate the current interval once, deliver, and exit")
+    _add_database_url(parser)
+    parser.epilog = (
+        "Evaluates the rules every evaluation_interval of the file (one process of the fleet per interval,"
+        " with workers given OpMetrics(alert_rules=...) too) and delivers their notifications."
+    )
+
+
+def _alerts_run(args: argparse.Namespace) -> int:
+    from .alert_runner import run_alerts
+
+    return run_alerts(args.rules, database_url=args.database_url, once=args.once)
+
+
 def _send_timeout_s(value: str) -> float:
     from .notifiers import check_timeout_s
 
@@ -579,12 +716,23 @@ ALERTS_COMMANDS: list[Command] = [
         _alerts_test_arguments,
         _alerts_test,
     ),
+    (
+        "run",
+        "evaluate the rules for the fleet and deliver notifications (a sidecar)",
+        _alerts_run_arguments,
+        _alerts_run,
+    ),
+    ("status", "each alert's state, since, value; deliveries not made yet", _alerts_status_arguments, _alerts_status),
+    ("history", "the latest state changes of the alerts", _alerts_history_arguments, _alerts_history),
+    ("silence", "hold back a rule's notifications for a while", _alerts_silence_arguments, _alerts_silence),
+    ("silences", "list the silences in force", _add_database_url, _alerts_silences),
+    ("unsilence", "remove a silence, or every silence of a rule", _alerts_unsilence_arguments, _alerts_unsilence),
 ]
 
 
 def _add_alerts_parser(subparsers: argparse._SubParsersAction[_ArgumentParser]) -> None:
     """Add ``alerts`` and its subcommands (:data:`ALERTS_COMMANDS`) to the main parser's ``subparsers``."""
-    help_text = "validate alert rules (see `dramatiq-opmetrics alerts --help`)"
+    help_text = "alerting: check, test, run, status, history, silences (see `dramatiq-opmetrics alerts --help`)"
     alerts = subparsers.add_parser("alerts", help=help_text, description=help_text)
     commands = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ALERTS_COMMAND")
     for name, command_help, add_arguments, run in ALERTS_COMMANDS:

@@ -16,6 +16,8 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from . import samples
+from .alert_evaluator import DEFAULT_ALERT_STATEMENT_TIMEOUT_S, AlertEvaluator
+from .alert_rules import RuleSet, load_rules
 from .buffer import DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_CAPACITY, DEFAULT_WARNING_INTERVAL_S, SampleBuffer
 from .cardinality import DEFAULT_MAX_LABEL_SETS_PER_METRIC, MAX_LABEL_SETS_ENV_VAR, LabelSetCap
 from .config import redact_url, resolve_setting
@@ -45,6 +47,8 @@ QUEUE_DEPTH_INTERVAL_ENV_VAR = "OPMETRICS_QUEUE_DEPTH_INTERVAL_S"
 RECENT_FOLD_INTERVAL_ENV_VAR = "OPMETRICS_RECENT_FOLD_INTERVAL_S"
 #: Environment variable for ``recent_retention_days``.
 RECENT_RETENTION_DAYS_ENV_VAR = "OPMETRICS_RECENT_RETENTION_DAYS"
+#: Environment variable for ``alert_rules``.
+ALERT_RULES_ENV_VAR = "OPMETRICS_ALERT_RULES"
 #: The most days of buckets the recent tier keeps (it serves the last hours and days; the daily rows are the
 #: permanent record).
 MAX_RECENT_RETENTION_DAYS = 366
@@ -213,12 +217,22 @@ class OpMetrics(Middleware):
         :data:`~dramatiq_opmetrics.recent_tier.DEFAULT_RECENT_RETENTION_DAYS` (3, enough for a 72-hour
         view), at most :data:`MAX_RECENT_RETENTION_DAYS`.
 
+      alert_rules(str | os.PathLike | None): an alert rule file (TOML, see the README's "Alerting"): every
+        worker process then runs an :class:`~dramatiq_opmetrics.alert_evaluator.AlertEvaluator`, and one
+        process of the whole fleet evaluates the rules per evaluation interval (claimed like queue depth) and
+        delivers their notifications; default ``$OPMETRICS_ALERT_RULES``, else no alerting. The file is read
+        and checked here: a bad file raises :class:`~dramatiq_opmetrics.alert_rules.RuleFileError` at once.
+        Evaluation runs in threads of its own with its own engine, whose statements time out after
+        :data:`~dramatiq_opmetrics.alert_evaluator.DEFAULT_ALERT_STATEMENT_TIMEOUT_S` (10 s); a failing
+        evaluation or notifier is logged and retried, never raised into the worker.
+
     The queue depth sampler and the folder share one engine of their own (a connection is opened when one
     of them needs it); a stopping worker waits at most :data:`SAMPLER_STOP_TIMEOUT_S` for both together.
 
     Raises:
       ConfigurationError: if no database URL is given or set, or an environment variable is not a number.
       ValueError: if a setting is out of range (not positive), naming it.
+      RuleFileError: if the alert rule file cannot be read or is not valid (one line per problem).
     """
 
     def __init__(
@@ -238,6 +252,7 @@ class OpMetrics(Middleware):
         max_label_sets_per_metric: int | None = None,
         recent_fold_interval_s: float | None = None,
         recent_retention_days: int | None = None,
+        alert_rules: str | os.PathLike[str] | None = None,
     ) -> None:
         label_set_cap = LabelSetCap(
             resolve_setting(max_label_sets_per_metric, MAX_LABEL_SETS_ENV_VAR, DEFAULT_MAX_LABEL_SETS_PER_METRIC, int),
@@ -287,6 +302,12 @@ class OpMetrics(Middleware):
         self._background_engine: Engine | None = None
         #: This worker process's sampler of its threads, made when the worker has booted.
         self.worker_sampler: WorkerSampler | None = None
+        rules_path = alert_rules if alert_rules is not None else os.environ.get(ALERT_RULES_ENV_VAR) or None
+        #: The alert rules evaluated by the fleet (None: no alerting).
+        self.alert_rules: RuleSet | None = None if rules_path is None else load_rules(rules_path)
+        #: This worker process's alert evaluator, made when the worker boots.
+        self.alert_evaluator: AlertEvaluator | None = None
+        self._alert_engine: Engine | None = None
         set_default_target(self)
 
     def __repr__(self) -> str:
@@ -311,8 +332,10 @@ class OpMetrics(Middleware):
     # Worker lifecycle: one writer thread per worker process, made after any fork.
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        """Start this process's writer thread, queue depth sampler and recent tier folder."""
+        """Start this process's writer thread, queue depth sampler, recent tier folder and alert evaluator."""
         self.writer.start()
+        if self.alert_rules is not None:
+            self._start_alert_evaluator(broker)
         if not (self.queue_depth_interval_s or self.recent_fold_interval_s):
             return
         # Claims intervals on brokers other than Redis, and folds.
@@ -334,6 +357,16 @@ class OpMetrics(Middleware):
                 claim=fleet_claim(broker, engine),
             )
             self.recent_tier_folder.start()
+
+    def _start_alert_evaluator(self, broker: dramatiq.Broker) -> None:
+        assert self.alert_rules is not None
+        engine = self._alert_engine = make_engine(
+            self.writer.database_url,
+            connect_timeout_s=self.writer.connect_timeout_s,
+            statement_timeout_s=DEFAULT_ALERT_STATEMENT_TIMEOUT_S,
+        )
+        self.alert_evaluator = AlertEvaluator(engine, self.alert_rules, claim=fleet_claim(broker, engine))
+        self.alert_evaluator.start()
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         """Start sampling this process's worker threads (they exist from now on)."""
@@ -365,7 +398,8 @@ class OpMetrics(Middleware):
         self.writer.stop(timeout_s=max(left_s, min(MIN_FINAL_WRITE_S, self.writer.shutdown_timeout_s)))
 
     def _stop_background_jobs(self) -> None:
-        """Stop the sampler and the folder, waiting at most :data:`SAMPLER_STOP_TIMEOUT_S` for both together.
+        """Stop the sampler, the folder and the alert evaluator, waiting at most :data:`SAMPLER_STOP_TIMEOUT_S`
+        for them together.
 
         A fold still running then is left to its daemon thread: it commits whole or, if the process exits
         first, not at all, and the next fold of the fleet does its work."""
@@ -376,9 +410,14 @@ class OpMetrics(Middleware):
         folder, self.recent_tier_folder = self.recent_tier_folder, None
         if folder is not None:
             folder.stop(timeout_s=max(deadline_s - monotonic(), 0.0))
-        engine, self._background_engine = self._background_engine, None
-        if engine is not None:
-            engine.dispose()
+        evaluator, self.alert_evaluator = self.alert_evaluator, None
+        if evaluator is not None:
+            # An evaluation left behind commits whole or not at all; the next interval's evaluator goes on.
+            evaluator.stop(timeout_s=max(deadline_s - monotonic(), 0.0))
+        for engine in (self._background_engine, self._alert_engine):
+            if engine is not None:
+                engine.dispose()
+        self._background_engine = self._alert_engine = None
 
     # The hot path: no I/O, no locks, one cached label set per (actor, queue).
 

@@ -274,3 +274,83 @@ class RecentState(Base):
     built_10m_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     built_60m_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     skipped_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+#: Alert state per rule and group (:mod:`~dramatiq_opmetrics.alert_evaluator`).
+ALERT_STATES_TABLE = "opmetrics_alert_states"
+#: The history of alert state changes.
+ALERT_TRANSITIONS_TABLE = "opmetrics_alert_transitions"
+#: Silences of alert rules.
+ALERT_SILENCES_TABLE = "opmetrics_alert_silences"
+#: The outbox of alert notifications (one row per notification and target).
+ALERT_DELIVERIES_TABLE = "opmetrics_alert_deliveries"
+
+
+class AlertState(Base):
+    """The state of one alert: a rule and a group of labels (its ``group_by`` values; ``{}`` ungrouped).
+
+    ``state`` is ``ok``, ``pending`` (the condition holds, not yet for the rule's ``for``) or ``firing``,
+    since ``since``; ``value`` is the last value computed (None: no data) at ``evaluated_at``.
+    ``notified_state`` is what the notifiers were last told (``firing``, ``ok`` after a resolved
+    notification, None: nothing yet) at ``last_notified_at``, so that any evaluator sends only what they have
+    not heard (a silence defers it).
+    """
+
+    __tablename__ = ALERT_STATES_TABLE
+
+    rule: Mapped[str] = mapped_column(Text, primary_key=True)
+    group_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    group_labels: Mapped[dict[str, str]] = mapped_column(JSONType)
+    state: Mapped[str] = mapped_column(Text)
+    since: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    value: Mapped[float | None] = mapped_column(Float)
+    evaluated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    notified_state: Mapped[str | None] = mapped_column(Text)
+    last_notified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class AlertTransition(Base):
+    """One change of an alert's state, at ``at``, with the value that caused it."""
+
+    __tablename__ = ALERT_TRANSITIONS_TABLE
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rule: Mapped[str] = mapped_column(Text)
+    group_key: Mapped[str] = mapped_column(Text)
+    from_state: Mapped[str] = mapped_column(Text)
+    to_state: Mapped[str] = mapped_column(Text)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    value: Mapped[float | None] = mapped_column(Float)
+
+
+class AlertSilence(Base):
+    """Notifications of ``rule`` are held back until ``until`` (the alert's state still changes)."""
+
+    __tablename__ = ALERT_SILENCES_TABLE
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rule: Mapped[str] = mapped_column(Text)
+    until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class AlertDelivery(Base):
+    """One notification to one target, kept until delivered (the outbox).
+
+    ``notification`` is the :class:`~dramatiq_opmetrics.notifiers.Notification` as JSON; ``alert_key`` its
+    key. ``next_attempt_at`` is when the next attempt is due (None: given up); ``delivered_at`` when the
+    target accepted it; ``last_error`` the latest failure.
+    """
+
+    __tablename__ = ALERT_DELIVERIES_TABLE
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alert_key: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(Text)
+    notification: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -50,15 +50,16 @@ DRAMATIQ = [sys.executable, "-m", "dramatiq", "opmetrics_fleet_app", "--path", s
 class Fleet:
     """The ``dramatiq`` commands of the test, stopped (killed if need be) at the end."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, command: list[str] = DRAMATIQ) -> None:
         self.env = env
         self.log_dir = log_dir
+        self.command = command
         self.commands: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, processes: int, threads: int, queues: list[str]) -> None:
         log = (self.log_dir / f"{name}.log").open("w")
         self.commands[name] = subprocess.Popen(
-            [*DRAMATIQ, "--processes", str(processes), "--threads", str(threads), "--queues", *queues],
+            [*self.command, "--processes", str(processes), "--threads", str(threads), "--queues", *queues],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -38,11 +38,14 @@ def fleet_env(redis_namespace: str, postgres_url: URL, postgres_engine: Engine) 
     }
 
 
-def load_app(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """Import the fleet's application in this process, which then only sends messages (a web process)."""
+def load_app(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, module: str = "opmetrics_fleet_app.py"
+) -> ModuleType:
+    """Import the fleet's application (``module`` of the tests) in this process, which then only sends
+    messages (a web process)."""
     for name in ("OPMETRICS_FLEET_NAMESPACE", "OPMETRICS_FLEET_REDIS_URL", "OPMETRICS_DATABASE_URL"):
         monkeypatch.setenv(name, env[name])
-    spec = importlib.util.spec_from_file_location(f"fleet_app_{uuid.uuid4().hex}", TESTS / "opmetrics_fleet_app.py")
+    spec = importlib.util.spec_from_file_location(f"fleet_app_{uuid.uuid4().hex}", TESTS / module)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, text
@@ -35,14 +36,25 @@ OUR_TABLES = {
     "opmetrics_recent_aggregates",
     "opmetrics_recent_state",
     "operational_metrics_monthly",
+    "opmetrics_alert_states",
+    "opmetrics_alert_transitions",
+    "opmetrics_alert_silences",
+    "opmetrics_alert_deliveries",
     VERSION_TABLE,
 }
 #: The newest revision.
-HEAD = "0007"
+HEAD = "0009"
 #: The tables of the recent tier (migration 0005).
 RECENT_TABLES = {"opmetrics_recent_aggregates", "opmetrics_recent_state"}
 #: The table of the monthly rows (migration 0007).
 MONTHLY_TABLES = {"operational_metrics_monthly"}
+#: The tables of alerting (migration 0008).
+ALERT_TABLES = {
+    "opmetrics_alert_states",
+    "opmetrics_alert_transitions",
+    "opmetrics_alert_silences",
+    "opmetrics_alert_deliveries",
+}
 
 
 def table_names(url: URL) -> set[str]:
@@ -76,7 +88,8 @@ def test_downgrade_to_base_removes_every_table(database_url: URL) -> None:
 def test_downgrading_0002_removes_only_the_interval_claims_table(database_url: URL) -> None:
     upgrade(database_url)
     downgrade(database_url, "0001")
-    assert table_names(database_url) == OUR_TABLES - {"opmetrics_interval_claims"} - RECENT_TABLES - MONTHLY_TABLES
+    removed = {"opmetrics_interval_claims"} | RECENT_TABLES | MONTHLY_TABLES | ALERT_TABLES
+    assert table_names(database_url) == OUR_TABLES - removed
     assert current_revision(database_url) == "0001"
     upgrade(database_url)
     assert table_names(database_url) == OUR_TABLES
@@ -85,7 +98,7 @@ def test_downgrading_0002_removes_only_the_interval_claims_table(database_url: U
 def test_downgrading_0005_removes_only_the_recent_tier_tables(database_url: URL) -> None:
     upgrade(database_url)
     downgrade(database_url, "0003")
-    assert table_names(database_url) == OUR_TABLES - RECENT_TABLES - MONTHLY_TABLES
+    assert table_names(database_url) == OUR_TABLES - RECENT_TABLES - MONTHLY_TABLES - ALERT_TABLES
     upgrade(database_url)
     assert table_names(database_url) == OUR_TABLES
 
@@ -243,7 +256,7 @@ def test_downgrading_0007_removes_the_monthly_rows_and_packed_histograms_and_a_r
             write_samples(connection, [*samples.processing_time("a", 5.0, recorded_at=two_days_ago)])
         rollup(engine)
         downgrade(database_url, "0006")
-        assert table_names(database_url) == OUR_TABLES - MONTHLY_TABLES
+        assert table_names(database_url) == OUR_TABLES - MONTHLY_TABLES - ALERT_TABLES
         with engine.connect() as connection:
             columns = {column["name"] for column in inspect(connection).get_columns("operational_metrics_daily")}
             daily = connection.execute(text("SELECT sample_count, histogram FROM operational_metrics_daily")).all()
@@ -261,5 +274,48 @@ def test_downgrading_0007_removes_the_monthly_rows_and_packed_histograms_and_a_r
             )
         assert len(packed) == 1 and packed[0] is not None
         assert monthly == [1]
+    finally:
+        engine.dispose()
+
+
+def test_downgrading_0008_removes_only_the_alert_tables(database_url: URL) -> None:
+    upgrade(database_url)
+    downgrade(database_url, "0007")
+    assert table_names(database_url) == OUR_TABLES - ALERT_TABLES
+    upgrade(database_url)
+    assert table_names(database_url) == OUR_TABLES
+
+
+@pytest.mark.postgres
+def test_0009_gives_the_recent_tier_an_index_for_reads_without_keys_and_downgrading_removes_it(
+    postgres_url: URL,
+) -> None:
+    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            [definition] = connection.execute(
+                text(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = 'opmetrics_recent_aggregates_read_idx'"
+                    " AND schemaname = current_schema()"
+                )
+            ).scalars()
+            options = connection.execute(
+                text("SELECT reloptions FROM pg_class WHERE oid = 'opmetrics_recent_aggregates_1m'::regclass")
+            ).scalar_one()
+        assert "INCLUDE (count, sum, min, max, p50, p95, p99)" in definition
+        assert "autovacuum_vacuum_insert_scale_factor=0.005" in options
+        downgrade(postgres_url, "0008")
+        with engine.connect() as connection:
+            indexes = connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_indexes WHERE indexname = 'opmetrics_recent_aggregates_read_idx'"
+                    " AND schemaname = current_schema()"
+                )
+            ).scalar_one()
+            options = connection.execute(
+                text("SELECT reloptions FROM pg_class WHERE oid = 'opmetrics_recent_aggregates_1m'::regclass")
+            ).scalar_one()
+        assert (indexes, options) == (0, ["toast_tuple_target=512"])  # 0006's own setting stays
     finally:
         engine.dispose()
