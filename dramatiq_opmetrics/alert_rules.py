@@ -57,7 +57,9 @@ from urllib.parse import urlsplit
 
 from .labels import make_label_set
 from .metric_types import MetricType
-from .report import format_duration, format_percent, parse_duration
+from .notifiers import check_target
+from .report import format_duration, format_percent
+from .report import parse_duration as parse_duration  # the durations of rule files, also for callers
 
 #: The derived metrics a rule may watch besides the metric types themselves.
 DERIVED_METRICS = ("error_rate", "throughput", "stalled")
@@ -222,7 +224,8 @@ def load_rules(path: str | os.PathLike[str]) -> RuleSet:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise RuleFileError([f"{source}: not UTF-8 text (byte {error.start} cannot be decoded)"]) from None
+        line = data[: error.start].count(b"\n") + 1
+        raise RuleFileError([f"{source}: not UTF-8 text (line {line}, byte {error.start})"]) from None
     return parse_rules(text, source=source)
 
 
@@ -309,7 +312,7 @@ def render_summary(rule: Rule, value: float | None, labels: Mapping[str, str]) -
             known = [*SUMMARY_FIELDS, *(LABEL_FIELD_PREFIX + known for known in sorted(known_labels))]
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {{{close[0]}}}?)" if close else ""
-            placeholders = ", ".join(f"{{{field}}}" for field in SUMMARY_FIELDS)
+            placeholders = ", ".join(f"{{{placeholder}}}" for placeholder in SUMMARY_FIELDS)
             raise ValueError(f"unknown placeholder {written}{hint}; known: {placeholders} and {{label.NAME}}")
         try:
             pieces.append(_formatted(rule.metric, name, field_value, spec or ""))
@@ -412,7 +415,7 @@ class _Checker:
             self.error(where, f'"urls" must be a non-empty array of strings, got {_shown(urls)}')
         else:
             for number, url in enumerate(urls, start=1):
-                problem = _check_target(url)
+                problem = check_target(url)
                 if problem is not None:
                     self.error(where, f'"urls" item {number}: {" ".join(problem.split())}')
         if len(self.errors) > before:
@@ -621,37 +624,6 @@ def _name_problem(name: str) -> str | None:
     return None
 
 
-#: The schemes of a Prometheus Alertmanager target; every other target is an Apprise URL.
-_ALERTMANAGER_SCHEMES = ("alertmanager+http", "alertmanager+https")
-
-
-def _check_target(target: str) -> str | None:
-    """Why ``target`` cannot be delivered to, or None if it can (without sending anything).
-
-    Error texts show the scheme only: the rest of a URL often holds a password or a token.
-    """
-    # TODO(lead): replace this function with dramatiq_opmetrics.notifiers.check_target (same contract: an
-    # error text or None) once the i12-notify branch is on main, and delete it and _ALERTMANAGER_SCHEMES.
-    scheme, separator, _ = target.partition("://")
-    if not separator or not scheme:
-        return 'is not a URL (no "scheme://")'
-    shown = _quoted(f"{scheme}://...")
-    if scheme.lower() in _ALERTMANAGER_SCHEMES:
-        parts = urlsplit(target)
-        try:
-            parts.port  # noqa: B018  # parsing the port is the check
-        except ValueError:
-            return f"{shown} has an invalid port"
-        if not parts.hostname:
-            return f"{shown} has no host: write alertmanager+http://host:9093"
-        return None
-    import apprise
-
-    if not apprise.Apprise().add(target):
-        return f"{shown} is not a URL Apprise accepts (an unknown service, or parts missing or malformed)"
-    return None
-
-
 def _quoted(text: str) -> str:
     """``text`` in double quotes, control characters escaped, so an error stays on one line."""
     return json.dumps(text, ensure_ascii=False)
@@ -680,8 +652,9 @@ def _shown(value: object) -> str:
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     choices = list(choices)
     close = difflib.get_close_matches(word, choices, n=1) or [
+        # a key cut short: "repeat" for "repeat_interval", "interval" for "evaluation_interval"
         choice
         for choice in choices
-        if word and choice.startswith(word)  # repeat: repeat_interval
+        if len(word) >= 3 and (choice.startswith(word) or choice.endswith(word))
     ]
     return f" (did you mean {_quoted(close[0])}?)" if close else ""

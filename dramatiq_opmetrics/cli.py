@@ -657,6 +657,51 @@ def _alerts_run(args: argparse.Namespace) -> int:
     return run_alerts(args.rules, database_url=args.database_url, once=args.once)
 
 
+def _send_timeout_s(value: str) -> float:
+    from .notifiers import check_timeout_s
+
+    try:
+        return check_timeout_s(_seconds(value))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("timeout_s", "the timeout")) from None
+
+
+def _alerts_test_arguments(parser: argparse.ArgumentParser) -> None:
+    from .notifiers import DEFAULT_SEND_TIMEOUT_S
+
+    parser.add_argument("notifier", metavar="NOTIFIER", help="the name of a notifier of the rule file")
+    _add_rules_argument(parser)
+    parser.add_argument(
+        "--timeout",
+        type=_send_timeout_s,
+        default=DEFAULT_SEND_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"wait at most this long for each connection and answer of a target (default {DEFAULT_SEND_TIMEOUT_S:g})",
+    )
+
+
+def _alerts_test(args: argparse.Namespace) -> int:
+    from .alert_rules import load_rules
+    from .notifiers import DeliveryError, make_test_notification, masked_target, send
+
+    rule_set = load_rules(args.rules)
+    notifier = rule_set.notifiers.get(args.notifier)
+    if notifier is None:
+        known = ", ".join(f'"{name}"' for name in sorted(rule_set.notifiers)) or "none"
+        return _fail(f'{rule_set.source}: there is no notifier "{args.notifier}" (the file has: {known})')
+    notification = make_test_notification(notifier.name, dashboard_url=rule_set.dashboard_url)
+    failures = 0
+    for target in notifier.urls:
+        try:
+            send(target, notification, timeout_s=args.timeout)
+        except DeliveryError as error:
+            failures += 1
+            print(f"failed: {error}")
+        else:
+            print(f"ok: {masked_target(target)}")
+    return 1 if failures else 0
+
+
 #: The subcommands of ``dramatiq-opmetrics alerts``, in the order ``--help`` lists them.
 ALERTS_COMMANDS: list[Command] = [
     (
@@ -676,6 +721,12 @@ ALERTS_COMMANDS: list[Command] = [
     ("silence", "hold back a rule's notifications for a while", _alerts_silence_arguments, _alerts_silence),
     ("silences", "list the silences in force", _add_database_url, _alerts_silences),
     ("unsilence", "remove a silence, or every silence of a rule", _alerts_unsilence_arguments, _alerts_unsilence),
+    (
+        "test",
+        "send a test notification to every target of a notifier, one line each (exit 0: all delivered; 1: not)",
+        _alerts_test_arguments,
+        _alerts_test,
+    ),
 ]
 
 

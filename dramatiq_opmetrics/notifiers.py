@@ -25,16 +25,16 @@ dashboard URL is configured (:func:`message_title`, :func:`message_body`). The e
 notification type, which services show as a colour or an icon: a firing alert or reminder is ``failure``
 for a ``critical`` rule and ``warning`` otherwise, a resolved one ``success``, a test ``info``.
 
-**The Alertmanager alert.** A list of one alert (:func:`alertmanager_alert`): labels ``alertname`` (the
-rule), ``severity`` and the group's labels (names made valid for Alertmanager: other characters than
-letters, digits and ``_`` become ``_``; a group label called ``alertname`` or ``severity`` becomes
-``group_alertname``...); annotations ``summary``, ``value``, ``threshold`` (``above 0.05``) and
-``dashboard``; ``startsAt`` the alert's ``since``; ``endsAt`` the notification's ``valid_until`` for a
-firing alert or reminder (left out when None: Alertmanager then resolves it by itself after its
-``resolve_timeout``) and ``at`` for a resolved one, which makes Alertmanager resolve it; ``generatorURL``
-the dashboard link (when it is an ``http(s)`` URL, which Alertmanager requires). Alertmanager identifies
-an alert by its labels, so repeated posts of a firing alert refresh the same alert, which is how reminders
-keep it alive.
+**The Alertmanager alert.** A list of one alert (:func:`alertmanager_alert`): labels ``alertname`` (the rule),
+``severity`` and the group's labels (names made valid for Alertmanager: other characters than letters, digits
+and ``_`` become ``_``; a group label called ``alertname`` or ``severity`` becomes ``group_alertname``...);
+annotations ``summary``, ``value``, ``threshold`` (``above 0.05``) and ``dashboard``; ``startsAt`` the alert's
+``since``; ``endsAt`` the notification's ``valid_until`` for a firing alert or reminder (left out when None:
+Alertmanager then resolves it by itself after its ``resolve_timeout``) and ``at`` for a resolved one, which
+makes Alertmanager resolve it (as Prometheus does, this relies on the clocks agreeing: an end still in
+Alertmanager's future counts as a firing alert's); ``generatorURL`` the dashboard link (when it is an
+``http(s)`` URL, which Alertmanager requires). Alertmanager identifies an alert by its labels, so repeated
+posts of a firing alert refresh the same alert, which is how reminders keep it alive.
 
 **Bounded and synchronous.** :func:`send` returns or raises within about ``timeout_s`` for each network
 wait: the Alertmanager POST has ``timeout_s`` as its socket timeout; an Apprise service is instantiated for
@@ -43,8 +43,8 @@ the one call with its connect and read timeouts (``socket_connect_timeout``, ``s
 Apprise thread pool, no Apprise retries, no persistent storage: the asset keeps it in memory). Apprise
 reports a failure by returning False and logging why; the warnings it logs on the calling thread during the
 call are captured (a handler on the ``apprise`` logger that keeps only this thread's records, removed after
-the call) and become the :class:`DeliveryError`'s reason. Passwords in a target never appear in an error:
-:func:`masked_target` replaces them with ``***``.
+the call) and become the :class:`DeliveryError`'s reason. An error names its target as :func:`masked_target`
+shows it: without its password, and an Apprise URL without its query and with its tokens cut short.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ Event = Literal["firing", "resolved", "reminder", "test"]
 
 #: Seconds :func:`send` waits for each connection and each answer of a target.
 DEFAULT_SEND_TIMEOUT_S = 10.0
+#: The longest ``timeout_s`` :func:`send` takes, in seconds.
+MAX_SEND_TIMEOUT_S = 3600.0
 #: The URL schemes of a Prometheus Alertmanager target (``alertmanager+https://host:port``).
 ALERTMANAGER_SCHEMES = ("alertmanager+http", "alertmanager+https")
 #: Where an Alertmanager takes alerts, below the target's path.
@@ -79,6 +81,7 @@ ERROR_BODY_EXCERPT_CHARS = 200
 PASSWORD_MASK = "***"
 
 _LABEL_NAME_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+_URL_IN_TEXT = re.compile(r"\S+://\S*")
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,40 @@ class Notification:
         return f"{self.rule}{{{labels}}}"
 
 
+#: The rule name of the notification ``dramatiq-opmetrics alerts test`` sends (Alertmanager's ``alertname``).
+TEST_RULE = "dramatiq-opmetrics-test"
+#: How long Alertmanager keeps a test alert before it ends by itself.
+TEST_ALERT_DURATION = dt.timedelta(minutes=5)
+
+
+def make_test_notification(
+    notifier: str, *, at: dt.datetime | None = None, dashboard_url: str | None = None
+) -> Notification:
+    """The notification ``dramatiq-opmetrics alerts test NOTIFIER`` sends: event ``test``, severity ``info``,
+    rule :data:`TEST_RULE`, the label ``notifier``; Alertmanager ends it after :data:`TEST_ALERT_DURATION`.
+
+    Parameters:
+      notifier(str): the notifier's name, in the message and its labels.
+      at(datetime | None): when it is made (timezone-aware); default now.
+      dashboard_url(str | None): the dashboard's URL, linked when given.
+    """
+    moment = at or dt.datetime.now(dt.UTC)
+    return Notification(
+        rule=TEST_RULE,
+        group={"notifier": notifier},
+        event="test",
+        severity="info",
+        summary=f'A test notification from dramatiq-opmetrics to the notifier "{notifier}": its delivery works.',
+        value=None,
+        threshold=None,
+        comparison=None,
+        since=moment,
+        at=moment,
+        valid_until=moment + TEST_ALERT_DURATION,
+        dashboard_url=dashboard_url,
+    )
+
+
 class DeliveryError(Exception):
     """A target did not accept a notification; the message says which target and why."""
 
@@ -124,6 +161,30 @@ def is_alertmanager_target(target: str) -> bool:
 
 
 def masked_target(target: str) -> str:
+    """How errors, logs and the command line name ``target`` without its secrets.
+
+    An Alertmanager target is shown with its password, if any, replaced by ``***``. An Apprise URL is shown
+    in Apprise's own privacy form without its query: passwords ``****``, tokens cut to their first and last
+    characters (``slack://T...2/A...D/T...Q/%23ops/``, ``json://127.0.0.1:8080/hook``,
+    ``mailto://user:****@smtp.example.com/ops%40example.com``); one Apprise cannot load is shown by its scheme
+    only (``"foo://..."``).
+    """
+    if is_alertmanager_target(target):
+        return _masked_password(target)
+    with _apprise_warnings():  # a URL Apprise cannot load is named by its scheme; its warnings are no news
+        service = _apprise_service(target, DEFAULT_SEND_TIMEOUT_S)
+    return _apprise_name(service, target)
+
+
+def _apprise_name(service: Any, target: str) -> str:
+    """:func:`masked_target` of an Apprise ``target`` whose service is ``service`` (None: not loadable)."""
+    if service is not None:
+        with contextlib.suppress(Exception):  # a plugin's bug in url() must not hide the real error
+            return str(service.url(privacy=True)).split("?", 1)[0]
+    return f"{target.partition('://')[0]}://..."
+
+
+def _masked_password(target: str) -> str:
     """``target`` with the password of its ``user:password@`` part, if any, replaced by ``***``."""
     scheme, separator, rest = target.partition("://")
     if not separator:
@@ -142,25 +203,31 @@ def masked_target(target: str) -> str:
 
 
 def check_target(target: str) -> str | None:
-    """None if ``target`` can be used (a well-formed Alertmanager target, or an Apprise URL Apprise can
-    load), else a short text saying why not, without the target itself (the caller names it, masked with
-    :func:`masked_target`). Sends nothing."""
+    """None if ``target`` can be used (a well-formed Alertmanager target, or an URL Apprise can load), else
+    one line saying why not, for the rule loader: ``bad Apprise URL "foo://...": Unparseable URL``. The
+    line shows the target's scheme only (the rest of a URL often holds a password or a token). Sends
+    nothing."""
     if not isinstance(target, str) or not target.strip():
-        return "the target is empty"
+        return "empty target: write an Apprise URL (mailto://..., json://...) or alertmanager+http://host:port"
+    scheme, separator, _ = target.partition("://")
+    if not separator or not scheme:
+        return 'not a URL (no "scheme://"): write an Apprise URL (mailto://..., json://...) or alertmanager+http://host:port'
+    shown = json.dumps(f"{scheme}://...", ensure_ascii=False)
     if is_alertmanager_target(target):
         try:
             _alertmanager_endpoint(target)
         except ValueError as error:
-            return str(error)
+            return f"bad Alertmanager target {shown}: {error}"
         return None
-    if "://" not in target:
-        return "not a URL (an Apprise URL such as mailto://... or json://..., or alertmanager+http://host:port)"
     with _apprise_warnings() as warnings:
         service = _apprise_service(target, DEFAULT_SEND_TIMEOUT_S)
     if service is None:
-        scheme = target.split("://", 1)[0]
-        reason = "; ".join(warnings) or f'Apprise has no service for the scheme "{scheme}"'
-        return f"Apprise cannot use it: {_mask_in(reason, target)}"
+        # Apprise's warnings repeat the URL (whole, or shortened): left out, it may hold a secret.
+        reasons = (
+            " ".join(_URL_IN_TEXT.sub("", _mask_in(warning, target)).split()).strip(" :.") for warning in warnings
+        )
+        reason = "; ".join(reason for reason in reasons if reason)
+        return f"bad Apprise URL {shown}: {reason or 'Apprise cannot load it'}"
     return None
 
 
@@ -171,17 +238,27 @@ def send(target: str, notification: Notification, *, timeout_s: float = DEFAULT_
       target(str): an Apprise URL or ``alertmanager+http(s)://host:port[/path]`` (see the module's
         documentation).
       notification(Notification): what to say.
-      timeout_s(float): seconds to wait for each connection and each answer; default
-        :data:`DEFAULT_SEND_TIMEOUT_S` (10).
+      timeout_s(float): seconds to wait for each connection and each answer, more than 0 and at most
+        :data:`MAX_SEND_TIMEOUT_S` (3600); default :data:`DEFAULT_SEND_TIMEOUT_S` (10).
 
     Raises:
+      ValueError: ``timeout_s`` is out of range (nothing is sent).
       DeliveryError: the target is unusable, unreachable, or refused the notification; the message names
         the target (password masked) and the reason.
     """
+    check_timeout_s(timeout_s)
     if is_alertmanager_target(target):
         _send_to_alertmanager(target, notification, timeout_s)
     else:
         _send_with_apprise(target, notification, timeout_s)
+
+
+def check_timeout_s(timeout_s: float) -> float:
+    """``timeout_s`` if :func:`send` takes it (more than 0, at most :data:`MAX_SEND_TIMEOUT_S`), else
+    ValueError."""
+    if not isinstance(timeout_s, int | float) or not 0 < timeout_s <= MAX_SEND_TIMEOUT_S:
+        raise ValueError(f"timeout_s must be more than 0 and at most {MAX_SEND_TIMEOUT_S:g} seconds, got {timeout_s!r}")
+    return float(timeout_s)
 
 
 def format_value(value: float | None) -> str:
@@ -283,8 +360,7 @@ def _apprise_service(target: str, timeout_s: float) -> Any:
 
 def _mask_in(text: str, target: str) -> str:
     """``text`` with the password of ``target``, should it appear, masked."""
-    masked = masked_target(target)
-    if masked == target:
+    if _masked_password(target) == target:
         return text
     password = target.partition("://")[2].split("@")[0].split(":", 1)[1]
     return text.replace(password, PASSWORD_MASK) if password else text
@@ -293,9 +369,10 @@ def _mask_in(text: str, target: str) -> str:
 def _send_with_apprise(target: str, notification: Notification, timeout_s: float) -> None:
     with _apprise_warnings() as warnings:
         service = _apprise_service(target, timeout_s)
+        name = _apprise_name(service, target)
         if service is None:
             reason = "; ".join(warnings) or "Apprise has no service for this URL"
-            raise DeliveryError(f"{masked_target(target)}: not a usable Apprise URL: {_mask_in(reason, target)}")
+            raise DeliveryError(f"{name}: not a usable Apprise URL: {_mask_in(reason, target)}")
         try:
             delivered = service.notify(
                 body=message_body(notification),
@@ -304,10 +381,10 @@ def _send_with_apprise(target: str, notification: Notification, timeout_s: float
                 body_format=apprise.NotifyFormat.TEXT,
             )
         except Exception as error:  # a plugin's own bug must not look like success, nor escape as another type
-            raise DeliveryError(f"{masked_target(target)}: Apprise failed: {error!r}") from error
+            raise DeliveryError(f"{name}: Apprise failed: {_mask_in(repr(error), target)}") from error
     if not delivered:
         reason = "; ".join(warnings) or "Apprise reported a failure without a reason"
-        raise DeliveryError(f"{masked_target(target)}: not delivered: {_mask_in(reason, target)}")
+        raise DeliveryError(f"{name}: not delivered: {_mask_in(reason, target)}")
 
 
 def _alertmanager_endpoint(target: str) -> tuple[str, str | None]:

@@ -68,9 +68,16 @@ from .recent_tier import (
 )
 
 #: PostgreSQL settings of the series statement, for it only: those of the long reads, and also: it is short
-#: enough that parallel workers cost more than they save, and its joins of intermediate results are hash
-#: joins whatever their estimated sizes (a nested loop over 100,000 groups would take minutes).
-SERIES_SETTINGS = {**LONG_READ_SETTINGS, "max_parallel_workers_per_gather": "0", "enable_nestloop": "off"}
+#: enough that parallel workers cost more than they save, and its joins and groupings of intermediate results
+#: are hashed whatever their estimated sizes (their estimates are far too small: a nested loop over 100,000
+#: groups would take minutes, and sorting tens of thousands of rows to merge them costs twice a hash).
+SERIES_SETTINGS = {
+    **LONG_READ_SETTINGS,
+    "max_parallel_workers_per_gather": "0",
+    "enable_nestloop": "off",
+    "enable_mergejoin": "off",
+    "enable_sort": "off",
+}
 #: The most buckets one query may return per group (a week of minutes).
 MAX_SERIES_BUCKETS = 10_080
 #: How many times a reading is redone when a fold moves the watermark during it.
@@ -86,7 +93,8 @@ class SeriesPoint(NamedTuple):
 
     Parameters:
       metric_type(MetricType): what the values measure (their unit is the metric type's).
-      labels(Mapping[str, str]): the group (the ``group_by`` labels, or the full label set).
+      labels(Mapping[str, str]): the group (the ``group_by`` labels, or the full label set); on PostgreSQL
+        the points of one group share one mapping (read it, do not change it).
       start, end(datetime): the bucket, ``[start, end)`` in UTC (clipped to the range asked for).
       count(int), sum(float), min(float), max(float), avg(float): of the values.
       p50, p95, p99(float | None): percentiles within 1% relative error.
@@ -509,19 +517,18 @@ def _query_in_postgres(
             break
     else:
         raise RuntimeError(f"the recent tier was folded during each of {MAX_READ_ATTEMPTS} readings; try again")
-    # The groups' names come first (rows without a metric type), then the points in bucket order.
-    named = 0
     groups: dict[int, tuple[tuple[str, str], ...]] = {}
     labels_of: dict[int, dict[str, str]] = {}
-    while named < len(rows) and rows[named][0] is None:
-        groups[rows[named][1]] = _group(json.loads(rows[named][11]), keys)
-        labels_of[rows[named][1]] = dict(groups[rows[named][1]])
-        named += 1
+    for row in rows:
+        if row[0] is None:  # a group's name
+            groups[row[1]] = _group(json.loads(row[11]), keys)
+            labels_of[row[1]] = dict(groups[row[1]])
     step = end - start if step_minutes is None else dt.timedelta(minutes=step_minutes)
     buckets: dict[float, tuple[dt.datetime, dt.datetime]] = {}
-    # Rows come in bucket order: gather each series' points, then order the series.
-    series: dict[tuple[str, int], list[SeriesPoint]] = {}
-    for row_type, group, epoch_s, count, total, low, high, p50, p95, p99, errors, *_ in rows[named:]:
+    series: dict[tuple[str, int], list[tuple[float, SeriesPoint]]] = {}
+    for row_type, group, epoch_s, count, total, low, high, p50, p95, p99, errors, _ in rows:
+        if row_type is None:
+            continue
         bounds = buckets.get(epoch_s)
         if bounds is None:
             bucket = start if step_minutes is None else BUCKET_EPOCH + dt.timedelta(seconds=epoch_s)
@@ -530,14 +537,21 @@ def _query_in_postgres(
         if points is None:
             points = series[(row_type, group)] = []
         points.append(
-            SeriesPoint(
-                _TYPES[row_type], labels_of[group].copy(), *bounds, count, total, low, high, total / count, p50,
-                p95, p99, None if errors is None else errors / count,
+            (
+                epoch_s,
+                SeriesPoint(
+                    _TYPES[row_type], labels_of[group], *bounds, count, total, low, high, total / count, p50,
+                    p95, p99, None if errors is None else errors / count,
+                ),
             )
         )  # fmt: skip
     order = {member.value: index for index, member in enumerate(MetricType)}
     keys_in_order = sorted(series, key=lambda key: (order[key[0]], sorted(groups[key[1]])))
-    return [point for key in keys_in_order for point in series[key]]
+    return [point for key in keys_in_order for _, point in sorted(series[key], key=_first)]
+
+
+def _first(item: tuple[float, SeriesPoint]) -> float:
+    return item[0]
 
 
 def _series_sql(
@@ -556,22 +570,22 @@ def _series_sql(
     params: dict[str, object] = {**KEY_PARAMETERS, "range_start": start}
     filters = ""
     if types is not None:
-        filters += " AND CAST(metric_type AS text) = ANY(CAST(:types AS text[]))"
+        # As the enum itself, not as text: the tier's primary key then narrows by metric type too.
+        filters += " AND metric_type = ANY(CAST(CAST(:types AS text[]) AS opmetrics_metric_type[]))"
         params["types"] = sorted(member.value for member in types)
     if label_set_ids is not None:
         filters += " AND label_set_id = ANY(CAST(:label_set_ids AS integer[]))"
         params["label_set_ids"] = sorted(label_set_ids)
     parts = []
-    if spans:
-        chosen = []
-        for index, (width, low, high) in enumerate(spans):
-            chosen.append(f"(width_minutes = {width} AND bucket_start >= :tl{index} AND bucket_start < :th{index})")
-            params[f"tl{index}"], params[f"th{index}"] = low, high
+    for index, (width, low, high) in enumerate(spans):
+        # One scan per span, each a range of the primary key of its width's partition.
         parts.append(
             "SELECT width_minutes AS w, bucket_start AS b, metric_type AS t, label_set_id AS l, count AS c, sum AS s,"
             " min AS lo, max AS hi, p50, p95, p99, CAST(NULL AS integer[]) AS keys"
-            f" FROM {RECENT_TABLE} WHERE ({' OR '.join(chosen)}){filters}"
+            f" FROM {RECENT_TABLE} WHERE width_minutes = {width} AND bucket_start >= :tl{index}"
+            f" AND bucket_start < :th{index}{filters}"
         )
+        params[f"tl{index}"], params[f"th{index}"] = low, high
     if pieces:
         chosen = []
         for index, (low, high, above_id) in enumerate(pieces):
@@ -599,14 +613,20 @@ def _series_sql(
     else:
         point_types = "t = CAST(:wanted AS opmetrics_metric_type)"
         params["wanted"] = wanted.value
-    # The errors of a processing time point's group are counted with it (their rate group is its group).
-    errors = ""
+    # The errors of a processing time point's group are counted apart and joined to it (their rate group is
+    # its group): the points' own grouping then has no filters to evaluate per row.
     if wanted in (None, MetricType.PROCESSING_TIME):
         errors = (
-            " UNION ALL SELECT CAST('processing_time' AS opmetrics_metric_type), rg, pb, c, NULL, NULL, NULL, NULL,"
-            " NULL, NULL, true FROM placed WHERE t = CAST('error' AS opmetrics_metric_type)"
+            " errors AS MATERIALIZED (SELECT rg AS g, pb, CAST(sum(c) AS bigint) AS e FROM placed"
+            "  WHERE t = CAST('error' AS opmetrics_metric_type) GROUP BY rg, pb),"
         )
-    real = "FILTER (WHERE NOT error)"
+        error_count = "errors.e"
+        error_join = (
+            " LEFT JOIN errors ON points.t = CAST('processing_time' AS opmetrics_metric_type)"
+            " AND errors.g = points.g AND errors.pb = points.pb"
+        )
+    else:
+        errors, error_count, error_join = "", "NULL", ""
     picks = ", ".join(
         f"CASE WHEN merged.sorted IS NULL AND points.n = 1 THEN points.p{name} ELSE {pick} END AS p{name}"
         for name, pick in zip(
@@ -627,12 +647,10 @@ def _series_sql(
         " placed AS MATERIALIZED (SELECT parts.w, parts.b, parts.l, parts.t, parts.c, parts.s,"
         f"  parts.lo, parts.hi, parts.p50, parts.p95, parts.p99, parts.keys, sets.g, sets.rg, {point_start} AS pb"
         "  FROM parts JOIN sets ON sets.id = parts.l),"
-        f" points AS MATERIALIZED (SELECT t, g, pb, CAST(sum(c) {real} AS bigint) AS c, sum(s) {real} AS s,"
-        f"  min(lo) {real} AS lo, max(hi) {real} AS hi, count(*) {real} AS n, max(p50) AS p50, max(p95) AS p95,"
-        "  max(p99) AS p99, CAST(sum(c) FILTER (WHERE error) AS bigint) AS e"
-        "  FROM (SELECT t, g, pb, c, s, lo, hi, p50, p95, p99, false AS error FROM placed"
-        f"   WHERE {point_types}{errors}) AS counted"
-        f"  GROUP BY t, g, pb HAVING count(*) {real} > 0),"
+        " points AS MATERIALIZED (SELECT t, g, pb, CAST(sum(c) AS bigint) AS c, sum(s) AS s, min(lo) AS lo,"
+        "  max(hi) AS hi, count(*) AS n, max(p50) AS p50, max(p95) AS p95, max(p99) AS p99"
+        f"  FROM placed WHERE {point_types} GROUP BY t, g, pb),"
+        f"{errors}"
         f" merged AS (SELECT placed.t, placed.g, placed.pb, array_agg(k ORDER BY {KEY_ORDER_SQL.format('k')}) AS sorted"
         "  FROM placed JOIN points ON (points.t, points.g, points.pb) = (placed.t, placed.g, placed.pb)"
         f"   AND (points.n > 1 OR points.p50 IS NULL) AND {'TRUE' if percentiles else 'FALSE'}"
@@ -640,15 +658,17 @@ def _series_sql(
         "  CROSS JOIN LATERAL unnest(COALESCE(placed.keys, (SELECT tier.keys FROM"
         f"   {RECENT_TABLE} AS tier WHERE tier.width_minutes = placed.w AND tier.bucket_start = placed.b"
         "   AND tier.metric_type = placed.t AND tier.label_set_id = placed.l))) AS k"
-        "  GROUP BY placed.t, placed.g, placed.pb),"
-        " found AS (SELECT CAST(points.t AS text) AS t, points.g, points.pb, CAST(extract(epoch FROM points.pb"
-        f"  - {BUCKET_EPOCH_SQL}) AS float8) AS epoch, points.c, points.s, points.lo, points.hi,"
-        f"  {picks}, CASE WHEN points.t = CAST('processing_time' AS opmetrics_metric_type)"
-        "  THEN COALESCE(points.e, 0) END AS e"
-        "  FROM points LEFT JOIN merged ON (merged.t, merged.g, merged.pb) = (points.t, points.g, points.pb))"
+        "  GROUP BY placed.t, placed.g, placed.pb)"
+        # The groups' names (rows without a metric type), then the points, in no order: sorting them costs more
+        # here than in Python, which sorts each series.
         " SELECT NULL AS t, number AS g, NULL AS epoch, NULL AS c, NULL AS s, NULL AS lo, NULL AS hi, NULL AS p50,"
-        "  NULL AS p95, NULL AS p99, NULL AS e, name, 0 AS kind, NULL AS pb FROM names"
-        " UNION ALL SELECT t, g, epoch, c, s, lo, hi, p50, p95, p99, e, NULL, 1, pb FROM found ORDER BY kind, pb"
+        "  NULL AS p95, NULL AS p99, NULL AS e, name FROM names WHERE number IN (SELECT g FROM points)"
+        " UNION ALL SELECT CAST(points.t AS text), points.g,"
+        f"  CAST(extract(epoch FROM points.pb - {BUCKET_EPOCH_SQL}) AS float8), points.c, points.s, points.lo,"
+        f"  points.hi, {picks}, CASE WHEN points.t = CAST('processing_time' AS opmetrics_metric_type)"
+        f"  THEN COALESCE({error_count}, 0) END, NULL"
+        "  FROM points LEFT JOIN merged ON (merged.t, merged.g, merged.pb) = (points.t, points.g, points.pb)"
+        f"{error_join}"
     )
     return statement, params
 

@@ -66,8 +66,9 @@ class SmtpServer:
     def apprise_url(self, recipient: str = "ops@example.com", sender: str = "alerts@example.com") -> str:
         """The Apprise URL that mails ``recipient`` through this server: plain SMTP (``mailto://``, not
         ``mailtos://``, is Apprise's insecure mode: no STARTTLS), no login (no user or password in the URL),
-        from ``sender`` (Apprise refuses ``user@127.0.0.1`` as a sender, hence ``from=``)."""
-        return f"mailto://127.0.0.1:{self.port}?from={sender}&to={recipient}"
+        from ``sender``. ``smtp=`` names the server (Apprise 1.x lost an IP address given only as the host);
+        Apprise refuses ``user@127.0.0.1`` as a sender, hence ``from=``."""
+        return f"mailto://127.0.0.1:{self.port}?smtp=127.0.0.1&from={sender}&to={recipient}"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         """aiosmtpd's hook: keep the message."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import re
 import socket
 import time
@@ -34,9 +35,9 @@ FIRING = Notification(
     valid_until=NOW + dt.timedelta(hours=1),
     dashboard_url=DASHBOARD,
 )
-RESOLVED = dataclasses.replace(
-    FIRING, event="resolved", value=0.01, since=NOW + dt.timedelta(seconds=1), at=NOW + dt.timedelta(seconds=1)
-)
+# Resolved in the past, as the evaluator's would be when it arrives: Alertmanager takes an alert whose end
+# is still to come for a firing one, and keeps the later end it already had.
+RESOLVED = dataclasses.replace(FIRING, event="resolved", value=0.01, since=NOW, at=NOW)
 #: A bound for a send to a server that is down or silent (its timeout is :data:`SHORT_TIMEOUT_S`): generous,
 #: so that a loaded machine does not fail the test, and far below a hang.
 SHORT_TIMEOUT_S = 0.5
@@ -195,12 +196,34 @@ def test_an_alertmanager_that_is_down_raises_naming_it_and_gets_the_alert_once_i
         server.wait_for_alerts(lambda alerts: len(alerts) == 1, "the alert once Alertmanager is up")
 
 
-@pytest.mark.parametrize("scheme", ["json", "alertmanager+http"])
-def test_a_server_that_never_answers_raises_within_the_timeout(scheme: str, silent_port: int) -> None:
+@pytest.mark.parametrize(
+    "target",
+    [
+        "json://127.0.0.1:{port}",
+        "mailto://127.0.0.1:{port}?smtp=127.0.0.1&from=a@example.com&to=b@example.com",
+        "alertmanager+http://127.0.0.1:{port}",
+    ],
+)
+def test_a_server_that_never_answers_raises_within_the_timeout(target: str, silent_port: int) -> None:
     started = time.monotonic()
     with pytest.raises(DeliveryError, match=rf"127\.0\.0\.1:{silent_port}"):
-        send(f"{scheme}://127.0.0.1:{silent_port}", FIRING, timeout_s=SHORT_TIMEOUT_S)
+        send(target.format(port=silent_port), FIRING, timeout_s=SHORT_TIMEOUT_S)
     assert time.monotonic() - started < GIVE_UP_WITHIN_S
+
+
+def test_send_returns_once_the_server_has_the_message_and_leaves_apprise_logging_as_it_was(
+    smtp_server: SmtpServer, json_server: JsonHttpServer
+) -> None:
+    apprise_logger = logging.getLogger("apprise")
+    handlers, level = list(apprise_logger.handlers), apprise_logger.level
+
+    send(smtp_server.apprise_url(), FIRING)
+    send(json_server.apprise_url(), FIRING)
+
+    # No waiting: Apprise ran in this thread, and each server stores a message before it answers.
+    assert len(smtp_server.messages) == 1
+    assert len(json_server.bodies) == 1
+    assert (apprise_logger.handlers, apprise_logger.level) == (handlers, level)
 
 
 def test_alertmanager_refusing_an_alert_that_ends_before_it_starts_raises_with_its_status(
@@ -213,7 +236,7 @@ def test_alertmanager_refusing_an_alert_that_ends_before_it_starts_raises_with_i
 @pytest.mark.parametrize(
     "target",
     [
-        "mailto://user:s3cret-pw@127.0.0.1:{port}?from=alerts@example.com&to=ops@example.com",
+        "mailto://user:s3cret-pw@127.0.0.1:{port}?smtp=127.0.0.1&from=alerts@example.com&to=ops@example.com",
         "json://user:s3cret-pw@127.0.0.1:{port}/hook",
         "alertmanager+http://user:s3cret-pw@127.0.0.1:{port}",
     ],
@@ -224,21 +247,35 @@ def test_a_password_in_a_target_is_masked_in_the_error(target: str) -> None:
     with pytest.raises(DeliveryError) as raised:
         send(target, FIRING, timeout_s=SHORT_TIMEOUT_S)
     assert "s3cret-pw" not in str(raised.value)
-    assert "user:***@127.0.0.1" in str(raised.value)
+    assert str(raised.value).startswith(f"{masked_target(target)}: ")
+    assert re.search(r"user:\*{3,4}@127\.0\.0\.1", str(raised.value))
 
 
-def test_masked_target_leaves_a_target_without_password_alone() -> None:
-    assert masked_target("json://127.0.0.1:8080/hook?x=1") == "json://127.0.0.1:8080/hook?x=1"
-    assert masked_target("mailto://bob@example.com") == "mailto://bob@example.com"
+def test_masked_target_shows_apprise_urls_in_their_privacy_form_without_the_query() -> None:
+    assert masked_target("json://127.0.0.1:8080/hook?x=1") == "json://127.0.0.1:8080/hook"
     assert (
-        masked_target("mailtos://bob:pw@example.com/ops@example.com") == "mailtos://bob:***@example.com/ops@example.com"
+        masked_target("mailtos://bob:pw@example.com/ops@example.com")
+        == "mailtos://bob:****@example.com/ops%40example.com"
     )
+    assert (
+        masked_target("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ/#ops")
+        == "slack://T...2/A...D/T...Q/%23ops/"
+    )
+    assert masked_target("foo://s3cret") == "foo://..."
+
+
+def test_masked_target_masks_only_the_password_of_an_alertmanager_target() -> None:
+    assert (
+        masked_target("alertmanager+https://admin:pw@am.example.com/am")
+        == "alertmanager+https://admin:***@am.example.com/am"
+    )
+    assert masked_target("alertmanager+http://127.0.0.1:9093") == "alertmanager+http://127.0.0.1:9093"
 
 
 @pytest.mark.parametrize(
     "target",
     [
-        "mailto://127.0.0.1:2525?from=alerts@example.com&to=ops@example.com",
+        "mailto://127.0.0.1:2525?smtp=127.0.0.1&from=alerts@example.com&to=ops@example.com",
         "mailtos://bob:pw@smtp.example.com?to=ops@example.com",
         "json://127.0.0.1:8080/hook",
         "slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ",
@@ -253,24 +290,36 @@ def test_check_target_accepts_good_targets(target: str) -> None:
 @pytest.mark.parametrize(
     ("target", "error"),
     [
-        ("foo://x", "Apprise cannot use it: Unparseable URL foo://x"),
-        ("nonsense", "not a URL"),
-        ("", "the target is empty"),
-        ("json://", "Apprise cannot use it"),
-        ("alertmanager+http://", "an Alertmanager target needs a host"),
+        ("foo://x", 'bad Apprise URL "foo://...": Unparseable URL'),
+        ("json://", 'bad Apprise URL "json://...": Unparseable JSON URL'),
+        ("mailto://", 'bad Apprise URL "mailto://...": Invalid ~From~ email specified; Could not load E-Mail URL'),
+        ("nonsense", 'not a URL (no "scheme://")'),
+        ("", "empty target"),
+        ("alertmanager+http://", '"alertmanager+http://...": an Alertmanager target needs a host'),
         ("alertmanager+http://:9093", "an Alertmanager target needs a host"),
         ("alertmanager+ftp://am.example.com", 'unknown scheme "alertmanager+ftp"'),
         ("alertmanager+http://am.example.com:99999", "port must be a number from 1 to 65535"),
         ("alertmanager+http://am.example.com?x=1", "takes no query"),
     ],
 )
-def test_check_target_rejects_bad_targets_saying_why(target: str, error: str) -> None:
+def test_check_target_rejects_bad_targets_saying_why_on_one_line(target: str, error: str) -> None:
     reason = check_target(target)
     assert reason is not None
     assert error in reason
+    assert "\n" not in reason
 
 
-def test_check_target_masks_a_password_apprise_repeats() -> None:
-    reason = check_target("mailto://bob:s3cret-pw@")
+@pytest.mark.parametrize("target", ["mailto://bob:s3cret-pw@", "tgram://s3cret-pw", "json://s3cret-pw@:x"])
+def test_check_target_shows_only_the_scheme_of_a_bad_url(target: str) -> None:
+    reason = check_target(target)
     assert reason is not None
     assert "s3cret-pw" not in reason
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1, float("nan"), float("inf"), 3601])
+def test_a_timeout_out_of_range_is_refused_before_anything_is_sent(
+    timeout_s: float, json_server: JsonHttpServer
+) -> None:
+    with pytest.raises(ValueError, match="timeout_s must be more than 0 and at most 3600 seconds"):
+        send(json_server.apprise_url(), FIRING, timeout_s=timeout_s)
+    assert json_server.bodies == []
