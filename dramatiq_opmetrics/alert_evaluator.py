@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from .models import AlertState, AlertTransition
 from .notifiers import Event, Notification, is_alertmanager_target
 from .queue_depth_sampler import describe_error
 from .recent_tier import bucket_floor
-from .series import SeriesPoint, query_stalled, query_totals
+from .series import SeriesPoint, query_series, query_stalled, query_totals
 
 #: An Alertmanager alert stays valid for this many evaluation intervals after its last post (its
 #: ``endsAt``), so a missed evaluation or two never resolves it there.
@@ -111,42 +112,133 @@ class EvaluationResult:
     already_evaluated: int = 0
 
 
+#: The labels of a message's samples (``processing_time``, ``wait_time``, ``error``).
+MESSAGE_LABELS = ("actor", "queue")
+#: The statistics read from the percentiles of a group's merged histogram.
+_PERCENTILES = frozenset({"p50", "p95", "p99"})
+
+
+@dataclass
+class _Merged:
+    """The statistics of a group's label sets together (everything but percentiles merges exactly)."""
+
+    count: int = 0
+    sum: float = 0.0
+    min: float = math.inf
+    max: float = -math.inf
+    errors: float = 0.0
+    points: list[SeriesPoint] = field(default_factory=list)
+
+    def add(self, point: SeriesPoint) -> None:
+        self.count += point.count
+        self.sum += point.sum
+        self.min = min(self.min, point.min)
+        self.max = max(self.max, point.max)
+        self.errors += (point.error_rate or 0.0) * point.count
+        self.points.append(point)
+
+
 @dataclass
 class _Reader:
-    """Reads the values of rules, sharing one query among the rules that ask the same thing."""
+    """Reads the values of rules: one query per metric type and window for every rule that reads it, the
+    label sets' points merged per rule in Python (exact for counts, sums, averages, extremes and error
+    rates; percentiles come from one label set's own histogram when each group has one, else from a
+    query of the rule's own)."""
 
     connection: Connection
     now: dt.datetime
+    #: The longest window of a rule per metric type read, for :meth:`_minutes`.
+    longest: Mapping[str, dt.timedelta] = field(default_factory=dict)
     cache: dict[tuple[Any, ...], list[SeriesPoint]] = field(default_factory=dict)
 
-    def totals(self, rule: Rule, metric_type: str, labels: Mapping[str, str]) -> list[SeriesPoint]:
-        key = ("totals", rule.window, metric_type, tuple(sorted(labels.items())), rule.group_by)
+    def _query_labels(self, metric_type: str) -> tuple[str, ...] | None:
+        # A message's labels: so its errors (labelled error_type and outcome too) count with it.
+        return MESSAGE_LABELS if metric_type == MetricType.PROCESSING_TIME.value else None
+
+    def _minutes(self, metric_type: str, window: dt.timedelta) -> list[SeriesPoint]:
+        """The points of every label set of ``metric_type`` in the window, without percentiles: when ``now``
+        is a whole minute, from one per-minute series of the longest window of the metric type (each
+        window is then whole minutes, and every rule reading the type shares one query); else of the
+        window itself."""
+        longest = self.longest.get(metric_type, window)
+        if bucket_floor(self.now, 1) != self.now or window > longest:
+            return self._label_sets(metric_type, window, False)
+        key = ("minutes", metric_type, longest)
         if key not in self.cache:
-            self.cache[key] = query_totals(
+            self.cache[key] = query_series(
                 self.connection,
-                self.now - rule.window,
+                self.now - longest,
+                self.now,
+                step=dt.timedelta(minutes=1),
+                metric_type=metric_type,
+                group_by=self._query_labels(metric_type),
+                percentiles=False,
+            )
+        start = self.now - window
+        return [point for point in self.cache[key] if point.start >= start]
+
+    def _label_sets(self, metric_type: str, window: dt.timedelta, percentiles: bool) -> list[SeriesPoint]:
+        """The points of every label set of ``metric_type`` in the window (with percentiles if asked)."""
+        key = ("label sets", metric_type, window)
+        cached = self.cache.get((*key, True)) or self.cache.get((*key, percentiles))
+        if cached is None:
+            cached = self.cache[(*key, percentiles)] = query_totals(
+                self.connection,
+                self.now - window,
                 self.now,
                 metric_type=metric_type,
-                labels=labels or None,
-                group_by=rule.group_by,
+                group_by=self._query_labels(metric_type),
+                percentiles=percentiles,
             )
-        return self.cache[key]
+        return cached
+
+    def _groups(self, rule: Rule, metric_type: str, percentiles: bool) -> dict[Group, _Merged]:
+        groups: dict[Group, _Merged] = {}
+        wanted = rule.labels.items()
+        if percentiles:
+            points = self._label_sets(metric_type, rule.window, True)
+        else:
+            points = self._minutes(metric_type, rule.window)
+        for point in points:
+            if wanted <= point.labels.items():
+                group = _group(point, rule)
+                merged = groups.get(group)
+                if merged is None:
+                    merged = groups[group] = _Merged()
+                merged.add(point)
+        return groups
 
     def values(self, rule: Rule) -> dict[Group, float]:
         """The rule's value per group in its window (a group without data has no value)."""
         if rule.metric == "stalled":
             return self._stalled(rule)
         if rule.metric in ("error_rate", "throughput"):
-            points = self.totals(rule, MetricType.PROCESSING_TIME.value, rule.labels)
+            groups = self._groups(rule, MetricType.PROCESSING_TIME.value, False)
             if rule.metric == "error_rate":
-                return {_group(point, rule): point.error_rate for point in points if point.error_rate is not None}
-            return {_group(point, rule): point.count / rule.window.total_seconds() for point in points}
-        values: dict[Group, float] = {}
-        for point in self.totals(rule, rule.metric, rule.labels):
-            value = point.count if rule.statistic == "count" else getattr(point, rule.statistic)
-            if value is not None:
-                values[_group(point, rule)] = float(value)
-        return values
+                return {group: round(merged.errors) / merged.count for group, merged in groups.items()}
+            return {group: merged.count / rule.window.total_seconds() for group, merged in groups.items()}
+        if rule.statistic not in _PERCENTILES:
+            merged_groups = self._groups(rule, rule.metric, False)
+            return {group: _statistic(merged, rule.statistic) for group, merged in merged_groups.items()}
+        merged_groups = self._groups(rule, rule.metric, True)
+        if all(len(merged.points) == 1 for merged in merged_groups.values()):
+            found = {group: getattr(merged.points[0], rule.statistic) for group, merged in merged_groups.items()}
+        else:
+            found = {_group(point, rule): getattr(point, rule.statistic) for point in self._totals(rule)}
+        return {group: float(value) for group, value in found.items() if value is not None}
+
+    def _totals(self, rule: Rule) -> list[SeriesPoint]:
+        key = ("totals", rule.window, rule.metric, tuple(sorted(rule.labels.items())), rule.group_by)
+        if key not in self.cache:
+            self.cache[key] = query_totals(
+                self.connection,
+                self.now - rule.window,
+                self.now,
+                metric_type=rule.metric,
+                labels=rule.labels or None,
+                group_by=rule.group_by,
+            )
+        return self.cache[key]
 
     def _stalled(self, rule: Rule) -> dict[Group, float]:
         """1 per queue stalled in the window's last whole minute, 0 per queue sampled then and not stalled;
@@ -163,6 +255,7 @@ class _Reader:
                 metric_type=MetricType.QUEUE_DEPTH,
                 labels={**({"queue": queue} if queue else {}), "state": "ready"},
                 group_by=("queue",),
+                percentiles=False,
             )
             stalled = {bucket.queue for bucket in query_stalled(self.connection, start, end, step=end - start)}
             self.cache[key] = [
@@ -173,6 +266,15 @@ class _Reader:
             group = tuple((name, point.labels[name]) for name in rule.group_by if name in point.labels)
             values[group] = max(values.get(group, 0.0), point.max)
         return values
+
+
+def _statistic(merged: _Merged, statistic: str) -> float:
+    if statistic == "count":
+        return float(merged.count)
+    if statistic == "avg":
+        return merged.sum / merged.count
+    value: float = getattr(merged, statistic)
+    return value
 
 
 def _group(point: SeriesPoint, rule: Rule) -> Group:
@@ -246,8 +348,12 @@ def evaluate(
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"now must be timezone-aware, got naive {now.isoformat()}")
     interval = interval or ruleset.evaluation_interval
+    longest: dict[str, dt.timedelta] = {}
+    for rule in ruleset.rules:
+        metric = MetricType.PROCESSING_TIME.value if rule.metric in ("error_rate", "throughput") else rule.metric
+        longest[metric] = max(longest.get(metric, rule.window), rule.window)
     with engine.connect() as connection:
-        reader = _Reader(connection, now)
+        reader = _Reader(connection, now, longest)
         values = {rule.name: reader.values(rule) for rule in ruleset.rules}
     result = EvaluationResult(at=now)
     with engine.begin() as connection:

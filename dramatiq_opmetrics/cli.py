@@ -718,6 +718,12 @@ ALERTS_COMMANDS: list[Command] = [
         _alerts_check,
     ),
     (
+        "test",
+        "send a test notification to every target of a notifier, one line each (exit 0: all delivered; 1: not)",
+        _alerts_test_arguments,
+        _alerts_test,
+    ),
+    (
         "run",
         "evaluate the rules for the fleet and deliver notifications (a sidecar)",
         _alerts_run_arguments,
@@ -728,18 +734,12 @@ ALERTS_COMMANDS: list[Command] = [
     ("silence", "hold back a rule's notifications for a while", _alerts_silence_arguments, _alerts_silence),
     ("silences", "list the silences in force", _add_database_url, _alerts_silences),
     ("unsilence", "remove a silence, or every silence of a rule", _alerts_unsilence_arguments, _alerts_unsilence),
-    (
-        "test",
-        "send a test notification to every target of a notifier, one line each (exit 0: all delivered; 1: not)",
-        _alerts_test_arguments,
-        _alerts_test,
-    ),
 ]
 
 
 def _add_alerts_parser(subparsers: argparse._SubParsersAction[_ArgumentParser]) -> None:
     """Add ``alerts`` and its subcommands (:data:`ALERTS_COMMANDS`) to the main parser's ``subparsers``."""
-    help_text = "alert rules: check, run, status, history, silences (see `dramatiq-opmetrics alerts --help`)"
+    help_text = "alerting: check, test, run, status, history, silences (see `dramatiq-opmetrics alerts --help`)"
     alerts = subparsers.add_parser("alerts", help=help_text, description=help_text)
     commands = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ALERTS_COMMAND")
     for name, command_help, add_arguments, run in ALERTS_COMMANDS:

@@ -183,6 +183,7 @@ def query_series(
     metric_type: MetricType | str | None = None,
     labels: Mapping[str, str] | None = None,
     group_by: Sequence[str] | None = None,
+    percentiles: bool = True,
 ) -> list[SeriesPoint]:
     """One point per bucket of ``step`` and group, for the samples recorded in ``[start, end)``.
 
@@ -195,6 +196,8 @@ def query_series(
       labels(Mapping[str, str] | None): only samples whose labels include all these pairs.
       group_by(Sequence[str] | None): group by these label keys; ``()`` one group per metric type; None
         (default) groups by full label set.
+      percentiles(bool): False leaves the points' ``p50``/``p95``/``p99`` None and merges no histogram keys
+        (several times faster); default True.
 
     Returns the points ordered by metric type, labels, then start. A bucket without samples has no point.
 
@@ -203,7 +206,7 @@ def query_series(
         string.
     """
     step_minutes = check_range(start, end, step)
-    return _query(connectable, start, end, step_minutes, metric_type, labels, group_by)
+    return _query(connectable, start, end, step_minutes, metric_type, labels, group_by, percentiles=percentiles)
 
 
 def _query(
@@ -251,6 +254,7 @@ def query_totals(
     metric_type: MetricType | str | None = None,
     labels: Mapping[str, str] | None = None,
     group_by: Sequence[str] | None = None,
+    percentiles: bool = True,
 ) -> list[SeriesPoint]:
     """One point per metric type and group for the samples recorded in ``[start, end)``: the statistics of
     the whole range (each point's ``start`` and ``end`` are the range's), read like :func:`query_series`
@@ -258,10 +262,12 @@ def query_totals(
     retention use :func:`~dramatiq_opmetrics.query.query_metrics`.
 
     Parameters and errors are those of :func:`query_series`, without ``step``; the range may be any length
-    (percentiles of long ranges merge many buckets' keys: prefer the daily rows beyond a few days).
+    (percentiles of long ranges merge many buckets' keys: prefer the daily rows beyond a few days). With
+    ``percentiles=False`` the points' ``p50``/``p95``/``p99`` are None and no keys are merged (several times
+    faster: what the alert evaluator reads for rules on counts, sums, averages, extremes and error rates).
     """
     check_range(start, end, dt.timedelta(minutes=1), max_buckets=None)
-    return _query(connectable, start, end, None, metric_type, labels, group_by)
+    return _query(connectable, start, end, None, metric_type, labels, group_by, percentiles=percentiles)
 
 
 def _metric_type(metric_type: MetricType | str) -> MetricType:
