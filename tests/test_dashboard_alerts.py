@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
@@ -19,7 +20,8 @@ from dramatiq_opmetrics.alert_delivery import deliver_due
 from dramatiq_opmetrics.alert_evaluator import evaluate
 from dramatiq_opmetrics.alert_rules import Notifier, Rule, RuleSet
 from dramatiq_opmetrics.alert_silences import add_silence
-from dramatiq_opmetrics.dashboard import DashboardApp
+from dramatiq_opmetrics.cli import main
+from dramatiq_opmetrics.dashboard import DashboardApp, create_app
 from dramatiq_opmetrics.dashboard.data import DashboardData
 from dramatiq_opmetrics.dashboard.pages.alerts import ALERTS_HISTORY_LIMIT, BANNER_ALERTS
 from dramatiq_opmetrics.database import make_engine
@@ -281,3 +283,35 @@ def test_without_the_alert_tables_there_is_no_banner_and_the_page_says_so(sqlite
 def test_the_navigation_links_the_alerts_page(engine: Engine) -> None:
     html = html_of(client(engine, T0), "/alerts")
     assert re.search(r'<a href="/alerts" class="active" aria-current="page">Alerts</a>', html)
+
+
+EXAMPLE_RULES = Path(__file__).parent.parent / "examples" / "alerts.toml"
+
+
+def test_create_app_reads_the_rule_file_given_or_named_by_opmetrics_alert_rules(
+    sqlite_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upgrade(sqlite_url)
+    monkeypatch.delenv("OPMETRICS_ALERT_RULES", raising=False)
+    assert create_app(sqlite_url).data.alert_rules is None
+    given = create_app(sqlite_url, alert_rules=EXAMPLE_RULES).data.alert_rules
+    assert given is not None and given.source.endswith("alerts.toml") and given.rules
+    monkeypatch.setenv("OPMETRICS_ALERT_RULES", str(EXAMPLE_RULES))
+    from_environment = create_app(sqlite_url).data.alert_rules
+    assert from_environment is not None and [rule.name for rule in from_environment.rules] == [
+        rule.name for rule in given.rules
+    ]
+    view = json.loads(Client(create_app(sqlite_url)).get("/alerts.json").get_data(as_text=True))
+    assert {alert["rule"] for alert in view["alerts"]} == {rule.name for rule in given.rules}, (
+        "the rules not evaluated yet are listed"
+    )
+
+
+def test_the_dashboard_command_refuses_a_bad_rule_file_in_one_line(
+    tmp_path: Path, sqlite_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "alerts.toml"
+    bad.write_text('[[rules]]\nname = "x"\nmetric = "error_rate"\nabove = "5%"\nwindow = "5m"\n')
+    assert main(["dashboard", "--database-url", str(sqlite_url), "--rules", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert '"above" must be a number, got "5%"' in err
