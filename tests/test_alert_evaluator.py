@@ -11,10 +11,11 @@ import pytest
 from sqlalchemy import Engine, select
 
 from dramatiq_opmetrics import samples
-from dramatiq_opmetrics.alert_evaluator import evaluate, group_key, rule_values
+from dramatiq_opmetrics.alert_evaluator import AlertEvaluator, evaluate, group_key, rule_values
 from dramatiq_opmetrics.alert_rules import Notifier, Rule, RuleSet
 from dramatiq_opmetrics.alert_silences import add_silence, list_silences, remove_silences
 from dramatiq_opmetrics.database import make_engine
+from dramatiq_opmetrics.interval_claims import DatabaseIntervalClaim
 from dramatiq_opmetrics.models import AlertDelivery, AlertState, AlertTransition
 from dramatiq_opmetrics.recent_tier import bucket_floor
 from dramatiq_opmetrics.samples import Sample
@@ -329,3 +330,15 @@ def test_values_read_through_the_shared_queries_equal_those_of_each_rules_own_qu
                 )
                 [(_, value)] = rule_values(connection, checked_rule, now).items()
                 assert value == pytest.approx(expected, rel=1e-12), (checked_rule.name, now)
+
+
+def test_of_evaluators_sharing_a_claim_one_evaluates_an_interval_at_its_start(engine: Engine) -> None:
+    messages(engine, T0 - 5 * MINUTE, T0 + MINUTE, failing=True)
+    claim = DatabaseIntervalClaim(engine)
+    # Delivery has nothing to reach here (the target's port is closed): it fails, is logged and kept.
+    first, second = (AlertEvaluator(engine, ruleset(rule()), claim=claim, interval_s=60) for _ in range(2))
+    result = first.evaluate_once(T0 + dt.timedelta(seconds=7))
+    assert result is not None and result.at == T0
+    assert [n.event for n in result.notifications] == ["firing"]
+    assert second.evaluate_once(T0 + dt.timedelta(seconds=8)) is None
+    assert outbox(engine) == [("firing", TARGET)]

@@ -12,7 +12,7 @@ from dramatiq_opmetrics.migrate import current_revision
 def test_migrate_upgrades_and_says_where(database_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["migrate", "--database-url", url_text(database_url)]) == 0
     assert current_revision(database_url) == "0008"
-    assert "is at revision 0007" in capsys.readouterr().out
+    assert "is at revision 0008" in capsys.readouterr().out
 
 
 def test_migrate_downgrade_to_base(sqlite_url: URL) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from command_line import url_text
+from command_line import BIN, url_text
 from notification_servers import JsonHttpServer
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
@@ -111,3 +114,31 @@ def test_a_bad_silence_duration_is_one_line_and_writes_nothing(
     assert "expected a duration such as" in capsys.readouterr().err
     assert main(["alerts", "silences", *url]) == 0
     assert capsys.readouterr().out == "no silences in force\n"
+
+
+def test_alerts_run_evaluates_every_interval_until_sigterm_and_sends_once(
+    migrated_url: URL, tmp_path: Path, json_server: JsonHttpServer
+) -> None:
+    path = tmp_path / "alerts.toml"
+    path.write_text(
+        RULES.format(url=json_server.apprise_url())
+        .replace('evaluation_interval = "1m"', 'evaluation_interval = "1s"')
+        .replace('for = "0m"', 'for = "0m"\nno_data = "alert"')
+    )
+    command = [str(BIN / "dramatiq-opmetrics"), "alerts", "run", "--rules", str(path)]
+    process = subprocess.Popen(
+        [*command, "--database-url", url_text(migrated_url)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        [(_, body)] = json_server.wait_for_bodies(1, timeout_s=20)
+        assert body["title"].startswith("[FIRING] crm-errors")
+        time.sleep(2.5)  # two more evaluations: nothing new to say
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    assert process.returncode == 0, output
+    assert "evaluating 1 rules every 1 s" in output
+    assert len(json_server.bodies) == 1

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import dramatiq
 import pytest
@@ -17,6 +18,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AgeLimit, Retries
+from notification_servers import JsonHttpServer
 from raw_samples import raw_counts
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
@@ -25,6 +27,7 @@ from tier_counts import folded_raw_counts, tier_counts
 from waiting import wait_until
 
 from dramatiq_opmetrics import ConfigurationError, OpMetrics
+from dramatiq_opmetrics.alert_rules import RuleFileError
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.locks import advisory_xact_lock
 from dramatiq_opmetrics.middleware import MAX_RECENT_RETENTION_DAYS
@@ -598,3 +601,53 @@ def test_a_stopping_worker_does_not_wait_for_a_fold_blocked_on_the_database(
     assert tier_counts(postgres_engine) == folded_raw_counts(postgres_engine)
     with postgres_engine.connect() as connection:
         assert read_state(connection) is not None  # it committed (the minute in progress waits for a later fold)
+
+
+ALERT_RULES = """
+[settings]
+evaluation_interval = "1s"
+
+[notifiers.ops]
+urls = ["{url}"]
+
+[[rules]]
+name = "no-workers"
+metric = "worker_threads"
+statistic = "count"
+below = 1
+window = "1m"
+no_data = "alert"
+notify = ["ops"]
+"""
+
+
+def test_a_worker_given_alert_rules_evaluates_them_delivers_and_stops_its_alert_threads(
+    postgres_engine: Engine, postgres_url: URL, tmp_path: Path, json_server: JsonHttpServer
+) -> None:
+    rules = tmp_path / "alerts.toml"
+    rules.write_text(ALERT_RULES.format(url=json_server.apprise_url()))
+    opmetrics = OpMetrics(postgres_url, flush_interval_s=3600, queue_depth_interval_s=0, alert_rules=rules)
+    broker = make_stub_broker(opmetrics)
+    worker = dramatiq.Worker(broker, worker_timeout=20, worker_threads=1)
+    worker.start()
+    try:
+        [(_, body)] = json_server.wait_for_bodies(1, timeout_s=15)
+        assert body["title"].startswith("[FIRING] no-workers")
+        assert opmetrics.alert_evaluator is not None
+    finally:
+        worker.stop()
+    assert opmetrics.alert_evaluator is None
+    assert not {t.name for t in threading.enumerate()} & {"opmetrics-alert-evaluation", "opmetrics-alert-delivery"}
+    assert len(json_server.bodies) == 1
+
+
+def test_a_bad_alert_rule_file_is_refused_when_the_middleware_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = tmp_path / "alerts.toml"
+    rules.write_text('[[rules]]\nname = "x"\nmetric = "nope"\n')
+    with pytest.raises(RuleFileError, match=r"alerts\.toml"):
+        OpMetrics("sqlite:///x.sqlite3", alert_rules=rules)
+    monkeypatch.setenv("OPMETRICS_ALERT_RULES", str(tmp_path / "missing.toml"))
+    with pytest.raises(RuleFileError, match=r"missing\.toml: no such file"):
+        OpMetrics("sqlite:///x.sqlite3")
