@@ -16,17 +16,18 @@ from sqlalchemy.engine import URL
 from werkzeug.test import Client
 
 from dramatiq_opmetrics import samples
-from dramatiq_opmetrics.alert_delivery import deliver_due
+from dramatiq_opmetrics.alert_delivery import deliver_due, enqueue
 from dramatiq_opmetrics.alert_evaluator import evaluate
 from dramatiq_opmetrics.alert_rules import Notifier, Rule, RuleSet
 from dramatiq_opmetrics.alert_silences import add_silence
 from dramatiq_opmetrics.cli import main
 from dramatiq_opmetrics.dashboard import DashboardApp, create_app
 from dramatiq_opmetrics.dashboard.data import DashboardData
-from dramatiq_opmetrics.dashboard.pages.alerts import ALERTS_HISTORY_LIMIT, BANNER_ALERTS
+from dramatiq_opmetrics.dashboard.pages.alerts import ALERTS_HISTORY_LIMIT, BANNER_ALERTS, NOTIFICATIONS_SCANNED
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.migrate import upgrade
 from dramatiq_opmetrics.models import AlertTransition
+from dramatiq_opmetrics.notifiers import Notification
 from dramatiq_opmetrics.recent_tier import bucket_floor
 from dramatiq_opmetrics.writer import write_samples
 
@@ -216,6 +217,23 @@ def test_without_the_rule_file_the_severity_comes_from_the_alerts_latest_notific
     [fired] = [alert for alert in view["alerts"] if alert["state"] == "firing"]
     assert (fired["severity"], fired["condition"], fired["in_rules"]) == ("critical", "above 0.5", None)
     assert view["rules_file"] is None
+
+
+def test_without_the_rule_file_only_the_newest_outbox_rows_are_read_for_severities(
+    firing: tuple[Engine, RuleSet],
+) -> None:
+    engine, _ruleset = firing
+    other = Notification(
+        rule="other", group={}, event="firing", severity="info", summary="", value=1.0, threshold=0.5,
+        comparison="above", since=T0, at=T0,
+    )  # fmt: skip
+    with engine.begin() as connection:
+        enqueue(connection, other, [f"json://127.0.0.1:9/{index}" for index in range(NOTIFICATIONS_SCANNED)])
+    view = json.loads(client(engine, T0 + 2 * MINUTE).get("/alerts.json").get_data(as_text=True))
+    [fired] = [alert for alert in view["alerts"] if alert["state"] == "firing"]
+    assert (fired["severity"], fired["condition"]) == (None, None)
+    banner = banner_of(html_of(client(engine, T0 + 2 * MINUTE), "/"))
+    assert banner is not None and '<span class="severity">\u2013</span>' in banner
 
 
 def test_an_alert_of_a_rule_no_longer_in_the_file_is_marked_and_left_out_of_the_banner(

@@ -15,8 +15,8 @@ A rule's severity, threshold and summary live in the rule file, not in the datab
 to the dashboard (``dashboard --rules FILE``, ``$OPMETRICS_ALERT_RULES``; see
 :class:`~dramatiq_opmetrics.dashboard.data.DashboardData`) they come from there, and the page also lists
 the rules not evaluated yet and marks stored alerts whose rule left the file (those are not in the
-banner). Without the rules (or for a rule that left the file), they come from the latest notification of
-the alert in the outbox, if any.
+banner). Without the rules (or for a rule that left the file), they come from the alert's latest notification
+among the :data:`NOTIFICATIONS_SCANNED` newest rows of the outbox, if any (else they show as unknown).
 
 A database without the alert tables (not migrated to revision 0008) has no banner, and this page says so.
 """
@@ -44,6 +44,9 @@ DELIVERIES_LIMIT = 100
 BANNER_ALERTS = 5
 #: The latest evaluation is flagged as old (is an evaluator running?) after this many evaluation intervals.
 STALE_INTERVALS = 3
+#: How many of the newest outbox rows are read for the severity of alerts whose rule the dashboard was not
+#: given (see :func:`banner`).
+NOTIFICATIONS_SCANNED = 500
 #: The order of the states on the page.
 STATE_ORDER = ("firing", "pending", "ok")
 
@@ -226,13 +229,17 @@ def _unevaluated(rule: Rule) -> dict[str, Any]:
 
 
 def _latest_notifications(connection: Connection, rules: set[str]) -> dict[str, dict[str, Any]]:
-    """The latest notification in the outbox per alert key of ``rules`` (its severity, summary, threshold)."""
+    """The latest notification per alert key of ``rules`` (its severity, summary, threshold) among the
+    :data:`NOTIFICATIONS_SCANNED` newest rows of the outbox: a read of bounded cost on every page, whatever
+    the outbox holds (a firing alert posted to Alertmanager at each evaluation is always among them)."""
     latest: dict[str, dict[str, Any]] = {}
     rows = connection.execute(
-        select(AlertDelivery.alert_key, AlertDelivery.notification).order_by(AlertDelivery.id)
+        select(AlertDelivery.alert_key, AlertDelivery.notification)
+        .order_by(AlertDelivery.id.desc())
+        .limit(NOTIFICATIONS_SCANNED)
     ).all()
     for key, notification in rows:
-        if notification.get("rule") in rules:
+        if key not in latest and notification.get("rule") in rules:
             latest[key] = notification
     return latest
 
