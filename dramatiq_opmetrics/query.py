@@ -168,6 +168,37 @@ def query_daily_series(
     return _query(connectable, since, until, metric_type, labels, group_by, include_raw, per_day=True)
 
 
+def query_metrics_and_recent_days(
+    connectable: Engine | Connection,
+    since: dt.date,
+    until: dt.date,
+    *,
+    metric_types: Sequence[MetricType | str],
+    day_metric_types: Sequence[MetricType | str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    group_by: Sequence[str] | None = None,
+) -> tuple[list[MetricStats], list[MetricStats]]:
+    """:func:`query_metrics` of ``metric_types`` over the range, and :func:`query_daily_series` of
+    ``day_metric_types`` (default: the same) over its days not rolled up yet, reading those days' raw rows
+    once for both (a page that shows a range and today's point needs both, and a day of raw rows is the
+    costly part of each).
+
+    Parameters are those of :func:`query_metrics`. Returns ``(range statistics, statistics per recent day)``.
+    """
+    if since > until:
+        raise ValueError(f"since ({since}) is after until ({until})")
+    whole = RangeMerge(metric_types=metric_types, labels=labels, group_by=group_by)
+    per_day = RangeMerge(metric_types=day_metric_types or metric_types, labels=labels, group_by=group_by, per_day=True)
+    with connection_for(connectable) as connection, local_settings(connection, LONG_READ_SETTINGS):
+        whole.add_daily_rows(connection, since, until)
+        for day in days_not_rolled_up(connection, since, until):
+            start, end = day_bounds(day)
+            aggregates = aggregate_raw(connection, start, end, exact_percentiles=False)
+            whole.add_raw_day(connection, day, aggregates)
+            per_day.add_raw_day(connection, day, aggregates)
+    return whole.results(), per_day.results()
+
+
 def _query(
     connectable: Engine | Connection,
     since: dt.date,

@@ -17,7 +17,7 @@ from dramatiq_opmetrics import MetricStats, MetricType, query_daily_series, quer
 from dramatiq_opmetrics.aggregate import PERCENTILES
 from dramatiq_opmetrics.database import LONG_READ_SETTINGS, local_settings
 from dramatiq_opmetrics.models import OperationalMetricDaily
-from dramatiq_opmetrics.query import RangeMerge
+from dramatiq_opmetrics.query import RangeMerge, query_metrics_and_recent_days
 from dramatiq_opmetrics.retention import prune
 from dramatiq_opmetrics.rollup import rollup
 from dramatiq_opmetrics.sketch import Histogram
@@ -141,6 +141,50 @@ def test_days_not_rolled_up_are_read_from_raw_rows_so_today_is_never_missing(eng
     assert (without.count, without.max, without.raw_days) == (1, 10.0, 0)
     series = query_daily_series(engine, days_ago(1), NOW.date(), metric_type=kind, labels=labels)
     assert [(p.date, p.count, p.raw_days) for p in series] == [(days_ago(1), 1, 0), (NOW.date(), 1, 1)]
+
+
+def test_a_range_and_its_recent_days_read_together_equal_the_query_api_read_apart(engine: Engine) -> None:
+    make_fleet(engine)
+    rng = random.Random(7)
+    today = [
+        (kind, {"actor": actor, "queue": "q1"}, rng.lognormvariate(3, 1), at(NOW.date(), i))
+        for i in range(300)
+        for kind, actor in [(MetricType.PROCESSING_TIME, "a"), (MetricType.WAIT_TIME, "b")]
+    ]
+    today.append((MetricType.ERROR, {"actor": "a", "queue": "q1", "error_type": "E"}, 1.0, at(NOW.date(), 3)))
+    insert_samples(engine, today)
+    since, group = days_ago(7), ("actor", "queue")
+    timed = [MetricType.PROCESSING_TIME, MetricType.WAIT_TIME]
+    whole, recent = query_metrics_and_recent_days(
+        engine, since, NOW.date(), metric_types=timed, day_metric_types=[*timed, MetricType.ERROR], group_by=group
+    )
+    apart = [
+        stats for kind in timed for stats in query_metrics(engine, since, NOW.date(), metric_type=kind, group_by=group)
+    ]
+    # Exact but for the last bit of a sum: a range of one raw day alone is read from the recent tier, whose
+    # buckets add the day's values in another order.
+    assert [(s.metric_type, s.labels, s.count, s.min, s.max) for s in whole] == [
+        (s.metric_type, s.labels, s.count, s.min, s.max) for s in apart
+    ]
+    for got, expected in zip(whole, apart, strict=True):
+        assert got.sum == pytest.approx(expected.sum, rel=1e-12)
+        assert got.p95 == pytest.approx(expected.p95, rel=0.02)
+    daily = [
+        stats
+        for kind in [*timed, MetricType.ERROR]
+        for stats in query_daily_series(engine, NOW.date(), NOW.date(), metric_type=kind, group_by=group)
+    ]
+    assert sorted((s.metric_type.value, sorted(s.labels.items()), s.date, s.count) for s in recent) == sorted(
+        (s.metric_type.value, sorted(s.labels.items()), s.date, s.count) for s in daily
+    )
+    for got, expected in zip(
+        sorted(recent, key=lambda s: (s.metric_type.value, sorted(s.labels.items()))),
+        sorted(daily, key=lambda s: (s.metric_type.value, sorted(s.labels.items()))),
+        strict=True,
+    ):
+        assert got.sum == pytest.approx(expected.sum, rel=1e-12)
+        assert (got.min, got.max) == (expected.min, expected.max)
+        assert got.p95 == pytest.approx(expected.p95, rel=0.02)
 
 
 def test_the_daily_series_has_one_point_per_day_per_group(engine: Engine) -> None:

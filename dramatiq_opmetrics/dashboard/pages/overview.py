@@ -10,8 +10,9 @@ Trends (one point per day, or per several days for long ranges) come from the da
 (a year of 200 actors is 220,000 daily rows, which the query API's per-day series would read one by one
 with their histograms, for seconds): per point the messages, errors, total processing time and the worst
 day's p95. They are kept between requests (:mod:`~dramatiq_opmetrics.dashboard.kept`). Today, and days the
-rollup has not reached, are added from :func:`~dramatiq_opmetrics.series.query_totals` (the recent tier):
-their messages, processing time and p95, and their errors as the points' error rate times their messages.
+rollup has not reached, are added from the same read of their raw rows as the range's p95
+(:func:`~dramatiq_opmetrics.query.query_metrics_and_recent_days`): a day of raw rows is read once per request,
+not once per metric type and use.
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ from sqlalchemy import Connection, Integer, cast, func, select
 
 from ...metric_types import MetricType
 from ...models import OperationalMetricDaily
-from ...partitions import day_bounds
-from ...series import query_totals
+from ...query import query_metrics_and_recent_days
 from ..charts import DEFAULT_RANGE_DAYS, RANGE_DAYS, DateRange, check_choice, worst
 from ..data import DashboardData
-from ..days import DaysOfRange, daily_fingerprint, label_values, range_stats
+from ..days import daily_fingerprint, label_values
 
 #: The overview's sortable columns; the default sort shows the worst rows first.
 OVERVIEW_SORTS = (
@@ -72,41 +72,44 @@ def view(
     date_range = DateRange.ending_today(days, data.clock().date(), MAX_TREND_POINTS)
     labels = {"queue": queue} if queue else None
     with data.engine.connect() as connection:
-        days_read = DaysOfRange.read(connection, date_range)
         kept = data.kept.get(
             ("overview", date_range, queue),
             lambda: daily_fingerprint(connection, _KINDS, date_range.first_day, date_range.today),
             lambda: _accumulate(date_range, _daily_by_actor(connection, date_range, queue)),
         )
-        recent = [
-            (day, point)
-            for day in days_read.not_rolled_up
-            for kind in _TIMED
-            for point in query_totals(connection, *day_bounds(day), metric_type=kind, labels=labels, group_by=_GROUP)
-        ]
+        # The range's p95 and today's points come from one read of today's raw rows.
+        whole, recent = query_metrics_and_recent_days(
+            connection,
+            date_range.first_day,
+            date_range.today,
+            metric_types=_TIMED,
+            day_metric_types=_KINDS,
+            labels=labels,
+            group_by=_GROUP,
+        )
         range_p95 = {
-            (kind.value, stats.labels["actor"], stats.labels.get("queue", "")): stats.p95
-            for kind in _TIMED
-            for stats in range_stats(connection, days_read, kind, labels=labels, group_by=_GROUP)
+            (stats.metric_type.value, stats.labels["actor"], stats.labels.get("queue", "")): stats.p95
+            for stats in whole
             if "actor" in stats.labels
         }
         queues = label_values(connection, "queue", alongside="actor")
     # The kept rows of the rolled-up days are copied, then the recent days' points are added to the copies.
     rows = {key: accumulator.copy() for key, accumulator in kept.items()}
-    for day, point in recent:
-        actor = point.labels.get("actor")
-        if actor is None:
+    for stats in recent:
+        actor = stats.labels.get("actor")
+        if actor is None or stats.date is None:
             continue
-        key = (actor, point.labels.get("queue", ""))
+        key = (actor, stats.labels.get("queue", ""))
         accumulator = rows.get(key)
         if accumulator is None:
             accumulator = rows[key] = _OverviewAccumulator(date_range)
-        bucket = date_range.bucket(day)
-        if point.metric_type is MetricType.PROCESSING_TIME:
-            accumulator.add_processing(bucket, point.count, point.sum, point.p95)
-            accumulator.add_errors(bucket, round((point.error_rate or 0.0) * point.count))
+        bucket = date_range.bucket(stats.date)
+        if stats.metric_type is MetricType.PROCESSING_TIME:
+            accumulator.add_processing(bucket, stats.count, stats.sum, stats.p95)
+        elif stats.metric_type is MetricType.WAIT_TIME:
+            accumulator.add_wait(bucket, stats.p95)
         else:
-            accumulator.add_wait(bucket, point.p95)
+            accumulator.add_errors(bucket, stats.count)
     result = [
         accumulator.row(
             actor, queue_name, {kind.value: range_p95.get((kind.value, actor, queue_name)) for kind in _TIMED}
