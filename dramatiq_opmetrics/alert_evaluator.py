@@ -18,6 +18,13 @@ Notifications follow from the state and what the notifiers were last told (``not
 silence ends (:mod:`~dramatiq_opmetrics.alert_silences`). Alertmanager targets get a firing alert again at
 every evaluation (see :mod:`~dramatiq_opmetrics.alert_delivery`) and no reminders (Alertmanager repeats).
 
+**Reading.** Rules reading the same metric type share one query: on a whole minute, one per-minute series
+of the type over the longest window of its rules, merged per label set and window once, then per rule's
+labels and groups in Python (exact for counts, sums, averages, extremes and error rates); percentiles come
+from one query per metric type and window (each label set's own histogram) when each of a rule's groups is
+one label set, else from a query of the rule's own. The queries run on :data:`READ_CONNECTIONS`
+connections at once.
+
 **Exactly once.** The values are read first, outside any transaction; then one transaction takes the
 evaluation lock (:func:`~dramatiq_opmetrics.locks.write_xact_lock`), reads the states, and writes the new
 states, the transitions and the outbox rows together. An alert whose state was already evaluated at
@@ -34,6 +41,7 @@ import logging
 import math
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +69,8 @@ EVALUATION_OFFSET_S = 5.0
 #: Seconds between two delivery passes of the fleet (retries of failed deliveries; new notifications are
 #: sent right after the evaluation that made them).
 DEFAULT_DELIVERY_INTERVAL_S = 15.0
+#: How many connections an evaluation reads on at once (rules sharing a query read it on one).
+READ_CONNECTIONS = 2
 #: Seconds a statement of the evaluator may run (its own engine): a slow database delays alerts, never
 #: the workers.
 DEFAULT_ALERT_STATEMENT_TIMEOUT_S = 10.0
@@ -174,8 +184,30 @@ class _Reader:
                 group_by=self._query_labels(metric_type),
                 percentiles=False,
             )
-        start = self.now - window
-        return [point for point in self.cache[key] if point.start >= start]
+        window_key = ("window", metric_type, window)
+        if window_key not in self.cache:
+            # The window's minutes merged per label set once, for every rule reading this window.
+            start = self.now - window
+            merged: dict[tuple[tuple[str, str], ...], _Merged] = {}
+            for point in self.cache[key]:
+                if point.start >= start:
+                    labels = tuple(point.labels.items())
+                    if labels not in merged:
+                        merged[labels] = _Merged()
+                    merged[labels].add(point)
+            self.cache[window_key] = [
+                parts.points[0]._replace(
+                    start=start,
+                    count=parts.count,
+                    sum=parts.sum,
+                    min=parts.min,
+                    max=parts.max,
+                    avg=parts.sum / parts.count,
+                    error_rate=None if parts.points[0].error_rate is None else round(parts.errors) / parts.count,
+                )
+                for parts in merged.values()
+            ]
+        return self.cache[window_key]
 
     def _label_sets(self, metric_type: str, window: dt.timedelta, percentiles: bool) -> list[SeriesPoint]:
         """The points of every label set of ``metric_type`` in the window (with percentiles if asked)."""
@@ -328,6 +360,43 @@ def _next_state(rule: Rule, alert: _Alert, value: float | None, now: dt.datetime
     return FIRING if now - started >= rule.for_ else PENDING
 
 
+def _query_of(rule: Rule) -> tuple[Any, ...]:
+    """The query a rule reads first: rules reading the same one are read on one connection, sharing it."""
+    if rule.metric == "stalled":
+        return ("stalled",)
+    metric = MetricType.PROCESSING_TIME.value if rule.metric in ("error_rate", "throughput") else rule.metric
+    if rule.statistic in _PERCENTILES and rule.metric not in ("error_rate", "throughput"):
+        return ("percentiles", metric, rule.window)
+    return ("minutes", metric)
+
+
+def _read_values(
+    engine: Engine, rules: Sequence[Rule], now: dt.datetime, longest: Mapping[str, dt.timedelta]
+) -> dict[str, dict[Group, float]]:
+    """Every rule's values, read on up to :data:`READ_CONNECTIONS` connections at once (the rules sharing a
+    query on the same one)."""
+    by_query: dict[tuple[Any, ...], list[Rule]] = {}
+    for rule in rules:
+        by_query.setdefault(_query_of(rule), []).append(rule)
+    shares: list[list[Rule]] = [[] for _ in range(min(READ_CONNECTIONS, len(by_query)) or 1)]
+    for shared in sorted(by_query.values(), key=len, reverse=True):
+        min(shares, key=len).extend(shared)
+
+    def read(share: list[Rule]) -> dict[str, dict[Group, float]]:
+        with engine.connect() as connection:
+            reader = _Reader(connection, now, longest)
+            return {rule.name: reader.values(rule) for rule in share}
+
+    values: dict[str, dict[Group, float]] = {}
+    if len(shares) == 1:
+        values.update(read(shares[0]))
+    else:
+        with ThreadPoolExecutor(max_workers=len(shares), thread_name_prefix="opmetrics-alert-read") as pool:
+            for found in pool.map(read, shares):
+                values.update(found)
+    return values
+
+
 def evaluate(
     engine: Engine, ruleset: RuleSet, now: dt.datetime, *, interval: dt.timedelta | None = None
 ) -> EvaluationResult:
@@ -352,9 +421,7 @@ def evaluate(
     for rule in ruleset.rules:
         metric = MetricType.PROCESSING_TIME.value if rule.metric in ("error_rate", "throughput") else rule.metric
         longest[metric] = max(longest.get(metric, rule.window), rule.window)
-    with engine.connect() as connection:
-        reader = _Reader(connection, now, longest)
-        values = {rule.name: reader.values(rule) for rule in ruleset.rules}
+    values = _read_values(engine, ruleset.rules, now, longest)
     result = EvaluationResult(at=now)
     with engine.begin() as connection:
         write_xact_lock(connection, EVALUATION_LOCK)
