@@ -4,9 +4,9 @@ The pages are rendered on the server with Jinja2 (autoescaping on, so a label su
 as text); each page's chart data travels as JSON in a non-executable ``<script type="application/json">``
 element and is drawn by the vendored uPlot chart library. The Now page fetches its data again as JSON
 (``/now.json``) every few seconds and redraws, putting labels in the page as text only, the banner of firing
-alerts included (every page renders the banner on the server; the Alerts page has its data as JSON at
-``/alerts.json``). A strict
-Content-Security-Policy allows scripts from the dashboard's own static folder only.
+alerts included (every page renders that banner on the server; the Alerts page has its data as JSON at
+``/alerts.json``). A strict Content-Security-Policy allows scripts from the dashboard's own static folder
+only.
 
 What each page shows is computed by its module in :mod:`~dramatiq_opmetrics.dashboard.pages`.
 """
