@@ -18,12 +18,8 @@ Notifications follow from the state and what the notifiers were last told (``not
 silence ends (:mod:`~dramatiq_opmetrics.alert_silences`). Alertmanager targets get a firing alert again at
 every evaluation (see :mod:`~dramatiq_opmetrics.alert_delivery`) and no reminders (Alertmanager repeats).
 
-**Reading.** Rules reading the same metric type share one query: on a whole minute, one per-minute series
-of the type over the longest window of its rules, merged per label set and window once, then per rule's
-labels and groups in Python (exact for counts, sums, averages, extremes and error rates); percentiles come
-from one query per metric type and window (each label set's own histogram) when each of a rule's groups is
-one label set, else from a query of the rule's own. The queries run on :data:`READ_CONNECTIONS`
-connections at once.
+Values are read by :func:`~dramatiq_opmetrics.alert_values.read_values` (one query per metric type for
+the rules reading it).
 
 **Exactly once.** The values are read first, outside any transaction; then one transaction takes the
 evaluation lock (:func:`~dramatiq_opmetrics.locks.write_xact_lock`), reads the states, and writes the new
@@ -37,28 +33,25 @@ of the fleet evaluates per interval (the interval-claim machinery, like the queu
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
-import math
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, insert, select, text
+from sqlalchemy.dialects import sqlite
 
 from .alert_delivery import deliver_due, enqueue
 from .alert_rules import Rule, RuleSet, render_summary
 from .alert_silences import silenced_rules
+from .alert_values import read_values
 from .interval_claims import DatabaseIntervalClaim, IntervalClaim, IntervalThread, interval_start
 from .locks import write_xact_lock
-from .metric_types import MetricType
-from .models import AlertState, AlertTransition
+from .models import ALERT_STATES_TABLE, AlertState, AlertTransition
 from .notifiers import Event, Notification, is_alertmanager_target
 from .queue_depth_sampler import describe_error
-from .recent_tier import bucket_floor
-from .series import SeriesPoint, query_series, query_stalled, query_totals
 
 #: An Alertmanager alert stays valid for this many evaluation intervals after its last post (its
 #: ``endsAt``), so a missed evaluation or two never resolves it there.
@@ -69,8 +62,6 @@ EVALUATION_OFFSET_S = 5.0
 #: Seconds between two delivery passes of the fleet (retries of failed deliveries; new notifications are
 #: sent right after the evaluation that made them).
 DEFAULT_DELIVERY_INTERVAL_S = 15.0
-#: How many connections an evaluation reads on at once (rules sharing a query read it on one).
-READ_CONNECTIONS = 2
 #: Seconds a statement of the evaluator may run (its own engine): a slow database delays alerts, never
 #: the workers.
 DEFAULT_ALERT_STATEMENT_TIMEOUT_S = 10.0
@@ -83,8 +74,6 @@ EVALUATION_LOCK = "alert_evaluation"
 #: An alert's states.
 OK, PENDING, FIRING = "ok", "pending", "firing"
 
-#: A group: the rule's ``group_by`` labels that the samples carry, in order.
-Group = tuple[tuple[str, str], ...]
 
 logger = logging.getLogger(__name__)
 
@@ -120,202 +109,6 @@ class EvaluationResult:
     #: Posts of alerts still firing to Alertmanager targets.
     reposts: int = 0
     already_evaluated: int = 0
-
-
-#: The labels of a message's samples (``processing_time``, ``wait_time``, ``error``).
-MESSAGE_LABELS = ("actor", "queue")
-#: The statistics read from the percentiles of a group's merged histogram.
-_PERCENTILES = frozenset({"p50", "p95", "p99"})
-
-
-@dataclass
-class _Merged:
-    """The statistics of a group's label sets together (everything but percentiles merges exactly)."""
-
-    count: int = 0
-    sum: float = 0.0
-    min: float = math.inf
-    max: float = -math.inf
-    errors: float = 0.0
-    points: list[SeriesPoint] = field(default_factory=list)
-
-    def add(self, point: SeriesPoint) -> None:
-        self.count += point.count
-        self.sum += point.sum
-        self.min = min(self.min, point.min)
-        self.max = max(self.max, point.max)
-        self.errors += (point.error_rate or 0.0) * point.count
-        self.points.append(point)
-
-
-@dataclass
-class _Reader:
-    """Reads the values of rules: one query per metric type and window for every rule that reads it, the
-    label sets' points merged per rule in Python (exact for counts, sums, averages, extremes and error
-    rates; percentiles come from one label set's own histogram when each group has one, else from a
-    query of the rule's own)."""
-
-    connection: Connection
-    now: dt.datetime
-    #: The longest window of a rule per metric type read, for :meth:`_minutes`.
-    longest: Mapping[str, dt.timedelta] = field(default_factory=dict)
-    cache: dict[tuple[Any, ...], list[SeriesPoint]] = field(default_factory=dict)
-
-    def _query_labels(self, metric_type: str) -> tuple[str, ...] | None:
-        # A message's labels: so its errors (labelled error_type and outcome too) count with it.
-        return MESSAGE_LABELS if metric_type == MetricType.PROCESSING_TIME.value else None
-
-    def _minutes(self, metric_type: str, window: dt.timedelta) -> list[SeriesPoint]:
-        """The points of every label set of ``metric_type`` in the window, without percentiles: when ``now``
-        is a whole minute, from one per-minute series of the longest window of the metric type (each
-        window is then whole minutes, and every rule reading the type shares one query); else of the
-        window itself."""
-        longest = self.longest.get(metric_type, window)
-        if bucket_floor(self.now, 1) != self.now or window > longest:
-            return self._label_sets(metric_type, window, False)
-        key = ("minutes", metric_type, longest)
-        if key not in self.cache:
-            self.cache[key] = query_series(
-                self.connection,
-                self.now - longest,
-                self.now,
-                step=dt.timedelta(minutes=1),
-                metric_type=metric_type,
-                group_by=self._query_labels(metric_type),
-                percentiles=False,
-            )
-        window_key = ("window", metric_type, window)
-        if window_key not in self.cache:
-            # The window's minutes merged per label set once, for every rule reading this window.
-            start = self.now - window
-            merged: dict[tuple[tuple[str, str], ...], _Merged] = {}
-            for point in self.cache[key]:
-                if point.start >= start:
-                    labels = tuple(point.labels.items())
-                    if labels not in merged:
-                        merged[labels] = _Merged()
-                    merged[labels].add(point)
-            self.cache[window_key] = [
-                parts.points[0]._replace(
-                    start=start,
-                    count=parts.count,
-                    sum=parts.sum,
-                    min=parts.min,
-                    max=parts.max,
-                    avg=parts.sum / parts.count,
-                    error_rate=None if parts.points[0].error_rate is None else round(parts.errors) / parts.count,
-                )
-                for parts in merged.values()
-            ]
-        return self.cache[window_key]
-
-    def _label_sets(self, metric_type: str, window: dt.timedelta, percentiles: bool) -> list[SeriesPoint]:
-        """The points of every label set of ``metric_type`` in the window (with percentiles if asked)."""
-        key = ("label sets", metric_type, window)
-        cached = self.cache.get((*key, True)) or self.cache.get((*key, percentiles))
-        if cached is None:
-            cached = self.cache[(*key, percentiles)] = query_totals(
-                self.connection,
-                self.now - window,
-                self.now,
-                metric_type=metric_type,
-                group_by=self._query_labels(metric_type),
-                percentiles=percentiles,
-            )
-        return cached
-
-    def _groups(self, rule: Rule, metric_type: str, percentiles: bool) -> dict[Group, _Merged]:
-        groups: dict[Group, _Merged] = {}
-        wanted = rule.labels.items()
-        if percentiles:
-            points = self._label_sets(metric_type, rule.window, True)
-        else:
-            points = self._minutes(metric_type, rule.window)
-        for point in points:
-            if wanted <= point.labels.items():
-                group = _group(point, rule)
-                merged = groups.get(group)
-                if merged is None:
-                    merged = groups[group] = _Merged()
-                merged.add(point)
-        return groups
-
-    def values(self, rule: Rule) -> dict[Group, float]:
-        """The rule's value per group in its window (a group without data has no value)."""
-        if rule.metric == "stalled":
-            return self._stalled(rule)
-        if rule.metric in ("error_rate", "throughput"):
-            groups = self._groups(rule, MetricType.PROCESSING_TIME.value, False)
-            if rule.metric == "error_rate":
-                return {group: round(merged.errors) / merged.count for group, merged in groups.items()}
-            return {group: merged.count / rule.window.total_seconds() for group, merged in groups.items()}
-        if rule.statistic not in _PERCENTILES:
-            merged_groups = self._groups(rule, rule.metric, False)
-            return {group: _statistic(merged, rule.statistic) for group, merged in merged_groups.items()}
-        merged_groups = self._groups(rule, rule.metric, True)
-        if all(len(merged.points) == 1 for merged in merged_groups.values()):
-            found = {group: getattr(merged.points[0], rule.statistic) for group, merged in merged_groups.items()}
-        else:
-            found = {_group(point, rule): getattr(point, rule.statistic) for point in self._totals(rule)}
-        return {group: float(value) for group, value in found.items() if value is not None}
-
-    def _totals(self, rule: Rule) -> list[SeriesPoint]:
-        key = ("totals", rule.window, rule.metric, tuple(sorted(rule.labels.items())), rule.group_by)
-        if key not in self.cache:
-            self.cache[key] = query_totals(
-                self.connection,
-                self.now - rule.window,
-                self.now,
-                metric_type=rule.metric,
-                labels=rule.labels or None,
-                group_by=rule.group_by,
-            )
-        return self.cache[key]
-
-    def _stalled(self, rule: Rule) -> dict[Group, float]:
-        """1 per queue stalled in the window's last whole minute, 0 per queue sampled then and not stalled;
-        a group of several queues takes the largest."""
-        end = bucket_floor(self.now, 1)
-        start = end - dt.timedelta(minutes=1)
-        queue = rule.labels.get("queue")
-        key = ("stalled", start, queue)
-        if key not in self.cache:
-            sampled = query_totals(
-                self.connection,
-                start,
-                end,
-                metric_type=MetricType.QUEUE_DEPTH,
-                labels={**({"queue": queue} if queue else {}), "state": "ready"},
-                group_by=("queue",),
-                percentiles=False,
-            )
-            stalled = {bucket.queue for bucket in query_stalled(self.connection, start, end, step=end - start)}
-            self.cache[key] = [
-                point._replace(max=1.0 if point.labels.get("queue") in stalled else 0.0) for point in sampled
-            ]
-        values: dict[Group, float] = {}
-        for point in self.cache[key]:
-            group = tuple((name, point.labels[name]) for name in rule.group_by if name in point.labels)
-            values[group] = max(values.get(group, 0.0), point.max)
-        return values
-
-
-def _statistic(merged: _Merged, statistic: str) -> float:
-    if statistic == "count":
-        return float(merged.count)
-    if statistic == "avg":
-        return merged.sum / merged.count
-    value: float = getattr(merged, statistic)
-    return value
-
-
-def _group(point: SeriesPoint, rule: Rule) -> Group:
-    return tuple((name, point.labels[name]) for name in rule.group_by if name in point.labels)
-
-
-def rule_values(connection: Connection, rule: Rule, now: dt.datetime) -> dict[Group, float]:
-    """``rule``'s value per group over ``[now - window, now)`` (see :func:`evaluate`)."""
-    return _Reader(connection, now).values(rule)
 
 
 @dataclass
@@ -360,43 +153,6 @@ def _next_state(rule: Rule, alert: _Alert, value: float | None, now: dt.datetime
     return FIRING if now - started >= rule.for_ else PENDING
 
 
-def _query_of(rule: Rule) -> tuple[Any, ...]:
-    """The query a rule reads first: rules reading the same one are read on one connection, sharing it."""
-    if rule.metric == "stalled":
-        return ("stalled",)
-    metric = MetricType.PROCESSING_TIME.value if rule.metric in ("error_rate", "throughput") else rule.metric
-    if rule.statistic in _PERCENTILES and rule.metric not in ("error_rate", "throughput"):
-        return ("percentiles", metric, rule.window)
-    return ("minutes", metric)
-
-
-def _read_values(
-    engine: Engine, rules: Sequence[Rule], now: dt.datetime, longest: Mapping[str, dt.timedelta]
-) -> dict[str, dict[Group, float]]:
-    """Every rule's values, read on up to :data:`READ_CONNECTIONS` connections at once (the rules sharing a
-    query on the same one)."""
-    by_query: dict[tuple[Any, ...], list[Rule]] = {}
-    for rule in rules:
-        by_query.setdefault(_query_of(rule), []).append(rule)
-    shares: list[list[Rule]] = [[] for _ in range(min(READ_CONNECTIONS, len(by_query)) or 1)]
-    for shared in sorted(by_query.values(), key=len, reverse=True):
-        min(shares, key=len).extend(shared)
-
-    def read(share: list[Rule]) -> dict[str, dict[Group, float]]:
-        with engine.connect() as connection:
-            reader = _Reader(connection, now, longest)
-            return {rule.name: reader.values(rule) for rule in share}
-
-    values: dict[str, dict[Group, float]] = {}
-    if len(shares) == 1:
-        values.update(read(shares[0]))
-    else:
-        with ThreadPoolExecutor(max_workers=len(shares), thread_name_prefix="opmetrics-alert-read") as pool:
-            for found in pool.map(read, shares):
-                values.update(found)
-    return values
-
-
 def evaluate(
     engine: Engine, ruleset: RuleSet, now: dt.datetime, *, interval: dt.timedelta | None = None
 ) -> EvaluationResult:
@@ -417,11 +173,7 @@ def evaluate(
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"now must be timezone-aware, got naive {now.isoformat()}")
     interval = interval or ruleset.evaluation_interval
-    longest: dict[str, dt.timedelta] = {}
-    for rule in ruleset.rules:
-        metric = MetricType.PROCESSING_TIME.value if rule.metric in ("error_rate", "throughput") else rule.metric
-        longest[metric] = max(longest.get(metric, rule.window), rule.window)
-    values = _read_values(engine, ruleset.rules, now, longest)
+    values = read_values(engine, ruleset.rules, now)
     result = EvaluationResult(at=now)
     with engine.begin() as connection:
         write_xact_lock(connection, EVALUATION_LOCK)
@@ -470,18 +222,7 @@ def evaluate(
                     outbox.extend(_notifications(rule, ruleset, alert, targets, now, interval))
                 changed.append(alert)
         if changed:
-            upsert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-            statement = upsert(AlertState)
-            connection.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["rule", "group_key"],
-                    set_={
-                        name: statement.excluded[name]
-                        for name in ("state", "since", "value", "evaluated_at", "notified_state", "last_notified_at")
-                    },
-                ),
-                [alert.row() for alert in changed],
-            )
+            _write_states(connection, changed)
         if result.transitions:
             connection.execute(
                 insert(AlertTransition),
@@ -504,6 +245,45 @@ def evaluate(
             else:
                 result.notifications.append(notification)
     return result
+
+
+#: The columns of an alert state that an evaluation changes.
+_STATE_UPDATES = ("state", "since", "value", "evaluated_at", "notified_state", "last_notified_at")
+
+
+def _write_states(connection: Connection, alerts: Sequence[_Alert]) -> None:
+    """Insert or update the states of ``alerts``: on PostgreSQL in one statement (the rows as one JSON
+    parameter: thousands of alerts in one round trip), on SQLite row by row (one process, a local file)."""
+    if connection.dialect.name != "postgresql":
+        statement = sqlite.insert(AlertState)
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["rule", "group_key"], set_={name: statement.excluded[name] for name in _STATE_UPDATES}
+            ),
+            [alert.row() for alert in alerts],
+        )
+        return
+    rows = [
+        {
+            **alert.row(),
+            "since": alert.since.isoformat(),
+            "evaluated_at": alert.evaluated_at.isoformat(),
+            "last_notified_at": None if alert.last_notified_at is None else alert.last_notified_at.isoformat(),
+        }
+        for alert in alerts
+    ]
+    updates = ", ".join(f"{name} = excluded.{name}" for name in _STATE_UPDATES)
+    connection.execute(
+        text(
+            f"INSERT INTO {ALERT_STATES_TABLE} (rule, group_key, group_labels, {', '.join(_STATE_UPDATES)})"
+            " SELECT rule, group_key, group_labels, state, since, value, evaluated_at, notified_state,"
+            " last_notified_at FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(rule text, group_key text,"
+            " group_labels jsonb, state text, since timestamptz, value float8, evaluated_at timestamptz,"
+            " notified_state text, last_notified_at timestamptz)"
+            f" ON CONFLICT (rule, group_key) DO UPDATE SET {updates}"
+        ),
+        {"rows": json.dumps(rows)},
+    )
 
 
 def _notifications(

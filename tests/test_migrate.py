@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, text
@@ -42,7 +43,7 @@ OUR_TABLES = {
     VERSION_TABLE,
 }
 #: The newest revision.
-HEAD = "0008"
+HEAD = "0009"
 #: The tables of the recent tier (migration 0005).
 RECENT_TABLES = {"opmetrics_recent_aggregates", "opmetrics_recent_state"}
 #: The table of the monthly rows (migration 0007).
@@ -283,3 +284,38 @@ def test_downgrading_0008_removes_only_the_alert_tables(database_url: URL) -> No
     assert table_names(database_url) == OUR_TABLES - ALERT_TABLES
     upgrade(database_url)
     assert table_names(database_url) == OUR_TABLES
+
+
+@pytest.mark.postgres
+def test_0009_gives_the_recent_tier_an_index_for_reads_without_keys_and_downgrading_removes_it(
+    postgres_url: URL,
+) -> None:
+    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            [definition] = connection.execute(
+                text(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = 'opmetrics_recent_aggregates_read_idx'"
+                    " AND schemaname = current_schema()"
+                )
+            ).scalars()
+            options = connection.execute(
+                text("SELECT reloptions FROM pg_class WHERE oid = 'opmetrics_recent_aggregates_1m'::regclass")
+            ).scalar_one()
+        assert "INCLUDE (count, sum, min, max, p50, p95, p99)" in definition
+        assert "autovacuum_vacuum_insert_scale_factor=0.005" in options
+        downgrade(postgres_url, "0008")
+        with engine.connect() as connection:
+            indexes = connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_indexes WHERE indexname = 'opmetrics_recent_aggregates_read_idx'"
+                    " AND schemaname = current_schema()"
+                )
+            ).scalar_one()
+            options = connection.execute(
+                text("SELECT reloptions FROM pg_class WHERE oid = 'opmetrics_recent_aggregates_1m'::regclass")
+            ).scalar_one()
+        assert (indexes, options) == (0, ["toast_tuple_target=512"])  # 0006's own setting stays
+    finally:
+        engine.dispose()
