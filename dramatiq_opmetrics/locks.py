@@ -4,13 +4,28 @@ Advisory locks are database-wide, so each key is derived from the lock's name *a
 two installations in different schemas of one database never block each other. On other backends there
 are no advisory locks; SQLite serialises writers by itself, so :func:`try_advisory_xact_lock` returns True
 and :func:`advisory_xact_lock` returns at once, and :func:`write_xact_lock` takes the database's write lock.
+
+Maintenance that needs a table lock writers would queue behind (dropping or attaching a partition of the
+raw table) asks for it under a short ``lock_timeout`` (:func:`short_lock_wait`, :data:`DEFAULT_LOCK_TIMEOUT_MS`):
+PostgreSQL queues every later lock request behind a waiting exclusive one, so a prune waiting behind a long
+reader would otherwise make every writer's COPY wait as long. Under the timeout, writers wait at most that
+long, the maintenance gives up (:func:`is_lock_timeout`) and tries again later.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from sqlalchemy import Connection, text
+import psycopg
+from sqlalchemy import Connection, exc, text
+
+from .database import local_settings
+
+#: How long, in milliseconds, maintenance waits for a lock on the raw table that writers would queue behind
+#: (the prune's ``DROP`` of a partition, the creation of one) before giving up and retrying later.
+DEFAULT_LOCK_TIMEOUT_MS = 50
 
 
 def advisory_lock_key(name: str, schema: str) -> int:
@@ -50,3 +65,25 @@ def write_xact_lock(connection: Connection, name: str) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         return
     advisory_xact_lock(connection, name)
+
+
+@contextmanager
+def short_lock_wait(connection: Connection, timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS) -> Iterator[None]:
+    """Inside, a statement waits at most ``timeout_ms`` milliseconds for a lock, then fails
+    (:func:`is_lock_timeout`): PostgreSQL's ``lock_timeout`` for the current transaction, put back afterwards
+    (:func:`~dramatiq_opmetrics.database.local_settings`). Nothing happens on other databases.
+
+    Parameters:
+      connection(Connection): a connection in a transaction.
+      timeout_ms(int): milliseconds; default :data:`DEFAULT_LOCK_TIMEOUT_MS` (50).
+    """
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms < 1:
+        raise ValueError(f"lock_timeout_ms must be a whole number of milliseconds, at least 1; got {timeout_ms!r}")
+    with local_settings(connection, {"lock_timeout": f"{timeout_ms}ms"}):
+        yield
+
+
+def is_lock_timeout(error: BaseException) -> bool:
+    """Whether ``error`` is PostgreSQL giving up on a lock after ``lock_timeout`` (SQLSTATE 55P03)."""
+    original = error.orig if isinstance(error, exc.DBAPIError) else error
+    return isinstance(original, psycopg.errors.LockNotAvailable)

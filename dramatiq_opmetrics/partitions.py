@@ -4,8 +4,20 @@ The raw table ``operational_metrics`` is partitioned by range of ``recorded_at``
 day, named ``operational_metrics_pYYYYMMDD``. A default partition, ``operational_metrics_default``, catches
 rows of days that have no partition yet, so an insert never fails. Partitions are created ahead of time
 (:func:`ensure_partitions`); creating the partition of a day that already has rows in the default
-partition moves those rows into it. Retention drops whole partitions (:func:`drop_partition`) instead of
-deleting rows.
+partition moves those rows into it. Retention detaches and drops whole partitions
+(:func:`detach_partition`, then ``DROP TABLE``) instead of deleting rows.
+
+Locks, because writers must never wait behind maintenance. ``CREATE TABLE ... PARTITION OF`` takes an
+ACCESS EXCLUSIVE lock on the parent: behind a long reader of the raw table (a Grafana panel, a report) it
+waits, and every writer's COPY queues behind it. So a partition is created as a table of its own and then
+attached: ``ATTACH PARTITION`` takes only a SHARE UPDATE EXCLUSIVE lock on the parent (PostgreSQL 12 and
+later), which neither readers nor writers conflict with, and an ACCESS EXCLUSIVE lock on the default
+partition, which it scans. That one can wait behind a reader too (and readers of the parent queue behind
+it), so each partition is attached under a short ``lock_timeout``
+(:data:`~dramatiq_opmetrics.locks.DEFAULT_LOCK_TIMEOUT_MS`, in a savepoint of its own): a day whose lock is
+not granted in time is logged and left to the next call, days ahead of need, while the default partition
+catches its rows meanwhile. Detaching (or dropping) a partition locks the parent exclusively whatever the
+version; the prune asks for that under the same timeout (:mod:`~dramatiq_opmetrics.retention`).
 
 On other backends the raw table is a plain table and every function here is a no-op.
 """
@@ -13,17 +25,21 @@ On other backends the raw table is a plain table and every function here is a no
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
+from collections.abc import Iterable
 
 from sqlalchemy import Connection, text
 
-from .locks import advisory_xact_lock
+from .locks import DEFAULT_LOCK_TIMEOUT_MS, advisory_xact_lock, is_lock_timeout, short_lock_wait
 from .models import RAW_TABLE
 
 #: How many days ahead of today partitions are kept ready.
 DEFAULT_PARTITION_DAYS_AHEAD = 7
 #: The partition that catches rows of days that have no partition.
 DEFAULT_PARTITION = f"{RAW_TABLE}_default"
+
+logger = logging.getLogger(__name__)
 
 _PARTITION_NAME = re.compile(rf"{RAW_TABLE}_p(\d{{8}})\Z")
 
@@ -57,19 +73,35 @@ def list_partitions(connection: Connection) -> dict[dt.date, str]:
         ),
         {"parent": RAW_TABLE},
     )
+    return _by_day(name for (name,) in rows)
+
+
+def _by_day(names: Iterable[str]) -> dict[dt.date, str]:
+    """The names of day partitions among ``names``, by day, oldest first."""
     found = {}
-    for (name,) in rows:
+    for name in names:
         match = _PARTITION_NAME.match(name)
         if match:
             found[dt.datetime.strptime(match.group(1), "%Y%m%d").date()] = name
     return dict(sorted(found.items()))
 
 
-def ensure_partitions(connection: Connection, first_day: dt.date, last_day: dt.date) -> list[dt.date]:
+def ensure_partitions(
+    connection: Connection, first_day: dt.date, last_day: dt.date, *, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
+) -> list[dt.date]:
     """Create the missing day partitions from ``first_day`` to ``last_day`` inclusive; return their days.
 
     Rows already in the default partition for such a day are moved into its new partition. Runs in the
     caller's transaction and takes a transaction-level advisory lock so that concurrent callers serialise.
+    Each day is created in a savepoint and attached under a ``lock_timeout`` of ``lock_timeout_ms``: a day
+    whose locks are not granted in time (a long reader of the raw table) is logged, left out of the result
+    and created by a later call; writers never wait longer than that (see the module documentation).
+
+    Parameters:
+      connection(Connection): a PostgreSQL connection in a transaction (elsewhere nothing happens).
+      first_day(date), last_day(date): the UTC days, inclusive.
+      lock_timeout_ms(int): milliseconds to wait for each day's locks; default
+        :data:`~dramatiq_opmetrics.locks.DEFAULT_LOCK_TIMEOUT_MS` (50).
     """
     if not is_partitioned(connection) or last_day < first_day:
         return []
@@ -78,40 +110,83 @@ def ensure_partitions(connection: Connection, first_day: dt.date, last_day: dt.d
     created = []
     day = first_day
     while day <= last_day:
-        if day not in existing:
-            _create_partition(connection, day)
+        if day not in existing and _create_partition(connection, day, lock_timeout_ms):
             created.append(day)
         day += dt.timedelta(days=1)
     return created
 
 
-def _create_partition(connection: Connection, day: dt.date) -> None:
+def _create_partition(connection: Connection, day: dt.date, lock_timeout_ms: int) -> bool:
+    """Create the partition of ``day`` in a savepoint; False if its locks were not granted in time."""
     name = partition_name(day)
     start, end = day_bounds(day)
     bounds = {"start": start, "end": end}
-    stranded = connection.execute(
-        text(f"SELECT 1 FROM {DEFAULT_PARTITION} WHERE recorded_at >= :start AND recorded_at < :end LIMIT 1"),
-        bounds,
-    ).first()
-    literal_bounds = f"FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-    if stranded is None:
-        connection.execute(text(f"CREATE TABLE {name} PARTITION OF {RAW_TABLE} FOR VALUES {literal_bounds}"))
-        return
-    # A day with rows in the default partition cannot simply be created: move them out first.
-    connection.execute(text(f"CREATE TABLE {name} (LIKE {RAW_TABLE} INCLUDING DEFAULTS)"))
-    connection.execute(
+    try:
+        with connection.begin_nested(), short_lock_wait(connection, lock_timeout_ms):
+            connection.execute(text(f"CREATE TABLE {name} (LIKE {RAW_TABLE} INCLUDING DEFAULTS)"))
+            # Rows of the day in the default partition would make the attach fail: move them in first.
+            connection.execute(
+                text(
+                    f"WITH moved AS (DELETE FROM {DEFAULT_PARTITION}"
+                    " WHERE recorded_at >= :start AND recorded_at < :end RETURNING *)"
+                    f" INSERT INTO {name} SELECT * FROM moved"
+                ),
+                bounds,
+            )
+            connection.execute(
+                text(
+                    f"ALTER TABLE {RAW_TABLE} ATTACH PARTITION {name}"
+                    f" FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+                )
+            )
+    except Exception as error:
+        if not is_lock_timeout(error):
+            raise
+        logger.warning(
+            "Did not create the raw partition of day %s: the raw table is busy (a lock was not granted within"
+            " %d ms); the next rollup or migrate creates it, and its rows go to the default partition meanwhile.",
+            day,
+            lock_timeout_ms,
+            extra={"event": "partition_busy", "day": day.isoformat(), "lock_timeout_ms": lock_timeout_ms},
+        )
+        return False
+    return True
+
+
+def list_detached_partitions(connection: Connection) -> dict[dt.date, str]:
+    """Tables in the current schema named like a day partition that are not attached to the raw table, by day:
+    what a prune interrupted between its detach and its drop left (:mod:`~dramatiq_opmetrics.retention`)."""
+    if not is_partitioned(connection):
+        return {}
+    rows = connection.execute(
         text(
-            f"WITH moved AS (DELETE FROM {DEFAULT_PARTITION}"
-            " WHERE recorded_at >= :start AND recorded_at < :end RETURNING *)"
-            f" INSERT INTO {name} SELECT * FROM moved"
+            "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
+            " AND relkind = 'r' AND NOT relispartition AND starts_with(relname, :prefix)"
         ),
-        bounds,
+        {"prefix": f"{RAW_TABLE}_p"},
     )
-    connection.execute(text(f"ALTER TABLE {RAW_TABLE} ATTACH PARTITION {name} FOR VALUES {literal_bounds}"))
+    return _by_day(name for (name,) in rows)
+
+
+def detach_partition(connection: Connection, day: dt.date) -> bool:
+    """Detach the partition of ``day`` from the raw table, leaving it a table of its own (rows included);
+    return whether there was one.
+
+    Locks the raw table's parent exclusively until the transaction ends, and writers queue behind it while
+    it waits: call it under :func:`~dramatiq_opmetrics.locks.short_lock_wait`, as the prune does.
+    """
+    if not is_partitioned(connection) or day not in list_partitions(connection):
+        return False
+    connection.execute(text(f"ALTER TABLE {RAW_TABLE} DETACH PARTITION {partition_name(day)}"))
+    return True
 
 
 def drop_partition(connection: Connection, day: dt.date) -> bool:
-    """Drop the partition of ``day`` with all its rows; return whether there was one."""
+    """Drop the partition of ``day`` with all its rows; return whether there was one.
+
+    The ``DROP`` locks the raw table's parent exclusively, and writers queue behind it while it waits: call it
+    under :func:`~dramatiq_opmetrics.locks.short_lock_wait`, as the prune does.
+    """
     if not is_partitioned(connection) or day not in list_partitions(connection):
         return False
     connection.execute(text(f"DROP TABLE {partition_name(day)}"))

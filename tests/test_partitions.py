@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
+import pytest
+from lock_waits import TimedWrites, long_read
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 from dramatiq_opmetrics import MetricsCollector
@@ -68,6 +72,29 @@ def test_ensure_partitions_is_idempotent(postgres_engine: Engine) -> None:
             DAY + dt.timedelta(days=2),
         ]
         assert ensure_partitions(connection, DAY, DAY + dt.timedelta(days=2)) == []
+
+
+def test_creating_a_partition_behind_a_long_reader_never_makes_a_write_wait_and_a_later_call_creates_it(
+    postgres_url: URL, postgres_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Session(postgres_engine) as session, session.begin():
+        MetricsCollector(session).record_processing_time("a", 1, recorded_at=at(DAY))
+    with (
+        caplog.at_level(logging.WARNING, logger="dramatiq_opmetrics.partitions"),
+        TimedWrites(postgres_url) as writes,
+        long_read(postgres_url, 1.0),
+        postgres_engine.begin() as connection,
+    ):
+        assert ensure_partitions(connection, DAY, DAY) == []
+        assert connection.execute(text("SELECT 1")).scalar_one() == 1  # the caller's transaction goes on
+        writes_meanwhile = len(writes.latencies_s)
+    assert [r.day for r in caplog.records if getattr(r, "event", None) == "partition_busy"] == [DAY.isoformat()]
+    assert len(writes.latencies_s) > writes_meanwhile
+    assert max(writes.latencies_s) < 0.2, sorted(writes.latencies_s)[-5:]
+    with postgres_engine.begin() as connection:
+        assert ensure_partitions(connection, DAY, DAY) == [DAY]
+    assert count(postgres_engine, partition_name(DAY)) == 1
+    assert count(postgres_engine, DEFAULT_PARTITION) == 0
 
 
 def test_drop_partition_removes_that_day_only(postgres_engine: Engine) -> None:
