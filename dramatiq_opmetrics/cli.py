@@ -479,6 +479,12 @@ def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
         help="allow a --host reachable from other machines; needs $OPMETRICS_DASHBOARD_TOKEN (bearer token)"
         " or $OPMETRICS_DASHBOARD_USER and $OPMETRICS_DASHBOARD_PASSWORD (basic auth)",
     )
+    parser.add_argument(
+        "--rules",
+        metavar="FILE",
+        help="the fleet's alert rule file, for the Alerts page's severities, conditions and rules not evaluated"
+        " yet (default: $OPMETRICS_ALERT_RULES, else none)",
+    )
 
 
 def _dashboard(args: argparse.Namespace) -> int:
@@ -496,6 +502,7 @@ def _dashboard(args: argparse.Namespace) -> int:
         resolve_database_url(args.database_url),
         bearer_token=os.environ.get("OPMETRICS_DASHBOARD_TOKEN") or None,
         basic_auth=(user, password) if user and password else None,
+        alert_rules=args.rules,
     )
     check_binding(app, args.host, allow_remote=args.allow_remote)
     _check_database(app.data.engine)

@@ -21,6 +21,10 @@ What it does, in order:
    :func:`~dramatiq_opmetrics.series.query_stalled`): attempts, error rate and p95 per actor, ready
    messages, oldest-message age and stalled minutes per queue, workers online and their utilisation; and
    where the data is.
+6. Evaluates two alert rules with the real evaluator and a clock it controls (:mod:`.demo_alerts`): an
+   error-rate rule on ``sync_crm`` fires at the end of the day of the CRM incident and resolves the next
+   day; an oldest-message-age rule on the stuck queue fires now. Their notifications are delivered through
+   the outbox and Apprise to a webhook the demo serves on 127.0.0.1, and printed as received.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from . import samples
 from .aggregate import raw_count
 from .config import ConfigurationError, redact_url, resolve_database_url
 from .database import engine_for
+from .demo_alerts import run_alerting
 from .middleware import OUTCOME_FINAL, OUTCOME_RETRIED, OpMetrics
 from .migrate import upgrade
 from .models import RecentAggregate
@@ -402,34 +407,39 @@ def run_demo(
     out(f"dramatiq-opmetrics demo: a small fleet's week on {redact_url(url)} and {broker_name}")
     out("")
     if fresh_file:
-        out(f"[1/5] Creating {fresh_file}{' (replacing the previous demo run)' if replaced else ''} ...")
+        out(f"[1/6] Creating {fresh_file}{' (replacing the previous demo run)' if replaced else ''} ...")
     else:
-        out(f"[1/5] Migrating {redact_url(url)} ...")
+        out(f"[1/6] Migrating {redact_url(url)} ...")
     upgrade(url)
     with engine_for(url) as engine:
         try:
-            out(f"[2/5] Backfilling {history_days} days of history, {first_day} to {today - dt.timedelta(days=1)} ...")
+            out(f"[2/6] Backfilling {history_days} days of history, {first_day} to {today - dt.timedelta(days=1)} ...")
             _backfill(engine, first_day, today, messages_per_day, out)
             # The catch-up a fleet's first fold does; from then on the live run's worker keeps the tier current.
             folded, days = fold(engine), DEFAULT_RECENT_RETENTION_DAYS
             out(f"      Folded {folded.rows:,} raw rows of the last {days} days into the recent tier")
-            out(f"[3/5] Running today's work live: {live_messages} messages, a real dramatiq Worker, the OpMetrics")
+            out(f"[3/6] Running today's work live: {live_messages} messages, a real dramatiq Worker, the OpMetrics")
             out("      middleware, queue depth sampled every 0.5 s, the recent tier folded every second by the")
             out(f"      worker; some actors fail on purpose, and nobody consumes {STUCK_QUEUE!r} ...")
             live = _run_live(broker, url, live_messages, out)
             if live is None:
                 return 1
-            out(f"[4/5] Rolling up {first_day} to {today - dt.timedelta(days=1)} (what the nightly actor does) ...")
+            out(f"[4/6] Rolling up {first_day} to {today - dt.timedelta(days=1)} (what the nightly actor does) ...")
             for day in range(history_days):
                 for done in rollup(engine, day=first_day + dt.timedelta(days=day)):
                     rows, seconds = f"{done.rows:,} raw rows", f"{done.duration_s:.2f} s"
                     out(f"      {done.day}: {rows} -> {done.daily_rows} daily rows in {seconds}")
-            out(f"[5/5] Report of {first_day} to {today} (today straight from raw rows, not rolled up yet):")
+            out(f"[5/6] Report of {first_day} to {today} (today straight from raw rows, not rolled up yet):")
             out("")
             with engine.connect() as connection:
                 out(render_text(build_report(connection, first_day, today, filters={})))
             out("")
             out("\n".join(last_hour_lines(engine, dt.datetime.now(dt.UTC), sampling_intervals(*live))))
+            out("")
+            out("[6/6] Alerting: two rules evaluated by the real evaluator on a clock the demo")
+            out("      controls; their notifications delivered by the outbox through Apprise to a")
+            out("      webhook the demo serves ...")
+            run_alerting(engine, first_day, dt.datetime.now(dt.UTC), out)
         finally:
             if broker_url:
                 _delete_redis_keys(broker, namespace)
@@ -657,6 +667,8 @@ def _where_to_look(url: URL, fresh_file: Path | None, history_days: int) -> str:
     lines.append("Look at it:")
     lines.append(f"  {command} report --database-url {url_text} --days {history_days + 1}")
     lines.append(f"  {command} report --database-url {url_text} --days 1 --actor sync_crm --json")
+    lines.append(f"  {command} alerts history --database-url {url_text}")
+    lines.append(f"  {command} dashboard --database-url {url_text}   (then http://127.0.0.1:8070/alerts)")
     if fresh_file is not None:
         sql = "SELECT metric_type, COUNT(*) FROM operational_metrics GROUP BY metric_type"
         lines.append(f"  sqlite3 {shlex.quote(str(fresh_file))} {shlex.quote(sql)}")

@@ -376,3 +376,118 @@ def test_the_now_page_shows_new_samples_after_a_refresh_without_reloading(
     assert "fresh_actor" in legend
     assert browser.find_element(By.CSS_SELECTOR, "[data-chart=throughput]").get_attribute("data-rendered") == "chart"
     assert console_problems(browser) == []
+
+
+# -- alerts: the banner on every page, the Alerts page -----------------------------------------------------
+
+#: The rule of the alerts served: errors of any actor of queue ``crm`` above 50%, per actor, at once.
+ALERT_RULE = "crm-errors"
+
+
+def alert_rules(name: str = ALERT_RULE, actor: str | None = None) -> Any:
+    """A rule set of one rule: errors of any actor of queue ``crm`` (or of ``actor`` only) above 50%, per
+    actor, at once, critical."""
+    from dramatiq_opmetrics.alert_rules import Notifier, Rule, RuleSet
+
+    rule = Rule(
+        name=name,
+        metric="error_rate",
+        above=0.5,
+        below=None,
+        window=dt.timedelta(minutes=5),
+        for_=dt.timedelta(0),
+        notify=("ops",),
+        labels={"queue": "crm", **({"actor": actor} if actor else {})},
+        group_by=("actor",),
+        severity="critical",
+    )
+    return RuleSet(rules=(rule,), notifiers={"ops": Notifier("ops", ("json://127.0.0.1:9/hook",))})
+
+
+def failing_messages(engine: Engine, actor: str, end: dt.datetime) -> None:
+    """Failing messages of ``actor`` on queue ``crm``, one every 20 s in the 5 minutes before ``end``."""
+    from dramatiq_opmetrics import samples
+    from dramatiq_opmetrics.writer import write_samples
+
+    found: list[Any] = []
+    for step in range(15):
+        at = end - dt.timedelta(seconds=20 * (step + 1))
+        found += samples.processing_time(actor, 10.0, queue="crm", recorded_at=at)
+        found += samples.error(actor, "ValueError", queue="crm", recorded_at=at, outcome="final")
+    with engine.begin() as connection:
+        write_samples(connection, found)
+
+
+def alert_samples(engine: Engine) -> FleetHistory:
+    """A small fleet's history, and ``crm-errors`` firing for an actor named with HTML (evaluated now)."""
+    from dramatiq_opmetrics.alert_evaluator import evaluate
+
+    history = populate(engine, days=3, actors=make_actors(2), raw_samples_per_actor=5)
+    now = dt.datetime.now(dt.UTC)
+    failing_messages(engine, HTML_ACTOR, now)
+    evaluate(engine, alert_rules(), now)
+    return history
+
+
+@pytest.fixture(scope="module")
+def alerts_server() -> Iterator[tuple[str, Engine]]:
+    """The dashboard served over a schema of its own holding :func:`alert_samples`."""
+    with served_schema(alert_samples) as (base, engine, _history):
+        yield base, engine
+
+
+def banner_alerts(driver: Any) -> list[str]:
+    return [element.text for element in driver.find_elements(By.CSS_SELECTOR, "#alerts-banner li")]
+
+
+@pytest.mark.parametrize("page", ["/", "/queues", "/now", "/alerts"])
+def test_the_banner_shows_the_firing_alert_with_its_html_label_as_text(
+    browser: Any, alerts_server: tuple[str, Engine], page: str
+) -> None:
+    base, _engine = alerts_server
+    open_page(browser, base + page)
+    banner = browser.find_element(By.ID, "alerts-banner")
+    assert banner.is_displayed()
+    [shown] = banner_alerts(browser)
+    assert shown.startswith(f"critical {ALERT_RULE} actor={HTML_ACTOR} since ")
+    assert "value 1" in shown
+    assert browser.execute_script("return document.querySelectorAll('#alerts-banner b, main b').length") == 0
+    assert console_problems(browser) == []
+    link = banner.find_element(By.CSS_SELECTOR, "li a").get_attribute("href")
+    assert link == f"{base}/alerts?rule={ALERT_RULE}"
+
+
+def test_the_alerts_page_lists_the_alert_and_its_history(browser: Any, alerts_server: tuple[str, Engine]) -> None:
+    base, _engine = alerts_server
+    open_page(browser, base + "/alerts")
+    row = browser.find_element(By.CSS_SELECTOR, "#alerts-states tr[data-state=firing]")
+    cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+    assert cells[0] == "firing" and cells[1].startswith(ALERT_RULE) and cells[2] == f"actor={HTML_ACTOR}"
+    assert cells[3] == "critical" and cells[6] == "above 0.5"
+    history = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#alerts-history tbody tr")]
+    assert len(history) == 1 and "ok → firing" in history[0]
+    waiting = browser.find_elements(By.CSS_SELECTOR, "#alerts-deliveries tr[data-status=waiting]")
+    assert len(waiting) == 1
+    assert console_problems(browser) == []
+    screenshot(browser, "alerts")
+
+
+def test_the_now_pages_refresh_redraws_the_banner_without_reloading(
+    browser: Any, alerts_server: tuple[str, Engine]
+) -> None:
+    from dramatiq_opmetrics.alert_evaluator import evaluate
+
+    base, engine = alerts_server
+    open_page(browser, base + "/now?window=1h")
+    browser.execute_script("window.loadedOnce = true")
+    assert len(banner_alerts(browser)) == 1
+    now = dt.datetime.now(dt.UTC)
+    failing_messages(engine, "fresh_actor", now)
+    evaluate(engine, alert_rules("fresh-errors", actor="fresh_actor"), now)
+    # The page refreshes every 15 s: the new alert shows within one refresh (and the time to answer it).
+    WebDriverWait(browser, 15 + WAIT_S).until(lambda d: len(banner_alerts(d)) == 2)
+    assert browser.execute_script("return window.loadedOnce === true"), "the page was reloaded"
+    assert browser.find_element(By.CSS_SELECTOR, "[data-banner-title]").text == "2 alerts firing"
+    assert any(text.startswith("critical fresh-errors actor=fresh_actor") for text in banner_alerts(browser))
+    assert any(HTML_ACTOR in text for text in banner_alerts(browser))
+    assert console_problems(browser) == []

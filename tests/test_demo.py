@@ -24,7 +24,14 @@ from dramatiq_opmetrics.demo import (
     run_demo,
 )
 from dramatiq_opmetrics.metric_types import MetricType
-from dramatiq_opmetrics.models import LabelSet, OperationalMetric, OperationalMetricDaily, RecentAggregate
+from dramatiq_opmetrics.models import (
+    AlertDelivery,
+    AlertState,
+    LabelSet,
+    OperationalMetric,
+    OperationalMetricDaily,
+    RecentAggregate,
+)
 from tests.conftest import REDIS_URL
 
 SUMMARY = re.compile(
@@ -83,6 +90,41 @@ def check_demo_data(url: URL, lines: list[str]) -> None:
     assert {key.split("model:")[1].split("|")[0] for key in models} == {"gpt-4o-mini", "claude-3-5-haiku"}
     assert rolled_up_days == 6
     assert 0 <= folded_today <= attempts
+
+
+def check_alerting(url: URL, lines: list[str]) -> None:
+    """The alerting step: crm-errors fired at the end of the CRM incident's day and resolved a day later,
+    exports-waiting fires now; the webhook received exactly those three notifications, and the database
+    holds the same states with nothing left to deliver."""
+    start = lines.index(next(line for line in lines if line.startswith("[6/6] Alerting")))
+    section = lines[start : lines.index(next(line for line in lines if line.startswith("Done in")))]
+    incident_end = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=2)  # the day after the incident, 00:00
+    changes = [line.split(None, 2)[2] for line in section if re.match(r"\s+\d{4}-\d\d-\d\d \d\d:\d\d \S", line)]
+    assert [change.split(" (")[0] for change in changes] == [
+        "crm-errors: ok -> firing",
+        "crm-errors: firing -> ok",
+        "exports-waiting queue=exports: ok -> firing",
+    ]
+    assert any(line.strip().startswith(f"{incident_end} 00:00 crm-errors: ok -> firing") for line in section)
+    resolved_at = incident_end + dt.timedelta(days=1)
+    assert any(line.strip().startswith(f"{resolved_at} 00:00 crm-errors: firing -> ok") for line in section)
+    received = section.index(
+        next(line for line in section if line.strip().startswith("Received by the demo's webhook json://127.0.0.1:"))
+    )
+    titles = [line.strip() for line in section[received + 1 : received + 4]]
+    assert [title.split(":")[0] for title in titles] == [
+        "[FIRING] crm-errors (critical)",
+        "[RESOLVED] crm-errors (critical)",
+        "[FIRING] exports-waiting (warning) queue=exports",
+    ]
+    assert section[received + 4].strip() == "(Dashboard: http://127.0.0.1:8070/alerts?rule=crm-errors)"
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        states = dict(connection.execute(select(AlertState.rule, AlertState.state)).all())
+        deliveries = connection.execute(select(AlertDelivery.delivered_at.is_not(None))).scalars().all()
+    engine.dispose()
+    assert states == {"crm-errors": "ok", "exports-waiting": "firing"}
+    assert deliveries == [True, True, True]
 
 
 def check_report(printed: list[str]) -> None:
@@ -145,6 +187,7 @@ def test_demo_runs_on_sqlite_and_a_stub_broker_and_prints_the_report(
     assert "an in-process StubBroker" in lines[0]
     check_report(lines)
     check_demo_data(URL.create("sqlite", database=str(path)), lines)
+    check_alerting(URL.create("sqlite", database=str(path)), lines)
     assert f"sqlite3 {path}" in "\n".join(lines)
 
 
@@ -184,6 +227,7 @@ def test_demo_runs_on_postgresql_and_redis(
     assert "Redis at redis://" in lines[0]
     check_report(lines)
     check_demo_data(postgres_url, lines)
+    check_alerting(postgres_url, lines)
     assert leftover == []
 
 

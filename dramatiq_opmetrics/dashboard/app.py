@@ -3,8 +3,10 @@
 The pages are rendered on the server with Jinja2 (autoescaping on, so a label such as ``<script>`` shows
 as text); each page's chart data travels as JSON in a non-executable ``<script type="application/json">``
 element and is drawn by the vendored uPlot chart library. The Now page fetches its data again as JSON
-(``/now.json``) every few seconds and redraws, putting labels in the page as text only. A strict
-Content-Security-Policy allows scripts from the dashboard's own static folder only.
+(``/now.json``) every few seconds and redraws, putting labels in the page as text only, the banner of firing
+alerts included (every page renders that banner on the server; the Alerts page has its data as JSON at
+``/alerts.json``). A strict Content-Security-Policy allows scripts from the dashboard's own static folder
+only.
 
 What each page shows is computed by its module in :mod:`~dramatiq_opmetrics.dashboard.pages`.
 """
@@ -16,6 +18,7 @@ import binascii
 import hmac
 import json
 import math
+import os
 from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any
@@ -30,10 +33,12 @@ from werkzeug.routing import Map, Rule
 from werkzeug.utils import send_from_directory
 from werkzeug.wrappers import Request, Response
 
+from ..alert_rules import RuleSet, load_rules
 from ..database import make_engine
+from ..middleware import ALERT_RULES_ENV_VAR
 from .charts import DEFAULT_RANGE_DAYS, RANGE_DAYS
 from .data import DashboardData
-from .pages import actor, confidence, now, overview, queues, tokens
+from .pages import actor, alerts, confidence, now, overview, queues, tokens
 
 #: Headers sent with every response: no third-party scripts, no framing, no sniffing, no referrer.
 SECURITY_HEADERS = {
@@ -59,7 +64,9 @@ class DashboardApp:
     Create it with :func:`create_app`. Views: ``/`` (overview), ``/actor`` (one actor), ``/queues``,
     ``/tokens`` and ``/confidence``, each taking ``days`` (7, 30, 90 or 365; today is always included); and
     ``/now``, the last hours minute by minute, taking ``window`` (1h, 6h, 24h or 72h), with its data as JSON
-    at ``/now.json``.
+    at ``/now.json``; ``/alerts``, the alerts' states, silences, undelivered notifications and history,
+    taking ``rule``, with its data as JSON at ``/alerts.json``. Every page shows a banner of the firing
+    alerts.
 
     Parameters:
       data(DashboardData): what the views read (the database, the clock, results kept between requests).
@@ -96,6 +103,8 @@ class DashboardApp:
                 Rule("/confidence", endpoint="confidence"),
                 Rule("/now", endpoint="now"),
                 Rule("/now.json", endpoint="now_json"),
+                Rule("/alerts", endpoint="alerts"),
+                Rule("/alerts.json", endpoint="alerts_json"),
                 Rule("/static/<path:filename>", endpoint="static"),
             ],
             strict_slashes=False,
@@ -186,12 +195,10 @@ class DashboardApp:
         return self._page(request, "now.html", "Now", view, view)
 
     def _now_json(self, request: Request) -> Response:
-        response = Response(json.dumps(self._now_view(request), allow_nan=False), mimetype="application/json")
-        response.headers["Cache-Control"] = "no-store"
-        return response
+        return _json_response(self._now_view(request))
 
     def _now_view(self, request: Request) -> dict[str, Any]:
-        return self._call(
+        view = self._call(
             now.view,
             self.data,
             request.args.get("window") or now.DEFAULT_NOW_WINDOW,
@@ -199,6 +206,16 @@ class DashboardApp:
             queue=request.args.get("queue") or None,
             percentile=request.args.get("percentile") or now.DEFAULT_NOW_PERCENTILE,
         )
+        view["banner"] = alerts.banner(self.data)  # redrawn with every refresh of the page
+        return view
+
+    def _alerts(self, request: Request) -> Response:
+        view = self._call(alerts.view, self.data, rule=request.args.get("rule") or None)
+        title = f"Alerts of {view['rule']}" if view["rule"] else "Alerts"
+        return self._page(request, "alerts.html", title, view, {})
+
+    def _alerts_json(self, request: Request) -> Response:
+        return _json_response(self._call(alerts.view, self.data, rule=request.args.get("rule") or None))
 
     def _static(self, request: Request, filename: str) -> Response:
         directory = str(_STATIC)
@@ -239,6 +256,7 @@ class DashboardApp:
             ranges=RANGE_DAYS,
             sorts=overview.OVERVIEW_SORTS,
             now=self.data.clock(),
+            banner=view["banner"] if "banner" in view else alerts.banner(self.data),
         )
         response = Response(html, mimetype="text/html")
         response.headers["Cache-Control"] = "no-store"
@@ -254,6 +272,7 @@ class DashboardApp:
                 link=lambda path, **_: f"{request.script_root}{path}",
                 path=request.path,
                 now=self.data.clock(),
+                banner=None,  # an error page reads nothing
             )
             response.set_data(html)
         return response
@@ -265,6 +284,7 @@ def create_app(
     engine: Engine | None = None,
     bearer_token: str | None = None,
     basic_auth: tuple[str, str] | None = None,
+    alert_rules: str | os.PathLike[str] | RuleSet | None = None,
 ) -> DashboardApp:
     """Create the dashboard's WSGI application on the metrics database.
 
@@ -274,13 +294,28 @@ def create_app(
       engine(Engine | None): an engine to use instead (for example your application's own).
       bearer_token(str | None): require ``Authorization: Bearer <token>``.
       basic_auth(tuple[str, str] | None): require (or also accept) these basic-auth credentials.
+      alert_rules(str | os.PathLike | RuleSet | None): the fleet's alert rule file (or its loaded rules), for
+        the Alerts page's severities, thresholds and rules not evaluated yet; default
+        ``$OPMETRICS_ALERT_RULES`` (as the workers read it), else none: the page shows what the database
+        holds.
+
+    Raises:
+      RuleFileError: the rule file is not valid.
     """
+    rules_path = alert_rules if alert_rules is not None else os.environ.get(ALERT_RULES_ENV_VAR) or None
+    ruleset = rules_path if isinstance(rules_path, RuleSet) or rules_path is None else load_rules(rules_path)
     if engine is None:
         engine = make_engine(database_url)
         if engine.dialect.name == "postgresql":
             # Every connection of the dashboard's own engine is read-only, whatever a query tries.
             engine = engine.execution_options(postgresql_readonly=True)
-    return DashboardApp(DashboardData(engine), bearer_token=bearer_token, basic_auth=basic_auth)
+    return DashboardApp(DashboardData(engine, alert_rules=ruleset), bearer_token=bearer_token, basic_auth=basic_auth)
+
+
+def _json_response(view: dict[str, Any]) -> Response:
+    response = Response(json.dumps(view, allow_nan=False), mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _same(given: str, expected: str) -> bool:

@@ -11,6 +11,9 @@ no page keeps state of its own. Pages read through the library's query functions
   does not hold yet), so a page never aggregates a day of raw rows.
 - The last hours (the Now page, the queues page's recent depth): :func:`~dramatiq_opmetrics.series.query_series`
   and :func:`~dramatiq_opmetrics.series.query_stalled`, from the recent tier.
+- Alerts (the Alerts page and the banner of every page): the states, silences, outbox and history the
+  evaluator stored in the alert tables (:mod:`~dramatiq_opmetrics.models`), with the rule file's severities and
+  thresholds when the dashboard is given it.
 
 Every query runs SELECT statements only, built with SQLAlchemy expressions and bound parameters; label values
 only ever travel as parameters or as data.
@@ -23,6 +26,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Engine
 
+from ..alert_rules import RuleSet
 from ..config import resolve_setting
 from ..middleware import QUEUE_DEPTH_INTERVAL_ENV_VAR
 from ..queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, check_interval_s
@@ -46,6 +50,9 @@ class DashboardData:
       sampling_interval_s(float | None): seconds between two samples of a worker process (the workers'
         ``queue_depth_interval_s``), which turns counts of ``worker_threads`` samples into workers online;
         default ``$OPMETRICS_QUEUE_DEPTH_INTERVAL_S``, else 15, as the middleware reads it.
+      alert_rules(RuleSet | None): the alert rules the fleet evaluates (see
+        :func:`~dramatiq_opmetrics.alert_rules.load_rules`), for their severities, thresholds and summaries
+        and the rules not evaluated yet; default None (the Alerts page shows what the database holds).
 
     Raises:
       ValueError: ``sampling_interval_s`` is not a number of seconds the middleware accepts.
@@ -57,8 +64,10 @@ class DashboardData:
         *,
         clock: Callable[[], dt.datetime] = utc_now,
         sampling_interval_s: float | None = None,
+        alert_rules: RuleSet | None = None,
     ) -> None:
         self.engine = engine
+        self.alert_rules = alert_rules
         self.clock = clock
         self.kept = KeptResults()
         interval_s = resolve_setting(

@@ -1,6 +1,7 @@
 // Draws the page's charts with uPlot from the JSON the server put in #chart-data. Label text only ever
 // reaches the page through textContent (tables, uPlot's legend) or the canvas, never as HTML.
-// The Now page (#now) fetches its data again every data-refresh-s seconds and redraws, without a reload.
+// The Now page (#now) fetches its data again every data-refresh-s seconds and redraws, without a reload,
+// the banner of firing alerts (#alerts-banner, rendered by the server on every page) included.
 (function () {
   "use strict";
   var PALETTE = ["#2f6fde", "#e5484d", "#12a594", "#f5a524", "#8e4ec6", "#0091ff", "#d6409f", "#3e9b4f",
@@ -173,7 +174,37 @@
     }
   }
 
+  // The banner of firing alerts, as the server renders it (macros.html), from the page's refreshed data.
+  function renderBanner(banner) {
+    var element = document.getElementById("alerts-banner");
+    if (!element || !banner) { return; }
+    var list = element.querySelector("[data-banner-alerts]");
+    var base = element.dataset.alertsUrl;
+    list.textContent = "";
+    banner.alerts.forEach(function (alert) {
+      var item = document.createElement("li"), link = document.createElement("a");
+      item.className = "severity-" + (alert.severity || "unknown");
+      item.dataset.rule = alert.rule;
+      link.href = base + "?rule=" + encodeURIComponent(alert.rule);
+      [["severity", alert.severity || "–"], ["rule", alert.rule], ["labels", alert.group_text],
+       ["since", "since " + alert.since_text + " UTC"], ["value", "value " + alert.value_text]].forEach(function (part, i) {
+        var span = document.createElement("span");
+        span.className = part[0];
+        span.textContent = part[1];
+        if (i) { link.appendChild(document.createTextNode(" ")); }
+        link.appendChild(span);
+      });
+      item.appendChild(link);
+      list.appendChild(item);
+    });
+    element.querySelector("[data-banner-title]").textContent =
+      banner.firing + " alert" + (banner.firing === 1 ? "" : "s") + " firing";
+    element.querySelector("[data-banner-more]").textContent = banner.more ? "and " + banner.more + " more" : "";
+    element.hidden = !banner.alerts.length;
+  }
+
   function renderNow(view) {
+    renderBanner(view.banner);
     var summary = view.summary;
     var stats = {
       messages: fmt.count(summary.messages), error_rate: fmt.percent(summary.error_rate),
