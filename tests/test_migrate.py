@@ -287,7 +287,7 @@ def test_downgrading_0008_removes_only_the_alert_tables(database_url: URL) -> No
 
 
 @pytest.mark.postgres
-def test_0009_gives_the_recent_tier_an_index_for_reads_without_keys_and_downgrading_removes_it(
+def test_0009_gives_the_tier_and_the_daily_rows_indexes_for_their_small_reads_and_downgrading_drops_them(
     postgres_url: URL,
 ) -> None:
     upgrade(postgres_url)
@@ -304,13 +304,21 @@ def test_0009_gives_the_recent_tier_an_index_for_reads_without_keys_and_downgrad
                 text("SELECT reloptions FROM pg_class WHERE oid = 'opmetrics_recent_aggregates_1m'::regclass")
             ).scalar_one()
         assert "INCLUDE (count, sum, min, max, p50, p95, p99)" in definition
+        with engine.connect() as connection:
+            [daily] = connection.execute(
+                text(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = 'operational_metrics_daily_read_idx'"
+                    " AND schemaname = current_schema()"
+                )
+            ).scalars()
+        assert "(date, metric_type) INCLUDE (labels_key, sample_count, sum, p95, rolled_up_at)" in daily
         assert "autovacuum_vacuum_insert_scale_factor=0.005" in options
         downgrade(postgres_url, "0008")
         with engine.connect() as connection:
             indexes = connection.execute(
                 text(
-                    "SELECT count(*) FROM pg_indexes WHERE indexname = 'opmetrics_recent_aggregates_read_idx'"
-                    " AND schemaname = current_schema()"
+                    "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() AND indexname IN"
+                    " ('opmetrics_recent_aggregates_read_idx', 'operational_metrics_daily_read_idx')"
                 )
             ).scalar_one()
             options = connection.execute(

@@ -1,4 +1,5 @@
-"""Reads of the recent tier without keys read an index of small entries, not the tier's rows.
+"""Reads of the recent tier without keys, and of the daily rows without histograms, read indexes of small
+entries, not the tables' rows.
 
 Why: migration 0006 meant reads of buckets without their keys to read rows of about 100 bytes, the keys
 stored out of line (``toast_tuple_target`` 512, storage ``EXTERNAL``). PostgreSQL moves values out of line
@@ -12,7 +13,13 @@ Index-only scans skip the table only for pages that VACUUM marked all-visible, s
 vacuumed after far fewer inserts than by default (``autovacuum_vacuum_insert_scale_factor``): the tier
 grows by a minute's buckets at a time.
 
-PostgreSQL only: SQLite, the embedded backend of small setups, keeps its primary key.
+The daily rows' read index does the same for reads of a range's counts, sums, p95 and rollup times without
+histograms (the dashboard's trends and their fingerprint): a year of 200 actors' daily rows is 490 MB of
+rows with their histograms and 40 MB of index; the trends of the 365-day overview read it in 0.15 s instead
+of 0.7 s. Building it on a long history takes a while and holds off the rollup (the only writer of daily
+rows) meanwhile.
+
+PostgreSQL only: SQLite, the embedded backend of small setups, keeps its primary keys.
 
 Revision ID: 0009
 Revises: 0008
@@ -30,6 +37,7 @@ depends_on = None
 
 _TABLE = "opmetrics_recent_aggregates"
 _INDEX = "opmetrics_recent_aggregates_read_idx"
+_DAILY_INDEX = "operational_metrics_daily_read_idx"
 #: The widths of the buckets, each a partition of the tier (migration 0006).
 _WIDTHS_MINUTES = (1, 10, 60)
 #: Inserted rows, as a share of a partition's rows, after which autovacuum vacuums it.
@@ -47,6 +55,10 @@ def upgrade() -> None:
         op.execute(
             f"ALTER TABLE {_TABLE}_{width}m SET (autovacuum_vacuum_insert_scale_factor = {_INSERT_SCALE_FACTOR})"
         )
+    op.execute(
+        f"CREATE INDEX {_DAILY_INDEX} ON operational_metrics_daily (date, metric_type)"
+        " INCLUDE (labels_key, sample_count, sum, p95, rolled_up_at)"
+    )
 
 
 def downgrade() -> None:
@@ -54,4 +66,5 @@ def downgrade() -> None:
         return
     for width in _WIDTHS_MINUTES:
         op.execute(f"ALTER TABLE {_TABLE}_{width}m RESET (autovacuum_vacuum_insert_scale_factor)")
+    op.execute(f"DROP INDEX {_DAILY_INDEX}")
     op.execute(f"DROP INDEX {_INDEX}")
