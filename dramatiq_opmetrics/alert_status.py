@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
@@ -91,11 +92,9 @@ def status_lines(connectable: Engine | Connection, ruleset: RuleSet | None = Non
     return lines
 
 
-def history_lines(
-    connectable: Engine | Connection, *, rule: str | None = None, limit: int = DEFAULT_HISTORY_LIMIT
-) -> list[str]:
-    """The lines ``alerts history`` prints: the latest ``limit`` transitions (of ``rule`` only if given),
-    oldest first."""
+def latest_transitions(connection: Connection, *, rule: str | None, limit: int) -> list[Any]:
+    """The latest ``limit`` transitions (of ``rule`` only if given), newest first: rows of ``at``, ``rule``,
+    ``group_key``, ``from_state``, ``to_state`` and ``value`` (for ``alerts history`` and the dashboard)."""
     query = select(
         AlertTransition.at,
         AlertTransition.rule,
@@ -106,8 +105,16 @@ def history_lines(
     )
     if rule is not None:
         query = query.where(AlertTransition.rule == rule)
+    return list(connection.execute(query.order_by(AlertTransition.id.desc()).limit(limit)).all())
+
+
+def history_lines(
+    connectable: Engine | Connection, *, rule: str | None = None, limit: int = DEFAULT_HISTORY_LIMIT
+) -> list[str]:
+    """The lines ``alerts history`` prints: the latest ``limit`` transitions (of ``rule`` only if given),
+    oldest first."""
     with connection_for(connectable) as connection:
-        rows = connection.execute(query.order_by(AlertTransition.id.desc()).limit(limit)).all()
+        rows = latest_transitions(connection, rule=rule, limit=limit)
     lines = [f"{'AT (UTC)':<19} {'RULE':<24} {'GROUP':<32} {'CHANGE':<18} {'VALUE':>10}"]
     for at, name, group, before, after, value in reversed(rows):
         change = f"{before} -> {after}"

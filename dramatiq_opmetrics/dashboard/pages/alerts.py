@@ -32,7 +32,8 @@ from sqlalchemy import Connection, inspect, select
 from ...alert_delivery import undelivered
 from ...alert_rules import DEFAULT_EVALUATION_INTERVAL, SEVERITIES, Rule, render_summary
 from ...alert_silences import list_silences
-from ...models import ALERT_STATES_TABLE, AlertDelivery, AlertState, AlertTransition
+from ...alert_status import latest_transitions
+from ...models import ALERT_STATES_TABLE, AlertDelivery, AlertState
 from ...notifiers import format_labels, format_value, masked_target
 from ..data import DashboardData
 
@@ -246,17 +247,7 @@ def _latest_notifications(connection: Connection, rules: set[str]) -> dict[str, 
 
 def _history(connection: Connection, rule: str | None) -> list[dict[str, Any]]:
     """The latest :data:`ALERTS_HISTORY_LIMIT` transitions (of ``rule``), newest first."""
-    query = select(
-        AlertTransition.at,
-        AlertTransition.rule,
-        AlertTransition.group_key,
-        AlertTransition.from_state,
-        AlertTransition.to_state,
-        AlertTransition.value,
-    )
-    if rule is not None:
-        query = query.where(AlertTransition.rule == rule)
-    rows = connection.execute(query.order_by(AlertTransition.id.desc()).limit(ALERTS_HISTORY_LIMIT)).all()
+    rows = latest_transitions(connection, rule=rule, limit=ALERTS_HISTORY_LIMIT)
     return [
         {
             "at": row.at.timestamp(),
