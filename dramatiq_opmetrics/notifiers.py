@@ -334,16 +334,60 @@ class _ThreadRecords(logging.Handler):
             self.messages.append(record.getMessage())
 
 
+#: Guards the Apprise loggers' settings while reasons are captured; how many captures are open.
+_CAPTURE_LOCK = threading.Lock()
+_open_captures = 0
+#: What a capture changed on the Apprise loggers, restored when the last open capture ends.
+_changed_loggers: list[tuple[logging.Logger, bool, int, bool]] = []
+
+
 @contextlib.contextmanager
 def _apprise_warnings() -> Iterator[list[str]]:
-    """The warnings Apprise logs on this thread inside the block (not those of other threads)."""
+    """The warnings Apprise logs on this thread inside the block (not those of other threads).
+
+    An application's logging set-up may have silenced Apprise (``logging.config.fileConfig`` and
+    ``dictConfig`` disable the loggers that exist by default, and a level above WARNING drops its warnings
+    before any handler), which would leave a failed delivery without its reason. While a capture is open,
+    such loggers are turned back on but kept from propagating, so their records reach the capture and still
+    none of the application's handlers; their settings are restored when the last capture ends."""
+    global _open_captures
     handler = _ThreadRecords()
     apprise_logger = logging.getLogger("apprise")
-    apprise_logger.addHandler(handler)
+    with _CAPTURE_LOCK:
+        if _open_captures == 0:
+            _unsilence_apprise(apprise_logger)
+        _open_captures += 1
+        apprise_logger.addHandler(handler)
     try:
         yield handler.messages
     finally:
-        apprise_logger.removeHandler(handler)
+        with _CAPTURE_LOCK:
+            apprise_logger.removeHandler(handler)
+            _open_captures -= 1
+            if _open_captures == 0:
+                for logger, disabled, level, propagate in reversed(_changed_loggers):
+                    logger.disabled, logger.level, logger.propagate = disabled, level, propagate
+                _changed_loggers.clear()
+
+
+def _unsilence_apprise(apprise_logger: logging.Logger) -> None:
+    """Let the warnings of Apprise's loggers reach ``apprise_logger``'s handlers (see :func:`_apprise_warnings`)."""
+    silenced = apprise_logger.disabled or apprise_logger.getEffectiveLevel() > logging.WARNING
+    children = [
+        logger
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if name.startswith("apprise.") and isinstance(logger, logging.Logger) and logger.disabled
+    ]
+    if silenced:
+        _changed_loggers.append(
+            (apprise_logger, apprise_logger.disabled, apprise_logger.level, apprise_logger.propagate)
+        )
+        apprise_logger.disabled, apprise_logger.propagate = False, False
+        if apprise_logger.getEffectiveLevel() > logging.WARNING:
+            apprise_logger.setLevel(logging.WARNING)
+    for child in children:
+        _changed_loggers.append((child, child.disabled, child.level, child.propagate))
+        child.disabled = False
 
 
 def _apprise_service(target: str, timeout_s: float) -> Any:

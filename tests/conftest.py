@@ -168,9 +168,10 @@ def queue_depth_sampling_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> No
 
 @pytest.fixture(autouse=True)
 def opmetrics_loggers_enabled() -> None:
-    """Re-enable our loggers and Apprise's: an application's Alembic ``env.py`` (run by tests/test_migrate.py)
-    calls ``logging.config.fileConfig``, which disables every logger that exists, tests read our log lines, and
-    ``notifiers.send`` reads the reasons Apprise logs (whichever test ran before in the same process)."""
+    """Re-enable our loggers: an application's Alembic ``env.py`` (run by tests/test_migrate.py) calls
+    ``logging.config.fileConfig``, which disables every logger that exists, and tests read our log lines
+    (whichever test ran before in the same process). Apprise's are left as that left them: ``notifiers``
+    copes with a silenced Apprise itself."""
     for name, logger in logging.Logger.manager.loggerDict.items():
-        if name.startswith(("dramatiq_opmetrics", "apprise")) and isinstance(logger, logging.Logger):
+        if name.startswith("dramatiq_opmetrics") and isinstance(logger, logging.Logger):
             logger.disabled = False

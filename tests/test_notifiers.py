@@ -211,6 +211,30 @@ def test_a_server_that_never_answers_raises_within_the_timeout(target: str, sile
     assert time.monotonic() - started < GIVE_UP_WITHIN_S
 
 
+def test_a_failure_keeps_its_reason_when_the_application_silenced_apprise_and_its_logging_stays_silenced(
+    json_server: JsonHttpServer,
+) -> None:
+    # What logging.config.fileConfig / dictConfig do to the loggers that exist, and a level above WARNING.
+    apprise_logger = logging.getLogger("apprise")
+    before = (apprise_logger.disabled, apprise_logger.level, apprise_logger.propagate)
+    seen: list[logging.LogRecord] = []
+    root_handler = logging.Handler()
+    root_handler.emit = seen.append  # type: ignore[method-assign]
+    logging.getLogger().addHandler(root_handler)
+    apprise_logger.disabled, apprise_logger.level = True, logging.ERROR
+    try:
+        target = json_server.apprise_url("/hook")
+        json_server.stop()
+        with pytest.raises(DeliveryError) as raised:
+            send(target, FIRING, timeout_s=SHORT_TIMEOUT_S)
+        assert "Connection error" in str(raised.value)
+        assert (apprise_logger.disabled, apprise_logger.level, apprise_logger.propagate) == (True, logging.ERROR, True)
+        assert not [record for record in seen if record.name.startswith("apprise")]
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+        apprise_logger.disabled, apprise_logger.level, apprise_logger.propagate = before
+
+
 def test_send_returns_once_the_server_has_the_message_and_leaves_apprise_logging_as_it_was(
     smtp_server: SmtpServer, json_server: JsonHttpServer
 ) -> None:
