@@ -50,7 +50,7 @@ from .alert_values import read_values
 from .interval_claims import DatabaseIntervalClaim, IntervalClaim, IntervalThread, interval_start
 from .locks import write_xact_lock
 from .models import ALERT_STATES_TABLE, AlertState, AlertTransition
-from .notifiers import Event, Notification, is_alertmanager_target
+from .notifiers import Event, Notification, group_key, is_alertmanager_target
 from .queue_depth_sampler import describe_error
 
 #: An Alertmanager alert stays valid for this many evaluation intervals after its last post (its
@@ -76,11 +76,6 @@ OK, PENDING, FIRING = "ok", "pending", "firing"
 
 
 logger = logging.getLogger(__name__)
-
-
-def group_key(labels: Mapping[str, str]) -> str:
-    """The stored key of a group: ``name=value`` pairs sorted by name, comma separated (``""``: no labels)."""
-    return ",".join(f"{name}={value}" for name, value in sorted(labels.items()))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from .alert_silences import list_silences
 from .database import connection_for
 from .models import AlertState, AlertTransition
 from .notifiers import format_value, masked_target
+from .report import format_instant
 
 #: How many transitions ``alerts history`` prints by default.
 DEFAULT_HISTORY_LIMIT = 50
@@ -33,7 +34,7 @@ class AlertStatus:
 
 
 def _instant(at: dt.datetime | None) -> str:
-    return "-" if at is None else at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return "-" if at is None else format_instant(at)
 
 
 def alert_statuses(connectable: Engine | Connection, ruleset: RuleSet | None = None) -> list[AlertStatus]:

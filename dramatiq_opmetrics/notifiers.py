@@ -65,6 +65,8 @@ from typing import Any, Literal
 
 import apprise
 
+from .report import format_instant
+
 Event = Literal["firing", "resolved", "reminder", "test"]
 
 #: Seconds :func:`send` waits for each connection and each answer of a target.
@@ -82,6 +84,12 @@ PASSWORD_MASK = "***"
 
 _LABEL_NAME_INVALID = re.compile(r"[^a-zA-Z0-9_]")
 _URL_IN_TEXT = re.compile(r"\S+://\S*")
+
+
+def group_key(labels: Mapping[str, str]) -> str:
+    """The stored key of an alert's group: ``name=value`` pairs sorted by name, comma separated (``""``: no
+    labels)."""
+    return ",".join(f"{name}={value}" for name, value in sorted(labels.items()))
 
 
 @dataclass(frozen=True)
@@ -112,8 +120,7 @@ class Notification:
     @property
     def key(self) -> str:
         """The alert's stable identity: the rule and its group's labels."""
-        labels = ",".join(f"{name}={value}" for name, value in sorted(self.group.items()))
-        return f"{self.rule}{{{labels}}}"
+        return f"{self.rule}{{{group_key(self.group)}}}"
 
 
 #: The rule name of the notification ``dramatiq-opmetrics alerts test`` sends (Alertmanager's ``alertname``).
@@ -279,7 +286,7 @@ def format_threshold(notification: Notification) -> str:
 
 
 def _format_time(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{format_instant(moment)} UTC"
 
 
 def message_title(notification: Notification) -> str:

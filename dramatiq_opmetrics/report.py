@@ -545,7 +545,7 @@ def render_text(report: Report, *, width: int = TEXT_WIDTH) -> str:
     lines = [_heading(report) + (f", {active}" if active else "")]
     if report.missing_before is not None:
         lines.append(
-            f"Raw rows before {_instant(report.missing_before)} UTC were pruned: samples before it are not"
+            f"Raw rows before {format_instant(report.missing_before)} UTC were pruned: samples before it are not"
             " counted (report those days with --since/--until as dates)."
         )
     if report.is_empty:
@@ -565,14 +565,18 @@ def render_text(report: Report, *, width: int = TEXT_WIDTH) -> str:
 def _heading(report: Report) -> str:
     if isinstance(report.since, dt.datetime) and isinstance(report.until, dt.datetime):
         start, end = report.since, report.until
-        end_text = _instant(end)[11:] if end.date() == start.date() else _instant(end)
+        end_text = format_instant(end)[11:] if end.date() == start.date() else format_instant(end)
         length = format_duration(end - start)
-        return f"dramatiq-opmetrics report: {_instant(start)} to {end_text} (UTC, {length})"
+        return f"dramatiq-opmetrics report: {format_instant(start)} to {end_text} (UTC, {length})"
     days = report.days
     return f"dramatiq-opmetrics report: {report.since} to {report.until} (UTC, {days} day{'s' * (days != 1)})"
 
 
-def _instant(at: dt.datetime) -> str:
+def format_instant(at: dt.datetime | float) -> str:
+    """A moment (a datetime, or seconds since the epoch) in UTC as reports and pages show it:
+    ``2026-06-15 12:00:00``."""
+    if not isinstance(at, dt.datetime):
+        at = dt.datetime.fromtimestamp(at, dt.UTC)
     return at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 

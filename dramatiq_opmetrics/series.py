@@ -40,6 +40,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import NamedTuple
 
 from sqlalchemy import Connection, Engine, Text, cast, select, text, tuple_
@@ -553,11 +554,7 @@ def _query_in_postgres(
         )  # fmt: skip
     order = {member.value: index for index, member in enumerate(MetricType)}
     keys_in_order = sorted(series, key=lambda key: (order[key[0]], sorted(groups[key[1]])))
-    return [point for key in keys_in_order for _, point in sorted(series[key], key=_first)]
-
-
-def _first(item: tuple[float, SeriesPoint]) -> float:
-    return item[0]
+    return [point for key in keys_in_order for _, point in sorted(series[key], key=itemgetter(0))]
 
 
 def _series_sql(

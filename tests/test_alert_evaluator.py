@@ -11,12 +11,13 @@ import pytest
 from sqlalchemy import Engine, select
 
 from dramatiq_opmetrics import samples
-from dramatiq_opmetrics.alert_evaluator import AlertEvaluator, evaluate, group_key
+from dramatiq_opmetrics.alert_evaluator import AlertEvaluator, evaluate
 from dramatiq_opmetrics.alert_rules import Notifier, Rule, RuleSet
 from dramatiq_opmetrics.alert_silences import add_silence, list_silences, remove_silences
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.interval_claims import DatabaseIntervalClaim
 from dramatiq_opmetrics.models import AlertDelivery, AlertState, AlertTransition
+from dramatiq_opmetrics.notifiers import group_key
 from dramatiq_opmetrics.recent_tier import bucket_floor
 from dramatiq_opmetrics.samples import Sample
 from dramatiq_opmetrics.writer import write_samples

@@ -35,6 +35,7 @@ from ...alert_silences import list_silences
 from ...alert_status import latest_transitions
 from ...models import ALERT_STATES_TABLE, AlertDelivery, AlertState
 from ...notifiers import format_labels, format_value, masked_target
+from ...report import format_instant
 from ..data import DashboardData
 
 #: How many transitions the page lists, newest first.
@@ -118,7 +119,7 @@ def view(data: DashboardData, rule: str | None = None) -> dict[str, Any]:
         latest = max(evaluated)
         interval = ruleset.evaluation_interval if ruleset is not None else DEFAULT_EVALUATION_INTERVAL
         result["last_evaluated"] = latest
-        result["last_evaluated_text"] = _text(latest)
+        result["last_evaluated_text"] = format_instant(latest)
         result["stale"] = now.timestamp() - latest > STALE_INTERVALS * interval.total_seconds()
     result.update(
         tables=True,
@@ -128,7 +129,7 @@ def view(data: DashboardData, rule: str | None = None) -> dict[str, Any]:
                 "id": silence.id,
                 "rule": silence.rule,
                 "until": silence.until.timestamp(),
-                "until_text": _text(silence.until),
+                "until_text": format_instant(silence.until),
                 "reason": silence.reason,
             }
             for silence in silences
@@ -177,13 +178,13 @@ def _alerts(
             "group_text": format_labels(labels),
             "state": row.state,
             "since": row.since.timestamp(),
-            "since_text": _text(row.since),
+            "since_text": format_instant(row.since),
             "age_s": max(0.0, (now - row.since).total_seconds()),
             "value": row.value,
             "value_text": format_value(row.value),
             "evaluated_at": row.evaluated_at.timestamp(),
-            "evaluated_text": _text(row.evaluated_at),
-            "silenced_until": _text(silenced[row.rule]) if row.rule in silenced else None,
+            "evaluated_text": format_instant(row.evaluated_at),
+            "silenced_until": format_instant(silenced[row.rule]) if row.rule in silenced else None,
             # None: the dashboard was not given the rules, so it cannot tell.
             "in_rules": None if rules is None else found is not None,
         }
@@ -251,7 +252,7 @@ def _history(connection: Connection, rule: str | None) -> list[dict[str, Any]]:
     return [
         {
             "at": row.at.timestamp(),
-            "at_text": _text(row.at),
+            "at_text": format_instant(row.at),
             "rule": row.rule,
             "group_text": row.group_key.replace(",", ", ") or format_labels({}),
             "from_state": row.from_state,
@@ -272,8 +273,8 @@ def _delivery(row: Any) -> dict[str, Any]:
         "target": masked_target(row.target),
         "status": status,
         "attempts": row.attempts,
-        "created_text": _text(row.created_at),
-        "next_attempt_text": None if row.next_attempt_at is None else _text(row.next_attempt_at),
+        "created_text": format_instant(row.created_at),
+        "next_attempt_text": None if row.next_attempt_at is None else format_instant(row.next_attempt_at),
         "last_error": row.last_error,
     }
 
@@ -290,10 +291,3 @@ def _severity_first(alert: Mapping[str, Any]) -> tuple[int, float, str, str]:
     rank = SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)
     since = alert["since"] if alert["since"] is not None else float("inf")
     return rank, since, alert["rule"], alert["group_text"]
-
-
-def _text(moment: dt.datetime | float) -> str:
-    """A time in UTC as the page shows it: ``2026-06-15 12:00:00``."""
-    if isinstance(moment, dt.datetime):
-        moment = moment.timestamp()
-    return dt.datetime.fromtimestamp(moment, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
