@@ -9,6 +9,7 @@ tier itself every :data:`FOLD_INTERVAL_S` seconds (one of its three processes pe
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import os
@@ -44,6 +45,8 @@ STUCK_MESSAGES = 3
 #: How long ago the stuck queue's first message was sent, in milliseconds.
 STUCK_FOR_MS = 30_000
 MAIN_QUEUES, SIDE_QUEUES = "default,fast", "slow"
+#: Seconds a command may take to stop after SIGTERM before its process group is killed.
+STOP_TIMEOUT_S = 15.0
 DRAMATIQ = [sys.executable, "-m", "dramatiq", "opmetrics_fleet_app", "--path", str(TESTS)]
 
 
@@ -63,6 +66,7 @@ class Fleet:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # a process group of its own: stop_all reaches its workers too
         )
         log.close()
 
@@ -75,9 +79,17 @@ class Fleet:
         return (self.log_dir / f"{name}.log").read_text()
 
     def stop_all(self) -> None:
+        """SIGTERM each command, then SIGKILL what is left of its process group after
+        :data:`STOP_TIMEOUT_S`: killing only the ``dramatiq`` parent would leave its workers running, each
+        holding database connections."""
         for command in self.commands.values():
             if command.poll() is None:
-                command.kill()
+                command.send_signal(signal.SIGTERM)
+        for command in self.commands.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                command.wait(timeout=STOP_TIMEOUT_S)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(command.pid, signal.SIGKILL)
             command.wait()
 
 
