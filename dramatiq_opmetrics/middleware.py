@@ -56,7 +56,8 @@ MAX_RECENT_RETENTION_DAYS = 366
 #: progress (either may be blocked on the broker or the database; their threads are daemons, and a fold
 #: left behind commits whole or not at all), taken from the writer's ``shutdown_timeout_s``.
 SAMPLER_STOP_TIMEOUT_S = 0.5
-#: Seconds the last write of a stopping worker gets at least, however long its threads took to finish.
+#: Seconds the last write of a stopping worker gets at least, however long its threads took to finish (none
+#: when the database has already stopped answering the writer: waiting longer would only delay the stop).
 MIN_FINAL_WRITE_S = 1.0
 #: The message option in which the worker notes when a delayed message became due (ms since the epoch).
 DUE_OPTION = "opmetrics_due_ms"
@@ -388,14 +389,17 @@ class OpMetrics(Middleware):
 
         The writer keeps trying until ``shutdown_timeout_s`` after the worker started to stop (Dramatiq
         first waits for its threads to finish their messages), and for at least
-        :data:`MIN_FINAL_WRITE_S`, then gives up: with a database that does not answer, ``Worker.stop()``
-        returns within ``shutdown_timeout_s`` plus half a second when its threads are done by then.
+        :data:`MIN_FINAL_WRITE_S` unless the database has already stopped answering it, then gives up: with a
+        database that does not answer, ``Worker.stop()`` returns within ``shutdown_timeout_s`` plus half a
+        second when its threads are done by then.
         """
         started_s = self._shutdown_started_s or monotonic()
         self._shutdown_started_s = 0.0
         self._stop_background_jobs()
         left_s = self.writer.shutdown_timeout_s - (monotonic() - started_s)
-        self.writer.stop(timeout_s=max(left_s, min(MIN_FINAL_WRITE_S, self.writer.shutdown_timeout_s)))
+        # With a database that has stopped answering, more time than the budget's rest would only delay the stop.
+        floor_s = 0.0 if self.writer.database_unanswering else min(MIN_FINAL_WRITE_S, self.writer.shutdown_timeout_s)
+        self.writer.stop(timeout_s=max(left_s, floor_s))
 
     def _stop_background_jobs(self) -> None:
         """Stop the sampler, the folder and the alert evaluator, waiting at most :data:`SAMPLER_STOP_TIMEOUT_S`

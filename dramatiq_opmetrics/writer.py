@@ -293,6 +293,8 @@ class BackgroundWriter:
         #: Set when :meth:`stop` gave up on a thread blocked past its deadline: it must write nothing more.
         self._abandoned = False
         self._gave_up = False
+        #: Set from a failed pass or a stall the watchdog saw until the next pass that writes.
+        self._unanswering = False
 
     def reset_after_fork(self) -> None:
         """In a freshly forked child: forget the parent's thread, engine and buffered samples."""
@@ -300,6 +302,12 @@ class BackgroundWriter:
             self._engine.dispose(close=False)
         self.buffer.reset_after_fork()
         self._reset_process_state()
+
+    @property
+    def database_unanswering(self) -> bool:
+        """Whether the database is failing this writer now: its last pass failed, or the pass in progress has
+        gone unanswered past ``stall_timeout_s`` (a stopping worker then gives its last write no extra time)."""
+        return self._unanswering
 
     @property
     def running(self) -> bool:
@@ -384,6 +392,7 @@ class BackgroundWriter:
                 self._busy_since = None
                 self._stall_reported = False
             now = time.monotonic()
+            self._unanswering = not written
             if written:
                 failures = 0
                 with self._passes:
@@ -419,7 +428,7 @@ class BackgroundWriter:
             # not stuck.
             silent_s = time.monotonic() - busy_since
             if silent_s > self.stall_timeout_s and not self._stall_reported:
-                self._stall_reported = self._cut = True
+                self._stall_reported = self._cut = self._unanswering = True
                 cut = abort_connection(self._connection)
                 logger.warning(
                     "The metrics database %s has not answered for %.1f s (statement timeout %g s): %s; %d samples"
