@@ -75,7 +75,7 @@ from .config import ConfigurationError, redact_url, resolve_database_url
 from .database import engine_for
 from .metric_types import MetricType
 from .models import OperationalMetric, OperationalMetricDaily
-from .query import MetricStats, query_metrics
+from .query import MetricStats, query_metrics_together
 from .queue_depth import DEAD, DELAYED, IN_FLIGHT, READY
 from .series import SeriesPoint, query_totals
 
@@ -309,20 +309,21 @@ def _is_midnight(at: dt.datetime) -> bool:
 def _daily_metrics(
     connection: Connection, since: dt.date, until: dt.date, wanted: Sequence[MetricType], labels: Mapping[str, str]
 ) -> dict[MetricType, list[ReportRow]]:
-    """The report's rows of whole days, from the query API (daily rows and the raw rows not rolled up)."""
-    metrics: dict[MetricType, list[ReportRow]] = {}
+    """The report's rows of whole days, from the query API (daily rows and the raw rows not rolled up, read
+    once for every metric type)."""
+    types = [metric_type for metric_type in MetricType if metric_type in wanted]
+    queries: list[tuple[MetricType | str, Sequence[str] | None]] = [
+        (metric_type, GROUP_BY[metric_type]) for metric_type in types
+    ]
+    with_errors = MetricType.PROCESSING_TIME in types
+    if with_errors:
+        queries.append((MetricType.ERROR, _ERROR_RATE_KEYS))
+    results = query_metrics_together(connection, since, until, queries, labels=labels)
     error_counts: dict[tuple[str | None, ...], int] = {}
-    if MetricType.PROCESSING_TIME in wanted:
-        errors = query_metrics(
-            connection, since, until, metric_type=MetricType.ERROR, labels=labels, group_by=_ERROR_RATE_KEYS
-        )
-        error_counts = {_key(stats.labels, _ERROR_RATE_KEYS): stats.count for stats in errors}
-    for metric_type in MetricType:
-        if metric_type not in wanted:
-            continue
-        found = query_metrics(
-            connection, since, until, metric_type=metric_type, labels=labels, group_by=GROUP_BY[metric_type]
-        )
+    if with_errors:
+        error_counts = {_key(stats.labels, _ERROR_RATE_KEYS): stats.count for stats in results.pop()}
+    metrics: dict[MetricType, list[ReportRow]] = {}
+    for metric_type, found in zip(types, results, strict=True):
         rows = []
         for stats in found:
             error_rate = None

@@ -17,7 +17,7 @@ from dramatiq_opmetrics import MetricStats, MetricType, query_daily_series, quer
 from dramatiq_opmetrics.aggregate import PERCENTILES
 from dramatiq_opmetrics.database import LONG_READ_SETTINGS, local_settings
 from dramatiq_opmetrics.models import OperationalMetricDaily
-from dramatiq_opmetrics.query import RangeMerge, query_metrics_and_recent_days
+from dramatiq_opmetrics.query import RangeMerge, query_metrics_and_recent_days, query_metrics_together
 from dramatiq_opmetrics.retention import prune
 from dramatiq_opmetrics.rollup import rollup
 from dramatiq_opmetrics.sketch import Histogram
@@ -185,6 +185,47 @@ def test_a_range_and_its_recent_days_read_together_equal_the_query_api_read_apar
         assert got.sum == pytest.approx(expected.sum, rel=1e-12)
         assert (got.min, got.max) == (expected.min, expected.max)
         assert got.p95 == pytest.approx(expected.p95, rel=0.02)
+
+
+def test_several_metric_types_read_together_equal_the_query_api_read_apart(engine: Engine) -> None:
+    make_fleet(engine)
+    rng = random.Random(11)
+    today = [
+        (kind, {"actor": actor, "queue": "q1"}, rng.lognormvariate(3, 1), at(NOW.date(), i))
+        for i in range(200)
+        for kind, actor in [(MetricType.PROCESSING_TIME, "a"), (MetricType.WAIT_TIME, "b")]
+    ]
+    today += [
+        (MetricType.ERROR, {"actor": "a", "queue": "q1", "error_type": "E"}, 1.0, at(NOW.date(), i)) for i in (3, 9)
+    ]
+    insert_samples(engine, today)
+    queries: list[tuple[MetricType | str, tuple[str, ...] | None]] = [
+        (MetricType.PROCESSING_TIME, ("actor", "queue")),
+        (MetricType.WAIT_TIME, ("queue",)),
+        (MetricType.ERROR, ("actor", "queue", "error_type")),
+        (MetricType.ERROR, ("actor",)),
+        (MetricType.QUEUE_DEPTH, None),
+    ]
+    for since in (days_ago(7), NOW.date()):
+        for labels in (None, {"queue": "q1"}, {"queue": "nowhere"}):
+            together = query_metrics_together(engine, since, NOW.date(), queries, labels=labels)
+            apart = [
+                query_metrics(engine, since, NOW.date(), metric_type=kind, labels=labels, group_by=group)
+                for kind, group in queries
+            ]
+            assert len(together) == len(queries)
+            for got, expected in zip(together, apart, strict=True):
+                assert [(s.metric_type, s.labels, s.count, s.min, s.max, s.raw_days) for s in got] == [
+                    (s.metric_type, s.labels, s.count, s.min, s.max, s.raw_days) for s in expected
+                ]
+                for one, other in zip(got, expected, strict=True):
+                    assert one.sum == pytest.approx(other.sum, rel=1e-12)
+                    # Today alone is read apart from the recent tier, whose percentiles are its keys' (the same
+                    # 1% sketch buckets, representative values clamped alike).
+                    assert one.p95 == pytest.approx(other.p95, rel=0.02)
+    assert any(today_rows for today_rows in query_metrics_together(engine, NOW.date(), NOW.date(), queries))
+    with pytest.raises(ValueError, match="is after"):
+        query_metrics_together(engine, NOW.date(), days_ago(1), queries)
 
 
 def test_the_daily_series_has_one_point_per_day_per_group(engine: Engine) -> None:
