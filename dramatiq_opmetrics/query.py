@@ -42,6 +42,7 @@ Example::
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -183,20 +184,58 @@ def query_metrics_and_recent_days(
     once for both (a page that shows a range and today's point needs both, and a day of raw rows is the
     costly part of each).
 
+    Given an engine of PostgreSQL, the raw rows are read on a second connection while the first reads and
+    merges the daily rows (the two long parts side by side); if a rollup commits meanwhile (the days not
+    rolled up differ after the reads), both are read again one after the other.
+
     Parameters are those of :func:`query_metrics`. Returns ``(range statistics, statistics per recent day)``.
     """
     if since > until:
         raise ValueError(f"since ({since}) is after until ({until})")
-    whole = RangeMerge(metric_types=metric_types, labels=labels, group_by=group_by)
-    per_day = RangeMerge(metric_types=day_metric_types or metric_types, labels=labels, group_by=group_by, per_day=True)
-    with connection_for(connectable) as connection, local_settings(connection, LONG_READ_SETTINGS):
-        whole.add_daily_rows(connection, since, until)
-        for day in days_not_rolled_up(connection, since, until):
-            start, end = day_bounds(day)
-            aggregates = aggregate_raw(connection, start, end, exact_percentiles=False)
+
+    def merges() -> tuple[RangeMerge, RangeMerge]:
+        whole = RangeMerge(metric_types=metric_types, labels=labels, group_by=group_by)
+        days = RangeMerge(metric_types=day_metric_types or metric_types, labels=labels, group_by=group_by, per_day=True)
+        return whole, days
+
+    def add(connection: Connection, raw_days: Mapping[dt.date, Sequence[Aggregate]]) -> tuple[list[MetricStats], ...]:
+        for day, aggregates in raw_days.items():
             whole.add_raw_day(connection, day, aggregates)
             per_day.add_raw_day(connection, day, aggregates)
-    return whole.results(), per_day.results()
+        return whole.results(), per_day.results()
+
+    if isinstance(connectable, Engine) and connectable.dialect.name == "postgresql":
+        whole, per_day = merges()
+        with (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="opmetrics-raw-read") as pool,
+            connectable.connect() as connection,
+            local_settings(connection, LONG_READ_SETTINGS),
+        ):
+            raw_read = pool.submit(_read_raw_days_apart, connectable, since, until)
+            whole.add_daily_rows(connection, since, until)
+            raw_days = raw_read.result()
+            if days_not_rolled_up(connection, since, until) == list(raw_days):
+                found = add(connection, raw_days)
+                return found[0], found[1]
+    whole, per_day = merges()
+    with connection_for(connectable) as connection, local_settings(connection, LONG_READ_SETTINGS):
+        whole.add_daily_rows(connection, since, until)
+        found = add(connection, _read_raw_days(connection, since, until))
+    return found[0], found[1]
+
+
+def _read_raw_days(connection: Connection, since: dt.date, until: dt.date) -> dict[dt.date, list[Aggregate]]:
+    """The aggregates of the raw rows of each day of the range not rolled up, every metric type at once."""
+    return {
+        day: aggregate_raw(connection, *day_bounds(day), exact_percentiles=False)
+        for day in days_not_rolled_up(connection, since, until)
+    }
+
+
+def _read_raw_days_apart(engine: Engine, since: dt.date, until: dt.date) -> dict[dt.date, list[Aggregate]]:
+    """:func:`_read_raw_days` on a connection of its own."""
+    with engine.connect() as connection, local_settings(connection, LONG_READ_SETTINGS):
+        return _read_raw_days(connection, since, until)
 
 
 def query_metrics_together(
