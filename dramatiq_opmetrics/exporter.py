@@ -41,6 +41,7 @@ Example (beside your WSGI application, or ``dramatiq-opmetrics exporter``)::
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import logging
 import math
@@ -98,6 +99,7 @@ logger = logging.getLogger(__name__)
 _INVALID_LABEL_CHARACTERS = re.compile(r"[^a-zA-Z0-9_]")
 
 
+@functools.lru_cache(maxsize=4096)
 def prometheus_label_name(key: str) -> str:
     """The Prometheus label name of one of our label keys: ``actor`` and ``queue`` as Dramatiq names them,
     others with every character Prometheus does not allow made ``_`` (names starting with ``__`` are

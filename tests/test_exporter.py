@@ -297,3 +297,21 @@ def test_make_engine_is_used_for_a_url(sqlite_url: object) -> None:
         assert create_exporter_app(engine=engine).collector.engine is engine
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_scrapes_between_folds_count_every_raw_row_once(engine: Engine) -> None:
+    collector = collector_at(engine)
+    dramatiq = {"queue_name": "emails", "actor_name": "send_email"}
+    sent = 0
+    # Minutes of messages folded one after another (the tier builds its 10-minute and hourly buckets on the
+    # way), each scrape reading the new buckets and the rows not folded yet.
+    for minute in range(0, 75, 5):
+        insert_samples(engine, messages(TODAY, 7, seconds=minute * 60 + 1))
+        sent += 7
+        assert value(scrape(collector), "dramatiq_messages_total", **dramatiq) == sent
+        fold(engine, now=at(TODAY, minute * 60 + 65))
+        found = scrape(collector)
+        assert value(found, "dramatiq_messages_total", **dramatiq) == sent
+        assert value(found, "dramatiq_message_duration_milliseconds_bucket", **dramatiq, le="+Inf") == sent
+    assert counters(scrape(collector)) == counters(scrape(collector_at(engine)))
