@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,10 +243,7 @@ class FleetTotalsReader:
             pieces += day_pieces
         self._bucket_groups(connection, spans)
         tier = self._merge_bucket_groups()
-        raw: dict[tuple[MetricType, int], Total] = {}
-        if pieces:
-            for aggregate in raw_aggregates(connection, pieces, set(COUNTED_TYPES), None):
-                _add_aggregate(raw, aggregate)
+        raw = _raw_totals(raw_aggregates(connection, pieces, set(COUNTED_TYPES), None)) if pieces else {}
         by_id = dict(tier)
         for key, total in raw.items():
             found = by_id.get(key)
@@ -352,9 +349,19 @@ def _add_to(
     found.add(count, value_sum, histogram)
 
 
-def _add_aggregate(totals: dict[tuple[MetricType, int], Total], aggregate: BucketAggregate) -> None:
-    histogram = histogram_of_keys(aggregate.keys) if aggregate.metric_type in HISTOGRAM_TYPES else None
-    _add_to(totals, (aggregate.metric_type, aggregate.label_set_id), aggregate.count, aggregate.sum, histogram)
+def _raw_totals(aggregates: Iterable[BucketAggregate]) -> dict[tuple[MetricType, int], Total]:
+    """The totals of raw rows' minute aggregates per (metric type, label set id), one histogram per series
+    made from all its keys at once (a histogram per minute costs a dense run of counts each)."""
+    totals: dict[tuple[MetricType, int], Total] = {}
+    keys: dict[tuple[MetricType, int], list[int | None]] = {}
+    for aggregate in aggregates:
+        key = (aggregate.metric_type, aggregate.label_set_id)
+        _add_to(totals, key, aggregate.count, aggregate.sum, None)
+        if aggregate.metric_type in HISTOGRAM_TYPES:
+            keys.setdefault(key, []).extend(aggregate.keys)
+    for key, found in keys.items():
+        totals[key].add(0, 0.0, histogram_of_keys(found))
+    return totals
 
 
 def _monthly_fingerprint(connection: Connection) -> tuple[Any, ...]:
