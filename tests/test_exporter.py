@@ -315,3 +315,22 @@ def test_scrapes_between_folds_count_every_raw_row_once(engine: Engine) -> None:
         assert value(found, "dramatiq_messages_total", **dramatiq) == sent
         assert value(found, "dramatiq_message_duration_milliseconds_bucket", **dramatiq, le="+Inf") == sent
     assert counters(scrape(collector)) == counters(scrape(collector_at(engine)))
+
+
+def test_the_exporter_command_refuses_a_public_interface_in_one_line(
+    sqlite_url: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from command_line import url_text
+
+    from dramatiq_opmetrics.cli import main
+
+    monkeypatch.delenv("OPMETRICS_DASHBOARD_TOKEN", raising=False)
+    monkeypatch.delenv("OPMETRICS_DASHBOARD_USER", raising=False)
+    monkeypatch.delenv("OPMETRICS_DASHBOARD_PASSWORD", raising=False)
+    url = url_text(sqlite_url)  # type: ignore[arg-type]
+    assert main(["exporter", "--database-url", url, "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "the exporter binds '0.0.0.0'" in err and "--allow-remote" in err
+    assert main(["exporter", "--database-url", url, "--host", "0.0.0.0", "--allow-remote"]) == 2
+    assert "without authentication" in capsys.readouterr().err
