@@ -513,6 +513,41 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exporter_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_database_url(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=_port, default=9191, help=f"TCP port, 1 to {MAX_TCP_PORT} (default: 9191)")
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host reachable from other machines; needs $OPMETRICS_DASHBOARD_TOKEN (bearer token)"
+        " or $OPMETRICS_DASHBOARD_USER and $OPMETRICS_DASHBOARD_PASSWORD (basic auth)",
+    )
+
+
+def _exporter(args: argparse.Namespace) -> int:
+    try:
+        from .exporter import create_exporter_app, serve_exporter
+        from .http_serving import Credentials, check_binding
+    except ImportError as error:
+        raise ConfigurationError(
+            f"the exporter needs its extra ({error.name} is missing): pip install 'dramatiq-opmetrics[exporter]'"
+        ) from None
+    credentials = Credentials.from_environment()
+    app = create_exporter_app(
+        resolve_database_url(args.database_url),
+        bearer_token=credentials.bearer_token,
+        basic_auth=credentials.basic_auth,
+    )
+    check_binding(app, args.host, allow_remote=args.allow_remote, what="the exporter")
+    _check_database(app.collector.engine)
+    try:
+        serve_exporter(app, args.host, args.port, allow_remote=args.allow_remote)
+    except OSError as error:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
+    return 0
+
+
 def _add_rules_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rules", required=True, metavar="FILE", help="the alert rule file (TOML)")
 
@@ -774,6 +809,7 @@ COMMANDS: list[Command] = [
         _sample_queues,
     ),
     ("dashboard", "serve the read-only web dashboard", _dashboard_arguments, _dashboard),
+    ("exporter", "serve the fleet's metrics to Prometheus (Dramatiq's metric names)", _exporter_arguments, _exporter),
 ]
 
 

@@ -286,7 +286,7 @@ def _ceil(at: dt.datetime, width_minutes: int) -> dt.datetime:
     return floor if floor == at else floor + dt.timedelta(minutes=width_minutes)
 
 
-def _layout(
+def tier_layout(
     state: TierState | None, start: dt.datetime, end: dt.datetime, step_minutes: int | None
 ) -> tuple[list[tuple[int, dt.datetime, dt.datetime]], list[tuple[dt.datetime, dt.datetime, int | None]]]:
     """Where the samples of ``[start, end)`` are: the tier's buckets to read, as ``(width, low, high)`` (buckets
@@ -344,9 +344,9 @@ def _read(
     tier buckets are read only for the percentiles of points made of several buckets."""
     for _ in range(MAX_READ_ATTEMPTS):
         state = read_state(connection)
-        spans, pieces = _layout(state, start, end, step_minutes)
+        spans, pieces = tier_layout(state, start, end, step_minutes)
         aggregates = _tier(connection, spans, step_minutes, types, label_set_ids, percentiles)
-        aggregates += _raw(connection, pieces, types, label_set_ids)
+        aggregates += raw_aggregates(connection, pieces, types, label_set_ids)
         groups.learn({aggregate.label_set_id for aggregate in aggregates})
         if percentiles:
             _add_keys(connection, aggregates, groups)
@@ -471,7 +471,7 @@ class _Grouping:
         return (aggregate.metric_type, group, self.bucket(aggregate.bucket_start))
 
 
-def _raw(
+def raw_aggregates(
     connection: Connection,
     pieces: Sequence[tuple[dt.datetime, dt.datetime, int | None]],
     types: set[MetricType] | None,
@@ -511,7 +511,7 @@ def _query_in_postgres(
     points travel."""
     for _ in range(MAX_READ_ATTEMPTS):
         state = read_state(connection)
-        spans, pieces = _layout(state, start, end, step_minutes)
+        spans, pieces = tier_layout(state, start, end, step_minutes)
         statement, params = _series_sql(
             connection, start, step_minutes, wanted, types, label_set_ids, keys, spans, pieces, percentiles
         )

@@ -7,6 +7,7 @@ broker's namespace) and the middleware's own (``OPMETRICS_DATABASE_URL``, ``OPME
 from __future__ import annotations
 
 import os
+import time
 
 import dramatiq
 import redis
@@ -54,6 +55,12 @@ def refuses() -> None:
 @dramatiq.actor
 def stale() -> None:
     client.incr(f"{NAMESPACE}:done:stale")
+
+
+@dramatiq.actor(queue_name="timed", max_retries=0)
+def timed(ms: float) -> None:
+    """Runs ``ms`` milliseconds (tests/test_exporter_prometheus.py compares percentiles of its durations)."""
+    time.sleep(ms / 1000)
 
 
 @dramatiq.actor(queue_name="stuck")

@@ -13,9 +13,6 @@ What each page shows is computed by its module in :mod:`~dramatiq_opmetrics.dash
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import json
 import math
 import os
@@ -27,14 +24,14 @@ from urllib.parse import urlencode
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
-from werkzeug.datastructures import WWWAuthenticate
-from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, NotFound, Unauthorized
+from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.utils import send_from_directory
 from werkzeug.wrappers import Request, Response
 
 from ..alert_rules import RuleSet, load_rules
 from ..database import make_engine
+from ..http_serving import Credentials
 from ..middleware import ALERT_RULES_ENV_VAR
 from .charts import DEFAULT_RANGE_DAYS, RANGE_DAYS
 from .data import DashboardData
@@ -52,8 +49,6 @@ SECURITY_HEADERS = {
 }
 #: What a number that is not known shows as (an en dash).
 DASH = "\u2013"
-#: The realm named in a basic-auth challenge.
-AUTH_REALM = "dramatiq-opmetrics"
 
 _STATIC = resources.files(__package__) / "static"
 
@@ -66,7 +61,8 @@ class DashboardApp:
     ``/now``, the last hours minute by minute, taking ``window`` (1h, 6h, 24h or 72h), with its data as JSON
     at ``/now.json``; ``/alerts``, the alerts' states, silences, undelivered notifications and history,
     taking ``rule``, with its data as JSON at ``/alerts.json``. Every page shows a banner of the firing
-    alerts.
+    alerts. ``/metrics`` serves the fleet's metrics for Prometheus, as the exporter does
+    (:mod:`~dramatiq_opmetrics.exporter`), behind the same authentication.
 
     Parameters:
       data(DashboardData): what the views read (the database, the clock, results kept between requests).
@@ -83,8 +79,10 @@ class DashboardApp:
         basic_auth: tuple[str, str] | None = None,
     ) -> None:
         self.data = data
-        self.bearer_token = bearer_token or None
-        self.basic_auth = basic_auth if basic_auth and all(basic_auth) else None
+        #: What requests must send (:class:`~dramatiq_opmetrics.http_serving.Credentials`).
+        self.credentials = Credentials(bearer_token, basic_auth)
+        self.bearer_token = self.credentials.bearer_token
+        self.basic_auth = self.credentials.basic_auth
         self.templates = Environment(
             loader=PackageLoader(__package__ or "dramatiq_opmetrics.dashboard", "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -94,6 +92,7 @@ class DashboardApp:
         self.templates.filters.update(
             ms=format_ms, percent=format_percent, count=format_count, duration=format_duration
         )
+        self._metrics_registry: Any = None
         self.url_map = Map(
             [
                 Rule("/", endpoint="overview"),
@@ -105,6 +104,7 @@ class DashboardApp:
                 Rule("/now.json", endpoint="now_json"),
                 Rule("/alerts", endpoint="alerts"),
                 Rule("/alerts.json", endpoint="alerts_json"),
+                Rule("/metrics", endpoint="metrics"),
                 Rule("/static/<path:filename>", endpoint="static"),
             ],
             strict_slashes=False,
@@ -113,7 +113,7 @@ class DashboardApp:
     @property
     def requires_auth(self) -> bool:
         """Whether requests must authenticate (a bearer token or basic-auth credentials are set)."""
-        return self.bearer_token is not None or self.basic_auth is not None
+        return self.credentials.requires_auth
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         request = Request(environ)
@@ -132,23 +132,7 @@ class DashboardApp:
     # -- authentication -------------------------------------------------------------------------------------
 
     def _authenticate(self, request: Request) -> None:
-        if not self.requires_auth:
-            return
-        header = request.headers.get("Authorization", "")
-        scheme, _, credentials = header.partition(" ")
-        if self.bearer_token and scheme.lower() == "bearer" and _same(credentials.strip(), self.bearer_token):
-            return
-        if self.basic_auth and scheme.lower() == "basic":
-            try:
-                user, _, password = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                user, password = "", ""
-            # Both compared, always, so that timing does not tell which one was wrong.
-            user_ok = _same(user, self.basic_auth[0])
-            if _same(password, self.basic_auth[1]) and user_ok:
-                return
-        scheme = "basic" if self.basic_auth else "bearer"
-        raise Unauthorized(www_authenticate=WWWAuthenticate(scheme, {"realm": AUTH_REALM}))
+        self.credentials.authenticate(request)
 
     # -- views ----------------------------------------------------------------------------------------------
 
@@ -216,6 +200,21 @@ class DashboardApp:
 
     def _alerts_json(self, request: Request) -> Response:
         return _json_response(self._call(alerts.view, self.data, rule=request.args.get("rule") or None))
+
+    def _metrics(self, request: Request) -> Response:
+        # The exporter's metrics (prometheus_client is imported only when they are asked for).
+        from ..exporter import FleetCollector, metrics_response
+
+        if self._metrics_registry is None:
+            from prometheus_client.registry import CollectorRegistry
+
+            collector = FleetCollector(
+                self.data.engine, clock=self.data.clock, sampling_interval_s=self.data.sampling_interval_s
+            )
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(collector)
+            self._metrics_registry = registry
+        return metrics_response(self._metrics_registry, request)
 
     def _static(self, request: Request, filename: str) -> Response:
         directory = str(_STATIC)
@@ -316,10 +315,6 @@ def _json_response(view: dict[str, Any]) -> Response:
     response = Response(json.dumps(view, allow_nan=False), mimetype="application/json")
     response.headers["Cache-Control"] = "no-store"
     return response
-
-
-def _same(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def _int_arg(request: Request, name: str, default: int) -> int:

@@ -5,13 +5,11 @@ Dramatiq's own Prometheus exposition binds every interface by default; the dashb
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import socket
 import threading
 from typing import Any
 
-from ..config import ConfigurationError
+from ..http_serving import MAX_PORT, check_binding, is_loopback, make_http_server
 from .app import DashboardApp
 from .charts import DEFAULT_RANGE_DAYS, RANGE_DAYS
 from .pages import overview
@@ -20,8 +18,6 @@ from .pages import overview
 DEFAULT_HOST = "127.0.0.1"
 #: The TCP port the dashboard listens on when none is given.
 DEFAULT_PORT = 8070
-#: The highest TCP port (0 asks for any free port).
-MAX_PORT = 65_535
 #: Worker threads answering requests.
 DEFAULT_THREADS = 4
 #: Seconds between two rounds of preparing the overviews in the background (see :func:`keep_warm`).
@@ -29,38 +25,7 @@ DEFAULT_KEEP_WARM_INTERVAL_S = 60.0
 
 logger = logging.getLogger(__name__)
 
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address) resolves to loopback addresses only."""
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
-
-
-def check_binding(app: DashboardApp, host: str, *, allow_remote: bool) -> None:
-    """Refuse to bind a non-loopback ``host`` unless ``allow_remote`` and the app requires authentication.
-
-    Raises:
-      ConfigurationError: saying what to add.
-    """
-    if is_loopback(host):
-        return
-    if not allow_remote:
-        raise ConfigurationError(
-            f"the dashboard binds {host!r}, which is reachable from other machines; pass --allow-remote"
-            " and set OPMETRICS_DASHBOARD_TOKEN or OPMETRICS_DASHBOARD_USER and OPMETRICS_DASHBOARD_PASSWORD"
-        )
-    if not app.requires_auth:
-        raise ConfigurationError(
-            f"the dashboard binds {host!r} without authentication; set OPMETRICS_DASHBOARD_TOKEN (bearer token)"
-            " or OPMETRICS_DASHBOARD_USER and OPMETRICS_DASHBOARD_PASSWORD (basic auth)"
-        )
+__all__ = ["MAX_PORT", "check_binding", "is_loopback", "keep_warm", "make_server", "serve"]
 
 
 def make_server(
@@ -80,12 +45,7 @@ def make_server(
         port), or the binding is refused by :func:`check_binding`.
       OSError: the port cannot be bound (for example, it is in use).
     """
-    from waitress.server import create_server
-
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= MAX_PORT:
-        raise ConfigurationError(f"the dashboard's port must be from 0 to {MAX_PORT} (0: any free port), got {port!r}")
-    check_binding(app, host, allow_remote=allow_remote)
-    return create_server(app, host=host, port=port, threads=threads, ident="dramatiq-opmetrics")
+    return make_http_server(app, host, port, allow_remote=allow_remote, threads=threads, what="the dashboard")
 
 
 def keep_warm(app: DashboardApp, stop: threading.Event, interval_s: float = DEFAULT_KEEP_WARM_INTERVAL_S) -> None:
