@@ -261,23 +261,30 @@ KEY_PARAMETERS: dict[str, object] = {
 KEY_ORDER_SQL = "COALESCE({}, :zero_sort)"
 
 
-def keyed_raw_sql(where: str) -> str:
+def keyed_raw_sql(where: str, *, with_key: bool = True) -> str:
     """SQL of the raw rows matching ``where`` with their stored key: ``recorded_at, metric_type, label_set_id,
-    value, key``. Bind :data:`KEY_PARAMETERS` and the parameters of ``where``."""
-    return (
-        f"SELECT recorded_at, metric_type, label_set_id, value, {STORED_KEY_SQL} AS key FROM {RAW_TABLE} WHERE {where}"
-    )
+    value, key`` (the key NULL, not computed, unless ``with_key``). Bind :data:`KEY_PARAMETERS` and the
+    parameters of ``where``."""
+    key = STORED_KEY_SQL if with_key else "CAST(NULL AS integer)"
+    return f"SELECT recorded_at, metric_type, label_set_id, value, {key} AS key FROM {RAW_TABLE} WHERE {where}"
 
 
-def aggregate_sql(connection: Connection, source: str, width_minutes: int = 1, where: str = "TRUE") -> str:
+def aggregate_sql(
+    connection: Connection, source: str, width_minutes: int = 1, where: str = "TRUE", *, keys: str = "sorted"
+) -> str:
     """SQL aggregating the rows of ``source`` (columns of :func:`keyed_raw_sql`) matching ``where`` per bucket
     of ``width_minutes``, with the columns of the tier, in order: ``width_minutes, bucket_start, metric_type,
-    label_set_id, count, sum, min, max, keys`` (the keys sorted) (PostgreSQL)."""
+    label_set_id, count, sum, min, max, keys``: the keys ``"sorted"``, in no order (``"unsorted"``, for a
+    reader that sorts them again anyway), or NULL (``"none"``) (PostgreSQL)."""
     start = bin_sql(connection, width_minutes)
+    collected = {
+        "sorted": f"array_agg(key ORDER BY {KEY_ORDER_SQL.format('key')})",
+        "unsorted": "array_agg(key)",
+        "none": "CAST(NULL AS integer[])",
+    }[keys]
     return (
         f"SELECT {width_minutes} AS width_minutes, {start} AS bucket_start, metric_type, label_set_id,"
-        " count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max,"
-        f" array_agg(key ORDER BY {KEY_ORDER_SQL.format('key')}) AS keys"
+        f" count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max, {collected} AS keys"
         f" FROM {source} WHERE {where} GROUP BY {start}, metric_type, label_set_id"
     )
 

@@ -624,13 +624,16 @@ def _series_sql(
         for index, (low, high, above_id) in enumerate(pieces):
             # One scan per piece, each planned on its own: by recorded_at, or by id for the rows not folded.
             above = "" if above_id is None else f" AND id > :ri{index}"
-            chosen.append(keyed_raw_sql(f"recorded_at >= :rl{index} AND recorded_at < :rh{index}{above}{filters}"))
+            where = f"recorded_at >= :rl{index} AND recorded_at < :rh{index}{above}{filters}"
+            chosen.append(keyed_raw_sql(where, with_key=percentiles))
             params[f"rl{index}"], params[f"rh{index}"], params[f"ri{index}"] = low, high, above_id
         raw = " UNION ALL ".join(chosen)
         parts.append(
             "SELECT 0 AS w, bucket_start AS b, metric_type AS t, label_set_id AS l, count AS c, sum AS s, min AS lo,"
             " max AS hi, CAST(NULL AS float8) AS p50, CAST(NULL AS float8) AS p95, CAST(NULL AS float8) AS p99, keys"
-            f" FROM ({aggregate_sql(connection, f'({raw}) AS keyed')}) AS minutes"
+            # The keys are sorted where they are merged (or not collected at all without percentiles).
+            f" FROM ({aggregate_sql(connection, f'({raw}) AS keyed', keys='unsorted' if percentiles else 'none')})"
+            " AS minutes"
         )
     if keys is None:
         group, rate_group = "labels", "labels - 'error_type'"
