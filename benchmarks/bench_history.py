@@ -127,9 +127,8 @@ def measure(url: URL, since: dt.date, today: dt.date, repeat: int) -> dict[str, 
             ).all()
 
     def report(first: dt.date) -> Callable[[Engine], object]:
-        def run(engine: Engine) -> None:
-            with engine.connect() as connection:
-                render_text(build_report(connection, first, today))
+        def run(engine: Engine) -> None:  # as `dramatiq-opmetrics report` runs it, on an engine
+            render_text(build_report(engine, first, today))
 
         return run
 

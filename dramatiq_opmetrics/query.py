@@ -45,7 +45,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,60 +182,19 @@ def query_metrics_and_recent_days(
     """:func:`query_metrics` of ``metric_types`` over the range, and :func:`query_daily_series` of
     ``day_metric_types`` (default: the same) over its days not rolled up yet, reading those days' raw rows
     once for both (a page that shows a range and today's point needs both, and a day of raw rows is the
-    costly part of each).
-
-    Given an engine of PostgreSQL, the raw rows are read on a second connection while the first reads and
-    merges the daily rows (the two long parts side by side); if a rollup commits meanwhile (the days not
-    rolled up differ after the reads), both are read again one after the other.
+    costly part of each). Given an engine of PostgreSQL, the raw rows are read beside the daily rows (see
+    :func:`query_metrics_together`).
 
     Parameters are those of :func:`query_metrics`. Returns ``(range statistics, statistics per recent day)``.
     """
-    if since > until:
-        raise ValueError(f"since ({since}) is after until ({until})")
 
-    def merges() -> tuple[RangeMerge, RangeMerge]:
+    def merges() -> tuple[list[RangeMerge], list[RangeMerge]]:
         whole = RangeMerge(metric_types=metric_types, labels=labels, group_by=group_by)
         days = RangeMerge(metric_types=day_metric_types or metric_types, labels=labels, group_by=group_by, per_day=True)
-        return whole, days
+        return [whole], [days]
 
-    def add(connection: Connection, raw_days: Mapping[dt.date, Sequence[Aggregate]]) -> tuple[list[MetricStats], ...]:
-        for day, aggregates in raw_days.items():
-            whole.add_raw_day(connection, day, aggregates)
-            per_day.add_raw_day(connection, day, aggregates)
-        return whole.results(), per_day.results()
-
-    if isinstance(connectable, Engine) and connectable.dialect.name == "postgresql":
-        whole, per_day = merges()
-        with (
-            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="opmetrics-raw-read") as pool,
-            connectable.connect() as connection,
-            local_settings(connection, LONG_READ_SETTINGS),
-        ):
-            raw_read = pool.submit(_read_raw_days_apart, connectable, since, until)
-            whole.add_daily_rows(connection, since, until)
-            raw_days = raw_read.result()
-            if days_not_rolled_up(connection, since, until) == list(raw_days):
-                found = add(connection, raw_days)
-                return found[0], found[1]
-    whole, per_day = merges()
-    with connection_for(connectable) as connection, local_settings(connection, LONG_READ_SETTINGS):
-        whole.add_daily_rows(connection, since, until)
-        found = add(connection, _read_raw_days(connection, since, until))
-    return found[0], found[1]
-
-
-def _read_raw_days(connection: Connection, since: dt.date, until: dt.date) -> dict[dt.date, list[Aggregate]]:
-    """The aggregates of the raw rows of each day of the range not rolled up, every metric type at once."""
-    return {
-        day: aggregate_raw(connection, *day_bounds(day), exact_percentiles=False)
-        for day in days_not_rolled_up(connection, since, until)
-    }
-
-
-def _read_raw_days_apart(engine: Engine, since: dt.date, until: dt.date) -> dict[dt.date, list[Aggregate]]:
-    """:func:`_read_raw_days` on a connection of its own."""
-    with engine.connect() as connection, local_settings(connection, LONG_READ_SETTINGS):
-        return _read_raw_days(connection, since, until)
+    whole, per_day = _merge_range(connectable, since, until, merges)
+    return whole.results(), per_day.results()
 
 
 def query_metrics_together(
@@ -251,24 +210,86 @@ def query_metrics_together(
     up are read once for all of them (every metric type of a day at once), not once per query: what a report
     of every metric type reads (a day of raw rows is the costly part of each query).
 
+    Given an engine of PostgreSQL, the raw rows are read on a second connection while the first reads and
+    merges the daily rows (the two long parts side by side); if a rollup commits meanwhile (the days not
+    rolled up differ after the reads), both are read again one after the other.
+
     Raises:
       ValueError: as :func:`query_metrics`.
     """
+
+    def merges() -> tuple[list[RangeMerge], list[RangeMerge]]:
+        made = [
+            RangeMerge(metric_types=[metric_type], labels=labels, group_by=group_by)
+            for metric_type, group_by in queries
+        ]
+        return made, []
+
+    return [merge.results() for merge in _merge_range(connectable, since, until, merges)]
+
+
+def _merge_range(
+    connectable: Engine | Connection,
+    since: dt.date,
+    until: dt.date,
+    make_merges: Callable[[], tuple[list[RangeMerge], list[RangeMerge]]],
+) -> list[RangeMerge]:
+    """Fill the merges of ``make_merges()`` (those that take the range's daily rows, then those that take
+    only its raw days): the daily rows of the range, then the raw rows of its days not rolled up, read once
+    for all of them (on a second connection, beside the daily rows, given an engine of PostgreSQL)."""
     if since > until:
         raise ValueError(f"since ({since}) is after until ({until})")
-    merges = [
-        RangeMerge(metric_types=[metric_type], labels=labels, group_by=group_by) for metric_type, group_by in queries
-    ]
-    with connection_for(connectable) as connection, local_settings(connection, LONG_READ_SETTINGS):
-        for merge in merges:
-            merge.add_daily_rows(connection, since, until)
-        label_set_ids = merges[0].matching_label_sets(connection)[0] if merges and labels else None
-        for day in days_not_rolled_up(connection, since, until) if merges else ():
-            start, end = day_bounds(day)
-            aggregates = aggregate_raw(connection, start, end, label_set_ids=label_set_ids, exact_percentiles=False)
-            for merge in merges:
+
+    def fill(connection: Connection, ranged: list[RangeMerge], raw_only: list[RangeMerge], raw_days: RawDays) -> None:
+        for day, aggregates in raw_days.items():
+            for merge in (*ranged, *raw_only):
                 merge.add_raw_day(connection, day, aggregates)
-    return [merge.results() for merge in merges]
+
+    if isinstance(connectable, Engine) and connectable.dialect.name == "postgresql":
+        ranged, raw_only = make_merges()
+        with (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="opmetrics-raw-read") as pool,
+            connectable.connect() as connection,
+            local_settings(connection, LONG_READ_SETTINGS),
+        ):
+            label_filter = _label_filter(connection, [*ranged, *raw_only])
+            raw_read = pool.submit(_read_raw_days_apart, connectable, since, until, label_filter)
+            for merge in ranged:
+                merge.add_daily_rows(connection, since, until)
+            raw_days = raw_read.result()
+            if days_not_rolled_up(connection, since, until) == list(raw_days):
+                fill(connection, ranged, raw_only, raw_days)
+                return [*ranged, *raw_only]
+    ranged, raw_only = make_merges()
+    with connection_for(connectable) as connection, local_settings(connection, LONG_READ_SETTINGS):
+        for merge in ranged:
+            merge.add_daily_rows(connection, since, until)
+        label_filter = _label_filter(connection, [*ranged, *raw_only])
+        fill(connection, ranged, raw_only, _read_raw_days(connection, since, until, label_filter))
+    return [*ranged, *raw_only]
+
+
+#: The aggregates of the raw rows of each day not rolled up, every metric type at once.
+RawDays = dict[dt.date, list[Aggregate]]
+
+
+def _label_filter(connection: Connection, merges: Sequence[RangeMerge]) -> set[int] | None:
+    """The label sets the merges' (common) label filter matches; None without a filter."""
+    return merges[0].matching_label_sets(connection)[0] if merges and merges[0].label_filter else None
+
+
+def _read_raw_days(connection: Connection, since: dt.date, until: dt.date, label_set_ids: set[int] | None) -> RawDays:
+    """The aggregates of the raw rows of each day of the range not rolled up (of these label sets only)."""
+    return {
+        day: aggregate_raw(connection, *day_bounds(day), label_set_ids=label_set_ids, exact_percentiles=False)
+        for day in days_not_rolled_up(connection, since, until)
+    }
+
+
+def _read_raw_days_apart(engine: Engine, since: dt.date, until: dt.date, label_set_ids: set[int] | None) -> RawDays:
+    """:func:`_read_raw_days` on a connection of its own."""
+    with engine.connect() as connection, local_settings(connection, LONG_READ_SETTINGS):
+        return _read_raw_days(connection, since, until, label_set_ids)
 
 
 def _query(

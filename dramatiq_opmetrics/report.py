@@ -68,11 +68,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, func, literal, select
+from sqlalchemy import Connection, Engine, func, literal, select
 from sqlalchemy.engine import URL
 
 from .config import ConfigurationError, redact_url, resolve_database_url
-from .database import engine_for
+from .database import connection_for, engine_for
 from .metric_types import MetricType
 from .models import OperationalMetric, OperationalMetricDaily
 from .query import MetricStats, query_metrics_together
@@ -230,12 +230,12 @@ def load_report(
       ConfigurationError: no database is configured, or a SQLite file that does not exist (it is not
         created).
     """
-    with engine_for(existing_database_url(database_url)) as engine, engine.connect() as connection:
-        return build_report(connection, since, until, metric_types=metric_types, filters=filters)
+    with engine_for(existing_database_url(database_url)) as engine:
+        return build_report(engine, since, until, metric_types=metric_types, filters=filters)
 
 
 def build_report(
-    connection: Connection,
+    connectable: Engine | Connection,
     since: dt.date | dt.datetime,
     until: dt.date | dt.datetime,
     *,
@@ -249,7 +249,8 @@ def build_report(
     dates; any other window from the recent tier and the raw rows (see the module docstring).
 
     Parameters:
-      connection(Connection): the metrics database.
+      connectable(Engine | Connection): the metrics database; given an engine of PostgreSQL, the daily rows
+        and the raw rows of the days not rolled up are read side by side on two connections.
       since, until(date | datetime): the range: two dates, or two timezone-aware datetimes.
       metric_types(Iterable[MetricType] | None): only these metric types; default: all.
       filters(Mapping[str, str | None] | None): only samples with these labels (None values are ignored);
@@ -269,17 +270,19 @@ def build_report(
     window = _window(since, until)
     if window is None:
         assert not isinstance(since, dt.datetime) and not isinstance(until, dt.datetime)
-        metrics = _daily_metrics(connection, since, until, wanted, labels)
-        has_metrics = bool(metrics) or database_has_metrics(connection)
+        metrics = _daily_metrics(connectable, since, until, wanted, labels)
+        with connection_for(connectable) as connection:
+            has_metrics = bool(metrics) or database_has_metrics(connection)
         return Report(since, until, shown_filters, metrics, has_metrics)
     start, end = window
-    if _is_midnight(start) and _is_midnight(end):
-        metrics = _daily_metrics(connection, start.date(), (end - dt.timedelta(days=1)).date(), wanted, labels)
-        missing_before = None
-    else:
-        metrics = _window_metrics(connection, start, end, wanted, labels)
-        missing_before = _missing_before(connection, start, end)
-    has_metrics = bool(metrics) or database_has_metrics(connection)
+    whole_days, missing_before = _is_midnight(start) and _is_midnight(end), None
+    if whole_days:
+        metrics = _daily_metrics(connectable, start.date(), (end - dt.timedelta(days=1)).date(), wanted, labels)
+    with connection_for(connectable) as connection:
+        if not whole_days:
+            metrics = _window_metrics(connection, start, end, wanted, labels)
+            missing_before = _missing_before(connection, start, end)
+        has_metrics = bool(metrics) or database_has_metrics(connection)
     return Report(start, end, shown_filters, metrics, has_metrics, missing_before)
 
 
@@ -307,7 +310,11 @@ def _is_midnight(at: dt.datetime) -> bool:
 
 
 def _daily_metrics(
-    connection: Connection, since: dt.date, until: dt.date, wanted: Sequence[MetricType], labels: Mapping[str, str]
+    connectable: Engine | Connection,
+    since: dt.date,
+    until: dt.date,
+    wanted: Sequence[MetricType],
+    labels: Mapping[str, str],
 ) -> dict[MetricType, list[ReportRow]]:
     """The report's rows of whole days, from the query API (daily rows and the raw rows not rolled up, read
     once for every metric type)."""
@@ -318,7 +325,7 @@ def _daily_metrics(
     with_errors = MetricType.PROCESSING_TIME in types
     if with_errors:
         queries.append((MetricType.ERROR, _ERROR_RATE_KEYS))
-    results = query_metrics_together(connection, since, until, queries, labels=labels)
+    results = query_metrics_together(connectable, since, until, queries, labels=labels)
     error_counts: dict[tuple[str | None, ...], int] = {}
     if with_errors:
         error_counts = {_key(stats.labels, _ERROR_RATE_KEYS): stats.count for stats in results.pop()}

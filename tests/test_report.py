@@ -17,7 +17,15 @@ from dramatiq_opmetrics.cli import main
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.query import MetricStats, query_metrics
-from dramatiq_opmetrics.report import Report, ReportRow, render_json, render_text, report_range, report_to_dict
+from dramatiq_opmetrics.report import (
+    Report,
+    ReportRow,
+    build_report,
+    render_json,
+    render_text,
+    report_range,
+    report_to_dict,
+)
 from dramatiq_opmetrics.rollup import rollup
 from dramatiq_opmetrics.writer import write_samples
 
@@ -214,6 +222,20 @@ def test_report_json_of_today_alone_comes_from_raw_rows(fleet: URL, capsys: pyte
     data = report_json(fleet, "--days", "1", capsys=capsys)
     [processing] = data["metrics"]["processing_time"]["rows"]
     assert (processing["count"], processing["avg"], processing["error_rate"]) == (2, 95.0, 0.5)
+
+
+def test_a_report_read_on_an_engine_equals_the_report_read_on_one_connection(fleet: URL) -> None:
+    engine = make_engine(fleet)
+    try:
+        for since, until in [(TODAY - dt.timedelta(days=2), TODAY), (TODAY, TODAY)]:
+            for filters in ({}, {"queue": "emails"}, {"model": "nowhere"}):
+                with engine.connect() as connection:
+                    on_connection = report_to_dict(build_report(connection, since, until, filters=filters))
+                # On PostgreSQL the engine reads the daily rows and today's raw rows on two connections.
+                assert report_to_dict(build_report(engine, since, until, filters=filters)) == on_connection
+                assert on_connection["metrics"] or filters
+    finally:
+        engine.dispose()
 
 
 def test_report_filters_by_model_and_by_metric(fleet: URL, capsys: pytest.CaptureFixture[str]) -> None:
