@@ -247,24 +247,26 @@ def _merge_range(
 
     if isinstance(connectable, Engine) and connectable.dialect.name == "postgresql":
         ranged, raw_only = make_merges()
-        with (
-            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="opmetrics-raw-read") as pool,
-            connectable.connect() as connection,
-            local_settings(connection, LONG_READ_SETTINGS),
-        ):
-            label_filter = _label_filter(connection, [*ranged, *raw_only])
+        label_filter = next((merge.label_filter for merge in (*ranged, *raw_only)), {})
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="opmetrics-raw-read") as pool:
             raw_read = pool.submit(_read_raw_days_apart, connectable, since, until, label_filter)
-            for merge in ranged:
-                merge.add_daily_rows(connection, since, until)
+            with connectable.connect() as connection, local_settings(connection, LONG_READ_SETTINGS):
+                before = days_not_rolled_up(connection, since, until)
+                for merge in ranged:
+                    merge.add_daily_rows(connection, since, until)
+            # This connection's transaction is over before the wait: behind a pool of one server connection
+            # (PgBouncer) the other read runs meanwhile.
             raw_days = raw_read.result()
-            if days_not_rolled_up(connection, since, until) == list(raw_days):
+        with connectable.connect() as connection, local_settings(connection, LONG_READ_SETTINGS):
+            # A day that was not rolled up before the reads and still is after: read the same by both.
+            if before == list(raw_days) == days_not_rolled_up(connection, since, until):
                 fill(connection, ranged, raw_only, raw_days)
                 return [*ranged, *raw_only]
     ranged, raw_only = make_merges()
     with connection_for(connectable) as connection, local_settings(connection, LONG_READ_SETTINGS):
         for merge in ranged:
             merge.add_daily_rows(connection, since, until)
-        label_filter = _label_filter(connection, [*ranged, *raw_only])
+        label_filter = next((merge.label_filter for merge in (*ranged, *raw_only)), {})
         fill(connection, ranged, raw_only, _read_raw_days(connection, since, until, label_filter))
     return [*ranged, *raw_only]
 
@@ -273,23 +275,20 @@ def _merge_range(
 RawDays = dict[dt.date, list[Aggregate]]
 
 
-def _label_filter(connection: Connection, merges: Sequence[RangeMerge]) -> set[int] | None:
-    """The label sets the merges' (common) label filter matches; None without a filter."""
-    return merges[0].matching_label_sets(connection)[0] if merges and merges[0].label_filter else None
-
-
-def _read_raw_days(connection: Connection, since: dt.date, until: dt.date, label_set_ids: set[int] | None) -> RawDays:
-    """The aggregates of the raw rows of each day of the range not rolled up (of these label sets only)."""
+def _read_raw_days(connection: Connection, since: dt.date, until: dt.date, label_filter: Mapping[str, str]) -> RawDays:
+    """The aggregates of the raw rows of each day of the range not rolled up (of the label sets matching
+    ``label_filter`` only)."""
+    label_set_ids = matching_label_sets(connection, label_filter)[0] if label_filter else None
     return {
         day: aggregate_raw(connection, *day_bounds(day), label_set_ids=label_set_ids, exact_percentiles=False)
         for day in days_not_rolled_up(connection, since, until)
     }
 
 
-def _read_raw_days_apart(engine: Engine, since: dt.date, until: dt.date, label_set_ids: set[int] | None) -> RawDays:
+def _read_raw_days_apart(engine: Engine, since: dt.date, until: dt.date, label_filter: Mapping[str, str]) -> RawDays:
     """:func:`_read_raw_days` on a connection of its own."""
     with engine.connect() as connection, local_settings(connection, LONG_READ_SETTINGS):
-        return _read_raw_days(connection, since, until, label_set_ids)
+        return _read_raw_days(connection, since, until, label_filter)
 
 
 def _query(
