@@ -17,20 +17,18 @@ import email
 import email.message
 import email.policy
 import json
-import os
-import shutil
-import subprocess
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from served_program import ServedProgram, find_program
 from tcp_proxy import free_port
 from waiting import wait_until
 
@@ -179,16 +177,6 @@ class JsonHttpServer:
         self.stop()
 
 
-def alertmanager_binary() -> str:
-    """The ``prometheus-alertmanager`` program; skips the test if it is missing, except in CI (fails)."""
-    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail(ALERTMANAGER_MISSING)
-        pytest.skip(ALERTMANAGER_MISSING)
-    return binary
-
-
 #: A configuration whose only receiver sends nothing: the tests read what Alertmanager holds, by its API.
 ALERTMANAGER_CONFIG = """\
 route:
@@ -199,63 +187,32 @@ receivers:
 """
 
 
-class Alertmanager:
+class Alertmanager(ServedProgram):
     """A real Prometheus Alertmanager on a free 127.0.0.1 port, its storage and configuration in ``folder``.
 
     Parameters:
       folder(Path): where its configuration, data and log go (a test's ``tmp_path``).
     """
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.log = folder / "alertmanager.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log_file: BinaryIO | None = None
-
-    @property
-    def url(self) -> str:
-        """Its HTTP base URL."""
-        return f"http://127.0.0.1:{self.port}"
+    name = "Alertmanager"
 
     @property
     def target(self) -> str:
         """The notification target sending to it."""
         return f"alertmanager+http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> Alertmanager:
-        binary = alertmanager_binary()
+    def command(self) -> list[str]:
+        binary = find_program(("prometheus-alertmanager", "alertmanager"), ALERTMANAGER_MISSING)
         config = self.folder / "alertmanager.yml"
         config.write_text(ALERTMANAGER_CONFIG)
         (self.folder / "data").mkdir(exist_ok=True)
-        self._log_file = self.log.open("wb")
-        self._process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.path={self.folder / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--cluster.listen-address=",
-            ],
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until(self._ready, START_TIMEOUT_S, f"Alertmanager to be ready (log: {self.log})", poll_s=0.1)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def _ready(self) -> bool:
-        assert self._process is not None
-        if self._process.poll() is not None:
-            raise RuntimeError(f"Alertmanager exited at start: {self.log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as answer:
-                return bool(answer.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return [
+            binary,
+            f"--config.file={config}",
+            f"--storage.path={self.folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--cluster.listen-address=",
+        ]
 
     def alerts(self) -> list[dict[str, Any]]:
         """The alerts Alertmanager lists (``GET /api/v2/alerts``: those not resolved)."""
@@ -284,19 +241,6 @@ class Alertmanager:
 
         wait_until(holds, timeout_s, what, poll_s=0.1)
         return found[0]
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=STOP_TIMEOUT_S)
-            self._process = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
 
 
 @pytest.fixture
