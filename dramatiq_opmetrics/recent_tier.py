@@ -73,6 +73,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text, update
 
@@ -131,6 +132,12 @@ def histogram_of_keys(keys: Iterable[int | None], into: Histogram | None = None)
     counts = Counter(keys)
     zero = counts.pop(None, 0)
     histogram.zero_count += zero
+    keyed = cast("Counter[int]", counts)  # None was popped
+    if not histogram.bins and (not keyed or min(keyed) >= NEGATIVE_KEY_BASE // 2):
+        # Positive values only, into empty bins (the tier's usual case): one dict update, not a loop in Python
+        # over every distinct key (most of a first read of a day's tier).
+        histogram.bins.update(keyed)
+        return histogram
     for key, count in counts.items():
         assert key is not None
         if key < NEGATIVE_KEY_BASE // 2:

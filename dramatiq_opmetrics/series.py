@@ -521,18 +521,18 @@ def _query_in_postgres(
         # Tens of thousands of rows: read in binary by the driver itself (a third of the time of text).
         with local_settings(connection, SERIES_SETTINGS), driver.cursor(binary=True) as cursor:
             cursor.execute(compiled.string, compiled.construct_params(params))
-            with _collection_paused():
+            with collection_paused():
                 rows = cursor.fetchall()
         if read_state(connection) == state:
             break
     else:
         raise RuntimeError(f"the recent tier was folded during each of {MAX_READ_ATTEMPTS} readings; try again")
-    with _collection_paused():
+    with collection_paused():
         return _points_of_rows(rows, start, end, step_minutes, keys)
 
 
 @contextlib.contextmanager
-def _collection_paused() -> Iterator[None]:
+def collection_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector while a result is built: tens of thousands of new tuples
     trigger collection after collection of every object of the process (a quarter of a day's series read
     in a big process), and none of them is garbage. Reference counting still frees what goes."""
