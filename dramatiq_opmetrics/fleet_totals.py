@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Text, case, cast, func, select, tuple_, union_all
+from sqlalchemy import Connection, Engine, Text, case, cast, func, select, text, tuple_, union_all
 
 from .database import LONG_READ_SETTINGS, local_settings
 from .metric_types import MetricType
@@ -51,7 +51,14 @@ from .models import LabelSet, OperationalMetricDaily, OperationalMetricMonthly, 
 from .packed_histograms import HistogramSum
 from .partitions import day_bounds
 from .query import RangeMerge, days_not_rolled_up, labels_of_keys
-from .recent_tier import BucketAggregate, histogram_of_keys, read_state
+from .recent_tier import (
+    KEY_PARAMETERS,
+    BucketAggregate,
+    histogram_of_key_counts,
+    histogram_of_keys,
+    keyed_raw_sql,
+    read_state,
+)
 from .rollup import month_of, next_month
 from .series import raw_aggregates, tier_layout
 from .sketch import Histogram
@@ -243,7 +250,7 @@ class FleetTotalsReader:
             pieces += day_pieces
         self._bucket_groups(connection, spans)
         tier = self._merge_bucket_groups()
-        raw = _raw_totals(raw_aggregates(connection, pieces, set(COUNTED_TYPES), None)) if pieces else {}
+        raw = _raw_totals(connection, pieces) if pieces else {}
         by_id = dict(tier)
         for key, total in raw.items():
             found = by_id.get(key)
@@ -349,7 +356,43 @@ def _add_to(
     found.add(count, value_sum, histogram)
 
 
-def _raw_totals(aggregates: Iterable[BucketAggregate]) -> dict[tuple[MetricType, int], Total]:
+def _raw_totals(
+    connection: Connection, pieces: Sequence[tuple[dt.datetime, dt.datetime, int | None]]
+) -> dict[tuple[MetricType, int], Total]:
+    """The totals of the raw rows of ``pieces`` (as :func:`~dramatiq_opmetrics.series.tier_layout` makes them)
+    per (metric type, label set id), one histogram per series made from the counts of its keys."""
+    if connection.dialect.name != "postgresql":
+        return _totals_of_aggregates(raw_aggregates(connection, pieces, set(COUNTED_TYPES), None))
+    # PostgreSQL counts the rows per series and key: a few rows per series travel, not every raw row with
+    # its time (the raw rows not folded yet are read at every scrape).
+    params: dict[str, object] = {**KEY_PARAMETERS, "types": sorted(member.value for member in COUNTED_TYPES)}
+    chosen = []
+    for index, (low, high, above_id) in enumerate(pieces):
+        above = "" if above_id is None else f" AND id > :ri{index}"
+        chosen.append(
+            keyed_raw_sql(
+                f"recorded_at >= :rl{index} AND recorded_at < :rh{index}{above}"
+                " AND metric_type = ANY(CAST(CAST(:types AS text[]) AS opmetrics_metric_type[]))"
+            )
+        )
+        params[f"rl{index}"], params[f"rh{index}"], params[f"ri{index}"] = low, high, above_id
+    statement = (
+        "SELECT CAST(metric_type AS text), label_set_id, key, count(*), sum(value)"
+        f" FROM ({' UNION ALL '.join(chosen)}) AS keyed GROUP BY metric_type, label_set_id, key"
+    )
+    totals: dict[tuple[MetricType, int], Total] = {}
+    keys: dict[tuple[MetricType, int], dict[int | None, int]] = {}
+    for row_type, label_set_id, key, count, value_sum in connection.execute(text(statement), params):
+        series = (_TYPES[row_type], label_set_id)
+        _add_to(totals, series, int(count), value_sum, None)
+        if series[0] in HISTOGRAM_TYPES:
+            keys.setdefault(series, {})[key] = int(count)
+    for series, counts in keys.items():
+        totals[series].add(0, 0.0, histogram_of_key_counts(counts))
+    return totals
+
+
+def _totals_of_aggregates(aggregates: Iterable[BucketAggregate]) -> dict[tuple[MetricType, int], Total]:
     """The totals of raw rows' minute aggregates per (metric type, label set id), one histogram per series
     made from all its keys at once (a histogram per minute costs a dense run of counts each)."""
     totals: dict[tuple[MetricType, int], Total] = {}
