@@ -36,8 +36,10 @@ the database on every read, so that what is kept is only ever a copy of what is 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as dt
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -171,19 +173,49 @@ class FleetTotalsReader:
         self._merged_from: dict[tuple[int, dt.datetime], _Kept] = {}
         self._keys_of_ids: dict[int, str] = {}
         self._labels: dict[str, Mapping[str, str]] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="opmetrics-totals")
 
     def read(self) -> FleetTotals:
         """The totals now, in one snapshot of the database."""
         with self._lock, self._snapshot() as connection:
-            self._read_rolled_up(connection)
-            today = self.clock().astimezone(dt.UTC).date()
-            days = tuple(days_not_rolled_up(connection, _EARLIEST_DAY, today))
-            recent = self._read_not_rolled_up(connection, days)
+            if connection.dialect.name == "postgresql" and not self._months:
+                # A first read: the rolled-up months on a second connection, in the same snapshot, while this
+                # one reads the days not rolled up (the two long parts side by side; 5-10% of a first read).
+                # Later reads check one aggregate of the months: a thread and a connection would cost more.
+                snapshot = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+                rolled_up = self._pool.submit(self._read_rolled_up_in, snapshot)
+                try:
+                    recent, days = self._read_recent(connection)
+                finally:
+                    changed = rolled_up.result()
+            else:
+                changed = self._read_rolled_up(connection)
+                recent, days = self._read_recent(connection)
+            if changed:
+                wanted = sorted({labels_key for _, labels_key in self._rolled_up} - self._labels.keys())
+                if wanted:
+                    self._labels.update(labels_of_keys(connection, wanted))
         totals: dict[SeriesKey, Total] = dict(self._rolled_up)
         for key, total in recent.items():
             kept = totals.get(key)
             totals[key] = total if kept is None else kept.plus(total)
         return FleetTotals(totals, dict(self._labels), days)
+
+    def _read_recent(self, connection: Connection) -> tuple[dict[SeriesKey, Total], tuple[dt.date, ...]]:
+        today = self.clock().astimezone(dt.UTC).date()
+        days = tuple(days_not_rolled_up(connection, _EARLIEST_DAY, today))
+        return self._read_not_rolled_up(connection, days), days
+
+    def _read_rolled_up_in(self, snapshot: str) -> bool:
+        """:meth:`_read_rolled_up` on a connection of its own, in the exported ``snapshot`` (PostgreSQL)."""
+        if not _SNAPSHOT_ID.fullmatch(snapshot):
+            raise ValueError(f"unexpected snapshot id {snapshot!r}")
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(isolation_level="REPEATABLE READ")
+            with connection.begin():
+                connection.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+                with local_settings(connection, LONG_READ_SETTINGS):
+                    return self._read_rolled_up(connection)
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[Connection]:
@@ -203,39 +235,35 @@ class FleetTotalsReader:
 
     # Rolled-up days: by month, read again when a month's daily or monthly rows change.
 
-    def _read_rolled_up(self, connection: Connection) -> None:
+    def _read_rolled_up(self, connection: Connection) -> bool:
+        """Read the rolled-up months that changed; whether any did."""
         # The rollup merges a day's month in the transaction that writes the day's daily rows: the monthly
         # rows change whenever the rollup writes. Only then are the daily rows' fingerprints read (a scan of
         # a year of daily rows' read index: about 0.1 s at the benchmark's scale).
         monthly = _monthly_fingerprint(connection)
         if self._months and monthly == self._monthly:
-            return
-        self._monthly = monthly
+            return False
         fingerprints = _month_fingerprints(connection)
-        changed = False
-        for month in list(self._months):
-            if month not in fingerprints:
-                del self._months[month]
-                changed = True
+        # What is kept changes only once every changed month is read (a read that fails changes nothing).
+        months = {month: kept for month, kept in self._months.items() if month in fingerprints}
+        changed = len(months) < len(self._months)
         for month, fingerprint in fingerprints.items():
-            kept = self._months.get(month)
+            kept = months.get(month)
             if kept is not None and kept.fingerprint == fingerprint:
                 continue
-            self._months[month] = _Kept(fingerprint, _month_totals(connection, month))
+            months[month] = _Kept(fingerprint, _month_totals(connection, month))
             changed = True
-        if not changed:
-            return
-        merged: dict[SeriesKey, Total] = {}
-        for month in sorted(self._months):
-            for key, total in self._months[month].totals.items():
-                found = merged.get(key)
-                if found is None:
-                    found = merged[key] = Total()
-                found.add(total.count, total.value_sum, total.histogram)
-        self._rolled_up = merged
-        wanted = sorted({labels_key for _, labels_key in merged} - self._labels.keys())
-        if wanted:
-            self._labels.update(labels_of_keys(connection, wanted))
+        if changed:
+            merged: dict[SeriesKey, Total] = {}
+            for month in sorted(months):
+                for key, total in months[month].totals.items():
+                    found = merged.get(key)
+                    if found is None:
+                        found = merged[key] = Total()
+                    found.add(total.count, total.value_sum, total.histogram)
+            self._months, self._rolled_up = months, merged
+        self._monthly = monthly
+        return changed
 
     # Days not rolled up: the recent tier's bucket groups (kept) and the raw rows it does not hold.
 
@@ -319,8 +347,8 @@ class FleetTotalsReader:
             for group, fingerprint in fingerprints.items()
             if self._buckets.get(group, _NO_KEPT).fingerprint != fingerprint
         ]
-        for group in changed:
-            self._buckets[group] = _Kept(fingerprints[group])
+        # Kept only once read whole (a read that fails keeps no group half read).
+        read = {group: _Kept(fingerprints[group]) for group in changed}
         histogram_types = sorted(HISTOGRAM_TYPES)
         for first in range(0, len(changed), _GROUPS_PER_READ):
             chunk = changed[first : first + _GROUPS_PER_READ]
@@ -335,9 +363,12 @@ class FleetTotalsReader:
             ).where(tuple_(tier.c.width_minutes, tier.c.bucket_start).in_(chunk), tier.c.metric_type.in_(types))
             for width, start, row_type, label_set_id, count, total, keys in connection.execute(query):
                 histogram = None if keys is None else histogram_of_keys(keys)
-                _add_to(self._buckets[(width, start)].totals, (_TYPES[row_type], label_set_id), count, total, histogram)
+                _add_to(read[(width, start)].totals, (_TYPES[row_type], label_set_id), count, total, histogram)
+        self._buckets.update(read)
 
 
+#: What ``pg_export_snapshot()`` returns.
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
 #: Bucket groups whose rows are read per statement.
 _GROUPS_PER_READ = 200
 _NO_KEPT = _Kept(None)
