@@ -148,11 +148,27 @@ def histogram_counts(histogram: HistogramSum, bounds: Sequence[float]) -> Histog
         index = key - offset
         cumulative.append(below + (running[min(index, len(running) - 1)] if running and index >= 0 else 0))
     cumulative.append(below + (running[-1] if running else 0))
-    positive_sum = math.fsum(map(operator.mul, counts, map(bucket_value, range(offset, offset + len(counts)))))
-    negative_sum = math.fsum(
-        map(operator.mul, negative, map(bucket_value, range(negative_offset, negative_offset + len(negative))))
-    )
+    positive_sum = math.fsum(map(operator.mul, counts, _bucket_values(offset, len(counts))))
+    negative_sum = math.fsum(map(operator.mul, negative, _bucket_values(negative_offset, len(negative))))
     return HistogramCounts(tuple(cumulative), math.fsum((positive_sum, -negative_sum)))
+
+
+#: The representative values of a run of keys, from the first (one tuple, replaced whole: thread-safe).
+_VALUES: tuple[int, list[float]] = (0, [])
+
+
+def _bucket_values(first: int, count: int) -> list[float]:
+    """:func:`~dramatiq_opmetrics.sketch.bucket_value` of ``count`` keys from ``first``: a slice of a run kept
+    for the keys seen so far (a scrape sums hundreds of keys per changed histogram)."""
+    global _VALUES
+    if not count:
+        return []
+    start, values = _VALUES
+    if first < start or first + count > start + len(values):
+        low, high = min(first, start) if values else first, max(first + count, start + len(values))
+        values = [bucket_value(key) for key in range(low, high)]
+        start, _VALUES = low, (low, values)
+    return values[first - start : first - start + count]
 
 
 _BOUND_KEYS: dict[tuple[float, ...], list[int]] = {}
