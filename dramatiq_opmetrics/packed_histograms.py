@@ -104,13 +104,16 @@ class _Side:
 
     def add_bins(self, bins: Mapping[int, int]) -> None:
         """Add counts by key (a :class:`~dramatiq_opmetrics.sketch.Histogram`'s bins)."""
-        keys = [key for key, count in bins.items() if count]
-        if keys:
-            low = min(keys)
-            dense = [0] * (max(keys) - low + 1)
-            for key in keys:
-                dense[key - low] = bins[key]
-            self.add(low, _from_counts(dense))
+        if not bins:
+            return
+        if 0 in bins.values():
+            bins = {key: count for key, count in bins.items() if count}
+            if not bins:
+                return
+        # The run of counts made by C loops (no Python operation per key: most of a first read of the tier).
+        low = min(bins)
+        dense = list(map(bins.get, range(low, max(bins) + 1), itertools.repeat(0)))
+        self.add(low, _from_counts(dense))
 
     def trimmed(self) -> tuple[int, list[int]]:
         """The offset and counts, without leading and trailing zeros."""
