@@ -6,7 +6,8 @@ names and labels, from the metrics database: one scrape target for the whole fle
 with totals that survive every restart. Existing dashboards and alert rules keep working unchanged.
 
 Served, in the Prometheus text exposition format (OpenMetrics when Prometheus asks for it), made with
-``prometheus_client`` from a custom collector (:class:`FleetCollector`):
+``prometheus_client`` from a custom collector (:class:`FleetCollector`; the app has the encoder write again
+only the series that changed since the last scrape, :mod:`~dramatiq_opmetrics.exposition`):
 
 - Dramatiq's names, labelled ``queue_name`` and ``actor_name`` as in ``dramatiq/middleware/prometheus.py``:
   ``dramatiq_messages_total`` (messages whose processing ended: attempts, failed or not, and skipped
@@ -22,7 +23,9 @@ Served, in the Prometheus text exposition format (OpenMetrics when Prometheus as
 
 Counters and histograms are totals over the whole history (:mod:`~dramatiq_opmetrics.fleet_totals`): they
 never decrease, across the nightly rollup, the prune, and restarts of the exporter or of any worker, and
-every exporter on the same database serves the same values (so several can run for availability).
+every exporter on the same database serves the same values (so several can run for availability); the one
+known exception, a row committed while the nightly rollup aggregates its day, is in
+:mod:`~dramatiq_opmetrics.fleet_totals`.
 
 How close the histograms are: the stored histograms (:mod:`~dramatiq_opmetrics.sketch`) keep each value's
 bucket of 1% relative width, not the value. A bucket ``le="B"`` counts the values whose bucket's

@@ -13,7 +13,14 @@ what the database holds, the same for every reader, and it can only grow as samp
   rows. Late rows of a day already rolled up are counted once the rollup rolls the day up again (the next
   night), as the query API counts them.
 - Every read runs in one snapshot (``REPEATABLE READ`` on PostgreSQL, one read transaction on SQLite): a
-  rollup committing meanwhile is seen whole or not at all, so a day is never counted twice or missed.
+  rollup committing meanwhile is seen whole or not at all, so a day is never counted twice or missed. A
+  first read (nothing kept yet) reads the rolled-up months on a second connection that imports the first
+  one's snapshot (``pg_export_snapshot``), beside the days not rolled up.
+- A row of a day committed while the rollup aggregates that day (between its statement's snapshot and its
+  commit) is counted from the raw rows before the rollup commits and missing from the daily rows after:
+  its series' totals drop by that many until the next rollup rolls the day up again. No reader-side
+  snapshot avoids it (the daily rows miss the row); only making writers of that day wait for the rollup
+  would (see the README's exporter section).
 - Histograms are counted per bucket key of the stored sketches (:mod:`~dramatiq_opmetrics.sketch`), which
   are integers, the same from daily rows, monthly rows, the tier's keys and raw rows.
 
