@@ -184,6 +184,10 @@ def _bound_keys_cached(bounds: tuple[float, ...]) -> list[int]:
     return found
 
 
+#: A series' Prometheus labels, sorted.
+_Key = tuple[tuple[str, str], ...]
+
+
 class _Totals:
     """The totals of one metric family being built: its series, merged by their Prometheus labels."""
 
@@ -191,8 +195,8 @@ class _Totals:
         self.name, self.documentation, self.kind = name, documentation, kind
         self.series: dict[tuple[tuple[str, str], ...], Total] = {}
 
-    def add(self, labels: Mapping[str, str], total: Total) -> None:
-        key = tuple(sorted(labels.items()))
+    def add(self, key: _Key, total: Total) -> None:
+        """Add ``total`` to the series of the sorted Prometheus labels ``key``."""
         found = self.series.get(key)
         if found is None:
             self.series[key] = total
@@ -235,6 +239,7 @@ class FleetCollector:
         self._kept_histograms = self._histograms
         self._lock = threading.Lock()
         self._texts = ExpositionCache()
+        self._keys: dict[tuple[str, str], _Key] = {}
 
     def collect(self) -> Iterator[Metric]:
         """The metric families, read now."""
@@ -305,11 +310,12 @@ class FleetCollector:
         rejected = _Totals(
             "dramatiq_opmetrics_rejected_samples", "Samples the database refused, by metric type and reason.", "counter"
         )
+        key = self._prometheus_key
         for (metric_type, labels_key), total in totals.totals.items():
             labels = totals.labels.get(labels_key)
             if labels is None:
                 continue
-            dramatiq = _dramatiq_labels(labels)
+            dramatiq = key(labels_key, labels, "dramatiq")
             if metric_type is MetricType.PROCESSING_TIME:
                 messages.add(dramatiq, Total(total.count))
                 durations.add(dramatiq, total)
@@ -323,20 +329,20 @@ class FleetCollector:
                     retries.add(dramatiq, Total(total.count))
                 elif outcome == OUTCOME_FINAL:
                     rejects.add(dramatiq, Total(total.count))
-                by_type.add(_labels(labels), Total(total.count))
+                by_type.add(key(labels_key, labels, "all"), Total(total.count))
             elif metric_type is MetricType.WAIT_TIME:
                 waits.add(dramatiq, total)
             elif metric_type is MetricType.CLOCK_SKEW:
                 skew.add(dramatiq, Total(total.count))
             elif metric_type in (MetricType.PROMPT_TOKENS, MetricType.COMPLETION_TOKENS):
                 kind = "prompt" if metric_type is MetricType.PROMPT_TOKENS else "completion"
-                tokens.add({**_labels(labels), "kind": kind}, Total(total.count, total.value_sum))
+                tokens.add(key(labels_key, labels, kind), Total(total.count, total.value_sum))
             elif metric_type is MetricType.CONFIDENCE:
-                confidence.add(_labels(labels, drop=("bucket",)), total)
+                confidence.add(key(labels_key, labels, "confidence"), total)
             elif metric_type is MetricType.DROPPED_SAMPLES:
-                dropped.add(_labels(labels), Total(total.count, total.value_sum))
+                dropped.add(key(labels_key, labels, "all"), Total(total.count, total.value_sum))
             elif metric_type is MetricType.REJECTED_SAMPLES:
-                rejected.add(_labels(labels), Total(total.count, total.value_sum))
+                rejected.add(key(labels_key, labels, "all"), Total(total.count, total.value_sum))
         for family in (messages, errors, retries, rejects, skipped, by_type, skew):
             yield _counter(family, lambda total: float(total.count))
         for family in (tokens, dropped, rejected):
@@ -344,6 +350,23 @@ class FleetCollector:
         yield self._histogram(durations, DURATION_BUCKETS_MS)
         yield self._histogram(waits, DURATION_BUCKETS_MS)
         yield self._histogram(confidence, CONFIDENCE_BUCKETS)
+
+    def _prometheus_key(self, labels_key: str, labels: Mapping[str, str], variant: str) -> _Key:
+        """The Prometheus labels of a label set, sorted, as a family of ``variant`` labels it: ``dramatiq``
+        (queue and actor), ``all``, ``confidence`` (all but the bucket), ``prompt`` and ``completion`` (all,
+        and the kind of tokens); kept per label set (a label set's labels never change)."""
+        found = self._keys.get((labels_key, variant))
+        if found is None:
+            if variant == "dramatiq":
+                named = _dramatiq_labels(labels)
+            elif variant == "confidence":
+                named = _labels(labels, drop=("bucket",))
+            elif variant in ("prompt", "completion"):
+                named = {**_labels(labels), "kind": variant}
+            else:
+                named = _labels(labels)
+            found = self._keys[(labels_key, variant)] = tuple(sorted(named.items()))
+        return found
 
     def _histogram(self, family: _Totals, bounds: Sequence[float]) -> Family:
         histogram = Family(family.name, family.documentation, "histogram")
@@ -439,7 +462,7 @@ def _labels(labels: Mapping[str, str], drop: Sequence[str] = ()) -> dict[str, st
 def _counter(family: _Totals, value: Callable[[Total], float]) -> Family:
     counter = Family(family.name, family.documentation, "counter")
     for key, total in sorted(family.series.items()):
-        counter.add_sample(f"{family.name}_total", dict(key), value(total))
+        counter.add_sample(f"{family.name}_total", dict(key), value(total), key=key)
     return counter
 
 

@@ -59,10 +59,13 @@ class Family:
         self.name, self.documentation, self.kind = name, documentation, kind
         self.series: list[Series] = []
 
-    def add_sample(self, name: str, labels: Mapping[str, str], value: float) -> None:
-        """Add a series of one sample (its version: its value)."""
+    def add_sample(self, name: str, labels: Mapping[str, str], value: float, *, key: Hashable = None) -> None:
+        """Add a series of one sample (its version: its value); ``key`` identifies it among the family's samples
+        of that name (default: its labels, sorted)."""
         sample = (name, labels, value)
-        self.series.append(Series((name, tuple(sorted(labels.items()))), value, lambda: (sample,)))
+        if key is None:
+            key = tuple(sorted(labels.items()))
+        self.series.append(Series((name, key), value, lambda: (sample,)))
 
     def header(self) -> Metric:
         """The family without samples."""
