@@ -91,6 +91,13 @@ DURATION_BUCKETS_MS: tuple[float, ...] = (
 CONFIDENCE_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 #: The states an alert may be in, each a series of ``dramatiq_opmetrics_alert_state``.
 ALERT_STATES = ("ok", "pending", "firing")
+#: The sampled metric types served as gauges.
+GAUGE_TYPES = (
+    MetricType.QUEUE_DEPTH,
+    MetricType.OLDEST_MESSAGE_AGE,
+    MetricType.WORKER_THREADS,
+    MetricType.BUSY_THREADS,
+)
 #: Our labels renamed to Dramatiq's.
 LABEL_NAMES = {"actor": "actor_name", "queue": "queue_name"}
 #: Dramatiq's labels, in its order.
@@ -260,7 +267,7 @@ class FleetCollector:
             totals = self.reader.read()
             now = self.clock()
             window_start = now - dt.timedelta(seconds=2 * self.sampling_interval_s)
-            gauges = query_totals(self.engine, window_start, now, percentiles=False)
+            gauges = query_totals(self.engine, window_start, now, percentiles=False, metric_types=GAUGE_TYPES)
             alerts = alert_statuses(self.engine)
             with self._lock:
                 families = [*self._counters(totals), *self._gauges(gauges)]
