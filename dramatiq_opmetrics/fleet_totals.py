@@ -14,8 +14,9 @@ what the database holds, the same for every reader, and it can only grow as samp
   night), as the query API counts them.
 - Every read runs in one snapshot (``REPEATABLE READ`` on PostgreSQL, one read transaction on SQLite): a
   rollup committing meanwhile is seen whole or not at all, so a day is never counted twice or missed. A
-  first read (nothing kept yet) reads the rolled-up months on a second connection that imports the first
-  one's snapshot (``pg_export_snapshot``), beside the days not rolled up.
+  first read (nothing kept yet) reads the rolled-up months on a second connection beside the days not
+  rolled up, each in a snapshot of its own, and keeps the result only if both saw the same monthly rows
+  (else it reads again in one snapshot).
 - A row of a day committed while the rollup aggregates that day (between its statement's snapshot and its
   commit) is counted from the raw rows before the rollup commits and missing from the daily rows after:
   its series' totals drop by that many until the next rollup rolls the day up again. No reader-side
@@ -46,7 +47,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import datetime as dt
-import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -184,24 +184,53 @@ class FleetTotalsReader:
 
     def read(self) -> FleetTotals:
         """The totals now, in one snapshot of the database."""
-        with self._lock, self._snapshot() as connection:
-            if connection.dialect.name == "postgresql" and not self._months:
-                # A first read: the rolled-up months on a second connection, in the same snapshot, while this
-                # one reads the days not rolled up (the two long parts side by side; 5-10% of a first read).
-                # Later reads check one aggregate of the months: a thread and a connection would cost more.
-                snapshot = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
-                rolled_up = self._pool.submit(self._read_rolled_up_in, snapshot)
-                try:
-                    recent, days = self._read_recent(connection)
-                finally:
-                    changed = rolled_up.result()
-            else:
-                changed = self._read_rolled_up(connection)
+        with self._lock:
+            first = self._monthly is None
+            if first and self.engine.dialect.name == "postgresql":
+                found = self._first_read()
+                if found is not None:
+                    return found
+            with self._snapshot() as connection:
+                if self._read_rolled_up(connection) or first:
+                    self._read_labels(connection)
                 recent, days = self._read_recent(connection)
-            if changed:
-                wanted = sorted({labels_key for _, labels_key in self._rolled_up} - self._labels.keys())
-                if wanted:
-                    self._labels.update(labels_of_keys(connection, wanted))
+            return self._totals(recent, days)
+
+    def _first_read(self) -> FleetTotals | None:
+        """A first read (nothing kept yet, PostgreSQL): the rolled-up months on a connection of their own while
+        this one reads the days not rolled up, the two long parts side by side (10% of a first read). Each
+        reads its own snapshot; their monthly rows' fingerprints must agree (no rollup wrote between them),
+        else None: the caller reads again, in one snapshot. Later reads check one aggregate of the monthly
+        rows: a thread and a connection would cost more than they save."""
+        months = self._pool.submit(self._read_rolled_up_apart)
+        try:
+            with self._snapshot() as connection:
+                monthly = _monthly_fingerprint(connection)
+                recent, days = self._read_recent(connection)
+        except BaseException:
+            concurrent.futures.wait([months])  # it changes what is kept: never beside a later read
+            raise
+        # This connection's transaction is over before the wait: behind a pool of one server connection
+        # (PgBouncer) the other read runs meanwhile.
+        months.result()
+        if monthly != self._monthly:
+            return None
+        with self._snapshot() as connection:
+            self._read_labels(connection)
+        return self._totals(recent, days)
+
+    def _read_rolled_up_apart(self) -> None:
+        """:meth:`_read_rolled_up` on a connection and in a snapshot of its own."""
+        with self._snapshot() as connection:
+            self._read_rolled_up(connection)
+
+    def _read_labels(self, connection: Connection) -> None:
+        """Read the labels of the rolled-up series' label keys new to the reader."""
+        wanted = sorted({labels_key for _, labels_key in self._rolled_up} - self._labels.keys())
+        if wanted:
+            self._labels.update(labels_of_keys(connection, wanted))
+
+    def _totals(self, recent: Mapping[SeriesKey, Total], days: tuple[dt.date, ...]) -> FleetTotals:
         totals: dict[SeriesKey, Total] = dict(self._rolled_up)
         for key, total in recent.items():
             kept = totals.get(key)
@@ -212,17 +241,6 @@ class FleetTotalsReader:
         today = self.clock().astimezone(dt.UTC).date()
         days = tuple(days_not_rolled_up(connection, _EARLIEST_DAY, today))
         return self._read_not_rolled_up(connection, days), days
-
-    def _read_rolled_up_in(self, snapshot: str) -> bool:
-        """:meth:`_read_rolled_up` on a connection of its own, in the exported ``snapshot`` (PostgreSQL)."""
-        if not _SNAPSHOT_ID.fullmatch(snapshot):
-            raise ValueError(f"unexpected snapshot id {snapshot!r}")
-        with self.engine.connect() as connection:
-            connection = connection.execution_options(isolation_level="REPEATABLE READ")
-            with connection.begin():
-                connection.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-                with local_settings(connection, LONG_READ_SETTINGS):
-                    return self._read_rolled_up(connection)
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[Connection]:
@@ -388,8 +406,6 @@ def _rows(connection: Connection, query: Select[Any]) -> Iterable[Sequence[Any]]
         return rows
 
 
-#: What ``pg_export_snapshot()`` returns.
-_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
 #: Bucket groups whose rows are read per statement.
 _GROUPS_PER_READ = 200
 _NO_KEPT = _Kept(None)
