@@ -6,7 +6,8 @@ names and labels, from the metrics database: one scrape target for the whole fle
 with totals that survive every restart. Existing dashboards and alert rules keep working unchanged.
 
 Served, in the Prometheus text exposition format (OpenMetrics when Prometheus asks for it), made with
-``prometheus_client`` from a custom collector (:class:`FleetCollector`):
+``prometheus_client`` from a custom collector (:class:`FleetCollector`; the app has the encoder write again
+only the series that changed since the last scrape, :mod:`~dramatiq_opmetrics.exposition`):
 
 - Dramatiq's names, labelled ``queue_name`` and ``actor_name`` as in ``dramatiq/middleware/prometheus.py``:
   ``dramatiq_messages_total`` (messages whose processing ended: attempts, failed or not, and skipped
@@ -22,7 +23,9 @@ Served, in the Prometheus text exposition format (OpenMetrics when Prometheus as
 
 Counters and histograms are totals over the whole history (:mod:`~dramatiq_opmetrics.fleet_totals`): they
 never decrease, across the nightly rollup, the prune, and restarts of the exporter or of any worker, and
-every exporter on the same database serves the same values (so several can run for availability).
+every exporter on the same database serves the same values (so several can run for availability); the one
+known exception, a row committed while the nightly rollup aggregates its day, is in
+:mod:`~dramatiq_opmetrics.fleet_totals`.
 
 How close the histograms are: the stored histograms (:mod:`~dramatiq_opmetrics.sketch`) keep each value's
 bucket of 1% relative width, not the value. A bucket ``le="B"`` counts the values whose bucket's
@@ -54,8 +57,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.core import Metric
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
@@ -65,13 +66,14 @@ from werkzeug.wrappers import Request, Response
 from .alert_status import alert_statuses
 from .config import resolve_setting
 from .database import make_engine
+from .exposition import ExpositionCache, Family, SampleValues, Series
 from .fleet_totals import FleetTotals, FleetTotalsReader, Total, utc_now
 from .http_serving import Credentials, make_http_server
 from .metric_types import MetricType
 from .middleware import OUTCOME_FINAL, OUTCOME_RETRIED, QUEUE_DEPTH_INTERVAL_ENV_VAR
 from .packed_histograms import HistogramSum
 from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, check_interval_s
-from .series import SeriesPoint, query_totals
+from .series import SeriesPoint, collection_paused, query_totals
 from .sketch import bucket_key, bucket_value
 
 #: The interface the exporter binds when none is given.
@@ -89,6 +91,13 @@ DURATION_BUCKETS_MS: tuple[float, ...] = (
 CONFIDENCE_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 #: The states an alert may be in, each a series of ``dramatiq_opmetrics_alert_state``.
 ALERT_STATES = ("ok", "pending", "firing")
+#: The sampled metric types served as gauges.
+GAUGE_TYPES = (
+    MetricType.QUEUE_DEPTH,
+    MetricType.OLDEST_MESSAGE_AGE,
+    MetricType.WORKER_THREADS,
+    MetricType.BUSY_THREADS,
+)
 #: Our labels renamed to Dramatiq's.
 LABEL_NAMES = {"actor": "actor_name", "queue": "queue_name"}
 #: Dramatiq's labels, in its order.
@@ -149,11 +158,27 @@ def histogram_counts(histogram: HistogramSum, bounds: Sequence[float]) -> Histog
         index = key - offset
         cumulative.append(below + (running[min(index, len(running) - 1)] if running and index >= 0 else 0))
     cumulative.append(below + (running[-1] if running else 0))
-    positive_sum = math.fsum(map(operator.mul, counts, map(bucket_value, range(offset, offset + len(counts)))))
-    negative_sum = math.fsum(
-        map(operator.mul, negative, map(bucket_value, range(negative_offset, negative_offset + len(negative))))
-    )
+    positive_sum = math.fsum(map(operator.mul, counts, _bucket_values(offset, len(counts))))
+    negative_sum = math.fsum(map(operator.mul, negative, _bucket_values(negative_offset, len(negative))))
     return HistogramCounts(tuple(cumulative), math.fsum((positive_sum, -negative_sum)))
+
+
+#: The representative values of a run of keys, from the first (one tuple, replaced whole: thread-safe).
+_VALUES: tuple[int, list[float]] = (0, [])
+
+
+def _bucket_values(first: int, count: int) -> list[float]:
+    """:func:`~dramatiq_opmetrics.sketch.bucket_value` of ``count`` keys from ``first``: a slice of a run kept
+    for the keys seen so far (a scrape sums hundreds of keys per changed histogram)."""
+    global _VALUES
+    if not count:
+        return []
+    start, values = _VALUES
+    if first < start or first + count > start + len(values):
+        low, high = min(first, start) if values else first, max(first + count, start + len(values))
+        values = [bucket_value(key) for key in range(low, high)]
+        start, _VALUES = low, (low, values)
+    return values[first - start : first - start + count]
 
 
 _BOUND_KEYS: dict[tuple[float, ...], list[int]] = {}
@@ -166,15 +191,19 @@ def _bound_keys_cached(bounds: tuple[float, ...]) -> list[int]:
     return found
 
 
-class _Family:
-    """One metric family being built: its series, merged by their Prometheus labels."""
+#: A series' Prometheus labels, sorted.
+_Key = tuple[tuple[str, str], ...]
 
-    def __init__(self, name: str, documentation: str, kind: str, unit: str = "") -> None:
-        self.name, self.documentation, self.kind, self.unit = name, documentation, kind, unit
+
+class _Totals:
+    """The totals of one metric family being built: its series, merged by their Prometheus labels."""
+
+    def __init__(self, name: str, documentation: str, kind: str) -> None:
+        self.name, self.documentation, self.kind = name, documentation, kind
         self.series: dict[tuple[tuple[str, str], ...], Total] = {}
 
-    def add(self, labels: Mapping[str, str], total: Total) -> None:
-        key = tuple(sorted(labels.items()))
+    def add(self, key: _Key, total: Total) -> None:
+        """Add ``total`` to the series of the sorted Prometheus labels ``key``."""
         found = self.series.get(key)
         if found is None:
             self.series[key] = total
@@ -213,67 +242,87 @@ class FleetCollector:
             sampling_interval_s, QUEUE_DEPTH_INTERVAL_ENV_VAR, DEFAULT_QUEUE_DEPTH_INTERVAL_S, float
         )
         self.sampling_interval_s = check_interval_s(interval_s) if interval_s else DEFAULT_QUEUE_DEPTH_INTERVAL_S
-        self._histograms: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[int, HistogramCounts]] = {}
+        self._histograms: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[object, HistogramCounts]] = {}
+        self._kept_histograms = self._histograms
         self._lock = threading.Lock()
+        self._texts = ExpositionCache()
+        self._keys: dict[tuple[str, str], _Key] = {}
 
     def collect(self) -> Iterator[Metric]:
         """The metric families, read now."""
-        totals = self.reader.read()
-        now = self.clock()
-        window_start = now - dt.timedelta(seconds=2 * self.sampling_interval_s)
-        gauges = query_totals(self.engine, window_start, now, percentiles=False)
-        alerts = alert_statuses(self.engine)
-        with self._lock:
-            yield from self._counters(totals)
-            yield from self._gauges(gauges)
-        yield from _alert_families(alerts)
-        days = Metric(
-            "dramatiq_opmetrics_days_not_rolled_up",
-            "Days read from raw rows because they have no daily rows yet (today, and yesterday before the rollup).",
-            "gauge",
-        )
-        days.add_sample("dramatiq_opmetrics_days_not_rolled_up", {}, float(len(totals.not_rolled_up)))
-        yield days
+        for family in self.families():
+            yield family.metric()
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The metric families, read now, in the format a request's ``Accept`` header asks for (as
+        ``prometheus_client`` negotiates it: OpenMetrics, else the text format), and its content type: the
+        text ``prometheus_client``'s encoder writes for :meth:`collect`'s families, each series written
+        again only when it changed since the last scrape (:mod:`~dramatiq_opmetrics.exposition`)."""
+        with collection_paused():
+            return self._texts.exposition(self.families(), accept)
+
+    def families(self) -> list[Family]:
+        """The metric families, read now, described series by series (:mod:`~dramatiq_opmetrics.exposition`)."""
+        with collection_paused():
+            totals = self.reader.read()
+            now = self.clock()
+            window_start = now - dt.timedelta(seconds=2 * self.sampling_interval_s)
+            gauges = query_totals(self.engine, window_start, now, percentiles=False, metric_types=GAUGE_TYPES)
+            alerts = alert_statuses(self.engine)
+            with self._lock:
+                families = [*self._counters(totals), *self._gauges(gauges)]
+            families += _alert_families(alerts)
+            days = Family(
+                "dramatiq_opmetrics_days_not_rolled_up",
+                "Days read from raw rows because they have no daily rows yet (today, and yesterday before the rollup).",
+                "gauge",
+            )
+            days.add_sample("dramatiq_opmetrics_days_not_rolled_up", {}, float(len(totals.not_rolled_up)))
+            families.append(days)
+            return families
 
     # -- counters and histograms ----------------------------------------------------------------------------
 
-    def _counters(self, totals: FleetTotals) -> Iterator[Metric]:
-        messages = _Family("dramatiq_messages", "The total number of messages processed.", "counter")
-        errors = _Family("dramatiq_message_errors", "The total number of errored messages.", "counter")
-        retries = _Family("dramatiq_message_retries", "The total number of retried messages.", "counter")
-        rejects = _Family("dramatiq_message_rejects", "The total number of dead-lettered messages.", "counter")
-        durations = _Family(
+    def _counters(self, totals: FleetTotals) -> Iterator[Family]:
+        # The histograms' counts of the last read, kept for the series that did not change.
+        self._kept_histograms, self._histograms = self._histograms, {}
+        messages = _Totals("dramatiq_messages", "The total number of messages processed.", "counter")
+        errors = _Totals("dramatiq_message_errors", "The total number of errored messages.", "counter")
+        retries = _Totals("dramatiq_message_retries", "The total number of retried messages.", "counter")
+        rejects = _Totals("dramatiq_message_rejects", "The total number of dead-lettered messages.", "counter")
+        durations = _Totals(
             "dramatiq_message_duration_milliseconds", "The time spent processing messages.", "histogram"
         )
-        waits = _Family(
+        waits = _Totals(
             "dramatiq_opmetrics_wait_time_milliseconds",
             "Time messages waited between becoming due and a worker starting them.",
             "histogram",
         )
-        skipped = _Family(
+        skipped = _Totals(
             "dramatiq_opmetrics_skipped_messages", "Messages skipped by a middleware (SkipMessage).", "counter"
         )
-        by_type = _Family(
+        by_type = _Totals(
             "dramatiq_opmetrics_errors", "Failed attempts by exception class and outcome (retried, final).", "counter"
         )
-        skew = _Family(
+        skew = _Totals(
             "dramatiq_opmetrics_clock_skew_messages",
             "Messages whose due time was not a plausible time (no wait time recorded).",
             "counter",
         )
-        tokens = _Family("dramatiq_opmetrics_tokens", "Language-model tokens, by model and kind.", "counter")
-        confidence = _Family("dramatiq_opmetrics_confidence", "Confidence scores recorded by actors.", "histogram")
-        dropped = _Family(
+        tokens = _Totals("dramatiq_opmetrics_tokens", "Language-model tokens, by model and kind.", "counter")
+        confidence = _Totals("dramatiq_opmetrics_confidence", "Confidence scores recorded by actors.", "histogram")
+        dropped = _Totals(
             "dramatiq_opmetrics_dropped_samples", "Samples dropped because a process's buffer was full.", "counter"
         )
-        rejected = _Family(
+        rejected = _Totals(
             "dramatiq_opmetrics_rejected_samples", "Samples the database refused, by metric type and reason.", "counter"
         )
+        key = self._prometheus_key
         for (metric_type, labels_key), total in totals.totals.items():
             labels = totals.labels.get(labels_key)
             if labels is None:
                 continue
-            dramatiq = _dramatiq_labels(labels)
+            dramatiq = key(labels_key, labels, "dramatiq")
             if metric_type is MetricType.PROCESSING_TIME:
                 messages.add(dramatiq, Total(total.count))
                 durations.add(dramatiq, total)
@@ -287,20 +336,20 @@ class FleetCollector:
                     retries.add(dramatiq, Total(total.count))
                 elif outcome == OUTCOME_FINAL:
                     rejects.add(dramatiq, Total(total.count))
-                by_type.add(_labels(labels), Total(total.count))
+                by_type.add(key(labels_key, labels, "all"), Total(total.count))
             elif metric_type is MetricType.WAIT_TIME:
                 waits.add(dramatiq, total)
             elif metric_type is MetricType.CLOCK_SKEW:
                 skew.add(dramatiq, Total(total.count))
             elif metric_type in (MetricType.PROMPT_TOKENS, MetricType.COMPLETION_TOKENS):
                 kind = "prompt" if metric_type is MetricType.PROMPT_TOKENS else "completion"
-                tokens.add({**_labels(labels), "kind": kind}, Total(total.count, total.value_sum))
+                tokens.add(key(labels_key, labels, kind), Total(total.count, total.value_sum))
             elif metric_type is MetricType.CONFIDENCE:
-                confidence.add(_labels(labels, drop=("bucket",)), total)
+                confidence.add(key(labels_key, labels, "confidence"), total)
             elif metric_type is MetricType.DROPPED_SAMPLES:
-                dropped.add(_labels(labels), Total(total.count, total.value_sum))
+                dropped.add(key(labels_key, labels, "all"), Total(total.count, total.value_sum))
             elif metric_type is MetricType.REJECTED_SAMPLES:
-                rejected.add(_labels(labels), Total(total.count, total.value_sum))
+                rejected.add(key(labels_key, labels, "all"), Total(total.count, total.value_sum))
         for family in (messages, errors, retries, rejects, skipped, by_type, skew):
             yield _counter(family, lambda total: float(total.count))
         for family in (tokens, dropped, rejected):
@@ -309,51 +358,66 @@ class FleetCollector:
         yield self._histogram(waits, DURATION_BUCKETS_MS)
         yield self._histogram(confidence, CONFIDENCE_BUCKETS)
 
-    def _histogram(self, family: _Family, bounds: Sequence[float]) -> Metric:
-        metric = Metric(family.name, family.documentation, "histogram")
+    def _prometheus_key(self, labels_key: str, labels: Mapping[str, str], variant: str) -> _Key:
+        """The Prometheus labels of a label set, sorted, as a family of ``variant`` labels it: ``dramatiq``
+        (queue and actor), ``all``, ``confidence`` (all but the bucket), ``prompt`` and ``completion`` (all,
+        and the kind of tokens); kept per label set (a label set's labels never change)."""
+        found = self._keys.get((labels_key, variant))
+        if found is None:
+            if variant == "dramatiq":
+                named = _dramatiq_labels(labels)
+            elif variant == "confidence":
+                named = _labels(labels, drop=("bucket",))
+            elif variant in ("prompt", "completion"):
+                named = {**_labels(labels), "kind": variant}
+            else:
+                named = _labels(labels)
+            found = self._keys[(labels_key, variant)] = tuple(sorted(named.items()))
+        return found
+
+    def _histogram(self, family: _Totals, bounds: Sequence[float]) -> Family:
+        histogram = Family(family.name, family.documentation, "histogram")
         les = [floatToGoString(bound) for bound in [*bounds, math.inf]]  # type: ignore[no-untyped-call]
         for key, total in sorted(family.series.items()):
-            labels = dict(key)
-            cache_key = (family.name, key)
-            kept = self._histograms.get(cache_key)
-            if kept is not None and kept[0] == total.count:
-                counts = kept[1]
-            else:
-                counts = histogram_counts(total.histogram or HistogramSum(), bounds)
-                self._histograms[cache_key] = (total.count, counts)
-            for le, cumulative in zip(les, counts.cumulative, strict=True):
-                metric.add_sample(f"{family.name}_bucket", {**labels, "le": le}, float(cumulative))
-            metric.add_sample(f"{family.name}_count", labels, float(total.count))
-            metric.add_sample(f"{family.name}_sum", labels, counts.sum)
-        return metric
+            # A series' samples only ever grow: its count and sum tell whether it changed.
+            version = (total.count, total.value_sum)
+            found = self._kept_histograms.get((family.name, key))
+            if found is None or found[0] != version:
+                found = (version, histogram_counts(total.histogram or HistogramSum(), bounds))
+            self._histograms[(family.name, key)] = found
+            samples = functools.partial(_histogram_samples, family.name, key, les, total.count, found[1])
+            histogram.series.append(Series(key, version, samples))
+        return histogram
 
     # -- gauges ---------------------------------------------------------------------------------------------
 
-    def _gauges(self, points: Iterable[SeriesPoint]) -> Iterator[Metric]:
-        depth = Metric(
+    def _gauges(self, points: Iterable[SeriesPoint]) -> Iterator[Family]:
+        depth = Family(
             "dramatiq_opmetrics_queue_depth_messages",
             "Messages in each queue by state, the most sampled over the last two sampling intervals.",
             "gauge",
         )
-        age = Metric(
+        age = Family(
             "dramatiq_opmetrics_oldest_message_age_seconds",
             "Seconds since the oldest ready message of each queue became due, the most sampled over the last two"
             " sampling intervals.",
             "gauge",
         )
-        workers = Metric(
+        workers = Family(
             "dramatiq_opmetrics_workers",
             "Worker processes online, per host (over the last two sampling intervals).",
             "gauge",
         )
-        threads = Metric("dramatiq_opmetrics_worker_threads", "Worker threads online, per host.", "gauge")
-        busy = Metric("dramatiq_opmetrics_busy_threads", "Worker threads processing a message, per host.", "gauge")
+        threads = Family("dramatiq_opmetrics_worker_threads", "Worker threads online, per host.", "gauge")
+        busy = Family("dramatiq_opmetrics_busy_threads", "Worker threads processing a message, per host.", "gauge")
         per_host: dict[str, list[float]] = {}
+        depths: dict[tuple[tuple[str, str], ...], float] = {}
+        ages: dict[tuple[tuple[str, str], ...], float] = {}
         for point in points:
             if point.metric_type is MetricType.QUEUE_DEPTH:
-                depth.add_sample(depth.name, _labels(point.labels), point.max)
+                _keep_largest(depths, _labels(point.labels), point.max)
             elif point.metric_type is MetricType.OLDEST_MESSAGE_AGE:
-                age.add_sample(age.name, _labels(point.labels), point.max)
+                _keep_largest(ages, _labels(point.labels), point.max)
             elif point.metric_type in (MetricType.WORKER_THREADS, MetricType.BUSY_THREADS):
                 sums = per_host.setdefault(point.labels.get("host", ""), [0.0, 0.0, 0.0])
                 if point.metric_type is MetricType.WORKER_THREADS:
@@ -361,8 +425,10 @@ class FleetCollector:
                     sums[1] += point.sum
                 else:
                     sums[2] += point.sum
-        _merge_samples(depth)
-        _merge_samples(age)
+        for key, largest in depths.items():
+            depth.add_sample(depth.name, dict(key), largest)
+        for key, largest in ages.items():
+            age.add_sample(age.name, dict(key), largest)
         # Each worker process records one sample per interval: two intervals hold two of each.
         for host, (processes, online, working) in sorted(per_host.items()):
             workers.add_sample(workers.name, {"host": host}, processes / 2)
@@ -371,15 +437,25 @@ class FleetCollector:
         yield from (depth, age, workers, threads, busy)
 
 
-def _merge_samples(metric: Metric) -> None:
+def _histogram_samples(
+    name: str, key: tuple[tuple[str, str], ...], les: Sequence[str], count: int, counts: HistogramCounts
+) -> list[SampleValues]:
+    labels = dict(key)
+    samples: list[SampleValues] = [
+        (f"{name}_bucket", {**labels, "le": le}, float(cumulative))
+        for le, cumulative in zip(les, counts.cumulative, strict=True)
+    ]
+    samples.append((f"{name}_count", labels, float(count)))
+    samples.append((f"{name}_sum", labels, counts.sum))
+    return samples
+
+
+def _keep_largest(largest: dict[tuple[tuple[str, str], ...], float], labels: Mapping[str, str], value: float) -> None:
     """Keep the largest value of samples whose Prometheus labels are the same (label keys that differ only in
     characters Prometheus does not allow)."""
-    largest: dict[tuple[tuple[str, str], ...], Any] = {}
-    for sample in metric.samples:
-        key = tuple(sorted(sample.labels.items()))
-        if key not in largest or sample.value > largest[key].value:
-            largest[key] = sample
-    metric.samples = list(largest.values())
+    key = tuple(sorted(labels.items()))
+    if key not in largest or value > largest[key]:
+        largest[key] = value
 
 
 def _dramatiq_labels(labels: Mapping[str, str]) -> dict[str, str]:
@@ -390,28 +466,27 @@ def _labels(labels: Mapping[str, str], drop: Sequence[str] = ()) -> dict[str, st
     return {prometheus_label_name(key): value for key, value in sorted(labels.items()) if key not in drop}
 
 
-def _counter(family: _Family, value: Callable[[Total], float]) -> Metric:
-    metric = Metric(family.name, family.documentation, "counter")
+def _counter(family: _Totals, value: Callable[[Total], float]) -> Family:
+    counter = Family(family.name, family.documentation, "counter")
     for key, total in sorted(family.series.items()):
-        metric.add_sample(f"{family.name}_total", dict(key), value(total))
-    return metric
+        counter.add_sample(f"{family.name}_total", dict(key), value(total), key=key)
+    return counter
 
 
-def _alert_families(statuses: Iterable[Any]) -> Iterator[Metric]:
-    state = Metric(
+def _alert_families(statuses: Iterable[Any]) -> list[Family]:
+    state = Family(
         "dramatiq_opmetrics_alert_state",
         "1 for the state each alert is in (ok, pending, firing), 0 for the others; group is its group key.",
         "gauge",
     )
-    value = Metric("dramatiq_opmetrics_alert_value", "The value each alert's rule last computed.", "gauge")
+    value = Family("dramatiq_opmetrics_alert_value", "The value each alert's rule last computed.", "gauge")
     for status in statuses:
         labels = {"rule": status.rule, "group": status.group}
         for name in ALERT_STATES:
             state.add_sample(state.name, {**labels, "state": name}, 1.0 if status.state == name else 0.0)
         if status.value is not None:
             value.add_sample(value.name, labels, float(status.value))
-    yield state
-    yield value
+    return [state, value]
 
 
 class ExporterApp:
@@ -428,8 +503,6 @@ class ExporterApp:
     def __init__(self, collector: FleetCollector, *, credentials: Credentials | None = None) -> None:
         self.collector = collector
         self.credentials = credentials or Credentials()
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(collector)
 
     @property
     def requires_auth(self) -> bool:
@@ -445,7 +518,7 @@ class ExporterApp:
             if request.method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(valid_methods=["GET", "HEAD"])
             response = (
-                metrics_response(self.registry, request)
+                metrics_response(self.collector, request)
                 if request.path.rstrip("/")
                 else Response("dramatiq-opmetrics exporter: see /metrics\n", mimetype="text/plain")
             )
@@ -454,12 +527,11 @@ class ExporterApp:
         return response(environ, start_response)
 
 
-def metrics_response(registry: CollectorRegistry, request: Request) -> Response:
-    """The response to a scrape of ``registry``: its metrics in the format the request accepts (OpenMetrics,
+def metrics_response(collector: FleetCollector, request: Request) -> Response:
+    """The response to a scrape of ``collector``: its metrics in the format the request accepts (OpenMetrics,
     or the text format), or 503 with the reason in one line when the database cannot be read."""
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     try:
-        body = encoder(registry)
+        body, content_type = collector.exposition(request.headers.get("Accept", ""))
     except Exception as error:  # the database down, not migrated, ...: Prometheus marks the target down
         logger.warning("Could not read the fleet's metrics for a scrape: %s", error, exc_info=True)
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -13,7 +13,15 @@ what the database holds, the same for every reader, and it can only grow as samp
   rows. Late rows of a day already rolled up are counted once the rollup rolls the day up again (the next
   night), as the query API counts them.
 - Every read runs in one snapshot (``REPEATABLE READ`` on PostgreSQL, one read transaction on SQLite): a
-  rollup committing meanwhile is seen whole or not at all, so a day is never counted twice or missed.
+  rollup committing meanwhile is seen whole or not at all, so a day is never counted twice or missed. A
+  first read (nothing kept yet) reads the rolled-up months on a second connection beside the days not
+  rolled up, each in a snapshot of its own, and keeps the result only if both saw the same monthly rows
+  (else it reads again in one snapshot).
+- A row of a day committed while the rollup aggregates that day (between its statement's snapshot and its
+  commit) is counted from the raw rows before the rollup commits and missing from the daily rows after:
+  its series' totals drop by that many until the next rollup rolls the day up again. No reader-side
+  snapshot avoids it (the daily rows miss the row); only making writers of that day wait for the rollup
+  would (see the README's exporter section).
 - Histograms are counted per bucket key of the stored sketches (:mod:`~dramatiq_opmetrics.sketch`), which
   are integers, the same from daily rows, monthly rows, the tier's keys and raw rows.
 
@@ -36,6 +44,7 @@ the database on every read, so that what is kept is only ever a copy of what is 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as dt
 import threading
@@ -43,7 +52,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Text, case, cast, func, select, tuple_, union_all
+from sqlalchemy import Connection, Engine, Select, Text, case, cast, func, select, text, tuple_, union_all
 
 from .database import LONG_READ_SETTINGS, local_settings
 from .metric_types import MetricType
@@ -51,7 +60,14 @@ from .models import LabelSet, OperationalMetricDaily, OperationalMetricMonthly, 
 from .packed_histograms import HistogramSum
 from .partitions import day_bounds
 from .query import RangeMerge, days_not_rolled_up, labels_of_keys
-from .recent_tier import BucketAggregate, histogram_of_keys, read_state
+from .recent_tier import (
+    KEY_PARAMETERS,
+    BucketAggregate,
+    histogram_of_key_counts,
+    histogram_of_keys,
+    keyed_raw_sql,
+    read_state,
+)
 from .rollup import month_of, next_month
 from .series import raw_aggregates, tier_layout
 from .sketch import Histogram
@@ -164,19 +180,67 @@ class FleetTotalsReader:
         self._merged_from: dict[tuple[int, dt.datetime], _Kept] = {}
         self._keys_of_ids: dict[int, str] = {}
         self._labels: dict[str, Mapping[str, str]] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="opmetrics-totals")
 
     def read(self) -> FleetTotals:
         """The totals now, in one snapshot of the database."""
-        with self._lock, self._snapshot() as connection:
+        with self._lock:
+            first = self._monthly is None
+            if first and self.engine.dialect.name == "postgresql":
+                found = self._first_read()
+                if found is not None:
+                    return found
+            with self._snapshot() as connection:
+                if self._read_rolled_up(connection) or first:
+                    self._read_labels(connection)
+                recent, days = self._read_recent(connection)
+            return self._totals(recent, days)
+
+    def _first_read(self) -> FleetTotals | None:
+        """A first read (nothing kept yet, PostgreSQL): the rolled-up months on a connection of their own while
+        this one reads the days not rolled up, the two long parts side by side (10% of a first read). Each
+        reads its own snapshot; their monthly rows' fingerprints must agree (no rollup wrote between them),
+        else None: the caller reads again, in one snapshot. Later reads check one aggregate of the monthly
+        rows: a thread and a connection would cost more than they save."""
+        months = self._pool.submit(self._read_rolled_up_apart)
+        try:
+            with self._snapshot() as connection:
+                monthly = _monthly_fingerprint(connection)
+                recent, days = self._read_recent(connection)
+        except BaseException:
+            concurrent.futures.wait([months])  # it changes what is kept: never beside a later read
+            raise
+        # This connection's transaction is over before the wait: behind a pool of one server connection
+        # (PgBouncer) the other read runs meanwhile.
+        months.result()
+        if monthly != self._monthly:
+            return None
+        with self._snapshot() as connection:
+            self._read_labels(connection)
+        return self._totals(recent, days)
+
+    def _read_rolled_up_apart(self) -> None:
+        """:meth:`_read_rolled_up` on a connection and in a snapshot of its own."""
+        with self._snapshot() as connection:
             self._read_rolled_up(connection)
-            today = self.clock().astimezone(dt.UTC).date()
-            days = tuple(days_not_rolled_up(connection, _EARLIEST_DAY, today))
-            recent = self._read_not_rolled_up(connection, days)
+
+    def _read_labels(self, connection: Connection) -> None:
+        """Read the labels of the rolled-up series' label keys new to the reader."""
+        wanted = sorted({labels_key for _, labels_key in self._rolled_up} - self._labels.keys())
+        if wanted:
+            self._labels.update(labels_of_keys(connection, wanted))
+
+    def _totals(self, recent: Mapping[SeriesKey, Total], days: tuple[dt.date, ...]) -> FleetTotals:
         totals: dict[SeriesKey, Total] = dict(self._rolled_up)
         for key, total in recent.items():
             kept = totals.get(key)
             totals[key] = total if kept is None else kept.plus(total)
         return FleetTotals(totals, dict(self._labels), days)
+
+    def _read_recent(self, connection: Connection) -> tuple[dict[SeriesKey, Total], tuple[dt.date, ...]]:
+        today = self.clock().astimezone(dt.UTC).date()
+        days = tuple(days_not_rolled_up(connection, _EARLIEST_DAY, today))
+        return self._read_not_rolled_up(connection, days), days
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[Connection]:
@@ -196,39 +260,35 @@ class FleetTotalsReader:
 
     # Rolled-up days: by month, read again when a month's daily or monthly rows change.
 
-    def _read_rolled_up(self, connection: Connection) -> None:
+    def _read_rolled_up(self, connection: Connection) -> bool:
+        """Read the rolled-up months that changed; whether any did."""
         # The rollup merges a day's month in the transaction that writes the day's daily rows: the monthly
         # rows change whenever the rollup writes. Only then are the daily rows' fingerprints read (a scan of
         # a year of daily rows' read index: about 0.1 s at the benchmark's scale).
         monthly = _monthly_fingerprint(connection)
         if self._months and monthly == self._monthly:
-            return
-        self._monthly = monthly
+            return False
         fingerprints = _month_fingerprints(connection)
-        changed = False
-        for month in list(self._months):
-            if month not in fingerprints:
-                del self._months[month]
-                changed = True
+        # What is kept changes only once every changed month is read (a read that fails changes nothing).
+        months = {month: kept for month, kept in self._months.items() if month in fingerprints}
+        changed = len(months) < len(self._months)
         for month, fingerprint in fingerprints.items():
-            kept = self._months.get(month)
+            kept = months.get(month)
             if kept is not None and kept.fingerprint == fingerprint:
                 continue
-            self._months[month] = _Kept(fingerprint, _month_totals(connection, month))
+            months[month] = _Kept(fingerprint, _month_totals(connection, month))
             changed = True
-        if not changed:
-            return
-        merged: dict[SeriesKey, Total] = {}
-        for month in sorted(self._months):
-            for key, total in self._months[month].totals.items():
-                found = merged.get(key)
-                if found is None:
-                    found = merged[key] = Total()
-                found.add(total.count, total.value_sum, total.histogram)
-        self._rolled_up = merged
-        wanted = sorted({labels_key for _, labels_key in merged} - self._labels.keys())
-        if wanted:
-            self._labels.update(labels_of_keys(connection, wanted))
+        if changed:
+            merged: dict[SeriesKey, Total] = {}
+            for month in sorted(months):
+                for key, total in months[month].totals.items():
+                    found = merged.get(key)
+                    if found is None:
+                        found = merged[key] = Total()
+                    found.add(total.count, total.value_sum, total.histogram)
+            self._months, self._rolled_up = months, merged
+        self._monthly = monthly
+        return changed
 
     # Days not rolled up: the recent tier's bucket groups (kept) and the raw rows it does not hold.
 
@@ -243,7 +303,7 @@ class FleetTotalsReader:
             pieces += day_pieces
         self._bucket_groups(connection, spans)
         tier = self._merge_bucket_groups()
-        raw = _raw_totals(raw_aggregates(connection, pieces, set(COUNTED_TYPES), None)) if pieces else {}
+        raw = _raw_totals(connection, pieces) if pieces else {}
         by_id = dict(tier)
         for key, total in raw.items():
             found = by_id.get(key)
@@ -312,8 +372,8 @@ class FleetTotalsReader:
             for group, fingerprint in fingerprints.items()
             if self._buckets.get(group, _NO_KEPT).fingerprint != fingerprint
         ]
-        for group in changed:
-            self._buckets[group] = _Kept(fingerprints[group])
+        # Kept only once read whole (a read that fails keeps no group half read).
+        read = {group: _Kept(fingerprints[group]) for group in changed}
         histogram_types = sorted(HISTOGRAM_TYPES)
         for first in range(0, len(changed), _GROUPS_PER_READ):
             chunk = changed[first : first + _GROUPS_PER_READ]
@@ -326,9 +386,24 @@ class FleetTotalsReader:
                 tier.c.sum,
                 case((tier.c.metric_type.in_(histogram_types), tier.c["keys"])),
             ).where(tuple_(tier.c.width_minutes, tier.c.bucket_start).in_(chunk), tier.c.metric_type.in_(types))
-            for width, start, row_type, label_set_id, count, total, keys in connection.execute(query):
+            for width, start, row_type, label_set_id, count, total, keys in _rows(connection, query):
                 histogram = None if keys is None else histogram_of_keys(keys)
-                _add_to(self._buckets[(width, start)].totals, (_TYPES[row_type], label_set_id), count, total, histogram)
+                _add_to(read[(width, start)].totals, (_TYPES[row_type], label_set_id), count, total, histogram)
+        self._buckets.update(read)
+
+
+def _rows(connection: Connection, query: Select[Any]) -> Iterable[Sequence[Any]]:
+    """The rows of ``query``; on PostgreSQL read in binary by the driver itself (the tier's keys of a day are a
+    million integers: their text takes several times longer to parse)."""
+    if connection.dialect.name != "postgresql":
+        return connection.execute(query)
+    compiled = query.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
+    driver = connection.connection.driver_connection
+    assert driver is not None  # a live connection
+    with driver.cursor(binary=True) as cursor:
+        cursor.execute(compiled.string, compiled.construct_params())
+        rows: list[Sequence[Any]] = cursor.fetchall()
+        return rows
 
 
 #: Bucket groups whose rows are read per statement.
@@ -349,7 +424,43 @@ def _add_to(
     found.add(count, value_sum, histogram)
 
 
-def _raw_totals(aggregates: Iterable[BucketAggregate]) -> dict[tuple[MetricType, int], Total]:
+def _raw_totals(
+    connection: Connection, pieces: Sequence[tuple[dt.datetime, dt.datetime, int | None]]
+) -> dict[tuple[MetricType, int], Total]:
+    """The totals of the raw rows of ``pieces`` (as :func:`~dramatiq_opmetrics.series.tier_layout` makes them)
+    per (metric type, label set id), one histogram per series made from the counts of its keys."""
+    if connection.dialect.name != "postgresql":
+        return _totals_of_aggregates(raw_aggregates(connection, pieces, set(COUNTED_TYPES), None))
+    # PostgreSQL counts the rows per series and key: a few rows per series travel, not every raw row with
+    # its time (the raw rows not folded yet are read at every scrape).
+    params: dict[str, object] = {**KEY_PARAMETERS, "types": sorted(member.value for member in COUNTED_TYPES)}
+    chosen = []
+    for index, (low, high, above_id) in enumerate(pieces):
+        above = "" if above_id is None else f" AND id > :ri{index}"
+        chosen.append(
+            keyed_raw_sql(
+                f"recorded_at >= :rl{index} AND recorded_at < :rh{index}{above}"
+                " AND metric_type = ANY(CAST(CAST(:types AS text[]) AS opmetrics_metric_type[]))"
+            )
+        )
+        params[f"rl{index}"], params[f"rh{index}"], params[f"ri{index}"] = low, high, above_id
+    statement = (
+        "SELECT CAST(metric_type AS text), label_set_id, key, count(*), sum(value)"
+        f" FROM ({' UNION ALL '.join(chosen)}) AS keyed GROUP BY metric_type, label_set_id, key"
+    )
+    totals: dict[tuple[MetricType, int], Total] = {}
+    keys: dict[tuple[MetricType, int], dict[int | None, int]] = {}
+    for row_type, label_set_id, key, count, value_sum in connection.execute(text(statement), params):
+        series = (_TYPES[row_type], label_set_id)
+        _add_to(totals, series, int(count), value_sum, None)
+        if series[0] in HISTOGRAM_TYPES:
+            keys.setdefault(series, {})[key] = int(count)
+    for series, counts in keys.items():
+        totals[series].add(0, 0.0, histogram_of_key_counts(counts))
+    return totals
+
+
+def _totals_of_aggregates(aggregates: Iterable[BucketAggregate]) -> dict[tuple[MetricType, int], Total]:
     """The totals of raw rows' minute aggregates per (metric type, label set id), one histogram per series
     made from all its keys at once (a histogram per minute costs a dense run of counts each)."""
     totals: dict[tuple[MetricType, int], Total] = {}

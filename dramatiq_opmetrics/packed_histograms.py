@@ -104,13 +104,19 @@ class _Side:
 
     def add_bins(self, bins: Mapping[int, int]) -> None:
         """Add counts by key (a :class:`~dramatiq_opmetrics.sketch.Histogram`'s bins)."""
-        keys = [key for key, count in bins.items() if count]
-        if keys:
-            low = min(keys)
-            dense = [0] * (max(keys) - low + 1)
-            for key in keys:
-                dense[key - low] = bins[key]
-            self.add(low, _from_counts(dense))
+        if not bins:
+            return
+        if 0 in bins.values():
+            bins = {key: count for key, count in bins.items() if count}
+            if not bins:
+                return
+        # One pass over the keys that count (a first read of a day's tier makes ten thousand of these): a
+        # third faster than filtering them first, and than filling every key of the run with map(bins.get).
+        low = min(bins)
+        dense = [0] * (max(bins) - low + 1)
+        for key, count in bins.items():
+            dense[key - low] = count
+        self.add(low, _from_counts(dense))
 
     def trimmed(self) -> tuple[int, list[int]]:
         """The offset and counts, without leading and trailing zeros."""

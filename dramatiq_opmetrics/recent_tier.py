@@ -73,6 +73,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text, update
 
@@ -127,12 +128,22 @@ def signed_bucket_key(value: float) -> int | None:
 
 def histogram_of_keys(keys: Iterable[int | None], into: Histogram | None = None) -> Histogram:
     """The histogram of a multiset of stored keys (added to ``into`` if given)."""
+    return histogram_of_key_counts(Counter(keys), into)
+
+
+def histogram_of_key_counts(counts: Mapping[int | None, int], into: Histogram | None = None) -> Histogram:
+    """The histogram of stored keys counted ``counts[key]`` times each (added to ``into`` if given)."""
     histogram = into if into is not None else Histogram()
-    counts = Counter(keys)
-    zero = counts.pop(None, 0)
-    histogram.zero_count += zero
-    for key, count in counts.items():
-        assert key is not None
+    keyed = cast("Mapping[int, int]", counts)
+    if None in counts:
+        histogram.zero_count += counts[None]
+        keyed = {key: count for key, count in counts.items() if key is not None}
+    if not histogram.bins and (not keyed or min(keyed) >= NEGATIVE_KEY_BASE // 2):
+        # Positive values only, into empty bins (the tier's usual case): one dict update, not a loop in Python
+        # over every distinct key (most of a first read of a day's tier).
+        histogram.bins.update(keyed)
+        return histogram
+    for key, count in keyed.items():
         if key < NEGATIVE_KEY_BASE // 2:
             histogram.negative_bins[NEGATIVE_KEY_BASE - key] += count
         else:

@@ -40,7 +40,7 @@ import gc
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -222,10 +222,14 @@ def _query(
     group_by: Sequence[str] | None,
     *,
     percentiles: bool = True,
+    metric_types: Iterable[MetricType | str] | None = None,
 ) -> list[SeriesPoint]:
     """The points of buckets of ``step_minutes``, or of the whole range if None (without their percentiles if
-    ``percentiles`` is false: they are None, and nothing is sorted for them)."""
+    ``percentiles`` is false: they are None, and nothing is sorted for them), of ``metric_type`` or, if
+    None, of ``metric_types`` (None: every type)."""
     wanted = None if metric_type is None else _metric_type(metric_type)
+    if metric_types is not None and wanted is not None:
+        raise ValueError("pass either metric_type or metric_types, not both")
     if isinstance(group_by, str):
         raise ValueError("group_by is a sequence of label keys, e.g. ('actor', 'queue'), not a string")
     label_filter = dict(make_label_set(labels).labels) if labels else {}
@@ -234,6 +238,10 @@ def _query(
     types = (
         None if wanted is None else {wanted} | ({MetricType.ERROR} if wanted is MetricType.PROCESSING_TIME else set())
     )
+    if metric_types is not None:
+        types = {_metric_type(member) for member in metric_types}
+        if not types:
+            return []
     with connection_for(connectable) as connection:
         label_set_ids = matching_label_sets(connection, label_filter)[0] if label_filter else None
         if label_set_ids is not None and not label_set_ids:
@@ -258,6 +266,7 @@ def query_totals(
     labels: Mapping[str, str] | None = None,
     group_by: Sequence[str] | None = None,
     percentiles: bool = True,
+    metric_types: Iterable[MetricType | str] | None = None,
 ) -> list[SeriesPoint]:
     """One point per metric type and group for the samples recorded in ``[start, end)``: the statistics of
     the whole range (each point's ``start`` and ``end`` are the range's), read like :func:`query_series`
@@ -268,9 +277,14 @@ def query_totals(
     (percentiles of long ranges merge many buckets' keys: prefer the daily rows beyond a few days). With
     ``percentiles=False`` the points' ``p50``/``p95``/``p99`` are None and no keys are merged (several times
     faster: what the alert evaluator reads for rules on counts, sums, averages, extremes and error rates).
+    ``metric_types`` instead of ``metric_type``: the points of these types only (the exporter's gauges read
+    only the sampled types of the last seconds, not every message's samples; a processing time point then
+    has an error rate only if ``error`` is among them).
     """
     check_range(start, end, dt.timedelta(minutes=1), max_buckets=None)
-    return _query(connectable, start, end, None, metric_type, labels, group_by, percentiles=percentiles)
+    return _query(
+        connectable, start, end, None, metric_type, labels, group_by, percentiles=percentiles, metric_types=metric_types
+    )
 
 
 def _metric_type(metric_type: MetricType | str) -> MetricType:
@@ -521,18 +535,18 @@ def _query_in_postgres(
         # Tens of thousands of rows: read in binary by the driver itself (a third of the time of text).
         with local_settings(connection, SERIES_SETTINGS), driver.cursor(binary=True) as cursor:
             cursor.execute(compiled.string, compiled.construct_params(params))
-            with _collection_paused():
+            with collection_paused():
                 rows = cursor.fetchall()
         if read_state(connection) == state:
             break
     else:
         raise RuntimeError(f"the recent tier was folded during each of {MAX_READ_ATTEMPTS} readings; try again")
-    with _collection_paused():
+    with collection_paused():
         return _points_of_rows(rows, start, end, step_minutes, keys)
 
 
 @contextlib.contextmanager
-def _collection_paused() -> Iterator[None]:
+def collection_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector while a result is built: tens of thousands of new tuples
     trigger collection after collection of every object of the process (a quarter of a day's series read
     in a big process), and none of them is garbage. Reference counting still frees what goes."""

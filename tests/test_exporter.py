@@ -334,3 +334,32 @@ def test_the_exporter_command_refuses_a_public_interface_in_one_line(
     assert "the exporter binds '0.0.0.0'" in err and "--allow-remote" in err
     assert main(["exporter", "--database-url", url, "--host", "0.0.0.0", "--allow-remote"]) == 2
     assert "without authentication" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+def test_scrapes_are_byte_for_byte_what_prometheus_client_writes_for_the_collector_in_both_formats(
+    engine: Engine,
+) -> None:
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    collector = collector_at(engine)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    openmetrics = "application/openmetrics-text; version=1.0.0"
+    other = {"actor": "resize", "queue": "images"}
+    insert_samples(engine, messages(TODAY, 5))
+    insert_samples(engine, failures(TODAY, "retried", 2))
+    # Series kept from the scrape before, changed ones (new rows, a fold, a new label set), both formats.
+    for step in range(4):
+        if step == 1:
+            insert_samples(engine, messages(TODAY, 3, seconds=100))
+        if step == 2:
+            fold(engine, now=NOW)
+            insert_samples(engine, messages(TODAY, 2, seconds=200, labels=other))
+        for accept, encode in (("", generate_latest), (openmetrics, generate_openmetrics)):
+            body, content_type = collector.exposition(accept)
+            assert body == encode(registry), (step, accept)
+            assert ("openmetrics" in content_type) == bool(accept)
+    found = parse(collector.exposition()[0].decode())
+    assert value(found, "dramatiq_messages_total", queue_name="emails", actor_name="send_email") == 8
+    assert value(found, "dramatiq_message_duration_milliseconds_count", queue_name="images", actor_name="resize") == 2

@@ -43,7 +43,7 @@ OUR_TABLES = {
     VERSION_TABLE,
 }
 #: The newest revision.
-HEAD = "0009"
+HEAD = "0010"
 #: The tables of the recent tier (migration 0005).
 RECENT_TABLES = {"opmetrics_recent_aggregates", "opmetrics_recent_state"}
 #: The table of the monthly rows (migration 0007).
@@ -325,5 +325,28 @@ def test_0009_gives_the_tier_and_the_daily_rows_indexes_for_their_small_reads_an
                 text("SELECT reloptions FROM pg_class WHERE oid = 'opmetrics_recent_aggregates_1m'::regclass")
             ).scalar_one()
         assert (indexes, options) == (0, ["toast_tuple_target=512"])  # 0006's own setting stays
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_0010_gives_the_monthly_rows_the_exporters_fingerprint_index_and_downgrading_drops_it(
+    postgres_url: URL,
+) -> None:
+    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    query = text(
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'operational_metrics_monthly_fingerprint_idx'"
+        " AND schemaname = current_schema()"
+    )
+    try:
+        with engine.connect() as connection:
+            [definition] = connection.execute(query).scalars()
+        assert "(month) INCLUDE (daily_rows, sample_count, source_rolled_up_at, merged_at) WHERE (part = 0)" in (
+            definition
+        )
+        downgrade(postgres_url, "0009")
+        with engine.connect() as connection:
+            assert connection.execute(query).scalars().all() == []
     finally:
         engine.dispose()

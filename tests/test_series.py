@@ -79,6 +79,31 @@ def test_totals_over_folded_unfolded_and_partial_minutes_match_numpy(engine: Eng
         query_totals(engine, START.replace(tzinfo=None), NOW)
 
 
+def test_totals_of_some_metric_types_are_those_of_the_totals_of_every_type(engine: Engine) -> None:
+    samples = fleet_samples(START, 30, seed=11)
+    ready = {"queue": "emails", "state": "ready"}
+    depths = [(MetricType.QUEUE_DEPTH, ready, float(n % 7), START + dt.timedelta(minutes=n)) for n in range(30)]
+    insert_samples(engine, samples + depths[:15])
+    fold(engine, now=START + dt.timedelta(minutes=20))
+    insert_samples(engine, depths[15:])
+    chosen = (MetricType.WAIT_TIME, "queue_depth")
+
+    def summary(points: list) -> list:
+        return sorted(
+            (point.metric_type.value, sorted(point.labels.items()), point.count, point.min, point.max, round(point.sum))
+            for point in points
+        )
+
+    some = query_totals(engine, START, NOW, group_by=("queue",), metric_types=chosen)
+    every = query_totals(engine, START, NOW, group_by=("queue",))
+    wanted = [point for point in every if point.metric_type in (MetricType.WAIT_TIME, MetricType.QUEUE_DEPTH)]
+    assert summary(some) == summary(wanted)
+    assert {point.metric_type for point in some} == {MetricType.WAIT_TIME, MetricType.QUEUE_DEPTH}
+    assert query_totals(engine, START, NOW, metric_types=()) == []
+    with pytest.raises(ValueError, match="either metric_type or metric_types"):
+        query_totals(engine, START, NOW, metric_type=MetricType.WAIT_TIME, metric_types=chosen)
+
+
 def test_the_error_rate_is_failed_attempts_over_attempts_of_the_group_and_bucket(engine: Engine) -> None:
     minute = NOW - dt.timedelta(minutes=5)
     labels = {"actor": "a", "queue": "q"}

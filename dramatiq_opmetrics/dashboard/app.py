@@ -92,7 +92,7 @@ class DashboardApp:
         self.templates.filters.update(
             ms=format_ms, percent=format_percent, count=format_count, duration=format_duration
         )
-        self._metrics_registry: Any = None
+        self._metrics_collector: Any = None
         self.url_map = Map(
             [
                 Rule("/", endpoint="overview"),
@@ -205,16 +205,11 @@ class DashboardApp:
         # The exporter's metrics (prometheus_client is imported only when they are asked for).
         from ..exporter import FleetCollector, metrics_response
 
-        if self._metrics_registry is None:
-            from prometheus_client.registry import CollectorRegistry
-
-            collector = FleetCollector(
+        if self._metrics_collector is None:
+            self._metrics_collector = FleetCollector(
                 self.data.engine, clock=self.data.clock, sampling_interval_s=self.data.sampling_interval_s
             )
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(collector)
-            self._metrics_registry = registry
-        return metrics_response(self._metrics_registry, request)
+        return metrics_response(self._metrics_collector, request)
 
     def _static(self, request: Request, filename: str) -> Response:
         directory = str(_STATIC)

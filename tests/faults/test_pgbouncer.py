@@ -175,6 +175,30 @@ def test_rollup_report_and_dashboard_work_through_the_bouncer(
     assert run_command([str(BIN / "dramatiq-opmetrics"), "prune", "--dry-run", *url]).returncode == 0
 
 
+def test_the_exporters_first_scrape_through_the_bouncer_reads_its_months_and_its_recent_days(
+    bouncer_engine: Engine,
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from dramatiq_opmetrics.exporter import FleetCollector
+
+    today = dt.datetime.now(dt.UTC).date()
+    labels = {"actor": "summarise", "queue": "llm"}
+    insert_samples(bouncer_engine, [(MetricType.PROCESSING_TIME, labels, 5.0, at(today - dt.timedelta(days=1), 9))] * 7)
+    assert main(["rollup", "--database-url", url_text(bouncer_engine.url)]) == 0
+    insert_samples(bouncer_engine, [(MetricType.PROCESSING_TIME, labels, 5.0, at(today, 1))] * 3)
+    # A first read takes its two parts on two connections: with one server connection, one after the other.
+    for _ in range(2):
+        body, _ = FleetCollector(bouncer_engine).exposition()
+        [messages] = [
+            sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+            if sample.name == "dramatiq_messages_total"
+        ]
+        assert messages == 10
+
+
 def test_behind_pgbouncer_the_engines_send_no_startup_option_and_the_roles_statement_timeout_applies(
     bouncer_engine: Engine,
 ) -> None:
