@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -469,16 +468,23 @@ def _sample_queues(args: argparse.Namespace) -> int:
     )
 
 
-def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_serving_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
+    """The database and the HTTP binding of a command that serves (the dashboard, the exporter)."""
     _add_database_url(parser)
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=_port, default=8070, help=f"TCP port, 1 to {MAX_TCP_PORT} (default: 8070)")
+    parser.add_argument(
+        "--port", type=_port, default=default_port, help=f"TCP port, 1 to {MAX_TCP_PORT} (default: {default_port})"
+    )
     parser.add_argument(
         "--allow-remote",
         action="store_true",
         help="allow a --host reachable from other machines; needs $OPMETRICS_DASHBOARD_TOKEN (bearer token)"
         " or $OPMETRICS_DASHBOARD_USER and $OPMETRICS_DASHBOARD_PASSWORD (basic auth)",
     )
+
+
+def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_serving_arguments(parser, 8070)
     parser.add_argument(
         "--rules",
         metavar="FILE",
@@ -491,17 +497,16 @@ def _dashboard(args: argparse.Namespace) -> int:
     try:
         from .dashboard import create_app, serve
         from .dashboard.server import check_binding
+        from .http_serving import Credentials
     except ImportError as error:
         raise ConfigurationError(
             f"the dashboard needs its extra ({error.name} is missing): pip install 'dramatiq-opmetrics[dashboard]'"
         ) from None
-    user, password = os.environ.get("OPMETRICS_DASHBOARD_USER"), os.environ.get("OPMETRICS_DASHBOARD_PASSWORD")
-    if bool(user) != bool(password):
-        raise ConfigurationError("set both OPMETRICS_DASHBOARD_USER and OPMETRICS_DASHBOARD_PASSWORD, or neither")
+    credentials = Credentials.from_environment()
     app = create_app(
         resolve_database_url(args.database_url),
-        bearer_token=os.environ.get("OPMETRICS_DASHBOARD_TOKEN") or None,
-        basic_auth=(user, password) if user and password else None,
+        bearer_token=credentials.bearer_token,
+        basic_auth=credentials.basic_auth,
         alert_rules=args.rules,
     )
     check_binding(app, args.host, allow_remote=args.allow_remote)
@@ -514,15 +519,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _exporter_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_database_url(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=_port, default=9191, help=f"TCP port, 1 to {MAX_TCP_PORT} (default: 9191)")
-    parser.add_argument(
-        "--allow-remote",
-        action="store_true",
-        help="allow a --host reachable from other machines; needs $OPMETRICS_DASHBOARD_TOKEN (bearer token)"
-        " or $OPMETRICS_DASHBOARD_USER and $OPMETRICS_DASHBOARD_PASSWORD (basic auth)",
-    )
+    _add_serving_arguments(parser, 9191)
 
 
 def _exporter(args: argparse.Namespace) -> int:
