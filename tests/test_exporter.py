@@ -363,3 +363,20 @@ def test_scrapes_are_byte_for_byte_what_prometheus_client_writes_for_the_collect
     found = parse(collector.exposition()[0].decode())
     assert value(found, "dramatiq_messages_total", queue_name="emails", actor_name="send_email") == 8
     assert value(found, "dramatiq_message_duration_milliseconds_count", queue_name="images", actor_name="resize") == 2
+
+
+@pytest.mark.parametrize("command", ["dashboard", "exporter"])
+def test_a_user_name_without_a_password_is_refused_in_one_line_by_both_serving_commands(
+    command: str, sqlite_url: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from command_line import url_text
+
+    from dramatiq_opmetrics.cli import main
+
+    monkeypatch.delenv("OPMETRICS_DASHBOARD_TOKEN", raising=False)
+    monkeypatch.delenv("OPMETRICS_DASHBOARD_PASSWORD", raising=False)
+    monkeypatch.setenv("OPMETRICS_DASHBOARD_USER", "ops")
+    assert main([command, "--database-url", url_text(sqlite_url)]) == 2  # type: ignore[arg-type]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "set both OPMETRICS_DASHBOARD_USER and OPMETRICS_DASHBOARD_PASSWORD, or neither" in err
