@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
-from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,7 +31,15 @@ from sqlalchemy import Connection, func, select, text
 from .metric_types import METRIC_TYPE_ENUM_NAME, MetricType
 from .models import RAW_TABLE, OperationalMetric
 from .partitions import DEFAULT_PARTITION, day_bounds, list_partitions
-from .sketch import KEY_MULTIPLIER, LN_2, MIN_INDEXABLE_VALUE, Histogram
+from .sketch import (
+    KEY_MULTIPLIER,
+    LN_2,
+    MIN_INDEXABLE_VALUE,
+    NEGATIVE_KEY_BASE,
+    Histogram,
+    histogram_of_key_counts,
+    histogram_of_keys,
+)
 from .value_lists import in_values
 
 #: The percentiles stored exactly in each daily row (p50, p95, p99), as fractions.
@@ -150,14 +157,24 @@ def _aggregate_in_python(
 #: :data:`~dramatiq_opmetrics.sketch.LN_2` and :data:`~dramatiq_opmetrics.sketch.KEY_MULTIPLIER`.
 BUCKET_KEY_SQL = "ceil(ln({}) / CAST(:ln_2 AS float8) * CAST(:multiplier AS float8))::integer"
 
-#: Bucket keys of negative values are stored as ``_NEGATIVE_KEY_BASE - key(-value)`` in the SQL bucket column,
-#: below every key of a positive value (keys of finite doubles lie within about +-36,000).
-_NEGATIVE_KEY_BASE = -100_000
+#: The SQL of the stored key of ``value`` (:func:`~dramatiq_opmetrics.sketch.signed_bucket_key`), with
+#: ``:min_indexable``, ``:ln_2``, ``:multiplier`` and ``:base`` bound (:data:`STORED_KEY_PARAMETERS`).
+STORED_KEY_SQL = (
+    f"CASE WHEN value > :min_indexable THEN {BUCKET_KEY_SQL.format('value')}"
+    f" WHEN value < -CAST(:min_indexable AS float8) THEN :base - {BUCKET_KEY_SQL.format('-value')} END"
+)
+#: The parameters of :data:`STORED_KEY_SQL`.
+STORED_KEY_PARAMETERS: dict[str, object] = {
+    "min_indexable": MIN_INDEXABLE_VALUE,
+    "ln_2": LN_2,
+    "multiplier": KEY_MULTIPLIER,
+    "base": NEGATIVE_KEY_BASE,
+}
 
 
 @dataclass
 class _Bucket:
-    key: int | None  # None: the zero bucket; below _NEGATIVE_KEY_BASE / 2: a negative bucket
+    key: int | None  # None: the zero bucket; below NEGATIVE_KEY_BASE / 2: a negative bucket
     count: int
     sum: float
     min: float
@@ -205,17 +222,14 @@ def _aggregate_in_postgres(
     exact_percentiles: bool,
 ) -> list[Aggregate]:
     source, params = _raw_rows(connection, start, end, metric_type, label_set_ids)
-    params.update(min_indexable=MIN_INDEXABLE_VALUE, ln_2=LN_2, multiplier=KEY_MULTIPLIER, base=_NEGATIVE_KEY_BASE)
+    params.update(STORED_KEY_PARAMETERS)
     if not exact_percentiles:
         return _histograms_in_postgres(connection, source, params)
     bucket_rows = connection.execute(
         text(
             "SELECT metric_type::text, label_set_id, key, count(*), sum(value), min(value), max(value)"
-            " FROM (SELECT metric_type, label_set_id, value,"
-            f"   CASE WHEN value > :min_indexable THEN {BUCKET_KEY_SQL.format('value')}"
-            "   WHEN value < -CAST(:min_indexable AS float8)"
-            f"   THEN :base - {BUCKET_KEY_SQL.format('-value')} END AS key"
-            f"  FROM ({source}) AS raw) AS bucketed"
+            f" FROM (SELECT metric_type, label_set_id, value, {STORED_KEY_SQL} AS key FROM ({source}) AS raw)"
+            " AS bucketed"
             " GROUP BY metric_type, label_set_id, key"
         ),
         params,
@@ -228,14 +242,7 @@ def _aggregate_in_postgres(
     aggregates = []
     for (group_type, label_set_id), buckets in sorted(groups.items()):
         buckets.sort(key=lambda bucket: bucket.min)
-        histogram = Histogram()
-        for bucket in buckets:
-            if bucket.key is None:
-                histogram.zero_count += bucket.count
-            elif bucket.key < _NEGATIVE_KEY_BASE // 2:
-                histogram.negative_bins[_NEGATIVE_KEY_BASE - bucket.key] += bucket.count
-            else:
-                histogram.bins[bucket.key] += bucket.count
+        histogram = histogram_of_key_counts({bucket.key: bucket.count for bucket in buckets})
         aggregates.append(
             Aggregate(
                 metric_type=MetricType(group_type),
@@ -261,23 +268,14 @@ def _histograms_in_postgres(connection: Connection, source: str, params: dict[st
     rows = connection.execute(
         text(
             "SELECT metric_type::text, label_set_id, count(*), sum(value), min(value), max(value),"
-            f" array_agg(CASE WHEN value > :min_indexable THEN {BUCKET_KEY_SQL.format('value')}"
-            "   WHEN value < -CAST(:min_indexable AS float8)"
-            f"   THEN :base - {BUCKET_KEY_SQL.format('-value')} END)"
+            f" array_agg({STORED_KEY_SQL})"
             f" FROM ({source}) AS raw WHERE value <> CAST('NaN' AS float8) GROUP BY metric_type, label_set_id"
         ),
         params,
     )
     aggregates = []
     for group_type, label_set_id, count, total, low, high, keys in sorted(rows, key=lambda row: (row[0], row[1])):
-        histogram = Histogram()
-        for key, key_count in Counter(keys).items():
-            if key is None:
-                histogram.zero_count += key_count
-            elif key < _NEGATIVE_KEY_BASE // 2:
-                histogram.negative_bins[_NEGATIVE_KEY_BASE - key] += key_count
-            else:
-                histogram.bins[key] += key_count
+        histogram = histogram_of_keys(keys)
         aggregates.append(Aggregate(MetricType(group_type), label_set_id, count, total, low, high, histogram))
     return aggregates
 

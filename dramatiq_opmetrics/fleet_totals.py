@@ -63,14 +63,12 @@ from .query import RangeMerge, days_not_rolled_up, labels_of_keys
 from .recent_tier import (
     KEY_PARAMETERS,
     BucketAggregate,
-    histogram_of_key_counts,
-    histogram_of_keys,
     keyed_raw_sql,
     read_state,
 )
 from .rollup import month_of, next_month
 from .series import raw_aggregates, tier_layout
-from .sketch import Histogram
+from .sketch import Histogram, histogram_of_key_counts, histogram_of_keys
 from .value_lists import in_values
 
 #: The metric types whose totals are read: those counted or summed (not the sampled gauges: queue depth,

@@ -5,8 +5,9 @@ samples a day has 14,000 a minute). :func:`fold` keeps ``opmetrics_recent_aggreg
 per (width, bucket, metric type, label set), for buckets of 1, 10 and 60 minutes, holding the ``count``,
 ``sum``, ``min`` and ``max`` of the raw rows in it, ``keys``, the multiset of their histogram bucket keys
 (:mod:`~dramatiq_opmetrics.sketch`: the key of each value, None for 0, ``NEGATIVE_KEY_BASE - key`` for a
-negative value), from which percentiles within 1% are read (:func:`histogram_of_keys`), and those
-percentiles, ``p50``/``p95``/``p99``. :func:`~dramatiq_opmetrics.series.query_series` reads it.
+negative value), from which percentiles within 1% are read
+(:func:`~dramatiq_opmetrics.sketch.histogram_of_keys`), and those percentiles, ``p50``/``p95``/``p99``.
+:func:`~dramatiq_opmetrics.series.query_series` reads it.
 
 Design: fold each raw row exactly once, when its minute is over; build wider buckets once, when complete.
 
@@ -70,21 +71,24 @@ import datetime as dt
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text, update
 
-from .aggregate import BUCKET_KEY_SQL, PERCENTILES
+from .aggregate import PERCENTILES, STORED_KEY_PARAMETERS, STORED_KEY_SQL
 from .database import LONG_READ_SETTINGS, local_settings
 from .interval_claims import DatabaseIntervalClaim, IntervalClaim, IntervalThread, interval_start
 from .locks import advisory_xact_lock
 from .metric_types import MetricType
 from .models import RAW_ID_SEQUENCE, RAW_TABLE, RECENT_TABLE, OperationalMetric, RecentAggregate, RecentState
 from .rollup import lock_for_rollup
-from .sketch import KEY_MULTIPLIER, LN_2, MAPPING, MIN_INDEXABLE_VALUE, Histogram, bucket_key, bucket_value
+from .sketch import (
+    MAPPING,
+    NEGATIVE_KEY_BASE,
+    bucket_value,
+    signed_bucket_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +105,6 @@ FOLD_CHUNK_IDS = 1_000_000
 HORIZON_WAIT_S = 2.0
 #: Seconds between two looks at the writers' open transactions while waiting.
 HORIZON_POLL_S = 0.01
-#: Bucket keys of negative values are stored as ``NEGATIVE_KEY_BASE - key(-value)``, below every key of a
-#: positive value (keys of finite doubles lie within about +-36,000), as the rollup's SQL does.
-NEGATIVE_KEY_BASE = -100_000
 #: The advisory lock that serialises folds of one installation (PostgreSQL).
 FOLD_LOCK = "recent_fold"
 #: The name of the fleet-wide job claimed by :class:`RecentTierFolder` for each interval.
@@ -115,40 +116,6 @@ _ZERO_SORT_KEY = NEGATIVE_KEY_BASE // 2
 #: Where buckets of every width are aligned (multiples of their width since then), in Python and in SQL.
 BUCKET_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 BUCKET_EPOCH_SQL = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
-
-
-def signed_bucket_key(value: float) -> int | None:
-    """The key stored in ``keys`` for ``value``: its bucket key, None for 0, ``NEGATIVE_KEY_BASE - key`` if < 0."""
-    if value > MIN_INDEXABLE_VALUE:
-        return bucket_key(value)
-    if value < -MIN_INDEXABLE_VALUE:
-        return NEGATIVE_KEY_BASE - bucket_key(value)
-    return None
-
-
-def histogram_of_keys(keys: Iterable[int | None], into: Histogram | None = None) -> Histogram:
-    """The histogram of a multiset of stored keys (added to ``into`` if given)."""
-    return histogram_of_key_counts(Counter(keys), into)
-
-
-def histogram_of_key_counts(counts: Mapping[int | None, int], into: Histogram | None = None) -> Histogram:
-    """The histogram of stored keys counted ``counts[key]`` times each (added to ``into`` if given)."""
-    histogram = into if into is not None else Histogram()
-    keyed = cast("Mapping[int, int]", counts)
-    if None in counts:
-        histogram.zero_count += counts[None]
-        keyed = {key: count for key, count in counts.items() if key is not None}
-    if not histogram.bins and (not keyed or min(keyed) >= NEGATIVE_KEY_BASE // 2):
-        # Positive values only, into empty bins (the tier's usual case): one dict update, not a loop in Python
-        # over every distinct key (most of a first read of a day's tier).
-        histogram.bins.update(keyed)
-        return histogram
-    for key, count in keyed.items():
-        if key < NEGATIVE_KEY_BASE // 2:
-            histogram.negative_bins[NEGATIVE_KEY_BASE - key] += count
-        else:
-            histogram.bins[key] += count
-    return histogram
 
 
 def _sort_key(key: int | None) -> int:
@@ -252,18 +219,9 @@ def bin_sql(connection: Connection, width_minutes: int, column: str = "recorded_
     return f"to_timestamp(floor(extract(epoch FROM {column}) / {seconds}) * {seconds})"
 
 
-#: The SQL of the stored key of ``value`` (see :func:`signed_bucket_key`), with ``:min_indexable``, ``:ln_2``,
-#: ``:multiplier`` and ``:base`` bound by :data:`KEY_PARAMETERS`.
-STORED_KEY_SQL = (
-    f"CASE WHEN value > :min_indexable THEN {BUCKET_KEY_SQL.format('value')}"
-    f" WHEN value < -CAST(:min_indexable AS float8) THEN :base - {BUCKET_KEY_SQL.format('-value')} END"
-)
-#: The parameters of :data:`STORED_KEY_SQL` and :func:`picks_sql`.
+#: The parameters of :data:`~dramatiq_opmetrics.aggregate.STORED_KEY_SQL` and :func:`picks_sql`.
 KEY_PARAMETERS: dict[str, object] = {
-    "min_indexable": MIN_INDEXABLE_VALUE,
-    "ln_2": LN_2,
-    "multiplier": KEY_MULTIPLIER,
-    "base": NEGATIVE_KEY_BASE,
+    **STORED_KEY_PARAMETERS,
     "factor": 2.0 / (1 + MAPPING.gamma),
     "zero_sort": _ZERO_SORT_KEY,
     **{f"q{index}": fraction for index, fraction in enumerate(PERCENTILES)},

@@ -30,7 +30,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ddsketch.mapping import LogarithmicMapping
 
@@ -50,6 +50,12 @@ MAPPING_NAME = "logarithmic"
 LN_2 = math.log(2.0)
 #: The mapping's multiplier (``log(2) / log(gamma)``).
 KEY_MULTIPLIER: float = MAPPING._multiplier
+
+
+#: Stored keys (the tier's key lists, the SQL of the rollup and of raw reads): a value's bucket key, None for
+#: the zero bucket, ``NEGATIVE_KEY_BASE - key(-value)`` for a negative value, below every key of a positive
+#: value (keys of finite doubles lie within about +-36,000).
+NEGATIVE_KEY_BASE = -100_000
 
 
 def bucket_key(value: float) -> int:
@@ -181,3 +187,37 @@ class Histogram:
             zero_count=int(stored.get("zero_count", 0)),
             negative_bins=Counter({int(key): int(count) for key, count in stored.get("negative_bins", {}).items()}),
         )
+
+
+def signed_bucket_key(value: float) -> int | None:
+    """The key stored in ``keys`` for ``value``: its bucket key, None for 0, ``NEGATIVE_KEY_BASE - key`` if < 0."""
+    if value > MIN_INDEXABLE_VALUE:
+        return bucket_key(value)
+    if value < -MIN_INDEXABLE_VALUE:
+        return NEGATIVE_KEY_BASE - bucket_key(value)
+    return None
+
+
+def histogram_of_keys(keys: Iterable[int | None], into: Histogram | None = None) -> Histogram:
+    """The histogram of a multiset of stored keys (added to ``into`` if given)."""
+    return histogram_of_key_counts(Counter(keys), into)
+
+
+def histogram_of_key_counts(counts: Mapping[int | None, int], into: Histogram | None = None) -> Histogram:
+    """The histogram of stored keys counted ``counts[key]`` times each (added to ``into`` if given)."""
+    histogram = into if into is not None else Histogram()
+    keyed = cast("Mapping[int, int]", counts)
+    if None in counts:
+        histogram.zero_count += counts[None]
+        keyed = {key: count for key, count in counts.items() if key is not None}
+    if not histogram.bins and (not keyed or min(keyed) >= NEGATIVE_KEY_BASE // 2):
+        # Positive values only, into empty bins (the tier's usual case): one dict update, not a loop in Python
+        # over every distinct key (most of a first read of a day's tier).
+        histogram.bins.update(keyed)
+        return histogram
+    for key, count in keyed.items():
+        if key < NEGATIVE_KEY_BASE // 2:
+            histogram.negative_bins[NEGATIVE_KEY_BASE - key] += count
+        else:
+            histogram.bins[key] += count
+    return histogram

@@ -25,13 +25,12 @@ from dramatiq_opmetrics.recent_tier import (
     RecentTierFolder,
     bucket_floor,
     fold,
-    histogram_of_keys,
     quantiles_of_keys,
     read_state,
-    signed_bucket_key,
 )
 from dramatiq_opmetrics.rollup import daily_totals, rollup
 from dramatiq_opmetrics.series import query_series
+from dramatiq_opmetrics.sketch import histogram_of_keys, signed_bucket_key
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 
