@@ -13,7 +13,7 @@ import argparse
 import datetime as dt
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DatabaseError, OperationalError, ProgrammingError
@@ -496,12 +496,9 @@ def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
 def _dashboard(args: argparse.Namespace) -> int:
     try:
         from .dashboard import create_app, serve
-        from .dashboard.server import check_binding
         from .http_serving import Credentials
     except ImportError as error:
-        raise ConfigurationError(
-            f"the dashboard needs its extra ({error.name} is missing): pip install 'dramatiq-opmetrics[dashboard]'"
-        ) from None
+        raise _missing_extra(error, "the dashboard", "dashboard") from None
     credentials = Credentials.from_environment()
     app = create_app(
         resolve_database_url(args.database_url),
@@ -509,8 +506,21 @@ def _dashboard(args: argparse.Namespace) -> int:
         basic_auth=credentials.basic_auth,
         alert_rules=args.rules,
     )
-    check_binding(app, args.host, allow_remote=args.allow_remote)
-    _check_database(app.data.engine)
+    return _serve(args, app, app.data.engine, serve, "the dashboard")
+
+
+def _missing_extra(error: ImportError, what: str, extra: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{what} needs its extra ({error.name} is missing): pip install 'dramatiq-opmetrics[{extra}]'"
+    )
+
+
+def _serve(args: argparse.Namespace, app: Any, engine: Engine, serve: Callable[..., None], what: str) -> int:
+    """Check the binding and the database, then serve ``app`` until interrupted (the dashboard, the exporter)."""
+    from .http_serving import check_binding
+
+    check_binding(app, args.host, allow_remote=args.allow_remote, what=what)
+    _check_database(engine)
     try:
         serve(app, args.host, args.port, allow_remote=args.allow_remote)
     except OSError as error:
@@ -525,24 +535,16 @@ def _exporter_arguments(parser: argparse.ArgumentParser) -> None:
 def _exporter(args: argparse.Namespace) -> int:
     try:
         from .exporter import create_exporter_app, serve_exporter
-        from .http_serving import Credentials, check_binding
+        from .http_serving import Credentials
     except ImportError as error:
-        raise ConfigurationError(
-            f"the exporter needs its extra ({error.name} is missing): pip install 'dramatiq-opmetrics[exporter]'"
-        ) from None
+        raise _missing_extra(error, "the exporter", "exporter") from None
     credentials = Credentials.from_environment()
     app = create_exporter_app(
         resolve_database_url(args.database_url),
         bearer_token=credentials.bearer_token,
         basic_auth=credentials.basic_auth,
     )
-    check_binding(app, args.host, allow_remote=args.allow_remote, what="the exporter")
-    _check_database(app.collector.engine)
-    try:
-        serve_exporter(app, args.host, args.port, allow_remote=args.allow_remote)
-    except OSError as error:
-        return _fail(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
-    return 0
+    return _serve(args, app, app.collector.engine, serve_exporter, "the exporter")
 
 
 def _add_rules_argument(parser: argparse.ArgumentParser) -> None:
