@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -143,16 +144,25 @@ def test_days_not_rolled_up_are_read_from_raw_rows_so_today_is_never_missing(eng
     assert [(p.date, p.count, p.raw_days) for p in series] == [(days_ago(1), 1, 0), (NOW.date(), 1, 1)]
 
 
-def test_a_range_and_its_recent_days_read_together_equal_the_query_api_read_apart(engine: Engine) -> None:
-    make_fleet(engine)
-    rng = random.Random(7)
+def add_today(engine: Engine, *, seed: int, messages: int, error_seconds: Sequence[int]) -> None:
+    """Today's raw rows beside :func:`make_fleet`: lognormal processing times of ``a`` and wait times of ``b``
+    (``messages`` each, a second apart), and an error of ``a`` at each of ``error_seconds``."""
+    rng = random.Random(seed)
     today = [
         (kind, {"actor": actor, "queue": "q1"}, rng.lognormvariate(3, 1), at(NOW.date(), i))
-        for i in range(300)
+        for i in range(messages)
         for kind, actor in [(MetricType.PROCESSING_TIME, "a"), (MetricType.WAIT_TIME, "b")]
     ]
-    today.append((MetricType.ERROR, {"actor": "a", "queue": "q1", "error_type": "E"}, 1.0, at(NOW.date(), 3)))
+    today += [
+        (MetricType.ERROR, {"actor": "a", "queue": "q1", "error_type": "E"}, 1.0, at(NOW.date(), i))
+        for i in error_seconds
+    ]
     insert_samples(engine, today)
+
+
+def test_a_range_and_its_recent_days_read_together_equal_the_query_api_read_apart(engine: Engine) -> None:
+    make_fleet(engine)
+    add_today(engine, seed=7, messages=300, error_seconds=[3])
     since, group = days_ago(7), ("actor", "queue")
     timed = [MetricType.PROCESSING_TIME, MetricType.WAIT_TIME]
     whole, recent = query_metrics_and_recent_days(
@@ -189,16 +199,7 @@ def test_a_range_and_its_recent_days_read_together_equal_the_query_api_read_apar
 
 def test_several_metric_types_read_together_equal_the_query_api_read_apart(engine: Engine) -> None:
     make_fleet(engine)
-    rng = random.Random(11)
-    today = [
-        (kind, {"actor": actor, "queue": "q1"}, rng.lognormvariate(3, 1), at(NOW.date(), i))
-        for i in range(200)
-        for kind, actor in [(MetricType.PROCESSING_TIME, "a"), (MetricType.WAIT_TIME, "b")]
-    ]
-    today += [
-        (MetricType.ERROR, {"actor": "a", "queue": "q1", "error_type": "E"}, 1.0, at(NOW.date(), i)) for i in (3, 9)
-    ]
-    insert_samples(engine, today)
+    add_today(engine, seed=11, messages=200, error_seconds=[3, 9])
     queries: list[tuple[MetricType | str, tuple[str, ...] | None]] = [
         (MetricType.PROCESSING_TIME, ("actor", "queue")),
         (MetricType.WAIT_TIME, ("queue",)),
