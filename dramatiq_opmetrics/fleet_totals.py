@@ -66,7 +66,7 @@ from .recent_tier import (
     keyed_raw_sql,
     read_state,
 )
-from .rollup import month_of, next_month
+from .rollup import WHOLE_MONTH, month_of, next_month
 from .series import raw_aggregates, tier_layout
 from .sketch import Histogram, histogram_of_key_counts, histogram_of_keys
 from .value_lists import in_values
@@ -483,13 +483,14 @@ def _monthly_fingerprint(connection: Connection) -> tuple[Any, ...]:
         func.sum(monthly.c.sample_count),
         func.max(monthly.c.source_rolled_up_at),
         func.max(monthly.c.merged_at),
-    ).where(monthly.c.part == 0)
+    ).where(monthly.c.part == WHOLE_MONTH)
     return tuple(connection.execute(query).one())
 
 
 def _month_fingerprints(connection: Connection) -> dict[dt.date, object]:
     """Per month with daily rows: per day its daily rows, their samples and latest ``rolled_up_at``, and the
-    month's monthly rows, their daily rows and latest ``merged_at``."""
+    month's whole-month rows, their daily rows and latest ``merged_at`` (a merge rewrites every row of the
+    month, so those change with any of them; the rows of its thirds and suffixes are not read)."""
     daily = OperationalMetricDaily.__table__
     days: dict[dt.date, list[tuple[Any, ...]]] = {}
     query = select(daily.c.date, func.count(), func.sum(daily.c.sample_count), func.max(daily.c.rolled_up_at))
@@ -497,9 +498,11 @@ def _month_fingerprints(connection: Connection) -> dict[dt.date, object]:
         day = day if isinstance(day, dt.date) else dt.date.fromisoformat(day)
         days.setdefault(month_of(day), []).append((day, int(rows), int(samples), rolled_up_at))
     monthly = OperationalMetricMonthly.__table__
-    per_month = select(
-        monthly.c.month, func.count(), func.sum(monthly.c.daily_rows), func.max(monthly.c.merged_at)
-    ).group_by(monthly.c.month)
+    per_month = (
+        select(monthly.c.month, func.count(), func.sum(monthly.c.daily_rows), func.max(monthly.c.merged_at))
+        .where(monthly.c.part == WHOLE_MONTH)
+        .group_by(monthly.c.month)
+    )
     months = {
         (month if isinstance(month, dt.date) else dt.date.fromisoformat(month)): (int(rows), int(merged), merged_at)
         for month, rows, merged, merged_at in connection.execute(per_month)

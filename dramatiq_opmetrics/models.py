@@ -7,9 +7,9 @@ label set is stored once in ``opmetrics_label_sets``. On PostgreSQL the raw tabl
 
 ``operational_metrics_daily`` holds the permanent daily aggregates, one row per
 (metric_type, date, labels_key), self-contained: it copies the labels so it outlives the raw rows.
-``operational_metrics_monthly`` holds the same merged per calendar month (and per third of it), kept by the
-rollup, so that a year is read as 12 rows per label set (:mod:`~dramatiq_opmetrics.rollup`,
-:mod:`~dramatiq_opmetrics.query`).
+``operational_metrics_monthly`` holds the same merged per calendar month (and per third of it, and from each
+of its days to its end), kept by the rollup, so that a year is read as 12 rows per label set, whichever day
+it starts on (:mod:`~dramatiq_opmetrics.rollup`, :mod:`~dramatiq_opmetrics.query`).
 """
 
 from __future__ import annotations
@@ -173,14 +173,21 @@ FloatListType = JSON().with_variant(ARRAY(Float), "postgresql")
 
 
 class OperationalMetricMonthly(Base):
-    """The daily rows of one calendar month (UTC), or of a third of it, of one metric type and label set,
+    """The daily rows of one calendar month (UTC), or of a part of it, of one metric type and label set,
     merged.
 
     ``month`` is the first day of the month; ``part`` is 0 for the whole month, 1, 2 and 3 for its days 1 to
-    10, 11 to 20 and 21 to its end (so that a range starting mid-month reads at most nine days of daily rows
-    before the thirds and months it covers). ``sample_count``, ``min`` and ``max`` are those of the daily
-    rows together; ``sum`` is the sum of their sums correctly rounded and ``sum_parts`` that sum exactly, as
-    floats whose exact sum it is (so that sums over months and days add up exactly as the daily sums do).
+    10, 11 to 20 and 21 to its end, and ``SUFFIX_PART_BASE + d``
+    (:data:`~dramatiq_opmetrics.rollup.SUFFIX_PART_BASE`, 100) for its days ``d`` to its end, a "suffix",
+    for every ``d`` from 2 to its last day but 21 (days 21 to the end are part 3). A range starting on day
+    ``d`` of a month reads that month as its one suffix row, then one row per month; the thirds serve a
+    range that ends mid-month. The suffixes cost about one row per day of the month: the table holds about
+    as many rows as the daily table (some 33 per month, metric type and label set, instead of 4), and about
+    half its bytes (a monthly row carries no JSON histogram).
+
+    ``sample_count``, ``min`` and ``max`` are those of the daily rows together; ``sum`` is the sum of their
+    sums correctly rounded and ``sum_parts`` that sum exactly, as floats whose exact sum it is (so that sums
+    over months and days add up exactly as the daily sums do).
     ``histogram_packed`` is the merged histogram (:mod:`~dramatiq_opmetrics.packed_histograms`; None if a
     daily row has none); ``p50``/``p95``/``p99`` are the period's percentiles read from it (within 1%; the
     day's exact ones when the period has one daily row). ``daily_rows`` counts the daily rows merged and

@@ -13,10 +13,13 @@ result made of exactly one daily row gives that day's exact stored percentiles.
 
 Why a year reads in well under a second: the cost of a range must not grow with its days.
 
-- Whole months, and thirds of months (days 1-10, 11-20, 21-end), are read from the monthly rows the rollup
-  keeps (:mod:`~dramatiq_opmetrics.rollup`): a year is 12 rows per label set, plus at most two thirds and
-  nine days of daily rows where the range starts mid-month. A period is read from its monthly rows only when
-  every day it has daily rows for lies in the range; the monthly and daily rows are read in one statement,
+- Whole months, a month from the range's first day to its end (its "suffix"), and thirds of months (days
+  1-10, 11-20, 21-end) are read from the monthly rows the rollup keeps (:mod:`~dramatiq_opmetrics.rollup`):
+  a year is 12 rows per label set whichever day it starts on (the first month's suffix, then whole months),
+  plus the thirds and days of daily rows of a last month it ends in mid-month. A period is read from its
+  monthly rows only when every day it has daily rows for lies in the range (a first month whose suffix does
+  not, because the range ends in that month before its last rolled-up day, is read as before the suffixes:
+  from the thirds it covers and daily rows); the monthly and daily rows are read in one statement,
   so a rollup committing meanwhile is seen whole or not at all. Counts, minima and maxima add up exactly;
   sums too (a monthly row keeps its sum's exact parts, :func:`~dramatiq_opmetrics.rollup.exact_sum_parts`,
   so the range's sum is the correctly rounded sum of its daily sums, as from daily rows alone); histograms
@@ -55,6 +58,7 @@ from sqlalchemy import (
     Integer,
     Select,
     Text,
+    and_,
     case,
     cast,
     exists,
@@ -63,6 +67,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    true,
     tuple_,
     type_coerce,
     union_all,
@@ -87,7 +92,7 @@ from .models import (
 from .packed_histograms import HistogramSum
 from .partitions import day_bounds, list_partitions
 from .recent_tier import DEFAULT_RECENT_RETENTION_DAYS
-from .rollup import WHOLE_MONTH, month_of, next_month, part_bounds
+from .rollup import SUFFIX_PART_BASE, WHOLE_MONTH, month_of, next_month, part_bounds, suffix_part
 from .sketch import Histogram
 from .value_lists import in_values
 
@@ -548,7 +553,8 @@ class RangeMerge:
 
     def add_daily_rows(self, connection: Connection, since: dt.date, until: dt.date) -> None:
         """Add the rolled-up days from ``since`` to ``until`` inclusive (UTC): each month the range covers
-        from its first day to the last it has rolled up, from its monthly rows; the other days from their
+        from its first day (or from ``since``) to the last it has rolled up, from its monthly rows; the
+        thirds it covers likewise; the other days from their
         daily rows (both read in one statement, so a rollup committing meanwhile is seen whole or not at
         all). A ``per_day`` merge reads daily rows only."""
         rows = connection.execute(self.rolled_up_query(connection, since, until)).all()
@@ -629,45 +635,75 @@ class RangeMerge:
             cast(null(), JSONType),
         )
         # A month, or a third of one, whose days with daily rows all lie in the range is read from its monthly
-        # rows (every daily row of a period is in them): the whole month where it can be, else its thirds.
-        # Which periods those are is known only in the statement, so each third of the range has a part of
-        # its own reading its daily rows unless its period is covered (a condition PostgreSQL evaluates once
-        # per part): the daily rows of covered periods are never read, not even filtered.
-        covered = (
-            select(monthly.c.month, monthly.c.part)
-            .where(
-                monthly.c.month >= month_of(since),
-                monthly.c.month <= until,
-                monthly.c.first_day >= since,
-                monthly.c.last_day <= until,
+        # rows (every daily row of a period is in them): the whole month where it can be, else (the first
+        # month) its suffix from the range's first day, else its thirds. Which periods those are is known
+        # only in the statement, so each third of the range has a part of its own reading its daily rows
+        # unless its period is covered (a condition PostgreSQL evaluates once per part): the daily rows of
+        # covered periods are never read, not even filtered. The periods are found in the index of
+        # (month, part, first_day, last_day), reading the entries of the whole months and thirds of the
+        # range's months and of the one suffix that can serve, not those of every suffix.
+        first_month, suffix = month_of(since), suffix_part(since)
+        months = [first_month]
+        while next_month(months[-1]) <= until:
+            months.append(next_month(months[-1]))
+        periods = select(monthly.c.month, monthly.c.part).where(
+            monthly.c.first_day >= since, monthly.c.last_day <= until
+        )
+        thirds = periods.where(monthly.c.month.in_(months), monthly.c.part < SUFFIX_PART_BASE)
+        covered: Select[Any] | CompoundSelect[Any] = thirds.distinct()
+        if suffix >= SUFFIX_PART_BASE:
+            covered = union_all(
+                covered, periods.where(monthly.c.month == first_month, monthly.c.part == suffix).distinct()
             )
-            .distinct()
-            .cte("covered_periods")
+        covered_periods = covered.cte("covered_periods")
+        served = select(covered_periods.c.month).where(
+            or_(covered_periods.c.part == WHOLE_MONTH, covered_periods.c.part >= SUFFIX_PART_BASE)
         )
-        whole_months = select(covered.c.month).where(covered.c.part == WHOLE_MONTH)
-        chosen = select(covered.c.month, covered.c.part).where(
-            or_(covered.c.part == WHOLE_MONTH, covered.c.month.not_in(whole_months))
+        chosen = select(covered_periods.c.month, covered_periods.c.part).where(
+            or_(
+                covered_periods.c.part == WHOLE_MONTH,
+                and_(
+                    covered_periods.c.part >= SUFFIX_PART_BASE,
+                    covered_periods.c.month.not_in(
+                        select(covered_periods.c.month).where(covered_periods.c.part == WHOLE_MONTH)
+                    ),
+                ),
+                covered_periods.c.month.not_in(served),
+            )
         )
-        parts: list[Select[Any]] = [
-            from_monthly.where(*monthly_conditions, tuple_(monthly.c.month, monthly.c.part).in_(chosen))
-        ]
-        month = month_of(since)
-        while month <= until:
+        parts: list[Select[Any]]
+        if connection.dialect.name == "postgresql":
+            # Each chosen period's rows by index: left to choose, PostgreSQL scans the whole monthly table
+            # (a suffix of each day of each month is most of it) and joins it to the few periods chosen.
+            chosen_periods = chosen.subquery("chosen_periods")
+            of_period = (
+                from_monthly.where(
+                    *monthly_conditions,
+                    monthly.c.month == chosen_periods.c.month,
+                    monthly.c.part == chosen_periods.c.part,
+                )
+                .offset(0)
+                .lateral("period_rows")
+            )
+            parts = [select(*of_period.c).select_from(chosen_periods.join(of_period, true()))]
+        else:
+            parts = [from_monthly.where(*monthly_conditions, tuple_(monthly.c.month, monthly.c.part).in_(chosen))]
+        for month in months:
             for third in (1, 2, 3):
                 first, last = part_bounds(month, third)
                 first, last = max(first, since), min(last, until)
                 if first > last:
                     continue
-                in_period = covered.c.month == month, covered.c.part.in_((WHOLE_MONTH, third))
+                serving = (WHOLE_MONTH, third, suffix) if month == first_month else (WHOLE_MONTH, third)
+                in_period = covered_periods.c.month == month, covered_periods.c.part.in_(serving)
                 parts.append(
                     from_daily.where(
                         *daily_conditions,
                         daily.c.date >= first,
                         daily.c.date <= last,
-                        ~exists(select(covered.c.month).where(*in_period)),
+                        ~exists(select(covered_periods.c.month).where(*in_period)),
                     )
                 )
-            month = next_month(month)
         return union_all(*parts)
 
     def add_raw_day(self, connection: Connection, day: dt.date, aggregates: Sequence[Aggregate] | None = None) -> None:

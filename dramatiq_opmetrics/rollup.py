@@ -18,14 +18,22 @@ during the scheduled one) serialise, and a second run finds the day up to date. 
 twice leaves identical rows (``rolled_up_at`` only changes when the aggregates do).
 
 Monthly rows: ``operational_metrics_monthly`` holds, per (metric type, calendar month, label set), the
-month's daily rows merged, and the same per third of the month (days 1-10, 11-20, 21-end)
+month's daily rows merged, the same per third of the month (days 1-10, 11-20, 21-end) and per suffix of it
+(days ``d`` to the end, for each ``d`` from 2; :func:`suffix_part`)
 (:class:`~dramatiq_opmetrics.models.OperationalMetricMonthly`), so that a range read takes a year as 12 rows
-per label set instead of 365, plus at most two thirds and nine days where it starts mid-month
-(:mod:`~dramatiq_opmetrics.query`). Every daily
-row also carries its histogram packed (:mod:`~dramatiq_opmetrics.packed_histograms`), which merges without
-parsing JSON. A month's rows are always rebuilt whole from its daily rows (:func:`merge_month`), never
-updated by adding a day to them: a day rolled up again (late samples) then can never be counted twice.
+per label set instead of 365, whichever day it starts on: the suffix from its first day, then whole months
+(:mod:`~dramatiq_opmetrics.query`). Without suffixes a year starting mid-month read about 22 rows per label
+set (up to nine days and two thirds before its whole months), and a range read's cost is mostly per row
+fetched (the driver's and SQLAlchemy's work on each). Every daily row also carries its histogram packed
+(:mod:`~dramatiq_opmetrics.packed_histograms`), which merges without parsing JSON. A month's rows are always
+rebuilt whole from its daily rows (:func:`merge_month`), never updated by adding a day to them: a day rolled
+up again (late samples) then can never be counted twice.
 
+- The suffixes cost storage and a little of the nightly merge: about one monthly row per day of the month
+  and label set (the monthly table holds about as many rows as the daily table, where it held a seventh),
+  made as one merge from the month's last day back, so each day's histogram is added once and each
+  suffix's row packed once. A month's rows are written with one binary COPY on PostgreSQL, one part after
+  the other, so that the rows of a period a read takes lie together.
 - The rollup of a day re-merges its month in the same transaction, so a reader sees the day's daily rows
   and the month's rows change together (a range read takes a month from its monthly rows only when it
   covers every day those rows hold, in one statement).
@@ -35,6 +43,12 @@ updated by adding a day to them: a day rolled up again (late samples) then can n
   rows. The first run after migration 0007 so merges (and packs) the whole history, one month at a time;
   until then reads are right but slower. Daily rows written by other means than the rollup (an import, a
   test fixture) are merged by the next run in the same way.
+- A month merged before suffixes existed (by an earlier version) is merged again by the next run too, so
+  that old months get their suffixes once, after an upgrade, rather than never (a month is re-merged only
+  when its daily rows change, which an old month's seldom do); until then its reads are right, from its
+  thirds and daily rows. That first run takes about a month's merge per month of history. Going back to an
+  earlier version needs the suffixes removed first (``DELETE FROM operational_metrics_monthly WHERE part >=
+  100``): it would read them as if they were thirds.
 
 Example::
 
@@ -49,6 +63,7 @@ import datetime as dt
 import itertools
 import logging
 import math
+import operator
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -59,7 +74,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from .aggregate import PERCENTILES, Aggregate, aggregate_raw, raw_counts_by_day
 from .locks import write_xact_lock
-from .models import LabelSet, OperationalMetricDaily, OperationalMetricMonthly
+from .metric_types import MetricType
+from .models import MONTHLY_TABLE, LabelSet, OperationalMetricDaily, OperationalMetricMonthly
 from .packed_histograms import HistogramSum, pack
 from .partitions import DEFAULT_PARTITION_DAYS_AHEAD, day_bounds, ensure_partitions
 from .sketch import Histogram
@@ -71,6 +87,9 @@ logger = logging.getLogger(__name__)
 ROLLUP_LOCK = "rollup"
 #: The ``part`` of a monthly row that merges the whole month (1, 2 and 3 merge its thirds).
 WHOLE_MONTH = 0
+#: The ``part`` of a monthly row that merges days ``d`` to the end of its month is ``SUFFIX_PART_BASE + d``
+#: (``d`` from 2 to the last day; days 1 and 21 to the end are the whole month and its third third).
+SUFFIX_PART_BASE = 100
 
 _VALUE_COLUMNS = (
     "labels",
@@ -113,7 +132,8 @@ class MonthMerge:
     Parameters:
       month(date): the first day of the month.
       daily_rows(int): daily rows merged.
-      monthly_rows(int): monthly rows written (per metric type and label set, the month and its thirds).
+      monthly_rows(int): monthly rows written (per metric type and label set, the month, its thirds and its
+        suffixes).
       packed(int): daily rows that got their packed histogram in this merge.
       duration_s(float): how long the merge took, in seconds.
     """
@@ -352,19 +372,25 @@ def exact_sum_parts(values: Iterable[float]) -> list[float]:
     them), so that ``math.fsum(parts + more)`` equals ``math.fsum(values + more)`` for any ``more``."""
     partials: list[float] = []
     for value in values:
-        x = value
-        kept = 0
-        for y in partials:
-            if abs(x) < abs(y):
-                x, y = y, x
-            high = x + y
-            low = y - (high - x)
-            if low:
-                partials[kept] = low
-                kept += 1
-            x = high
-        partials[kept:] = [x]
+        add_exact(partials, value)
     return partials
+
+
+def add_exact(partials: list[float], value: float) -> None:
+    """Add ``value`` to ``partials`` (:func:`exact_sum_parts` of some values) in place: they are then those of
+    the values and ``value``."""
+    x = value
+    kept = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        high = x + y
+        low = y - (high - x)
+        if low:
+            partials[kept] = low
+            kept += 1
+        x = high
+    partials[kept:] = [x]
 
 
 def third_of(day: dt.date) -> int:
@@ -372,56 +398,128 @@ def third_of(day: dt.date) -> int:
     return min(3, (day.day - 1) // 10 + 1)
 
 
+def suffix_part(day: dt.date) -> int:
+    """The part of its month that holds ``day`` to the end of the month: :data:`WHOLE_MONTH` for the first
+    day, the third third for the 21st, else ``SUFFIX_PART_BASE + day.day``."""
+    if day.day == 1:
+        return WHOLE_MONTH
+    if day.day == 21:
+        return 3
+    return SUFFIX_PART_BASE + day.day
+
+
+def month_parts(month: dt.date) -> list[int]:
+    """Every part a monthly row of ``month`` can have: the whole month, its thirds, then its suffixes."""
+    last_of_month = next_month(month) - dt.timedelta(days=1)
+    suffixes = (suffix_part(month.replace(day=day)) for day in range(2, last_of_month.day + 1))
+    return [WHOLE_MONTH, 1, 2, 3, *(part for part in suffixes if part >= SUFFIX_PART_BASE)]
+
+
 def part_bounds(month: dt.date, part: int) -> tuple[dt.date, dt.date]:
-    """The first and last day of ``part`` of ``month`` (:data:`WHOLE_MONTH`, or a third: 1, 2 or 3)."""
+    """The first and last day of ``part`` of ``month`` (:data:`WHOLE_MONTH`, a third: 1, 2 or 3, or a suffix:
+    :data:`SUFFIX_PART_BASE` plus its first day)."""
     last_of_month = next_month(month) - dt.timedelta(days=1)
     if part == WHOLE_MONTH:
         return month, last_of_month
+    if part >= SUFFIX_PART_BASE:
+        return month.replace(day=part - SUFFIX_PART_BASE), last_of_month
     first = month.replace(day=10 * (part - 1) + 1)
     return first, last_of_month if part == 3 else month.replace(day=10 * part)
 
 
-def _merged(days: list[tuple[Any, bytes | None]]) -> dict[str, Any]:
-    """The merged columns of a period's daily rows (each with its packed histogram, None if it has none)."""
-    total = HistogramSum()
-    complete = True
-    for _, packed in days:
+class _PeriodMerge:
+    """The daily rows of a period merged, added one at a time (in any order): :meth:`columns` reads the
+    merged columns after any addition (a month's suffixes are one merge, read day by day)."""
+
+    def __init__(self) -> None:
+        self.histogram = HistogramSum()
+        self.complete = True
+        self.daily_rows = 0
+        self.sample_count = 0
+        self.sum_parts: list[float] = []
+        self.low = math.inf
+        self.high = -math.inf
+        self.latest: Any = None
+        self.rolled_up_at: dt.datetime | None = None
+
+    def add(self, row: Any, packed: bytes | None) -> None:
+        """Add a daily row and its packed histogram (None if it has none)."""
         if packed is None:
-            complete = False
+            self.complete = False
         else:
-            total.add_packed(packed)
-    rows = [row for row, _ in days]
-    low, high = min(row.min for row in rows), max(row.max for row in rows)
-    percentiles: tuple[float | None, ...]
-    if len(rows) == 1:
-        percentiles = (rows[0].p50, rows[0].p95, rows[0].p99)
-    elif complete:
-        percentiles = tuple(
-            None if value is None else min(max(value, low), high) for value in total.quantiles(PERCENTILES)
-        )
-    else:
-        percentiles = (None, None, None)
-    return {
-        "labels": rows[-1].labels,
-        "sample_count": sum(row.sample_count for row in rows),
-        "sum": math.fsum(row.sum for row in rows),
-        "sum_parts": exact_sum_parts(row.sum for row in rows),
-        "min": low,
-        "max": high,
-        "p50": percentiles[0],
-        "p95": percentiles[1],
-        "p99": percentiles[2],
-        "histogram_packed": total.pack() if complete else None,
-        "daily_rows": len(rows),
-        "source_rolled_up_at": max(row.rolled_up_at for row in rows),
-    }
+            self.histogram.add_packed(packed)
+        self.daily_rows += 1
+        self.sample_count += row.sample_count
+        add_exact(self.sum_parts, row.sum)
+        self.low, self.high = min(self.low, row.min), max(self.high, row.max)
+        if self.latest is None or row.date > self.latest.date:
+            self.latest = row
+        if self.rolled_up_at is None or row.rolled_up_at > self.rolled_up_at:
+            self.rolled_up_at = row.rolled_up_at
+
+    def columns(self) -> dict[str, Any]:
+        """The merged columns of the rows added so far (at least one)."""
+        low, high = self.low, self.high
+        percentiles: tuple[float | None, ...]
+        if self.daily_rows == 1:
+            percentiles = (self.latest.p50, self.latest.p95, self.latest.p99)
+        elif self.complete:
+            percentiles = tuple(
+                None if value is None else min(max(value, low), high) for value in self.histogram.quantiles(PERCENTILES)
+            )
+        else:
+            percentiles = (None, None, None)
+        return {
+            "labels": self.latest.labels,
+            "sample_count": self.sample_count,
+            "sum": math.fsum(self.sum_parts),
+            "sum_parts": list(self.sum_parts),
+            "min": low,
+            "max": high,
+            "p50": percentiles[0],
+            "p95": percentiles[1],
+            "p99": percentiles[2],
+            "histogram_packed": self.histogram.pack() if self.complete else None,
+            "daily_rows": self.daily_rows,
+            "source_rolled_up_at": self.rolled_up_at,
+        }
+
+
+def _periods_of(month: dt.date, days: list[tuple[Any, bytes | None]]) -> list[tuple[int, dict[str, Any]]]:
+    """The parts of ``month`` that a metric type and label set's daily rows (each with its packed histogram,
+    oldest first) have rows for, each with its merged columns. The suffixes, the whole month (the suffix from
+    day 1) and the third third (from day 21) are one merge, from the last day back: one histogram added and
+    one merged row read per day that has a daily row (a day without one repeats the next day's columns)."""
+    periods: list[tuple[int, dict[str, Any]]] = []
+    for third in (1, 2):
+        in_third = [day for day in days if third_of(day[0].date) == third]
+        if in_third:
+            merge = _PeriodMerge()
+            for row, packed in in_third:
+                merge.add(row, packed)
+            periods.append((third, merge.columns()))
+    suffix = _PeriodMerge()
+    columns: dict[str, Any] | None = None
+    position = len(days)
+    for day_number in range(days[-1][0].date.day, 0, -1):
+        added = False
+        while position and days[position - 1][0].date.day >= day_number:
+            position -= 1
+            suffix.add(*days[position])
+            added = True
+        if added:
+            columns = suffix.columns()
+        if columns is not None:
+            periods.append((suffix_part(month.replace(day=day_number)), columns))
+    return periods
 
 
 def merge_month(connection: Connection, month: dt.date) -> MonthMerge:
     """Rebuild the monthly rows of ``month`` (its first day) from its daily rows, in the caller's
     transaction, which holds the rollup lock (:func:`lock_for_rollup`): per metric type and label set one
-    row of the whole month and one per third of it that has daily rows. Daily rows without a packed
-    histogram get it (from their JSON one) on the way."""
+    row of the whole month, one per third of it and one per suffix of it (days ``d`` to the end,
+    :func:`suffix_part`) that has daily rows. Daily rows without a packed histogram get it (from their JSON
+    one) on the way."""
     started = time.perf_counter()
     daily = OperationalMetricDaily.__table__
     monthly = OperationalMetricMonthly.__table__
@@ -449,11 +547,13 @@ def merge_month(connection: Connection, month: dt.date) -> MonthMerge:
     rows = connection.execute(query).all()
     merged_at = dt.datetime.now(dt.UTC)
     # Which days each period has daily rows for, over every metric type and label set.
+    dates = sorted({row.date for row in rows})
     coverage: dict[int, tuple[dt.date, dt.date]] = {}
-    for row in rows:
-        for part in (WHOLE_MONTH, third_of(row.date)):
-            first, last = coverage.get(part, (row.date, row.date))
-            coverage[part] = (min(first, row.date), max(last, row.date))
+    for part in month_parts(month):
+        first, last = part_bounds(month, part)
+        in_part = [day for day in dates if first <= day <= last]
+        if in_part:
+            coverage[part] = (in_part[0], in_part[-1])
     monthly_rows: list[dict[str, Any]] = []
     packed_now: list[dict[str, Any]] = []
     for (metric_type, labels_key), group in itertools.groupby(rows, key=lambda row: (row[0], row[1])):
@@ -464,11 +564,7 @@ def merge_month(connection: Connection, month: dt.date) -> MonthMerge:
                 packed = pack(Histogram.from_json(row.histogram))
                 packed_now.append({"t": row.metric_type, "d": row.date, "k": row.labels_key, "packed": packed})
             days.append((row, packed))
-        periods = [(WHOLE_MONTH, days)]
-        periods += [
-            (part, list(in_part)) for part, in_part in itertools.groupby(days, key=lambda d: third_of(d[0].date))
-        ]
-        for part, period_days in periods:
+        for part, columns in _periods_of(month, days):
             monthly_rows.append(
                 {
                     "metric_type": metric_type,
@@ -478,7 +574,7 @@ def merge_month(connection: Connection, month: dt.date) -> MonthMerge:
                     "first_day": coverage[part][0],
                     "last_day": coverage[part][1],
                     "merged_at": merged_at,
-                    **_merged(period_days),
+                    **columns,
                 }
             )
     if packed_now:
@@ -496,7 +592,9 @@ def merge_month(connection: Connection, month: dt.date) -> MonthMerge:
         )
     connection.execute(delete(monthly).where(monthly.c.month == month))
     if monthly_rows:
-        connection.execute(insert(monthly), monthly_rows)
+        # Written one part after the other, so that the rows of a period a range read takes lie together.
+        monthly_rows.sort(key=lambda row: int(row["part"]))
+        _insert_monthly(connection, monthly_rows)
     result = MonthMerge(month, len(rows), len(monthly_rows), len(packed_now), time.perf_counter() - started)
     logger.info(
         "Merged month %s: daily_rows=%d monthly_rows=%d packed=%d duration_s=%.3f",
@@ -517,10 +615,53 @@ def merge_month(connection: Connection, month: dt.date) -> MonthMerge:
     return result
 
 
+#: The monthly table's columns, in the order :func:`_insert_monthly` copies them, with their PostgreSQL types.
+_MONTHLY_COPY_COLUMNS = {
+    "metric_type": "text",
+    "month": "date",
+    "part": "int2",
+    "labels_key": "text",
+    "labels": "jsonb",
+    "sample_count": "int8",
+    "sum": "float8",
+    "sum_parts": "float8[]",
+    "min": "float8",
+    "max": "float8",
+    "p50": "float8",
+    "p95": "float8",
+    "p99": "float8",
+    "histogram_packed": "bytea",
+    "daily_rows": "int4",
+    "first_day": "date",
+    "last_day": "date",
+    "source_rolled_up_at": "timestamptz",
+    "merged_at": "timestamptz",
+}
+
+
+def _insert_monthly(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert monthly rows: a binary COPY on PostgreSQL (a month is some 30 rows per metric type and label set,
+    a batched INSERT of them took most of a month's merge), one batched INSERT elsewhere."""
+    if connection.dialect.name != "postgresql":
+        connection.execute(insert(OperationalMetricMonthly), rows)
+        return
+    driver_connection = connection.connection.driver_connection
+    assert driver_connection is not None
+    names = list(_MONTHLY_COPY_COLUMNS)
+    statement = f"COPY {MONTHLY_TABLE} ({', '.join(names)}) FROM STDIN (FORMAT BINARY)"
+    values_of = operator.itemgetter(*names[1:])
+    with driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
+        copy.set_types(list(_MONTHLY_COPY_COLUMNS.values()))
+        for row in rows:
+            copy.write_row((MetricType(row["metric_type"]).value, *values_of(row)))
+
+
 def months_to_merge(connection: Connection) -> list[dt.date]:
     """The months whose monthly rows are not the merge of their daily rows as they are now: a different
     number of daily rows, of samples or a later ``rolled_up_at`` per metric type, daily rows without a
-    packed histogram, or monthly rows of a month without daily rows."""
+    packed histogram, monthly rows of a month without daily rows, or a month merged without its suffixes
+    (before they existed: a metric type with daily rows after the month's first day but no suffix from
+    day 2)."""
     daily = OperationalMetricDaily.__table__
     monthly = OperationalMetricMonthly.__table__
     unpacked = case((and_(daily.c.histogram_packed.is_(None), daily.c.histogram.is_not(None)), 1), else_=0)
@@ -536,13 +677,25 @@ def months_to_merge(connection: Connection) -> list[dt.date]:
     stale: set[dt.date] = set()
     for day, metric_type, rows, samples, latest, without_packed in connection.execute(per_day):
         month = month_of(day)
-        counts = found.setdefault(month, {}).setdefault(str(metric_type), [0, 0, None])
+        counts = found.setdefault(month, {}).setdefault(str(metric_type), [0, 0, None, False])
         counts[0] += int(rows)
         counts[1] += int(samples)
         counts[2] = latest if counts[2] is None else max(counts[2], latest)
+        counts[3] = counts[3] or day.day > 1
         if without_packed:
             stale.add(month)
     merged: dict[dt.date, dict[str, list[Any]]] = {}
+    # The suffix from day 2 exists wherever a suffix does: one look-up by primary key per month and type.
+    suffixes = monthly.alias("suffixes")
+    has_suffixes = (
+        select(suffixes.c.part)
+        .where(
+            suffixes.c.metric_type == monthly.c.metric_type,
+            suffixes.c.month == monthly.c.month,
+            suffixes.c.part == SUFFIX_PART_BASE + 2,
+        )
+        .exists()
+    )
     per_month = (
         select(
             monthly.c.month,
@@ -550,12 +703,13 @@ def months_to_merge(connection: Connection) -> list[dt.date]:
             func.sum(monthly.c.daily_rows),
             func.sum(monthly.c.sample_count),
             func.max(monthly.c.source_rolled_up_at),
+            has_suffixes,
         )
         .where(monthly.c.part == WHOLE_MONTH)
         .group_by(monthly.c.month, monthly.c.metric_type)
     )
-    for month, metric_type, rows, samples, latest in connection.execute(per_month):
-        merged.setdefault(month, {})[str(metric_type)] = [int(rows), int(samples), latest]
+    for month, metric_type, rows, samples, latest, suffixed in connection.execute(per_month):
+        merged.setdefault(month, {})[str(metric_type)] = [int(rows), int(samples), latest, bool(suffixed)]
     stale.update(month for month in found.keys() | merged.keys() if found.get(month) != merged.get(month))
     return sorted(stale)
 

@@ -377,6 +377,7 @@ def test_ranges_read_whole_months_from_monthly_rows_with_the_daily_rows_results(
         (dt.date(2026, 1, 28), dt.date(2026, 4, 3)),  # April's monthly row holds days after the range
         (dt.date(2026, 3, 1), dt.date(2026, 3, 1)),  # a month's first day alone
         (dt.date(2026, 3, 5), dt.date(2026, 3, 20)),  # within one month
+        (dt.date(2026, 2, 1), dt.date(2026, 3, 25)),  # March up to a day of its third third
     ]
     with engine.connect() as connection:
         for first, last in ranges:
@@ -386,15 +387,51 @@ def test_ranges_read_whole_months_from_monthly_rows_with_the_daily_rows_results(
                 tuple(sorted(s.labels.items())): (s.count, s.sum, s.min, s.max, (s.p50, s.p95, s.p99)) for s in results
             }
             assert found == expected, (first, last)
-        # Whole months were read as one row per label set (3 of them), thirds of a month likewise, and only
-        # the days before the first third covered from daily rows.
+        # Whole months were read as one row per label set (3 of them), a first month from its first day of
+        # the range on likewise (its suffix), a last month up to a day as its thirds before the day and
+        # daily rows after.
         merge = RangeMerge(metric_types=[kind])
-        may = dt.date(2026, 5, 31)
         rows_read = [
-            len(connection.execute(merge.rolled_up_query(connection, first, may)).all())
-            for first in (dt.date(2026, 2, 1), dt.date(2026, 2, 12))
+            len(connection.execute(merge.rolled_up_query(connection, first, last)).all())
+            for first, last in (
+                (dt.date(2026, 2, 1), dt.date(2026, 5, 31)),
+                (dt.date(2026, 2, 12), dt.date(2026, 5, 31)),
+                (dt.date(2026, 2, 1), dt.date(2026, 3, 25)),
+            )
         ]
-    assert rows_read == [4 * 3, 9 * 3 + (1 + 3) * 3]
+    assert rows_read == [4 * 3, (1 + 3) * 3, (1 + 2 + 5) * 3]
+
+
+def test_a_range_starting_on_any_day_of_a_month_reads_it_as_one_row_with_the_daily_rows_results(
+    engine: Engine,
+) -> None:
+    now = dt.datetime(2026, 4, 15, 12, 0, tzinfo=dt.UTC)
+    populate(engine, days=90, actors=make_actors(3, queues=2), now=now, raw_samples_per_actor=1)
+    daily = OperationalMetricDaily.__table__
+    # February without its days 5 to 9 and 26 to 28: ranges start on days without daily rows too.
+    with engine.begin() as connection:
+        missing = [dt.date(2026, 2, day) for day in (5, 6, 7, 8, 9, 26, 27, 28)]
+        connection.execute(daily.delete().where(daily.c.date.in_(missing)))
+    rollup(engine, now=now)
+    kind = MetricType.PROCESSING_TIME
+    merge = RangeMerge(metric_types=[kind])
+    starts = [dt.date(2026, 2, day) for day in range(1, 29)] + [dt.date(2026, 3, day) for day in range(1, 32)]
+    with engine.connect() as connection:
+        for first in starts:
+            last_of_month = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1) - dt.timedelta(days=1)
+            for last in (dt.date(2026, 4, 14), last_of_month, dt.date(2026, 2, 25), dt.date(2026, 3, 15)):
+                if last < first:
+                    continue
+                results = query_metrics(connection, first, last, metric_type=kind, include_raw=False)
+                found = {
+                    tuple(sorted(s.labels.items())): (s.count, s.sum, s.min, s.max, (s.p50, s.p95, s.p99))
+                    for s in results
+                }
+                assert found == merged_daily_rows(engine, first, last, kind, None), (first, last)
+            # The month from the range's first day on is one row per label set (3), then one per month (none
+            # for February's last days, which have no daily rows).
+            rows = connection.execute(merge.rolled_up_query(connection, first, dt.date(2026, 3, 31))).all()
+            assert len(rows) == 3 * (2 if first <= dt.date(2026, 2, 25) else 1), first
 
 
 def test_the_daily_series_and_the_range_agree_however_the_range_is_read(engine: Engine) -> None:

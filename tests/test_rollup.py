@@ -21,6 +21,7 @@ from dramatiq_opmetrics.models import OperationalMetricDaily, OperationalMetricM
 from dramatiq_opmetrics.packed_histograms import unpack
 from dramatiq_opmetrics.partitions import DEFAULT_PARTITION_DAYS_AHEAD, ensure_partitions, list_partitions
 from dramatiq_opmetrics.rollup import (
+    SUFFIX_PART_BASE,
     WHOLE_MONTH,
     DayRollup,
     exact_sum_parts,
@@ -219,15 +220,22 @@ def monthly_rows(engine: Engine, part: int | None = WHOLE_MONTH) -> list[Any]:
         return list(connection.execute(query))
 
 
+def parts_holding(day: dt.date) -> set[int]:
+    """The parts of its month whose monthly rows hold ``day``: the month, its third, and every suffix (days
+    ``d`` to the month's end) from a ``d`` of 2 to ``day``, but the one from day 21 (the third third)."""
+    suffixes = {SUFFIX_PART_BASE + d for d in range(2, day.day + 1) if d != 21}
+    return {WHOLE_MONTH, third_of(day)} | suffixes
+
+
 def assert_monthly_rows_merge_the_daily_rows(engine: Engine) -> None:
-    """Every month's rows, and its thirds', are their daily rows merged: counts, extremes, exact sums,
-    histograms, which days the period has."""
+    """Every month's rows, its thirds' and its suffixes', are their daily rows merged: counts, extremes,
+    exact sums, histograms, which days the period has."""
     with engine.connect() as connection:
         daily = connection.execute(select(OperationalMetricDaily.__table__)).all()
     periods: dict[tuple[object, dt.date, int, str], list[Any]] = {}
     days_of_period: dict[tuple[dt.date, int], set[dt.date]] = {}
     for row in daily:
-        for part in (WHOLE_MONTH, third_of(row.date)):
+        for part in parts_holding(row.date):
             periods.setdefault((row.metric_type, month_of(row.date), part, row.labels_key), []).append(row)
             days_of_period.setdefault((month_of(row.date), part), set()).add(row.date)
             first, last = part_bounds(month_of(row.date), part)
@@ -259,13 +267,76 @@ def test_the_rollup_of_a_day_merges_its_month_into_monthly_rows(engine: Engine) 
     for n in (25, 24, 3, 2, 1):
         record_day(engine, days_ago(n), count=200)
     rollup(engine, now=NOW)
+    october, november = dt.date(2026, 10, 1), dt.date(2026, 11, 1)
+    suffixes = {SUFFIX_PART_BASE + d for d in range(2, 31) if d != 21}
     assert {(row.month, row.part, row.daily_rows) for row in monthly_rows(engine, None)} == {
-        (dt.date(2026, 10, 1), 0, 2),
-        (dt.date(2026, 10, 1), 3, 2),
-        (dt.date(2026, 11, 1), 0, 3),
-        (dt.date(2026, 11, 1), 2, 3),
+        (october, 0, 2),
+        (october, 3, 2),
+        *((october, part, 2) for part in suffixes if part <= SUFFIX_PART_BASE + 26),
+        (october, SUFFIX_PART_BASE + 27, 1),
+        (november, 0, 3),
+        (november, 2, 3),
+        *((november, part, 3) for part in suffixes if part <= SUFFIX_PART_BASE + 17),
+        (november, SUFFIX_PART_BASE + 18, 2),
+        (november, SUFFIX_PART_BASE + 19, 1),
     }
     assert_monthly_rows_merge_the_daily_rows(engine)
+
+
+def test_a_month_with_missing_days_has_suffixes_up_to_its_last_day_covering_the_days_it_has(engine: Engine) -> None:
+    october = dt.date(2026, 10, 1)
+    for day in (3, 4, 9, 15, 28):
+        record_day(engine, october.replace(day=day), count=50)
+    rollup(engine, now=NOW)
+    suffixes = {row.part: row for row in monthly_rows(engine, None) if row.part >= SUFFIX_PART_BASE}
+    assert sorted(suffixes) == [SUFFIX_PART_BASE + d for d in range(2, 29) if d != 21]
+    # Every row of a suffix says which days it holds: from the first day it has rows for to the last.
+    assert [
+        (suffixes[SUFFIX_PART_BASE + d].first_day.day, suffixes[SUFFIX_PART_BASE + d].last_day.day)
+        for d in (2, 5, 10, 16, 28)
+    ] == [
+        (3, 28),
+        (9, 28),
+        (15, 28),
+        (28, 28),
+        (28, 28),
+    ]
+    # A suffix from a day without daily rows is the one from the next day that has some.
+    assert suffixes[SUFFIX_PART_BASE + 5].histogram_packed == suffixes[SUFFIX_PART_BASE + 9].histogram_packed
+    assert_monthly_rows_merge_the_daily_rows(engine)
+
+
+def test_a_late_re_rollup_of_a_day_rebuilds_the_suffixes_that_hold_it_and_only_those_change(engine: Engine) -> None:
+    for n in range(1, 19):  # November 2 to 19
+        record_day(engine, days_ago(n), count=40)
+    rollup(engine, now=NOW)
+    before = {(row.part, row.labels_key): row for row in monthly_rows(engine, None)}
+    late_day = dt.date(2026, 11, 10)
+    late = [(MetricType.PROCESSING_TIME, {"actor": "actor_0", "queue": "default"}, 1e5, at(late_day, 86_399))]
+    insert_samples(engine, late)
+    assert [day.day for day in rollup(engine, now=NOW)] == [late_day]
+    after = {(row.part, row.labels_key): row for row in monthly_rows(engine, None)}
+    assert after.keys() == before.keys()
+    for (part, labels_key), row in after.items():
+        grew = part in parts_holding(late_day) and labels_key.startswith("actor:actor_0|")
+        assert row.sample_count == before[part, labels_key].sample_count + grew, part
+        assert (row.max == 1e5) == grew, part
+    assert_monthly_rows_merge_the_daily_rows(engine)
+
+
+def test_months_merged_before_suffixes_existed_are_merged_again_by_the_next_run(engine: Engine) -> None:
+    populate(engine, days=40, actors=make_actors(2, queues=1), now=NOW, raw_samples_per_actor=0)
+    rollup(engine, now=NOW)
+    monthly = OperationalMetricMonthly.__table__
+    with engine.begin() as connection:
+        connection.execute(
+            delete(monthly).where(monthly.c.part >= SUFFIX_PART_BASE, monthly.c.month != month_of(NOW.date()))
+        )
+        assert months_to_merge(connection) == [dt.date(2026, 10, 1)]
+    assert [merge.month for merge in merge_months(engine)] == [dt.date(2026, 10, 1)]
+    assert_monthly_rows_merge_the_daily_rows(engine)
+    with engine.connect() as connection:
+        assert months_to_merge(connection) == []
 
 
 def test_a_day_rolled_up_again_re_merges_its_month_without_counting_the_day_twice(engine: Engine) -> None:
