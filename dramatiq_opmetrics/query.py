@@ -656,25 +656,21 @@ class RangeMerge:
                 covered, periods.where(monthly.c.month == first_month, monthly.c.part == suffix).distinct()
             )
         covered_periods = covered.cte("covered_periods")
-        served = select(covered_periods.c.month).where(
-            or_(covered_periods.c.part == WHOLE_MONTH, covered_periods.c.part >= SUFFIX_PART_BASE)
-        )
+        is_whole, is_suffix = covered_periods.c.part == WHOLE_MONTH, covered_periods.c.part >= SUFFIX_PART_BASE
+        whole_months = select(covered_periods.c.month).where(is_whole)
+        served_whole = select(covered_periods.c.month).where(or_(is_whole, is_suffix))
         chosen = select(covered_periods.c.month, covered_periods.c.part).where(
             or_(
-                covered_periods.c.part == WHOLE_MONTH,
-                and_(
-                    covered_periods.c.part >= SUFFIX_PART_BASE,
-                    covered_periods.c.month.not_in(
-                        select(covered_periods.c.month).where(covered_periods.c.part == WHOLE_MONTH)
-                    ),
-                ),
-                covered_periods.c.month.not_in(served),
+                is_whole,
+                and_(is_suffix, covered_periods.c.month.not_in(whole_months)),
+                covered_periods.c.month.not_in(served_whole),
             )
         )
         parts: list[Select[Any]]
         if connection.dialect.name == "postgresql":
             # Each chosen period's rows by index: left to choose, PostgreSQL scans the whole monthly table
             # (a suffix of each day of each month is most of it) and joins it to the few periods chosen.
+            # OFFSET 0 keeps it from flattening the lateral subquery back into that join.
             chosen_periods = chosen.subquery("chosen_periods")
             of_period = (
                 from_monthly.where(
