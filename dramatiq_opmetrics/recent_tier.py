@@ -410,7 +410,7 @@ def fold(
     10-minute and hourly buckets that are complete, and remove buckets older than the retention.
 
     Safe to run from several processes at once (they serialise; each raw row is counted once). Needs the
-    database migrated to revision 0006 or later.
+    database migrated to revision 0011 or later.
 
     Parameters:
       engine(Engine): the metrics database.
@@ -1093,8 +1093,9 @@ def day_aggregates(
 
     for _ in range(MAX_READ_ATTEMPTS):
         state = read_state(connection)
-        if state is None or state.days_until is None or not days_floor(state.floor) <= start < state.days_until:
+        if not holds_day(state, day):
             return [*raw(start, end)]
+        assert state is not None and state.days_until is not None
         held_until = min(end, state.days_until)
         found: list[Aggregate | DayAggregate] = [*_day_rows(connection, day, metric_type, label_set_ids)]
         if held_until < end:
@@ -1104,6 +1105,13 @@ def day_aggregates(
         if read_state(connection) == state:
             return found
     raise folded_during_reads()
+
+
+def holds_day(state: TierState | None, day: dt.date) -> bool:
+    """Whether the day rows of a tier in ``state`` hold part of UTC ``day`` (:func:`day_aggregates` reads it
+    from them)."""
+    start = day_bounds(day)[0]
+    return state is not None and state.days_until is not None and days_floor(state.floor) <= start < state.days_until
 
 
 def _day_rows(
