@@ -28,8 +28,8 @@ Why a year reads in well under a second: the cost of a range must not grow with 
   (:func:`~dramatiq_opmetrics.database.local_settings`), for those statements only.
 - A day not rolled up is read once per query, every metric type at once: from the recent tier's day rows
   plus the raw rows they do not hold, where the tier holds the day
-  (:func:`~dramatiq_opmetrics.recent_tier.day_aggregates`), else from its raw rows; a range whose only data
-  is such a day within the recent tier's span is read from the recent tier
+  (:func:`~dramatiq_opmetrics.recent_tier.day_aggregates`), else from its raw rows, or, for a range whose
+  only data is such a day within the recent tier's span, from the tier's buckets
   (:func:`~dramatiq_opmetrics.series.query_totals`).
 
 Example::
