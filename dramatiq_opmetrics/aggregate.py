@@ -93,6 +93,7 @@ def aggregate_raw(
     label_set_ids: Collection[int] | None = None,
     exact_percentiles: bool = True,
     in_database: bool | None = None,
+    above_id: int | None = None,
 ) -> list[Aggregate]:
     """Aggregate the raw rows recorded in ``[start, end)`` per (metric type, label set).
 
@@ -103,6 +104,8 @@ def aggregate_raw(
       label_set_ids(Collection[int] | None): only these label sets.
       exact_percentiles(bool): compute :attr:`Aggregate.percentiles` (costs a second scan on PostgreSQL).
       in_database(bool | None): compute in SQL (PostgreSQL only) or in Python; default: SQL on PostgreSQL.
+      above_id(int | None): only the rows with an id above this (found by the primary key: the rows the
+        recent tier has not folded yet).
     """
     if in_database is None:
         in_database = connection.dialect.name == "postgresql"
@@ -111,8 +114,8 @@ def aggregate_raw(
     if label_set_ids is not None and not label_set_ids:
         return []
     if in_database:
-        return _aggregate_in_postgres(connection, start, end, metric_type, label_set_ids, exact_percentiles)
-    return _aggregate_in_python(connection, start, end, metric_type, label_set_ids, exact_percentiles)
+        return _aggregate_in_postgres(connection, start, end, metric_type, label_set_ids, exact_percentiles, above_id)
+    return _aggregate_in_python(connection, start, end, metric_type, label_set_ids, exact_percentiles, above_id)
 
 
 def _aggregate_in_python(
@@ -122,6 +125,7 @@ def _aggregate_in_python(
     metric_type: MetricType | None,
     label_set_ids: Collection[int] | None,
     exact_percentiles: bool,
+    above_id: int | None = None,
 ) -> list[Aggregate]:
     raw = OperationalMetric.__table__
     query = (
@@ -129,6 +133,8 @@ def _aggregate_in_python(
         .where(raw.c.recorded_at >= start, raw.c.recorded_at < end)
         .order_by(raw.c.metric_type, raw.c.label_set_id, raw.c.value)
     )
+    if above_id is not None:
+        query = query.where(raw.c.id > above_id)
     if metric_type is not None:
         query = query.where(raw.c.metric_type == MetricType(metric_type))
     if label_set_ids is not None:
@@ -187,6 +193,7 @@ def _raw_rows(
     end: dt.datetime,
     metric_type: MetricType | None,
     label_set_ids: Collection[int] | None,
+    above_id: int | None = None,
 ) -> tuple[str, dict[str, object]]:
     """SQL selecting ``metric_type, label_set_id, value`` of the raw rows wanted, and its parameters.
 
@@ -201,6 +208,9 @@ def _raw_rows(
     if label_set_ids is not None:
         conditions.append("label_set_id = ANY(CAST(:label_set_ids AS integer[]))")
         params["label_set_ids"] = sorted(label_set_ids)
+    if above_id is not None:
+        conditions.append("id > :above_id")
+        params["above_id"] = above_id
     in_range = ["recorded_at >= :start", "recorded_at < :end"]
     columns = "SELECT metric_type, label_set_id, value FROM"
     day = start.astimezone(dt.UTC).date()
@@ -220,8 +230,9 @@ def _aggregate_in_postgres(
     metric_type: MetricType | None,
     label_set_ids: Collection[int] | None,
     exact_percentiles: bool,
+    above_id: int | None = None,
 ) -> list[Aggregate]:
-    source, params = _raw_rows(connection, start, end, metric_type, label_set_ids)
+    source, params = _raw_rows(connection, start, end, metric_type, label_set_ids, above_id)
     params.update(STORED_KEY_PARAMETERS)
     if not exact_percentiles:
         return _histograms_in_postgres(connection, source, params)

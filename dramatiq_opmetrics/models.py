@@ -55,6 +55,8 @@ INTERVAL_CLAIMS_TABLE = "opmetrics_interval_claims"
 RECENT_TABLE = "opmetrics_recent_aggregates"
 #: The recent tier's fold watermark (one row).
 RECENT_STATE_TABLE = "opmetrics_recent_state"
+#: The recent tier's day rows: its hourly buckets merged per UTC day (:mod:`~dramatiq_opmetrics.recent_tier`).
+RECENT_DAYS_TABLE = "opmetrics_recent_days"
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -262,8 +264,9 @@ class RecentAggregate(Base):
 class RecentState(Base):
     """The recent tier's watermark: raw rows with ``id <= folded_id`` and ``floor <= recorded_at < cutoff``
     are folded into its 1-minute buckets; its 10-minute and hourly buckets are built up to ``built_10m_until``
-    and ``built_60m_until``; ``skipped_id`` is the smallest id up to ``folded_id`` of a raw row recorded from
-    the cutoff on, if any (such rows are folded by a later fold).
+    and ``built_60m_until``, its day rows (:class:`RecentDay`) up to ``built_days_until`` (None: not started,
+    they hold nothing); ``skipped_id`` is the smallest id up to ``folded_id`` of a raw row recorded from the
+    cutoff on, if any (such rows are folded by a later fold).
 
     ``candidate_id`` and ``candidate_holders`` (PostgreSQL): a larger id seen while writers were still in
     their transactions, and those transactions; it becomes the horizon once they have all ended.
@@ -281,6 +284,32 @@ class RecentState(Base):
     built_10m_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     built_60m_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     skipped_id: Mapped[int | None] = mapped_column(BigInteger)
+    built_days_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class RecentDay(Base):
+    """The raw rows of one metric type and label set recorded on one UTC ``day``, as far as the recent tier's
+    day rows hold them: those its hourly buckets of the day starting before ``built_days_until`` hold
+    (:class:`RecentState`), i.e. the raw rows with ``id <= folded_id`` recorded in ``[day, min(day + 1 day,
+    built_days_until))``. Only days starting at or after the tier's ``floor`` have rows.
+
+    ``count``, ``sum``, ``min`` and ``max`` are of their values; ``histogram_packed`` is their histogram,
+    packed (:mod:`~dramatiq_opmetrics.packed_histograms`), as a daily row's. The fold merges each hourly
+    bucket into its day row once, when the bucket is built, and late rows of hours already merged directly;
+    range reads of a day not rolled up read these rows plus the raw rows they do not hold
+    (:func:`~dramatiq_opmetrics.recent_tier.day_aggregates`). On SQLite ``metric_type`` is plain text.
+    """
+
+    __tablename__ = RECENT_DAYS_TABLE
+
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    metric_type: Mapped[MetricType] = mapped_column(MetricTypeColumn, primary_key=True)
+    label_set_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    sum: Mapped[float] = mapped_column(Float)
+    min: Mapped[float] = mapped_column(Float)
+    max: Mapped[float] = mapped_column(Float)
+    histogram_packed: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 #: Alert state per rule and group (:mod:`~dramatiq_opmetrics.alert_evaluator`).

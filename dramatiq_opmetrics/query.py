@@ -29,8 +29,10 @@ Why a year reads in well under a second: the cost of a range must not grow with 
   read from its JSON.
 - On PostgreSQL the statements of one query run with more ``work_mem`` and without JIT compilation
   (:func:`~dramatiq_opmetrics.database.local_settings`), for those statements only.
-- The raw rows of a day not rolled up are read once per query, every metric type at once; a range whose only
-  data is such a day within the recent tier's span is read from the recent tier
+- A day not rolled up is read once per query, every metric type at once: from the recent tier's day rows
+  plus the raw rows they do not hold, where the tier holds the day
+  (:func:`~dramatiq_opmetrics.recent_tier.day_aggregates`), else from its raw rows, or, for a range whose
+  only data is such a day within the recent tier's span, from the tier's buckets
   (:func:`~dramatiq_opmetrics.series.query_totals`).
 
 Example::
@@ -77,7 +79,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import CompoundSelect
 from sqlalchemy.sql.sqltypes import NullType
 
-from .aggregate import PERCENTILES, Aggregate, aggregate_raw, default_partition_counts
+from .aggregate import PERCENTILES, Aggregate, default_partition_counts
 from .database import LONG_READ_SETTINGS, connection_for, local_settings
 from .labels import make_label_set
 from .metric_types import MetricType
@@ -91,7 +93,7 @@ from .models import (
 )
 from .packed_histograms import HistogramSum
 from .partitions import day_bounds, list_partitions
-from .recent_tier import DEFAULT_RECENT_RETENTION_DAYS
+from .recent_tier import DEFAULT_RECENT_RETENTION_DAYS, DayAggregate, day_aggregates, holds_day, read_state
 from .rollup import SUFFIX_PART_BASE, WHOLE_MONTH, month_of, next_month, part_bounds, suffix_part
 from .sketch import Histogram
 from .value_lists import in_values
@@ -287,7 +289,7 @@ def _share_label_sets(connection: Connection, merges: Sequence[RangeMerge]) -> N
 
 
 #: The aggregates of the raw rows of each day not rolled up, every metric type at once.
-RawDays = dict[dt.date, list[Aggregate]]
+RawDays = dict[dt.date, list[Aggregate | DayAggregate]]
 
 
 def _read_raw_days(connection: Connection, since: dt.date, until: dt.date, label_filter: Mapping[str, str]) -> RawDays:
@@ -295,7 +297,7 @@ def _read_raw_days(connection: Connection, since: dt.date, until: dt.date, label
     ``label_filter`` only)."""
     label_set_ids = matching_label_sets(connection, label_filter)[0] if label_filter else None
     return {
-        day: aggregate_raw(connection, *day_bounds(day), label_set_ids=label_set_ids, exact_percentiles=False)
+        day: day_aggregates(connection, day, label_set_ids=label_set_ids)
         for day in days_not_rolled_up(connection, since, until)
     }
 
@@ -328,8 +330,10 @@ def _query(
             # A day's totals from the tier are final when nothing else joins their groups: in a daily
             # series, or in a range whose only data is that day. Otherwise the day's histograms are merged.
             alone = per_day or (not merge.has_rows() and len(raw_days) == 1)
+            state = read_state(connection) if alone else None
             for day in raw_days:
-                if alone and _in_recent_tier(day):
+                # The tier's day rows, where they hold the day, are read faster than its buckets.
+                if alone and _in_recent_tier(day) and not holds_day(state, day):
                     from_tier += _totals_of_raw_day(connection, day, metric_type, labels, group_by, per_day)
                 else:
                     merge.add_raw_day(connection, day)
@@ -702,21 +706,22 @@ class RangeMerge:
                 )
         return union_all(*parts)
 
-    def add_raw_day(self, connection: Connection, day: dt.date, aggregates: Sequence[Aggregate] | None = None) -> None:
+    def add_raw_day(
+        self, connection: Connection, day: dt.date, aggregates: Sequence[Aggregate | DayAggregate] | None = None
+    ) -> None:
         """Add the raw rows of UTC ``day`` (a day not rolled up): their ``aggregates`` of every metric type and
-        label set if the caller has them (only those this merge wants are added), else aggregated now."""
+        label set if the caller has them (only those this merge wants are added), else read now
+        (:func:`~dramatiq_opmetrics.recent_tier.day_aggregates`: from the recent tier's day rows where it
+        holds the day)."""
         label_set_ids = self.matching_label_sets(connection)[0] if self.label_filter else None
         if label_set_ids is not None and not label_set_ids:
             return
         if aggregates is None:
-            start, end = day_bounds(day)
-            aggregates = aggregate_raw(
+            aggregates = day_aggregates(
                 connection,
-                start,
-                end,
+                day,
                 metric_type=self.metric_types[0] if self.metric_types and len(self.metric_types) == 1 else None,
                 label_set_ids=label_set_ids,
-                exact_percentiles=False,
             )
         wanted = [
             aggregate

@@ -38,11 +38,28 @@ Design: fold each raw row exactly once, when its minute is over; build wider buc
   :data:`HORIZON_WAIT_S` for that; otherwise ``M`` is remembered as a candidate for the next pass, which
   folds up to the last confirmed horizon meanwhile). On SQLite a pass holds the database's write lock,
   so every id up to ``M`` is committed.
+- Day rows (``opmetrics_recent_days``, migration 0011): per UTC day, metric type and label set, the count,
+  sum, min, max and packed histogram (:mod:`~dramatiq_opmetrics.packed_histograms`) of the day's hourly
+  buckets, so that a range read takes a day not rolled up yet (today, yesterday before the nightly rollup)
+  from a few thousand rows instead of collecting the key of each of its millions of raw rows (4.75 times a
+  plain ``GROUP BY`` of the day). The day rows of a day ``D`` hold the raw rows that the tier's hourly
+  buckets of ``D`` starting before ``built_days_until`` hold: those with ``id <= folded_id`` recorded in
+  ``[D, min(D + 1 day, built_days_until))``, for the days from the first midnight from the floor on
+  (:func:`days_floor`: the day before is not all in the tier). Each hourly bucket is merged into its day row
+  once, in Python, in the transaction that builds it (an hour of 1000 label sets is about 4,300 buckets),
+  and ``built_days_until`` moves to the hourly buckets' end; the first fold after the migration merges the
+  hourly buckets already built. A late row recorded before ``built_days_until`` is added to its day row in
+  the transaction that folds it (looked for with the other late rows). Why packed histograms and not keys:
+  a day row is read whole, merged with the range's other rows as daily rows are, never split.
+  :func:`day_aggregates` reads a day: its day rows plus the raw rows they do not hold (recorded from
+  ``built_days_until`` on: the last hour at most, plus the minutes not folded; and ids above
+  ``folded_id``), the watermark read before and after as :mod:`~dramatiq_opmetrics.series` does.
 - Readers (:mod:`~dramatiq_opmetrics.series`) add the raw rows the tier does not hold (ids above
   ``folded_id``, the minutes from the cutoff on, rows older than the floor, partial minutes at the edges)
   to its buckets, so results are exact and current whatever the fold's lag.
 - Retention: buckets older than ``retention_days`` (default :data:`DEFAULT_RECENT_RETENTION_DAYS`, enough
-  for a 72-hour view) are deleted by the fold, which moves ``floor`` up; the raw rows, the nightly rollup and
+  for a 72-hour view) are deleted by the fold, which moves ``floor`` up, with the day rows of the days
+  starting before it; the raw rows, the nightly rollup and
   the prune are untouched (they never read the tier).
 - Why keys and not a histogram per row: building a histogram in SQL groups the rows by bucket key, and at
   a few dozen values per minute and label set nearly every value is a group of its own, which costs four
@@ -71,24 +88,54 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    type_coerce,
+    update,
+)
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.sql.sqltypes import NullType
 
-from .aggregate import PERCENTILES, STORED_KEY_PARAMETERS, STORED_KEY_SQL
+from .aggregate import PERCENTILES, STORED_KEY_PARAMETERS, STORED_KEY_SQL, Aggregate, aggregate_raw
 from .database import LONG_READ_SETTINGS, local_settings
 from .interval_claims import DatabaseIntervalClaim, IntervalClaim, IntervalThread, interval_start
 from .locks import advisory_xact_lock
-from .metric_types import MetricType
-from .models import RAW_ID_SEQUENCE, RAW_TABLE, RECENT_TABLE, OperationalMetric, RecentAggregate, RecentState
+from .metric_types import METRIC_TYPE_ENUM_NAME, MetricType
+from .models import (
+    RAW_ID_SEQUENCE,
+    RAW_TABLE,
+    RECENT_DAYS_TABLE,
+    RECENT_TABLE,
+    OperationalMetric,
+    RecentAggregate,
+    RecentDay,
+    RecentState,
+)
+from .packed_histograms import HistogramSum
+from .partitions import day_bounds
 from .rollup import lock_for_rollup
 from .sketch import (
     MAPPING,
     NEGATIVE_KEY_BASE,
     bucket_value,
+    histogram_of_key_counts,
     signed_bucket_key,
 )
+from .value_lists import in_values
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +335,13 @@ FOLD_SETTINGS = {**LONG_READ_SETTINGS, "max_parallel_workers_per_gather": "0"}
 BUILD_CHUNK_HOURS = 6
 #: The column of :class:`~dramatiq_opmetrics.models.RecentState` up to which each wider width is built.
 BUILT_COLUMNS = {10: "built_10m_until", 60: "built_60m_until"}
+#: How many times a reading of the tier with raw rows is redone when a fold moves the watermark during it.
+MAX_READ_ATTEMPTS = 5
+
+
+def folded_during_reads() -> RuntimeError:
+    """The error of a reading redone :data:`MAX_READ_ATTEMPTS` times, a fold moving the watermark each time."""
+    return RuntimeError(f"the recent tier was folded during each of {MAX_READ_ATTEMPTS} readings; try again")
 
 
 @dataclass(frozen=True)
@@ -300,6 +354,9 @@ class TierState:
       built(Mapping[int, datetime]): for each width above 1 minute, where its buckets stop.
       skipped_id(int | None): the smallest id up to ``folded_id`` of a raw row recorded from the cutoff on
         (left for a later fold), or None if there is none: such rows are found by id, never by time.
+      days_until(datetime | None): where the day rows stop (:class:`~dramatiq_opmetrics.models.RecentDay`):
+        those of each day from :func:`days_floor` on hold the raw rows with ``id <= folded_id`` recorded in
+        the day before this; None: no day rows.
     """
 
     folded_id: int
@@ -307,6 +364,7 @@ class TierState:
     cutoff: dt.datetime
     built: Mapping[int, dt.datetime]
     skipped_id: int | None = None
+    days_until: dt.datetime | None = None
 
     def first_id_from_cutoff(self) -> int:
         """The smallest id a raw row recorded from the cutoff on may have."""
@@ -352,7 +410,7 @@ def fold(
     10-minute and hourly buckets that are complete, and remove buckets older than the retention.
 
     Safe to run from several processes at once (they serialise; each raw row is counted once). Needs the
-    database migrated to revision 0006 or later.
+    database migrated to revision 0011 or later.
 
     Parameters:
       engine(Engine): the metrics database.
@@ -388,9 +446,12 @@ def fold(
                     RecentAggregate.width_minutes.in_(WIDTHS_MINUTES), RecentAggregate.bucket_start < floor
                 )
             ).rowcount
+            # Day rows of a day starting before the new floor go too (the tier no longer holds that whole day).
+            connection.execute(delete(RecentDay).where(RecentDay.day < days_floor(floor).date()))
             state.floor = floor
             state.cutoff = max(state.cutoff, floor)
             state.built = {width: max(until, floor) for width, until in state.built.items()}
+            state.days_until = max(state.days_until, days_floor(floor))
         horizon = _horizon(connection, state, horizon_wait_s)
         rows = 0
         if horizon - state.folded_id <= chunk_ids:
@@ -450,6 +511,7 @@ class _State:
     skipped_id: int | None
     candidate_id: int | None
     candidate_holders: list[str] | None
+    days_until: dt.datetime
     new: bool = False
 
 
@@ -468,6 +530,7 @@ _STATE_COLUMNS = (
     RecentState.skipped_id,
     RecentState.candidate_id,
     RecentState.candidate_holders,
+    RecentState.built_days_until,
 )
 
 
@@ -475,7 +538,7 @@ def _read_state_row(connection: Connection) -> _State | None:
     found = connection.execute(select(*_STATE_COLUMNS).where(RecentState.id == _STATE_ID)).first()
     if found is None:
         return None
-    folded_id, floor, cutoff, *built, skipped_id, candidate_id, candidate_holders = found
+    folded_id, floor, cutoff, *built, skipped_id, candidate_id, candidate_holders, days_until = found
     return _State(
         int(folded_id),
         floor,
@@ -484,6 +547,9 @@ def _read_state_row(connection: Connection) -> _State | None:
         skipped_id,
         candidate_id,
         candidate_holders,
+        # Not started (NULL, before the first fold after migration 0011), or before the first whole day: the
+        # same, no day rows; the build starts at the first whole day.
+        max(days_until or floor, days_floor(floor)),
     )
 
 
@@ -492,7 +558,14 @@ def read_state(connection: Connection) -> TierState | None:
     found = _read_state_row(connection)
     if found is None:
         return None
-    return TierState(found.folded_id, found.floor, found.cutoff, found.built, found.skipped_id)
+    return TierState(found.folded_id, found.floor, found.cutoff, found.built, found.skipped_id, found.days_until)
+
+
+def days_floor(floor: dt.datetime) -> dt.datetime:
+    """Where the day rows of a tier whose buckets start at ``floor`` start: the first UTC midnight from
+    ``floor`` on (the day before is not all in the tier)."""
+    start = day_bounds(floor.astimezone(dt.UTC).date())[0]
+    return start if start == floor else start + dt.timedelta(days=1)
 
 
 def _state(connection: Connection, floor: dt.datetime, wait_s: float) -> _State | None:
@@ -507,7 +580,7 @@ def _state(connection: Connection, floor: dt.datetime, wait_s: float) -> _State 
         first = connection.execute(select(func.min(raw.c.id)).where(raw.c.recorded_at >= floor)).scalar()
         latest = connection.execute(select(func.max(raw.c.id))).scalar()
         folded_id = (int(first) - 1) if first is not None else int(latest or 0)
-        return _State(folded_id, floor, floor, built, None, None, None, new=True)
+        return _State(folded_id, floor, floor, built, None, None, None, days_floor(floor), new=True)
     # Rows of writers still in their transactions are not visible yet, so the oldest visible row is not a safe
     # start: every id handed out before now (the sequence's last value) must be committed or abandoned first.
     last_value, is_called = connection.execute(text(f"SELECT last_value, is_called FROM {RAW_ID_SEQUENCE}")).one()
@@ -516,7 +589,7 @@ def _state(connection: Connection, floor: dt.datetime, wait_s: float) -> _State 
         return None
     first = connection.execute(select(func.min(raw.c.id)).where(raw.c.recorded_at >= floor)).scalar()
     folded_id = handed_out if first is None else min(int(first) - 1, handed_out)
-    return _State(folded_id, floor, floor, built, None, None, None, new=True)
+    return _State(folded_id, floor, floor, built, None, None, None, days_floor(floor), new=True)
 
 
 def _writers_ended(connection: Connection, open_writers: set[str], wait_s: float) -> bool:
@@ -537,6 +610,7 @@ def _save(connection: Connection, state: _State, now: dt.datetime) -> None:
         "skipped_id": state.skipped_id,
         "candidate_id": state.candidate_id,
         "candidate_holders": state.candidate_holders,
+        "built_days_until": state.days_until,
         "folded_at": now,
     }
     if state.new:
@@ -604,8 +678,9 @@ def _fold_rows(connection: Connection, state: _State, upper: int, cutoff: dt.dat
     }
     if state.skipped_id is not None and state.cutoff < cutoff:
         wheres.append("id >= :skipped AND id <= :lower AND recorded_at >= :reopened AND recorded_at < :cutoff")
+    days = days_floor(state.floor), state.days_until
     if connection.dialect.name == "postgresql":
-        return _fold_in_postgres(connection, wheres, params, state.built)
+        return _fold_in_postgres(connection, wheres, params, state.built, days)
     raw = OperationalMetric.__table__
     columns = (raw.c.recorded_at, raw.c.metric_type, raw.c.label_set_id, raw.c.value)
     rows = [row for where in wheres for row in connection.execute(select(*columns).where(text(where)), params)]
@@ -614,6 +689,7 @@ def _fold_rows(connection: Connection, state: _State, upper: int, cutoff: dt.dat
         late = [row for row in rows if bucket_floor(row[0], width) + dt.timedelta(minutes=width) <= until]
         aggregates += aggregate_rows(late, widths=(width,))
     _upsert_in_python(connection, aggregates)
+    _add_rows_to_days(connection, [row for row in rows if days[0] <= row[0] < days[1]])
     return len(rows)
 
 
@@ -725,7 +801,11 @@ def _upsert_sql(source: str) -> str:
 
 
 def _fold_in_postgres(
-    connection: Connection, wheres: Sequence[str], params: dict[str, object], built: dict[int, dt.datetime]
+    connection: Connection,
+    wheres: Sequence[str],
+    params: dict[str, object],
+    built: dict[int, dt.datetime],
+    days: tuple[dt.datetime, dt.datetime],
 ) -> int:
     params = {**KEY_PARAMETERS, **params, **{f"built_{width}": until for width, until in built.items()}}
     source = " UNION ALL ".join(keyed_raw_sql(where) for where in wheres)
@@ -734,6 +814,16 @@ def _fold_in_postgres(
     latest = max(built, key=built.__getitem__)  # a row late for any width is recorded before this one's end
     late_where = f"{wheres[0]} AND recorded_at < :built_{latest}"
     if connection.execute(text(f"SELECT EXISTS (SELECT 1 FROM {RAW_TABLE} WHERE {late_where})"), params).scalar():
+        # Those of the hours already merged into day rows go to them as well (every day row's hours end by
+        # the hourly buckets' end, so they are among these).
+        late_for_days = connection.execute(
+            text(
+                f"SELECT recorded_at, CAST(metric_type AS text), label_set_id, value FROM {RAW_TABLE}"
+                f" WHERE {wheres[0]} AND recorded_at >= :days_floor AND recorded_at < :days_until"
+            ),
+            {**params, "days_floor": days[0], "days_until": days[1]},
+        ).all()
+        _add_rows_to_days(connection, late_for_days)
         wider = " UNION ALL ".join(
             aggregate_sql(connection, "raw", width, f"recorded_at < :built_{width}") for width in built
         )
@@ -752,8 +842,8 @@ def _fold_in_postgres(
 
 
 def _build(connection: Connection, state: _State) -> bool:
-    """Build the buckets of each wider width that are complete now (all their finer buckets are); whether
-    any were."""
+    """Build the buckets of each wider width that are complete now (all their finer buckets are), then merge
+    the new hourly buckets into their day rows; whether anything was built."""
     finer, built = 1, False
     for width in BUILT_COLUMNS:
         until = bucket_floor(state.cutoff if finer == 1 else state.built[finer], width)
@@ -761,7 +851,147 @@ def _build(connection: Connection, state: _State) -> bool:
             _build_width(connection, width, finer, state.built[width], until)
             state.built[width], built = until, True
         finer = width
-    return built
+    return _build_days(connection, state) or built
+
+
+@dataclass
+class _DayPart:
+    """Values to add to one day row: their count, sums, extremes and stored keys counted."""
+
+    count: int = 0
+    sums: list[float] = field(default_factory=list)
+    min: float = math.inf
+    max: float = -math.inf
+    keys: Counter[int | None] = field(default_factory=Counter)
+
+    def add(self, count: int, total: float, low: float, high: float, keys: Iterable[int | None]) -> None:
+        self.count += count
+        self.sums.append(total)
+        self.min = min(self.min, low)
+        self.max = max(self.max, high)
+        self.keys.update(keys)  # counted in C
+
+
+_DayKey = tuple[dt.date, MetricType, int]
+
+
+def _build_days(connection: Connection, state: _State) -> bool:
+    """Merge the hourly buckets from ``state.days_until`` to where they are built into their day rows, an
+    hour of buckets per statement (a catch-up after migration 0011 reads days of them); whether any were."""
+    high = max(state.built[max(BUILT_COLUMNS)], state.days_until)
+    if high == state.days_until:
+        return False
+    tier = RecentAggregate
+    # psycopg reads the keys' array into a list already: no per-row conversion of SQLAlchemy's.
+    keys: Any = tier.keys if connection.dialect.name != "postgresql" else type_coerce(tier.keys, NullType())
+    parts: dict[_DayKey, _DayPart] = {}
+    hour = state.days_until
+    while hour < high:
+        rows = connection.execute(
+            select(
+                cast(tier.metric_type, Text), tier.label_set_id, tier.count, tier.sum, tier.min, tier.max, keys
+            ).where(tier.width_minutes == max(BUILT_COLUMNS), tier.bucket_start == hour)
+        )
+        day = hour.astimezone(dt.UTC).date()
+        for metric_type, label_set_id, count, total, low, high_value, bucket_keys in rows:
+            key = (day, MetricType(metric_type), label_set_id)
+            part = parts.get(key)
+            if part is None:
+                part = parts[key] = _DayPart()
+            part.add(count, total, low, high_value, bucket_keys)
+        hour += dt.timedelta(minutes=max(BUILT_COLUMNS))
+    _merge_into_days(connection, parts)
+    state.days_until = high
+    return True
+
+
+def _add_rows_to_days(connection: Connection, rows: Iterable[tuple[dt.datetime, MetricType | str, int, float]]) -> None:
+    """Add raw rows ``(recorded_at, metric_type, label_set_id, value)`` (late ones, of hours already merged)
+    to their day rows."""
+    parts: dict[_DayKey, _DayPart] = {}
+    for recorded_at, metric_type, label_set_id, value in rows:
+        number = float(value)
+        key = (recorded_at.astimezone(dt.UTC).date(), MetricType(metric_type), label_set_id)
+        part = parts.get(key)
+        if part is None:
+            part = parts[key] = _DayPart()
+        part.add(1, number, number, number, (signed_bucket_key(number),))
+    _merge_into_days(connection, parts)
+
+
+def _merge_into_days(connection: Connection, parts: Mapping[_DayKey, _DayPart]) -> None:
+    """Add each part to its day row (created if new): one read of the rows of their days, one upsert."""
+    if not parts:
+        return
+    days = RecentDay
+    days_wanted = sorted({key[0] for key in parts})
+    existing = {
+        (row[0], MetricType(row[1]), row[2]): row[3:]
+        for row in connection.execute(
+            select(
+                days.day, days.metric_type, days.label_set_id, days.count, days.sum, days.min, days.max,
+                days.histogram_packed,
+            ).where(days.day.in_(days_wanted))
+        )
+    }  # fmt: skip
+    values = []
+    for (day, metric_type, label_set_id), part in parts.items():
+        histogram = HistogramSum()
+        sums = part.sums
+        count, low, high = part.count, part.min, part.max
+        before = existing.get((day, metric_type, label_set_id))
+        if before is not None:
+            count, sums = count + before[0], [before[1], *sums]
+            low, high = min(low, before[2]), max(high, before[3])
+            histogram.add_packed(before[4])
+        histogram.add_histogram(histogram_of_key_counts(part.keys))
+        values.append(
+            {
+                "day": day,
+                "metric_type": metric_type,
+                "label_set_id": label_set_id,
+                "count": count,
+                "sum": math.fsum(sums),
+                "min": low,
+                "max": high,
+                "histogram_packed": histogram.pack(),
+            }
+        )
+    merged = ("count", "sum", "min", "max", "histogram_packed")
+    if connection.dialect.name == "postgresql":
+        # One statement of arrays: a third of the time of a batch of rows.
+        columns = {
+            "day": "date",
+            "metric_type": "text",
+            "label_set_id": "integer",
+            "count": "bigint",
+            "sum": "float8",
+            "min": "float8",
+            "max": "float8",
+            "histogram_packed": "bytea",
+        }
+        arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns.items())
+        connection.execute(
+            text(
+                f"INSERT INTO {RECENT_DAYS_TABLE} ({', '.join(columns)})"
+                f" SELECT day, CAST(metric_type AS {METRIC_TYPE_ENUM_NAME}), label_set_id, count, sum, min, max,"
+                f" histogram_packed FROM unnest({arrays}) AS new({', '.join(columns)})"
+                " ON CONFLICT (day, metric_type, label_set_id) DO UPDATE SET"
+                f" {', '.join(f'{name} = excluded.{name}' for name in merged)}"
+            ),
+            {
+                # A metric type as its text (a StrEnum's str is its value), cast to the enum in the statement.
+                name: [str(row[name]) if name == "metric_type" else row[name] for row in values]
+                for name in columns
+            },
+        )
+        return
+    upsert = sqlite.insert(days)
+    statement = upsert.on_conflict_do_update(
+        index_elements=["day", "metric_type", "label_set_id"],
+        set_={name: upsert.excluded[name] for name in merged},
+    )
+    connection.execute(statement, values)
 
 
 def _build_width(connection: Connection, width: int, finer: int, low: dt.datetime, high: dt.datetime) -> None:
@@ -804,6 +1034,101 @@ def _build_width(connection: Connection, width: int, finer: int, low: dt.datetim
         else:
             found[key] = part
     _upsert_in_python(connection, found.values())
+
+
+@dataclass
+class DayAggregate:
+    """A day row of the tier (:class:`~dramatiq_opmetrics.models.RecentDay`), read like an
+    :class:`~dramatiq_opmetrics.aggregate.Aggregate` whose histogram is packed.
+
+    Parameters:
+      metric_type(MetricType), label_set_id(int): what and which label set.
+      count(int), sum(float), min(float), max(float): of the values.
+      histogram(bytes): their histogram, packed (:mod:`~dramatiq_opmetrics.packed_histograms`).
+    """
+
+    metric_type: MetricType
+    label_set_id: int
+    count: int
+    sum: float
+    min: float
+    max: float
+    histogram: bytes
+
+
+def day_aggregates(
+    connection: Connection,
+    day: dt.date,
+    *,
+    metric_type: MetricType | None = None,
+    label_set_ids: Collection[int] | None = None,
+) -> list[Aggregate | DayAggregate]:
+    """The aggregates of the raw rows recorded on UTC ``day`` (of ``metric_type`` and ``label_set_ids`` only,
+    if given), without exact percentiles, per metric type and label set (a pair may have several: add them).
+
+    A day the tier's day rows hold part of is read from them plus the raw rows they do not hold: those
+    recorded from ``days_until`` on (the hour in progress and the minutes before it), and those recorded
+    before it that are not folded yet (ids above ``folded_id``, found by the primary key). The watermark is
+    read before and after, and the reading redone if a fold moved it meanwhile, so every raw row counts
+    once. Other days (older than the tier's first whole day, or before any fold) are aggregated from their
+    raw rows (:func:`~dramatiq_opmetrics.aggregate.aggregate_raw`).
+
+    Raises:
+      RuntimeError: a fold moved the watermark during each of :data:`MAX_READ_ATTEMPTS` readings.
+    """
+    if label_set_ids is not None and not label_set_ids:
+        return []
+    start, end = day_bounds(day)
+
+    def raw(low: dt.datetime, high: dt.datetime, above_id: int | None = None) -> list[Aggregate]:
+        return aggregate_raw(
+            connection,
+            low,
+            high,
+            metric_type=metric_type,
+            label_set_ids=label_set_ids,
+            exact_percentiles=False,
+            above_id=above_id,
+        )
+
+    for _ in range(MAX_READ_ATTEMPTS):
+        state = read_state(connection)
+        if not holds_day(state, day):
+            return [*raw(start, end)]
+        assert state is not None and state.days_until is not None
+        held_until = min(end, state.days_until)
+        found: list[Aggregate | DayAggregate] = [*_day_rows(connection, day, metric_type, label_set_ids)]
+        if held_until < end:
+            found += raw(held_until, end)
+        found += raw(start, held_until, above_id=state.folded_id)
+        # A fold committed during the reading would count its rows twice (or not at all): read again.
+        if read_state(connection) == state:
+            return found
+    raise folded_during_reads()
+
+
+def holds_day(state: TierState | None, day: dt.date) -> bool:
+    """Whether the day rows of a tier in ``state`` hold part of UTC ``day`` (:func:`day_aggregates` reads it
+    from them)."""
+    start = day_bounds(day)[0]
+    return state is not None and state.days_until is not None and days_floor(state.floor) <= start < state.days_until
+
+
+def _day_rows(
+    connection: Connection, day: dt.date, metric_type: MetricType | None, label_set_ids: Collection[int] | None
+) -> list[DayAggregate]:
+    days = RecentDay
+    query = select(
+        days.metric_type, days.label_set_id, days.count, days.sum, days.min, days.max, days.histogram_packed
+    ).where(days.day == day)
+    if metric_type is not None:
+        query = query.where(days.metric_type == MetricType(metric_type))
+    if label_set_ids is not None:
+        query = query.where(in_values(days.label_set_id, sorted(label_set_ids)))
+    return [
+        DayAggregate(MetricType(row[0]), row[1], row[2], row[3], row[4], row[5], bytes(row[6]))
+        for row in connection.execute(query)
+    ]
 
 
 class RecentTierFolder:

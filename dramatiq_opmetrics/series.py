@@ -57,6 +57,7 @@ from .recent_tier import (
     BUCKET_EPOCH_SQL,
     KEY_ORDER_SQL,
     KEY_PARAMETERS,
+    MAX_READ_ATTEMPTS,
     WIDTHS_MINUTES,
     BucketAggregate,
     TierState,
@@ -64,6 +65,7 @@ from .recent_tier import (
     aggregate_sql,
     bin_sql,
     bucket_floor,
+    folded_during_reads,
     keyed_raw_sql,
     picks_sql,
     quantiles_of_keys,
@@ -83,8 +85,6 @@ SERIES_SETTINGS = {
 }
 #: The most buckets one query may return per group (a week of minutes).
 MAX_SERIES_BUCKETS = 10_080
-#: How many times a reading is redone when a fold moves the watermark during it.
-MAX_READ_ATTEMPTS = 5
 _TYPES = {member.value: member for member in MetricType}
 #: The label that does not take part in matching errors to the processing times of their group.
 _ERROR_ONLY_LABELS = frozenset({"error_type"})
@@ -367,7 +367,7 @@ def _read(
         # A fold committed during the reading would count its rows twice (or not at all): read again.
         if read_state(connection) == state:
             return aggregates
-    raise RuntimeError(f"the recent tier was folded during each of {MAX_READ_ATTEMPTS} readings; try again")
+    raise folded_during_reads()
 
 
 def _tier(
@@ -540,7 +540,7 @@ def _query_in_postgres(
         if read_state(connection) == state:
             break
     else:
-        raise RuntimeError(f"the recent tier was folded during each of {MAX_READ_ATTEMPTS} readings; try again")
+        raise folded_during_reads()
     with collection_paused():
         return _points_of_rows(rows, start, end, step_minutes, keys)
 

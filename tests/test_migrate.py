@@ -40,12 +40,15 @@ OUR_TABLES = {
     "opmetrics_alert_transitions",
     "opmetrics_alert_silences",
     "opmetrics_alert_deliveries",
+    "opmetrics_recent_days",
     VERSION_TABLE,
 }
 #: The newest revision.
-HEAD = "0010"
+HEAD = "0011"
 #: The tables of the recent tier (migration 0005).
 RECENT_TABLES = {"opmetrics_recent_aggregates", "opmetrics_recent_state"}
+#: The table of the recent tier's day rows (migration 0011).
+DAY_ROW_TABLES = {"opmetrics_recent_days"}
 #: The table of the monthly rows (migration 0007).
 MONTHLY_TABLES = {"operational_metrics_monthly"}
 #: The tables of alerting (migration 0008).
@@ -88,7 +91,7 @@ def test_downgrade_to_base_removes_every_table(database_url: URL) -> None:
 def test_downgrading_0002_removes_only_the_interval_claims_table(database_url: URL) -> None:
     upgrade(database_url)
     downgrade(database_url, "0001")
-    removed = {"opmetrics_interval_claims"} | RECENT_TABLES | MONTHLY_TABLES | ALERT_TABLES
+    removed = {"opmetrics_interval_claims"} | RECENT_TABLES | MONTHLY_TABLES | ALERT_TABLES | DAY_ROW_TABLES
     assert table_names(database_url) == OUR_TABLES - removed
     assert current_revision(database_url) == "0001"
     upgrade(database_url)
@@ -98,7 +101,7 @@ def test_downgrading_0002_removes_only_the_interval_claims_table(database_url: U
 def test_downgrading_0005_removes_only_the_recent_tier_tables(database_url: URL) -> None:
     upgrade(database_url)
     downgrade(database_url, "0003")
-    assert table_names(database_url) == OUR_TABLES - RECENT_TABLES - MONTHLY_TABLES - ALERT_TABLES
+    assert table_names(database_url) == OUR_TABLES - RECENT_TABLES - MONTHLY_TABLES - ALERT_TABLES - DAY_ROW_TABLES
     upgrade(database_url)
     assert table_names(database_url) == OUR_TABLES
 
@@ -256,7 +259,7 @@ def test_downgrading_0007_removes_the_monthly_rows_and_packed_histograms_and_a_r
             write_samples(connection, [*samples.processing_time("a", 5.0, recorded_at=two_days_ago)])
         rollup(engine)
         downgrade(database_url, "0006")
-        assert table_names(database_url) == OUR_TABLES - MONTHLY_TABLES - ALERT_TABLES
+        assert table_names(database_url) == OUR_TABLES - MONTHLY_TABLES - ALERT_TABLES - DAY_ROW_TABLES
         with engine.connect() as connection:
             columns = {column["name"] for column in inspect(connection).get_columns("operational_metrics_daily")}
             daily = connection.execute(text("SELECT sample_count, histogram FROM operational_metrics_daily")).all()
@@ -281,7 +284,7 @@ def test_downgrading_0007_removes_the_monthly_rows_and_packed_histograms_and_a_r
 def test_downgrading_0008_removes_only_the_alert_tables(database_url: URL) -> None:
     upgrade(database_url)
     downgrade(database_url, "0007")
-    assert table_names(database_url) == OUR_TABLES - ALERT_TABLES
+    assert table_names(database_url) == OUR_TABLES - ALERT_TABLES - DAY_ROW_TABLES
     upgrade(database_url)
     assert table_names(database_url) == OUR_TABLES
 
@@ -348,5 +351,34 @@ def test_0010_gives_the_monthly_rows_the_exporters_fingerprint_index_and_downgra
         downgrade(postgres_url, "0009")
         with engine.connect() as connection:
             assert connection.execute(query).scalars().all() == []
+    finally:
+        engine.dispose()
+
+
+def test_downgrading_0011_drops_the_day_rows_and_upgrading_again_rebuilds_them_from_the_hourly_buckets(
+    database_url: URL,
+) -> None:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        at = dt.datetime(2026, 11, 20, 8, tzinfo=dt.UTC)
+        with engine.begin() as connection:
+            write_samples(connection, samples.processing_time("a", 5.0, recorded_at=at))
+        now = at + dt.timedelta(hours=2)
+        assert fold(engine, now=now).rows == 1
+        query = text("SELECT day, count, sum FROM opmetrics_recent_days")
+        with engine.connect() as connection:
+            before = connection.execute(query).all()
+        assert [(str(day), count, total) for day, count, total in before] == [("2026-11-20", 1, 5.0)]
+        downgrade(database_url, "0010")
+        assert table_names(database_url) == OUR_TABLES - DAY_ROW_TABLES
+        with engine.connect() as connection:
+            columns = {column["name"] for column in inspect(connection).get_columns("opmetrics_recent_state")}
+        assert "built_days_until" not in columns
+        upgrade(database_url)
+        assert current_revision(database_url) == HEAD
+        assert fold(engine, now=now).rows == 0  # the first fold merges the hourly buckets already built
+        with engine.connect() as connection:
+            assert connection.execute(query).all() == before
     finally:
         engine.dispose()

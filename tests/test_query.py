@@ -17,8 +17,9 @@ from sqlalchemy import Engine, select, text
 from dramatiq_opmetrics import MetricStats, MetricType, query_daily_series, query_metrics
 from dramatiq_opmetrics.aggregate import PERCENTILES
 from dramatiq_opmetrics.database import LONG_READ_SETTINGS, local_settings
-from dramatiq_opmetrics.models import OperationalMetricDaily
+from dramatiq_opmetrics.models import OperationalMetricDaily, RecentDay
 from dramatiq_opmetrics.query import RangeMerge, query_metrics_and_recent_days, query_metrics_together
+from dramatiq_opmetrics.recent_tier import bucket_floor, fold, read_state
 from dramatiq_opmetrics.retention import prune
 from dramatiq_opmetrics.rollup import rollup
 from dramatiq_opmetrics.sketch import Histogram
@@ -478,3 +479,41 @@ def test_a_range_of_today_alone_gives_the_raw_rows_statistics(engine: Engine) ->
         assert estimate is not None
         assert abs(estimate - expected) <= 0.01 * expected
     assert (point.date, point.count, point.p95) == (NOW.date(), stats.count, stats.p95)
+
+
+def test_today_read_through_the_recent_tiers_day_rows_equals_today_read_from_raw_rows(engine: Engine) -> None:
+    rng = random.Random(11)
+    midnight = dt.datetime.combine(NOW.date(), dt.time(), tzinfo=dt.UTC)
+    span = NOW - midnight
+    kinds = (MetricType.PROCESSING_TIME, MetricType.WAIT_TIME)
+    # Values of whole 1/64ths: every sum of them is exact, in whatever order it is added.
+    rows = [
+        (kind, {"actor": f"a{i % 4}", "queue": f"q{i % 2}"}, round(rng.lognormvariate(3, 1) * 64) / 64, at)
+        for i in range(4000)
+        for kind, at in ((kinds[i % 2], midnight + span * i / 4000),)
+    ]
+    insert_samples(engine, rows)
+    queries = [(kind, group) for kind in kinds for group in (None, ("actor",))]
+
+    def read() -> list[Any]:
+        return [
+            query_metrics_together(engine, days_ago(1), NOW.date(), queries),
+            query_metrics_and_recent_days(engine, days_ago(1), NOW.date(), metric_types=kinds, group_by=("queue",)),
+            [query_metrics(engine, days_ago(1), NOW.date(), metric_type=kind, group_by=("actor",)) for kind in kinds],
+        ]
+
+    from_raw = read()
+    fold(engine, now=NOW)
+    with engine.connect() as connection:
+        state = read_state(connection)
+        days = connection.execute(select(RecentDay.count)).scalars().all()
+    assert state is not None and state.days_until == max(midnight, bucket_floor(NOW, 60))
+    assert sum(days) == len([row for row in rows if row[3] < state.days_until])
+    assert read() == from_raw
+    # Late rows of hours already merged, and rows not folded yet: read once each.
+    late = [(MetricType.PROCESSING_TIME, {"actor": "a1", "queue": "q1"}, 0.5, midnight + span / 3)] * 3
+    insert_samples(engine, late)
+    with_late = read()
+    assert with_late != from_raw
+    fold(engine, now=NOW)
+    assert read() == with_late

@@ -13,24 +13,28 @@ from raw_samples import insert_samples
 from series_samples import fleet_samples
 from sqlalchemy import Engine, select, text
 
-from dramatiq_opmetrics.aggregate import PERCENTILES
+from dramatiq_opmetrics.aggregate import PERCENTILES, aggregate_raw
 from dramatiq_opmetrics.interval_claims import DatabaseIntervalClaim
 from dramatiq_opmetrics.label_sets import resolve_label_set_ids
 from dramatiq_opmetrics.labels import make_label_set
 from dramatiq_opmetrics.metric_types import MetricType
-from dramatiq_opmetrics.models import OperationalMetric, RecentAggregate
+from dramatiq_opmetrics.models import OperationalMetric, RecentAggregate, RecentDay, RecentState
+from dramatiq_opmetrics.packed_histograms import sum_of_packed, unpack
+from dramatiq_opmetrics.partitions import day_bounds
 from dramatiq_opmetrics.recent_tier import (
     WIDTHS_MINUTES,
     FoldResult,
     RecentTierFolder,
     bucket_floor,
+    day_aggregates,
+    days_floor,
     fold,
     quantiles_of_keys,
     read_state,
 )
 from dramatiq_opmetrics.rollup import daily_totals, rollup
 from dramatiq_opmetrics.series import query_series
-from dramatiq_opmetrics.sketch import histogram_of_keys, signed_bucket_key
+from dramatiq_opmetrics.sketch import Histogram, histogram_of_keys, signed_bucket_key
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 
@@ -79,9 +83,39 @@ def expected_rows(
     }
 
 
+def day_rows(engine: Engine) -> dict[tuple[dt.date, str, int], tuple[int, float, float, float, Histogram]]:
+    t = RecentDay
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(t.day, t.metric_type, t.label_set_id, t.count, t.sum, t.min, t.max, t.histogram_packed)
+        ).all()
+    return {(r[0], MetricType(r[1]).value, r[2]): (r[3], r[4], r[5], r[6], unpack(r[7])) for r in rows}
+
+
+def expected_day_rows(
+    engine: Engine,
+) -> dict[tuple[dt.date, str, int], tuple[int, float, float, float, Histogram]]:
+    """What the day rows must hold, from the raw rows: those of each day from the tier's first whole day on,
+    recorded before where the day rows stop."""
+    raw = OperationalMetric.__table__
+    with engine.connect() as connection:
+        state = read_state(connection)
+        rows = connection.execute(select(raw.c.recorded_at, raw.c.metric_type, raw.c.label_set_id, raw.c.value)).all()
+    assert state is not None and state.days_until is not None
+    groups: dict[tuple[dt.date, str, int], list[float]] = {}
+    for recorded_at, metric_type, label_set_id, value in rows:
+        if days_floor(state.floor) <= recorded_at < state.days_until:
+            groups.setdefault((recorded_at.date(), MetricType(metric_type).value, label_set_id), []).append(value)
+    return {
+        key: (len(values), float(np.sum(values)), min(values), max(values), Histogram.of(values))
+        for key, values in groups.items()
+    }
+
+
 def assert_tier_is_exact(engine: Engine) -> None:
     for width in WIDTHS_MINUTES:
         assert tier_rows(engine, width) == expected_rows(engine, width)
+    assert day_rows(engine) == expected_day_rows(engine)
 
 
 def test_each_raw_row_is_folded_once_and_a_rerun_adds_nothing(engine: Engine) -> None:
@@ -302,3 +336,81 @@ def test_stored_percentiles_are_those_of_the_buckets_histogram(engine: Engine) -
         expected = [min(max(value, low), high) for value in histogram.quantiles(PERCENTILES)]
         assert stored == expected
         assert list(quantiles_of_keys(keys, low, high)) == expected
+
+
+def assert_day_is_read_exactly(engine: Engine, day: dt.date) -> None:
+    """The day's aggregates read through the tier's day rows equal those of its raw rows: counts, sums,
+    extremes and histograms."""
+    with engine.connect() as connection:
+        expected = {
+            (a.metric_type, a.label_set_id): (a.count, a.sum, a.min, a.max, a.histogram)
+            for a in aggregate_raw(connection, *day_bounds(day), exact_percentiles=False)
+        }
+        parts: dict[tuple[MetricType, int], list] = {}
+        for aggregate in day_aggregates(connection, day):
+            parts.setdefault((aggregate.metric_type, aggregate.label_set_id), []).append(aggregate)
+    read = {}
+    for key, found in parts.items():
+        histogram = sum_of_packed(a.histogram for a in found if isinstance(a.histogram, bytes)).histogram()
+        for aggregate in found:
+            if isinstance(aggregate.histogram, Histogram):
+                histogram += aggregate.histogram
+        read[key] = (
+            sum(a.count for a in found),
+            sum(a.sum for a in found),
+            min(a.min for a in found),
+            max(a.max for a in found),
+            histogram,
+        )
+    assert read == expected
+
+
+def test_day_rows_hold_the_hours_merged_across_midnight_with_late_rows_once_and_reads_add_what_they_lack(
+    engine: Engine,
+) -> None:
+    midnight = dt.datetime.combine(NOW.date(), dt.time(), tzinfo=dt.UTC)
+    samples = fleet_samples(midnight - dt.timedelta(hours=2), 240, per_minute=6)
+    insert_samples(engine, samples)
+    for minutes in (10, 70, 125, 150, 185, 241):  # folds across the hours and the midnight
+        now = midnight - dt.timedelta(hours=2) + dt.timedelta(minutes=minutes, seconds=5)
+        fold(engine, now=now)
+        assert_tier_is_exact(engine)
+        for day in (midnight.date() - dt.timedelta(days=1), midnight.date()):
+            assert_day_is_read_exactly(engine, day)
+    with engine.connect() as connection:
+        state = read_state(connection)
+    assert state is not None and state.days_until == midnight + dt.timedelta(hours=2)
+    assert {key[0] for key in day_rows(engine)} == {midnight.date() - dt.timedelta(days=1), midnight.date()}
+    # Late rows of hours already merged (and of the hour in progress), then rows not folded yet: each read once.
+    late = [
+        (MetricType.PROCESSING_TIME, {"actor": "late", "queue": "q"}, 12.5, midnight - dt.timedelta(minutes=30)),
+        (MetricType.PROCESSING_TIME, {"actor": "send_email", "queue": "mail"}, 0.0, midnight + dt.timedelta(hours=1)),
+        (
+            MetricType.WAIT_TIME,
+            {"actor": "bill", "queue": "billing"},
+            -3.0,
+            midnight + dt.timedelta(hours=2, minutes=1),
+        ),
+    ]
+    insert_samples(engine, late)
+    assert_day_is_read_exactly(engine, midnight.date())
+    assert_day_is_read_exactly(engine, midnight.date() - dt.timedelta(days=1))
+    later = midnight + dt.timedelta(hours=2, minutes=2, seconds=5)
+    assert fold(engine, now=later).rows == 3
+    assert_tier_is_exact(engine)
+    before = day_rows(engine)
+    assert fold(engine, now=later).rows == 0  # a re-run changes nothing
+    assert day_rows(engine) == before
+    assert_day_is_read_exactly(engine, midnight.date())
+    # The first fold after migration 0011 (no day rows yet) merges the hourly buckets already built.
+    with engine.begin() as connection:
+        connection.execute(RecentDay.__table__.delete())
+        connection.execute(RecentState.__table__.update().values(built_days_until=None))
+    assert day_rows(engine) == {}
+    assert_day_is_read_exactly(engine, midnight.date())
+    fold(engine, now=later)
+    assert day_rows(engine) == before
+    # Retention: the day rows of a day no longer whole in the tier go with its buckets.
+    fold(engine, now=midnight + dt.timedelta(days=2, hours=1))
+    assert {key[0] for key in day_rows(engine)} == {midnight.date()}
+    assert_tier_is_exact(engine)
