@@ -88,6 +88,7 @@ import datetime as dt
 import logging
 import math
 import time
+import weakref
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    inspect,
     select,
     text,
     type_coerce,
@@ -119,6 +121,7 @@ from .models import (
     RAW_ID_SEQUENCE,
     RAW_TABLE,
     RECENT_DAYS_TABLE,
+    RECENT_STATE_TABLE,
     RECENT_TABLE,
     OperationalMetric,
     RecentAggregate,
@@ -512,6 +515,7 @@ class _State:
     candidate_id: int | None
     candidate_holders: list[str] | None
     days_until: dt.datetime
+    has_days: bool = True
     new: bool = False
 
 
@@ -530,15 +534,30 @@ _STATE_COLUMNS = (
     RecentState.skipped_id,
     RecentState.candidate_id,
     RecentState.candidate_holders,
-    RecentState.built_days_until,
 )
+#: Engines whose database has the day rows' watermark (migration 0011); checked once an engine when found.
+_DAYS_MIGRATED: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
-def _read_state_row(connection: Connection) -> _State | None:
-    found = connection.execute(select(*_STATE_COLUMNS).where(RecentState.id == _STATE_ID)).first()
+def _has_day_rows(connection: Connection) -> bool:
+    """Whether the database has the tier's day rows (migration 0011): a database not migrated yet is read
+    without them (its readers keep working; its folds fail until it is, each logged)."""
+    if connection.engine in _DAYS_MIGRATED:
+        return True
+    found = any(column["name"] == "built_days_until" for column in inspect(connection).get_columns(RECENT_STATE_TABLE))
+    if found:
+        _DAYS_MIGRATED.add(connection.engine)
+    return found
+
+
+def _read_state_row(connection: Connection, *, with_days: bool = True) -> _State | None:
+    """The state row; without ``with_days`` (a database before migration 0011) its day rows are None."""
+    columns = (*_STATE_COLUMNS, RecentState.built_days_until) if with_days else _STATE_COLUMNS
+    found = connection.execute(select(*columns).where(RecentState.id == _STATE_ID)).first()
     if found is None:
         return None
-    folded_id, floor, cutoff, *built, skipped_id, candidate_id, candidate_holders, days_until = found
+    folded_id, floor, cutoff, *built, skipped_id, candidate_id, candidate_holders = found[: len(_STATE_COLUMNS)]
+    days_until = found[-1] if with_days else None
     return _State(
         int(folded_id),
         floor,
@@ -550,15 +569,17 @@ def _read_state_row(connection: Connection) -> _State | None:
         # Not started (NULL, before the first fold after migration 0011), or before the first whole day: the
         # same, no day rows; the build starts at the first whole day.
         max(days_until or floor, days_floor(floor)),
+        has_days=with_days,
     )
 
 
 def read_state(connection: Connection) -> TierState | None:
     """What the tier holds now, or None if it was never folded."""
-    found = _read_state_row(connection)
+    found = _read_state_row(connection, with_days=_has_day_rows(connection))
     if found is None:
         return None
-    return TierState(found.folded_id, found.floor, found.cutoff, found.built, found.skipped_id, found.days_until)
+    days_until = found.days_until if found.has_days else None
+    return TierState(found.folded_id, found.floor, found.cutoff, found.built, found.skipped_id, days_until)
 
 
 def days_floor(floor: dt.datetime) -> dt.datetime:

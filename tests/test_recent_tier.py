@@ -12,12 +12,15 @@ import pytest
 from raw_samples import insert_samples
 from series_samples import fleet_samples
 from sqlalchemy import Engine, select, text
+from sqlalchemy.engine import URL
 
 from dramatiq_opmetrics.aggregate import PERCENTILES, aggregate_raw
+from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.interval_claims import DatabaseIntervalClaim
 from dramatiq_opmetrics.label_sets import resolve_label_set_ids
 from dramatiq_opmetrics.labels import make_label_set
 from dramatiq_opmetrics.metric_types import MetricType
+from dramatiq_opmetrics.migrate import downgrade
 from dramatiq_opmetrics.models import OperationalMetric, RecentAggregate, RecentDay, RecentState
 from dramatiq_opmetrics.packed_histograms import sum_of_packed, unpack
 from dramatiq_opmetrics.partitions import day_bounds
@@ -414,3 +417,34 @@ def test_day_rows_hold_the_hours_merged_across_midnight_with_late_rows_once_and_
     fold(engine, now=midnight + dt.timedelta(days=2, hours=1))
     assert {key[0] for key in day_rows(engine)} == {midnight.date()}
     assert_tier_is_exact(engine)
+
+
+def test_a_database_not_migrated_to_the_day_rows_yet_is_read_without_them_and_its_fold_says_so(
+    migrated_url: URL,
+) -> None:
+    midnight = dt.datetime.combine(NOW.date(), dt.time(), tzinfo=dt.UTC)
+    engine = make_engine(migrated_url)
+    try:
+        insert_samples(engine, fleet_samples(midnight, 180, per_minute=4))
+        fold(engine, now=midnight + dt.timedelta(hours=3, seconds=5))
+        with engine.connect() as connection:
+            assert day_aggregates(connection, midnight.date())  # read through the day rows
+    finally:
+        engine.dispose()
+    downgrade(migrated_url, "0010")  # the day rows' table and watermark go; the tier's buckets stay
+    engine = make_engine(migrated_url)
+    try:
+        with engine.connect() as connection:
+            state = read_state(connection)
+            assert state is not None and state.days_until is None
+        assert_day_is_read_exactly(engine, midnight.date())
+        points = query_series(
+            engine, midnight, midnight + dt.timedelta(hours=3), step=dt.timedelta(hours=1), metric_type="wait_time"
+        )
+        assert sum(point.count for point in points) == sum(
+            1 for sample in fleet_samples(midnight, 180, per_minute=4) if sample[0] is MetricType.WAIT_TIME
+        )
+        with pytest.raises(Exception, match="built_days_until"):
+            fold(engine, now=midnight + dt.timedelta(hours=3, minutes=1, seconds=5))
+    finally:
+        engine.dispose()
