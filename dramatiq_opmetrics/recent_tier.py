@@ -544,7 +544,11 @@ def _has_day_rows(connection: Connection) -> bool:
     without them (its readers keep working; its folds fail until it is, each logged)."""
     if connection.engine in _DAYS_MIGRATED:
         return True
-    found = any(column["name"] == "built_days_until" for column in inspect(connection).get_columns(RECENT_STATE_TABLE))
+    schema = inspect(connection)
+    # Without the state table (a database not migrated at all) the state's own read fails, saying so.
+    found = schema.has_table(RECENT_STATE_TABLE) and any(
+        column["name"] == "built_days_until" for column in schema.get_columns(RECENT_STATE_TABLE)
+    )
     if found:
         _DAYS_MIGRATED.add(connection.engine)
     return found
