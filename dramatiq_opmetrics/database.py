@@ -29,10 +29,10 @@ import contextlib
 import math
 import os
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import CompoundSelect, Connection, Engine, Select, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import NoSuchModuleError
 
@@ -334,3 +334,24 @@ def _set_local(connection: Connection, settings: Mapping[str, str], *, read_firs
         },
     ).one()
     return list(row[: len(settings)]) if read_first else []
+
+
+def fetch_rows(connection: Connection, query: Select[Any] | CompoundSelect[Any]) -> list[Sequence[Any]]:
+    """All rows of ``query``; on PostgreSQL read in binary by the driver itself, without SQLAlchemy's
+    per-row processing (for reads of tens of thousands of rows of numbers, arrays and packed histograms: about
+    a third of the time). The values are the driver's (a JSON column comes as what psycopg parses it to)."""
+    if connection.dialect.name != "postgresql":
+        return list(connection.execute(query))
+    compiled = query.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
+    driver = connection.connection.driver_connection
+    assert driver is not None  # a live connection
+    with driver.cursor(binary=True) as cursor:
+        # The parameters as SQLAlchemy would send them (a JSON value serialised, for one).
+        processors = compiled._bind_processors
+        params = {}
+        for name, value in compiled.construct_params().items():
+            processor = processors.get(name)
+            params[name] = processor(value) if callable(processor) else value
+        cursor.execute(compiled.string, params)
+        rows: list[Sequence[Any]] = cursor.fetchall()
+        return rows

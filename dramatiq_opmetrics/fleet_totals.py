@@ -52,9 +52,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, Text, case, cast, func, select, text, tuple_, union_all
+from sqlalchemy import Connection, Engine, Text, case, cast, func, select, text, tuple_, union_all
 
-from .database import LONG_READ_SETTINGS, local_settings
+from .database import LONG_READ_SETTINGS, fetch_rows, local_settings
 from .metric_types import MetricType
 from .models import LabelSet, OperationalMetricDaily, OperationalMetricMonthly, RecentAggregate
 from .packed_histograms import HistogramSum
@@ -384,24 +384,12 @@ class FleetTotalsReader:
                 tier.c.sum,
                 case((tier.c.metric_type.in_(histogram_types), tier.c["keys"])),
             ).where(tuple_(tier.c.width_minutes, tier.c.bucket_start).in_(chunk), tier.c.metric_type.in_(types))
-            for width, start, row_type, label_set_id, count, total, keys in _rows(connection, query):
+            # Read in binary: the tier's keys of a day are a million integers, whose text takes several times
+            # longer to parse.
+            for width, start, row_type, label_set_id, count, total, keys in fetch_rows(connection, query):
                 histogram = None if keys is None else histogram_of_keys(keys)
                 _add_to(read[(width, start)].totals, (_TYPES[row_type], label_set_id), count, total, histogram)
         self._buckets.update(read)
-
-
-def _rows(connection: Connection, query: Select[Any]) -> Iterable[Sequence[Any]]:
-    """The rows of ``query``; on PostgreSQL read in binary by the driver itself (the tier's keys of a day are a
-    million integers: their text takes several times longer to parse)."""
-    if connection.dialect.name != "postgresql":
-        return connection.execute(query)
-    compiled = query.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
-    driver = connection.connection.driver_connection
-    assert driver is not None  # a live connection
-    with driver.cursor(binary=True) as cursor:
-        cursor.execute(compiled.string, compiled.construct_params())
-        rows: list[Sequence[Any]] = cursor.fetchall()
-        return rows
 
 
 #: Bucket groups whose rows are read per statement.

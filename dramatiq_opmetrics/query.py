@@ -80,7 +80,7 @@ from sqlalchemy.sql.selectable import CompoundSelect
 from sqlalchemy.sql.sqltypes import NullType
 
 from .aggregate import PERCENTILES, Aggregate, default_partition_counts
-from .database import LONG_READ_SETTINGS, connection_for, local_settings
+from .database import LONG_READ_SETTINGS, connection_for, fetch_rows, local_settings
 from .labels import make_label_set
 from .metric_types import MetricType
 from .models import (
@@ -260,8 +260,7 @@ def _merge_range(
             with connectable.connect() as connection, local_settings(connection, LONG_READ_SETTINGS):
                 _share_label_sets(connection, [*ranged, *raw_only])
                 before = days_not_rolled_up(connection, since, until)
-                for merge in ranged:
-                    merge.add_daily_rows(connection, since, until)
+                _add_daily_rows_once(connection, ranged, since, until)
             # This connection's transaction is over before the wait: behind a pool of one server connection
             # (PgBouncer) the other read runs meanwhile.
             raw_days = raw_read.result()
@@ -273,11 +272,33 @@ def _merge_range(
     ranged, raw_only = make_merges()
     with connection_for(connectable) as connection, local_settings(connection, LONG_READ_SETTINGS):
         _share_label_sets(connection, [*ranged, *raw_only])
-        for merge in ranged:
-            merge.add_daily_rows(connection, since, until)
+        _add_daily_rows_once(connection, ranged, since, until)
         label_filter = next((merge.label_filter for merge in (*ranged, *raw_only)), {})
         fill(connection, ranged, raw_only, _read_raw_days(connection, since, until, label_filter))
     return [*ranged, *raw_only]
+
+
+def _add_daily_rows_once(connection: Connection, merges: Sequence[RangeMerge], since: dt.date, until: dt.date) -> None:
+    """Add the range's rolled-up rows to each merge, read in one statement for all of them (a report's 15
+    merges would otherwise build, run and fetch 15 statements, reading some metric types twice). Merges of
+    daily series, or of different label filters, read their own."""
+    together = [merge for merge in merges if not merge.per_day and merge.label_filter == merges[0].label_filter]
+    for merge in merges:
+        if merge not in together:
+            merge.add_daily_rows(connection, since, until)
+    if len(together) == 1:
+        together[0].add_daily_rows(connection, since, until)
+    elif together:
+        types = None if any(merge.metric_types is None for merge in together) else _types_of(together)
+        reader = RangeMerge(metric_types=types, labels=together[0].label_filter)
+        rows = fetch_rows(connection, reader.rolled_up_query(connection, since, until))
+        for merge in together:
+            merge.add_rolled_up_rows(connection, rows)
+
+
+def _types_of(merges: Sequence[RangeMerge]) -> list[MetricType]:
+    """The metric types of ``merges`` (each has some), each once."""
+    return sorted({member for merge in merges for member in merge.metric_types or ()}, key=list(MetricType).index)
 
 
 def _share_label_sets(connection: Connection, merges: Sequence[RangeMerge]) -> None:
@@ -561,7 +582,15 @@ class RangeMerge:
         thirds it covers likewise; the other days from their
         daily rows (both read in one statement, so a rollup committing meanwhile is seen whole or not at
         all). A ``per_day`` merge reads daily rows only."""
-        rows = connection.execute(self.rolled_up_query(connection, since, until)).all()
+        self.add_rolled_up_rows(connection, fetch_rows(connection, self.rolled_up_query(connection, since, until)))
+
+    def add_rolled_up_rows(self, connection: Connection, rows: Sequence[Sequence[Any]]) -> None:
+        """Add ``rows`` of :meth:`rolled_up_query` (of this merge, or of one of every metric type several
+        merges with the same label filter take, read once for all of them): those of this merge's metric
+        types."""
+        if self.metric_types is not None:
+            wanted = {member.value for member in self.metric_types}
+            rows = [row for row in rows if row[0] in wanted]
         unknown = {row[1] for row in rows} - self._chosen_by_key.keys()
         if unknown:
             for labels_key, labels in labels_of_keys(connection, sorted(unknown)).items():
