@@ -286,9 +286,7 @@ def _add_daily_rows_once(connection: Connection, merges: Sequence[RangeMerge], s
     for merge in merges:
         if merge not in together:
             merge.add_daily_rows(connection, since, until)
-    if len(together) == 1:
-        together[0].add_daily_rows(connection, since, until)
-    elif together:
+    if together:
         types = None if any(merge.metric_types is None for merge in together) else _types_of(together)
         reader = RangeMerge(metric_types=types, labels=together[0].label_filter)
         rows = fetch_rows(connection, reader.rolled_up_query(connection, since, until))
