@@ -254,9 +254,8 @@ def _merge_range(
 
     if isinstance(connectable, Engine) and connectable.dialect.name == "postgresql":
         ranged, raw_only = make_merges()
-        label_filter = next((merge.label_filter for merge in (*ranged, *raw_only)), {})
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="opmetrics-raw-read") as pool:
-            raw_read = pool.submit(_read_raw_days_apart, connectable, since, until, label_filter)
+            raw_read = pool.submit(_read_raw_days_apart, connectable, since, until, [*ranged, *raw_only])
             with connectable.connect() as connection, local_settings(connection, LONG_READ_SETTINGS):
                 _share_label_sets(connection, [*ranged, *raw_only])
                 before = days_not_rolled_up(connection, since, until)
@@ -273,8 +272,7 @@ def _merge_range(
     with connection_for(connectable) as connection, local_settings(connection, LONG_READ_SETTINGS):
         _share_label_sets(connection, [*ranged, *raw_only])
         _add_daily_rows_once(connection, ranged, since, until)
-        label_filter = next((merge.label_filter for merge in (*ranged, *raw_only)), {})
-        fill(connection, ranged, raw_only, _read_raw_days(connection, since, until, label_filter))
+        fill(connection, ranged, raw_only, _read_raw_days(connection, since, until, [*ranged, *raw_only]))
     return [*ranged, *raw_only]
 
 
@@ -311,20 +309,23 @@ def _share_label_sets(connection: Connection, merges: Sequence[RangeMerge]) -> N
 RawDays = dict[dt.date, list[Aggregate | DayAggregate]]
 
 
-def _read_raw_days(connection: Connection, since: dt.date, until: dt.date, label_filter: Mapping[str, str]) -> RawDays:
-    """The aggregates of the raw rows of each day of the range not rolled up (of the label sets matching
-    ``label_filter`` only)."""
+def _read_raw_days(connection: Connection, since: dt.date, until: dt.date, merges: Sequence[RangeMerge]) -> RawDays:
+    """The aggregates of the raw rows of each day of the range not rolled up that ``merges`` take: of the label
+    sets matching their (common) label filter, and of their one metric type if they all take just that one."""
+    label_filter = next((merge.label_filter for merge in merges), {})
     label_set_ids = matching_label_sets(connection, label_filter)[0] if label_filter else None
+    types = {member for merge in merges for member in merge.metric_types or (None,)}
+    metric_type = types.pop() if len(types) == 1 else None
     return {
-        day: day_aggregates(connection, day, label_set_ids=label_set_ids)
+        day: day_aggregates(connection, day, metric_type=metric_type, label_set_ids=label_set_ids)
         for day in days_not_rolled_up(connection, since, until)
     }
 
 
-def _read_raw_days_apart(engine: Engine, since: dt.date, until: dt.date, label_filter: Mapping[str, str]) -> RawDays:
+def _read_raw_days_apart(engine: Engine, since: dt.date, until: dt.date, merges: Sequence[RangeMerge]) -> RawDays:
     """:func:`_read_raw_days` on a connection of its own."""
     with engine.connect() as connection, local_settings(connection, LONG_READ_SETTINGS):
-        return _read_raw_days(connection, since, until, label_filter)
+        return _read_raw_days(connection, since, until, merges)
 
 
 def _query(
@@ -340,7 +341,18 @@ def _query(
     if since > until:
         raise ValueError(f"since ({since}) is after until ({until})")
     metric_types = None if metric_type is None else [metric_type]
-    merge = RangeMerge(metric_types=metric_types, labels=labels, group_by=group_by, per_day=per_day)
+
+    def make_merge() -> RangeMerge:
+        return RangeMerge(metric_types=metric_types, labels=labels, group_by=group_by, per_day=per_day)
+
+    postgresql_engine = isinstance(connectable, Engine) and connectable.dialect.name == "postgresql"
+    if include_raw and not per_day and since < until and postgresql_engine:
+        # The rolled-up rows and the raw days read side by side (as query_metrics_together reads them). A
+        # range with no rolled-up rows is read again below: its lone raw day's totals come from the tier.
+        [merged] = _merge_range(connectable, since, until, lambda: ([make_merge()], []))
+        if merged.rolled_up_rows:
+            return merged.results()
+    merge = make_merge()
     from_tier: list[MetricStats] = []
     with connection_for(connectable) as connection, local_settings(connection, LONG_READ_SETTINGS):
         merge.add_daily_rows(connection, since, until)
@@ -533,6 +545,8 @@ class RangeMerge:
         # with copies.
         self._labels_by_id: dict[int, dict[str, str]] = {}
         self._chosen_by_key: dict[str, tuple[tuple[str, str], ...]] = {}
+        #: How many rolled-up (daily or monthly) rows were added.
+        self.rolled_up_rows = 0
 
     def copy(self) -> RangeMerge:
         """An independent copy, to add more to while this one stays as it is (see :meth:`settle`)."""
@@ -544,6 +558,7 @@ class RangeMerge:
             self._chosen_by_key,
         )
         twin._groups = {key: group.copy() for key, group in self._groups.items()}
+        twin.rolled_up_rows = self.rolled_up_rows
         return twin
 
     def settle(self) -> None:
@@ -589,6 +604,7 @@ class RangeMerge:
         if self.metric_types is not None:
             wanted = {member.value for member in self.metric_types}
             rows = [row for row in rows if row[0] in wanted]
+        self.rolled_up_rows += len(rows)
         unknown = {row[1] for row in rows} - self._chosen_by_key.keys()
         if unknown:
             for labels_key, labels in labels_of_keys(connection, sorted(unknown)).items():

@@ -113,7 +113,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql.sqltypes import NullType
 
 from .aggregate import PERCENTILES, STORED_KEY_PARAMETERS, STORED_KEY_SQL, Aggregate, aggregate_raw
-from .database import LONG_READ_SETTINGS, local_settings
+from .database import LONG_READ_SETTINGS, fetch_rows, local_settings
 from .interval_claims import DatabaseIntervalClaim, IntervalClaim, IntervalThread, interval_start
 from .locks import advisory_xact_lock
 from .metric_types import METRIC_TYPE_ENUM_NAME, MetricType
@@ -1144,7 +1144,13 @@ def _day_rows(
 ) -> list[DayAggregate]:
     days = RecentDay
     query = select(
-        days.metric_type, days.label_set_id, days.count, days.sum, days.min, days.max, days.histogram_packed
+        cast(days.metric_type, Text),
+        days.label_set_id,
+        days.count,
+        days.sum,
+        days.min,
+        days.max,
+        days.histogram_packed,
     ).where(days.day == day)
     if metric_type is not None:
         query = query.where(days.metric_type == MetricType(metric_type))
@@ -1152,7 +1158,7 @@ def _day_rows(
         query = query.where(in_values(days.label_set_id, sorted(label_set_ids)))
     return [
         DayAggregate(MetricType(row[0]), row[1], row[2], row[3], row[4], row[5], bytes(row[6]))
-        for row in connection.execute(query)
+        for row in fetch_rows(connection, query)
     ]
 
 
