@@ -103,7 +103,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    inspect,
     select,
     text,
     type_coerce,
@@ -544,14 +543,18 @@ def _has_day_rows(connection: Connection) -> bool:
     without them (its readers keep working; its folds fail until it is, each logged)."""
     if connection.engine in _DAYS_MIGRATED:
         return True
-    schema = inspect(connection)
-    # Without the state table (a database not migrated at all) the state's own read fails, saying so.
-    found = schema.has_table(RECENT_STATE_TABLE) and any(
-        column["name"] == "built_days_until" for column in schema.get_columns(RECENT_STATE_TABLE)
-    )
-    if found:
+    # One look in the catalogue (SQLAlchemy's reflection of the table took 80 ms, on every new engine). Without
+    # the state table (a database not migrated at all) the state's own read fails, saying so.
+    if connection.dialect.name == "postgresql":
+        look = (
+            "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:table) AND attname = :column AND NOT attisdropped"
+        )
+    else:
+        look = "SELECT 1 FROM pragma_table_info(:table) WHERE name = :column"
+    found = connection.execute(text(look), {"table": RECENT_STATE_TABLE, "column": "built_days_until"}).first()
+    if found is not None:
         _DAYS_MIGRATED.add(connection.engine)
-    return found
+    return found is not None
 
 
 def _read_state_row(connection: Connection, *, with_days: bool = True) -> _State | None:
