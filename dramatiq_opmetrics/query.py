@@ -287,9 +287,17 @@ def _add_daily_rows_once(connection: Connection, merges: Sequence[RangeMerge], s
     if together:
         types = None if any(merge.metric_types is None for merge in together) else _types_of(together)
         reader = RangeMerge(metric_types=types, labels=together[0].label_filter)
-        rows = fetch_rows(connection, reader.rolled_up_query(connection, since, until))
+        rows = rows_by_type(fetch_rows(connection, reader.rolled_up_query(connection, since, until)))
         for merge in together:
             merge.add_rolled_up_rows(connection, rows)
+
+
+def rows_by_type(rows: Iterable[Sequence[Any]]) -> dict[str, list[Sequence[Any]]]:
+    """Rows whose first column is a metric type's value, by that value (in the order they came)."""
+    found: dict[str, list[Sequence[Any]]] = {}
+    for row in rows:
+        found.setdefault(row[0], []).append(row)
+    return found
 
 
 def _types_of(merges: Sequence[RangeMerge]) -> list[MetricType]:
@@ -595,15 +603,15 @@ class RangeMerge:
         thirds it covers likewise; the other days from their
         daily rows (both read in one statement, so a rollup committing meanwhile is seen whole or not at
         all). A ``per_day`` merge reads daily rows only."""
-        self.add_rolled_up_rows(connection, fetch_rows(connection, self.rolled_up_query(connection, since, until)))
+        rows = fetch_rows(connection, self.rolled_up_query(connection, since, until))
+        self.add_rolled_up_rows(connection, rows_by_type(rows))
 
-    def add_rolled_up_rows(self, connection: Connection, rows: Sequence[Sequence[Any]]) -> None:
-        """Add ``rows`` of :meth:`rolled_up_query` (of this merge, or of one of every metric type several
-        merges with the same label filter take, read once for all of them): those of this merge's metric
-        types."""
-        if self.metric_types is not None:
-            wanted = {member.value for member in self.metric_types}
-            rows = [row for row in rows if row[0] in wanted]
+    def add_rolled_up_rows(self, connection: Connection, by_type: Mapping[str, Sequence[Sequence[Any]]]) -> None:
+        """Add the rows of :meth:`rolled_up_query` (of this merge, or of one of every metric type several
+        merges with the same label filter take, read once for all of them) by metric type
+        (:func:`rows_by_type`): those of this merge's metric types."""
+        types = by_type.keys() if self.metric_types is None else [member.value for member in self.metric_types]
+        rows = [row for value in types for row in by_type.get(value, ())]
         self.rolled_up_rows += len(rows)
         unknown = {row[1] for row in rows} - self._chosen_by_key.keys()
         if unknown:

@@ -322,13 +322,19 @@ def _daily_metrics(
     queries: list[tuple[MetricType | str, Sequence[str] | None]] = [
         (metric_type, GROUP_BY[metric_type]) for metric_type in types
     ]
+    # The error rate's errors per actor and queue: added up from the error table's groups (finer: by error type
+    # and outcome too) where the report has that table, else a query of their own.
     with_errors = MetricType.PROCESSING_TIME in types
-    if with_errors:
+    own_error_query = with_errors and MetricType.ERROR not in types
+    if own_error_query:
         queries.append((MetricType.ERROR, _ERROR_RATE_KEYS))
     results = query_metrics_together(connectable, since, until, queries, labels=labels)
     error_counts: dict[tuple[str | None, ...], int] = {}
     if with_errors:
-        error_counts = {_key(stats.labels, _ERROR_RATE_KEYS): stats.count for stats in results.pop()}
+        errors = results.pop() if own_error_query else results[types.index(MetricType.ERROR)]
+        for stats in errors:
+            key = _key(stats.labels, _ERROR_RATE_KEYS)
+            error_counts[key] = error_counts.get(key, 0) + stats.count
     metrics: dict[MetricType, list[ReportRow]] = {}
     for metric_type, found in zip(types, results, strict=True):
         rows = []
