@@ -56,9 +56,11 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Date,
     Engine,
     Integer,
     Select,
+    SmallInteger,
     Text,
     and_,
     case,
@@ -74,7 +76,7 @@ from sqlalchemy import (
     type_coerce,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import CompoundSelect
 from sqlalchemy.sql.sqltypes import NullType
@@ -701,15 +703,33 @@ class RangeMerge:
         months = [first_month]
         while next_month(months[-1]) <= until:
             months.append(next_month(months[-1]))
-        periods = select(monthly.c.month, monthly.c.part).where(
-            monthly.c.first_day >= since, monthly.c.last_day <= until
-        )
-        thirds = periods.where(monthly.c.month.in_(months), monthly.c.part < SUFFIX_PART_BASE)
-        covered: Select[Any] | CompoundSelect[Any] = thirds.distinct()
-        if suffix >= SUFFIX_PART_BASE:
-            covered = union_all(
-                covered, periods.where(monthly.c.month == first_month, monthly.c.part == suffix).distinct()
+        in_range = (monthly.c.first_day >= since, monthly.c.last_day <= until)
+        covered: Select[Any] | CompoundSelect[Any]
+        if connection.dialect.name == "postgresql":
+            # Every row of a period has the period's first and last day: one probe of the index a candidate
+            # period, instead of a DISTINCT over the entries of every label set of the range's months.
+            candidates = [(month, part) for month in months for part in (WHOLE_MONTH, 1, 2, 3)]
+            if suffix >= SUFFIX_PART_BASE:
+                candidates.append((first_month, suffix))
+            candidate = (
+                func.unnest(
+                    literal([month for month, _ in candidates], ARRAY(Date)),
+                    literal([part for _, part in candidates], ARRAY(SmallInteger)),
+                )
+                .table_valued("month", "part")
+                .render_derived(name="candidate_periods")
             )
+            rows_of_candidate = select(monthly.c.month).where(
+                monthly.c.month == candidate.c.month, monthly.c.part == candidate.c.part, *in_range
+            )
+            covered = select(candidate.c.month, candidate.c.part).where(rows_of_candidate.exists())
+        else:
+            periods = select(monthly.c.month, monthly.c.part).where(*in_range)
+            covered = periods.where(monthly.c.month.in_(months), monthly.c.part < SUFFIX_PART_BASE).distinct()
+            if suffix >= SUFFIX_PART_BASE:
+                covered = union_all(
+                    covered, periods.where(monthly.c.month == first_month, monthly.c.part == suffix).distinct()
+                )
         covered_periods = covered.cte("covered_periods")
         is_whole, is_suffix = covered_periods.c.part == WHOLE_MONTH, covered_periods.c.part >= SUFFIX_PART_BASE
         whole_months = select(covered_periods.c.month).where(is_whole)
