@@ -759,22 +759,29 @@ class RangeMerge:
             parts = [select(*of_period.c).select_from(chosen_periods.join(of_period, true()))]
         else:
             parts = [from_monthly.where(*monthly_conditions, tuple_(monthly.c.month, monthly.c.part).in_(chosen))]
+        # One part a month: skipped whole (a condition evaluated once) where the month or its suffix is covered,
+        # else its daily rows of each third not covered (evaluated once each, tested per row).
         for month in months:
+
+            def uncovered(*serving: int, month: dt.date = month) -> ColumnElement[bool]:
+                in_period = covered_periods.c.month == month, covered_periods.c.part.in_(serving)
+                return ~exists(select(covered_periods.c.month).where(*in_period))
+
+            thirds = []
             for third in (1, 2, 3):
                 first, last = part_bounds(month, third)
                 first, last = max(first, since), min(last, until)
-                if first > last:
-                    continue
-                serving = (WHOLE_MONTH, third, suffix) if month == first_month else (WHOLE_MONTH, third)
-                in_period = covered_periods.c.month == month, covered_periods.c.part.in_(serving)
-                parts.append(
-                    from_daily.where(
-                        *daily_conditions,
-                        daily.c.date >= first,
-                        daily.c.date <= last,
-                        ~exists(select(covered_periods.c.month).where(*in_period)),
-                    )
+                if first <= last:
+                    thirds.append(and_(daily.c.date >= first, daily.c.date <= last, uncovered(third)))
+            parts.append(
+                from_daily.where(
+                    *daily_conditions,
+                    daily.c.date >= max(month, since),
+                    daily.c.date <= min(next_month(month) - dt.timedelta(days=1), until),
+                    uncovered(WHOLE_MONTH, suffix) if month == first_month else uncovered(WHOLE_MONTH),
+                    or_(*thirds),
                 )
+            )
         return union_all(*parts)
 
     def add_raw_day(
