@@ -694,11 +694,12 @@ class RangeMerge:
         # A month, or a third of one, whose days with daily rows all lie in the range is read from its monthly
         # rows (every daily row of a period is in them): the whole month where it can be, else (the first
         # month) its suffix from the range's first day, else its thirds. Which periods those are is known
-        # only in the statement, so each third of the range has a part of its own reading its daily rows
-        # unless its period is covered (a condition PostgreSQL evaluates once per part): the daily rows of
-        # covered periods are never read, not even filtered. The periods are found in the index of
-        # (month, part, first_day, last_day), reading the entries of the whole months and thirds of the
-        # range's months and of the one suffix that can serve, not those of every suffix.
+        # only in the statement, so each month of the range has a part of its own reading its daily rows
+        # unless the month is covered (a condition evaluated once per part: the daily rows of a covered month
+        # are never read, not even filtered), and of those the rows of its thirds not covered. The periods are
+        # found in the index of (month, part, first_day, last_day): on PostgreSQL one probe per whole month
+        # and third of the range's months and for the one suffix that can serve; elsewhere from the entries
+        # of those periods.
         first_month, suffix = month_of(since), suffix_part(since)
         months = [first_month]
         while next_month(months[-1]) <= until:
