@@ -290,7 +290,11 @@ def _add_daily_rows_once(connection: Connection, merges: Sequence[RangeMerge], s
         types = None if any(merge.metric_types is None for merge in together) else _types_of(together)
         reader = RangeMerge(metric_types=types, labels=together[0].label_filter)
         rows = rows_by_type(fetch_rows(connection, reader.rolled_up_query(connection, since, until)))
+        # The labels of every labels key read, looked up once for all the merges (each groups them its way).
+        keys = sorted({row[1] for found in rows.values() for row in found})
+        labels_by_key = labels_of_keys(connection, keys) if keys else {}
         for merge in together:
+            merge._labels_by_key.update(labels_by_key)
             merge.add_rolled_up_rows(connection, rows)
 
 
@@ -554,6 +558,7 @@ class RangeMerge:
         # Label sets never change: the labels read for raw aggregates and daily rows are kept, and shared
         # with copies.
         self._labels_by_id: dict[int, dict[str, str]] = {}
+        self._labels_by_key: dict[str, dict[str, str]] = {}
         self._chosen_by_key: dict[str, tuple[tuple[str, str], ...]] = {}
         #: How many rolled-up (daily or monthly) rows were added.
         self.rolled_up_rows = 0
@@ -561,10 +566,11 @@ class RangeMerge:
     def copy(self) -> RangeMerge:
         """An independent copy, to add more to while this one stays as it is (see :meth:`settle`)."""
         twin = RangeMerge(metric_types=self.metric_types, group_by=self.group_by, per_day=self.per_day)
-        twin.label_filter, twin._label_sets, twin._labels_by_id, twin._chosen_by_key = (
+        twin.label_filter, twin._label_sets, twin._labels_by_id, twin._labels_by_key, twin._chosen_by_key = (
             self.label_filter,
             self._label_sets,
             self._labels_by_id,
+            self._labels_by_key,
             self._chosen_by_key,
         )
         twin._groups = {key: group.copy() for key, group in self._groups.items()}
@@ -617,8 +623,10 @@ class RangeMerge:
         self.rolled_up_rows += len(rows)
         unknown = {row[1] for row in rows} - self._chosen_by_key.keys()
         if unknown:
-            for labels_key, labels in labels_of_keys(connection, sorted(unknown)).items():
-                self._chosen_by_key[labels_key] = self._chosen(labels)
+            labels_by_key = self._labels_by_key
+            labels_by_key.update(labels_of_keys(connection, sorted(unknown - labels_by_key.keys())))
+            for labels_key in unknown:
+                self._chosen_by_key[labels_key] = self._chosen(labels_by_key[labels_key])
         chosen_by_key, groups = self._chosen_by_key, self._groups
         per_day = self.per_day
         for row_type, labels_key, day, sources, count, total, parts, low, high, p50, p95, p99, packed, stored in rows:
