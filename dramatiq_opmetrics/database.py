@@ -32,6 +32,7 @@ import socket
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from psycopg.rows import namedtuple_row, tuple_row
 from sqlalchemy import CompoundSelect, Connection, Engine, Select, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import NoSuchModuleError
@@ -337,17 +338,22 @@ def _set_local(connection: Connection, settings: Mapping[str, str], *, read_firs
 
 
 def fetch_rows(
-    connection: Connection, query: Select[*tuple[Any, ...]] | CompoundSelect[*tuple[Any, ...]]
+    connection: Connection,
+    query: Select[*tuple[Any, ...]] | CompoundSelect[*tuple[Any, ...]],
+    *,
+    named: bool = False,
 ) -> list[Sequence[Any]]:
     """All rows of ``query``; on PostgreSQL read in binary by the driver itself, without SQLAlchemy's
     per-row processing (for reads of tens of thousands of rows of numbers, arrays and packed histograms: about
-    a third of the time). The values are the driver's (a JSON column comes as what psycopg parses it to)."""
+    a third of the time). The values are the driver's (a JSON column comes as what psycopg parses it to, a
+    native enum as bytes: cast it to text). With ``named``, each row's values are also its attributes, by
+    the query's column labels, as in SQLAlchemy's rows."""
     if connection.dialect.name != "postgresql":
         return list(connection.execute(query))
     compiled = query.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
     driver = connection.connection.driver_connection
     assert driver is not None  # a live connection
-    with driver.cursor(binary=True) as cursor:
+    with driver.cursor(binary=True, row_factory=namedtuple_row if named else tuple_row) as cursor:
         # The parameters as SQLAlchemy would send them (a JSON value serialised, for one).
         processors = compiled._bind_processors
         params = {}

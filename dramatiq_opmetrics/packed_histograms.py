@@ -118,18 +118,20 @@ class _Side:
             dense[key - low] = count
         self.add(low, _from_counts(dense))
 
-    def trimmed(self) -> tuple[int, list[int]]:
-        """The offset and counts, without leading and trailing zeros."""
+    def trimmed_lanes(self) -> tuple[int, bytes]:
+        """The offset and the counts as 8 little-endian bytes each, without leading and trailing zeros."""
         total = self.total
         if total <= 0:
-            return self.offset, []
-        skipped = ((total & -total).bit_length() - 1) // 64
-        total >>= 64 * skipped
-        counts = array("Q")
-        counts.frombytes(total.to_bytes(_LANE * ((total.bit_length() + 63) // 64), "little"))
-        if _BIG_ENDIAN:  # pragma: no cover - big-endian platforms
-            counts.byteswap()
-        return self.offset + skipped, counts.tolist()
+            return self.offset, b""
+        lanes = total.to_bytes(_LANE * ((total.bit_length() + 63) // 64), "little")
+        # The zero lanes at the start found on the bytes: twice as fast as on the integer (``total & -total``).
+        skipped = (len(lanes) - len(lanes.lstrip(b"\0"))) // _LANE
+        return self.offset + skipped, lanes[_LANE * skipped :]
+
+    def trimmed(self) -> tuple[int, list[int]]:
+        """The offset and the counts, without leading and trailing zeros."""
+        offset, lanes = self.trimmed_lanes()
+        return offset, _counts_of(lanes).tolist()
 
     def cumulative(self) -> tuple[int, list[int]]:
         """The offset and the running counts (a key counting 0 is never the one a rank finds)."""
@@ -143,6 +145,15 @@ def _lane_bytes(counts: Sequence[int]) -> bytes:
     if _BIG_ENDIAN:  # pragma: no cover - big-endian platforms
         lanes.byteswap()
     return lanes.tobytes()
+
+
+def _counts_of(lanes: bytes) -> array[int]:
+    """The counts of 8 little-endian bytes each in ``lanes``."""
+    counts = array("Q")
+    counts.frombytes(lanes)
+    if _BIG_ENDIAN:  # pragma: no cover - big-endian platforms
+        counts.byteswap()
+    return counts
 
 
 def _from_counts(counts: Sequence[int]) -> int:
@@ -244,13 +255,19 @@ class HistogramSum:
 
     def pack(self) -> bytes:
         """The packed form of the sum."""
-        positive_offset, positive = self.positive.trimmed()
-        negative_offset, negative = self.negative.trimmed()
-        width = _width(max(itertools.chain(positive, negative), default=0))
+        positive_offset, positive = self.positive.trimmed_lanes()
+        negative_offset, negative = self.negative.trimmed_lanes()
+        width = _width(max(_counts_of(positive + negative), default=0))
         header = _HEADER.pack(
-            PACKED_VERSION, width, positive_offset, len(positive), self.zero_count, negative_offset, len(negative)
+            PACKED_VERSION,
+            width,
+            positive_offset,
+            len(positive) // _LANE,
+            self.zero_count,
+            negative_offset,
+            len(negative) // _LANE,
         )
-        return header + _narrow(_lane_bytes(positive), width) + _narrow(_lane_bytes(negative), width)
+        return header + _narrow(positive, width) + _narrow(negative, width)
 
     def histogram(self) -> Histogram:
         """The sum as a :class:`~dramatiq_opmetrics.sketch.Histogram`."""
