@@ -344,7 +344,9 @@ def _set_local(connection: Connection, settings: Mapping[str, str], *, read_firs
     return list(row[: len(settings)]) if read_first else []
 
 
-def fetch_rows(connection: Connection, query: Select[Any] | CompoundSelect[Any]) -> list[Sequence[Any]]:
+def fetch_rows(
+    connection: Connection, query: Select[*tuple[Any, ...]] | CompoundSelect[*tuple[Any, ...]]
+) -> list[Sequence[Any]]:
     """All rows of ``query``; on PostgreSQL read in binary by the driver itself, without SQLAlchemy's
     per-row processing (for reads of tens of thousands of rows of numbers, arrays and packed histograms: about
     a third of the time). The values are the driver's (a JSON column comes as what psycopg parses it to)."""

@@ -92,7 +92,6 @@ import weakref
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -106,14 +105,12 @@ from sqlalchemy import (
     inspect,
     select,
     text,
-    type_coerce,
     update,
 )
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.sql.sqltypes import NullType
 
 from .aggregate import PERCENTILES, STORED_KEY_PARAMETERS, STORED_KEY_SQL, Aggregate, aggregate_raw
-from .database import LONG_READ_SETTINGS, transaction_settings
+from .database import LONG_READ_SETTINGS, fetch_rows, transaction_settings
 from .interval_claims import DatabaseIntervalClaim, IntervalClaim, IntervalThread, interval_start
 from .locks import advisory_xact_lock
 from .metric_types import METRIC_TYPE_ENUM_NAME, MetricType
@@ -278,6 +275,13 @@ KEY_PARAMETERS: dict[str, object] = {
 }
 #: How keys are ordered in SQL (the zero bucket, NULL, between the negative and the positive keys).
 KEY_ORDER_SQL = "COALESCE({}, :zero_sort)"
+#: SQL of the sorted array of keys ``{0}`` (an aggregate): the keys are sorted as plain integers, the zero
+#: bucket's NULL as its sort key and put back after (no key has that value), in half the time of a sort of
+#: rows pairing each key with its sort key.
+SORTED_KEYS_SQL = (
+    f"array_replace(array_agg(COALESCE({{0}}, {_ZERO_SORT_KEY}) ORDER BY COALESCE({{0}}, {_ZERO_SORT_KEY})),"
+    f" {_ZERO_SORT_KEY}, NULL)"
+)
 
 
 def keyed_raw_sql(where: str, *, with_key: bool = True) -> str:
@@ -308,7 +312,7 @@ def aggregate_sql(
     # sorted by bucket first (a sort of every row, then one of each bucket's keys), a third slower in all.
     return (
         "SELECT width_minutes, bucket_start, metric_type, label_set_id, count, sum, min, max,"
-        f" (SELECT array_agg(k ORDER BY {KEY_ORDER_SQL.format('k')}) FROM unnest(grouped.keys) AS k) AS keys"
+        f" (SELECT {SORTED_KEYS_SQL.format('k')} FROM unnest(grouped.keys) AS k) AS keys"
         f" FROM ({grouped}) AS grouped"
     )
 
@@ -839,7 +843,7 @@ def _upsert_sql(source: str) -> str:
         " count = tier.count + excluded.count, sum = tier.sum + excluded.sum,"
         f" min = {merged[0]}, max = {merged[1]}, keys = tier.keys || excluded.keys,"
         f" (p50, p95, p99) = (SELECT {', '.join(picks_sql('sorted', 'cardinality(sorted)', *merged))}"
-        f"  FROM (SELECT array_agg(k ORDER BY {KEY_ORDER_SQL.format('k')}) AS sorted"
+        f"  FROM (SELECT {SORTED_KEYS_SQL.format('k')} AS sorted"
         "   FROM unnest(tier.keys || excluded.keys) AS k) AS merged)"
     )
 
@@ -928,15 +932,15 @@ def _build_days(connection: Connection, state: _State) -> bool:
     if high == state.days_until:
         return False
     tier = RecentAggregate
-    # psycopg reads the keys' array into a list already: no per-row conversion of SQLAlchemy's.
-    keys: Any = tier.keys if connection.dialect.name != "postgresql" else type_coerce(tier.keys, NullType())
     parts: dict[_DayKey, _DayPart] = {}
     hour = state.days_until
     while hour < high:
-        rows = connection.execute(
+        # Read in binary by the driver (an hour's 800,000 keys of 200 label sets in half the time).
+        rows = fetch_rows(
+            connection,
             select(
-                cast(tier.metric_type, Text), tier.label_set_id, tier.count, tier.sum, tier.min, tier.max, keys
-            ).where(tier.width_minutes == max(BUILT_COLUMNS), tier.bucket_start == hour)
+                cast(tier.metric_type, Text), tier.label_set_id, tier.count, tier.sum, tier.min, tier.max, tier.keys
+            ).where(tier.width_minutes == max(BUILT_COLUMNS), tier.bucket_start == hour),
         )
         day = hour.astimezone(dt.UTC).date()
         for metric_type, label_set_id, count, total, low, high_value, bucket_keys in rows:
@@ -973,11 +977,12 @@ def _merge_into_days(connection: Connection, parts: Mapping[_DayKey, _DayPart]) 
     days_wanted = sorted({key[0] for key in parts})
     existing = {
         (row[0], MetricType(row[1]), row[2]): row[3:]
-        for row in connection.execute(
+        for row in fetch_rows(
+            connection,
             select(
-                days.day, days.metric_type, days.label_set_id, days.count, days.sum, days.min, days.max,
+                days.day, cast(days.metric_type, Text), days.label_set_id, days.count, days.sum, days.min, days.max,
                 days.histogram_packed,
-            ).where(days.day.in_(days_wanted))
+            ).where(days.day.in_(days_wanted)),
         )
     }  # fmt: skip
     values = []
@@ -1051,7 +1056,7 @@ def _build_width(connection: Connection, width: int, finer: int, low: dt.datetim
         source = (
             f"SELECT {width} AS width_minutes, tier.bucket_start, metric_type, label_set_id, count(*) AS count,"
             " sum(tier.sum) FILTER (WHERE k.i = 1) AS sum, min(tier.min) AS min, max(tier.max) AS max,"
-            f" array_agg(k.key ORDER BY {KEY_ORDER_SQL.format('k.key')}) AS keys"
+            f" {SORTED_KEYS_SQL.format('k.key')} AS keys"
             f" FROM (SELECT {start} AS bucket_start, metric_type, label_set_id, sum, min, max, keys"
             f"  FROM {RECENT_TABLE} AS finer"
             "  WHERE width_minutes = :finer AND bucket_start >= :low AND bucket_start < :high"
