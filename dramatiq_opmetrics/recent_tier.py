@@ -63,8 +63,12 @@ Design: fold each raw row exactly once, when its minute is over; build wider buc
   the prune are untouched (they never read the tier).
 - Why keys and not a histogram per row: building a histogram in SQL groups the rows by bucket key, and at
   a few dozen values per minute and label set nearly every value is a group of its own, which costs four
-  times a plain ``GROUP BY``; appending keys to an array costs about as much as the ``GROUP BY`` itself. On
-  PostgreSQL each step is one ``INSERT ... SELECT ... ON CONFLICT``: no row travels to Python. The table is
+  times a plain ``GROUP BY``; appending keys to an array costs about as much as the ``GROUP BY`` itself. What
+  costs is sorting, so each key is sorted once per width, with its bucket's keys only: the raw rows are
+  grouped by hashing (:data:`FOLD_SETTINGS`) and each 1-minute bucket's keys sorted on their own, and a wider
+  bucket unnests its finer buckets' keys, the finer buckets sorted by wider bucket first (never a sort of
+  every key by bucket), the keys as plain integers (:data:`SORTED_KEYS_SQL`). On PostgreSQL each step is one
+  ``INSERT ... SELECT ... ON CONFLICT``: no row travels to Python. The table is
   partitioned by width there, and an index holds every column but ``keys`` (migration 0009), so that reads
   without keys are index-only scans of one width: ``keys`` stays in the rows (PostgreSQL moves values out
   of line only in rows above about 2 KB), which makes a 10-minute row about 1.4 KB.
@@ -308,8 +312,9 @@ def aggregate_sql(
     )
     if keys != "sorted":
         return grouped
-    # Grouped by hashing and each bucket's keys sorted on their own: an ordered array_agg would have the rows
-    # sorted by bucket first (a sort of every row, then one of each bucket's keys), a third slower in all.
+    # Grouped by hashing (FOLD_SETTINGS) and each bucket's keys sorted on their own: an ordered array_agg
+    # would have the rows sorted by bucket first (a sort of every row, then one of each bucket's keys), a
+    # third slower in all.
     return (
         "SELECT width_minutes, bucket_start, metric_type, label_set_id, count, sum, min, max,"
         f" (SELECT {SORTED_KEYS_SQL.format('k')} FROM unnest(grouped.keys) AS k) AS keys"
