@@ -25,7 +25,7 @@ from raw_samples import RawSample, insert_samples
 from sqlalchemy import Engine, text
 
 from dramatiq_opmetrics.metric_types import MetricType
-from dramatiq_opmetrics.recent_tier import bucket_floor, fold
+from dramatiq_opmetrics.recent_tier import bucket_floor, fold, read_state
 from dramatiq_opmetrics.series import query_series, query_stalled
 
 GRAFANA = Path(__file__).parent.parent / "examples" / "grafana"
@@ -300,19 +300,43 @@ def test_the_recent_panels_say_what_query_series_and_query_stalled_say(
         "variables": variable_values(postgres_engine, dashboard),
     }
 
+    # The panel reads the tier, which holds the whole minutes before its cutoff; query_series adds the raw
+    # rows not folded yet (the minute in progress at the fixture's fold, which has samples in the first hour
+    # or so after midnight): compared up to the cutoff, both say what the tier holds.
+    with postgres_engine.connect() as connection:
+        state = read_state(connection)
+    assert state is not None
     _, rows = run_panel(
-        postgres_engine, panel(dashboard, "p95 processing time per actor and queue (recent tier)"), **expand_args
+        postgres_engine,
+        panel(dashboard, "p95 processing time per actor and queue (recent tier)"),
+        **{**expand_args, "time_to": state.cutoff},
     )
     shown = points(rows)
     series = {
         (point.start, "|".join(f"{key}:{value}" for key, value in sorted(point.labels.items()))): point.p95
-        for point in query_series(postgres_engine, start, end, step=minute, metric_type="processing_time")
+        for point in query_series(postgres_engine, start, state.cutoff, step=minute, metric_type="processing_time")
     }
     assert shown.keys() == series.keys()
     settled = {key: value for key, value in shown.items() if value is not None}
     assert settled and len(settled) >= len(shown) - len(fleet.actors)  # only the bucket in progress has none
     assert settled == pytest.approx({key: series[key] for key in settled}, rel=1e-9)
 
+    # A queue of the history with ready messages in a minute none of its messages finished in: found in the
+    # window whatever the time of day (in the first hours after midnight the history's messages finish every
+    # minute; before midnight, in the window then, it has none).
+    queue = fleet.queues[0]
+    with postgres_engine.connect() as connection:
+        finished = connection.execute(
+            text(
+                "SELECT r.recorded_at FROM operational_metrics r JOIN opmetrics_label_sets l ON l.id = r.label_set_id"
+                " WHERE r.metric_type = 'processing_time' AND l.labels->>'queue' = :queue AND r.recorded_at >= :start"
+            ),
+            {"queue": queue, "start": start},
+        ).scalars()
+        minutes_finished = {bucket_floor(at, 1) for at in finished}
+    idle = next(at for at in (start + minute * step for step in range(1, 120)) if at not in minutes_finished)
+    insert_samples(postgres_engine, [(MetricType.QUEUE_DEPTH, {"queue": queue, "state": "ready"}, 3.0, idle)])
+    fold(postgres_engine)
     _, rows = run_panel(
         postgres_engine, panel(dashboard, "Stalled queues: ready messages, none finished (recent tier)"), **expand_args
     )
