@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Engine, Text, cast, select, text
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
@@ -52,10 +52,9 @@ from _year import prepare_year
 
 from dramatiq_opmetrics.aggregate import _raw_rows
 from dramatiq_opmetrics.database import LONG_READ_SETTINGS, fetch_rows, local_settings, make_engine
-from dramatiq_opmetrics.models import RecentDay
 from dramatiq_opmetrics.partitions import day_bounds, list_partitions
 from dramatiq_opmetrics.query import RangeMerge, query_metrics
-from dramatiq_opmetrics.recent_tier import read_state
+from dramatiq_opmetrics.recent_tier import day_rows_query, read_state
 from dramatiq_opmetrics.report import build_report, render_text
 from dramatiq_opmetrics.rollup import lock_for_rollup, merge_month, month_of
 
@@ -130,16 +129,7 @@ def measure(url: URL, since: dt.date, today: dt.date, repeat: int) -> dict[str, 
             assert state is not None and state.days_until is not None, "the recent tier holds today"
             # Today's day rows as the reads fetch them, and a GROUP BY of the raw rows they do not hold (the
             # hour in progress, and rows not folded yet), as report --days 1 is measured against one GROUP BY.
-            day_rows = select(
-                cast(RecentDay.metric_type, Text),
-                RecentDay.label_set_id,
-                RecentDay.count,
-                RecentDay.sum,
-                RecentDay.min,
-                RecentDay.max,
-                RecentDay.histogram_packed,
-            ).where(RecentDay.day == today)
-            fetch_rows(connection, day_rows)
+            fetch_rows(connection, day_rows_query(today))
             midnight, tomorrow = day_bounds(today)
             held_until = min(state.days_until, tomorrow)
             for source, params in (

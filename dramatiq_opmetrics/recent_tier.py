@@ -100,6 +100,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import (
     Connection,
     Engine,
+    Select,
     Text,
     bindparam,
     cast,
@@ -1176,9 +1177,12 @@ def holds_day(state: TierState | None, day: dt.date) -> bool:
     return state is not None and state.days_until is not None and days_floor(state.floor) <= start < state.days_until
 
 
-def _day_rows(
-    connection: Connection, day: dt.date, metric_type: MetricType | None, label_set_ids: Collection[int] | None
-) -> list[DayAggregate]:
+def day_rows_query(
+    day: dt.date, metric_type: MetricType | None = None, label_set_ids: Collection[int] | None = None
+) -> Select[str, int, int, float, float, float, bytes]:
+    """The statement :func:`day_aggregates` reads the day rows of UTC ``day`` with (of ``metric_type`` and
+    ``label_set_ids`` only, if given): metric type (text), label set id, count, sum, min, max and the packed
+    histogram."""
     days = RecentDay
     query = select(
         cast(days.metric_type, Text),
@@ -1193,9 +1197,15 @@ def _day_rows(
         query = query.where(days.metric_type == MetricType(metric_type))
     if label_set_ids is not None:
         query = query.where(in_values(days.label_set_id, sorted(label_set_ids)))
+    return query
+
+
+def _day_rows(
+    connection: Connection, day: dt.date, metric_type: MetricType | None, label_set_ids: Collection[int] | None
+) -> list[DayAggregate]:
     return [
         DayAggregate(MetricType(row[0]), row[1], row[2], row[3], row[4], row[5], bytes(row[6]))
-        for row in fetch_rows(connection, query)
+        for row in fetch_rows(connection, day_rows_query(day, metric_type, label_set_ids))
     ]
 
 
