@@ -271,10 +271,18 @@ def read_until(fd: int, pattern: bytes, deadline_s: float, seen: bytearray) -> N
             seen += chunk
 
 
+def as_if_in_the_foreground() -> None:
+    """Give the child Ctrl-C's default disposition, as a shell gives a command run in the foreground: a suite
+    run in the background (``nohup ./dev test &``) ignores SIGINT, and so would every process it starts."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_top_in_a_subprocess_exits_0_without_a_traceback_on_sigint(engine: Engine, migrated_url: URL) -> None:
     insert_samples(engine, fleet(dt.datetime.now(dt.UTC)))
     command = [str(BIN / "dramatiq-opmetrics"), "top", "--interval", "1", "--database-url", url_text(migrated_url)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=as_if_in_the_foreground
+    )
     try:
         assert process.stdout is not None
         seen = bytearray()
@@ -297,7 +305,14 @@ def test_top_on_a_terminal_redraws_in_place_and_restores_it_on_ctrl_c(engine: En
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 80, 0, 0))  # 30 lines of 80 columns
     environment = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
     command = [str(BIN / "dramatiq-opmetrics"), "top", "--interval", "1", "--database-url", url_text(migrated_url)]
-    process = subprocess.Popen(command, stdin=terminal, stdout=terminal, stderr=subprocess.PIPE, env=environment)
+    process = subprocess.Popen(
+        command,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+        env=environment,
+        preexec_fn=as_if_in_the_foreground,
+    )
     os.close(terminal)
     seen = bytearray()
     try:
