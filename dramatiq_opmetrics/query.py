@@ -294,7 +294,7 @@ def _add_daily_rows_once(connection: Connection, merges: Sequence[RangeMerge], s
         keys = sorted({row[1] for found in rows.values() for row in found})
         labels_by_key = labels_of_keys(connection, keys) if keys else {}
         for merge in together:
-            merge._labels_by_key.update(labels_by_key)
+            merge._labels_by_key = labels_by_key  # shared, as copies share it: labels never change
             merge.add_rolled_up_rows(connection, rows)
 
 
