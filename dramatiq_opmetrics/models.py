@@ -55,7 +55,7 @@ INTERVAL_CLAIMS_TABLE = "opmetrics_interval_claims"
 RECENT_TABLE = "opmetrics_recent_aggregates"
 #: The recent tier's fold watermark (one row).
 RECENT_STATE_TABLE = "opmetrics_recent_state"
-#: The recent tier's day rows: its hourly buckets merged per UTC day (:mod:`~dramatiq_opmetrics.recent_tier`).
+#: The recent tier's day rows: its 10-minute buckets merged per UTC day (:mod:`~dramatiq_opmetrics.recent_tier`).
 RECENT_DAYS_TABLE = "opmetrics_recent_days"
 
 
@@ -289,13 +289,13 @@ class RecentState(Base):
 
 class RecentDay(Base):
     """The raw rows of one metric type and label set recorded on one UTC ``day``, as far as the recent tier's
-    day rows hold them: those its hourly buckets of the day starting before ``built_days_until`` hold
+    day rows hold them: those its 10-minute buckets of the day starting before ``built_days_until`` hold
     (:class:`RecentState`), i.e. the raw rows with ``id <= folded_id`` recorded in ``[day, min(day + 1 day,
     built_days_until))``. Only days starting at or after the tier's ``floor`` have rows.
 
     ``count``, ``sum``, ``min`` and ``max`` are of their values; ``histogram_packed`` is their histogram,
-    packed (:mod:`~dramatiq_opmetrics.packed_histograms`), as a daily row's. The fold merges each hourly
-    bucket into its day row once, when the bucket is built, and late rows of hours already merged directly;
+    packed (:mod:`~dramatiq_opmetrics.packed_histograms`), as a daily row's. The fold merges each 10-minute
+    bucket into its day row once, when the bucket is built, and late rows of buckets already merged directly;
     range reads of a day not rolled up read these rows plus the raw rows they do not hold
     (:func:`~dramatiq_opmetrics.recent_tier.day_aggregates`). On SQLite ``metric_type`` is plain text.
     """

@@ -39,20 +39,20 @@ Design: fold each raw row exactly once, when its minute is over; build wider buc
   folds up to the last confirmed horizon meanwhile). On SQLite a pass holds the database's write lock,
   so every id up to ``M`` is committed.
 - Day rows (``opmetrics_recent_days``, migration 0011): per UTC day, metric type and label set, the count,
-  sum, min, max and packed histogram (:mod:`~dramatiq_opmetrics.packed_histograms`) of the day's hourly
+  sum, min, max and packed histogram (:mod:`~dramatiq_opmetrics.packed_histograms`) of the day's 10-minute
   buckets, so that a range read takes a day not rolled up yet (today, yesterday before the nightly rollup)
   from a few thousand rows instead of collecting the key of each of its millions of raw rows (4.75 times a
-  plain ``GROUP BY`` of the day). The day rows of a day ``D`` hold the raw rows that the tier's hourly
+  plain ``GROUP BY`` of the day). The day rows of a day ``D`` hold the raw rows that the tier's 10-minute
   buckets of ``D`` starting before ``built_days_until`` hold: those with ``id <= folded_id`` recorded in
   ``[D, min(D + 1 day, built_days_until))``, for the days from the first midnight from the floor on
-  (:func:`days_floor`: the day before is not all in the tier). Each hourly bucket is merged into its day row
-  once, in Python, in the transaction that builds it (an hour of 1000 label sets is about 4,300 buckets),
-  and ``built_days_until`` moves to the hourly buckets' end; the first fold after the migration merges the
-  hourly buckets already built. A late row recorded before ``built_days_until`` is added to its day row in
-  the transaction that folds it (looked for with the other late rows). Why packed histograms and not keys:
-  a day row is read whole, merged with the range's other rows as daily rows are, never split.
+  (:func:`days_floor`: the day before is not all in the tier). Each 10-minute bucket is merged into its day
+  row once, in Python, in the transaction that builds it (:data:`DAY_ROWS_WIDTH_MINUTES` says why 10 minutes
+  and not an hour), and ``built_days_until`` moves to the 10-minute buckets' end; the first fold after the
+  migration merges the buckets already built. A late row recorded before ``built_days_until`` is added to
+  its day row in the transaction that folds it (looked for with the other late rows). Why packed histograms
+  and not keys: a day row is read whole, merged with the range's other rows as daily rows are, never split.
   :func:`day_aggregates` reads a day: its day rows plus the raw rows they do not hold (recorded from
-  ``built_days_until`` on: the last hour at most, plus the minutes not folded; and ids above
+  ``built_days_until`` on: the last ten minutes at most, plus the minutes not folded; and ids above
   ``folded_id``), the watermark read before and after as :mod:`~dramatiq_opmetrics.series` does.
 - Readers (:mod:`~dramatiq_opmetrics.series`) add the raw rows the tier does not hold (ids above
   ``folded_id``, the minutes from the cutoff on, rows older than the floor, partial minutes at the edges)
@@ -356,6 +356,12 @@ FOLD_SETTINGS = {
     "enable_sort": "off",
     "enable_memoize": "off",
 }
+#: The width of the buckets merged into the day rows once built: 10 minutes, so that a read of a day not rolled
+#: up takes from the raw rows the last ten minutes at most (plus the minutes not folded), not the hour in
+#: progress (up to a fifth of today's rows four hours after midnight, whose keys cost 3.5 times a plain
+#: ``GROUP BY`` of them to collect); merging six times an hour instead of once costs each fold little (the
+#: merge reads the day's rows, which are few: one per metric type and label set).
+DAY_ROWS_WIDTH_MINUTES = 10
 #: Hours of wider buckets built per statement (a catch-up after a long stop builds days of them).
 BUILD_CHUNK_HOURS = 6
 #: The column of :class:`~dramatiq_opmetrics.models.RecentState` up to which each wider width is built.
@@ -871,8 +877,8 @@ def _fold_in_postgres(
     latest = max(built, key=built.__getitem__)  # a row late for any width is recorded before this one's end
     late_where = f"{wheres[0]} AND recorded_at < :built_{latest}"
     if connection.execute(text(f"SELECT EXISTS (SELECT 1 FROM {RAW_TABLE} WHERE {late_where})"), params).scalar():
-        # Those of the hours already merged into day rows go to them as well (every day row's hours end by
-        # the hourly buckets' end, so they are among these).
+        # Those of the buckets already merged into day rows go to them as well (the day rows end by the
+        # 10-minute buckets' end, so they are among these).
         late_for_days = connection.execute(
             text(
                 f"SELECT recorded_at, CAST(metric_type AS text), label_set_id, value FROM {RAW_TABLE}"
@@ -902,7 +908,7 @@ def _fold_in_postgres(
 
 def _build(connection: Connection, state: _State) -> bool:
     """Build the buckets of each wider width that are complete now (all their finer buckets are), then merge
-    the new hourly buckets into their day rows; whether anything was built."""
+    the new 10-minute buckets into their day rows; whether anything was built."""
     finer, built = 1, False
     for width in BUILT_COLUMNS:
         until = bucket_floor(state.cutoff if finer == 1 else state.built[finer], width)
@@ -935,30 +941,34 @@ _DayKey = tuple[dt.date, MetricType, int]
 
 
 def _build_days(connection: Connection, state: _State) -> bool:
-    """Merge the hourly buckets from ``state.days_until`` to where they are built into their day rows, an
-    hour of buckets per statement (a catch-up after migration 0011 reads days of them); whether any were."""
-    high = max(state.built[max(BUILT_COLUMNS)], state.days_until)
+    """Merge the :data:`DAY_ROWS_WIDTH_MINUTES` buckets from ``state.days_until`` to where they are built into
+    their day rows, an hour of buckets per statement (a catch-up after migration 0011 reads days of them);
+    whether any were."""
+    high = max(state.built[DAY_ROWS_WIDTH_MINUTES], state.days_until)
     if high == state.days_until:
         return False
     tier = RecentAggregate
     parts: dict[_DayKey, _DayPart] = {}
-    hour = state.days_until
-    while hour < high:
+    low = state.days_until
+    while low < high:
+        chunk_high = min(low + dt.timedelta(hours=1), high)
         # Read in binary by the driver (an hour's 800,000 keys of 200 label sets in half the time).
         rows = fetch_rows(
             connection,
             select(
-                cast(tier.metric_type, Text), tier.label_set_id, tier.count, tier.sum, tier.min, tier.max, tier.keys
-            ).where(tier.width_minutes == max(BUILT_COLUMNS), tier.bucket_start == hour),
-        )
-        day = hour.astimezone(dt.UTC).date()
-        for metric_type, label_set_id, count, total, low, high_value, bucket_keys in rows:
-            key = (day, MetricType(metric_type), label_set_id)
+                tier.bucket_start, cast(tier.metric_type, Text), tier.label_set_id, tier.count, tier.sum, tier.min,
+                tier.max, tier.keys,
+            ).where(
+                tier.width_minutes == DAY_ROWS_WIDTH_MINUTES, tier.bucket_start >= low, tier.bucket_start < chunk_high
+            ),
+        )  # fmt: skip
+        for bucket_start, metric_type, label_set_id, count, total, minimum, maximum, bucket_keys in rows:
+            key = (bucket_start.astimezone(dt.UTC).date(), MetricType(metric_type), label_set_id)
             part = parts.get(key)
             if part is None:
                 part = parts[key] = _DayPart()
-            part.add(count, total, low, high_value, bucket_keys)
-        hour += dt.timedelta(minutes=max(BUILT_COLUMNS))
+            part.add(count, total, minimum, maximum, bucket_keys)
+        low = chunk_high
     _merge_into_days(connection, parts)
     state.days_until = high
     return True
@@ -1130,7 +1140,7 @@ def day_aggregates(
     if given), without exact percentiles, per metric type and label set (a pair may have several: add them).
 
     A day the tier's day rows hold part of is read from them plus the raw rows they do not hold: those
-    recorded from ``days_until`` on (the hour in progress and the minutes before it), and those recorded
+    recorded from ``days_until`` on (the 10-minute bucket in progress and the minutes before it), and those recorded
     before it that are not folded yet (ids above ``folded_id``, found by the primary key). The watermark is
     read before and after, and the reading redone if a fold moved it meanwhile, so every raw row counts
     once. Other days (older than the tier's first whole day, or before any fold) are aggregated from their

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from notification_servers import JsonHttpServer
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 from test_fleet_signals import Fleet
 from test_middleware_fleet import TESTS, fleet_env, load_app  # noqa: F401 (fleet_env is a fixture)
 from waiting import wait_until
@@ -96,6 +96,25 @@ def received(server: JsonHttpServer) -> Counter[tuple[str, str]]:
     return Counter((path, body["title"].split()[0]) for path, body in list(server.bodies))
 
 
+def explain(engine: Engine) -> str:
+    """The alerts' transitions and the parked queue's oldest-message-age samples, for a failure's message."""
+    with engine.connect() as connection:
+        transitions = connection.execute(
+            select(AlertTransition.rule, AlertTransition.to_state, AlertTransition.at).order_by(AlertTransition.id)
+        ).all()
+        ages = connection.execute(
+            text(
+                "SELECT m.recorded_at, m.value FROM operational_metrics m"
+                " JOIN opmetrics_label_sets l ON l.id = m.label_set_id"
+                " WHERE m.metric_type = 'oldest_message_age' AND l.labels ->> 'queue' = 'parked'"
+                " ORDER BY m.recorded_at"
+            )
+        ).all()
+    lines = [f"{rule} -> {state} at {at:%H:%M:%S.%f}" for rule, state, at in transitions]
+    lines.append("parked oldest_message_age: " + ", ".join(f"{at:%H:%M:%S.%f} {value:.1f}" for at, value in ages))
+    return "\n".join(lines)
+
+
 def test_a_fleet_of_three_processes_fires_and_resolves_each_alert_exactly_once(
     fleet: Fleet,
     fleet_env: dict[str, str],  # noqa: F811
@@ -135,7 +154,7 @@ def test_a_fleet_of_three_processes_fires_and_resolves_each_alert_exactly_once(
     time.sleep(3 * EVALUATION_INTERVAL_S)
     assert received(json_server) == Counter(
         {("/errors", "[FIRING]"): 1, ("/errors", "[RESOLVED]"): 1, ("/age", "[FIRING]"): 1, ("/stalled", "[FIRING]"): 1}
-    )
+    ), explain(postgres_engine)
     # Evaluation and delivery never failed (the actor's own failures are logged by Dramatiq).
     problems = [
         line

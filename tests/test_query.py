@@ -507,7 +507,7 @@ def test_today_read_through_the_recent_tiers_day_rows_equals_today_read_from_raw
     with engine.connect() as connection:
         state = read_state(connection)
         days = connection.execute(select(RecentDay.count)).scalars().all()
-    assert state is not None and state.days_until == max(midnight, bucket_floor(NOW, 60))
+    assert state is not None and state.days_until == max(midnight, bucket_floor(NOW, 10))
     assert sum(days) == len([row for row in rows if row[3] < state.days_until])
     assert read() == from_raw
     # Late rows of hours already merged, and rows not folded yet: read once each.
