@@ -73,7 +73,14 @@ def served_schema(populate_schema: Callable[[Engine], FleetHistory]) -> Iterator
         yield f"http://127.0.0.1:{server.effective_port}", engine, history
     finally:
         if server is not None:
-            server.close()
+            # The browser keeps its connections open: close them with the server, in the server's own loop
+            # thread, or run() serves them on after close() (and the thread outlives the join).
+            def close_all() -> None:
+                for channel in list(server.active_channels.values()):
+                    channel.close()
+                server.close()
+
+            server.trigger.pull_trigger(close_all)
         if thread is not None:
             thread.join(timeout=5)
         if engine is not None:
@@ -437,7 +444,12 @@ def alerts_server() -> Iterator[tuple[str, Engine]]:
 
 
 def banner_alerts(driver: Any) -> list[str]:
-    return [element.text for element in driver.find_elements(By.CSS_SELECTOR, "#alerts-banner li")]
+    """The texts of the banner's alerts, read in one script: a refresh replacing the banner between finding
+    its items and reading them (a stale element) cannot come in between."""
+    texts: list[str] = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#alerts-banner li'), (item) => item.innerText.trim())"
+    )
+    return texts
 
 
 @pytest.mark.parametrize("page", ["/", "/queues", "/now", "/alerts"])
