@@ -26,6 +26,7 @@ A libpq parameter already in the URL's query (``?connect_timeout=2``, or ``-c st
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import socket
@@ -371,3 +372,20 @@ def fetch_rows(
         cursor.execute(compiled.string, params)
         rows: list[Sequence[Any]] = cursor.fetchall()
         return rows
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a result is built: tens of thousands of new objects
+    trigger collection after collection of every object of the process (a quarter of a day's series read
+    in a big process, a third of a year-long range read's time), and none of them is garbage. Reference
+    counting still frees what goes. Nested or concurrent uses leave the collector as the outermost found it.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

@@ -65,7 +65,7 @@ from werkzeug.wrappers import Request, Response
 
 from .alert_status import alert_statuses
 from .config import resolve_setting
-from .database import make_engine
+from .database import collection_paused, make_engine
 from .exposition import ExpositionCache, Family, SampleValues, Series
 from .fleet_totals import FleetTotals, FleetTotalsReader, Total, utc_now
 from .http_serving import Credentials, make_http_server
@@ -73,7 +73,7 @@ from .metric_types import MetricType
 from .middleware import OUTCOME_FINAL, OUTCOME_RETRIED, QUEUE_DEPTH_INTERVAL_ENV_VAR
 from .packed_histograms import HistogramSum
 from .queue_depth_sampler import DEFAULT_QUEUE_DEPTH_INTERVAL_S, check_interval_s
-from .series import SeriesPoint, collection_paused, query_totals
+from .series import SeriesPoint, query_totals
 from .sketch import bucket_key, bucket_value
 
 #: The interface the exporter binds when none is given.

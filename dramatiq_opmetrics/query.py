@@ -82,7 +82,7 @@ from sqlalchemy.sql.selectable import CompoundSelect
 from sqlalchemy.sql.sqltypes import NullType
 
 from .aggregate import PERCENTILES, Aggregate, default_partition_counts
-from .database import LONG_READ_SETTINGS, connection_for, fetch_rows, local_settings
+from .database import LONG_READ_SETTINGS, collection_paused, connection_for, fetch_rows, local_settings
 from .labels import make_label_set
 from .metric_types import MetricType
 from .models import (
@@ -158,7 +158,8 @@ def query_metrics(
     Raises:
       ValueError: ``since`` is after ``until``, an unknown metric type, or bad labels (the message says which).
     """
-    return _query(connectable, since, until, metric_type, labels, group_by, include_raw, per_day=False)
+    with collection_paused():
+        return _query(connectable, since, until, metric_type, labels, group_by, include_raw, per_day=False)
 
 
 def query_daily_series(
@@ -175,7 +176,8 @@ def query_daily_series(
 
     Days without samples have no point. Ordered by metric type, labels, then date.
     """
-    return _query(connectable, since, until, metric_type, labels, group_by, include_raw, per_day=True)
+    with collection_paused():
+        return _query(connectable, since, until, metric_type, labels, group_by, include_raw, per_day=True)
 
 
 def query_metrics_and_recent_days(
@@ -202,8 +204,9 @@ def query_metrics_and_recent_days(
         days = RangeMerge(metric_types=day_metric_types or metric_types, labels=labels, group_by=group_by, per_day=True)
         return [whole], [days]
 
-    whole, per_day = _merge_range(connectable, since, until, merges)
-    return whole.results(), per_day.results()
+    with collection_paused():
+        whole, per_day = _merge_range(connectable, since, until, merges)
+        return whole.results(), per_day.results()
 
 
 def query_metrics_together(
@@ -234,7 +237,8 @@ def query_metrics_together(
         ]
         return made, []
 
-    return [merge.results() for merge in _merge_range(connectable, since, until, merges)]
+    with collection_paused():
+        return [merge.results() for merge in _merge_range(connectable, since, until, merges)]
 
 
 def _merge_range(

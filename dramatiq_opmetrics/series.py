@@ -34,20 +34,18 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import gc
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, Text, cast, select, text, tuple_
 
-from .database import LONG_READ_SETTINGS, connection_for, local_settings
+from .database import LONG_READ_SETTINGS, collection_paused, connection_for, local_settings
 from .labels import make_label_set
 from .metric_types import MetricType
 from .models import LABEL_SETS_TABLE, RECENT_TABLE, OperationalMetric, RecentAggregate
@@ -543,21 +541,6 @@ def _query_in_postgres(
         raise folded_during_reads()
     with collection_paused():
         return _points_of_rows(rows, start, end, step_minutes, keys)
-
-
-@contextlib.contextmanager
-def collection_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while a result is built: tens of thousands of new tuples
-    trigger collection after collection of every object of the process (a quarter of a day's series read
-    in a big process), and none of them is garbage. Reference counting still frees what goes."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _points_of_rows(
