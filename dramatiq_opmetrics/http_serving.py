@@ -152,7 +152,9 @@ def check_binding(app: Guarded, host: str, *, allow_remote: bool, what: str = "t
 def make_http_server(app: Guarded, host: str, port: int, *, allow_remote: bool, threads: int, what: str) -> Any:
     """A Waitress server for ``app`` on ``host:port`` (port 0: any free port), checked by :func:`check_binding`.
 
-    Call its ``run()`` to serve and ``close()`` to stop; ``effective_port`` is the port it listens on.
+    Call its ``run()`` to serve, and :func:`stop_http_server` from another thread to stop it (``close()``
+    alone stops listening, but ``run()`` goes on serving the clients' open keep-alive connections);
+    ``effective_port`` is the port it listens on.
 
     Raises:
       ConfigurationError: ``port`` is not from 0 to :data:`MAX_PORT` (Waitress would listen on another
@@ -165,3 +167,16 @@ def make_http_server(app: Guarded, host: str, port: int, *, allow_remote: bool, 
         raise ConfigurationError(f"{what}'s port must be from 0 to {MAX_PORT} (0: any free port), got {port!r}")
     check_binding(app, host, allow_remote=allow_remote, what=what)
     return create_server(app, host=host, port=port, threads=threads, ident="dramatiq-opmetrics")
+
+
+def stop_http_server(server: Any) -> None:
+    """Stop a server of :func:`make_http_server` whose ``run()`` serves in another thread: the listening socket
+    and every client connection are closed in the server's own loop thread, so ``run()`` returns (a browser
+    keeps its connections open, and ``close()`` alone leaves them served)."""
+
+    def close_all() -> None:
+        for channel in list(server.active_channels.values()):
+            channel.close()
+        server.close()
+
+    server.trigger.pull_trigger(close_all)

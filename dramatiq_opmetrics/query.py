@@ -158,8 +158,7 @@ def query_metrics(
     Raises:
       ValueError: ``since`` is after ``until``, an unknown metric type, or bad labels (the message says which).
     """
-    with collection_paused():
-        return _query(connectable, since, until, metric_type, labels, group_by, include_raw, per_day=False)
+    return _query(connectable, since, until, metric_type, labels, group_by, include_raw, per_day=False)
 
 
 def query_daily_series(
@@ -176,8 +175,7 @@ def query_daily_series(
 
     Days without samples have no point. Ordered by metric type, labels, then date.
     """
-    with collection_paused():
-        return _query(connectable, since, until, metric_type, labels, group_by, include_raw, per_day=True)
+    return _query(connectable, since, until, metric_type, labels, group_by, include_raw, per_day=True)
 
 
 def query_metrics_and_recent_days(
@@ -204,9 +202,8 @@ def query_metrics_and_recent_days(
         days = RangeMerge(metric_types=day_metric_types or metric_types, labels=labels, group_by=group_by, per_day=True)
         return [whole], [days]
 
-    with collection_paused():
-        whole, per_day = _merge_range(connectable, since, until, merges)
-        return whole.results(), per_day.results()
+    whole, per_day = _range_results(connectable, since, until, merges)
+    return whole, per_day
 
 
 def query_metrics_together(
@@ -237,8 +234,18 @@ def query_metrics_together(
         ]
         return made, []
 
-    with collection_paused():
-        return [merge.results() for merge in _merge_range(connectable, since, until, merges)]
+    return _range_results(connectable, since, until, merges)
+
+
+@collection_paused()
+def _range_results(
+    connectable: Engine | Connection,
+    since: dt.date,
+    until: dt.date,
+    merges: Callable[[], tuple[list[RangeMerge], list[RangeMerge]]],
+) -> list[list[MetricStats]]:
+    """The results of the merges of :func:`_merge_range`, in order."""
+    return [merge.results() for merge in _merge_range(connectable, since, until, merges)]
 
 
 def _merge_range(
@@ -346,6 +353,7 @@ def _read_raw_days_apart(engine: Engine, since: dt.date, until: dt.date, merges:
         return _read_raw_days(connection, since, until, merges)
 
 
+@collection_paused()
 def _query(
     connectable: Engine | Connection,
     since: dt.date,

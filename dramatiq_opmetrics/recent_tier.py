@@ -1140,8 +1140,8 @@ def day_aggregates(
     if given), without exact percentiles, per metric type and label set (a pair may have several: add them).
 
     A day the tier's day rows hold part of is read from them plus the raw rows they do not hold: those
-    recorded from ``days_until`` on (the 10-minute bucket in progress and the minutes before it), and those recorded
-    before it that are not folded yet (ids above ``folded_id``, found by the primary key). The watermark is
+    recorded from ``days_until`` on (the 10-minute bucket in progress and the minutes before it), and those
+    recorded before it that are not folded yet (ids above ``folded_id``, found by the primary key). The watermark is
     read before and after, and the reading redone if a fold moved it meanwhile, so every raw row counts
     once. Other days (older than the tier's first whole day, or before any fold) are aggregated from their
     raw rows (:func:`~dramatiq_opmetrics.aggregate.aggregate_raw`).

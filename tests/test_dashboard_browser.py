@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 
 from dramatiq_opmetrics.dashboard import create_app
 from dramatiq_opmetrics.dashboard.server import make_server
+from dramatiq_opmetrics.http_serving import stop_http_server
 
 selenium = pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
@@ -73,14 +74,7 @@ def served_schema(populate_schema: Callable[[Engine], FleetHistory]) -> Iterator
         yield f"http://127.0.0.1:{server.effective_port}", engine, history
     finally:
         if server is not None:
-            # The browser keeps its connections open: close them with the server, in the server's own loop
-            # thread, or run() serves them on after close() (and the thread outlives the join).
-            def close_all() -> None:
-                for channel in list(server.active_channels.values()):
-                    channel.close()
-                server.close()
-
-            server.trigger.pull_trigger(close_all)
+            stop_http_server(server)  # the browser's open connections too, or the thread outlives the join
         if thread is not None:
             thread.join(timeout=5)
         if engine is not None:

@@ -38,7 +38,8 @@ def make_server(
 ) -> Any:
     """A Waitress server for ``app`` on ``host:port`` (port 0: any free port), checked by :func:`check_binding`.
 
-    Call its ``run()`` to serve and ``close()`` to stop; ``effective_port`` is the port it listens on.
+    Call its ``run()`` to serve and :func:`~dramatiq_opmetrics.http_serving.stop_http_server` (from another
+    thread) to stop; ``effective_port`` is the port it listens on.
 
     Raises:
       ConfigurationError: ``port`` is not from 0 to :data:`MAX_PORT` (Waitress would listen on another
