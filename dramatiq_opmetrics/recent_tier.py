@@ -277,8 +277,6 @@ KEY_PARAMETERS: dict[str, object] = {
     "zero_sort": _ZERO_SORT_KEY,
     **{f"q{index}": fraction for index, fraction in enumerate(PERCENTILES)},
 }
-#: How keys are ordered in SQL (the zero bucket, NULL, between the negative and the positive keys).
-KEY_ORDER_SQL = "COALESCE({}, :zero_sort)"
 #: SQL of the sorted array of keys ``{0}`` (an aggregate): the keys are sorted as plain integers, the zero
 #: bucket's NULL as its sort key and put back after (no key has that value), in half the time of a sort of
 #: rows pairing each key with its sort key.

@@ -53,9 +53,9 @@ from .query import labels_of_ids, matching_label_sets
 from .recent_tier import (
     BUCKET_EPOCH,
     BUCKET_EPOCH_SQL,
-    KEY_ORDER_SQL,
     KEY_PARAMETERS,
     MAX_READ_ATTEMPTS,
+    SORTED_KEYS_SQL,
     WIDTHS_MINUTES,
     BucketAggregate,
     TierState,
@@ -684,14 +684,17 @@ def _series_sql(
         "  max(hi) AS hi, count(*) AS n, max(p50) AS p50, max(p95) AS p95, max(p99) AS p99"
         f"  FROM placed WHERE {point_types} GROUP BY t, g, pb),"
         f"{errors}"
-        f" merged AS (SELECT placed.t, placed.g, placed.pb, array_agg(k ORDER BY {KEY_ORDER_SQL.format('k')}) AS sorted"
+        # Grouped by hashing, each point's keys then sorted on their own (an ordered array_agg would sort every
+        # key by point first).
+        f" merged AS (SELECT t, g, pb, (SELECT {SORTED_KEYS_SQL.format('k')} FROM unnest(unsorted) AS k) AS sorted"
+        "  FROM (SELECT placed.t, placed.g, placed.pb, array_agg(k) AS unsorted"
         "  FROM placed JOIN points ON (points.t, points.g, points.pb) = (placed.t, placed.g, placed.pb)"
         f"   AND (points.n > 1 OR points.p50 IS NULL) AND {'TRUE' if percentiles else 'FALSE'}"
         # A tier bucket's keys: one look-up by primary key (a subquery: never a join over the whole tier).
         "  CROSS JOIN LATERAL unnest(COALESCE(placed.keys, (SELECT tier.keys FROM"
         f"   {RECENT_TABLE} AS tier WHERE tier.width_minutes = placed.w AND tier.bucket_start = placed.b"
         "   AND tier.metric_type = placed.t AND tier.label_set_id = placed.l))) AS k"
-        "  GROUP BY placed.t, placed.g, placed.pb)"
+        "  GROUP BY placed.t, placed.g, placed.pb) AS grouped)"
         # The groups' names (rows without a metric type), then the points, in no order: sorting them costs more
         # here than in Python, which sorts each series.
         " SELECT NULL AS t, number AS g, NULL AS epoch, NULL AS c, NULL AS s, NULL AS lo, NULL AS hi, NULL AS p50,"
