@@ -3,16 +3,50 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import threading
+from pathlib import Path
+
+#: Where the kernel takes the local ports of outgoing connections from, when it does not say.
+DEFAULT_EPHEMERAL_PORTS = (32768, 60999)
+#: Ports tried by :func:`free_port` before it gives up.
+PORT_ATTEMPTS = 200
+_PICKER = random.SystemRandom()  # not the random module's own generator, which a test may seed
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes the local ports of outgoing connections from (Linux's
+    ``ip_local_port_range``)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL_PORTS
+    return low, high
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing is bound to right now, picked at random below the kernel's
+    ephemeral range: a server a test stops and starts again on it (a throwaway PostgreSQL cluster, a proxy)
+    never finds it taken meanwhile by the local end of an outgoing connection, which the kernel picks from
+    that range only (a port the kernel handed out for port 0 was such a port: a restart once failed with
+    "Address already in use")."""
+    low = ephemeral_ports()[0]
+    candidates = range(max(1024, low - 20_000), low)
+    if len(candidates) < 1000:  # a machine whose ephemeral range starts low: let the kernel choose
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+            return port
+    for _ in range(PORT_ATTEMPTS):
+        port = _PICKER.choice(candidates)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port on 127.0.0.1 in {candidates.start}-{candidates.stop - 1}")
 
 
 class TcpProxy:
