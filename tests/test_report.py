@@ -150,7 +150,12 @@ def test_a_bad_range_is_refused_with_a_clear_message(arguments: dict[str, object
 
 # The command, on a real database (each dialect): daily rows of past days merged with today's raw rows.
 
-TODAY = dt.datetime.now(dt.UTC).date()
+
+@pytest.fixture
+def today() -> dt.date:
+    """Today (UTC) as the test starts: read per test, not once at import, so that a suite running past
+    midnight does not compare a day read at its start with the command's today."""
+    return dt.datetime.now(dt.UTC).date()
 
 
 def at(day: dt.date, hour: int = 12) -> dt.datetime:
@@ -171,11 +176,11 @@ def record_fleet_day(engine: Engine, day: dt.date, durations_ms: list[float]) ->
 
 
 @pytest.fixture
-def fleet(engine: Engine, migrated_url: URL) -> URL:
+def fleet(today: dt.date, engine: Engine, migrated_url: URL) -> URL:
     """Two rolled-up past days and today (raw rows only) of the small fleet."""
-    record_fleet_day(engine, TODAY - dt.timedelta(days=2), [10.0, 20.0, 30.0, 40.0])
-    record_fleet_day(engine, TODAY - dt.timedelta(days=1), [50.0, 60.0, 70.0, 80.0])
-    record_fleet_day(engine, TODAY, [90.0, 100.0])
+    record_fleet_day(engine, today - dt.timedelta(days=2), [10.0, 20.0, 30.0, 40.0])
+    record_fleet_day(engine, today - dt.timedelta(days=1), [50.0, 60.0, 70.0, 80.0])
+    record_fleet_day(engine, today, [90.0, 100.0])
     rollup(engine)
     return migrated_url
 
@@ -186,9 +191,11 @@ def report_json(url: URL, *arguments: str, capsys: pytest.CaptureFixture[str]) -
     return data
 
 
-def test_report_json_merges_rolled_up_days_with_todays_raw_rows(fleet: URL, capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_json_merges_rolled_up_days_with_todays_raw_rows(
+    today: dt.date, fleet: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = report_json(fleet, "--days", "3", capsys=capsys)
-    assert (data["since"], data["until"]) == (str(TODAY - dt.timedelta(days=2)), str(TODAY))
+    assert (data["since"], data["until"]) == (str(today - dt.timedelta(days=2)), str(today))
     [processing] = data["metrics"]["processing_time"]["rows"]
     assert processing["labels"] == {"actor": "send_email", "queue": "emails"}
     assert processing["count"] == 10
@@ -196,8 +203,8 @@ def test_report_json_merges_rolled_up_days_with_todays_raw_rows(fleet: URL, caps
     assert (processing["min"], processing["max"], processing["avg"]) == (10.0, 100.0, 55.0)
     [stats] = query_metrics(
         make_engine(fleet),
-        TODAY - dt.timedelta(days=2),
-        TODAY,
+        today - dt.timedelta(days=2),
+        today,
         metric_type="processing_time",
         group_by=("actor", "queue"),
     )
@@ -224,10 +231,10 @@ def test_report_json_of_today_alone_comes_from_raw_rows(fleet: URL, capsys: pyte
     assert (processing["count"], processing["avg"], processing["error_rate"]) == (2, 95.0, 0.5)
 
 
-def test_a_report_read_on_an_engine_equals_the_report_read_on_one_connection(fleet: URL) -> None:
+def test_a_report_read_on_an_engine_equals_the_report_read_on_one_connection(today: dt.date, fleet: URL) -> None:
     engine = make_engine(fleet)
     try:
-        for since, until in [(TODAY - dt.timedelta(days=2), TODAY), (TODAY, TODAY)]:
+        for since, until in [(today - dt.timedelta(days=2), today), (today, today)]:
             for filters in ({}, {"queue": "emails"}, {"model": "nowhere"}):
                 with engine.connect() as connection:
                     on_connection = report_to_dict(build_report(connection, since, until, filters=filters))
@@ -246,9 +253,9 @@ def test_report_filters_by_model_and_by_metric(fleet: URL, capsys: pytest.Captur
 
 
 def test_report_text_shows_a_table_per_metric_type_in_80_columns(
-    fleet: URL, capsys: pytest.CaptureFixture[str]
+    today: dt.date, fleet: URL, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["report", "--database-url", url_text(fleet), "--since", str(TODAY - dt.timedelta(days=2))]) == 0
+    assert main(["report", "--database-url", url_text(fleet), "--since", str(today - dt.timedelta(days=2))]) == 0
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= 80
     for title in ("processing time", "errors", "queue depth", "confidence", "token usage"):
@@ -316,12 +323,12 @@ def test_the_queue_depth_table_lists_states_from_waiting_to_dead(
 
 
 def test_rejected_samples_and_clock_skew_roll_up_and_are_reported(
-    engine: Engine, migrated_url: URL, capsys: pytest.CaptureFixture[str]
+    today: dt.date, engine: Engine, migrated_url: URL, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    yesterday = TODAY - dt.timedelta(days=1)
+    yesterday = today - dt.timedelta(days=1)
     with Session(engine) as session, session.begin():
         collector = MetricsCollector(session)
-        for day in (yesterday, TODAY):
+        for day in (yesterday, today):
             collector.add_samples(
                 [
                     *samples.rejected_samples(3, metric_type="prompt_tokens", reason="DataError", recorded_at=at(day)),
@@ -355,11 +362,11 @@ def test_rejected_samples_and_clock_skew_roll_up_and_are_reported(
 
 
 def test_the_report_shows_oldest_message_age_and_workers_with_their_utilisation(
-    engine: Engine, migrated_url: URL, capsys: pytest.CaptureFixture[str]
+    today: dt.date, engine: Engine, migrated_url: URL, capsys: pytest.CaptureFixture[str]
 ) -> None:
     recorded = []
     for second, (age_s, busy) in enumerate([(0.0, 1), (12.5, 3), (40.0, 4)]):
-        when = at(TODAY) + dt.timedelta(seconds=15 * second)
+        when = at(today) + dt.timedelta(seconds=15 * second)
         recorded += samples.oldest_message_age("emails", age_s, recorded_at=when)
         for host in ("web-1", "web-2"):
             recorded += samples.worker_threads(4, busy, host=host, queues="emails,reports", recorded_at=when)
@@ -538,22 +545,22 @@ def test_report_since_and_until_as_datetimes_cover_that_window(
 
 
 def test_a_window_from_midnight_to_midnight_is_read_from_the_daily_rows(
-    fleet: URL, capsys: pytest.CaptureFixture[str]
+    today: dt.date, fleet: URL, capsys: pytest.CaptureFixture[str]
 ) -> None:
     by_days = report_json(fleet, "--days", "3", capsys=capsys)
-    since = f"{TODAY - dt.timedelta(days=2)}T00:00:00+00:00"
-    until = f"{TODAY + dt.timedelta(days=1)}T00:00:00"
+    since = f"{today - dt.timedelta(days=2)}T00:00:00+00:00"
+    until = f"{today + dt.timedelta(days=1)}T00:00:00"
     by_window = report_json(fleet, "--since", since, "--until", until, capsys=capsys)
     assert (by_window["since"], by_window["window_s"]) == (since, 3 * 86_400)
     assert by_window["metrics"] == by_days["metrics"]
 
 
 def test_a_window_reaching_back_past_pruned_raw_rows_says_from_when_it_is_complete(
-    engine: Engine, migrated_url: URL, capsys: pytest.CaptureFixture[str]
+    today: dt.date, engine: Engine, migrated_url: URL, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from dramatiq_opmetrics.retention import prune
 
-    record_fleet_day(engine, TODAY - dt.timedelta(days=40), [10.0, 20.0])
+    record_fleet_day(engine, today - dt.timedelta(days=40), [10.0, 20.0])
     rollup(engine)
     prune(engine, retention_days=30)
     now = dt.datetime.now(dt.UTC)
