@@ -19,6 +19,12 @@ not granted in time is logged and left to the next call, days ahead of need, whi
 catches its rows meanwhile. Detaching (or dropping) a partition locks the parent exclusively whatever the
 version; the prune asks for that under the same timeout (:mod:`~dramatiq_opmetrics.retention`).
 
+The time index of each partition is a BRIN index, which has no entry for the pages written since it was
+last summarised: a read of any time range of the partition reads all of those pages. Vacuum summarises
+them, but autovacuum comes to a partition only after about a fifth more rows than it had (hours of a busy
+day), or never where it is off. So the fleet's fold summarises the new pages of the partitions being
+written every minute (:func:`summarize_new_pages`).
+
 On other backends the raw table is a plain table and every function here is a no-op.
 """
 
@@ -151,6 +157,46 @@ def _create_partition(connection: Connection, day: dt.date, lock_timeout_ms: int
         )
         return False
     return True
+
+
+def summarize_new_pages(connection: Connection, days: Iterable[dt.date]) -> int:
+    """Summarise, in the time (BRIN) index of the partitions of ``days`` and of the default partition, the page
+    ranges written since it was last summarised; how many ranges were (0 on other backends, for a day with no
+    partition, or when the locks were not granted in time).
+
+    Without it, a read of a time range of a partition (the edges of a series, the minutes the recent tier does
+    not hold yet, today's raw rows of a report) reads every page written since the last vacuum of that
+    partition: at 20 million rows a day, up to a fifth of the day's rows, which took a read of the last hour
+    from 0.1 s to 1.1 s when none was summarised. After it, at most the range being filled (128 pages, about a
+    minute of such a fleet's rows) is read whole. It reads the new pages once (about 12 microseconds each) and
+    needs the same lock as a vacuum of the partition (SHARE UPDATE EXCLUSIVE, which neither readers nor writers
+    conflict with): behind a vacuum of the partition it waits at most
+    :data:`~dramatiq_opmetrics.locks.DEFAULT_LOCK_TIMEOUT_MS` and summarises nothing (that vacuum does it).
+    Only the owner of the raw table may summarise its indexes: another role gets the error.
+
+    Parameters:
+      connection(Connection): a connection in a transaction (the summaries are written as it commits).
+      days(Iterable[date]): the UTC days whose partitions are summarised (the ones being written).
+    """
+    if not is_partitioned(connection):
+        return 0
+    names = sorted({partition_name(day) for day in days} | {DEFAULT_PARTITION})
+    try:
+        with connection.begin_nested(), short_lock_wait(connection):
+            summarised = connection.execute(
+                text(
+                    "SELECT COALESCE(sum(brin_summarize_new_values(i.indexrelid)), 0) FROM pg_index AS i"
+                    " JOIN pg_class AS c ON c.oid = i.indexrelid JOIN pg_am AS am ON am.oid = c.relam"
+                    " WHERE am.amname = 'brin'"
+                    " AND i.indrelid IN (SELECT to_regclass(name) FROM unnest(CAST(:names AS text[])) AS name)"
+                ),
+                {"names": names},
+            ).scalar_one()
+    except Exception as error:
+        if not is_lock_timeout(error):
+            raise
+        return 0
+    return int(summarised)
 
 
 def list_detached_partitions(connection: Connection) -> dict[dt.date, str]:

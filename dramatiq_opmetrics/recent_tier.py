@@ -30,6 +30,13 @@ Design: fold each raw row exactly once, when its minute is over; build wider buc
 - Rows are found by the raw table's primary key (id, recorded_at) alone, never by time (its time index is
   a BRIN index, whose newest pages are read whole until summarised): the new ids, and the older ids left
   because they were recorded from the old cutoff on, which start at ``skipped_id``.
+- The raw partitions' time index is summarised by each fold (the new pages of the partitions being
+  written: :func:`~dramatiq_opmetrics.partitions.summarize_new_pages`, in a savepoint, about 12 µs a page):
+  a BRIN index holds nothing of the pages written since its last summary, so every read of a time range of
+  the partition (a series' edges, the minutes not folded yet, today's raw rows of a report) would read them
+  all, up to a fifth of a busy day's rows between two autovacuums of the partition (the last hour per minute
+  took 1.1 s instead of 0.1 s at 20 million rows none summarised). A database user that does not own the
+  tables may not summarise: its fold warns once and goes on without.
 - The subtle part is the horizon: ids are handed out when a row is inserted, not when its transaction
   commits, so when the newest visible row has id ``M`` a writer may still be inside a transaction holding
   smaller ids. Folding up to ``M`` then would skip those rows forever. On PostgreSQL a pass reads ``M``,
@@ -97,6 +104,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
@@ -105,6 +113,7 @@ from sqlalchemy import (
     bindparam,
     cast,
     delete,
+    exc,
     func,
     insert,
     select,
@@ -130,7 +139,7 @@ from .models import (
     RecentState,
 )
 from .packed_histograms import HistogramSum
-from .partitions import day_bounds
+from .partitions import day_bounds, summarize_new_pages
 from .rollup import lock_for_rollup
 from .sketch import (
     MAPPING,
@@ -488,6 +497,7 @@ def fold(
             rows = _fold_step(connection, state, horizon, cutoff)
             _build(connection, state)
             _save(connection, state, now)
+            _summarize_time_index(connection, now)
             horizon = state.folded_id
         else:
             _save(connection, state, now)
@@ -512,6 +522,7 @@ def fold(
             state = found
             if _build(connection, state):
                 _save(connection, state, now)
+            _summarize_time_index(connection, now)
     result = FoldResult(
         rows=rows,
         folded_id=state.folded_id,
@@ -648,6 +659,32 @@ def _state(connection: Connection, floor: dt.datetime, wait_s: float) -> _State 
     first = connection.execute(select(func.min(raw.c.id)).where(raw.c.recorded_at >= floor)).scalar()
     folded_id = handed_out if first is None else min(int(first) - 1, handed_out)
     return _State(folded_id, floor, floor, built, None, None, None, days_floor(floor), new=True)
+
+
+#: Engines whose database user may not summarise the raw table's time index (not its owner); warned once.
+_NOT_SUMMARIZING: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _summarize_time_index(connection: Connection, now: dt.datetime) -> None:
+    """Summarise the new pages of the time index of the raw partitions being written (those of the minute
+    just folded and of ``now``), so that readers of recent time ranges do not read them whole
+    (:func:`~dramatiq_opmetrics.partitions.summarize_new_pages`); in a savepoint of the fold's transaction."""
+    if connection.dialect.name != "postgresql" or connection.engine in _NOT_SUMMARIZING:
+        return
+    days = {(bucket_floor(now, 1) - dt.timedelta(minutes=1)).date(), now.astimezone(dt.UTC).date()}
+    try:
+        summarize_new_pages(connection, days)
+    except exc.DBAPIError as error:
+        if not isinstance(error.orig, psycopg.errors.InsufficientPrivilege):
+            raise
+        _NOT_SUMMARIZING.add(connection.engine)
+        logger.warning(
+            "The recent tier's fold cannot summarise the raw table's time index (%s): only its owner may."
+            " Reads of recent time ranges then read every page written since the last vacuum of the day's"
+            " partition; fold as the owner of the tables, or vacuum them often.",
+            error.orig,
+            extra={"event": "time_index_not_summarised"},
+        )
 
 
 def _writers_ended(connection: Connection, open_writers: set[str], wait_s: float) -> bool:

@@ -16,6 +16,7 @@ from dramatiq_opmetrics.partitions import (
     ensure_partitions,
     list_partitions,
     partition_name,
+    summarize_new_pages,
 )
 
 DAY = dt.date(2026, 1, 10)
@@ -107,6 +108,7 @@ def test_drop_partition_removes_that_day_only(postgres_engine: Engine) -> None:
     with postgres_engine.begin() as connection:
         assert drop_partition(connection, DAY)
         assert not drop_partition(connection, DAY)
+        assert summarize_new_pages(connection, [DAY]) == 0
     assert count(postgres_engine, "operational_metrics") == 1
 
 
@@ -117,3 +119,64 @@ def test_partition_functions_do_nothing_on_sqlite(engine: Engine) -> None:
         assert ensure_partitions(connection, DAY, DAY) == []
         assert list_partitions(connection) == {}
         assert not drop_partition(connection, DAY)
+        assert summarize_new_pages(connection, [DAY]) == 0
+
+
+def write_pages(engine: Engine, day: dt.date, rows: int) -> None:
+    """``rows`` raw rows of ``day`` (one label set), written in one statement."""
+    with Session(engine) as session, session.begin():
+        MetricsCollector(session).record_processing_time("a", 1, recorded_at=at(day))
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO operational_metrics (recorded_at, value, label_set_id, metric_type)"
+                " SELECT :at, i, (SELECT min(id) FROM opmetrics_label_sets), 'processing_time'"
+                " FROM generate_series(1, :rows) AS i"
+            ),
+            {"at": at(day), "rows": rows},
+        )
+
+
+def heap_blocks_read(engine: Engine, table: str, before: dt.datetime) -> int:
+    """Heap blocks a read of ``table``'s rows recorded before ``before`` (none) reads through its time index."""
+    with engine.begin() as connection:
+        connection.execute(text("SET LOCAL enable_seqscan = off"))
+        [plan] = connection.execute(
+            text(f"EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM {table} WHERE recorded_at < :before"),
+            {"before": before},
+        ).scalar_one()
+    node = plan["Plan"]
+    while node["Node Type"] != "Bitmap Heap Scan":
+        [node] = node["Plans"]
+    return int(node.get("Lossy Heap Blocks", 0)) + int(node.get("Exact Heap Blocks", 0))
+
+
+def test_summarizing_new_pages_lets_a_time_range_read_skip_them_and_waits_for_no_vacuum(
+    postgres_engine: Engine,
+) -> None:
+    today = dt.datetime.now(dt.UTC).date()
+    partition = partition_name(today)
+    write_pages(postgres_engine, today, 60_000)  # over 128-page ranges: several of them
+    with postgres_engine.connect() as connection:
+        pages = connection.execute(text(f"SELECT pg_relation_size('{partition}') / 8192")).scalar_one()
+    assert pages > 3 * 128
+    # Not summarised: a read of an hour without rows reads every page written since the index was made (but
+    # those of its first range, summarised from the start).
+    assert heap_blocks_read(postgres_engine, partition, at(today, 1)) >= pages - 128
+    with postgres_engine.begin() as connection:
+        assert summarize_new_pages(connection, [today, today + dt.timedelta(days=400)]) >= 2
+    with postgres_engine.begin() as connection:
+        assert summarize_new_pages(connection, [today]) == 0
+    # Only the range being filled (128 pages at most) is read whole now.
+    assert heap_blocks_read(postgres_engine, partition, at(today, 1)) <= 128
+
+    # Behind a vacuum's lock (SHARE UPDATE EXCLUSIVE) it gives up within the short lock timeout.
+    write_pages(postgres_engine, today, 30_000)
+    with postgres_engine.connect() as vacuum_like:
+        vacuum_like.execute(text(f"LOCK TABLE {partition} IN SHARE UPDATE EXCLUSIVE MODE"))
+        with postgres_engine.begin() as connection:
+            assert summarize_new_pages(connection, [today]) == 0
+            assert connection.execute(text("SELECT 1")).scalar_one() == 1  # its transaction goes on
+        vacuum_like.rollback()
+    with postgres_engine.begin() as connection:
+        assert summarize_new_pages(connection, [today]) > 0

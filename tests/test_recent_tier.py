@@ -4,11 +4,14 @@ their transactions), retention, and the nightly rollup untouched."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from collections import Counter
 
 import numpy as np
+import psycopg
 import pytest
+from conftest import libpq_conninfo
 from raw_samples import insert_samples
 from series_samples import fleet_samples
 from sqlalchemy import Engine, select, text
@@ -23,7 +26,7 @@ from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.migrate import downgrade
 from dramatiq_opmetrics.models import OperationalMetric, RecentAggregate, RecentDay, RecentState
 from dramatiq_opmetrics.packed_histograms import sum_of_packed, unpack
-from dramatiq_opmetrics.partitions import day_bounds
+from dramatiq_opmetrics.partitions import day_bounds, partition_name
 from dramatiq_opmetrics.recent_tier import (
     WIDTHS_MINUTES,
     FoldResult,
@@ -448,3 +451,76 @@ def test_a_database_not_migrated_to_the_day_rows_yet_is_read_without_them_and_it
             fold(engine, now=midnight + dt.timedelta(hours=3, minutes=1, seconds=5))
     finally:
         engine.dispose()
+
+
+def unsummarised_ranges(engine: Engine, table: str) -> int:
+    """The complete page ranges of ``table``'s time index not summarised yet (summarising them, to count)."""
+    with engine.begin() as connection:
+        return int(
+            connection.execute(
+                text(f"SELECT brin_summarize_new_values(to_regclass('{table}_recorded_at_idx'))")
+            ).scalar_one()
+        )
+
+
+def write_minute_of_rows(engine: Engine, minute: dt.datetime, rows: int) -> None:
+    """``rows`` raw rows of one label set, a millisecond apart from ``minute`` on, and one more of another."""
+    insert_samples(engine, [(MetricType.PROCESSING_TIME, {"actor": "a", "queue": "q"}, 1.0, minute)])
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO operational_metrics (recorded_at, value, label_set_id, metric_type)"
+                " SELECT :minute + i * interval '1 millisecond', i, (SELECT min(id) FROM opmetrics_label_sets),"
+                " 'processing_time' FROM generate_series(1, :rows) AS i"
+            ),
+            {"minute": minute, "rows": rows},
+        )
+
+
+def test_the_fold_summarises_the_time_index_of_the_partition_being_written(postgres_engine: Engine) -> None:
+    now = dt.datetime.now(dt.UTC)
+    if now.time() < dt.time(0, 5):
+        now = bucket_floor(now, 60) + dt.timedelta(minutes=30)  # rows of one day, whatever the time of the run
+    minute = bucket_floor(now, 1) - dt.timedelta(minutes=1)
+    write_minute_of_rows(postgres_engine, minute, 50_000)
+    fold(postgres_engine, now=now)
+    table = partition_name(minute.date())
+    # Left for the fold, they would be several complete ranges (the second half of this test shows it).
+    assert unsummarised_ranges(postgres_engine, table) == 0
+    write_minute_of_rows(postgres_engine, minute + dt.timedelta(seconds=50), 50_000)
+    assert unsummarised_ranges(postgres_engine, table) >= 2
+
+
+def test_a_fold_by_a_role_that_does_not_own_the_tables_folds_and_warns_once_that_it_cannot_summarise(
+    postgres_url: URL, postgres_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    schema = str(postgres_url.query["options"]).removeprefix("-csearch_path=")
+    role = f"{schema}_folder"
+    admin = psycopg.connect(libpq_conninfo(postgres_url), autocommit=True)
+    try:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}")
+        admin.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}")
+        now = dt.datetime.now(dt.UTC)
+        if now.time() < dt.time(0, 5):
+            now = bucket_floor(now, 60) + dt.timedelta(minutes=30)
+        minute = bucket_floor(now, 1) - dt.timedelta(minutes=2)
+        write_minute_of_rows(postgres_engine, minute, 30_000)
+        folder = make_engine(postgres_url.set(username=role))
+        try:
+            with caplog.at_level(logging.WARNING, logger="dramatiq_opmetrics.recent_tier"):
+                first = fold(folder, now=now)
+                write_minute_of_rows(postgres_engine, minute + dt.timedelta(minutes=1), 30_000)
+                second = fold(folder, now=now + dt.timedelta(minutes=1))
+        finally:
+            folder.dispose()
+        assert first.rows == 30_001 and second.rows == 30_001
+        warnings = [record for record in caplog.records if "cannot summarise" in record.getMessage()]
+        assert len(warnings) == 1
+        assert "only its owner may" in warnings[0].getMessage()
+        assert_tier_is_exact(postgres_engine)
+    finally:
+        admin.execute(f"DROP OWNED BY {role}")
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.close()
