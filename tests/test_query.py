@@ -28,6 +28,14 @@ from dramatiq_opmetrics.sketch import Histogram
 NOW = dt.datetime.now(dt.UTC)
 
 
+@pytest.fixture(autouse=True)
+def now_as_the_test_starts() -> None:
+    """``NOW`` read again as each test starts, not only at import: a suite running past midnight UTC would
+    otherwise write "today's" rows on a day that is yesterday for the query."""
+    global NOW  # read by the helpers too
+    NOW = dt.datetime.now(dt.UTC)
+
+
 def days_ago(n: int) -> dt.date:
     return NOW.date() - dt.timedelta(days=n)
 
