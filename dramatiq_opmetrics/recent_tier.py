@@ -36,7 +36,8 @@ Design: fold each raw row exactly once, when its minute is over; build wider buc
   the partition (a series' edges, the minutes not folded yet, today's raw rows of a report) would read them
   all, up to a fifth of a busy day's rows between two autovacuums of the partition (the last hour per minute
   took 1.1 s instead of 0.1 s at 20 million rows none summarised). A database user that does not own the
-  tables may not summarise: its fold warns once and goes on without.
+  tables may not summarise: its fold warns once and goes on without (so does one whose summary fails
+  otherwise, e.g. cut by the statement timeout).
 - The subtle part is the horizon: ids are handed out when a row is inserted, not when its transaction
   commits, so when the newest visible row has id ``M`` a writer may still be inside a transaction holding
   smaller ids. Folding up to ``M`` then would skip those rows forever. On PostgreSQL a pass reads ``M``,
@@ -661,7 +662,8 @@ def _state(connection: Connection, floor: dt.datetime, wait_s: float) -> _State 
     return _State(folded_id, floor, floor, built, None, None, None, days_floor(floor), new=True)
 
 
-#: Engines whose database user may not summarise the raw table's time index (not its owner); warned once.
+#: Engines whose folds stopped summarising the raw table's time index (its user is not the owner, or a summary
+#: failed otherwise); warned once.
 _NOT_SUMMARIZING: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
@@ -675,14 +677,19 @@ def _summarize_time_index(connection: Connection, now: dt.datetime) -> None:
     try:
         summarize_new_pages(connection, days)
     except exc.DBAPIError as error:
-        if not isinstance(error.orig, psycopg.errors.InsufficientPrivilege):
+        if error.connection_invalidated:
             raise
+        # Its savepoint is rolled back: the fold goes on. Not tried again by this process: a role that does
+        # not own the tables never may, and a summary cut by the statement timeout (a partition of many
+        # millions of pages never vacuumed) would cost every fold that long.
         _NOT_SUMMARIZING.add(connection.engine)
+        owner_only = isinstance(error.orig, psycopg.errors.InsufficientPrivilege)
         logger.warning(
-            "The recent tier's fold cannot summarise the raw table's time index (%s): only its owner may."
-            " Reads of recent time ranges then read every page written since the last vacuum of the day's"
-            " partition; fold as the owner of the tables, or vacuum them often.",
-            error.orig,
+            "The recent tier's fold cannot summarise the raw table's time index (%s)%s; this process stops"
+            " trying. Reads of recent time ranges then read every page written since the last vacuum of the"
+            " day's partition: fold as the owner of the tables, or vacuum them often.",
+            str(error.orig).strip(),
+            ": only its owner may" if owner_only else "",
             extra={"event": "time_index_not_summarised"},
         )
 
