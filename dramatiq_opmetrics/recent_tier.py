@@ -671,7 +671,7 @@ def _summarize_time_index(connection: Connection, now: dt.datetime) -> None:
     """Summarise the new pages of the time index of the raw partitions being written (those of the minute
     just folded and of ``now``), so that readers of recent time ranges do not read them whole
     (:func:`~dramatiq_opmetrics.partitions.summarize_new_pages`); in a savepoint of the fold's transaction."""
-    if connection.dialect.name != "postgresql" or connection.engine in _NOT_SUMMARIZING:
+    if connection.engine in _NOT_SUMMARIZING:
         return
     days = {(bucket_floor(now, 1) - dt.timedelta(minutes=1)).date(), now.astimezone(dt.UTC).date()}
     try:

@@ -38,6 +38,25 @@ def insert_samples(engine: Engine, samples: Iterable[RawSample]) -> int:
     return len(samples)
 
 
+def insert_many_rows(engine: Engine, first_at: dt.datetime, rows: int) -> int:
+    """One processing time sample of ``{"actor": "a", "queue": "q"}`` at ``first_at``, then ``rows`` more of it
+    a millisecond apart, written by PostgreSQL in one statement (hundreds of pages at tens of thousands of
+    rows); return how many rows in all."""
+    labels = {"actor": "a", "queue": "q"}
+    insert_samples(engine, [(MetricType.PROCESSING_TIME, labels, 1.0, first_at)])
+    with engine.begin() as connection:
+        [label_set_id] = resolve_label_set_ids(connection, [make_label_set(labels)]).values()
+        connection.execute(
+            text(
+                "INSERT INTO operational_metrics (recorded_at, value, label_set_id, metric_type)"
+                " SELECT :first_at + i * interval '1 millisecond', i, :label_set_id, 'processing_time'"
+                " FROM generate_series(1, :rows) AS i"
+            ),
+            {"first_at": first_at, "rows": rows, "label_set_id": label_set_id},
+        )
+    return rows + 1
+
+
 def at(day: dt.date, seconds: float = 0.0) -> dt.datetime:
     """The UTC instant ``seconds`` after the start of ``day``."""
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC) + dt.timedelta(seconds=seconds)

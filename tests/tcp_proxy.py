@@ -8,21 +8,20 @@ import socket
 import threading
 from pathlib import Path
 
-#: Where the kernel takes the local ports of outgoing connections from, when it does not say.
-DEFAULT_EPHEMERAL_PORTS = (32768, 60999)
+#: Where the kernel's range of local ports for outgoing connections starts, when it does not say.
+DEFAULT_EPHEMERAL_LOW = 32768
 #: Ports tried by :func:`free_port` before it gives up.
 PORT_ATTEMPTS = 200
 _PICKER = random.SystemRandom()  # not the random module's own generator, which a test may seed
 
 
-def ephemeral_ports() -> tuple[int, int]:
-    """The range the kernel takes the local ports of outgoing connections from (Linux's
+def ephemeral_low() -> int:
+    """Where the kernel's range of local ports for outgoing connections starts (Linux's
     ``ip_local_port_range``)."""
     try:
-        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        return DEFAULT_EPHEMERAL_PORTS
-    return low, high
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return DEFAULT_EPHEMERAL_LOW
 
 
 def free_port() -> int:
@@ -31,7 +30,7 @@ def free_port() -> int:
     never finds it taken meanwhile by the local end of an outgoing connection, which the kernel picks from
     that range only (a port the kernel handed out for port 0 was such a port: a restart once failed with
     "Address already in use")."""
-    low = ephemeral_ports()[0]
+    low = ephemeral_low()
     candidates = range(max(1024, low - 20_000), low)
     if len(candidates) < 1000:  # a machine whose ephemeral range starts low: let the kernel choose
         with socket.socket() as probe:

@@ -5,6 +5,7 @@ import logging
 
 import pytest
 from lock_waits import TimedWrites, long_read
+from raw_samples import insert_many_rows
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
@@ -122,21 +123,6 @@ def test_partition_functions_do_nothing_on_sqlite(engine: Engine) -> None:
         assert summarize_new_pages(connection, [DAY]) == 0
 
 
-def write_pages(engine: Engine, day: dt.date, rows: int) -> None:
-    """``rows`` raw rows of ``day`` (one label set), written in one statement."""
-    with Session(engine) as session, session.begin():
-        MetricsCollector(session).record_processing_time("a", 1, recorded_at=at(day))
-    with engine.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO operational_metrics (recorded_at, value, label_set_id, metric_type)"
-                " SELECT :at, i, (SELECT min(id) FROM opmetrics_label_sets), 'processing_time'"
-                " FROM generate_series(1, :rows) AS i"
-            ),
-            {"at": at(day), "rows": rows},
-        )
-
-
 def heap_blocks_read(engine: Engine, table: str, before: dt.datetime) -> int:
     """Heap blocks a read of ``table``'s rows recorded before ``before`` (none) reads through its time index."""
     with engine.begin() as connection:
@@ -156,7 +142,7 @@ def test_summarizing_new_pages_lets_a_time_range_read_skip_them_and_waits_for_no
 ) -> None:
     today = dt.datetime.now(dt.UTC).date()
     partition = partition_name(today)
-    write_pages(postgres_engine, today, 60_000)  # over 128-page ranges: several of them
+    insert_many_rows(postgres_engine, at(today), 60_000)  # over 128-page ranges: several of them
     with postgres_engine.connect() as connection:
         pages = connection.execute(text(f"SELECT pg_relation_size('{partition}') / 8192")).scalar_one()
     assert pages > 3 * 128
@@ -171,7 +157,7 @@ def test_summarizing_new_pages_lets_a_time_range_read_skip_them_and_waits_for_no
     assert heap_blocks_read(postgres_engine, partition, at(today, 1)) <= 128
 
     # Behind a vacuum's lock (SHARE UPDATE EXCLUSIVE) it gives up within the short lock timeout.
-    write_pages(postgres_engine, today, 30_000)
+    insert_many_rows(postgres_engine, at(today), 30_000)
     with postgres_engine.connect() as vacuum_like:
         vacuum_like.execute(text(f"LOCK TABLE {partition} IN SHARE UPDATE EXCLUSIVE MODE"))
         with postgres_engine.begin() as connection:

@@ -12,7 +12,7 @@ import numpy as np
 import psycopg
 import pytest
 from conftest import libpq_conninfo
-from raw_samples import insert_samples
+from raw_samples import insert_many_rows, insert_samples
 from series_samples import fleet_samples
 from sqlalchemy import Engine, select, text
 from sqlalchemy.engine import URL
@@ -463,31 +463,21 @@ def unsummarised_ranges(engine: Engine, table: str) -> int:
         )
 
 
-def write_minute_of_rows(engine: Engine, minute: dt.datetime, rows: int) -> None:
-    """``rows`` raw rows of one label set, a millisecond apart from ``minute`` on, and one more of another."""
-    insert_samples(engine, [(MetricType.PROCESSING_TIME, {"actor": "a", "queue": "q"}, 1.0, minute)])
-    with engine.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO operational_metrics (recorded_at, value, label_set_id, metric_type)"
-                " SELECT :minute + i * interval '1 millisecond', i, (SELECT min(id) FROM opmetrics_label_sets),"
-                " 'processing_time' FROM generate_series(1, :rows) AS i"
-            ),
-            {"minute": minute, "rows": rows},
-        )
+def a_now_of_one_day() -> dt.datetime:
+    """Now, or half past midnight in the first minutes of a day: the minutes before it are of the same day."""
+    now = dt.datetime.now(dt.UTC)
+    return bucket_floor(now, 60) + dt.timedelta(minutes=30) if now.time() < dt.time(0, 5) else now
 
 
 def test_the_fold_summarises_the_time_index_of_the_partition_being_written(postgres_engine: Engine) -> None:
-    now = dt.datetime.now(dt.UTC)
-    if now.time() < dt.time(0, 5):
-        now = bucket_floor(now, 60) + dt.timedelta(minutes=30)  # rows of one day, whatever the time of the run
+    now = a_now_of_one_day()
     minute = bucket_floor(now, 1) - dt.timedelta(minutes=1)
-    write_minute_of_rows(postgres_engine, minute, 50_000)
+    insert_many_rows(postgres_engine, minute, 50_000)
     fold(postgres_engine, now=now)
     table = partition_name(minute.date())
     # Left for the fold, they would be several complete ranges (the second half of this test shows it).
     assert unsummarised_ranges(postgres_engine, table) == 0
-    write_minute_of_rows(postgres_engine, minute + dt.timedelta(seconds=50), 50_000)
+    insert_many_rows(postgres_engine, minute + dt.timedelta(seconds=50), 50_000)
     assert unsummarised_ranges(postgres_engine, table) >= 2
 
 
@@ -502,16 +492,14 @@ def test_a_fold_by_a_role_that_does_not_own_the_tables_folds_and_warns_once_that
         admin.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
         admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}")
         admin.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}")
-        now = dt.datetime.now(dt.UTC)
-        if now.time() < dt.time(0, 5):
-            now = bucket_floor(now, 60) + dt.timedelta(minutes=30)
+        now = a_now_of_one_day()
         minute = bucket_floor(now, 1) - dt.timedelta(minutes=2)
-        write_minute_of_rows(postgres_engine, minute, 30_000)
+        insert_many_rows(postgres_engine, minute, 30_000)
         folder = make_engine(postgres_url.set(username=role))
         try:
             with caplog.at_level(logging.WARNING, logger="dramatiq_opmetrics.recent_tier"):
                 first = fold(folder, now=now)
-                write_minute_of_rows(postgres_engine, minute + dt.timedelta(minutes=1), 30_000)
+                insert_many_rows(postgres_engine, minute + dt.timedelta(minutes=1), 30_000)
                 second = fold(folder, now=now + dt.timedelta(minutes=1))
         finally:
             folder.dispose()
