@@ -28,6 +28,13 @@ states, the transitions and the outbox rows together. An alert whose state was a
 changes and sends nothing, and a restarted one carries on from the stored states: a firing alert is never
 lost nor sent twice. :class:`AlertEvaluator` runs it in a thread of every worker process, and one process
 of the fleet evaluates per interval (the interval-claim machinery, like the queue depth sampler).
+
+**Removed rules.** The states of a rule taken out of the rule set are deleted by the first evaluation
+:data:`REMOVED_RULE_GRACE_INTERVALS` intervals after any evaluation last touched them, so ``alerts status``
+and the exporter's ``dramatiq_opmetrics_alert_state`` stop showing them (a removed rule that was firing
+would otherwise show as firing forever). Its notifiers are not told ``resolved`` (the rule, with its
+targets and summary, is gone): the deletion is logged, as a warning for an alert that was firing. Its
+transitions stay in the history.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, text
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text
 from sqlalchemy.dialects import sqlite
 
 from .alert_delivery import deliver_due, enqueue
@@ -70,6 +77,11 @@ EVALUATION_JOB = "alert_evaluation"
 DELIVERY_JOB = "alert_delivery"
 #: The name of the evaluation lock.
 EVALUATION_LOCK = "alert_evaluation"
+
+#: The states of a rule that is no longer in the rule set are deleted once no evaluation has touched them
+#: for this many evaluation intervals (during a rolling deploy, processes with the old rules may still
+#: evaluate them for a few intervals).
+REMOVED_RULE_GRACE_INTERVALS = 10
 
 #: An alert's states.
 OK, PENDING, FIRING = "ok", "pending", "firing"
@@ -188,6 +200,7 @@ def evaluate(
         for row in rows:
             alert = _Alert(row[0], dict(row[1]), *row[2:])
             stored.setdefault(alert.rule, {})[group_key(alert.group)] = alert
+        _delete_removed_rules(connection, ruleset, now - interval * REMOVED_RULE_GRACE_INTERVALS)
         silenced = silenced_rules(connection, now)
         changed: list[_Alert] = []
         outbox: list[tuple[Notification, list[str], bool]] = []
@@ -240,6 +253,32 @@ def evaluate(
             else:
                 result.notifications.append(notification)
     return result
+
+
+def _delete_removed_rules(connection: Connection, ruleset: RuleSet, before: dt.datetime) -> None:
+    """Delete the states of the rules not in ``ruleset`` that no evaluation touched from ``before`` on (see
+    the module documentation), logging what was deleted."""
+    removed = (
+        AlertState.rule.not_in([rule.name for rule in ruleset.rules]),
+        AlertState.evaluated_at < before,
+    )
+    found = connection.execute(
+        select(AlertState.rule, AlertState.state, func.count())
+        .where(*removed)
+        .group_by(AlertState.rule, AlertState.state)
+    ).all()
+    if not found:
+        return
+    connection.execute(delete(AlertState).where(*removed))
+    for name in sorted({row[0] for row in found}):
+        counts = {state: count for rule_name, state, count in found if rule_name == name}
+        firing = counts.get(FIRING, 0)
+        log = logger.warning if firing else logger.info
+        log(
+            "Alert rule %r is no longer in the rule set: deleted its %d stored alert states%s.",
+            name, sum(counts.values()),
+            f" ({firing} firing: their notifiers are not told it resolved)" if firing else "",
+        )  # fmt: skip
 
 
 #: The columns of an alert state that an evaluation changes.

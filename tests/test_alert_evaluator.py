@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import threading
 from collections.abc import Iterable, Sequence
 
 import pytest
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import NoResultFound
 
 from dramatiq_opmetrics import samples
-from dramatiq_opmetrics.alert_evaluator import AlertEvaluator, evaluate
+from dramatiq_opmetrics.alert_evaluator import REMOVED_RULE_GRACE_INTERVALS, AlertEvaluator, evaluate
 from dramatiq_opmetrics.alert_rules import Notifier, Rule, RuleSet
 from dramatiq_opmetrics.alert_silences import add_silence, list_silences, remove_silences
+from dramatiq_opmetrics.alert_status import alert_statuses
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.interval_claims import DatabaseIntervalClaim
 from dramatiq_opmetrics.models import AlertDelivery, AlertState, AlertTransition
@@ -290,6 +293,39 @@ def test_alertmanager_targets_get_a_firing_alert_again_at_each_evaluation_and_no
     assert ([n.event for n in third.notifications], third.reposts) == (["reminder"], 1)
     # Nothing was delivered: the newest post to the Alertmanager superseded the older ones.
     assert outbox(engine) == [("firing", TARGET), ("reminder", TARGET), ("firing", manager)]
+
+
+def test_the_states_of_a_removed_rule_are_deleted_after_the_grace_intervals_and_a_firing_one_is_logged(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    messages(engine, T0 - 5 * MINUTE, T0 + 30 * MINUTE, failing=True)
+    kept, removed = rule(), rule(name="removed-rule", labels={"actor": "crm"})
+    evaluate(engine, ruleset(kept, removed), T0)
+    assert state_of(engine, "removed-rule")[0] == "firing"
+    grace = REMOVED_RULE_GRACE_INTERVALS * MINUTE
+    # A rolling deploy: a process with the new rules evaluates, then one with the old rules still does.
+    evaluate(engine, ruleset(kept), T0 + MINUTE)
+    evaluate(engine, ruleset(kept, removed), T0 + 2 * MINUTE)
+    with caplog.at_level(logging.INFO, logger="dramatiq_opmetrics.alert_evaluator"):
+        evaluate(engine, ruleset(kept), T0 + 2 * MINUTE + grace)
+        assert state_of(engine, "removed-rule")[0] == "firing"
+        assert [r for r in caplog.records if r.name == "dramatiq_opmetrics.alert_evaluator"] == []
+        evaluate(engine, ruleset(kept), T0 + 3 * MINUTE + grace)
+    with pytest.raises(NoResultFound):
+        state_of(engine, "removed-rule")
+    assert state_of(engine)[0] == "firing"
+    assert [status.rule for status in alert_statuses(engine)] == ["crm-errors"]
+    logged = [r for r in caplog.records if r.name == "dramatiq_opmetrics.alert_evaluator"]
+    assert [(r.levelname, r.getMessage()) for r in logged] == [
+        (
+            "WARNING",
+            "Alert rule 'removed-rule' is no longer in the rule set: deleted its 1 stored alert states"
+            " (1 firing: their notifiers are not told it resolved).",
+        )
+    ]
+    with engine.connect() as connection:
+        history = connection.execute(select(AlertTransition.to_state).where(AlertTransition.rule == "removed-rule"))
+        assert history.scalars().all() == ["firing"]
 
 
 def test_evaluate_refuses_a_naive_time(engine: Engine) -> None:
