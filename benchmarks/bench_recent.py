@@ -14,7 +14,10 @@ then, side by side in one run:
    full batch (the writer's best case), and a fleet of 8 processes each flushing its share every second;
    each into a minute of its own, and :func:`~dramatiq_opmetrics.recent_tier.fold` folds each
    minute as the fleet's folder does, 5 s after it ends (building the 10-minute and hourly buckets as they
-   complete); the folds' time is printed as a ratio of the writer's (target <= 0.10);
+   complete); the folds' time is printed as a ratio of the writer's (target <= 0.10), and beside it the
+   least any fold reading the raw rows can cost: one plain ``GROUP BY`` of each minute's rows (found by
+   id, as the fold finds them) into per-minute count, sum, min and max, nothing written, and the same
+   collecting each row's histogram key (what any fold keeping mergeable histograms reads at least).
 
     .venv/bin/python benchmarks/bench_recent.py [--rows 20000000] [--label-sets 200] [--minutes 30] [--only series|cost]
 
@@ -32,8 +35,10 @@ import time
 
 import psycopg
 from _scratch import database_url, libpq, scratch_schema
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 
+from dramatiq_opmetrics.aggregate import STORED_KEY_PARAMETERS, STORED_KEY_SQL
 from dramatiq_opmetrics.buffer import DEFAULT_BATCH_SIZE, MessageEntry, SampleBuffer
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.metric_types import MetricType
@@ -102,12 +107,16 @@ def main() -> int:
                           f"  ({points:,} points; runs: {', '.join(f'{t:.0f}' for t in times)})")  # fmt: skip
         if args.only in (None, "cost"):
             print(f"\n2. keeping the tier current, {args.minutes} minutes of {args.rows // 1440:,} rows each")
-            per_second, full_batch, fleet, folds = measure_cost(url, args.rows, args.label_sets, args.minutes)
+            per_second, full_batch, fleet, folds, floors, floors_with_keys = measure_cost(
+                url, args.rows, args.label_sets, args.minutes
+            )
             for name, times in (
                 ("writer, one process, a flush a second", per_second),
                 ("writer, one process, full batches", full_batch),
                 (f"writers, {FLEET_PROCESSES} processes, a flush a second", fleet),
                 ("fold after each minute", folds),
+                ("GROUP BY of each minute's rows", floors),
+                ("the same collecting each row's key", floors_with_keys),
             ):
                 median_ms, max_ms = statistics.median(times) * 1000, max(times) * 1000
                 print(f"   {name + ':':<44} {sum(times) * 1000:8.0f} ms in {len(times)} minutes"
@@ -118,6 +127,13 @@ def main() -> int:
                   f" one process, full batches = {fold_s / sum(full_batch):.3f};"
                   f" {FLEET_PROCESSES} processes = {fold_s / sum(fleet):.3f}"
                   f"   (target <= {COST_TARGET:.2f})")  # fmt: skip
+            # The least a fold reading the raw rows costs: reading and grouping them, without and with the keys
+            # of their histograms (and nothing written).
+            for name, times in (("GROUP BY", floors), ("GROUP BY with keys", floors_with_keys)):
+                floor_s = sum(times) / 3
+                print(f"   {name} / writer: one process, a flush a second = {floor_s / sum(per_second):.3f};"
+                      f" one process, full batches = {floor_s / sum(full_batch):.3f};"
+                      f" {FLEET_PROCESSES} processes = {floor_s / sum(fleet):.3f}")  # fmt: skip
 
         engine.dispose()
     return 0
@@ -228,14 +244,34 @@ def _write_share(
     return elapsed
 
 
+#: One plain ``GROUP BY`` of the raw rows of ids in ``(:first, :last]`` into per-minute aggregates, without and
+#: with each row's histogram key collected (:data:`~dramatiq_opmetrics.aggregate.STORED_KEY_SQL`, unsorted):
+#: what :func:`measure_cost` compares the folds with.
+GROUP_BY_MINUTE_SQL = {
+    keys: text(
+        "SELECT count(*) FROM (SELECT date_bin('1 minute', recorded_at, TIMESTAMPTZ '2000-01-01 00:00:00+00'),"
+        f" metric_type, label_set_id, count(*), sum(value), min(value), max(value){collected}"
+        " FROM operational_metrics WHERE id > :first AND id <= :last GROUP BY 1, 2, 3) AS minutes"
+    )
+    for keys, collected in ((False, ""), (True, f", array_agg({STORED_KEY_SQL})"))
+}
+
+
 def measure_cost(
     url: URL, rows: int, label_sets: int, minutes: int
-) -> tuple[list[float], list[float], list[float], list[float]]:
+) -> tuple[list[float], list[float], list[float], list[float], list[float], list[float]]:
     """Write ``minutes`` minutes of messages three ways (one process flushing every second, one process in full
     batches, a fleet of :data:`FLEET_PROCESSES` processes flushing every second), each into a minute of its
-    own after the loaded day, and fold each minute as the fleet's folder does, 5 s after it ends."""
+    own after the loaded day, and fold each minute as the fleet's folder does, 5 s after it ends; before each
+    fold, time the :data:`GROUP_BY_MINUTE_SQL` of the minute's rows (without, then with keys)."""
     engine = make_engine(url)
-    per_second, full_batch, fleet, folds = [], [], [], []
+    per_second: list[float] = []
+    full_batch: list[float] = []
+    fleet: list[float] = []
+    folds: list[float] = []
+    floors: list[float] = []
+    floors_with_keys: list[float] = []
+    reader = engine.connect()
     minute = bucket_floor(dt.datetime.now(dt.UTC), 1) + dt.timedelta(minutes=1)
     with engine.connect() as connection:
         state = read_state(connection)
@@ -244,12 +280,28 @@ def measure_cost(
     try:
         for _ in range(minutes):
             for flushes, processes, times in ((60, 1, per_second), (1, 1, full_batch), (60, FLEET_PROCESSES, fleet)):
+                first_id = newest_id(reader)
                 times.append(write_minute(url, rows, label_sets, flushes=flushes, minute=minute, processes=processes))
+                last_id = newest_id(reader)
+                for keys, found in ((False, floors), (True, floors_with_keys)):
+                    begun = time.perf_counter()
+                    params = {**STORED_KEY_PARAMETERS, "first": first_id, "last": last_id}
+                    reader.execute(GROUP_BY_MINUTE_SQL[keys], params).scalar()
+                    found.append(time.perf_counter() - begun)
+                    reader.commit()
                 minute += dt.timedelta(minutes=1)
                 folds.append(fold(engine, now=minute + dt.timedelta(seconds=FOLD_OFFSET_S)).duration_s)
     finally:
+        reader.close()
         engine.dispose()
-    return per_second, full_batch, fleet, folds
+    return per_second, full_batch, fleet, folds, floors, floors_with_keys
+
+
+def newest_id(connection: Connection) -> int:
+    """The largest raw id (the writers of :func:`write_minute` have committed when it returns)."""
+    found = connection.execute(text("SELECT COALESCE(max(id), 0) FROM operational_metrics")).scalar()
+    connection.commit()
+    return int(found or 0)
 
 
 if __name__ == "__main__":
