@@ -599,21 +599,24 @@ def _series_sql(
     """The statement of :func:`_query_in_postgres` and its parameters."""
     params: dict[str, object] = {**KEY_PARAMETERS, "range_start": start}
     filters = ""
+    # As the enum itself, not as text: the tier's read index then narrows by metric type (its first column
+    # after the width, migration 0012), so the tier is always read for the types wanted, every type if None.
+    by_type = " AND metric_type = ANY(CAST(CAST(:types AS text[]) AS opmetrics_metric_type[]))"
+    params["types"] = sorted(member.value for member in (MetricType if types is None else types))
     if types is not None:
-        # As the enum itself, not as text: the tier's primary key then narrows by metric type too.
-        filters += " AND metric_type = ANY(CAST(CAST(:types AS text[]) AS opmetrics_metric_type[]))"
-        params["types"] = sorted(member.value for member in types)
+        filters += by_type
     if label_set_ids is not None:
         filters += " AND label_set_id = ANY(CAST(:label_set_ids AS integer[]))"
         params["label_set_ids"] = sorted(label_set_ids)
+    tier_filters = filters if types is not None else by_type + filters
     parts = []
     for index, (width, low, high) in enumerate(spans):
-        # One scan per span, each a range of the primary key of its width's partition.
+        # One scan per span, each ranges of the read index of its width's partition (one per metric type).
         parts.append(
             "SELECT width_minutes AS w, bucket_start AS b, metric_type AS t, label_set_id AS l, count AS c, sum AS s,"
             " min AS lo, max AS hi, p50, p95, p99, CAST(NULL AS integer[]) AS keys"
             f" FROM {RECENT_TABLE} WHERE width_minutes = {width} AND bucket_start >= :tl{index}"
-            f" AND bucket_start < :th{index}{filters}"
+            f" AND bucket_start < :th{index}{tier_filters}"
         )
         params[f"tl{index}"], params[f"th{index}"] = low, high
     if pieces:

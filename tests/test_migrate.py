@@ -44,7 +44,7 @@ OUR_TABLES = {
     VERSION_TABLE,
 }
 #: The newest revision.
-HEAD = "0011"
+HEAD = "0012"
 #: The tables of the recent tier (migration 0005).
 RECENT_TABLES = {"opmetrics_recent_aggregates", "opmetrics_recent_state"}
 #: The table of the recent tier's day rows (migration 0011).
@@ -351,6 +351,31 @@ def test_0010_gives_the_monthly_rows_the_exporters_fingerprint_index_and_downgra
         downgrade(postgres_url, "0009")
         with engine.connect() as connection:
             assert connection.execute(query).scalars().all() == []
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_0012_orders_the_tiers_read_index_by_metric_type_first_and_downgrading_restores_0009s_order(
+    postgres_url: URL,
+) -> None:
+    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    query = text(
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'opmetrics_recent_aggregates_read_idx'"
+        " AND schemaname = current_schema()"
+    )
+    included = " INCLUDE (count, sum, min, max, p50, p95, p99)"
+    try:
+        with engine.connect() as connection:
+            [definition] = connection.execute(query).scalars()
+        assert definition.endswith(f"(width_minutes, metric_type, bucket_start, label_set_id){included}")
+        downgrade(postgres_url, "0011")
+        with engine.connect() as connection:
+            [definition] = connection.execute(query).scalars()
+        assert definition.endswith(f"(width_minutes, bucket_start, metric_type, label_set_id){included}")
+        upgrade(postgres_url)
+        assert current_revision(postgres_url) == HEAD
     finally:
         engine.dispose()
 
