@@ -68,13 +68,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, literal, select
+from sqlalchemy import ColumnElement, Connection, Engine, literal, select
 from sqlalchemy.engine import URL
 
 from .config import ConfigurationError, redact_url, resolve_database_url
 from .database import connection_for, engine_for
 from .metric_types import MetricType
 from .models import OperationalMetric, OperationalMetricDaily
+from .partitions import day_bounds
 from .query import MetricStats, query_metrics_together
 from .queue_depth import DEAD, DELAYED, IN_FLIGHT, READY
 from .series import SeriesPoint, query_totals
@@ -390,14 +391,20 @@ def _missing_before(connection: Connection, start: dt.datetime, end: dt.datetime
     first day that still has raw rows, or the window's end if none has), provided daily rows hold a day of
     the window before it; else None."""
     raw, daily = OperationalMetric.__table__, OperationalMetricDaily.__table__
-    first_raw: dt.datetime | None = connection.execute(select(func.min(raw.c.recorded_at))).scalar()
+    # Never min(recorded_at) of the raw table: its time index is a BRIN one, so that reads every raw row (0.7 s
+    # at 20 million, minutes at 30 days of them). Any raw row before the window means none of it is pruned
+    # (the prune drops whole days); else the first day of the window holding raw rows, one probe a day.
+    if _has_raw_rows(connection, raw.c.recorded_at < start):
+        return None
     days_end = (end - dt.timedelta(microseconds=1)).date() + dt.timedelta(days=1)  # the days the window touches
-    if first_raw is None:
+    first_day = start.astimezone(dt.UTC).date()
+    while first_day < days_end and not _has_raw_rows(connection, *_day_range(raw.c.recorded_at, first_day)):
+        first_day += dt.timedelta(days=1)
+    if first_day >= days_end:
         complete_from, pruned_days_end = end, days_end
     else:
-        first_day = first_raw.astimezone(dt.UTC).date()
         complete_from = min(dt.datetime.combine(first_day, dt.time(), tzinfo=dt.UTC), end)
-        pruned_days_end = min(first_day, days_end)
+        pruned_days_end = first_day
     if start >= complete_from:
         return None
     pruned_day = connection.execute(
@@ -407,6 +414,17 @@ def _missing_before(connection: Connection, start: dt.datetime, end: dt.datetime
         .limit(1)
     ).first()
     return complete_from if pruned_day is not None else None
+
+
+def _has_raw_rows(connection: Connection, *where: ColumnElement[bool]) -> bool:
+    """Whether any raw row matches ``where`` (stops at the first one)."""
+    raw = OperationalMetric.__table__
+    return connection.execute(select(literal(1)).select_from(raw).where(*where).limit(1)).first() is not None
+
+
+def _day_range(column: ColumnElement[dt.datetime], day: dt.date) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    low, high = day_bounds(day)
+    return column >= low, column < high
 
 
 #: The labels that tie an error to the processing time of the same actor and queue.
