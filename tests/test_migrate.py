@@ -332,52 +332,41 @@ def test_0009_gives_the_tier_and_the_daily_rows_indexes_for_their_small_reads_an
         engine.dispose()
 
 
+def index_definitions(url: URL, name: str) -> list[str]:
+    """The definitions of the indexes called ``name`` in the URL's schema (none if it has none)."""
+    engine = make_engine(url)
+    query = text("SELECT indexdef FROM pg_indexes WHERE indexname = :name AND schemaname = current_schema()")
+    try:
+        with engine.connect() as connection:
+            return list(connection.execute(query, {"name": name}).scalars())
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.postgres
 def test_0010_gives_the_monthly_rows_the_exporters_fingerprint_index_and_downgrading_drops_it(
     postgres_url: URL,
 ) -> None:
     upgrade(postgres_url)
-    engine = make_engine(postgres_url)
-    query = text(
-        "SELECT indexdef FROM pg_indexes WHERE indexname = 'operational_metrics_monthly_fingerprint_idx'"
-        " AND schemaname = current_schema()"
-    )
-    try:
-        with engine.connect() as connection:
-            [definition] = connection.execute(query).scalars()
-        assert "(month) INCLUDE (daily_rows, sample_count, source_rolled_up_at, merged_at) WHERE (part = 0)" in (
-            definition
-        )
-        downgrade(postgres_url, "0009")
-        with engine.connect() as connection:
-            assert connection.execute(query).scalars().all() == []
-    finally:
-        engine.dispose()
+    [definition] = index_definitions(postgres_url, "operational_metrics_monthly_fingerprint_idx")
+    assert "(month) INCLUDE (daily_rows, sample_count, source_rolled_up_at, merged_at) WHERE (part = 0)" in definition
+    downgrade(postgres_url, "0009")
+    assert index_definitions(postgres_url, "operational_metrics_monthly_fingerprint_idx") == []
 
 
 @pytest.mark.postgres
 def test_0012_orders_the_tiers_read_index_by_metric_type_first_and_downgrading_restores_0009s_order(
     postgres_url: URL,
 ) -> None:
-    upgrade(postgres_url)
-    engine = make_engine(postgres_url)
-    query = text(
-        "SELECT indexdef FROM pg_indexes WHERE indexname = 'opmetrics_recent_aggregates_read_idx'"
-        " AND schemaname = current_schema()"
-    )
     included = " INCLUDE (count, sum, min, max, p50, p95, p99)"
-    try:
-        with engine.connect() as connection:
-            [definition] = connection.execute(query).scalars()
-        assert definition.endswith(f"(width_minutes, metric_type, bucket_start, label_set_id){included}")
-        downgrade(postgres_url, "0011")
-        with engine.connect() as connection:
-            [definition] = connection.execute(query).scalars()
-        assert definition.endswith(f"(width_minutes, bucket_start, metric_type, label_set_id){included}")
-        upgrade(postgres_url)
-        assert current_revision(postgres_url) == HEAD
-    finally:
-        engine.dispose()
+    upgrade(postgres_url)
+    [definition] = index_definitions(postgres_url, "opmetrics_recent_aggregates_read_idx")
+    assert definition.endswith(f"(width_minutes, metric_type, bucket_start, label_set_id){included}")
+    downgrade(postgres_url, "0011")
+    [definition] = index_definitions(postgres_url, "opmetrics_recent_aggregates_read_idx")
+    assert definition.endswith(f"(width_minutes, bucket_start, metric_type, label_set_id){included}")
+    upgrade(postgres_url)
+    assert current_revision(postgres_url) == HEAD
 
 
 def test_downgrading_0011_drops_the_day_rows_and_upgrading_again_rebuilds_them_from_the_hourly_buckets(
