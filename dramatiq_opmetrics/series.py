@@ -47,7 +47,7 @@ from sqlalchemy import Connection, Engine, Text, cast, select, text, tuple_
 
 from .database import LONG_READ_SETTINGS, collection_paused, connection_for, local_settings
 from .labels import make_label_set
-from .metric_types import MetricType
+from .metric_types import METRIC_TYPE_ENUM_NAME, MetricType
 from .models import LABEL_SETS_TABLE, RECENT_TABLE, OperationalMetric, RecentAggregate
 from .query import labels_of_ids, matching_label_sets
 from .recent_tier import (
@@ -599,16 +599,18 @@ def _series_sql(
     """The statement of :func:`_query_in_postgres` and its parameters."""
     params: dict[str, object] = {**KEY_PARAMETERS, "range_start": start}
     filters = ""
-    # As the enum itself, not as text: the tier's read index then narrows by metric type (its first column
-    # after the width, migration 0012), so the tier is always read for the types wanted, every type if None.
-    by_type = " AND metric_type = ANY(CAST(CAST(:types AS text[]) AS opmetrics_metric_type[]))"
-    params["types"] = sorted(member.value for member in (MetricType if types is None else types))
     if types is not None:
-        filters += by_type
+        # As the enum itself, not as text: the tier's read index then narrows by metric type too.
+        filters += " AND metric_type = ANY(CAST(CAST(:types AS text[]) AS opmetrics_metric_type[]))"
+        params["types"] = sorted(member.value for member in types)
     if label_set_ids is not None:
         filters += " AND label_set_id = ANY(CAST(:label_set_ids AS integer[]))"
         params["label_set_ids"] = sorted(label_set_ids)
-    tier_filters = filters if types is not None else by_type + filters
+    # The tier's read index has the metric type before the time (migration 0012): a read of every type names
+    # them all (the database's own, so a database not migrated to a newer type is still read), else it would
+    # be read by primary key, from the table's rows (a 10-minute one holds 1.4 KB of keys).
+    every_type = f" AND metric_type = ANY(enum_range(CAST(NULL AS {METRIC_TYPE_ENUM_NAME})))"
+    tier_filters = filters if types is not None else every_type + filters
     parts = []
     for index, (width, low, high) in enumerate(spans):
         # One scan per span, each ranges of the read index of its width's partition (one per metric type).
