@@ -560,6 +560,9 @@ def _points_of_rows(
     step = end - start if step_minutes is None else dt.timedelta(minutes=step_minutes)
     buckets: dict[float, tuple[dt.datetime, dt.datetime]] = {}
     series: dict[tuple[str, int], list[tuple[float, SeriesPoint]]] = {}
+    # Points made as tuples of their fields (tuple.__new__, not the named tuple's own __new__, a Python call):
+    # a third of the time of building tens of thousands of them.
+    make = tuple.__new__
     for row_type, group, epoch_s, count, total, low, high, p50, p95, p99, errors, _ in rows:
         if row_type is None:
             continue
@@ -573,10 +576,10 @@ def _points_of_rows(
         points.append(
             (
                 epoch_s,
-                SeriesPoint(
-                    _TYPES[row_type], labels_of[group], *bounds, count, total, low, high, total / count, p50,
-                    p95, p99, None if errors is None else errors / count,
-                ),
+                make(SeriesPoint, (
+                    _TYPES[row_type], labels_of[group], bounds[0], bounds[1], count, total, low, high,
+                    total / count, p50, p95, p99, None if errors is None else errors / count,
+                )),
             )
         )  # fmt: skip
     order = {member.value: index for index, member in enumerate(MetricType)}
