@@ -561,7 +561,7 @@ def _points_of_rows(
     buckets: dict[float, tuple[dt.datetime, dt.datetime]] = {}
     series: dict[tuple[str, int], list[tuple[float, SeriesPoint]]] = {}
     # Points made as tuples of their fields (tuple.__new__, not the named tuple's own __new__, a Python call):
-    # a third of the time of building tens of thousands of them.
+    # 15% less time to build tens of thousands of them.
     make = tuple.__new__
     for row_type, group, epoch_s, count, total, low, high, p50, p95, p99, errors, _ in rows:
         if row_type is None:
