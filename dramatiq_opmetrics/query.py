@@ -932,26 +932,10 @@ def labels_of_keys(connection: Connection, labels_keys: Sequence[str]) -> dict[s
 def days_not_rolled_up(connection: Connection, since: dt.date, until: dt.date) -> list[dt.date]:
     """The days of the range that have no daily rows at all (of any metric type) and may have raw rows.
 
-    Only the days that can have raw rows are looked up in the daily table (by its date index), so a long
-    range does not read the dates of its daily rows: on PostgreSQL the days with a partition or rows in the
-    default partition; elsewhere the days between the range's first and last raw row (one indexed query).
+    Only the days that can have raw rows (:func:`days_that_may_hold_raw_rows`) are looked up in the daily table
+    (by its date index), so a long range does not read the dates of its daily rows.
     """
-    if connection.dialect.name == "postgresql":
-        with_raw = set(list_partitions(connection)) | set(default_partition_counts(connection))
-        candidates = sorted(day for day in with_raw if since <= day <= until)
-    else:
-        raw = OperationalMetric.__table__
-        first, last = connection.execute(
-            select(func.min(raw.c.recorded_at), func.max(raw.c.recorded_at)).where(
-                raw.c.recorded_at >= day_bounds(since)[0], raw.c.recorded_at < day_bounds(until)[1]
-            )
-        ).one()
-        candidates = []
-        if first is not None:
-            day, last_day = _as_date(first), _as_date(last)
-            while day <= last_day:
-                candidates.append(day)
-                day += dt.timedelta(days=1)
+    candidates = days_that_may_hold_raw_rows(connection, since, until)
     if not candidates:
         return []
     daily = OperationalMetricDaily.__table__
@@ -960,6 +944,28 @@ def days_not_rolled_up(connection: Connection, since: dt.date, until: dt.date) -
     query = select(daily.c.date).where(in_values(daily.c.date, values)).distinct()
     rolled_up = set(connection.execute(query).scalars())
     return [day for day in candidates if day not in rolled_up]
+
+
+def days_that_may_hold_raw_rows(connection: Connection, since: dt.date, until: dt.date) -> list[dt.date]:
+    """The days from ``since`` to ``until`` inclusive that may hold raw rows, in order, found without reading
+    the rows: on PostgreSQL the days with a partition or rows in the default partition; elsewhere the days
+    between the range's first and last raw row (one indexed query)."""
+    if connection.dialect.name == "postgresql":
+        with_raw = set(list_partitions(connection)) | set(default_partition_counts(connection))
+        return sorted(day for day in with_raw if since <= day <= until)
+    raw = OperationalMetric.__table__
+    first, last = connection.execute(
+        select(func.min(raw.c.recorded_at), func.max(raw.c.recorded_at)).where(
+            raw.c.recorded_at >= day_bounds(since)[0], raw.c.recorded_at < day_bounds(until)[1]
+        )
+    ).one()
+    days: list[dt.date] = []
+    if first is not None:
+        day, last_day = _as_date(first), _as_date(last)
+        while day <= last_day:
+            days.append(day)
+            day += dt.timedelta(days=1)
+    return days
 
 
 def _as_date(value: dt.datetime | str) -> dt.date:

@@ -76,7 +76,7 @@ from .database import connection_for, engine_for
 from .metric_types import MetricType
 from .models import OperationalMetric, OperationalMetricDaily
 from .partitions import day_bounds
-from .query import MetricStats, query_metrics_together
+from .query import MetricStats, days_that_may_hold_raw_rows, query_metrics_together
 from .queue_depth import DEAD, DELAYED, IN_FLIGHT, READY
 from .series import SeriesPoint, query_totals
 
@@ -393,13 +393,16 @@ def _missing_before(connection: Connection, start: dt.datetime, end: dt.datetime
     raw, daily = OperationalMetric.__table__, OperationalMetricDaily.__table__
     # Never min(recorded_at) of the raw table: its time index is a BRIN one, so that reads every raw row (0.7 s
     # at 20 million, minutes at 30 days of them). Any raw row before the window means none of it is pruned
-    # (the prune drops whole days); else the first day of the window holding raw rows, one probe a day.
+    # (the prune drops whole days); else the first day of the window holding raw rows, probed in order among
+    # the days that may (on PostgreSQL those with a partition), each probe stopping at its first row.
     if _has_raw_rows(connection, raw.c.recorded_at < start):
         return None
-    days_end = (end - dt.timedelta(microseconds=1)).date() + dt.timedelta(days=1)  # the days the window touches
-    first_day = start.astimezone(dt.UTC).date()
-    while first_day < days_end and not _has_raw_rows(connection, *_day_range(raw.c.recorded_at, first_day)):
-        first_day += dt.timedelta(days=1)
+    last_day = (end - dt.timedelta(microseconds=1)).date()  # the last day the window touches
+    days_end = last_day + dt.timedelta(days=1)
+    candidates = days_that_may_hold_raw_rows(connection, start.astimezone(dt.UTC).date(), last_day)
+    first_day = next(
+        (day for day in candidates if _has_raw_rows(connection, *_day_range(raw.c.recorded_at, day))), days_end
+    )
     if first_day >= days_end:
         complete_from, pruned_days_end = end, days_end
     else:
