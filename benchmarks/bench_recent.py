@@ -36,14 +36,22 @@ import time
 
 import psycopg
 from _scratch import database_url, libpq, scratch_schema
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, TextClause, text
 from sqlalchemy.engine import URL
 
-from dramatiq_opmetrics.aggregate import STORED_KEY_PARAMETERS, STORED_KEY_SQL
 from dramatiq_opmetrics.buffer import DEFAULT_BATCH_SIZE, MessageEntry, SampleBuffer
 from dramatiq_opmetrics.database import make_engine
 from dramatiq_opmetrics.metric_types import MetricType
-from dramatiq_opmetrics.recent_tier import FOLD_OFFSET_S, bucket_floor, fold, read_state
+from dramatiq_opmetrics.recent_tier import (
+    FOLD_OFFSET_S,
+    KEY_PARAMETERS,
+    _newest_id,
+    aggregate_sql,
+    bucket_floor,
+    fold,
+    keyed_raw_sql,
+    read_state,
+)
 from dramatiq_opmetrics.samples import message_labels
 from dramatiq_opmetrics.series import query_series
 from dramatiq_opmetrics.writer import BackgroundWriter
@@ -242,28 +250,28 @@ def _write_share(
     return elapsed
 
 
-#: One plain ``GROUP BY`` of the raw rows of ids in ``(:first, :last]`` into per-minute aggregates: without keys,
-#: with each row's histogram key collected (:data:`~dramatiq_opmetrics.aggregate.STORED_KEY_SQL`, unsorted),
-#: and the latter written into a table without index (:data:`FLOOR_TABLE_SQL`): what :func:`measure_cost`
-#: compares the folds with.
-_GROUPED = (
-    "SELECT date_bin('1 minute', recorded_at, TIMESTAMPTZ '2000-01-01 00:00:00+00'), metric_type, label_set_id,"
-    " count(*), sum(value), min(value), max(value){} FROM operational_metrics WHERE id > :first AND id <= :last"
-    " GROUP BY 1, 2, 3"
-)
-GROUP_BY_MINUTE_SQL = {
-    "GROUP BY": text(f"SELECT count(*) FROM ({_GROUPED.format('')}) AS minutes"),
-    "GROUP BY with keys": text(
-        f"SELECT count(*) FROM ({_GROUPED.format(f', array_agg({STORED_KEY_SQL})')}) AS minutes"
-    ),
-    "GROUP BY with keys, inserted": text(
-        f"INSERT INTO bench_floor_buckets {_GROUPED.format(f', array_agg({STORED_KEY_SQL})')}"
-    ),
-}
+#: The raw rows of one minute written by :func:`write_minute`: those of ids in ``(:first, :last]``.
+_MINUTE_ROWS = "id > :first AND id <= :last"
+#: The table the third floor writes into: the tier's columns, no index.
 FLOOR_TABLE_SQL = (
-    "CREATE TABLE IF NOT EXISTS bench_floor_buckets (bucket_start timestamptz, metric_type opmetrics_metric_type,"
-    " label_set_id integer, count bigint, sum float8, min float8, max float8, keys integer[])"
+    "CREATE TABLE IF NOT EXISTS bench_floor_buckets (width_minutes integer, bucket_start timestamptz,"
+    " metric_type opmetrics_metric_type, label_set_id integer, count bigint, sum float8, min float8, max float8,"
+    " keys integer[])"
 )
+
+
+def floor_statements(connection: Connection) -> dict[str, TextClause]:
+    """The floors :func:`measure_cost` compares the folds with, made of the fold's own pieces
+    (:func:`~dramatiq_opmetrics.recent_tier.keyed_raw_sql`, :func:`~dramatiq_opmetrics.recent_tier.aggregate_sql`):
+    a plain ``GROUP BY`` of a minute's raw rows into per-minute count, sum, min and max; the same collecting each
+    row's histogram key (unsorted); and that written into :data:`FLOOR_TABLE_SQL`'s table."""
+    plain = aggregate_sql(connection, f"({keyed_raw_sql(_MINUTE_ROWS, with_key=False)}) AS raw", keys="none")
+    keyed = aggregate_sql(connection, f"({keyed_raw_sql(_MINUTE_ROWS)}) AS raw", keys="unsorted")
+    return {
+        "GROUP BY": text(f"SELECT count(*) FROM ({plain}) AS minutes"),
+        "GROUP BY with keys": text(f"SELECT count(*) FROM ({keyed}) AS minutes"),
+        "GROUP BY with keys, inserted": text(f"INSERT INTO bench_floor_buckets {keyed}"),
+    }
 
 
 def measure_cost(
@@ -272,16 +280,17 @@ def measure_cost(
     """Write ``minutes`` minutes of messages three ways (one process flushing every second, one process in full
     batches, a fleet of :data:`FLEET_PROCESSES` processes flushing every second), each into a minute of its
     own after the loaded day, and fold each minute as the fleet's folder does, 5 s after it ends; after each
-    fold, time each :data:`GROUP_BY_MINUTE_SQL` of the minute's rows (with its commit)."""
+    fold, time each of :func:`floor_statements` on the minute's rows (with its commit)."""
     engine = make_engine(url)
     per_second: list[float] = []
     full_batch: list[float] = []
     fleet: list[float] = []
     folds: list[float] = []
-    floors: dict[str, list[float]] = {name: [] for name in GROUP_BY_MINUTE_SQL}
     reader = engine.connect()
     reader.execute(text(FLOOR_TABLE_SQL))
     reader.commit()
+    statements = floor_statements(reader)
+    floors: dict[str, list[float]] = {name: [] for name in statements}
     minute = bucket_floor(dt.datetime.now(dt.UTC), 1) + dt.timedelta(minutes=1)
     with engine.connect() as connection:
         state = read_state(connection)
@@ -297,9 +306,9 @@ def measure_cost(
                 folds.append(fold(engine, now=minute + dt.timedelta(seconds=FOLD_OFFSET_S)).duration_s)
                 # After the fold, which reads the rows first (and sets their hint bits, as it does in a fleet):
                 # the GROUP BYs read them warm, so they are the least a fold could cost.
-                for name, statement in GROUP_BY_MINUTE_SQL.items():
+                for name, statement in statements.items():
                     begun = time.perf_counter()
-                    reader.execute(statement, {**STORED_KEY_PARAMETERS, "first": first_id, "last": last_id})
+                    reader.execute(statement, {**KEY_PARAMETERS, "first": first_id, "last": last_id})
                     reader.commit()
                     floors[name].append(time.perf_counter() - begun)
     finally:
@@ -309,10 +318,11 @@ def measure_cost(
 
 
 def newest_id(connection: Connection) -> int:
-    """The largest raw id (the writers of :func:`write_minute` have committed when it returns)."""
-    found = connection.execute(text("SELECT COALESCE(max(id), 0) FROM operational_metrics")).scalar()
+    """The largest raw id (the writers of :func:`write_minute` have committed when it returns), read as the
+    fold reads it, in a transaction of its own."""
+    found = _newest_id(connection)
     connection.commit()
-    return int(found or 0)
+    return found
 
 
 if __name__ == "__main__":

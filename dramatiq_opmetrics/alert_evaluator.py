@@ -47,7 +47,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, text
+from sqlalchemy import Connection, Engine, delete, insert, select, text
 from sqlalchemy.dialects import sqlite
 
 from .alert_delivery import deliver_due, enqueue
@@ -258,25 +258,18 @@ def evaluate(
 def _delete_removed_rules(connection: Connection, ruleset: RuleSet, before: dt.datetime) -> None:
     """Delete the states of the rules not in ``ruleset`` that no evaluation touched from ``before`` on (see
     the module documentation), logging what was deleted."""
-    removed = (
-        AlertState.rule.not_in([rule.name for rule in ruleset.rules]),
-        AlertState.evaluated_at < before,
-    )
-    found = connection.execute(
-        select(AlertState.rule, AlertState.state, func.count())
-        .where(*removed)
-        .group_by(AlertState.rule, AlertState.state)
+    deleted = connection.execute(
+        delete(AlertState)
+        .where(AlertState.rule.not_in([rule.name for rule in ruleset.rules]), AlertState.evaluated_at < before)
+        .returning(AlertState.rule, AlertState.state)
     ).all()
-    if not found:
-        return
-    connection.execute(delete(AlertState).where(*removed))
-    for name in sorted({row[0] for row in found}):
-        counts = {state: count for rule_name, state, count in found if rule_name == name}
-        firing = counts.get(FIRING, 0)
+    for name in sorted({rule_name for rule_name, _ in deleted}):
+        states = [state for rule_name, state in deleted if rule_name == name]
+        firing = states.count(FIRING)
         log = logger.warning if firing else logger.info
         log(
             "Alert rule %r is no longer in the rule set: deleted its %d stored alert states%s.",
-            name, sum(counts.values()),
+            name, len(states),
             f" ({firing} firing: their notifiers are not told it resolved)" if firing else "",
         )  # fmt: skip
 

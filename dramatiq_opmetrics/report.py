@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, literal, select
+from sqlalchemy import ColumnElement, Connection, Engine, FromClause, literal, select
 from sqlalchemy.engine import URL
 
 from .config import ConfigurationError, redact_url, resolve_database_url
@@ -410,19 +410,17 @@ def _missing_before(connection: Connection, start: dt.datetime, end: dt.datetime
         pruned_days_end = first_day
     if start >= complete_from:
         return None
-    pruned_day = connection.execute(
-        select(literal(1))
-        .select_from(daily)
-        .where(daily.c.date >= start.date(), daily.c.date < pruned_days_end)
-        .limit(1)
-    ).first()
-    return complete_from if pruned_day is not None else None
+    pruned_day = _has_rows(connection, daily, daily.c.date >= start.date(), daily.c.date < pruned_days_end)
+    return complete_from if pruned_day else None
+
+
+def _has_rows(connection: Connection, table: FromClause, *where: ColumnElement[bool]) -> bool:
+    """Whether any row of ``table`` matches ``where`` (stops at the first one)."""
+    return connection.execute(select(literal(1)).select_from(table).where(*where).limit(1)).first() is not None
 
 
 def _has_raw_rows(connection: Connection, *where: ColumnElement[bool]) -> bool:
-    """Whether any raw row matches ``where`` (stops at the first one)."""
-    raw = OperationalMetric.__table__
-    return connection.execute(select(literal(1)).select_from(raw).where(*where).limit(1)).first() is not None
+    return _has_rows(connection, OperationalMetric.__table__, *where)
 
 
 def _day_range(column: ColumnElement[dt.datetime], day: dt.date) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
@@ -460,10 +458,8 @@ def _in_report_order(metric_type: MetricType, rows: list[ReportRow]) -> list[Rep
 
 def database_has_metrics(connection: Connection) -> bool:
     """Whether the database holds any raw sample or daily row at all."""
-    for table in (OperationalMetric.__table__, OperationalMetricDaily.__table__):
-        if connection.execute(select(literal(1)).select_from(table).limit(1)).first() is not None:
-            return True
-    return False
+    tables = (OperationalMetric.__table__, OperationalMetricDaily.__table__)
+    return any(_has_rows(connection, table) for table in tables)
 
 
 def report_range(
