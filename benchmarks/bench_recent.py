@@ -8,7 +8,8 @@ then, side by side in one run:
 1. :func:`~dramatiq_opmetrics.series.query_series` for every actor and queue (``group_by=("actor",
    "queue")``, processing times with their error rate): 24 hours in 10-minute buckets (target <= 300 ms)
    and the last hour per minute (target <= 100 ms), median of ``--repeat`` runs, read right after a fold
-   and again with a minute of rows not folded yet.
+   and again with a minute of rows not folded yet; then the totals of every type over the last 6 and 24
+   hours (what ``report --last`` reads; no target).
 2. the cost of keeping the tier current: for ``--minutes`` minutes, ``BackgroundWriter`` writes a minute of
    the fleet's messages, three ways: one process flushing every second as a worker does, one process in one
    full batch (the writer's best case), and a fleet of 8 processes each flushing its share every second;
@@ -53,7 +54,7 @@ from dramatiq_opmetrics.recent_tier import (
     read_state,
 )
 from dramatiq_opmetrics.samples import message_labels
-from dramatiq_opmetrics.series import query_series
+from dramatiq_opmetrics.series import query_series, query_totals
 from dramatiq_opmetrics.writer import BackgroundWriter
 
 DAY_TARGET_MS = 300.0
@@ -114,6 +115,16 @@ def main() -> int:
                     median = statistics.median(times)
                     print(f"   {name:<26} {when:<25} {median:7.0f} ms  ratio {median / target:5.2f}"
                           f"  ({points:,} points; runs: {', '.join(f'{t:.0f}' for t in times)})")  # fmt: skip
+            # Totals over windows of hours (what report --last reads): no target, their time printed.
+            for hours in (6, 24):
+                times = []
+                for _ in range(args.repeat):
+                    end = dt.datetime.now(dt.UTC)
+                    begun = time.perf_counter()
+                    found = query_totals(engine, end - dt.timedelta(hours=hours), end, group_by=("actor", "queue"))
+                    times.append((time.perf_counter() - begun) * 1000)
+                print(f"   totals of the last {hours} h, every type    {statistics.median(times):7.0f} ms"
+                      f"  ({len(found):,} points; runs: {', '.join(f'{t:.0f}' for t in times)})")  # fmt: skip
         if args.only in (None, "cost"):
             print(f"\n2. keeping the tier current, {args.minutes} minutes of {args.rows // 1440:,} rows each")
             per_second, full_batch, fleet, folds, floors = measure_cost(url, args.rows, args.label_sets, args.minutes)

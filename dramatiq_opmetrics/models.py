@@ -57,6 +57,8 @@ RECENT_TABLE = "opmetrics_recent_aggregates"
 RECENT_STATE_TABLE = "opmetrics_recent_state"
 #: The recent tier's day rows: its 10-minute buckets merged per UTC day (:mod:`~dramatiq_opmetrics.recent_tier`).
 RECENT_DAYS_TABLE = "opmetrics_recent_days"
+#: The recent tier's hour rows: its 10-minute buckets merged per UTC hour (:mod:`~dramatiq_opmetrics.recent_tier`).
+RECENT_HOURS_TABLE = "opmetrics_recent_hours"
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -287,7 +289,19 @@ class RecentState(Base):
     built_days_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
-class RecentDay(Base):
+class _RecentPeriod:
+    """The columns of a row of :class:`RecentDay` and :class:`RecentHour` after their period."""
+
+    metric_type: Mapped[MetricType] = mapped_column(MetricTypeColumn, primary_key=True)
+    label_set_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    sum: Mapped[float] = mapped_column(Float)
+    min: Mapped[float] = mapped_column(Float)
+    max: Mapped[float] = mapped_column(Float)
+    histogram_packed: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class RecentDay(_RecentPeriod, Base):
     """The raw rows of one metric type and label set recorded on one UTC ``day``, as far as the recent tier's
     day rows hold them: those its 10-minute buckets of the day starting before ``built_days_until`` hold
     (:class:`RecentState`), i.e. the raw rows with ``id <= folded_id`` recorded in ``[day, min(day + 1 day,
@@ -302,14 +316,20 @@ class RecentDay(Base):
 
     __tablename__ = RECENT_DAYS_TABLE
 
-    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
-    metric_type: Mapped[MetricType] = mapped_column(MetricTypeColumn, primary_key=True)
-    label_set_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    count: Mapped[int] = mapped_column(BigInteger)
-    sum: Mapped[float] = mapped_column(Float)
-    min: Mapped[float] = mapped_column(Float)
-    max: Mapped[float] = mapped_column(Float)
-    histogram_packed: Mapped[bytes] = mapped_column(LargeBinary)
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True, sort_order=-1)  # first, as in the table
+
+
+class RecentHour(_RecentPeriod, Base):
+    """The same as :class:`RecentDay` for one UTC ``hour`` (its start): the raw rows with ``id <= folded_id``
+    recorded in ``[hour, min(hour + 1 hour, built_days_until))``, from the first day with day rows on
+    (migration 0013). Merged by the fold with the day rows, in the same transactions; read for the
+    percentiles of totals over windows of hours (:func:`~dramatiq_opmetrics.series.query_totals`), a few
+    hundred bytes a row where the tier's hourly buckets hold the key of every value.
+    """
+
+    __tablename__ = RECENT_HOURS_TABLE
+
+    hour: Mapped[dt.datetime] = mapped_column(UTCDateTime, primary_key=True, sort_order=-1)
 
 
 #: Alert state per rule and group (:mod:`~dramatiq_opmetrics.alert_evaluator`).

@@ -62,6 +62,13 @@ Design: fold each raw row exactly once, when its minute is over; build wider buc
   :func:`day_aggregates` reads a day: its day rows plus the raw rows they do not hold (recorded from
   ``built_days_until`` on: the last ten minutes at most, plus the minutes not folded; and ids above
   ``folded_id``), the watermark read before and after as :mod:`~dramatiq_opmetrics.series` does.
+- Hour rows (``opmetrics_recent_hours``, migration 0013): the same per UTC hour, merged in the same
+  transactions from the same 10-minute buckets and late rows, up to the same ``built_days_until``. The
+  percentiles of totals over windows of hours (:func:`~dramatiq_opmetrics.series.query_totals`:
+  ``report --last 24h``, alert rules over hours) take the window's whole hours from them, a few hundred
+  bytes each summed without parsing, instead of the key of each value of the hourly buckets: 24 hours at
+  20 million raw rows a day and 200 label sets in 0.24 s instead of 3.0 s. Merging them costs the fold one
+  more read and upsert of an hour's rows every ten minutes.
 - Readers (:mod:`~dramatiq_opmetrics.series`) add the raw rows the tier does not hold (ids above
   ``folded_id``, the minutes from the cutoff on, rows older than the floor, partial minutes at the edges)
   to its buckets, so results are exact and current whatever the fold's lag.
@@ -131,12 +138,13 @@ from .metric_types import METRIC_TYPE_ENUM_NAME, MetricType
 from .models import (
     RAW_ID_SEQUENCE,
     RAW_TABLE,
-    RECENT_DAYS_TABLE,
+    RECENT_HOURS_TABLE,
     RECENT_STATE_TABLE,
     RECENT_TABLE,
     OperationalMetric,
     RecentAggregate,
     RecentDay,
+    RecentHour,
     RecentState,
 )
 from .packed_histograms import HistogramSum
@@ -487,6 +495,7 @@ def fold(
             ).rowcount
             # Day rows of a day starting before the new floor go too (the tier no longer holds that whole day).
             connection.execute(delete(RecentDay).where(RecentDay.day < days_floor(floor).date()))
+            connection.execute(delete(RecentHour).where(RecentHour.hour < days_floor(floor)))
             state.floor = floor
             state.cutoff = max(state.cutoff, floor)
             state.built = {width: max(until, floor) for width, until in state.built.items()}
@@ -576,14 +585,27 @@ _STATE_COLUMNS = (
     RecentState.candidate_id,
     RecentState.candidate_holders,
 )
-#: Engines whose database has the day rows' watermark (migration 0011); checked once an engine when found.
+#: Engines whose database has the day rows' watermark (migration 0011), and those with the hour rows (0013);
+#: checked once an engine when found.
 _DAYS_MIGRATED: weakref.WeakSet[Engine] = weakref.WeakSet()
+_HOURS_MIGRATED: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def _has_day_rows(connection: Connection) -> bool:
     """Whether the database has the tier's day rows (migration 0011): a database not migrated yet is read
     without them (its readers keep working; its folds fail until it is, each logged)."""
-    if connection.engine in _DAYS_MIGRATED:
+    return _migrated(connection, _DAYS_MIGRATED, RECENT_STATE_TABLE, "built_days_until")
+
+
+def has_hour_rows(connection: Connection) -> bool:
+    """Whether the database has the tier's hour rows (migration 0013); readers of one not migrated yet read
+    the tier's buckets instead."""
+    return _migrated(connection, _HOURS_MIGRATED, RECENT_HOURS_TABLE, "hour")
+
+
+def _migrated(connection: Connection, found_in: weakref.WeakSet[Engine], table: str, column: str) -> bool:
+    """Whether ``table`` has ``column``: remembered in ``found_in`` once found."""
+    if connection.engine in found_in:
         return True
     # One look in the catalogue (SQLAlchemy's reflection of the table took 80 ms, on every new engine). Without
     # the state table (a database not migrated at all) the state's own read fails, saying so.
@@ -593,9 +615,9 @@ def _has_day_rows(connection: Connection) -> bool:
         )
     else:
         look = "SELECT 1 FROM pragma_table_info(:table) WHERE name = :column"
-    found = connection.execute(text(look), {"table": RECENT_STATE_TABLE, "column": "built_days_until"}).first()
+    found = connection.execute(text(look), {"table": table, "column": column}).first()
     if found is not None:
-        _DAYS_MIGRATED.add(connection.engine)
+        found_in.add(connection.engine)
     return found is not None
 
 
@@ -963,7 +985,7 @@ def _build(connection: Connection, state: _State) -> bool:
 
 @dataclass
 class _DayPart:
-    """Values to add to one day row: their count, sums, extremes and stored keys counted."""
+    """Values to add to one day (or hour) row: their count, sums, extremes and stored keys counted."""
 
     count: int = 0
     sums: list[float] = field(default_factory=list)
@@ -979,18 +1001,52 @@ class _DayPart:
         self.keys.update(keys)  # counted in C
 
 
-_DayKey = tuple[dt.date, MetricType, int]
+#: A day row's or an hour row's key: its day (a date) or hour (its start), metric type and label set.
+_PeriodKey = tuple[dt.date | dt.datetime, MetricType, int]
+
+
+class _PeriodParts:
+    """The parts to add to the day rows and the hour rows, gathered per row."""
+
+    def __init__(self) -> None:
+        self.days: dict[_PeriodKey, _DayPart] = {}
+        self.hours: dict[_PeriodKey, _DayPart] = {}
+
+    def add(
+        self,
+        at: dt.datetime,
+        metric_type: MetricType,
+        label_set_id: int,
+        stats: tuple[int, float, float, float],
+        keys: Sequence[int | None],
+    ) -> None:
+        """Add values recorded from ``at`` on, within one hour (a 10-minute bucket's, or one value)."""
+        at = at.astimezone(dt.UTC)
+        for parts, period in (
+            (self.days, at.date()),
+            (self.hours, at.replace(minute=0, second=0, microsecond=0)),
+        ):
+            key = (period, metric_type, label_set_id)
+            part = parts.get(key)
+            if part is None:
+                part = parts[key] = _DayPart()
+            part.add(*stats, keys)
+
+    def merge(self, connection: Connection) -> None:
+        """Add each part to its row: :func:`_merge_into_periods` of the days, then of the hours."""
+        _merge_into_periods(connection, RecentDay, self.days)
+        _merge_into_periods(connection, RecentHour, self.hours)
 
 
 def _build_days(connection: Connection, state: _State) -> bool:
     """Merge the :data:`DAY_ROWS_WIDTH_MINUTES` buckets from ``state.days_until`` to where they are built into
-    their day rows, an hour of buckets per statement (a catch-up after migration 0011 reads days of them);
-    whether any were."""
+    their day and hour rows, an hour of buckets per statement (a catch-up after migration 0013 reads days of
+    them); whether any were."""
     high = max(state.built[DAY_ROWS_WIDTH_MINUTES], state.days_until)
     if high == state.days_until:
         return False
     tier = RecentAggregate
-    parts: dict[_DayKey, _DayPart] = {}
+    parts = _PeriodParts()
     low = state.days_until
     while low < high:
         chunk_high = min(low + dt.timedelta(hours=1), high)
@@ -1005,53 +1061,56 @@ def _build_days(connection: Connection, state: _State) -> bool:
             ),
         )  # fmt: skip
         for bucket_start, metric_type, label_set_id, count, total, minimum, maximum, bucket_keys in rows:
-            key = (bucket_start.astimezone(dt.UTC).date(), MetricType(metric_type), label_set_id)
-            part = parts.get(key)
-            if part is None:
-                part = parts[key] = _DayPart()
-            part.add(count, total, minimum, maximum, bucket_keys)
+            parts.add(
+                bucket_start, MetricType(metric_type), label_set_id, (count, total, minimum, maximum), bucket_keys
+            )
         low = chunk_high
-    _merge_into_days(connection, parts)
+    parts.merge(connection)
     state.days_until = high
     return True
 
 
 def _add_rows_to_days(connection: Connection, rows: Iterable[tuple[dt.datetime, MetricType | str, int, float]]) -> None:
     """Add raw rows ``(recorded_at, metric_type, label_set_id, value)`` (late ones, of hours already merged)
-    to their day rows."""
-    parts: dict[_DayKey, _DayPart] = {}
+    to their day and hour rows."""
+    parts = _PeriodParts()
     for recorded_at, metric_type, label_set_id, value in rows:
         number = float(value)
-        key = (recorded_at.astimezone(dt.UTC).date(), MetricType(metric_type), label_set_id)
-        part = parts.get(key)
-        if part is None:
-            part = parts[key] = _DayPart()
-        part.add(1, number, number, number, (signed_bucket_key(number),))
-    _merge_into_days(connection, parts)
+        parts.add(
+            recorded_at,
+            MetricType(metric_type),
+            label_set_id,
+            (1, number, number, number),
+            (signed_bucket_key(number),),
+        )
+    parts.merge(connection)
 
 
-def _merge_into_days(connection: Connection, parts: Mapping[_DayKey, _DayPart]) -> None:
-    """Add each part to its day row (created if new): one read of the rows of their days, one upsert."""
+def _merge_into_periods(
+    connection: Connection, table: type[RecentDay] | type[RecentHour], parts: Mapping[_PeriodKey, _DayPart]
+) -> None:
+    """Add each part to its row of ``table`` (created if new): one read of the rows of their periods, one
+    upsert."""
     if not parts:
         return
-    days = RecentDay
-    days_wanted = sorted({key[0] for key in parts})
+    period = RecentDay.day if table is RecentDay else RecentHour.hour
+    periods_wanted = sorted({key[0] for key in parts})
     existing = {
         (row[0], MetricType(row[1]), row[2]): row[3:]
         for row in fetch_rows(
             connection,
             select(
-                days.day, cast(days.metric_type, Text), days.label_set_id, days.count, days.sum, days.min, days.max,
-                days.histogram_packed,
-            ).where(days.day.in_(days_wanted)),
+                period, cast(table.metric_type, Text), table.label_set_id, table.count, table.sum, table.min,
+                table.max, table.histogram_packed,
+            ).where(period.in_(periods_wanted)),
         )
     }  # fmt: skip
     values = []
-    for (day, metric_type, label_set_id), part in parts.items():
+    for (at, metric_type, label_set_id), part in parts.items():
         histogram = HistogramSum()
         sums = part.sums
         count, low, high = part.count, part.min, part.max
-        before = existing.get((day, metric_type, label_set_id))
+        before = existing.get((at, metric_type, label_set_id))
         if before is not None:
             count, sums = count + before[0], [before[1], *sums]
             low, high = min(low, before[2]), max(high, before[3])
@@ -1059,7 +1118,7 @@ def _merge_into_days(connection: Connection, parts: Mapping[_DayKey, _DayPart]) 
         histogram.add_histogram(histogram_of_key_counts(part.keys))
         values.append(
             {
-                "day": day,
+                period.key: at,
                 "metric_type": metric_type,
                 "label_set_id": label_set_id,
                 "count": count,
@@ -1070,10 +1129,11 @@ def _merge_into_days(connection: Connection, parts: Mapping[_DayKey, _DayPart]) 
             }
         )
     merged = ("count", "sum", "min", "max", "histogram_packed")
+    keys = [period.key, "metric_type", "label_set_id"]
     if connection.dialect.name == "postgresql":
         # One statement of arrays: a third of the time of a batch of rows.
         columns = {
-            "day": "date",
+            period.key: "date" if table is RecentDay else "timestamptz",
             "metric_type": "text",
             "label_set_id": "integer",
             "count": "bigint",
@@ -1085,10 +1145,10 @@ def _merge_into_days(connection: Connection, parts: Mapping[_DayKey, _DayPart]) 
         arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns.items())
         connection.execute(
             text(
-                f"INSERT INTO {RECENT_DAYS_TABLE} ({', '.join(columns)})"
-                f" SELECT day, CAST(metric_type AS {METRIC_TYPE_ENUM_NAME}), label_set_id, count, sum, min, max,"
-                f" histogram_packed FROM unnest({arrays}) AS new({', '.join(columns)})"
-                " ON CONFLICT (day, metric_type, label_set_id) DO UPDATE SET"
+                f"INSERT INTO {table.__tablename__} ({', '.join(columns)})"
+                f" SELECT {period.key}, CAST(metric_type AS {METRIC_TYPE_ENUM_NAME}), label_set_id, count, sum, min,"
+                f" max, histogram_packed FROM unnest({arrays}) AS new({', '.join(columns)})"
+                f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET"
                 f" {', '.join(f'{name} = excluded.{name}' for name in merged)}"
             ),
             {
@@ -1098,11 +1158,8 @@ def _merge_into_days(connection: Connection, parts: Mapping[_DayKey, _DayPart]) 
             },
         )
         return
-    upsert = sqlite.insert(days)
-    statement = upsert.on_conflict_do_update(
-        index_elements=["day", "metric_type", "label_set_id"],
-        set_={name: upsert.excluded[name] for name in merged},
-    )
+    upsert = sqlite.insert(table)
+    statement = upsert.on_conflict_do_update(index_elements=keys, set_={name: upsert.excluded[name] for name in merged})
     connection.execute(statement, values)
 
 

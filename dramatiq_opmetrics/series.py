@@ -45,10 +45,12 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, Text, cast, select, text, tuple_
 
+from .aggregate import PERCENTILES
 from .database import LONG_READ_SETTINGS, collection_paused, connection_for, local_settings
 from .labels import make_label_set
 from .metric_types import METRIC_TYPE_ENUM_NAME, MetricType
-from .models import LABEL_SETS_TABLE, RECENT_TABLE, OperationalMetric, RecentAggregate
+from .models import LABEL_SETS_TABLE, RECENT_HOURS_TABLE, RECENT_TABLE, OperationalMetric, RecentAggregate
+from .packed_histograms import HistogramSum
 from .query import labels_of_ids, matching_label_sets
 from .recent_tier import (
     BUCKET_EPOCH,
@@ -63,12 +65,15 @@ from .recent_tier import (
     aggregate_sql,
     bin_sql,
     bucket_floor,
+    days_floor,
     folded_during_reads,
+    has_hour_rows,
     keyed_raw_sql,
     picks_sql,
     quantiles_of_keys,
     read_state,
 )
+from .sketch import histogram_of_key_counts
 
 #: PostgreSQL settings of the series statement, for it only: those of the long reads, and also: it is short
 #: enough that parallel workers cost more than they save, and its joins and groupings of intermediate results
@@ -272,7 +277,9 @@ def query_totals(
     retention use :func:`~dramatiq_opmetrics.query.query_metrics`.
 
     Parameters and errors are those of :func:`query_series`, without ``step``; the range may be any length
-    (percentiles of long ranges merge many buckets' keys: prefer the daily rows beyond a few days). With
+    (on PostgreSQL the percentiles of its whole hours come from the tier's hour rows, its edges' from the
+    keys of buckets and raw rows; SQLite merges the keys of every bucket: prefer the daily rows beyond a few
+    days there). With
     ``percentiles=False`` the points' ``p50``/``p95``/``p99`` are None and no keys are merged (several times
     faster: what the alert evaluator reads for rules on counts, sums, averages, extremes and error rates).
     ``metric_types`` instead of ``metric_type``: the points of these types only (the exporter's gauges read
@@ -523,9 +530,17 @@ def _query_in_postgres(
     points travel."""
     for _ in range(MAX_READ_ATTEMPTS):
         state = read_state(connection)
-        spans, pieces = tier_layout(state, start, end, step_minutes)
+        hours = _hours_span(connection, state, start, end) if step_minutes is None and percentiles else None
+        if hours is None:
+            spans, pieces = tier_layout(state, start, end, step_minutes)
+        else:
+            # The whole hours from the hour rows (and the raw rows of them not folded yet), the edges as usual.
+            assert state is not None  # an hours span needs the tier
+            before, after = tier_layout(state, start, hours[0], None), tier_layout(state, hours[1], end, None)
+            spans = before[0] + after[0]
+            pieces = [*before[1], *after[1], (hours[0], hours[1], state.folded_id)]
         statement, params = _series_sql(
-            connection, start, step_minutes, wanted, types, label_set_ids, keys, spans, pieces, percentiles
+            connection, start, step_minutes, wanted, types, label_set_ids, keys, spans, pieces, percentiles, hours
         )
         compiled = text(statement).compile(dialect=connection.dialect)
         driver = connection.connection.driver_connection
@@ -540,7 +555,37 @@ def _query_in_postgres(
     else:
         raise folded_during_reads()
     with collection_paused():
+        if hours is not None:
+            rows = [_with_histogram_quantiles(row) for row in rows]
         return _points_of_rows(rows, start, end, step_minutes, keys)
+
+
+def _hours_span(
+    connection: Connection, state: TierState | None, start: dt.datetime, end: dt.datetime
+) -> tuple[dt.datetime, dt.datetime] | None:
+    """The whole UTC hours of ``[start, end)`` that the tier's hour rows hold
+    (:class:`~dramatiq_opmetrics.models.RecentHour`), or None if there are none."""
+    if state is None or state.days_until is None or not has_hour_rows(connection):
+        return None
+    low = max(_ceil(start, 60), days_floor(state.floor))
+    high = min(bucket_floor(end, 60), bucket_floor(state.days_until, 60))
+    return (low, high) if low < high else None
+
+
+def _with_histogram_quantiles(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row of :func:`_series_sql` with hour rows, its percentiles read from the sum of its hour rows' packed
+    histograms and its other keys' counts, clamped to its extremes; without those columns."""
+    if row[0] is None:  # a group's name
+        return row[:12]
+    *point, keys, counts, packed = row
+    histogram = HistogramSum()
+    for data in packed or ():
+        histogram.add_packed(data)
+    if keys:
+        histogram.add_histogram(histogram_of_key_counts(dict(zip(keys, counts, strict=True))))
+    low, high = point[5], point[6]
+    point[7:10] = [None if value is None else min(max(value, low), high) for value in histogram.quantiles(PERCENTILES)]
+    return tuple(point)
 
 
 def _points_of_rows(
@@ -598,8 +643,11 @@ def _series_sql(
     spans: Sequence[tuple[int, dt.datetime, dt.datetime]],
     pieces: Sequence[tuple[dt.datetime, dt.datetime, int | None]],
     percentiles: bool = True,
+    hours: tuple[dt.datetime, dt.datetime] | None = None,
 ) -> tuple[str, dict[str, object]]:
-    """The statement of :func:`_query_in_postgres` and its parameters."""
+    """The statement of :func:`_query_in_postgres` and its parameters. With ``hours`` (totals only), also the
+    hour rows starting in ``[hours[0], hours[1])``; each point then comes with three more columns, no
+    percentiles: the keys and counts of its other parts' keys, and its hour rows' packed histograms."""
     params: dict[str, object] = {**KEY_PARAMETERS, "range_start": start}
     filters = ""
     if types is not None:
@@ -614,12 +662,14 @@ def _series_sql(
     # be read by primary key, from the table's rows (a 10-minute one holds 1.4 KB of keys).
     every_type = f" AND metric_type = ANY(enum_range(CAST(NULL AS {METRIC_TYPE_ENUM_NAME})))"
     tier_filters = filters if types is not None else every_type + filters
+    # With hour rows every part has their packed histogram too (NULL but in theirs).
+    no_packed = ", CAST(NULL AS bytea) AS hp" if hours is not None else ""
     parts = []
     for index, (width, low, high) in enumerate(spans):
         # One scan per span, each ranges of the read index of its width's partition (one per metric type).
         parts.append(
             "SELECT width_minutes AS w, bucket_start AS b, metric_type AS t, label_set_id AS l, count AS c, sum AS s,"
-            " min AS lo, max AS hi, p50, p95, p99, CAST(NULL AS integer[]) AS keys"
+            f" min AS lo, max AS hi, p50, p95, p99, CAST(NULL AS integer[]) AS keys{no_packed}"
             f" FROM {RECENT_TABLE} WHERE width_minutes = {width} AND bucket_start >= :tl{index}"
             f" AND bucket_start < :th{index}{tier_filters}"
         )
@@ -635,11 +685,20 @@ def _series_sql(
         raw = " UNION ALL ".join(chosen)
         parts.append(
             "SELECT 0 AS w, bucket_start AS b, metric_type AS t, label_set_id AS l, count AS c, sum AS s, min AS lo,"
-            " max AS hi, CAST(NULL AS float8) AS p50, CAST(NULL AS float8) AS p95, CAST(NULL AS float8) AS p99, keys"
+            " max AS hi, CAST(NULL AS float8) AS p50, CAST(NULL AS float8) AS p95, CAST(NULL AS float8) AS p99,"
+            f" keys{no_packed}"
             # The keys are sorted where they are merged (or not collected at all without percentiles).
             f" FROM ({aggregate_sql(connection, f'({raw}) AS keyed', keys='unsorted' if percentiles else 'none')})"
             " AS minutes"
         )
+    if hours is not None:
+        parts.append(
+            "SELECT -60 AS w, hour AS b, metric_type AS t, label_set_id AS l, count AS c, sum AS s, min AS lo,"
+            " max AS hi, CAST(NULL AS float8) AS p50, CAST(NULL AS float8) AS p95, CAST(NULL AS float8) AS p99,"
+            f" CAST(NULL AS integer[]) AS keys, histogram_packed AS hp FROM {RECENT_HOURS_TABLE}"
+            f" WHERE hour >= :hl AND hour < :hh{filters}"
+        )
+        params["hl"], params["hh"] = hours
     if keys is None:
         group, rate_group = "labels", "labels - 'error_type'"
     else:
@@ -676,6 +735,34 @@ def _series_sql(
             strict=True,
         )
     )
+    # A tier bucket's keys: one look-up by primary key (a subquery: never a join over the whole tier).
+    tier_keys = (
+        f"COALESCE(placed.keys, (SELECT tier.keys FROM {RECENT_TABLE} AS tier WHERE tier.width_minutes = placed.w"
+        " AND tier.bucket_start = placed.b AND tier.metric_type = placed.t AND tier.label_set_id = placed.l))"
+    )
+    merged = (
+        # Grouped by hashing, each point's keys then sorted on their own (an ordered array_agg would sort every
+        # key by point first).
+        f" merged AS (SELECT t, g, pb, (SELECT {SORTED_KEYS_SQL.format('k')} FROM unnest(unsorted) AS k) AS sorted"
+        "  FROM (SELECT placed.t, placed.g, placed.pb, array_agg(k) AS unsorted"
+        "  FROM placed JOIN points ON (points.t, points.g, points.pb) = (placed.t, placed.g, placed.pb)"
+        f"   AND (points.n > 1 OR points.p50 IS NULL) AND {'TRUE' if percentiles else 'FALSE'}"
+        f"  CROSS JOIN LATERAL unnest({tier_keys}) AS k"
+        "  GROUP BY placed.t, placed.g, placed.pb) AS grouped)"
+    )
+    extra_columns, merged_columns, hour_columns, hour_join, placed_packed = "", picks, "", "", ""
+    if hours is not None:
+        # Each point's keys counted (not sorted: their counts go to a histogram, with the hour rows').
+        merged = (
+            " merged AS (SELECT t, g, pb, array_agg(k) AS hk, array_agg(n) AS hn"
+            "  FROM (SELECT placed.t, placed.g, placed.pb, k, count(*) AS n FROM placed"
+            f"  CROSS JOIN LATERAL unnest({tier_keys}) AS k WHERE placed.hp IS NULL"
+            "  GROUP BY placed.t, placed.g, placed.pb, k) AS counted GROUP BY t, g, pb),"
+            " packs AS (SELECT t, g, pb, array_agg(hp) AS hp FROM placed WHERE hp IS NOT NULL GROUP BY t, g, pb)"
+        )
+        extra_columns, merged_columns = ", NULL, NULL, NULL", "NULL, NULL, NULL"
+        hour_columns, placed_packed = ", merged.hk, merged.hn, packs.hp", ", parts.hp"
+        hour_join = " LEFT JOIN packs ON (packs.t, packs.g, packs.pb) = (points.t, points.g, points.pb)"
     statement = (
         f"WITH parts AS MATERIALIZED ({' UNION ALL '.join(parts)}),"
         f" named AS MATERIALIZED (SELECT id, CAST({group} AS text) AS g, CAST({rate_group} AS text) AS rg"
@@ -686,33 +773,23 @@ def _series_sql(
         " sets AS (SELECT named.id, own.number AS g, rate.number AS rg FROM named"
         "  JOIN names AS own ON own.name = named.g JOIN names AS rate ON rate.name = named.rg),"
         " placed AS MATERIALIZED (SELECT parts.w, parts.b, parts.l, parts.t, parts.c, parts.s,"
-        f"  parts.lo, parts.hi, parts.p50, parts.p95, parts.p99, parts.keys, sets.g, sets.rg, {point_start} AS pb"
+        f"  parts.lo, parts.hi, parts.p50, parts.p95, parts.p99, parts.keys{placed_packed}, sets.g, sets.rg,"
+        f"  {point_start} AS pb"
         "  FROM parts JOIN sets ON sets.id = parts.l),"
         " points AS MATERIALIZED (SELECT t, g, pb, CAST(sum(c) AS bigint) AS c, sum(s) AS s, min(lo) AS lo,"
         "  max(hi) AS hi, count(*) AS n, max(p50) AS p50, max(p95) AS p95, max(p99) AS p99"
         f"  FROM placed WHERE {point_types} GROUP BY t, g, pb),"
-        f"{errors}"
-        # Grouped by hashing, each point's keys then sorted on their own (an ordered array_agg would sort every
-        # key by point first).
-        f" merged AS (SELECT t, g, pb, (SELECT {SORTED_KEYS_SQL.format('k')} FROM unnest(unsorted) AS k) AS sorted"
-        "  FROM (SELECT placed.t, placed.g, placed.pb, array_agg(k) AS unsorted"
-        "  FROM placed JOIN points ON (points.t, points.g, points.pb) = (placed.t, placed.g, placed.pb)"
-        f"   AND (points.n > 1 OR points.p50 IS NULL) AND {'TRUE' if percentiles else 'FALSE'}"
-        # A tier bucket's keys: one look-up by primary key (a subquery: never a join over the whole tier).
-        "  CROSS JOIN LATERAL unnest(COALESCE(placed.keys, (SELECT tier.keys FROM"
-        f"   {RECENT_TABLE} AS tier WHERE tier.width_minutes = placed.w AND tier.bucket_start = placed.b"
-        "   AND tier.metric_type = placed.t AND tier.label_set_id = placed.l))) AS k"
-        "  GROUP BY placed.t, placed.g, placed.pb) AS grouped)"
+        f"{errors}{merged}"
         # The groups' names (rows without a metric type), then the points, in no order: sorting them costs more
         # here than in Python, which sorts each series.
         " SELECT NULL AS t, number AS g, NULL AS epoch, NULL AS c, NULL AS s, NULL AS lo, NULL AS hi, NULL AS p50,"
-        "  NULL AS p95, NULL AS p99, NULL AS e, name FROM names WHERE number IN (SELECT g FROM points)"
+        f"  NULL AS p95, NULL AS p99, NULL AS e, name{extra_columns} FROM names WHERE number IN (SELECT g FROM points)"
         " UNION ALL SELECT CAST(points.t AS text), points.g,"
         f"  CAST(extract(epoch FROM points.pb - {BUCKET_EPOCH_SQL}) AS float8), points.c, points.s, points.lo,"
-        f"  points.hi, {picks}, CASE WHEN points.t = CAST('processing_time' AS opmetrics_metric_type)"
-        f"  THEN COALESCE({error_count}, 0) END, NULL"
+        f"  points.hi, {merged_columns}, CASE WHEN points.t = CAST('processing_time' AS opmetrics_metric_type)"
+        f"  THEN COALESCE({error_count}, 0) END, NULL{hour_columns}"
         "  FROM points LEFT JOIN merged ON (merged.t, merged.g, merged.pb) = (points.t, points.g, points.pb)"
-        f"{error_join}"
+        f"{error_join}{hour_join}"
     )
     return statement, params
 

@@ -41,14 +41,15 @@ OUR_TABLES = {
     "opmetrics_alert_silences",
     "opmetrics_alert_deliveries",
     "opmetrics_recent_days",
+    "opmetrics_recent_hours",
     VERSION_TABLE,
 }
 #: The newest revision.
-HEAD = "0012"
+HEAD = "0013"
 #: The tables of the recent tier (migration 0005).
 RECENT_TABLES = {"opmetrics_recent_aggregates", "opmetrics_recent_state"}
-#: The table of the recent tier's day rows (migration 0011).
-DAY_ROW_TABLES = {"opmetrics_recent_days"}
+#: The tables of the recent tier's day rows (migration 0011) and hour rows (migration 0013).
+DAY_ROW_TABLES = {"opmetrics_recent_days", "opmetrics_recent_hours"}
 #: The table of the monthly rows (migration 0007).
 MONTHLY_TABLES = {"operational_metrics_monthly"}
 #: The tables of alerting (migration 0008).
@@ -394,5 +395,41 @@ def test_downgrading_0011_drops_the_day_rows_and_upgrading_again_rebuilds_them_f
         assert fold(engine, now=now).rows == 0  # the first fold merges the hourly buckets already built
         with engine.connect() as connection:
             assert connection.execute(query).all() == before
+    finally:
+        engine.dispose()
+
+
+def test_0013_adds_hour_rows_and_the_next_fold_merges_day_and_hour_rows_anew_after_an_upgrade_or_downgrade(
+    database_url: URL,
+) -> None:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        at = dt.datetime(2026, 11, 20, 8, 5, tzinfo=dt.UTC)
+        with engine.begin() as connection:
+            write_samples(connection, samples.processing_time("a", 5.0, recorded_at=at))
+            write_samples(connection, samples.processing_time("a", 7.0, recorded_at=at + dt.timedelta(hours=1)))
+        now = at + dt.timedelta(hours=3)
+        assert fold(engine, now=now).rows == 2
+        days = text("SELECT day, count, sum FROM opmetrics_recent_days")
+        hours = text("SELECT hour, count, sum FROM opmetrics_recent_hours ORDER BY hour")
+        with engine.connect() as connection:
+            days_before = connection.execute(days).all()
+            hours_before = [(str(hour)[:13], count, total) for hour, count, total in connection.execute(hours)]
+        assert [(str(day), count, total) for day, count, total in days_before] == [("2026-11-20", 2, 12.0)]
+        assert hours_before == [("2026-11-20 08", 1, 5.0), ("2026-11-20 09", 1, 7.0)]
+        downgrade(database_url, "0012")
+        assert table_names(database_url) == OUR_TABLES - {"opmetrics_recent_hours"}
+        with engine.connect() as connection:
+            assert connection.execute(days).all() == []  # merged anew by the next fold
+        upgrade(database_url)
+        assert current_revision(database_url) == HEAD
+        with engine.connect() as connection:
+            assert connection.execute(days).all() == []
+            assert connection.execute(hours).all() == []
+        assert fold(engine, now=now).rows == 0  # the first fold merges the 10-minute buckets already built
+        with engine.connect() as connection:
+            assert connection.execute(days).all() == days_before
+            assert [(str(hour)[:13], count, total) for hour, count, total in connection.execute(hours)] == hours_before
     finally:
         engine.dispose()

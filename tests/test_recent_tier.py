@@ -7,6 +7,8 @@ import datetime as dt
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -24,7 +26,7 @@ from dramatiq_opmetrics.label_sets import resolve_label_set_ids
 from dramatiq_opmetrics.labels import make_label_set
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.migrate import downgrade
-from dramatiq_opmetrics.models import OperationalMetric, RecentAggregate, RecentDay, RecentState
+from dramatiq_opmetrics.models import OperationalMetric, RecentAggregate, RecentDay, RecentHour, RecentState
 from dramatiq_opmetrics.packed_histograms import sum_of_packed, unpack
 from dramatiq_opmetrics.partitions import day_bounds, partition_name
 from dramatiq_opmetrics.recent_tier import (
@@ -90,28 +92,36 @@ def expected_rows(
 
 
 def day_rows(engine: Engine) -> dict[tuple[dt.date, str, int], tuple[int, float, float, float, Histogram]]:
-    t = RecentDay
+    return period_rows(engine, RecentDay)
+
+
+def period_rows(engine: Engine, table: type[RecentDay] | type[RecentHour]) -> dict[tuple[Any, str, int], tuple]:
+    """The day rows or the hour rows, by (day or UTC hour, metric type, label set)."""
+    period = RecentDay.day if table is RecentDay else RecentHour.hour
     with engine.connect() as connection:
         rows = connection.execute(
-            select(t.day, t.metric_type, t.label_set_id, t.count, t.sum, t.min, t.max, t.histogram_packed)
-        ).all()
+            select(period, table.metric_type, table.label_set_id, table.count, table.sum, table.min, table.max,
+                   table.histogram_packed)
+        ).all()  # fmt: skip
     return {(r[0], MetricType(r[1]).value, r[2]): (r[3], r[4], r[5], r[6], unpack(r[7])) for r in rows}
 
 
-def expected_day_rows(
-    engine: Engine,
-) -> dict[tuple[dt.date, str, int], tuple[int, float, float, float, Histogram]]:
-    """What the day rows must hold, from the raw rows: those of each day from the tier's first whole day on,
-    recorded before where the day rows stop."""
+def expected_day_rows(engine: Engine) -> dict[tuple[Any, str, int], tuple]:
+    return expected_period_rows(engine, lambda at: at.date())
+
+
+def expected_period_rows(engine: Engine, period_of: Callable[[dt.datetime], Any]) -> dict[tuple[Any, str, int], tuple]:
+    """What the day rows (or, with ``period_of`` the hour, the hour rows) must hold, from the raw rows: those of
+    each day (hour) from the tier's first whole day on, recorded before where the day rows stop."""
     raw = OperationalMetric.__table__
     with engine.connect() as connection:
         state = read_state(connection)
         rows = connection.execute(select(raw.c.recorded_at, raw.c.metric_type, raw.c.label_set_id, raw.c.value)).all()
     assert state is not None and state.days_until is not None
-    groups: dict[tuple[dt.date, str, int], list[float]] = {}
+    groups: dict[tuple[Any, str, int], list[float]] = {}
     for recorded_at, metric_type, label_set_id, value in rows:
         if days_floor(state.floor) <= recorded_at < state.days_until:
-            groups.setdefault((recorded_at.date(), MetricType(metric_type).value, label_set_id), []).append(value)
+            groups.setdefault((period_of(recorded_at), MetricType(metric_type).value, label_set_id), []).append(value)
     return {
         key: (len(values), float(np.sum(values)), min(values), max(values), Histogram.of(values))
         for key, values in groups.items()
@@ -122,6 +132,8 @@ def assert_tier_is_exact(engine: Engine) -> None:
     for width in WIDTHS_MINUTES:
         assert tier_rows(engine, width) == expected_rows(engine, width)
     assert day_rows(engine) == expected_day_rows(engine)
+    hour_of = lambda at: at.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)  # noqa: E731
+    assert period_rows(engine, RecentHour) == expected_period_rows(engine, hour_of)
 
 
 def test_each_raw_row_is_folded_once_and_a_rerun_adds_nothing(engine: Engine) -> None:
@@ -408,14 +420,17 @@ def test_day_rows_hold_the_hours_merged_across_midnight_with_late_rows_once_and_
     assert fold(engine, now=later).rows == 0  # a re-run changes nothing
     assert day_rows(engine) == before
     assert_day_is_read_exactly(engine, midnight.date())
-    # The first fold after migration 0011 (no day rows yet) merges the hourly buckets already built.
+    # The first fold after migration 0013 (no day or hour rows yet) merges the 10-minute buckets already built.
+    hours_before = period_rows(engine, RecentHour)
     with engine.begin() as connection:
         connection.execute(RecentDay.__table__.delete())
+        connection.execute(RecentHour.__table__.delete())
         connection.execute(RecentState.__table__.update().values(built_days_until=None))
     assert day_rows(engine) == {}
     assert_day_is_read_exactly(engine, midnight.date())
     fold(engine, now=later)
     assert day_rows(engine) == before
+    assert period_rows(engine, RecentHour) == hours_before
     # Retention: the day rows of a day no longer whole in the tier go with its buckets.
     fold(engine, now=midnight + dt.timedelta(days=2, hours=1))
     assert {key[0] for key in day_rows(engine)} == {midnight.date()}

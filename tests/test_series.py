@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from raw_samples import insert_samples
 from series_samples import assert_points_match, expected_points, fleet_samples
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.recent_tier import fold
@@ -193,3 +193,28 @@ def test_a_queue_with_ready_messages_and_nothing_finished_is_stalled(engine: Eng
     assert query_stalled(engine, first, NOW, step=step, queue="busy") == []
     # Over the four minutes at once, one message of "stuck" finished: not stalled.
     assert query_stalled(engine, first, NOW, step=dt.timedelta(minutes=4), queue="stuck") == []
+
+
+def test_totals_over_whole_hours_read_the_hour_rows_on_postgresql(postgres_engine: Engine) -> None:
+    samples = fleet_samples(START, 150, seed=21)
+    insert_samples(postgres_engine, samples)
+    fold(postgres_engine, now=NOW)
+    # Rows of hours already merged, not folded yet: read from the raw rows with the hour rows.
+    late = fleet_samples(START + dt.timedelta(minutes=65), 10, seed=22, per_minute=5)
+    insert_samples(postgres_engine, late)
+    start, end = START + dt.timedelta(minutes=17, seconds=3.5), NOW - dt.timedelta(seconds=1)
+    points = query_totals(postgres_engine, start, end, metric_type=MetricType.PROCESSING_TIME, group_by=GROUPS)
+    whole = dt.timedelta(days=366 * 100)
+    assert_points_match(points, expected_points(samples + late, start, end, whole, MetricType.PROCESSING_TIME, GROUPS))
+    # The hours from 10:00 to 11:00 come from the hour rows: what they hold is what the totals count.
+    with postgres_engine.begin() as connection:
+        changed = connection.execute(
+            text(
+                "UPDATE opmetrics_recent_hours SET count = count + 1000 WHERE metric_type = 'processing_time'"
+                " AND hour >= :low AND hour < :high"
+            ),
+            {"low": START + dt.timedelta(hours=1), "high": START + dt.timedelta(hours=2)},
+        ).rowcount
+    assert changed > 0
+    again = query_totals(postgres_engine, start, end, metric_type=MetricType.PROCESSING_TIME, group_by=GROUPS)
+    assert sum(point.count for point in again) == sum(point.count for point in points) + 1000 * changed
