@@ -238,7 +238,18 @@ class IntervalClaim(Base):
 KeysType = JSON().with_variant(ARRAY(Integer), "postgresql")
 
 
-class RecentAggregate(Base):
+class _TierRow:
+    """The columns the recent tier's buckets, day rows and hour rows share, after their bucket or period."""
+
+    metric_type: Mapped[MetricType] = mapped_column(MetricTypeColumn, primary_key=True)
+    label_set_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    sum: Mapped[float] = mapped_column(Float)
+    min: Mapped[float] = mapped_column(Float)
+    max: Mapped[float] = mapped_column(Float)
+
+
+class RecentAggregate(_TierRow, Base):
     """The raw rows of one metric type and label set recorded in one bucket of ``width_minutes`` minutes.
 
     ``keys`` holds one histogram bucket key per value (:mod:`~dramatiq_opmetrics.recent_tier`), so that
@@ -249,14 +260,9 @@ class RecentAggregate(Base):
 
     __tablename__ = RECENT_TABLE
 
-    width_minutes: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
-    bucket_start: Mapped[dt.datetime] = mapped_column(UTCDateTime, primary_key=True)
-    metric_type: Mapped[MetricType] = mapped_column(MetricTypeColumn, primary_key=True)
-    label_set_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    count: Mapped[int] = mapped_column(BigInteger)
-    sum: Mapped[float] = mapped_column(Float)
-    min: Mapped[float] = mapped_column(Float)
-    max: Mapped[float] = mapped_column(Float)
+    # First, as in the table.
+    width_minutes: Mapped[int] = mapped_column(SmallInteger, primary_key=True, sort_order=-2)
+    bucket_start: Mapped[dt.datetime] = mapped_column(UTCDateTime, primary_key=True, sort_order=-1)
     keys: Mapped[list[int | None]] = mapped_column(KeysType)
     p50: Mapped[float | None] = mapped_column(Float)
     p95: Mapped[float | None] = mapped_column(Float)
@@ -289,15 +295,9 @@ class RecentState(Base):
     built_days_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
-class _RecentPeriod:
+class _RecentPeriod(_TierRow):
     """The columns of a row of :class:`RecentDay` and :class:`RecentHour` after their period."""
 
-    metric_type: Mapped[MetricType] = mapped_column(MetricTypeColumn, primary_key=True)
-    label_set_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    count: Mapped[int] = mapped_column(BigInteger)
-    sum: Mapped[float] = mapped_column(Float)
-    min: Mapped[float] = mapped_column(Float)
-    max: Mapped[float] = mapped_column(Float)
     histogram_packed: Mapped[bytes] = mapped_column(LargeBinary)
 
 
