@@ -1142,15 +1142,17 @@ def _merge_into_periods(
             "max": "float8",
             "histogram_packed": "bytea",
         }
-        arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns.items())
-        connection.execute(
-            text(
-                f"INSERT INTO {table.__tablename__} ({', '.join(columns)})"
-                f" SELECT {period.key}, CAST(metric_type AS {METRIC_TYPE_ENUM_NAME}), label_set_id, count, sum, min,"
-                f" max, histogram_packed FROM unnest({arrays}) AS new({', '.join(columns)})"
-                f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET"
-                f" {', '.join(f'{name} = excluded.{name}' for name in merged)}"
-            ),
+        # Sent in binary (%(name)b): psycopg's text form of these arrays took 10 ms of Python for 420 rows, the
+        # binary one 1.3 ms.
+        arrays = ", ".join(f"CAST(%({name})b AS {kind}[])" for name, kind in columns.items())
+        driver = connection.connection.driver_connection
+        assert driver is not None  # a live connection
+        driver.execute(
+            f"INSERT INTO {table.__tablename__} ({', '.join(columns)})"
+            f" SELECT {period.key}, CAST(metric_type AS {METRIC_TYPE_ENUM_NAME}), label_set_id, count, sum, min,"
+            f" max, histogram_packed FROM unnest({arrays}) AS new({', '.join(columns)})"
+            f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET"
+            f" {', '.join(f'{name} = excluded.{name}' for name in merged)}",
             {
                 # A metric type as its text (a StrEnum's str is its value), cast to the enum in the statement.
                 name: [str(row[name]) if name == "metric_type" else row[name] for row in values]
