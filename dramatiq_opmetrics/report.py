@@ -356,18 +356,30 @@ def _window_metrics(
     wanted: Sequence[MetricType],
     labels: Mapping[str, str],
 ) -> dict[MetricType, list[ReportRow]]:
-    """The report's rows of a window, from the series API (the recent tier and the raw rows it lacks)."""
-    metrics: dict[MetricType, list[ReportRow]] = {}
+    """The report's rows of a window, from the series API (the recent tier and the raw rows it lacks): one
+    read without percentiles finds the metric types with samples, then one read per grouping of those
+    (each read costs about 50 ms even when it finds nothing: 11 types without samples took half of a
+    24-hour report)."""
+    found = query_totals(
+        connection, start, end, labels=labels or None, group_by=(), percentiles=False, metric_types=wanted
+    )
+    present = {point.metric_type for point in found}
+    groupings: dict[tuple[str, ...], list[MetricType]] = {}
     for metric_type in MetricType:
-        if metric_type not in wanted:
-            continue
-        points = query_totals(
-            connection, start, end, metric_type=metric_type, labels=labels or None, group_by=GROUP_BY[metric_type]
-        )
-        rows = [ReportRow(_stats_of_point(point), point.error_rate) for point in points]
-        if rows:
-            metrics[metric_type] = _in_report_order(metric_type, rows)
-    return metrics
+        if metric_type in present:
+            groupings.setdefault(GROUP_BY[metric_type], []).append(metric_type)
+    rows: dict[MetricType, list[ReportRow]] = {}
+    for group_by, types in groupings.items():
+        # Processing times' error rates need the errors of their groups read with them.
+        asked = {*types, MetricType.ERROR} if MetricType.PROCESSING_TIME in types else set(types)
+        for point in query_totals(connection, start, end, labels=labels or None, group_by=group_by, metric_types=asked):
+            if point.metric_type in types:
+                rows.setdefault(point.metric_type, []).append(ReportRow(_stats_of_point(point), point.error_rate))
+    return {
+        metric_type: _in_report_order(metric_type, rows[metric_type])
+        for metric_type in MetricType
+        if metric_type in rows
+    }
 
 
 def _stats_of_point(point: SeriesPoint) -> MetricStats:
