@@ -225,6 +225,11 @@ class HistogramSum:
         """How many values the sum holds."""
         return sum(self.positive.trimmed()[1]) + sum(self.negative.trimmed()[1]) + self.zero_count
 
+    def quantiles_within(self, fractions: Sequence[float], low: float, high: float) -> tuple[float | None, ...]:
+        """:meth:`quantiles`, each clamped to ``[low, high]`` (the extremes of the values counted: a bucket's
+        representative value may lie just outside them)."""
+        return tuple(None if value is None else min(max(value, low), high) for value in self.quantiles(fractions))
+
     def quantiles(self, fractions: Sequence[float]) -> list[float | None]:
         """The values at ``fractions`` (0 to 1), as :meth:`Histogram.quantiles
         <dramatiq_opmetrics.sketch.Histogram.quantiles>` reads them from the same counts; None if empty.

@@ -985,7 +985,7 @@ def _build(connection: Connection, state: _State) -> bool:
 
 
 @dataclass
-class _DayPart:
+class _PeriodPart:
     """Values to add to one day (or hour) row: their count, sums, extremes and stored keys counted."""
 
     count: int = 0
@@ -1010,8 +1010,8 @@ class _PeriodParts:
     """The parts to add to the day rows and the hour rows, gathered per row."""
 
     def __init__(self) -> None:
-        self.days: dict[_PeriodKey, _DayPart] = {}
-        self.hours: dict[_PeriodKey, _DayPart] = {}
+        self.days: dict[_PeriodKey, _PeriodPart] = {}
+        self.hours: dict[_PeriodKey, _PeriodPart] = {}
 
     def add(
         self,
@@ -1025,12 +1025,12 @@ class _PeriodParts:
         at = at.astimezone(dt.UTC)
         for parts, period in (
             (self.days, at.date()),
-            (self.hours, at.replace(minute=0, second=0, microsecond=0)),
+            (self.hours, bucket_floor(at, 60)),
         ):
             key = (period, metric_type, label_set_id)
             part = parts.get(key)
             if part is None:
-                part = parts[key] = _DayPart()
+                part = parts[key] = _PeriodPart()
             part.add(*stats, keys)
 
     def merge(self, connection: Connection) -> None:
@@ -1088,7 +1088,7 @@ def _add_rows_to_days(connection: Connection, rows: Iterable[tuple[dt.datetime, 
 
 
 def _merge_into_periods(
-    connection: Connection, table: type[RecentDay] | type[RecentHour], parts: Mapping[_PeriodKey, _DayPart]
+    connection: Connection, table: type[RecentDay] | type[RecentHour], parts: Mapping[_PeriodKey, _PeriodPart]
 ) -> None:
     """Add each part to its row of ``table`` (created if new): one read of the rows of their periods, one
     upsert."""

@@ -490,9 +490,7 @@ class _PeriodMerge:
         if self.daily_rows == 1:
             percentiles = (self.latest.p50, self.latest.p95, self.latest.p99)
         elif self.complete:
-            percentiles = tuple(
-                None if value is None else min(max(value, low), high) for value in self.histogram.quantiles(PERCENTILES)
-            )
+            percentiles = self.histogram.quantiles_within(PERCENTILES, low, high)
         else:
             percentiles = (None, None, None)
         return {

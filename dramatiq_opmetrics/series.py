@@ -584,7 +584,7 @@ def _with_histogram_quantiles(row: tuple[Any, ...]) -> tuple[Any, ...]:
     if keys:
         histogram.add_histogram(histogram_of_key_counts(Counter(keys)))
     low, high = point[5], point[6]
-    point[7:10] = [None if value is None else min(max(value, low), high) for value in histogram.quantiles(PERCENTILES)]
+    point[7:10] = histogram.quantiles_within(PERCENTILES, low, high)
     return tuple(point)
 
 
