@@ -30,7 +30,7 @@ from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from tcp_proxy import TcpProxy
-from waiting import wait_until
+from waiting import SchedulingLag, wait_until
 
 from dramatiq_opmetrics import OpMetrics, samples
 from dramatiq_opmetrics.buffer import SampleBuffer
@@ -162,40 +162,45 @@ def test_with_the_database_stopped_messages_flow_drops_are_logged_on_time_and_st
 
     watcher = threading.Thread(target=note_first_drop, daemon=True)
     watcher.start()
-    pg_cluster.pause()
-    paused_at = time.time()
-    try:
-        down_s = fleet.process(3_000)  # 3,000 entries into a buffer of 1,000: drops
-        time.sleep(WARNING_INTERVAL_S + SLACK_S)  # the watchdog logs the drops after the last warning
-        watching.set()
+    with SchedulingLag() as lag:
+        pg_cluster.pause()
+        paused_at = time.time()
+        try:
+            down_s = fleet.process(3_000)  # 3,000 entries into a buffer of 1,000: drops
+            time.sleep(WARNING_INTERVAL_S + SLACK_S)  # the watchdog logs the drops after the last warning
+            watching.set()
 
-        # Messages flowed at full speed while the database answered nothing.
-        assert down_s < max(2 * up_s, 3.0)
-        # The drop warnings: the first as the first sample was dropped, at most one per interval, every drop
-        # counted, while the writer was blocked.
-        assert buffer.dropped_total >= 2 * 2_000
-        drops = log_lines(caplog, "Dropped")
-        assert drops and first_drop
-        assert drops[0].created - first_drop[0] < SLACK_S
-        assert drops[0].threadName != "opmetrics-writer"
-        assert all(b.created - a.created >= WARNING_INTERVAL_S - 0.05 for a, b in itertools.pairwise(drops))
-        assert sum(int(record.getMessage().split()[1]) for record in drops) == buffer.dropped_total
-        # The watchdog noticed the hung write within a flush plus the statement timeout.
-        stalls = log_lines(caplog, "The metrics database")
-        assert stalls, caplog.text
-        print(
-            f"database stopped: first drop {first_drop[0] - paused_at:.2f} s after, its warning"
-            f" {drops[0].created - first_drop[0]:.3f} s after the drop, {len(drops)} warnings;"
-            f" the watchdog's line {stalls[0].created - paused_at:.2f} s after the stop"
-        )
-        assert stalls[0].created - paused_at < FLUSH_INTERVAL_S + STATEMENT_TIMEOUT_S + 2 * SLACK_S
+            # Messages flowed at full speed while the database answered nothing.
+            assert down_s < max(2 * up_s, 3.0)
+            # The drop warnings: the first as the first sample was dropped, at most one per interval, every drop
+            # counted, while the writer was blocked.
+            assert buffer.dropped_total >= 2 * 2_000
+            drops = log_lines(caplog, "Dropped")
+            assert drops and first_drop
+            assert drops[0].created - first_drop[0] < SLACK_S
+            assert drops[0].threadName != "opmetrics-writer"
+            assert all(b.created - a.created >= WARNING_INTERVAL_S - 0.05 for a, b in itertools.pairwise(drops))
+            assert sum(int(record.getMessage().split()[1]) for record in drops) == buffer.dropped_total
+            # The watchdog noticed the hung write within a flush plus the statement timeout.
+            stalls = log_lines(caplog, "The metrics database")
+            assert stalls, caplog.text
+            print(
+                f"database stopped: first drop {first_drop[0] - paused_at:.2f} s after, its warning"
+                f" {drops[0].created - first_drop[0]:.3f} s after the drop, {len(drops)} warnings;"
+                f" the watchdog's line {stalls[0].created - paused_at:.2f} s after the stop; a sleeping thread"
+                f" woke up to {lag.worst_s:.2f} s late"
+            )
+            # Two wake-ups stand between the stop and the line (the writer's pass, the watchdog's look): each may
+            # be as late as the machine made a sleeping thread of this process (measured, four suites on two cores).
+            due_s = FLUSH_INTERVAL_S + STATEMENT_TIMEOUT_S + 2 * SLACK_S
+            assert stalls[0].created - paused_at < due_s + 2 * lag.worst_s
 
-        buffered = buffer.sample_count()
-        started = time.monotonic()
-        fleet.worker.stop()
-        stop_s = time.monotonic() - started
-    finally:
-        pg_cluster.resume()
+            buffered = buffer.sample_count()
+            started = time.monotonic()
+            fleet.worker.stop()
+            stop_s = time.monotonic() - started
+        finally:
+            pg_cluster.resume()
     print(f"Worker.stop() with the database stopped: {stop_s:.2f} s (shutdown_timeout_s {SHUTDOWN_TIMEOUT_S})")
     assert stop_s < SHUTDOWN_TIMEOUT_S + 1.0
     gave_up = log_lines(caplog, "Gave up writing")
