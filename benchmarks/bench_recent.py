@@ -187,9 +187,12 @@ def load_day(url: URL, now: dt.datetime, rows: int, label_sets: int) -> int:
                 "   * cos(2 * pi() * random())) ELSE 1 END,"
                 "  2 * (i %% %(label_sets)s) + 1 + CASE WHEN kind = 2 THEN 1 ELSE 0 END,"
                 "  (ARRAY['processing_time', 'wait_time', 'error'])[kind + 1]::opmetrics_metric_type"
-                " FROM generate_series(CAST(%(first)s AS bigint), %(last)s - 1) AS i,"
-                "  LATERAL (SELECT kind FROM generate_series(0, 2) AS kind"
-                "   WHERE kind < 2 OR (i * 7919) %% 1000 < %(error_permille)s) AS kinds",
+                # Each message's rows one after the other, as its worker's writer writes them: a set-returning
+                # function in the select list keeps the order of i (a join with the kinds may put all of one
+                # kind's rows first, and a BRIN range of the time index then spans hours instead of a minute).
+                " FROM (SELECT i, unnest(CASE WHEN (i * 7919) %% 1000 < %(error_permille)s THEN ARRAY[0, 1, 2]"
+                "   ELSE ARRAY[0, 1] END) AS kind"
+                "  FROM generate_series(CAST(%(first)s AS bigint), %(last)s - 1) AS i) AS rows",
                 {
                     "start": start,
                     "span_us": 86_400_000_000,
