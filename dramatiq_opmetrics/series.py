@@ -330,6 +330,16 @@ def tier_layout(
     return _cover(state, low, high, widths), [piece for piece in pieces if piece[0] < piece[1]]
 
 
+def _hours_layout(
+    state: TierState, start: dt.datetime, end: dt.datetime, hours: tuple[dt.datetime, dt.datetime]
+) -> tuple[list[tuple[int, dt.datetime, dt.datetime]], list[tuple[dt.datetime, dt.datetime, int | None]]]:
+    """:func:`tier_layout` of the totals of ``[start, end)`` whose whole hours ``[hours)`` come from the hour
+    rows (:func:`_hours_span`): the edges before and after them as :func:`tier_layout` lays them out, and
+    among the raw pieces the rows of those hours that the hour rows do not hold (those not folded yet)."""
+    before, after = tier_layout(state, start, hours[0], None), tier_layout(state, hours[1], end, None)
+    return before[0] + after[0], [*before[1], *after[1], (hours[0], hours[1], state.folded_id)]
+
+
 def _cover(
     state: TierState, low: dt.datetime, high: dt.datetime, widths: Sequence[int]
 ) -> list[tuple[int, dt.datetime, dt.datetime]]:
@@ -534,11 +544,8 @@ def _query_in_postgres(
         if hours is None:
             spans, pieces = tier_layout(state, start, end, step_minutes)
         else:
-            # The whole hours from the hour rows (and the raw rows of them not folded yet), the edges as usual.
             assert state is not None  # an hours span needs the tier
-            before, after = tier_layout(state, start, hours[0], None), tier_layout(state, hours[1], end, None)
-            spans = before[0] + after[0]
-            pieces = [*before[1], *after[1], (hours[0], hours[1], state.folded_id)]
+            spans, pieces = _hours_layout(state, start, end, hours)
         statement, params = _series_sql(
             connection, start, step_minutes, wanted, types, label_set_ids, keys, spans, pieces, percentiles, hours
         )
