@@ -30,7 +30,7 @@ from sqlalchemy import Connection, func, select, text
 
 from .metric_types import METRIC_TYPE_ENUM_NAME, MetricType
 from .models import RAW_TABLE, OperationalMetric
-from .partitions import DEFAULT_PARTITION, day_bounds, list_partitions
+from .partitions import DEFAULT_PARTITION, day_bounds, default_partition_counts, list_partitions
 from .sketch import (
     KEY_MULTIPLIER,
     LN_2,
@@ -414,11 +414,3 @@ def raw_counts_by_day(connection: Connection) -> dict[dt.date, int]:
         for day_string, count in connection.execute(select(day_text, func.count()).group_by(day_text)):
             counts[dt.date.fromisoformat(day_string)] = int(count)
     return dict(sorted(counts.items()))
-
-
-def default_partition_counts(connection: Connection) -> dict[dt.date, int]:
-    """The number of rows per UTC day in PostgreSQL's default partition (rows of days without a partition)."""
-    rows = connection.execute(
-        text(f"SELECT (recorded_at AT TIME ZONE 'UTC')::date AS day, count(*) FROM {DEFAULT_PARTITION} GROUP BY day")
-    )
-    return {day: int(count) for day, count in rows}

@@ -114,19 +114,37 @@ def default_partition_days(
     """
     if not is_partitioned(connection):
         return []
-    low = day_bounds(first_day)[0] if first_day is not None else dt.datetime.min.replace(tzinfo=dt.UTC)
-    high = day_bounds(last_day)[1] if last_day is not None else dt.datetime.max.replace(tzinfo=dt.UTC)
-    bounds = {"low": low, "high": high}
     indexed = connection.execute(
         text("SELECT to_regclass(:index) IS NOT NULL"), {"index": DEFAULT_PARTITION_TIME_INDEX}
     ).scalar_one()
-    if indexed:
-        return list(connection.execute(text(_DEFAULT_PARTITION_DAYS_SQL), bounds).scalars())
-    grouped = (
-        f"SELECT DISTINCT CAST(recorded_at AT TIME ZONE 'UTC' AS date) AS day FROM {DEFAULT_PARTITION}"
-        " WHERE recorded_at >= :low AND recorded_at < :high ORDER BY day"
+    if not indexed:
+        return list(default_partition_counts(connection, first_day, last_day))
+    bounds = _bounds_of_days(first_day, last_day)
+    return list(connection.execute(text(_DEFAULT_PARTITION_DAYS_SQL), bounds).scalars())
+
+
+def default_partition_counts(
+    connection: Connection, first_day: dt.date | None = None, last_day: dt.date | None = None
+) -> dict[dt.date, int]:
+    """The number of rows per UTC day in the default partition (rows of days without a partition), from
+    ``first_day`` to ``last_day`` (inclusive; None: unbounded), oldest first: every row of those days is read
+    (the nightly counts need them; :func:`default_partition_days` finds the days alone by the index)."""
+    rows = connection.execute(
+        text(
+            f"SELECT CAST(recorded_at AT TIME ZONE 'UTC' AS date) AS day, count(*) FROM {DEFAULT_PARTITION}"
+            " WHERE recorded_at >= :low AND recorded_at < :high GROUP BY day ORDER BY day"
+        ),
+        _bounds_of_days(first_day, last_day),
     )
-    return list(connection.execute(text(grouped), bounds).scalars())
+    return {day: int(count) for day, count in rows}
+
+
+def _bounds_of_days(first_day: dt.date | None, last_day: dt.date | None) -> dict[str, dt.datetime]:
+    """``:low`` and ``:high`` of the UTC days ``first_day`` to ``last_day`` (None: unbounded)."""
+    return {
+        "low": day_bounds(first_day)[0] if first_day is not None else dt.datetime.min.replace(tzinfo=dt.UTC),
+        "high": day_bounds(last_day)[1] if last_day is not None else dt.datetime.max.replace(tzinfo=dt.UTC),
+    }
 
 
 def _by_day(names: Iterable[str]) -> dict[dt.date, str]:
